@@ -1,0 +1,234 @@
+"""A thin, typed wrapper over the generated stubs that turns rich gRPC errors into ClientError."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from lookalike.v1 import database_service_pb2 as db_pb
+from lookalike.v1 import database_service_pb2_grpc as db_grpc
+from lookalike.v1 import match_service_pb2 as match_pb
+from lookalike.v1 import match_service_pb2_grpc as match_grpc
+from lookalike.v1 import search_service_pb2 as search_pb
+from lookalike.v1 import search_service_pb2_grpc as search_grpc
+from lookalike.v1 import types_pb2
+
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass
+class ClientError(Exception):
+    """A failed call: the gRPC code name, the stable reason and the server's message."""
+
+    code: str
+    reason: str
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.reason}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.RpcError, address: str) -> ClientError:
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
+        if status is not None:
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    return cls(code.name, info.reason, status.message, dict(info.metadata))
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return cls(
+                code.name,
+                "SERVER_UNREACHABLE",
+                f"cannot reach a Lookalike server at {address}: start one with `lookalike serve`, "
+                "or point --server / LOOKALIKE_SERVER at it",
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return cls(code.name, "DEADLINE_EXCEEDED", f"the server at {address} did not answer in time")
+        details = err.details() if hasattr(err, "details") else str(err)
+        return cls(code.name, code.name, details or code.name)
+
+
+T = TypeVar("T")
+
+
+def _rpc(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: LookalikeClient, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except grpc.RpcError as err:
+            raise ClientError.from_rpc_error(err, self.address) from None
+
+    return wrapper
+
+
+def _image(data: bytes) -> types_pb2.Image:
+    return types_pb2.Image(content=data)
+
+
+class LookalikeClient:
+    def __init__(self, address: str, *, token: str | None = None, timeout: float = 120.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata = (("authorization", token),) if token else ()
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.match_stub = match_grpc.MatchServiceStub(self._channel)
+        self.db_stub = db_grpc.DatabaseServiceStub(self._channel)
+        self.search_stub = search_grpc.SearchServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> LookalikeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _kw(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "metadata": self._metadata}
+
+    # -- match -----------------------------------------------------------------------------
+    @_rpc
+    def match(self, image_a: bytes, image_b: bytes) -> match_pb.MatchResponse:
+        return self.match_stub.Match(match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b)), **self._kw())
+
+    @_rpc
+    def embed(self, images: Sequence[bytes]) -> match_pb.EmbedResponse:
+        return self.match_stub.Embed(match_pb.EmbedRequest(images=[_image(i) for i in images]), **self._kw())
+
+    # -- databases -------------------------------------------------------------------------
+    @_rpc
+    def create_database(self, name: str) -> db_pb.Database:
+        return self.db_stub.CreateDatabase(db_pb.CreateDatabaseRequest(name=name), **self._kw()).database
+
+    @_rpc
+    def get_database(self, name: str) -> db_pb.Database:
+        return self.db_stub.GetDatabase(db_pb.GetDatabaseRequest(name=name), **self._kw()).database
+
+    @_rpc
+    def list_databases(self, page_size: int = 0) -> list[db_pb.Database]:
+        out: list[db_pb.Database] = []
+        token = ""
+        while True:
+            resp = self.db_stub.ListDatabases(
+                db_pb.ListDatabasesRequest(page_size=page_size, page_token=token), **self._kw()
+            )
+            out.extend(resp.databases)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    @_rpc
+    def delete_database(self, name: str) -> None:
+        self.db_stub.DeleteDatabase(db_pb.DeleteDatabaseRequest(name=name), **self._kw())
+
+    # -- images ----------------------------------------------------------------------------
+    @_rpc
+    def set_image(
+        self,
+        database: str,
+        group_id: str,
+        *,
+        image: bytes | None = None,
+        vector: Sequence[float] | None = None,
+        intra_id: int | None = None,
+    ) -> db_pb.SetImageResponse:
+        req = db_pb.SetImageRequest(database=database, group_id=group_id, intra_id=intra_id)
+        if image is not None:
+            req.image.content = image
+        elif vector is not None:
+            req.vector.values.extend(vector)
+        return self.db_stub.SetImage(req, **self._kw())
+
+    @_rpc
+    def bulk_set(
+        self, database: str, items: Iterable[tuple[str, int | None, bytes, str]]
+    ) -> db_pb.BulkSetImagesResponse:
+        """Stream ``(group_id, intra_id or None, image bytes, client_ref)`` items."""
+
+        def requests() -> Iterator[db_pb.BulkSetImagesRequest]:
+            for i, (group_id, intra_id, data, ref) in enumerate(items):
+                yield db_pb.BulkSetImagesRequest(
+                    database=database if i == 0 else "",
+                    group_id=group_id,
+                    intra_id=intra_id,
+                    image=_image(data),
+                    client_ref=ref,
+                )
+
+        return self.db_stub.BulkSetImages(requests(), **self._kw())
+
+    @_rpc
+    def get_image(self, database: str, group_id: str, intra_id: int, *, include_vector: bool = False) -> db_pb.RegisteredImage:
+        return self.db_stub.GetImage(
+            db_pb.GetImageRequest(
+                database=database,
+                key=types_pb2.ImageKey(group_id=group_id, intra_id=intra_id),
+                include_vector=include_vector,
+            ),
+            **self._kw(),
+        ).image
+
+    @_rpc
+    def list_images(self, database: str, *, group_id: str = "", page_size: int = 0) -> list[db_pb.RegisteredImage]:
+        out: list[db_pb.RegisteredImage] = []
+        token = ""
+        while True:
+            resp = self.db_stub.ListImages(
+                db_pb.ListImagesRequest(database=database, group_id=group_id, page_size=page_size, page_token=token),
+                **self._kw(),
+            )
+            out.extend(resp.images)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    @_rpc
+    def delete_image(self, database: str, group_id: str, intra_id: int) -> None:
+        self.db_stub.DeleteImage(
+            db_pb.DeleteImageRequest(database=database, key=types_pb2.ImageKey(group_id=group_id, intra_id=intra_id)),
+            **self._kw(),
+        )
+
+    @_rpc
+    def delete_group(self, database: str, group_id: str) -> int:
+        req = db_pb.DeleteGroupRequest(database=database, group_id=group_id)
+        return self.db_stub.DeleteGroup(req, **self._kw()).deleted_count
+
+    # -- search ----------------------------------------------------------------------------
+    @_rpc
+    def search(
+        self,
+        database: str,
+        *,
+        image: bytes | None = None,
+        vector: Sequence[float] | None = None,
+        registered: tuple[str, int] | None = None,
+        top_k: int = 10,
+        one_per_group: bool = False,
+        min_score: float | None = None,
+    ) -> search_pb.SearchResponse:
+        req = search_pb.SearchRequest(database=database, top_k=top_k, one_per_group=one_per_group, min_score=min_score)
+        if image is not None:
+            req.image.content = image
+        elif vector is not None:
+            req.vector.values.extend(vector)
+        elif registered is not None:
+            req.registered.group_id, req.registered.intra_id = registered
+        return self.search_stub.Search(req, **self._kw())

@@ -1,0 +1,165 @@
+"""The client side of the ``lookalike`` CLI: match, db, add, search.
+
+Imports only grpc and the generated stubs, so each command starts in a fraction of a
+second; ``--json`` prints machine-readable output for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from lookalike.client.client import ClientError, LookalikeClient
+
+DEFAULT_SERVER = "localhost:50051"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("LOOKALIKE_SERVER", DEFAULT_SERVER),
+        help="HOST:PORT of the server (env LOOKALIKE_SERVER; default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default %(default)s)")
+
+
+def _client(args: argparse.Namespace) -> LookalikeClient:
+    return LookalikeClient(args.server, token=os.environ.get("LOOKALIKE_TOKEN") or None, timeout=args.timeout)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"lookalike: cannot read {path}: {exc.strerror}") from None
+
+
+def _print(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=None if args.json else 2) if args.json else human)
+
+
+def _dict(msg: Any) -> dict[str, Any]:
+    return MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def iter_image_files(paths: list[str]) -> Iterator[Path]:
+    """Files as given; folders walked (sorted) for files with an image suffix."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            yield p
+        else:
+            raise SystemExit(f"lookalike: {p} does not exist")
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.match(_read(args.image_a), _read(args.image_b))
+    _print(args, {"similarity": r.similarity, "cosine": r.cosine, "model": r.model},
+           f"similarity {r.similarity:.4f} (cosine {r.cosine:.4f}, model {r.model})")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.action == "list":
+            dbs = c.list_databases()
+            rows = [_dict(d) for d in dbs]
+            human = "\n".join(f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}"
+                              for d in dbs) or "(no databases)"
+            _print(args, rows, human)
+            return 0
+        if not args.name:
+            raise SystemExit(f"lookalike: db {args.action} needs a database NAME")
+        if args.action == "create":
+            d = c.create_database(args.name)
+            _print(args, _dict(d), f"created database {d.name} (dim {d.dimension}, {d.metric})")
+        elif args.action == "get":
+            d = c.get_database(args.name)
+            _print(args, _dict(d), f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}")
+        elif args.action == "delete":
+            c.delete_database(args.name)
+            _print(args, {"deleted": args.name}, f"deleted database {args.name}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    files = list(iter_image_files(args.images))
+    if not files:
+        raise SystemExit("lookalike: no image files found in the given paths")
+    if args.intra_id is not None and len(files) != 1:
+        raise SystemExit("lookalike: --intra-id applies to one image; omit it to number images automatically")
+    with _client(args) as c:
+        if len(files) == 1:
+            r = c.set_image(args.db, args.group or files[0].stem, image=_read(str(files[0])), intra_id=args.intra_id)
+            _print(args, {"succeeded": 1, "failed": 0, "keys": [_dict(r.key)], "failures": []},
+                   f"registered {files[0]} as group_id={r.key.group_id} intra_id={r.key.intra_id}")
+            return 0
+        items = ((args.group or f.stem, None, _read(str(f)), str(f)) for f in files)
+        s = c.bulk_set(args.db, items)
+    human = [f"registered {s.succeeded_count} of {s.received_count} images"]
+    human += [f"  failed {f.client_ref}: {f.reason}: {f.message}" for f in s.failures]
+    _print(args, {"succeeded": s.succeeded_count, "failed": s.failed_count,
+                  "keys": [_dict(k) for k in s.keys], "failures": [_dict(f) for f in s.failures]}, "\n".join(human))
+    return 0 if s.failed_count == 0 else 3
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.search(args.db, image=_read(args.image), top_k=args.top_k, one_per_group=args.one_per_group,
+                     min_score=args.min_score)
+    hits = [{"group_id": h.key.group_id, "intra_id": h.key.intra_id, "score": h.score} for h in r.hits]
+    human = "\n".join(f"{i + 1}\t{h['score']:.4f}\t{h['group_id']}\t{h['intra_id']}" for i, h in enumerate(hits))
+    _print(args, {"hits": hits, "searched_count": r.searched_count}, human or "(no hits)")
+    return 0
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("match", help="compare two images")
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    add_client_options(p)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("db", help="create, list, get or delete databases")
+    p.add_argument("action", choices=["create", "list", "get", "delete"])
+    p.add_argument("name", nargs="?")
+    add_client_options(p)
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("add", help="register images (files or folders) in a database")
+    p.add_argument("--db", required=True, help="database name")
+    p.add_argument("--group", help="group_id for every image (default: each file's name without suffix)")
+    p.add_argument("--intra-id", type=int, help="intra_id (one image only; default: next in the group)")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    add_client_options(p)
+    p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("search", help="find the registered images closest to a query image")
+    p.add_argument("--db", required=True, help="database name")
+    p.add_argument("image")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--one-per-group", action="store_true", help="best image per group only")
+    p.add_argument("--min-score", type=float, help="drop hits with cosine below this")
+    add_client_options(p)
+    p.set_defaults(func=cmd_search)
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except ClientError as err:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": {"code": err.code, "reason": err.reason, "message": err.message}}))
+        print(f"lookalike: {err}", file=sys.stderr)
+        return 2 if err.reason != "SERVER_UNREACHABLE" else 4

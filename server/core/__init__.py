@@ -1,0 +1,1 @@
+"""Embedding, databases and search: everything the service does, without any transport."""

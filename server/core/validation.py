@@ -1,0 +1,59 @@
+"""Validation of names, ids and vectors that come from clients."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from lookalike.server.core.errors import invalid
+
+DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+MAX_GROUP_ID_LEN = 256
+MAX_INTRA_ID = 2**53  # exact in JSON numbers and float64, for PAI-style clients
+
+
+def check_database_name(name: str) -> str:
+    if not DATABASE_NAME.fullmatch(name or ""):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise invalid(
+            "DATABASE_NAME_INVALID",
+            f"database name {shown!r} is invalid: use 1-63 letters, digits, '-' or '_', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+def check_group_id(group_id: str) -> str:
+    if not group_id:
+        raise invalid("GROUP_ID_INVALID", "group_id is empty; name the group (e.g. a product id)")
+    if len(group_id) > MAX_GROUP_ID_LEN:
+        raise invalid("GROUP_ID_INVALID", f"group_id is {len(group_id)} characters; the limit is {MAX_GROUP_ID_LEN}")
+    if not group_id.isprintable():
+        raise invalid("GROUP_ID_INVALID", "group_id contains control characters; use printable text")
+    return group_id
+
+
+def check_intra_id(intra_id: int) -> int:
+    if not 0 <= intra_id < MAX_INTRA_ID:
+        raise invalid("INTRA_ID_INVALID", f"intra_id {intra_id} is out of range; use 0 <= intra_id < 2**53")
+    return intra_id
+
+
+def check_vector(values: Sequence[float] | np.ndarray, dimension: int, *, field: str = "vector") -> np.ndarray:
+    """Validate and L2-normalise a client vector."""
+    vec = np.asarray(values, dtype=np.float32).reshape(-1)
+    if vec.size != dimension:
+        raise invalid(
+            "DIMENSION_MISMATCH",
+            f"{field} has {vec.size} values but the database dimension is {dimension}",
+            expected=str(dimension),
+            actual=str(vec.size),
+        )
+    if not np.isfinite(vec).all():
+        raise invalid("VECTOR_INVALID", f"{field} contains NaN or infinite values")
+    norm = float(np.linalg.norm(vec))
+    if norm == 0.0 or not np.isfinite(norm):
+        raise invalid("VECTOR_INVALID", f"{field} has zero (or overflowing) length; it has no direction to compare")
+    return vec / np.float32(norm)

@@ -1,0 +1,1 @@
+"""gRPC transport: servicers, error mapping and auth. The only layer that imports grpc."""

@@ -1,0 +1,41 @@
+"""Proto <-> core conversions shared by the servicers."""
+
+from __future__ import annotations
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from lookalike.server.core.database import Database, Entry
+from lookalike.v1 import database_service_pb2 as db_pb
+from lookalike.v1 import types_pb2
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def vector(values: np.ndarray) -> types_pb2.Vector:
+    return types_pb2.Vector(values=values.tolist())
+
+
+def database(db: Database) -> db_pb.Database:
+    return db_pb.Database(
+        name=db.name,
+        dimension=db.dimension,
+        metric=db.metric,
+        image_count=db.size,
+        group_count=db.group_count,
+        create_time=timestamp(db.create_time),
+    )
+
+
+def registered_image(entry: Entry, *, include_vector: bool) -> db_pb.RegisteredImage:
+    msg = db_pb.RegisteredImage(
+        key=types_pb2.ImageKey(group_id=entry.group_id, intra_id=entry.intra_id),
+        update_time=timestamp(entry.update_time),
+    )
+    if include_vector:
+        msg.vector.CopyFrom(vector(entry.vector))
+    return msg

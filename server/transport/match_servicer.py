@@ -1,0 +1,32 @@
+"""MatchService: compare two images, embed images."""
+
+from __future__ import annotations
+
+import grpc
+
+from lookalike.server.core.service import LookalikeService
+from lookalike.server.transport import convert
+from lookalike.server.transport.errors import grpc_errors
+from lookalike.v1 import match_service_pb2 as pb
+from lookalike.v1 import match_service_pb2_grpc as pb_grpc
+
+
+class MatchServicer(pb_grpc.MatchServiceServicer):
+    def __init__(self, service: LookalikeService) -> None:
+        self._service = service
+
+    @grpc_errors
+    def Match(self, request: pb.MatchRequest, context: grpc.ServicerContext) -> pb.MatchResponse:
+        cosine = self._service.match(request.image_a.content, request.image_b.content)
+        return pb.MatchResponse(
+            similarity=max(0.0, cosine), cosine=cosine, model=self._service.embedder.model_name
+        )
+
+    @grpc_errors
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        vectors = self._service.embed([img.content for img in request.images])
+        return pb.EmbedResponse(
+            embeddings=[convert.vector(v) for v in vectors],
+            model=self._service.embedder.model_name,
+            dimension=self._service.embedder.dimension,
+        )
