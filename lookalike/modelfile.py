@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def save_embedder(module: Any, path: str | Path, meta: EmbedderMeta) -> Path:
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(scripted, str(tmp), _extra_files={META_FILE: meta.to_json()})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        torch.jit.save(scripted, str(tmp), _extra_files={META_FILE: meta.to_json()})
     tmp.replace(path)
     return path
 
@@ -115,7 +118,9 @@ def load_embedder(path: str | Path, device: str = "cpu") -> tuple[Any, EmbedderM
         raise ModelFileError(f"model file {path} does not exist; pass --model with a file from `lookalike train`")
     extra = {META_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but is our stable file format
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a TorchScript file: {exc}") from exc
     if not extra[META_FILE]:

@@ -59,6 +59,10 @@ def decode_image(
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning,
             EOFError) as exc:
+        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            raise invalid(
+                "IMAGE_TOO_LARGE", f"{field} has too many pixels ({exc}); resize it first", field=field
+            ) from None
         kind = type(exc).__name__
         raise invalid(
             "IMAGE_UNDECODABLE",

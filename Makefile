@@ -1,0 +1,45 @@
+# The two commands: `make serve` and `make test`. Each installs what it needs first
+# (a project venv in .venv via uv; quick when nothing changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lookalike-installed
+UV := $(PYTHON) -m uv
+SOURCES := pyproject.toml CMakeLists.txt $(shell find ext/include ext/binding.cpp proto -type f 2>/dev/null)
+ARGS ?=
+
+.PHONY: install serve test test-python test-cpp lint tools bench clean
+
+$(STAMP): $(SOURCES)
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+	@test -x $(BIN)/python || $(UV) venv --quiet --python 3.11 $(VENV)
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(UV) pip install --quiet -e ".[test]"
+	@touch $@
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/lookalike serve $(ARGS)
+
+tools:
+	scripts/install-tools.sh
+
+lint: $(STAMP) tools
+	$(BIN)/ruff check .
+	scripts/lint-proto.sh
+
+test-cpp:
+	cmake -S ext -B build/ext-tests -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build build/ext-tests -j2
+	ctest --test-dir build/ext-tests --output-on-failure
+
+test-python: $(STAMP) tools
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m pytest $(ARGS)
+
+test: lint test-cpp test-python
+
+bench: $(STAMP)
+	$(BIN)/python bench/topk_bench.py
+
+clean:
+	rm -rf build .tools $(VENV)
