@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("LOOKALIKE_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("LOOKALIKE_PORT", "50051")))
     p.add_argument("--data-dir", default=os.environ.get("LOOKALIKE_DATA_DIR", "./lookalike-data"))
-    p.add_argument("--model", default=os.environ.get("LOOKALIKE_MODEL"),
-                   help="embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("LOOKALIKE_MODEL"),
+        help="embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)

@@ -47,8 +47,7 @@ class EmbedderMeta:
             raise ModelFileError(f"output_dim must be positive, got {self.output_dim}")
         if self.input_size <= 0 or self.resize_size < self.input_size:
             raise ModelFileError(
-                f"need 0 < input_size <= resize_size, got input_size={self.input_size} "
-                f"resize_size={self.resize_size}"
+                f"need 0 < input_size <= resize_size, got input_size={self.input_size} resize_size={self.resize_size}"
             )
         if self.resize_mode not in RESIZE_MODES:
             raise ModelFileError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")

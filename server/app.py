@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from lookalike.server.config import ServerConfig
 from lookalike.server.core.embedder import Embedder
 from lookalike.server.core.service import LookalikeService
@@ -20,8 +19,14 @@ from lookalike.server.transport.auth import TokenAuthInterceptor
 from lookalike.server.transport.database_servicer import DatabaseServicer
 from lookalike.server.transport.match_servicer import MatchServicer
 from lookalike.server.transport.search_servicer import SearchServicer
-from lookalike.v1 import database_service_pb2, match_service_pb2, search_service_pb2
-from lookalike.v1 import database_service_pb2_grpc, match_service_pb2_grpc, search_service_pb2_grpc
+from lookalike.v1 import (
+    database_service_pb2,
+    database_service_pb2_grpc,
+    match_service_pb2,
+    match_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 << 20

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-
 from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import database_service_pb2_grpc as db_grpc
 from lookalike.v1 import match_service_pb2 as match_pb
@@ -106,7 +105,9 @@ class LookalikeClient:
     # -- match -----------------------------------------------------------------------------
     @_rpc
     def match(self, image_a: bytes, image_b: bytes) -> match_pb.MatchResponse:
-        return self.match_stub.Match(match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b)), **self._kw())
+        return self.match_stub.Match(
+            match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b)), **self._kw()
+        )
 
     @_rpc
     def embed(self, images: Sequence[bytes]) -> match_pb.EmbedResponse:
@@ -158,24 +159,27 @@ class LookalikeClient:
 
     @_rpc
     def bulk_set(
-        self, database: str, items: Iterable[tuple[str, int | None, bytes, str]]
+        self, database: str, items: Iterable[tuple[str, int | None, bytes | Sequence[float], str]]
     ) -> db_pb.BulkSetImagesResponse:
-        """Stream ``(group_id, intra_id or None, image bytes, client_ref)`` items."""
+        """Stream ``(group_id, intra_id or None, image bytes or a vector, client_ref)`` items."""
 
         def requests() -> Iterator[db_pb.BulkSetImagesRequest]:
-            for i, (group_id, intra_id, data, ref) in enumerate(items):
-                yield db_pb.BulkSetImagesRequest(
-                    database=database if i == 0 else "",
-                    group_id=group_id,
-                    intra_id=intra_id,
-                    image=_image(data),
-                    client_ref=ref,
+            for i, (group_id, intra_id, content, ref) in enumerate(items):
+                req = db_pb.BulkSetImagesRequest(
+                    database=database if i == 0 else "", group_id=group_id, intra_id=intra_id, client_ref=ref
                 )
+                if isinstance(content, bytes):
+                    req.image.content = content
+                else:
+                    req.vector.values.extend(content)
+                yield req
 
         return self.db_stub.BulkSetImages(requests(), **self._kw())
 
     @_rpc
-    def get_image(self, database: str, group_id: str, intra_id: int, *, include_vector: bool = False) -> db_pb.RegisteredImage:
+    def get_image(
+        self, database: str, group_id: str, intra_id: int, *, include_vector: bool = False
+    ) -> db_pb.RegisteredImage:
         return self.db_stub.GetImage(
             db_pb.GetImageRequest(
                 database=database,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
-
 from lookalike.client.client import ClientError, LookalikeClient
 
 DEFAULT_SERVER = "localhost:50051"
@@ -65,8 +64,11 @@ def iter_image_files(paths: list[str]) -> Iterator[Path]:
 def cmd_match(args: argparse.Namespace) -> int:
     with _client(args) as c:
         r = c.match(_read(args.image_a), _read(args.image_b))
-    _print(args, {"similarity": r.similarity, "cosine": r.cosine, "model": r.model},
-           f"similarity {r.similarity:.4f} (cosine {r.cosine:.4f}, model {r.model})")
+    _print(
+        args,
+        {"similarity": r.similarity, "cosine": r.cosine, "model": r.model},
+        f"similarity {r.similarity:.4f} (cosine {r.cosine:.4f}, model {r.model})",
+    )
     return 0
 
 
@@ -75,8 +77,10 @@ def cmd_db(args: argparse.Namespace) -> int:
         if args.action == "list":
             dbs = c.list_databases()
             rows = [_dict(d) for d in dbs]
-            human = "\n".join(f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}"
-                              for d in dbs) or "(no databases)"
+            human = (
+                "\n".join(f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}" for d in dbs)
+                or "(no databases)"
+            )
             _print(args, rows, human)
             return 0
         if not args.name:
@@ -102,22 +106,38 @@ def cmd_add(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if len(files) == 1:
             r = c.set_image(args.db, args.group or files[0].stem, image=_read(str(files[0])), intra_id=args.intra_id)
-            _print(args, {"succeeded": 1, "failed": 0, "keys": [_dict(r.key)], "failures": []},
-                   f"registered {files[0]} as group_id={r.key.group_id} intra_id={r.key.intra_id}")
+            _print(
+                args,
+                {"succeeded": 1, "failed": 0, "keys": [_dict(r.key)], "failures": []},
+                f"registered {files[0]} as group_id={r.key.group_id} intra_id={r.key.intra_id}",
+            )
             return 0
         items = ((args.group or f.stem, None, _read(str(f)), str(f)) for f in files)
         s = c.bulk_set(args.db, items)
     human = [f"registered {s.succeeded_count} of {s.received_count} images"]
     human += [f"  failed {f.client_ref}: {f.reason}: {f.message}" for f in s.failures]
-    _print(args, {"succeeded": s.succeeded_count, "failed": s.failed_count,
-                  "keys": [_dict(k) for k in s.keys], "failures": [_dict(f) for f in s.failures]}, "\n".join(human))
+    _print(
+        args,
+        {
+            "succeeded": s.succeeded_count,
+            "failed": s.failed_count,
+            "keys": [_dict(k) for k in s.keys],
+            "failures": [_dict(f) for f in s.failures],
+        },
+        "\n".join(human),
+    )
     return 0 if s.failed_count == 0 else 3
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        r = c.search(args.db, image=_read(args.image), top_k=args.top_k, one_per_group=args.one_per_group,
-                     min_score=args.min_score)
+        r = c.search(
+            args.db,
+            image=_read(args.image),
+            top_k=args.top_k,
+            one_per_group=args.one_per_group,
+            min_score=args.min_score,
+        )
     hits = [{"group_id": h.key.group_id, "intra_id": h.key.intra_id, "score": h.score} for h in r.hits]
     human = "\n".join(f"{i + 1}\t{h['score']:.4f}\t{h['group_id']}\t{h['intra_id']}" for i, h in enumerate(hits))
     _print(args, {"hits": hits, "searched_count": r.searched_count}, human or "(no hits)")

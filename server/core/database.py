@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
-from lookalike import native
 from lookalike.server.core.errors import invalid, not_found
 from lookalike.server.core.validation import check_group_id, check_intra_id
+
+from lookalike import native
 
 Key = tuple[str, int]
 _MIN_CAPACITY = 1024
@@ -84,8 +84,10 @@ class Database:
                 keys = self._sorted_keys
             start = bisect.bisect_right(keys, after) if after is not None else 0
             page = keys[start : start + limit]
-            out = [Entry(g, i, self._times[self._row_of[(g, i)]], self._vectors[self._row_of[(g, i)]].copy())
-                   for g, i in page]
+            out = [
+                Entry(g, i, self._times[self._row_of[(g, i)]], self._vectors[self._row_of[(g, i)]].copy())
+                for g, i in page
+            ]
             return out, start + limit < len(keys)
 
     # -- writes ----------------------------------------------------------------------------
@@ -214,7 +216,7 @@ class Database:
             hits: list[Hit] = []
             seen: set[str] = set()
             below_min = False
-            for score, row in zip(scores[0].tolist(), ids[0].tolist()):
+            for score, row in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
                 if row < 0:
                     break
                 if min_score is not None and score < min_score:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess
 from lookalike.server.core.batcher import MicroBatcher
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.core.images import decode_image
+
+from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,17 @@ class Embedder:
         )
         return preprocess(img, self.meta)
 
+    def prepare_many(self, images: Sequence[bytes], *, field: str = "images") -> list[np.ndarray | LookalikeError]:
+        """Preprocess in parallel; a bad image yields its error in place instead of raising."""
+
+        def one(pair: tuple[bytes, str]) -> np.ndarray | LookalikeError:
+            try:
+                return self.prepare(pair[0], field=pair[1])
+            except LookalikeError as err:
+                return err
+
+        return list(self._pool.map(one, zip(images, [f"{field}[{i}]" for i in range(len(images))], strict=True)))
+
     def embed_prepared(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """[n] preprocessed images -> [n, D] unit vectors, batched with concurrent callers."""
         if not arrays:
@@ -103,9 +114,11 @@ class Embedder:
     def embed(self, images: Sequence[bytes], *, field: str = "images") -> np.ndarray:
         if len(images) == 1:
             return self.embed_prepared([self.prepare(images[0], field=field)])
-        names = [f"{field}[{i}]" for i in range(len(images))]
-        prepared = list(self._pool.map(lambda pair: self.prepare(pair[0], field=pair[1]), zip(images, names)))
-        return self.embed_prepared(prepared)
+        prepared = self.prepare_many(images, field=field)
+        for p in prepared:
+            if isinstance(p, LookalikeError):
+                raise p
+        return self.embed_prepared(prepared)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._batcher.close()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, ImageFile
-
 from lookalike.server.core.errors import invalid
+from PIL import Image, ImageFile
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.init()  # register every plugin now, so the format list below is complete
@@ -57,8 +56,14 @@ def decode_image(
             img.seek(0)
             img.load()
             return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            EOFError) as exc:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        EOFError,
+    ) as exc:
         if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
             raise invalid(
                 "IMAGE_TOO_LARGE", f"{field} has too many pixels ({exc}); resize it first", field=field

@@ -29,9 +29,7 @@ class DatabaseRegistry:
         with self._lock:
             db = self._databases.get(name)
         if db is None:
-            raise not_found(
-                "DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)"
-            )
+            raise not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
         return db
 
     def list(self) -> list[Database]:

@@ -6,7 +6,6 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-
 from lookalike.server.core.errors import invalid
 
 DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")

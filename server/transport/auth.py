@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.transport.errors import to_status
 

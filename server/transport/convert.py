@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from lookalike.server.core.database import Database, Entry
 from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import types_pb2

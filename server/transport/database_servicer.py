@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import grpc
-
-from lookalike.server.core.errors import LookalikeError, invalid
-from lookalike.server.core.service import LookalikeService
+from lookalike.server.core.errors import invalid
+from lookalike.server.core.service import BulkItem, LookalikeService
 from lookalike.server.core.validation import check_database_name
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
@@ -34,7 +34,9 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         self._dbs = service.databases
 
     @grpc_errors
-    def CreateDatabase(self, request: pb.CreateDatabaseRequest, context: grpc.ServicerContext) -> pb.CreateDatabaseResponse:
+    def CreateDatabase(
+        self, request: pb.CreateDatabaseRequest, context: grpc.ServicerContext
+    ) -> pb.CreateDatabaseResponse:
         return pb.CreateDatabaseResponse(database=convert.database(self._dbs.create(request.name)))
 
     @grpc_errors
@@ -42,7 +44,9 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         return pb.GetDatabaseResponse(database=convert.database(self._dbs.get(request.name)))
 
     @grpc_errors
-    def ListDatabases(self, request: pb.ListDatabasesRequest, context: grpc.ServicerContext) -> pb.ListDatabasesResponse:
+    def ListDatabases(
+        self, request: pb.ListDatabasesRequest, context: grpc.ServicerContext
+    ) -> pb.ListDatabasesResponse:
         size = page_size(request.page_size)
         after = decode_token(request.page_token)
         if after is not None and not isinstance(after, str):
@@ -53,7 +57,9 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         return pb.ListDatabasesResponse(databases=[convert.database(db) for db in page], next_page_token=token)
 
     @grpc_errors
-    def DeleteDatabase(self, request: pb.DeleteDatabaseRequest, context: grpc.ServicerContext) -> pb.DeleteDatabaseResponse:
+    def DeleteDatabase(
+        self, request: pb.DeleteDatabaseRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteDatabaseResponse:
         self._dbs.delete(request.name)
         return pb.DeleteDatabaseResponse()
 
@@ -61,41 +67,43 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     def SetImage(self, request: pb.SetImageRequest, context: grpc.ServicerContext) -> pb.SetImageResponse:
         image, vector = _content(request)
         intra_id = request.intra_id if request.HasField("intra_id") else None
-        (group_id, intra), replaced = self._service.set_image(request.database, request.group_id, intra_id, image, vector)
+        (group_id, intra), replaced = self._service.set_image(
+            request.database, request.group_id, intra_id, image, vector
+        )
         return pb.SetImageResponse(key=types_pb2.ImageKey(group_id=group_id, intra_id=intra), replaced=replaced)
 
     @grpc_errors
     def BulkSetImages(
         self, request_iterator: Iterator[pb.BulkSetImagesRequest], context: grpc.ServicerContext
     ) -> pb.BulkSetImagesResponse:
-        summary = pb.BulkSetImagesResponse()
-        database = ""
-        for index, item in enumerate(request_iterator):
-            summary.received_count += 1
-            if index == 0:
-                database = check_database_name(item.database)
-                self._dbs.get(database)  # unknown database fails the whole stream, up front
-            try:
-                if item.database and item.database != database:
-                    raise invalid(
-                        "DATABASE_MISMATCH",
-                        f"item names database {item.database!r} but the stream is for {database!r}; "
-                        "use one stream per database",
-                    )
-                image, vector = _content(item)
-                intra_id = item.intra_id if item.HasField("intra_id") else None
-                (group_id, intra), _ = self._service.set_image(database, item.group_id, intra_id, image, vector)
-                summary.succeeded_count += 1
-                summary.keys.add(group_id=group_id, intra_id=intra)
-            except LookalikeError as err:
-                if err.reason == "DATABASE_NOT_FOUND":  # deleted mid-stream: nothing more can land
-                    raise
-                summary.failed_count += 1
-                if len(summary.failures) < MAX_BULK_FAILURES_LISTED:
-                    summary.failures.add(index=index, client_ref=item.client_ref, reason=err.reason, message=err.message)
-        if summary.received_count == 0:
+        first = next(request_iterator, None)
+        if first is None:
             raise invalid("STREAM_EMPTY", "the stream carried no items; send at least one")
-        return summary
+        database = check_database_name(first.database)
+
+        def items() -> Iterator[BulkItem]:
+            for item in itertools.chain([first], request_iterator):
+                image, vector = _content(item)
+                yield BulkItem(
+                    group_id=item.group_id,
+                    intra_id=item.intra_id if item.HasField("intra_id") else None,
+                    image=image,
+                    vector=vector,
+                    client_ref=item.client_ref,
+                    database=item.database,
+                )
+
+        result = self._service.bulk_set(database, items())
+        return pb.BulkSetImagesResponse(
+            received_count=result.received,
+            succeeded_count=len(result.keys),
+            failed_count=len(result.failures),
+            failures=[
+                pb.BulkSetFailure(index=f.index, client_ref=f.client_ref, reason=f.reason, message=f.message)
+                for f in result.failures[:MAX_BULK_FAILURES_LISTED]
+            ],
+            keys=[types_pb2.ImageKey(group_id=g, intra_id=i) for g, i in result.keys],
+        )
 
     @grpc_errors
     def GetImage(self, request: pb.GetImageRequest, context: grpc.ServicerContext) -> pb.GetImageResponse:
@@ -109,8 +117,12 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         cursor = decode_token(request.page_token)
         after = None
         if cursor is not None:
-            if not (isinstance(cursor, list) and len(cursor) == 2 and isinstance(cursor[0], str)
-                    and isinstance(cursor[1], int)):
+            if not (
+                isinstance(cursor, list)
+                and len(cursor) == 2
+                and isinstance(cursor[0], str)
+                and isinstance(cursor[1], int)
+            ):
                 raise invalid("PAGE_TOKEN_INVALID", "page_token is not one this server issued")
             after = (cursor[0], cursor[1])
         entries, more = db.list(group_id=request.group_id or None, after=after, limit=size)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from lookalike.server.core.service import LookalikeService
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
@@ -18,9 +17,7 @@ class MatchServicer(pb_grpc.MatchServiceServicer):
     @grpc_errors
     def Match(self, request: pb.MatchRequest, context: grpc.ServicerContext) -> pb.MatchResponse:
         cosine = self._service.match(request.image_a.content, request.image_b.content)
-        return pb.MatchResponse(
-            similarity=max(0.0, cosine), cosine=cosine, model=self._service.embedder.model_name
-        )
+        return pb.MatchResponse(similarity=max(0.0, cosine), cosine=cosine, model=self._service.embedder.model_name)
 
     @grpc_errors
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:

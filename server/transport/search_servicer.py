@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from lookalike.server.core.service import LookalikeService, Query
 from lookalike.server.transport.errors import grpc_errors
 from lookalike.v1 import search_service_pb2 as pb

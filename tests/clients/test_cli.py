@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,8 +88,9 @@ def test_client_commands_start_fast_without_torch_and_explain_unreachable_server
         "print(rc, 'torch' in sys.modules, time.perf_counter() - t)"
     )
     env = {**os.environ, "LOOKALIKE_SERVER": ""}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
-                          cwd=Path(__file__).parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=Path(__file__).parent
+    )
     rc, torch_loaded, seconds = proc.stdout.split()
     assert rc == "4" and torch_loaded == "False", proc.stderr
     assert float(seconds) < 2.0

@@ -8,9 +8,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from photos import encode
-
 from lookalike.client import ClientError
+from photos import encode
 
 
 def err(fn, *args, **kwargs) -> ClientError:

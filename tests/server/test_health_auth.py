@@ -5,9 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from photos import encode
-
 from lookalike.client import ClientError, LookalikeClient
+from photos import encode
 
 
 def test_health_reports_serving(grpc_server):
