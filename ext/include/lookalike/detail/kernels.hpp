@@ -1,0 +1,191 @@
+// Per-SIMD-level vector operations, and the block scorers built from them.
+//
+// Each level lives in its own namespace (scalar, avx2, avx512) with a `struct Ops` and an
+// instantiation of score_kernel.inc compiled with that level's target attribute. Nothing here
+// needs -mavx2 or -march=native on the command line: the x86 levels are only *called* after
+// cpu_simd_level() said the CPU runs them.
+//
+// Adding a database element type (f16, int8) means: `load`/`load_tail` overloads taking
+// `const DbT*` and returning float lanes in each Ops (F16C / VPMOVSXBD conversions), and a
+// `score_block_fn<DbT>` specialisation below. The driver in topk.hpp is already generic.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "lookalike/simd.hpp"
+
+#if LOOKALIKE_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LOOKALIKE_FORCE_INLINE inline __attribute__((always_inline))
+#define LOOKALIKE_UNROLL _Pragma("GCC unroll 16")
+#elif defined(_MSC_VER)
+#define LOOKALIKE_FORCE_INLINE __forceinline
+#define LOOKALIKE_UNROLL
+#else
+#define LOOKALIKE_FORCE_INLINE inline
+#define LOOKALIKE_UNROLL
+#endif
+
+namespace lookalike::detail {
+
+/// Signature of a block scorer: out[i * ld + r] = <q_i, db_r> for i < qn, r < rows.
+template <class DbT>
+using ScoreBlockFn = void (*)(const float* q, std::size_t qn, const DbT* db, std::size_t rows, std::size_t d,
+                              float* out, std::size_t ld);
+
+// ---------------------------------------------------------------------------------------------
+// Portable level: four independent float lanes in plain C++ (compilers map them onto SSE/NEON).
+namespace scalar {
+
+struct Ops {
+  struct V {
+    float v[4];
+  };
+  static constexpr std::size_t kLanes = 4;
+  static constexpr int kQueryTile = 3;
+  static constexpr int kRowTile = 4;
+
+  static LOOKALIKE_FORCE_INLINE V zero() noexcept { return V{{0.0f, 0.0f, 0.0f, 0.0f}}; }
+  static LOOKALIKE_FORCE_INLINE V load(const float* p) noexcept { return V{{p[0], p[1], p[2], p[3]}}; }
+  static LOOKALIKE_FORCE_INLINE V load_tail(const float* p, std::size_t n) noexcept {
+    V out = zero();
+    for (std::size_t l = 0; l < n; ++l) out.v[l] = p[l];
+    return out;
+  }
+  static LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
+    for (int l = 0; l < 4; ++l) acc.v[l] += a.v[l] * b.v[l];
+    return acc;
+  }
+  static LOOKALIKE_FORCE_INLINE float hsum(V a) noexcept { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
+  static LOOKALIKE_FORCE_INLINE void hsum4(V a, V b, V c, V d, float* out) noexcept {
+    out[0] = hsum(a);
+    out[1] = hsum(b);
+    out[2] = hsum(c);
+    out[3] = hsum(d);
+  }
+};
+
+#define LOOKALIKE_TARGET
+#include "lookalike/detail/score_kernel.inc"
+#undef LOOKALIKE_TARGET
+
+}  // namespace scalar
+
+#if LOOKALIKE_X86_DISPATCH
+
+// Lanes 0..n-1 all ones, the rest zero: a window into this table is an AVX2 load mask.
+inline constexpr std::int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA: 8 lanes; a 3 x 4 tile keeps 12 accumulators + 3 query vectors + 1 row vector
+// in the 16 ymm registers.
+namespace avx2 {
+
+#define LOOKALIKE_TARGET __attribute__((target("avx2,fma")))
+
+struct Ops {
+  using V = __m256;
+  static constexpr std::size_t kLanes = 8;
+  static constexpr int kQueryTile = 3;
+  static constexpr int kRowTile = 4;
+
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V zero() noexcept { return _mm256_setzero_ps(); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load_tail(const float* p, std::size_t n) noexcept {
+    // n in [1, 7]; masked-out lanes are neither read nor faulted on.
+    const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask + 8 - n));
+    return _mm256_maskload_ps(p, mask);
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
+    return _mm256_fmadd_ps(a, b, acc);
+  }
+  // Each input gets ((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7)), independently of the others.
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void hsum4(V a, V b, V c, V d, float* out) noexcept {
+    const __m256 ab = _mm256_hadd_ps(a, b);     // a01 a23 b01 b23 | a45 a67 b45 b67
+    const __m256 cd = _mm256_hadd_ps(c, d);     // c01 c23 d01 d23 | c45 c67 d45 d67
+    const __m256 abcd = _mm256_hadd_ps(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+  }
+};
+
+#include "lookalike/detail/score_kernel.inc"
+#undef LOOKALIKE_TARGET
+
+}  // namespace avx2
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512F: 16 lanes; a 4 x 4 tile uses 16 accumulators + 4 query vectors + 1 row vector of
+// the 32 zmm registers.
+namespace avx512 {
+
+#define LOOKALIKE_TARGET __attribute__((target("avx512f,avx2,fma")))
+
+struct Ops {
+  using V = __m512;
+  static constexpr std::size_t kLanes = 16;
+  static constexpr int kQueryTile = 4;
+  static constexpr int kRowTile = 4;
+
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V zero() noexcept { return _mm512_setzero_ps(); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load_tail(const float* p, std::size_t n) noexcept {
+    // n in [1, 15]; masked-out lanes are neither read nor faulted on.
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
+    return _mm512_fmadd_ps(a, b, acc);
+  }
+  // 16 -> 8 lanes (x_i + x_{i+8}), then the AVX2 tree.
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE __m256 fold(V x) noexcept {
+    // The maskz forms with a full mask compile to plain extracts; the unmasked ones trip a
+    // false -Wmaybe-uninitialized inside GCC 12's own header (GCC bug 105593).
+    const __m512d xd = _mm512_castps_pd(x);
+    const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, xd, 0));
+    const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, xd, 1));
+    return _mm256_add_ps(lo, hi);
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void hsum4(V a, V b, V c, V d, float* out) noexcept {
+    const __m256 ab = _mm256_hadd_ps(fold(a), fold(b));
+    const __m256 cd = _mm256_hadd_ps(fold(c), fold(d));
+    const __m256 abcd = _mm256_hadd_ps(ab, cd);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+  }
+};
+
+#include "lookalike/detail/score_kernel.inc"
+#undef LOOKALIKE_TARGET
+
+}  // namespace avx512
+
+#endif  // LOOKALIKE_X86_DISPATCH
+
+/// The block scorer and its query tile (queries scored per pass over a row block) for a level.
+/// The caller makes sure the level is supported (simd_level_supported).
+template <class DbT>
+struct BlockScorer {
+  ScoreBlockFn<DbT> fn;
+  std::size_t query_tile;
+};
+
+template <class DbT>
+BlockScorer<DbT> block_scorer(SimdLevel level) noexcept;
+
+template <>
+inline BlockScorer<float> block_scorer<float>(SimdLevel level) noexcept {
+#if LOOKALIKE_X86_DISPATCH
+  switch (level) {
+    case SimdLevel::avx512: return {&avx512::score_block<float>, avx512::Ops::kQueryTile};
+    case SimdLevel::avx2: return {&avx2::score_block<float>, avx2::Ops::kQueryTile};
+    case SimdLevel::scalar: break;
+  }
+#else
+  (void)level;
+#endif
+  return {&scalar::score_block<float>, scalar::Ops::kQueryTile};
+}
+
+}  // namespace lookalike::detail
