@@ -1,0 +1,141 @@
+"""grpcurl against a real server with reflection: the examples of clients/grpcurl/README.md."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from photos import crop, encode, photo
+
+pytestmark = pytest.mark.go
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("lookalike.v1.MatchService", "lookalike.v1.DatabaseService", "lookalike.v1.SearchService")
+
+
+@pytest.fixture(scope="module")
+def grpcurl() -> Path:
+    """The pinned grpcurl from .tools/bin, installed by scripts/install-tools.sh."""
+    if shutil.which("go") is None:
+        pytest.skip("the Go toolchain ('go') is not on PATH; scripts/install-tools.sh builds grpcurl with it")
+    proc = subprocess.run([ROOT / "scripts" / "install-tools.sh"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/install-tools.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return ROOT / ".tools" / "bin" / "grpcurl"
+
+
+def call(
+    grpcurl: Path, address: str, *args: str, data: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """grpcurl -plaintext [-d @ with data on stdin] ADDRESS ARGS..."""
+    cmd: Sequence[str] = [str(grpcurl), "-plaintext", *(["-d", "@"] if data is not None else []), address, *args]
+    env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_TOKEN"}
+    return subprocess.run(
+        cmd,
+        input=json.dumps(data) if data is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def call_ok(grpcurl: Path, address: str, *args: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    proc = call(grpcurl, address, *args, data=data)
+    if proc.returncode != 0:
+        pytest.fail(f"grpcurl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def b64(data: bytes) -> str:
+    """grpcurl's JSON (proto3 JSON mapping) carries bytes fields as standard base64."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_reflection_lists_the_three_services(grpcurl, grpc_server):
+    proc = call(grpcurl, grpc_server.address, "list")
+    assert proc.returncode == 0, proc.stderr
+    listed = set(proc.stdout.split())
+    assert set(SERVICES) <= listed, proc.stdout
+
+
+def test_describe_shows_the_rpcs(grpcurl, grpc_server):
+    proc = call(grpcurl, grpc_server.address, "describe", "lookalike.v1.MatchService")
+    assert proc.returncode == 0, proc.stderr
+    assert "rpc Match ( .lookalike.v1.MatchRequest ) returns ( .lookalike.v1.MatchResponse )" in proc.stdout
+    proc = call(grpcurl, grpc_server.address, "describe", "lookalike.v1.MatchRequest")
+    assert proc.returncode == 0, proc.stderr
+    assert ".lookalike.v1.Image image_a = 1;" in proc.stdout
+
+
+def test_match_with_json(grpcurl, grpc_server):
+    chelsea = encode(photo("chelsea"))
+    same = call_ok(
+        grpcurl,
+        grpc_server.address,
+        "lookalike.v1.MatchService/Match",
+        data={"image_a": {"content": b64(chelsea)}, "image_b": {"content": b64(chelsea)}},
+    )
+    assert same["similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert same["model"]
+    cropped = call_ok(
+        grpcurl,
+        grpc_server.address,
+        "lookalike.v1.MatchService/Match",
+        data={"imageA": {"content": b64(chelsea)}, "imageB": {"content": b64(encode(crop(photo("chelsea"))))}},
+    )
+    other = call_ok(
+        grpcurl,
+        grpc_server.address,
+        "lookalike.v1.MatchService/Match",
+        data={"image_a": {"content": b64(chelsea)}, "image_b": {"content": b64(encode(photo("coffee")))}},
+    )
+    assert 0.0 <= other["similarity"] < cropped["similarity"] <= 1.0
+
+
+def test_match_error_shows_code_and_reason(grpcurl, grpc_server):
+    proc = call(
+        grpcurl,
+        grpc_server.address,
+        "-format-error",
+        "lookalike.v1.MatchService/Match",
+        data={"image_a": {"content": b64(b"not an image")}, "image_b": {"content": b64(encode(photo("coffee")))}},
+    )
+    assert proc.returncode != 0
+    err = json.loads(proc.stdout or proc.stderr)
+    assert err["code"] == 3  # INVALID_ARGUMENT
+    assert err["details"][0]["reason"] == "IMAGE_UNDECODABLE", err
+
+
+def test_database_register_and_search(grpcurl, grpc_server):
+    address = grpc_server.address
+    name = f"grpcurl-{uuid.uuid4().hex[:8]}"
+    created = call_ok(grpcurl, address, "lookalike.v1.DatabaseService/CreateDatabase", data={"name": name})
+    assert created["database"]["name"] == name
+    for group, image in (("cat", "chelsea"), ("coffee", "coffee"), ("rocket", "rocket")):
+        key = call_ok(
+            grpcurl,
+            address,
+            "lookalike.v1.DatabaseService/SetImage",
+            data={"database": name, "group_id": group, "image": {"content": b64(encode(photo(image)))}},
+        )["key"]
+        assert key["groupId"] == group
+    query = encode(crop(photo("rocket"), 0.6, 0.2), quality=70)
+    found = call_ok(
+        grpcurl,
+        address,
+        "lookalike.v1.SearchService/Search",
+        data={"database": name, "image": {"content": b64(query)}, "top_k": 2},
+    )
+    assert len(found["hits"]) == 2
+    assert found["hits"][0]["key"]["groupId"] == "rocket"
+    assert int(found["searchedCount"]) == 3  # int64 travels as a JSON string
+    call_ok(grpcurl, address, "lookalike.v1.DatabaseService/DeleteDatabase", data={"name": name})
