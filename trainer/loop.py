@@ -1,0 +1,399 @@
+"""The training loop: one code path for one CPU process, one GPU, and torchrun (DDP) jobs.
+
+Per step: views from ``method.crops`` -> ``method(views)["loss"]`` under autocast -> backward
+(accumulated over ``optim.accumulate`` micro-batches, DDP gradient sync only on the last) ->
+AdamW step at the scheduled learning rate -> ``method.on_after_step``. After each epoch the
+main process writes ``last.pth`` and, every ``train.checkpoint_every`` epochs and at the end,
+``epoch_{N}.pth`` and ``epoch_{N}_export.pt`` (the server's model file). Collectives go through
+``lookalike.trainer.dist`` and are no-ops in a single process, so tests run this same loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lookalike.trainer import dist
+from lookalike.trainer.checkpoint import (
+    LAST,
+    TrainState,
+    epoch_checkpoint_name,
+    epoch_export_name,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from lookalike.trainer.config import Config
+from lookalike.trainer.data.augment import AugmentOptions, MultiCropAugment
+from lookalike.trainer.data.dataset import ViewsDataset, collate_views
+from lookalike.trainer.data.skips import SkipLog
+from lookalike.trainer.data.sources import open_source
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    state: TrainState
+    exports: list[Path] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+def setup_distributed(backend: str) -> tuple[int, int]:
+    """Join the torchrun process group when ``WORLD_SIZE > 1``; return ``(world_size, local_rank)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_distributed():
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group(backend=backend)
+    return dist.world_size(), local_rank
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """``None`` for fp32; bf16/fp16 where the device supports them, else ``ValueError``."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16 support; use train.precision=fp16 or fp32")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def lr_at(step: int, *, total: int, warmup: int, base: float, min_lr: float, schedule: str) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_lr`` at ``total`` (or constant)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and normalisation parameters (1-d tensors), as in timm and MoBY."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` so persistent DataLoader workers know the epoch of each sample."""
+
+    def __init__(self, inner: DistributedSampler) -> None:
+        self.inner = inner
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def build_method_from_config(cfg: Config) -> nn.Module:
+    from lookalike.trainer.methods.registry import build_method
+
+    m = cfg.method
+    return build_method(m.name, backbone=m.backbone, pretrained=m.pretrained, image_size=m.image_size, **m.options)
+
+
+def backbone_name(cfg: Config) -> str:
+    from lookalike.trainer.methods.registry import METHODS, canonical_name
+
+    return cfg.method.backbone or METHODS[canonical_name(cfg.method.name)][1]
+
+
+def build_loader(cfg: Config, method: nn.Module, world: int) -> tuple[DataLoader, EpochSampler]:
+    source = open_source(cfg.data.source or "", root=cfg.data.root, split=cfg.data.split)
+    d = cfg.data
+    options = AugmentOptions(d.jitter, d.jitter_p, d.grayscale_p, d.blur_p, d.flip_p)
+    augment = MultiCropAugment(method.crops, method.default_mean, method.default_std, options)
+    dataset = ViewsDataset(source, augment, seed=cfg.train.seed)
+    inner = DistributedSampler(
+        dataset, num_replicas=world, rank=dist.rank(), shuffle=True, seed=cfg.train.seed, drop_last=True
+    )
+    sampler = EpochSampler(inner)
+    if len(inner) < cfg.train.batch_size:
+        raise ValueError(
+            f"{len(source)} images cannot fill one batch of {cfg.train.batch_size} per process x {world} "
+            f"process(es); lower train.batch_size below {max(1, len(source) // world)} or add images"
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=d.num_workers,
+        collate_fn=collate_views,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=d.num_workers > 0,
+        multiprocessing_context="spawn" if d.num_workers > 0 else None,
+    )
+    return loader, sampler
+
+
+def _log(line: str) -> None:
+    if dist.rank() == 0:
+        print(line, flush=True)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: Config) -> TrainResult:
+    """Run (or continue) the training described by ``cfg``; see the module docstring."""
+    cfg.validate()
+    world, local_rank = setup_distributed(cfg.train.dist_backend)
+    device = pick_device(cfg.train.device, local_rank)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    torch.manual_seed(cfg.train.seed)
+    out = Path(cfg.train.output_dir)
+    is_main = dist.rank() == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+
+    method = build_method_from_config(cfg)
+    loader, sampler = build_loader(cfg, method, world)
+    method.to(device)
+    sync_bn = cfg.train.sync_bn == "true" or (
+        cfg.train.sync_bn == "auto" and device.type == "cuda" and not getattr(method, "shuffle_bn", False)
+    )
+    if world > 1 and sync_bn:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    model: nn.Module = method
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.name == "swav",  # prototypes are frozen for the first steps
+        )
+    optimizer = torch.optim.AdamW(
+        param_groups(method, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)
+    )
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+    state = TrainState()
+    resume = _resume_path(cfg, out)
+    if resume is not None:
+        state = restore(load_checkpoint(resume), method=method, optimizer=optimizer, scaler=scaler)
+        _log(f"resumed from {resume}: {state.epoch} epoch(s), {state.step} step(s) done")
+
+    accumulate = cfg.optim.accumulate
+    steps_per_epoch = len(loader) // accumulate
+    if cfg.train.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"one epoch has {len(loader)} batch(es), fewer than optim.accumulate={accumulate}; "
+            "lower optim.accumulate or train.batch_size"
+        )
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    _log(
+        f"training {method.name} ({backbone_name(cfg)}) on {len(loader.dataset)} images, "
+        f"{world} process(es) on {device}, batch {cfg.train.batch_size}x{accumulate}x{world}, "
+        f"{steps_per_epoch} steps/epoch, precision {_PRECISION_NAMES[amp_dtype]}"
+    )
+
+    result = TrainResult(out, state)
+    stop = cfg.train.stop_after_epoch
+    while state.epoch < cfg.train.epochs and (stop is None or state.epoch < stop):
+        sampler.set_epoch(state.epoch)
+        stats = _run_epoch(
+            cfg, model, method, loader, optimizer, scaler, state, device, amp_dtype,
+            steps_per_epoch, total_steps, warmup_steps,
+        )  # fmt: skip
+        state.epoch += 1
+        result.history.append(stats)
+        if is_main:
+            _after_epoch(cfg, method, optimizer, scaler, state, stats, out, result)
+    if state.epoch >= cfg.train.epochs:
+        _log(f"done: {state.epoch} epoch(s), {state.step} step(s); outputs in {out}")
+    else:
+        _log(f"stopped after epoch {state.epoch} (train.stop_after_epoch); resume with the same command")
+    return result
+
+
+def _resume_path(cfg: Config, out: Path) -> Path | None:
+    mode = cfg.train.resume
+    if mode == "never":
+        return None
+    if mode == "auto":
+        last = out / LAST
+        return last if last.is_file() else None
+    return Path(mode)
+
+
+def _run_epoch(
+    cfg: Config,
+    model: nn.Module,
+    method: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    state: TrainState,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    steps_per_epoch: int,
+    total_steps: int,
+    warmup_steps: int,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    model.train()
+    accumulate = cfg.optim.accumulate
+    skipped = SkipLog()
+    sums: dict[str, float] = {}
+    images = 0
+    start = time.perf_counter()
+    bar = tqdm(
+        total=steps_per_epoch,
+        desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+        unit="step",
+        disable=not (cfg.train.progress and dist.rank() == 0),
+        leave=False,
+    )
+    batches = iter(loader)
+    lr = 0.0
+    for done in range(1, steps_per_epoch + 1):
+        lr = lr_at(
+            state.step, total=total_steps, warmup=warmup_steps, base=cfg.optim.lr,
+            min_lr=cfg.optim.min_lr, schedule=cfg.optim.schedule,
+        )  # fmt: skip
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(accumulate):
+            views, bad = next(batches)
+            skipped.extend(bad)
+            views = [v.to(device, non_blocking=True) for v in views]
+            sync = micro == accumulate - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
+            with (
+                contextlib.nullcontext() if sync else model.no_sync(),
+                torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None),
+            ):
+                outputs = model(views)
+                loss = outputs["loss"] / accumulate
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {state.step}; lower optim.lr, set optim.clip_grad, "
+                    "or use train.precision=fp32"
+                )
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            for key, value in outputs.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) / accumulate
+            images += views[0].shape[0]
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if cfg.optim.clip_grad is not None:
+            nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.on_after_step(state.step, total_steps)
+        state.step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss'] / done:.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    elapsed = time.perf_counter() - start
+
+    # Averages over all processes; skipped images and throughput summed.
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys] + [float(skipped.count), float(images)], dtype=torch.float64)
+    dist.all_reduce_sum(totals)
+    world = dist.world_size()
+    stats: dict[str, Any] = {k: float(totals[i]) / (steps_per_epoch * world) for i, k in enumerate(keys)}
+    state.skipped += int(totals[-2])
+    stats.update(
+        epoch=state.epoch + 1,
+        step=state.step + 0,
+        lr=lr,
+        images_per_s=float(totals[-1]) / elapsed,
+        seconds=elapsed,
+        skipped=int(totals[-2]),
+    )
+    if skipped.count:
+        _log(f"epoch {state.epoch + 1}: {skipped.summary()} (on rank {dist.rank()})")
+    return stats
+
+
+def _after_epoch(
+    cfg: Config,
+    method: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    state: TrainState,
+    stats: dict[str, Any],
+    out: Path,
+    result: TrainResult,
+) -> None:
+    """Main process only: log line, ``last.pth``, and the periodic checkpoint + export."""
+    from lookalike.trainer.export import export_embedder
+
+    extras = " ".join(f"{k} {v:.4f}" for k, v in stats.items() if k not in _STAT_KEYS)
+    _log(
+        f"epoch {state.epoch}/{cfg.train.epochs} loss {stats['loss']:.4f} {extras} lr {stats['lr']:.3e} "
+        f"{stats['images_per_s']:.1f} img/s {stats['seconds']:.1f}s skipped {stats['skipped']}".replace("  ", " ")
+    )
+    with (out / "log.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(stats) + "\n")
+    config = cfg.to_dict()
+    save_checkpoint(out / LAST, method=method, optimizer=optimizer, scaler=scaler, state=state, config=config)
+    if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs:
+        save_checkpoint(
+            out / epoch_checkpoint_name(state.epoch),
+            method=method, optimizer=optimizer, scaler=scaler, state=state, config=config,
+        )  # fmt: skip
+        input_size = cfg.export.input_size or cfg.method.image_size
+        path = export_embedder(
+            method,
+            out / epoch_export_name(state.epoch),
+            input_size=input_size,
+            resize_size=cfg.export.resize_size,
+            model_name=f"{method.name}-{backbone_name(cfg)}-epoch_{state.epoch}",
+            fp16=cfg.export.fp16,
+            extra={"backbone": backbone_name(cfg), "epoch": state.epoch, "step": state.step},
+        )
+        result.exports.append(path)
+        _log(f"saved {epoch_checkpoint_name(state.epoch)} and {path.name}")
+
+
+_PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_STAT_KEYS = {"loss", "epoch", "step", "lr", "images_per_s", "seconds", "skipped"}
