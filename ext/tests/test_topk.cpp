@@ -309,13 +309,14 @@ TEST_P(TopKLevel, ThreadsGiveIdenticalResults) {
   struct Shape {
     std::size_t n, d, m, k;
   };
-  // Row splits (few queries), query splits (few rows), and a large k.
-  for (const Shape& s : {Shape{20000, 33, 3, 10}, Shape{100, 40, 300, 5}, Shape{3000, 24, 50, 700}}) {
+  // Row splits (few queries), query splits (few rows), and a large k (splits change with threads).
+  for (const Shape& s : {Shape{60000, 64, 4, 10}, Shape{150, 64, 2000, 5}, Shape{3000, 24, 400, 700}}) {
     SCOPED_TRACE("n=" + std::to_string(s.n) + " m=" + std::to_string(s.m));
     const auto db = normal_matrix(s.n, s.d, 19);
     const auto q = normal_matrix(s.m, s.d, 20);
     const TopKResult one = run(db, s.n, s.d, q, s.m, s.k, level(), 1);
     for (std::size_t threads : {2, 3, 8, 64}) {
+      ASSERT_GT(lookalike::detail::plan_jobs(s.n, s.m, s.d, s.k, threads).jobs.size(), 1u);
       const TopKResult many = run(db, s.n, s.d, q, s.m, s.k, level(), threads);
       EXPECT_EQ(one.ids, many.ids) << threads << " threads";
       EXPECT_EQ(one.scores, many.scores) << threads << " threads";
@@ -416,6 +417,29 @@ TEST(TopK, NullPointersThrow) {
   EXPECT_THROW(lookalike::topk_f32(x, 1, 4, nullptr, 1, 4, out_s, out_i), std::invalid_argument);
   EXPECT_THROW(lookalike::topk_f32(x, 1, 4, x, 1, 4, nullptr, out_i), std::invalid_argument);
   EXPECT_NO_THROW(lookalike::topk_f32(nullptr, 0, 4, x, 1, 4, out_s, out_i));
+}
+
+TEST(PlanJobs, SplitsByRowsOrQueries) {
+  using lookalike::detail::plan_jobs;
+  // Small problems stay on the calling thread.
+  EXPECT_EQ(plan_jobs(1000, 1, 384, 10, 8).jobs.size(), 1u);
+  // One query over many rows: row ranges that tile [0, n).
+  const auto rows = plan_jobs(100000, 1, 384, 10, 4);
+  ASSERT_TRUE(rows.row_split);
+  ASSERT_EQ(rows.jobs.size(), 4u);
+  for (std::size_t j = 0; j < 4; ++j) {
+    EXPECT_EQ(rows.jobs[j].q0, 0u);
+    EXPECT_EQ(rows.jobs[j].q1, 1u);
+    EXPECT_EQ(rows.jobs[j].r0, j == 0 ? 0u : rows.jobs[j - 1].r1);
+  }
+  EXPECT_EQ(rows.jobs.back().r1, 100000u);
+  // Many queries over few rows, or heaps too large to keep per thread: query ranges.
+  EXPECT_FALSE(plan_jobs(100, 5000, 384, 10, 4).row_split);
+  EXPECT_FALSE(plan_jobs(100000, 5000, 384, 1000, 4).row_split);
+  // Never an empty job, even with more threads than rows.
+  const auto few = plan_jobs(5, 1, 10000000, 1, 16);
+  EXPECT_EQ(few.jobs.size(), 5u);
+  for (const auto& job : few.jobs) EXPECT_LT(job.r0, job.r1);
 }
 
 TEST(SimdLevels, NamesRoundTrip) {

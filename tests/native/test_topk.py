@@ -164,11 +164,11 @@ def test_outputs_are_fresh_contiguous_arrays() -> None:
 
 @pytest.mark.parametrize(
     ("n", "m", "k"),
-    [(30000, 2, 10), (120, 300, 5), (3000, 50, 700)],  # split by rows, by queries, large k
+    [(60000, 4, 10), (150, 2000, 5), (3000, 400, 700)],  # split by rows, by queries, large k
 )
 def test_thread_count_does_not_change_results(n: int, m: int, k: int) -> None:
     rng = np.random.default_rng(7)
-    db, q = normal(rng, n, 40), normal(rng, m, 40)
+    db, q = normal(rng, n, 64), normal(rng, m, 64)
     one = native.topk(db, q, k, threads=1)
     for threads in (2, 3, 16):
         many = native.topk(db, q, k, threads=threads)

@@ -202,8 +202,8 @@ struct Plan {
 
 /// Splits the problem into at most `threads` jobs (at least one when n, m > 0).
 inline Plan plan_jobs(std::size_t n, std::size_t m, std::size_t d, std::size_t k, std::size_t threads) {
-  // About 64 Ki multiply-adds per thread at least: below that a thread costs more than it saves.
-  constexpr double kMinWorkPerThread = 65536.0;
+  // At least 2 Mi multiply-adds (~0.1 ms) per thread: starting a thread costs tens of microseconds.
+  constexpr double kMinWorkPerThread = 2097152.0;
   const double work =
       static_cast<double>(n) * static_cast<double>(m) * static_cast<double>(std::max<std::size_t>(d, 1));
   const double useful = std::max(1.0, std::min(work / kMinWorkPerThread, 1e6));
