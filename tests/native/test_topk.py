@@ -250,8 +250,8 @@ def test_simd_level_is_the_best_available() -> None:
         assert native.simd_level() == LEVELS[-1]
 
 
-def _level_in_subprocess(value: str) -> subprocess.CompletedProcess[str]:
-    code = "from lookalike import native; print(native.simd_level())"
+def _level_in_subprocess(value: str, code: str = "print(native.simd_level())") -> subprocess.CompletedProcess[str]:
+    code = "import numpy as np; from lookalike import native; " + code
     # the child imports lookalike exactly as this process did
     env = {**os.environ, "LOOKALIKE_SIMD": value, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
@@ -263,7 +263,11 @@ def test_environment_caps_the_level() -> None:
     assert done.stdout.strip() == "scalar"
 
 
-def test_environment_with_a_bad_level_fails_loudly() -> None:
-    done = _level_in_subprocess("fast")
-    assert done.returncode != 0
+@pytest.mark.parametrize(
+    "call", ["native.simd_level()", "native.topk(np.eye(4, dtype=np.float32), np.ones(4, np.float32), 2)"]
+)
+def test_environment_with_a_bad_level_fails_loudly(call: str) -> None:
+    done = _level_in_subprocess("fast", call)
+    assert done.returncode == 1, done.stderr
+    assert "ValueError" in done.stderr
     assert "LOOKALIKE_SIMD=fast" in done.stderr and "scalar, avx2 or avx512" in done.stderr
