@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lookalike-installed
 UV := $(PYTHON) -m uv
-SOURCES := pyproject.toml CMakeLists.txt $(shell find ext/include ext/binding.cpp proto -type f 2>/dev/null)
+SOURCES := Makefile pyproject.toml CMakeLists.txt $(shell find ext/include ext/binding.cpp proto -type f 2>/dev/null)
 ARGS ?=
 
 .PHONY: install serve test test-python test-cpp lint tools bench clean
@@ -13,7 +13,7 @@ ARGS ?=
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	@test -x $(BIN)/python || $(UV) venv --quiet --python 3.11 $(VENV)
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(UV) pip install --quiet -e ".[test]"
+	$(UV) pip install --quiet --python $(BIN)/python -e ".[test]"
 	@touch $@
 
 install: $(STAMP)
