@@ -1,0 +1,1 @@
+"""Backbones (timm), projection / prediction heads, SwAV prototypes, pretrained weights."""
