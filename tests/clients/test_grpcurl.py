@@ -32,15 +32,22 @@ def grpcurl() -> Path:
     return ROOT / ".tools" / "bin" / "grpcurl"
 
 
+Request = dict[str, Any] | list[dict[str, Any]]
+
+
 def call(
-    grpcurl: Path, address: str, *args: str, data: dict[str, Any] | None = None
+    grpcurl: Path, address: str, *args: str, data: Request | None = None, flags: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """grpcurl -plaintext [-d @ with data on stdin] ADDRESS ARGS..."""
-    cmd: Sequence[str] = [str(grpcurl), "-plaintext", *(["-d", "@"] if data is not None else []), address, *args]
+    """grpcurl -plaintext FLAGS [-d @] ADDRESS ARGS... (flags go before the address).
+
+    ``data`` is sent as JSON on stdin: one object, or a list sent as one object per line
+    (a client stream)."""
+    stdin_flags = ["-d", "@"] if data is not None else []
+    cmd = [str(grpcurl), "-plaintext", *flags, *stdin_flags, address, *args]
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_TOKEN"}
     return subprocess.run(
         cmd,
-        input=json.dumps(data) if data is not None else None,
+        input=None if data is None else "\n".join(json.dumps(d) for d in ([data] if isinstance(data, dict) else data)),
         capture_output=True,
         text=True,
         timeout=120,
@@ -48,7 +55,7 @@ def call(
     )
 
 
-def call_ok(grpcurl: Path, address: str, *args: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+def call_ok(grpcurl: Path, address: str, *args: str, data: Request | None = None) -> dict[str, Any]:
     proc = call(grpcurl, address, *args, data=data)
     if proc.returncode != 0:
         pytest.fail(f"grpcurl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -105,14 +112,16 @@ def test_match_error_shows_code_and_reason(grpcurl, grpc_server):
     proc = call(
         grpcurl,
         grpc_server.address,
-        "-format-error",
         "lookalike.v1.MatchService/Match",
         data={"image_a": {"content": b64(b"not an image")}, "image_b": {"content": b64(encode(photo("coffee")))}},
+        flags=["-format-error"],
     )
     assert proc.returncode != 0
-    err = json.loads(proc.stdout or proc.stderr)
+    err = json.loads(proc.stderr)  # -format-error: the google.rpc.Status as JSON, on stderr
     assert err["code"] == 3  # INVALID_ARGUMENT
-    assert err["details"][0]["reason"] == "IMAGE_UNDECODABLE", err
+    [info] = err["details"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert info["reason"] == "IMAGE_UNDECODABLE" and info["domain"] == "lookalike", err
 
 
 def test_database_register_and_search(grpcurl, grpc_server):
@@ -120,14 +129,27 @@ def test_database_register_and_search(grpcurl, grpc_server):
     name = f"grpcurl-{uuid.uuid4().hex[:8]}"
     created = call_ok(grpcurl, address, "lookalike.v1.DatabaseService/CreateDatabase", data={"name": name})
     assert created["database"]["name"] == name
-    for group, image in (("cat", "chelsea"), ("coffee", "coffee"), ("rocket", "rocket")):
-        key = call_ok(
-            grpcurl,
-            address,
-            "lookalike.v1.DatabaseService/SetImage",
-            data={"database": name, "group_id": group, "image": {"content": b64(encode(photo(image)))}},
-        )["key"]
-        assert key["groupId"] == group
+    key = call_ok(
+        grpcurl,
+        address,
+        "lookalike.v1.DatabaseService/SetImage",
+        data={"database": name, "group_id": "cat", "image": {"content": b64(encode(photo("chelsea")))}},
+    )["key"]
+    assert key == {"group_id": "cat"}  # grpcurl prints the .proto names and leaves out intra_id 0
+    bulk = call_ok(
+        grpcurl,
+        address,
+        "lookalike.v1.DatabaseService/BulkSetImages",
+        data=[
+            {"database": name, "group_id": "coffee", "image": {"content": b64(encode(photo("coffee")))}},
+            {"group_id": "rocket", "image": {"content": b64(encode(photo("rocket")))}, "client_ref": "rocket.jpg"},
+            {"group_id": "junk", "image": {"content": b64(b"not an image")}, "client_ref": "junk.jpg"},
+        ],
+    )
+    assert (bulk["received_count"], bulk["succeeded_count"], bulk["failed_count"]) == ("3", "2", "1")
+    assert [k["group_id"] for k in bulk["keys"]] == ["coffee", "rocket"]
+    [failure] = bulk["failures"]
+    assert failure["client_ref"] == "junk.jpg" and failure["reason"] == "IMAGE_UNDECODABLE"
     query = encode(crop(photo("rocket"), 0.6, 0.2), quality=70)
     found = call_ok(
         grpcurl,
@@ -136,6 +158,6 @@ def test_database_register_and_search(grpcurl, grpc_server):
         data={"database": name, "image": {"content": b64(query)}, "top_k": 2},
     )
     assert len(found["hits"]) == 2
-    assert found["hits"][0]["key"]["groupId"] == "rocket"
-    assert int(found["searchedCount"]) == 3  # int64 travels as a JSON string
+    assert found["hits"][0]["key"]["group_id"] == "rocket"
+    assert int(found["searched_count"]) == 3  # int64 travels as a JSON string
     call_ok(grpcurl, address, "lookalike.v1.DatabaseService/DeleteDatabase", data={"name": name})
