@@ -7,10 +7,11 @@ Pillow releases the GIL while decoding and resizing).
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from lookalike.server.core.errors import invalid
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.init()  # register every plugin now, so the format list below is complete
@@ -68,10 +69,12 @@ def decode_image(
             raise invalid(
                 "IMAGE_TOO_LARGE", f"{field} has too many pixels ({exc}); resize it first", field=field
             ) from None
-        kind = type(exc).__name__
+        if isinstance(exc, UnidentifiedImageError):
+            why = "the bytes are not a JPEG, PNG, WebP, BMP, GIF or TIFF file"
+        else:  # Pillow's own words (e.g. "image file is truncated"), without object reprs
+            why = re.sub(r"<[^>]*object at 0x[0-9a-f]+>", "the data", str(exc)) or type(exc).__name__
         raise invalid(
             "IMAGE_UNDECODABLE",
-            f"{field} could not be decoded as JPEG, PNG, WebP, BMP, GIF or TIFF ({kind}: {exc}); "
-            "send the complete, unmodified file bytes",
+            f"{field} could not be decoded: {why}; send the complete, unmodified file bytes",
             field=field,
         ) from None

@@ -37,6 +37,7 @@ def test_bad_images_are_invalid_argument(client, good, data, reason):
     e = err(client.match, good, data)
     assert (e.code, e.reason) == ("INVALID_ARGUMENT", reason)
     assert e.metadata.get("field") == "image_b"
+    assert "object at 0x" not in e.message and "Error" not in e.message  # no Python internals
 
 
 def test_truncated_jpeg(client, good):
