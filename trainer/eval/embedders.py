@@ -37,8 +37,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 class PixelEmbedder:
     """Raw pixels as the vector: the baseline any trained encoder must beat.
 
-    RGB, resized (stretched) to ``size`` x ``size``; ``size=None`` keeps the images' own size
-    when they all share one (Fashion-MNIST: 28 x 28 -> 2352-d), else uses 32.
+    RGB, resized (stretched) to ``size`` x ``size``; ``size=None`` takes the images' own size
+    at the first call when they all share one (Fashion-MNIST: 28 x 28 -> 2352-d), else 32, and
+    keeps it for later calls so queries (e.g. cropped copies) match the gallery's dimension.
     """
 
     def __init__(self, size: int | None = None) -> None:
@@ -46,11 +47,11 @@ class PixelEmbedder:
         self.name = PIXELS if size is None else f"{PIXELS}{size}"
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        size = self.size
-        if size is None:
+        if self.size is None:
             sizes = {im.size for im in images}
             only = next(iter(sizes)) if len(sizes) == 1 else None
-            size = only[0] if only is not None and only[0] == only[1] else 32
+            self.size = only[0] if only is not None and only[0] == only[1] else 32
+        size = self.size
         rows = [
             np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32).ravel()
             for im in images
