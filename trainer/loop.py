@@ -11,6 +11,7 @@ main process writes ``last.pth`` and, every ``train.checkpoint_every`` epochs an
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -164,6 +165,26 @@ def build_loader(cfg: Config, method: nn.Module, world: int) -> tuple[DataLoader
         multiprocessing_context="spawn" if d.num_workers > 0 else None,
     )
     return loader, sampler
+
+
+def without_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` itself, or a copy with every ``SyncBatchNorm`` turned back into ``BatchNorm2d``.
+
+    The served model runs in one process; SyncBN would only get in the way of TorchScript.
+    """
+    if not any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
+        return module
+
+    def revert(m: nn.Module) -> nn.Module:
+        if isinstance(m, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            bn.load_state_dict(m.state_dict())
+            return bn.train(m.training)
+        for name, child in m.named_children():
+            setattr(m, name, revert(child))
+        return m
+
+    return revert(copy.deepcopy(module))
 
 
 def _log(line: str) -> None:
@@ -383,13 +404,15 @@ def _after_epoch(
         )  # fmt: skip
         input_size = cfg.export.input_size or cfg.method.image_size
         path = export_embedder(
-            method,
+            without_sync_batchnorm(method.embedder()),
             out / epoch_export_name(state.epoch),
             input_size=input_size,
             resize_size=cfg.export.resize_size,
+            mean=method.default_mean,
+            std=method.default_std,
             model_name=f"{method.name}-{backbone_name(cfg)}-epoch_{state.epoch}",
             fp16=cfg.export.fp16,
-            extra={"backbone": backbone_name(cfg), "epoch": state.epoch, "step": state.step},
+            extra={"method": method.name, "backbone": backbone_name(cfg), "epoch": state.epoch, "step": state.step},
         )
         result.exports.append(path)
         _log(f"saved {epoch_checkpoint_name(state.epoch)} and {path.name}")

@@ -18,7 +18,7 @@ import torch
 from imagefolder import write_image_folder
 from lookalike.trainer.checkpoint import LAST, load_checkpoint
 from lookalike.trainer.config import load_config
-from lookalike.trainer.loop import autocast_dtype, lr_at, train
+from lookalike.trainer.loop import autocast_dtype, lr_at, train, without_sync_batchnorm
 from lookalike.trainer.train_cli import main
 from PIL import Image
 
@@ -92,6 +92,19 @@ def test_mixed_precision_is_used_only_where_supported() -> None:
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         autocast_dtype("fp16", cpu)
+
+
+def test_sync_batchnorm_is_reverted_for_export() -> None:
+    import timm
+
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=0).eval()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net).eval()
+    plain = without_sync_batchnorm(synced)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()), "the original is untouched"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(plain)(x), synced(x), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- training runs
