@@ -9,6 +9,7 @@ float ties).
 
     python bench/topk_bench.py                 # the full grid, about 2-3 minutes on 2 cores
     python bench/topk_bench.py --n 10000 --d 384 --m 1 64 --runs 3   # one slice
+    python bench/topk_bench.py --threads 1     # every library on one thread (less noise)
 
 numpy's top-k here is ``q @ db.T`` then ``argpartition`` and a sort of the k survivors.
 faiss and usearch copies of the database are built outside the timed region.
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,7 +46,8 @@ class Cell:
     recall: float
 
 
-def numpy_topk(db: np.ndarray, k: int) -> Search:
+def numpy_topk(db: np.ndarray, k: int, threads: int) -> Search:
+    # threads: set through OPENBLAS_NUM_THREADS before numpy loads (see main)
     def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = q @ db.T  # [m, n]
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -55,28 +58,30 @@ def numpy_topk(db: np.ndarray, k: int) -> Search:
     return search
 
 
-def lookalike_topk(db: np.ndarray, k: int) -> Search:
-    return lambda q: native.topk(db, q, k)
+def lookalike_topk(db: np.ndarray, k: int, threads: int) -> Search:
+    return lambda q: native.topk(db, q, k, threads=threads)
 
 
-def faiss_topk(db: np.ndarray, k: int) -> Search | None:
+def faiss_topk(db: np.ndarray, k: int, threads: int) -> Search | None:
     try:
         import faiss
     except ImportError:
         return None
+    if threads:
+        faiss.omp_set_num_threads(threads)
     index = faiss.IndexFlatIP(db.shape[1])
     index.add(db)
     return lambda q: index.search(q, k)
 
 
-def usearch_topk(db: np.ndarray, k: int) -> Search | None:
+def usearch_topk(db: np.ndarray, k: int, threads: int) -> Search | None:
     try:
         from usearch.index import MetricKind, search
     except ImportError:
         return None
 
     def run(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        found = search(db, q, k, MetricKind.IP, exact=True)
+        found = search(db, q, k, MetricKind.IP, exact=True, threads=threads)
         keys = np.asarray(found.keys).reshape(q.shape[0], -1)
         distances = np.asarray(found.distances).reshape(q.shape[0], -1)
         return 1.0 - distances, keys  # usearch's IP "distance" is 1 - <q, x>
@@ -121,13 +126,18 @@ def main() -> None:
     parser.add_argument(
         "--methods", nargs="+", default=["lookalike", "faiss", "usearch"], help="compared with numpy (always run)"
     )
+    parser.add_argument("--threads", type=int, default=0, help="threads for every library; 0 = their defaults")
     parser.add_argument("--json", help="also write the cells to this file")
     args = parser.parse_args()
+    if args.threads and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        # OpenBLAS and OpenMP read their thread counts when they load: start again with them set.
+        os.environ.update(OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
-        f"lookalike simd={native.simd_level()}, k={args.k}, {args.runs} runs per cell (3 when a call takes > 1 s), "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"lookalike simd={native.simd_level()}, k={args.k}, threads={args.threads or 'default'}, "
+        f"{args.runs} runs per cell (3 when a call takes > 1 s), load average {os.getloadavg()[0]:.2f}"
     )
     print(f"{'n':>7} {'d':>5} {'m':>3}  {'method':<10} {'median ms':>10} {'min ms':>9} {'vs numpy':>9} {'recall':>7}")
     makers = {"numpy": numpy_topk, "lookalike": lookalike_topk, "faiss": faiss_topk, "usearch": usearch_topk}
@@ -137,7 +147,9 @@ def main() -> None:
     for n in args.n:
         for d in args.d:
             db = unit_rows(rng, n, d)
-            searches = {name: makers[name](db, args.k) for name in dict.fromkeys(["numpy", *args.methods])}
+            searches = {
+                name: makers[name](db, args.k, args.threads) for name in dict.fromkeys(["numpy", *args.methods])
+            }
             for m in args.m:
                 q = unit_rows(rng, m, d)
                 truth: np.ndarray | None = None

@@ -8,8 +8,9 @@
 // id -1 (the faiss convention).
 //
 // How it runs: the rows are cut into blocks that stay in cache (about 128 KiB); a tile of
-// queries (3 with AVX2) is scored against a whole block by the SIMD kernel of the active level,
-// then each query of the tile offers the block's scores to its bounded heap. The work is split
+// queries (3 with AVX2) is scored against a whole block by the SIMD kernel of the active level
+// (register tiles of 3 queries x 4 rows with AVX2), then each query of the tile offers the
+// block's scores to its bounded heap. The work is split
 // over threads by row ranges (merged at the end) or, for large batches, by query ranges. Every
 // score is computed by the same operations whatever the split (see score_kernel.inc), so the
 // result does not depend on the thread count nor on the other queries of the batch.
@@ -138,7 +139,7 @@ inline void write_row(const Hit* hits, std::size_t count, std::size_t k, float* 
 }
 
 // Rows per cache block: about 128 KiB of database (it stays in L2 while every query tile
-// passes over it), a multiple of 8 so that blocks split into whole row tiles.
+// passes over it), a multiple of 8 so that blocks split into whole row tiles (of 4).
 template <class DbT>
 std::size_t rows_per_block(std::size_t d) noexcept {
   constexpr std::size_t kBlockBytes = std::size_t{128} << 10;
