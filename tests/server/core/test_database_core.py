@@ -6,7 +6,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from lookalike.server.core.database import Database
 from lookalike.server.core.errors import LookalikeError
 
