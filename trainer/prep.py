@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from lookalike.trainer.data.images import UnreadableImage, read_bytes
 from lookalike.trainer.data.oss import OssReader, is_oss
-from lookalike.trainer.data.shards import shard_name, write_manifest
+from lookalike.trainer.data.shards import shard_name, write_manifest, write_shard_index
 from lookalike.trainer.data.skips import SkipLog
 from lookalike.trainer.data.sources import list_folder, read_image_list
 from PIL import Image
@@ -115,6 +115,7 @@ class _SplitWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            write_shard_index(self.folder / self.shards[-1])
 
 
 def split_indices(n: int, test_ratio: float, seed: int) -> set[int]:
@@ -132,21 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="image list file (local or oss://), or a folder of images")
     p.add_argument("--output", "-o", required=True, help="output folder for shards and prep.json")
     p.add_argument("--prefix", default="data", help="shard file name prefix (default: data)")
-    p.add_argument(
-        "--root", default=None, help="prefix for relative list entries (default: the list's folder)"
-    )
+    p.add_argument("--root", default=None, help="prefix for relative list entries (default: the list's folder)")
     p.add_argument(
         "--test-ratio",
         type=float,
         default=0.0,
         help="fraction of images for the test split, 0 <= r < 1 (default: 0, all train)",
     )
-    p.add_argument(
-        "--max-side", type=int, default=None, help="shrink train images whose longer side exceeds this"
-    )
-    p.add_argument(
-        "--test-max-side", type=int, default=None, help="same for test images (default: --max-side)"
-    )
+    p.add_argument("--max-side", type=int, default=None, help="shrink train images whose longer side exceeds this")
+    p.add_argument("--test-max-side", type=int, default=None, help="same for test images (default: --max-side)")
     p.add_argument(
         "--encoding",
         default="jpg",
@@ -155,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default: 95)")
     p.add_argument("--per-shard", type=int, default=1000, help="images per shard (default: 1000, as PAI)")
-    p.add_argument(
-        "--workers", type=int, default=10, help="concurrent readers/encoders (default: 10, as PAI)"
-    )
+    p.add_argument("--workers", type=int, default=10, help="concurrent readers/encoders (default: 10, as PAI)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -201,9 +194,7 @@ def prep(args: argparse.Namespace) -> dict[str, Any]:
         index, ref = item
         try:
             side = test_side if index in test else args.max_side
-            return encode_image(
-                index, ref, max_side=side, encoding=args.encoding, quality=args.quality, oss=oss
-            )
+            return encode_image(index, ref, max_side=side, encoding=args.encoding, quality=args.quality, oss=oss)
         except UnreadableImage as exc:
             return exc
 

@@ -154,14 +154,14 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(
 
 @pytest.mark.slow
 def test_two_process_torchrun_on_cpu_completes(folder: Path, tmp_path: Path) -> None:
-    """DDP with gloo, shuffle-BN and the queue across 2 processes, gradient accumulation with no_sync."""
+    """DDP with gloo, shuffle-BN and the queue across 2 processes, accumulation with no_sync, fp16 export."""
     out = tmp_path / "ddp"
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "lookalike.trainer.train_cli", "--config", "tiny", "--data", str(folder), "--output", str(out),
-           "train.epochs=1", "optim.accumulate=2"]  # fmt: skip
+           "train.epochs=1", "optim.accumulate=2", "export.fp16=true"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
@@ -176,4 +176,4 @@ def test_two_process_torchrun_on_cpu_completes(folder: Path, tmp_path: Path) -> 
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["step"] == 1  # 50 images / 2 ranks / 8 per batch = 3 batches -> 1 step
     module, meta = load_embedder(out / "epoch_1_export.pt")
-    assert meta.output_dim == 512
+    assert (meta.output_dim, meta.precision) == (512, "fp16")  # PAI: half-precision export

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 from imagefolder import write_image_folder
-from lookalike.trainer.data.shards import ShardSource
+from lookalike.trainer.data.shards import ShardSource, index_path, index_shard, load_shard_index
 from lookalike.trainer.data.sources import open_source
 from lookalike.trainer.prep import main
 from PIL import Image
@@ -51,6 +51,9 @@ def test_prep_writes_the_split_shard_counts_and_max_sides(tmp_path: Path, capsys
         source = open_source(str(out), split=split)
         assert isinstance(source, ShardSource) and len(source) == splits[split]["count"]
         assert max(source.load(len(source) - 1).size) <= side
+        shards = [out / name for name in splits[split]["shards"]]
+        assert all(index_path(s).is_file() for s in shards)  # sidecar index: no tar scan at start-up
+        assert [load_shard_index(s) for s in shards] == [index_shard(s) for s in shards]
     assert len(seen) == 40  # every image once, in exactly one split
 
 

@@ -2,8 +2,9 @@
 
 Each sample is ``<key>.jpg`` (or ``.png``) plus ``<key>.json`` (source reference and size), so
 any ``webdataset.WebDataset`` pipeline can stream them. For training they are read by random
-access instead: the tar headers are indexed once, so the same seeded sampler, resume logic and
-per-rank split serve lists, folders and shards alike.
+access instead, through an index of the tar headers (prep writes it beside each shard as
+``<shard>.idx``, so start-up does not rescan millions of headers), so the same seeded sampler,
+resume logic and per-rank split serve lists, folders and shards alike.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class _Entry:
 
 
 def index_shard(path: Path) -> list[tuple[str, int, int]]:
-    """``(key, data offset, size)`` of the image member of every sample in one tar, in order."""
+    """``(key, data offset, size)`` of the image member of every sample in one tar, in order (a scan of the headers)."""
     found = []
     with tarfile.open(path, mode="r:") as tar:
         for member in tar:
@@ -68,6 +69,32 @@ def index_shard(path: Path) -> list[tuple[str, int, int]]:
     return found
 
 
+def index_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".idx")
+
+
+def write_shard_index(shard: Path) -> Path:
+    """Write ``<shard>.idx`` (one ``key offset size`` line per image) so readers need not scan the tar."""
+    path = index_path(shard)
+    lines = [f"{key} {offset} {size}\n" for key, offset, size in index_shard(shard)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
+    return path
+
+
+def load_shard_index(shard: Path) -> list[tuple[str, int, int]]:
+    """The ``.idx`` sidecar written by prep when it is current, else a scan of the tar headers."""
+    path = index_path(shard)
+    try:
+        if path.stat().st_mtime >= shard.stat().st_mtime:
+            rows = [line.split() for line in path.read_text().splitlines() if line]
+            return [(key, int(offset), int(size)) for key, offset, size in rows]
+    except (OSError, ValueError):
+        pass  # missing or damaged sidecar: fall back to scanning
+    return index_shard(shard)
+
+
 class ShardSource:
     """Random access to the images of a list of tar shards."""
 
@@ -75,7 +102,7 @@ class ShardSource:
         self.shards = [Path(s) for s in shards]
         self._entries: list[_Entry] = []
         for i, shard in enumerate(self.shards):
-            self._entries.extend(_Entry(i, key, off, size) for key, off, size in index_shard(shard))
+            self._entries.extend(_Entry(i, key, off, size) for key, off, size in load_shard_index(shard))
         self._handles: dict[int, BinaryIO] = {}
         self._pid = os.getpid()
 
