@@ -58,6 +58,7 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine (after warmup) | constant
     warmup_epochs: float = 5.0  # linear warmup from 0, in epochs (fractions allowed)
     min_lr: float = 1.0e-6  # floor of the cosine schedule
+    backbone_lr_scale: float = 1.0  # lr multiplier of the exported backbone, e.g. 0.1 when fine-tuning
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     clip_grad: float | None = None  # max gradient norm; null: no clipping
 
@@ -123,6 +124,7 @@ class Config:
             "optim.weight_decay": self.optim.weight_decay,
             "optim.min_lr": self.optim.min_lr,
             "optim.warmup_epochs": self.optim.warmup_epochs,
+            "optim.backbone_lr_scale": self.optim.backbone_lr_scale,
             "data.num_workers": self.data.num_workers,
         }.items():
             if value < 0:

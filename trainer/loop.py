@@ -98,13 +98,22 @@ def lr_at(step: int, *, total: int, warmup: int, base: float, min_lr: float, sch
     return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and normalisation parameters (1-d tensors), as in timm and MoBY."""
-    decay, no_decay = [], []
+def param_groups(
+    model: nn.Module, weight_decay: float, backbone: nn.Module | None = None, backbone_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norm parameters (1-d tensors), as in timm and MoBY;
+    the exported ``backbone``'s parameters get ``lr_scale = backbone_lr_scale`` (fine-tuning).
+    """
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((p.ndim <= 1, id(p) in in_backbone), []).append(p)
+    return [
+        {"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+         "lr_scale": backbone_lr_scale if is_backbone else 1.0}
+        for (no_decay, is_backbone), params in sorted(groups.items())
+    ]  # fmt: skip
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -224,7 +233,9 @@ def train(cfg: Config) -> TrainResult:
             find_unused_parameters=method.name == "swav",  # prototypes are frozen for the first steps
         )
     optimizer = torch.optim.AdamW(
-        param_groups(method, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)
+        param_groups(method, cfg.optim.weight_decay, method.embedder(), cfg.optim.backbone_lr_scale),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
     )
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
@@ -317,7 +328,7 @@ def _run_epoch(
             min_lr=cfg.optim.min_lr, schedule=cfg.optim.schedule,
         )  # fmt: skip
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         for micro in range(accumulate):
             views, bad = next(batches)
             skipped.extend(bad)

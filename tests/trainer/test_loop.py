@@ -18,7 +18,7 @@ import torch
 from imagefolder import write_image_folder
 from lookalike.trainer.checkpoint import LAST, load_checkpoint
 from lookalike.trainer.config import load_config
-from lookalike.trainer.loop import autocast_dtype, lr_at, train, without_sync_batchnorm
+from lookalike.trainer.loop import autocast_dtype, lr_at, param_groups, train, without_sync_batchnorm
 from lookalike.trainer.train_cli import main
 from PIL import Image
 
@@ -92,6 +92,16 @@ def test_mixed_precision_is_used_only_where_supported() -> None:
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         autocast_dtype("fp16", cpu)
+
+
+def test_backbone_gets_its_own_lr_scale_and_norms_no_weight_decay() -> None:
+    head, backbone = torch.nn.Linear(4, 2), torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    model = torch.nn.Sequential(backbone, head)
+    groups = param_groups(model, 0.05, backbone, 0.1)
+    by_id = {id(p): (g["weight_decay"], g["lr_scale"]) for g in groups for p in g["params"]}
+    assert by_id[id(backbone[0].weight)] == (0.05, 0.1) and by_id[id(backbone[1].weight)] == (0.0, 0.1)
+    assert by_id[id(head.weight)] == (0.05, 1.0) and by_id[id(head.bias)] == (0.0, 1.0)
+    assert len(by_id) == len(list(model.parameters()))
 
 
 def test_sync_batchnorm_is_reverted_for_export() -> None:
