@@ -74,6 +74,7 @@ class TrainSection:
     resume: str = "auto"  # auto: continue from output_dir/last.pth if present | never | a checkpoint path
     stop_after_epoch: int | None = None  # end this run early (checkpoint kept), e.g. for time-sliced queues
     steps_per_epoch: int | None = None  # cap optimizer steps per epoch (quick runs); null: whole dataset
+    freeze_bn_stats: bool = False  # keep the backbone's BatchNorm statistics (fine-tuning a pretrained model)
     sync_bn: str = "auto"  # auto: SyncBN under DDP unless the method shuffles BN (MoCo) | true | false
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm bar on the main process

@@ -308,6 +308,10 @@ def _run_epoch(
     from tqdm import tqdm
 
     model.train()
+    if cfg.train.freeze_bn_stats:
+        for m in method.embedder().modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()  # keep the pretrained running statistics; the affine weights still train
     accumulate = cfg.optim.accumulate
     skipped = SkipLog()
     sums: dict[str, float] = {}

@@ -163,6 +163,22 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(
 
 
 @pytest.mark.slow
+def test_frozen_bn_statistics_stay_pretrained_while_weights_train(folder: Path, tmp_path: Path) -> None:
+    from lookalike.trainer.loop import build_method_from_config
+
+    cfg = load_config(["tiny"], [f"data.source={folder}", f"train.output_dir={tmp_path}", "train.epochs=1",
+                                 "train.steps_per_epoch=2", "train.freeze_bn_stats=true"])  # fmt: skip
+    torch.manual_seed(cfg.train.seed)
+    start = build_method_from_config(cfg).embedder().state_dict()
+    train(cfg)
+    after = load_checkpoint(tmp_path / LAST)["method"]
+    prefix = "encoder_q.backbone."
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(start[k], after[prefix + k]) for k in stats)
+    assert not torch.equal(start["conv1.0.weight"], after[prefix + "conv1.0.weight"])
+
+
+@pytest.mark.slow
 def test_two_process_torchrun_on_cpu_completes(folder: Path, tmp_path: Path) -> None:
     """DDP with gloo, shuffle-BN and the queue across 2 processes, accumulation with no_sync, fp16 export."""
     out = tmp_path / "ddp"
