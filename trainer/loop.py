@@ -52,17 +52,23 @@ class TrainResult:
 # ----------------------------------------------------------------------------- set-up helpers
 
 
-def setup_distributed(backend: str) -> tuple[int, int]:
-    """Join the torchrun process group when ``WORLD_SIZE > 1``; return ``(world_size, local_rank)``."""
+def setup_distributed(backend: str) -> tuple[int, int, bool]:
+    """Join the torchrun process group when ``WORLD_SIZE > 1``.
+
+    Returns ``(world_size, local_rank, joined)``; ``joined`` is True when this call created the
+    group (and so should destroy it at the end).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    joined = False
     if world > 1 and not dist.is_distributed():
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         torch.distributed.init_process_group(backend=backend)
-    return dist.world_size(), local_rank
+        joined = True
+    return dist.world_size(), local_rank, joined
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -207,7 +213,19 @@ def _log(line: str) -> None:
 def train(cfg: Config) -> TrainResult:
     """Run (or continue) the training described by ``cfg``; see the module docstring."""
     cfg.validate()
-    world, local_rank = setup_distributed(cfg.train.dist_backend)
+    world, local_rank, joined = setup_distributed(cfg.train.dist_backend)
+    try:
+        result = _train(cfg, world, local_rank)
+        if joined:  # barrier, so no process leaves while rank 0 still writes the last export
+            on_gpu = torch.distributed.get_backend() == "nccl"
+            dist.all_reduce_sum(torch.zeros(1, device="cuda" if on_gpu else "cpu"))
+        return result
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
     device = pick_device(cfg.train.device, local_rank)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
@@ -386,7 +404,7 @@ def _run_epoch(
         skipped=int(totals[-2]),
     )
     if skipped.count:
-        _log(f"epoch {state.epoch + 1}: {skipped.summary()} (on rank {dist.rank()})")
+        _log(f"epoch {state.epoch + 1}: {skipped.summary()} (main process; all processes: see the epoch line)")
     return stats
 
 
