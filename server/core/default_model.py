@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,7 +52,8 @@ def build_default_model(path: Path) -> Path:
     net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(_weights_path()))
     model = _PooledFeatures(net).eval()
     example = torch.zeros(2, 3, 224, 224)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
         traced = torch.jit.trace(model, example, check_inputs=[(torch.zeros(3, 3, 256, 256),)])
     meta = EmbedderMeta(
         model_name=MODEL_NAME,
