@@ -48,9 +48,7 @@ def check_crops(crops: Sequence[Crop]) -> list[Crop]:
                 f"method.crops entries must be (size, n_crops, (scale_min, scale_max)), got {item!r}"
             ) from exc
         if int(size) <= 0 or int(count) <= 0 or not 0.0 < float(lo) <= float(hi) <= 1.0:
-            raise ValueError(
-                f"bad crop spec {item!r}: need size > 0, n_crops > 0, 0 < scale_min <= scale_max <= 1"
-            )
+            raise ValueError(f"bad crop spec {item!r}: need size > 0, n_crops > 0, 0 < scale_min <= scale_max <= 1")
         checked.append((int(size), int(count), (float(lo), float(hi))))
     if not checked:
         raise ValueError("method.crops is empty; a method must ask for at least one view")
@@ -88,9 +86,7 @@ class MultiCropAugment:
         opts = options or AugmentOptions()
         self.crops = check_crops(crops)
         self.pipelines = [
-            _view_pipeline(size, scale, mean, std, opts)
-            for size, count, scale in self.crops
-            for _ in range(count)
+            _view_pipeline(size, scale, mean, std, opts) for size, count, scale in self.crops for _ in range(count)
         ]
 
     @property

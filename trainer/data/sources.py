@@ -46,9 +46,7 @@ def read_image_list(list_path: str, root: str | None = None, oss: OssReader | No
     else:
         path = Path(list_path)
         if not path.is_file():
-            raise ValueError(
-                f"image list {list_path} does not exist; pass a list file, a folder or a prep output"
-            )
+            raise ValueError(f"image list {list_path} does not exist; pass a list file, a folder or a prep output")
         text = path.read_text(encoding="utf-8")
         default_root = str(path.parent)
     base = root if root is not None else default_root
