@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--input-size", type=int, default=None, help="run model files at this input size instead")
+    p.add_argument("--resize-size", type=int, default=None,
+                   help="shorter side before the centre crop (= --input-size: the whole image, no crop)")  # fmt: skip
     p.add_argument("--pixel-size", type=int, default=None, help="side for the pixels baseline (default: native)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the default model file is cached")
     p.add_argument("--seed", type=int, default=0)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.model:
             embedder = open_embedder(
                 spec, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir,
-                pixel_size=args.pixel_size, input_size=args.input_size,
+                pixel_size=args.pixel_size, input_size=args.input_size, resize_size=args.resize_size,
             )  # fmt: skip
             result = evaluate(embedder, gallery, query, args)
             result["spec"] = spec

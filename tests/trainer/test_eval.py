@@ -167,6 +167,24 @@ def test_eval_cli_rejects_a_file_that_is_not_a_model(tmp_path: Path, capsys: pyt
     assert "not a TorchScript file" in capsys.readouterr().err
 
 
+def test_resize_size_shows_the_model_the_whole_image(labelled: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Equal preprocessing for a fair comparison: ``--resize-size`` = input size means no crop."""
+    model = export_embedder(TinyEncoder(), tmp_path / "t.pt", input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+                            model_name="tiny")  # fmt: skip
+    cropped, whole = open_embedder(str(model)), open_embedder(str(model), resize_size=32)
+    assert (cropped.meta.input_size, cropped.meta.resize_size) == (32, 37)
+    assert (whole.meta.input_size, whole.meta.resize_size) == (32, 32) and whole.name.endswith("@32/32")
+    img = Image.new("RGB", (74, 74), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 74, 2))  # a white band that the centre crop (37 -> 32) cuts away
+    a, b, c = cropped.embed([img]), whole.embed([img]), cropped.embed([img.crop((0, 2, 74, 74))])
+    assert not np.allclose(a, b, atol=1e-4)
+    assert np.allclose(a, cropped.embed([Image.new("RGB", (74, 74), (0, 0, 0))]), atol=1e-5)
+    assert not np.allclose(b, c, atol=1e-4)
+    assert main(["--model", str(model), "--data", str(labelled), "--input-size", "32", "--resize-size", "16"]) == 2
+    assert "must be >= it" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_default_model_is_built_into_the_cache_and_evaluated(labelled: Path, tmp_path: Path) -> None:
     embedder = open_embedder("default", cache_dir=tmp_path, input_size=96)

@@ -128,19 +128,26 @@ def open_embedder(
     cache_dir: Path | None = None,
     pixel_size: int | None = None,
     input_size: int | None = None,
+    resize_size: int | None = None,
 ) -> Embedder:
     """``"pixels"``, ``"default"`` or a model file path -> an embedder.
 
     ``input_size`` re-targets a model file to another input resolution (resize and crop scaled
     alike), e.g. to evaluate the 224-px default model on 28-px images at a lower cost.
+    ``resize_size`` overrides the shorter side before the centre crop: equal to the input size,
+    the model sees the whole image, as an export made with ``export.resize_size`` equal to
+    ``export.input_size`` does; comparisons between models need the same preprocessing.
     """
     if spec == PIXELS:
         return PixelEmbedder(pixel_size)
     path = default_model_file(cache_dir) if spec == DEFAULT else Path(spec)
     emb = ModelFileEmbedder(path, device=device, batch_size=batch_size)
-    if input_size is not None and input_size != emb.meta.input_size:
-        ratio = emb.meta.resize_size / emb.meta.input_size
-        fields = {**emb.meta.__dict__, "input_size": input_size, "resize_size": round(input_size * ratio)}
-        emb.meta = EmbedderMeta(**fields)
-        emb.name = f"{emb.name}@{input_size}"
+    meta = emb.meta
+    size = input_size or meta.input_size
+    resize = resize_size or round(size * meta.resize_size / meta.input_size)
+    if resize < size:
+        raise ValueError(f"--resize-size {resize} is smaller than the input size {size}; it must be >= it")
+    if (size, resize) != (meta.input_size, meta.resize_size):
+        emb.meta = EmbedderMeta(**{**meta.__dict__, "input_size": size, "resize_size": resize})
+        emb.name = f"{emb.name}@{size}" + ("" if resize_size is None else f"/{resize}")
     return emb
