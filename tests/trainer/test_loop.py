@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,8 +18,9 @@ import pytest
 import torch
 from imagefolder import write_image_folder
 from lookalike.trainer.checkpoint import LAST, load_checkpoint
-from lookalike.trainer.config import load_config
+from lookalike.trainer.config import CONFIG_DIR, load_config
 from lookalike.trainer.loop import autocast_dtype, lr_at, param_groups, train, without_sync_batchnorm
+from lookalike.trainer.methods.registry import canonical_name, method_options
 from lookalike.trainer.train_cli import main
 from PIL import Image
 
@@ -70,6 +72,14 @@ def test_overrides_are_typed_and_checked() -> None:
     cfg = load_config(overrides=["data.source=x", "train.precision=fp8"])
     with pytest.raises(ValueError, match=r"train.precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\]"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_packaged_config_loads_with_valid_method_options(name: str) -> None:
+    cfg = load_config([name])
+    valid = method_options(canonical_name(cfg.method.name))
+    assert set(cfg.method.options) <= set(valid), sorted(set(cfg.method.options) - set(valid))
+    assert cfg.train.epochs > 0 and cfg.optim.lr > 0
 
 
 def test_cli_reports_a_missing_data_source(capsys: pytest.CaptureFixture) -> None:
@@ -203,3 +213,35 @@ def test_two_process_torchrun_on_cpu_completes(folder: Path, tmp_path: Path) -> 
     assert len(log) == 1 and log[0]["step"] == 1  # 50 images / 2 ranks / 8 per batch = 3 batches -> 1 step
     module, meta = load_embedder(out / "epoch_1_export.pt")
     assert (meta.output_dim, meta.precision) == (512, "fp16")  # PAI: half-precision export
+
+
+def _readme_train_command() -> list[str]:
+    """The ``lookalike train`` line of the README's three-command block, as argv."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    lines = [ln for ln in readme.splitlines() if ln.startswith("lookalike train ")]
+    assert lines, "README lost its `lookalike train` command"
+    return shlex.split(lines[0].split("#")[0])[2:]
+
+
+@pytest.mark.slow
+def test_readme_finetune_command_adapts_the_packaged_model(folder: Path, tmp_path: Path) -> None:
+    """The README's fine-tune command (shrunk to two steps) starts from the served default weights."""
+    from lookalike.server.core.default_model import default_model_path
+
+    argv = _readme_train_command()
+    assert "--config" in argv, argv
+    argv[argv.index("--data") + 1] = str(folder)
+    argv[argv.index("--output") + 1] = str(tmp_path)
+    small = ["method.image_size=64", "method.options={K: 64}", "train.batch_size=8", "train.epochs=1",
+             "train.steps_per_epoch=2", "train.checkpoint_every=1", "data.num_workers=0"]  # fmt: skip
+    assert main([*argv, *small]) == 0
+    tuned, meta = load_embedder(tmp_path / "epoch_1_export.pt")
+    base, base_meta = load_embedder(default_model_path())
+    assert (meta.output_dim, meta.input_size) == (base_meta.output_dim, 64) == (1280, 64)
+    images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("[!z]*.jpg"))[:8]]
+    assert len(images) == 8
+    batch = torch.from_numpy(np.stack([preprocess(img, meta) for img in images]))
+    with torch.no_grad():
+        a, b = tuned(batch), base(batch)
+    cos = torch.nn.functional.cosine_similarity(a, b).min().item()
+    assert 0.9 < cos < 1.0 - 1e-6, f"fine-tuned vs pretrained cosine {cos}: not a pretrained start, or untrained"
