@@ -149,23 +149,23 @@ def _latest_export(folder: Path) -> Path | None:
 
 
 def stage_eval(work: Path, protocol: str, models: list[str], extra: list[str]) -> int:
-    specs = []
-    for name in models:
-        if name in ("pixels", "default") or name.startswith("default@"):
-            specs.append(name)
-        else:
-            export = _latest_export(work / name)
-            if export is None:
-                print(f"no export in {work / name}; run the train stage first", file=sys.stderr)
-                return 2
-            specs.append(str(export))
+    specs: list[tuple[str, str, list[str]]] = []  # (model spec, result tag, extra flags)
+    for model in models:
+        # NAME@SIDE: run the model at another input size; NAME@SIDE-whole: and show it the whole image
+        name, _, at = model.partition("@")
+        size, _, mode = at.partition("-")
+        flags = (["--input-size", size] if size else []) + (["--resize-size", size] if mode == "whole" else [])
+        if name in ("pixels", "default"):
+            specs.append((name, model, flags))
+            continue
+        export = _latest_export(work / name)
+        if export is None:
+            print(f"no export in {work / name}; run the train stage first", file=sys.stderr)
+            return 2
+        specs.append((str(export), model, flags))
     limits = {"full": [], "subset": ["--gallery-limit", "5000", "--query-limit", "1000"]}[protocol]
     rc = 0
-    for spec in specs:
-        size = []
-        if spec.startswith("default@"):
-            spec, size = "default", ["--input-size", spec.split("@")[1]]
-        tag = Path(spec).parent.name if spec.endswith(".pt") else spec + (f"@{size[1]}" if size else "")
+    for spec, tag, size in specs:
         out = work / "eval" / f"{protocol}-{tag}.json"
         argv = ["--model", spec, "--data", "fashion-mnist", *limits, *size, "--near-dup", "--json", str(out), *extra]
         rc = rc or _run("lookalike.trainer.eval_cli", argv)
