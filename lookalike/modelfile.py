@@ -8,11 +8,13 @@ normalised with ``mean``/``std``) to ``[N, D]``; the server L2-normalises the ou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,14 @@ class EmbedderMeta:
             raise ModelFileError(f"{META_FILE} is incomplete: {exc}") from exc
 
 
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Silence torch's TorchScript deprecation warnings: deprecated upstream, still our stable file format."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        yield
+
+
 def save_embedder(module: Any, path: str | Path, meta: EmbedderMeta) -> Path:
     """Script (or trace-free save) ``module`` and write it with ``meta`` inside.
 
@@ -95,11 +105,10 @@ def save_embedder(module: Any, path: str | Path, meta: EmbedderMeta) -> Path:
     import torch
 
     path = Path(path)
-    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent writers never share
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+    with quiet_torchscript():
+        scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
         torch.jit.save(scripted, str(tmp), _extra_files={META_FILE: meta.to_json()})
     tmp.replace(path)
     return path
@@ -119,8 +128,7 @@ def load_embedder(path: str | Path, device: str = "cpu") -> tuple[Any, EmbedderM
         raise ModelFileError(f"model file {path} does not exist; pass --model with a file from `lookalike train`")
     extra = {META_FILE: ""}
     try:
-        with warnings.catch_warnings():  # TorchScript is deprecated upstream but is our stable file format
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        with quiet_torchscript():
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a TorchScript file: {exc}") from exc

@@ -14,7 +14,6 @@ the server does that). It casts its input to its own parameter dtype first, so:
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from lookalike.trainer.methods.base import SSLMethod
 from torch import nn
 
-from lookalike.modelfile import EmbedderMeta, load_embedder, save_embedder
+from lookalike.modelfile import EmbedderMeta, load_embedder, quiet_torchscript, save_embedder
 
 
 class ExportedEmbedder(nn.Module):
@@ -75,8 +74,7 @@ def _plain_batchnorm(sync: nn.SyncBatchNorm) -> nn.Module:
 
 def _to_torchscript(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """Script the module; trace it when scripting fails (shapes other than the batch are then fixed)."""
-    with warnings.catch_warnings():  # torch >= 2.10 flags TorchScript as deprecated; it is our file format
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecated", category=FutureWarning)
+    with quiet_torchscript():
         try:
             return torch.jit.script(module)
         except Exception as script_error:  # TorchScript raises many types for unsupported Python

@@ -13,13 +13,12 @@ import hashlib
 import io
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lookalike.modelfile import EmbedderMeta, save_embedder
+from lookalike.modelfile import EmbedderMeta, quiet_torchscript, save_embedder
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,7 @@ def build_default_model(path: Path) -> Path:
         net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(_weights_path()))
     model = _PooledFeatures(net).eval()
     example = torch.zeros(2, 3, 224, 224)
-    with torch.no_grad(), warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+    with torch.no_grad(), quiet_torchscript():
         traced = torch.jit.trace(model, example, check_inputs=[(torch.zeros(3, 3, 256, 256),)])
     meta = EmbedderMeta(
         model_name=MODEL_NAME,
