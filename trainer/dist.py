@@ -40,6 +40,12 @@ def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)  # [B * world, ...]
 
 
+def barrier() -> None:
+    """Wait until every process gets here (no-op in a single process)."""
+    if is_distributed() and world_size() > 1:
+        dist.barrier()
+
+
 @torch.no_grad()
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` over processes, in place; returns ``x``."""

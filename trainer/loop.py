@@ -216,9 +216,8 @@ def train(cfg: Config) -> TrainResult:
     world, local_rank, joined = setup_distributed(cfg.train.dist_backend)
     try:
         result = _train(cfg, world, local_rank)
-        if joined:  # barrier, so no process leaves while rank 0 still writes the last export
-            on_gpu = torch.distributed.get_backend() == "nccl"
-            dist.all_reduce_sum(torch.zeros(1, device="cuda" if on_gpu else "cpu"))
+        if joined:
+            dist.barrier()  # no process leaves while rank 0 still writes the last export
         return result
     finally:
         if joined:
