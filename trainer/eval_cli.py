@@ -6,9 +6,11 @@ Examples::
     lookalike eval --model default --data gallery/ --query queries/          # folder against folder
     lookalike eval --model pixels --model default --data fashion-mnist       # baselines, 60k vs 10k
     lookalike eval --model m.pt --data fashion-mnist --near-dup --json out.json
+    lookalike eval --model default --model runs/e/best_export.pt --data emoji-google   # npm emoji sets
 
 ``--data`` is a folder with one subfolder per class, or ``fashion-mnist`` (gallery: the 60,000
-training images, queries: the 10,000 test images). ``--model`` is an embedder file,
+training images, queries: the 10,000 test images), or a domain set of
+``lookalike.trainer.eval.domains`` (emoji-google, emoji-twitter, emoji-cross). ``--model`` is an embedder file,
 ``default`` (the server's EfficientNet-Lite0 ImageNet model) or ``pixels`` (raw-pixel baseline);
 repeat it to compare several on the same data.
 """
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lookalike.trainer.eval.domains import DOMAINS, DomainSet, load_domain
 from lookalike.trainer.eval.embedders import Embedder, open_embedder
 from lookalike.trainer.eval.labelled import LabelledImages, load_labelled_folder
 from lookalike.trainer.eval.metrics import retrieval_metrics
@@ -46,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", "-m", action="append", required=True,
                    help="embedder file, 'default' or 'pixels'; repeat to compare")  # fmt: skip
-    p.add_argument("--data", "-d", required=True, help="labelled folder (one subfolder per class) or fashion-mnist")
+    p.add_argument(
+        "--data",
+        "-d",
+        required=True,
+        help=f"labelled folder (one subfolder per class), fashion-mnist or one of {', '.join(DOMAINS)}",
+    )
     p.add_argument("--query", "-q", help="labelled query folder (default: leave-one-out on --data)")
     p.add_argument("--fashion-mnist-dir", type=Path, default=None, help="IDX files folder")
     p.add_argument("--gallery-limit", type=int, default=None, help="use the first N gallery images")
@@ -72,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_data(args: argparse.Namespace) -> tuple[LabelledImages, LabelledImages | None]:
     """``(gallery, query)``; ``query`` is None for leave-one-out on the gallery."""
+    if args.data in DOMAINS:
+        from lookalike.trainer.data.skips import SkipLog
+
+        g, q = load_domain(args.data)
+
+        def labelled(d: DomainSet) -> LabelledImages:
+            return LabelledImages(d.images, d.labels, d.classes, SkipLog())
+
+        return labelled(g), (labelled(q) if q is not None else None)
     if args.data == FASHION_MNIST:
         from lookalike.trainer.eval import fashion_mnist as fm
 
