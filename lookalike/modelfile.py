@@ -23,8 +23,19 @@ import numpy as np
 
 META_FILE = "lookalike.json"
 FORMAT_VERSION = 1
-RESIZE_MODES = ("shorter_then_center_crop", "stretch")
+# shorter_then_center_crop: shorter side to resize_size, centre crop input_size (ImageNet classification).
+# stretch: the whole image resized to input_size x input_size (aspect ratio not kept).
+# letterbox: the whole image, longer side to input_size, centred, padded with the mean colour (0 after
+# normalisation).
+RESIZE_MODES = ("shorter_then_center_crop", "stretch", "letterbox")
+# What a file whose metadata has no resize_mode meant when it was written; never changes.
+LEGACY_RESIZE_MODE = "shorter_then_center_crop"
+# What new files get when the writer does not say (chosen by measurement: bench/PREPROCESSING.md).
+DEFAULT_RESIZE_MODE = "shorter_then_center_crop"
 PRECISIONS = ("fp32", "fp16")
+# Version of the pixel pipeline outside the metadata (mode conversion, alpha, EXIF, interpolation).
+# Bump it when a change here alters the vectors of ordinary images, so stored vectors are not mixed.
+PIPELINE_VERSION = 2
 
 
 class ModelFileError(ValueError):
@@ -39,7 +50,7 @@ class EmbedderMeta:
     output_dim: int
     input_size: int = 224
     resize_size: int = 256
-    resize_mode: str = "shorter_then_center_crop"
+    resize_mode: str = DEFAULT_RESIZE_MODE
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     precision: str = "fp32"
@@ -83,6 +94,7 @@ class EmbedderMeta:
         try:
             raw["mean"] = tuple(float(v) for v in raw.get("mean", cls.mean))
             raw["std"] = tuple(float(v) for v in raw.get("std", cls.std))
+            raw.setdefault("resize_mode", LEGACY_RESIZE_MODE)  # an old file keeps meaning what it meant
             return cls(**raw)
         except TypeError as exc:
             raise ModelFileError(f"{META_FILE} is incomplete: {exc}") from exc
@@ -142,21 +154,129 @@ def load_embedder(path: str | Path, device: str = "cpu") -> tuple[Any, EmbedderM
     return module, meta
 
 
-def preprocess(image: Any, meta: EmbedderMeta) -> np.ndarray:
-    """PIL image -> float32 ``[3, S, S]`` normalised as the model expects."""
+_WHITE = (255, 255, 255)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def upright(image: Any) -> Any:
+    """Apply the EXIF orientation (phone photos), so a rotated file and its upright twin match.
+
+    A damaged EXIF block is ignored rather than refusing an image whose pixels are fine.
+    """
+    from PIL import ImageOps
+
+    try:
+        if image.getexif().get(0x0112, 1) in (None, 1):  # no rotation: no copy of the pixels
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:  # corrupt EXIF raises many types (struct.error, KeyError, SyntaxError, ...)
+        return image
+
+
+def _deep_to_l(image: Any) -> Any:
+    """16-bit, 32-bit integer and float grayscale -> 8-bit ``L`` by the values' real range.
+
+    Pillow's own ``convert`` clips these at 255 (16-bit: all white) or truncates floats in
+    [0, 1] to 0 (all black). 16-bit modes are scaled from 0..65535; ``I`` from 0..255 when its
+    values fit (8-bit data), else 0..65535 when they fit, else its min..max; ``F`` from 0..1
+    when its values fit, else its min..max. Non-finite floats become 0.
+    """
     from PIL import Image
 
-    img = image.convert("RGB")
+    arr = np.asarray(image).astype(np.float64)
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0)
+    lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        lo, hi = 0.0, 65535.0
+    elif image.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    elif image.mode == "I" and lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    elif image.mode == "I" and lo >= 0 and hi <= 65535:
+        lo, hi = 0.0, 65535.0
+    scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(image: Any) -> Any:
+    """Any Pillow image -> 8-bit RGB with the pixels a viewer would show.
+
+    Deep grayscale is scaled by its range (see ``_deep_to_l``); transparency (alpha, palette or
+    colour-key) is composited onto white, as a viewer's page shows a cut-out product photo.
+    """
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return _deep_to_l(image).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        out = Image.new("RGB", rgba.size, _WHITE)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return image.convert("RGB")
+
+
+def _crop_box(w: int, h: int, meta: EmbedderMeta) -> tuple[float, float, float, float]:
+    """Source-pixel box that the centre crop keeps: shorter side to resize_size, then input_size."""
     size = meta.input_size
+    scale = meta.resize_size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    sx, sy = w / nw, h / nh  # the same sampling grid as resizing to (nw, nh) and cropping
+    return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+
+
+def letterbox_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """``(new_w, new_h, left, top)``: the whole image scaled so its longer side is ``size``, centred."""
+    scale = size / max(w, h)
+    nw, nh = min(size, max(1, round(w * scale))), min(size, max(1, round(h * scale)))
+    return nw, nh, (size - nw) // 2, (size - nh) // 2
+
+
+def preprocess(image: Any, meta: EmbedderMeta) -> np.ndarray:
+    """PIL image -> float32 ``[3, S, S]`` normalised as the model expects.
+
+    Work is bounded by the output size whatever the input's shape: the centre crop resizes only
+    the kept box, never the whole stretched image (a 1 x 100000 image once took gigabytes).
+    """
+    from PIL import Image
+
+    img = to_rgb(image)
+    size = meta.input_size
+    mean, std = np.asarray(meta.mean, np.float32), np.asarray(meta.std, np.float32)
+    if meta.resize_mode == "letterbox":
+        nw, nh, left, top = letterbox_geometry(img.width, img.height, size)
+        content = np.asarray(img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0), dtype=np.float32)
+        out = np.zeros((3, size, size), np.float32)  # the mean colour, normalised
+        out[:, top : top + nh, left : left + nw] = ((content * (1.0 / 255.0) - mean) / std).transpose(2, 0, 1)
+        return out
     if meta.resize_mode == "stretch":
         img = img.resize((size, size), Image.BILINEAR)
     else:
-        w, h = img.size
-        scale = meta.resize_size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+        img = img.resize((size, size), Image.BILINEAR, box=_crop_box(img.width, img.height, meta), reducing_gap=3.0)
     arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-    arr = (arr - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
+    arr = (arr - mean) / std
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocessing_identity(meta: EmbedderMeta) -> dict[str, Any]:
+    """Everything about a model file's preprocessing that changes the vectors it produces.
+
+    Recorded with each database: vectors made under one identity must not be searched with
+    queries made under another. Two files with equal identities (and equal weights) embed alike.
+    """
+    return {
+        "resize_mode": meta.resize_mode,
+        "input_size": meta.input_size,
+        # resize_size only matters to the centre crop; the whole-image modes ignore it.
+        "resize_size": meta.resize_size if meta.resize_mode == "shorter_then_center_crop" else None,
+        "mean": [float(v) for v in meta.mean],
+        "std": [float(v) for v in meta.std],
+        "interpolation": "bilinear",
+        "color": "rgb8",
+        "pipeline_version": PIPELINE_VERSION,
+    }

@@ -8,6 +8,8 @@ from pathlib import Path
 from lookalike.trainer.data.oss import OssReader, is_oss
 from PIL import Image, UnidentifiedImageError
 
+from lookalike.modelfile import to_rgb, upright
+
 # Failures of a single file: missing, truncated, not an image, too large to be a real photo.
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError)
 
@@ -32,11 +34,16 @@ def read_bytes(ref: str, oss: OssReader | None = None) -> bytes:
 
 
 def decode_image(data: bytes, ref: str = "<bytes>") -> Image.Image:
-    """Fully decoded RGB image (decoding is forced here, so truncation is caught here)."""
+    """Fully decoded, upright 8-bit RGB image, converted as the server converts it.
+
+    Decoding is forced here, so truncation is caught here. The EXIF orientation is applied and
+    16-bit / float / transparent pixels are converted like the server's decoder does
+    (``lookalike.modelfile.to_rgb``), so training and evaluation see what serving sees.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(upright(img))
     except _DECODE_ERRORS as exc:
         raise UnreadableImage(ref, f"{type(exc).__name__}: {exc}") from exc
 
