@@ -4,13 +4,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "lookalike/simd.hpp"
+#include "lookalike/stream.hpp"
+#include "lookalike/thread_pool.hpp"
 #include "lookalike/topk.hpp"
+#include "lookalike/types.hpp"
 
 namespace py = pybind11;
 
@@ -54,27 +58,6 @@ py::array as_matrix_f32(const py::handle& obj, const char* name) {
   return a;
 }
 
-// `obj` (None or a byte mask of length n) as a pointer into the array, kept alive by `keep`.
-const std::uint8_t* as_live_mask(const py::handle& obj, py::ssize_t n, py::object& keep) {
-  if (obj.is_none()) return nullptr;
-  const char* fix = "; try live = np.ascontiguousarray(live, dtype=np.uint8)";
-  if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error("live must be None or a numpy.ndarray of uint8 (1 = live, 0 = deleted), got " +
-                         type_name(obj) + fix);
-  }
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<std::uint8_t>()) && !a.dtype().is(py::dtype::of<bool>())) {
-    throw py::type_error("live must be uint8 or bool (1 = live, 0 = deleted), got dtype " + dtype_name(a) + fix);
-  }
-  if (a.ndim() != 1 || a.shape(0) != n) {
-    throw py::value_error("live must have shape (" + std::to_string(n) + ",), one byte per database row, got " +
-                          shape_str(a));
-  }
-  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string("live must be contiguous") + fix);
-  keep = a;
-  return static_cast<const std::uint8_t*>(a.data());
-}
-
 std::vector<std::string> available_levels() {
   std::vector<std::string> out;
   for (lookalike::SimdLevel level : lookalike::kAllSimdLevels) {
@@ -95,41 +78,214 @@ std::optional<lookalike::SimdLevel> as_level(const std::optional<std::string>& s
   return level;
 }
 
-py::tuple topk_f32(const py::handle& db_obj, const py::handle& queries_obj, std::int64_t k,
-                   const py::handle& live_obj, std::int64_t threads, const std::optional<std::string>& simd) {
-  const py::array db = as_matrix_f32(db_obj, "db");
+// `obj` as a list of 2-D, C-contiguous arrays (one array is a list of one), all of one dtype
+// and one dimension.
+std::vector<py::array> as_chunks(const py::handle& obj) {
+  std::vector<py::array> out;
+  const char* fix = "; db is one 2-D numpy array [rows, dim] or a list/tuple of them (chunks)";
+  auto check = [&](const py::handle& item, const std::string& name) {
+    if (!py::isinstance<py::array>(item)) {
+      throw py::type_error(name + " must be a numpy.ndarray, got " + type_name(item) + fix);
+    }
+    py::array a = py::reinterpret_borrow<py::array>(item);
+    if (a.ndim() != 2) {
+      throw py::value_error(name + " must be 2-D [rows, dim], got shape " + shape_str(a) +
+                            (a.ndim() == 1 ? "; for one vector use " + name + "[None, :]" : std::string()));
+    }
+    if (!(a.flags() & py::array::c_style)) {
+      throw py::value_error(name + " must be C-contiguous, got a strided view; try np.ascontiguousarray(" + name +
+                            ")");
+    }
+    if (!py::cast<bool>(a.attr("flags").attr("aligned"))) {
+      throw py::value_error(name + " is not aligned to its element size; try " + name + ".copy()");
+    }
+    out.push_back(a);
+  };
+  if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+    py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+    for (std::size_t i = 0; i < seq.size(); ++i) check(seq[i], "db[" + std::to_string(i) + "]");
+    if (out.empty()) throw py::value_error("db is an empty list; pass at least one chunk (it may have 0 rows)");
+  } else {
+    check(obj, "db");
+  }
+  for (std::size_t i = 1; i < out.size(); ++i) {
+    if (!out[i].dtype().is(out[0].dtype())) {
+      throw py::type_error("db chunks must share one dtype: db[0] is " + dtype_name(out[0]) + ", db[" +
+                           std::to_string(i) + "] is " + dtype_name(out[i]));
+    }
+    if (out[i].shape(1) != out[0].shape(1)) {
+      throw py::value_error("db chunks must share one dimension: db[0] has " + std::to_string(out[0].shape(1)) +
+                            ", db[" + std::to_string(i) + "] has " + std::to_string(out[i].shape(1)));
+    }
+  }
+  return out;
+}
+
+lookalike::Storage storage_of(const py::array& a) {
+  if (a.dtype().is(py::dtype::of<float>())) return lookalike::Storage::f32;
+  if (a.dtype().is(py::dtype("float16"))) return lookalike::Storage::f16;
+  if (a.dtype().is(py::dtype::of<std::uint16_t>())) return lookalike::Storage::bf16;
+  if (a.dtype().is(py::dtype::of<std::int8_t>())) return lookalike::Storage::i8;
+  throw py::type_error("db dtype " + dtype_name(a) +
+                       " is not a storage type; use float32, float16, uint16 (bfloat16 bit patterns, see "
+                       "lookalike.native.to_bfloat16) or int8 with scales (lookalike.native.quantize_int8)");
+}
+
+// A 1-D contiguous array of one of `dtypes` with at least n entries (pointer into it).
+py::array as_vector(const py::handle& obj, const char* name, py::ssize_t n, const std::vector<py::dtype>& dtypes,
+                    const std::string& what) {
+  const std::string fix = std::string("; ") + name + " is " + what;
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(name) + " must be None or a numpy.ndarray, got " + type_name(obj) + fix);
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  bool ok = false;
+  for (const py::dtype& dt : dtypes) ok = ok || a.dtype().is(dt);
+  if (!ok) throw py::type_error(std::string(name) + " has dtype " + dtype_name(a) + fix);
+  if (a.ndim() != 1 || a.shape(0) < n) {
+    throw py::value_error(std::string(name) + " must be 1-D with at least " + std::to_string(n) +
+                          " entries (one per database row), got shape " + shape_str(a));
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + " must be contiguous; try np.ascontiguousarray(" + name + ")");
+  }
+  return a;
+}
+
+struct Call {
+  std::vector<py::array> arrays;  // chunks, limited to the first n rows
+  std::vector<std::size_t> rows;
+  std::vector<const float*> scales;
+  std::size_t d = 0;
+  lookalike::TopKOptions options;
+};
+
+template <class DbT>
+void run_topk(const Call& call, const float* q, std::size_t m, std::size_t k, float* s, std::int64_t* ids) {
+  std::vector<lookalike::Chunk<DbT>> chunks;
+  for (std::size_t c = 0; c < call.arrays.size(); ++c) {
+    chunks.push_back({static_cast<const DbT*>(call.arrays[c].data()), call.rows[c],
+                      call.scales.empty() ? nullptr : call.scales[c]});
+  }
+  py::gil_scoped_release release;
+  lookalike::topk_chunks(chunks.data(), chunks.size(), call.d, q, m, k, s, ids, call.options);
+}
+
+py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int64_t k,
+               const std::optional<std::int64_t>& n_opt, const py::handle& live_obj, const py::handle& groups_obj,
+               bool one_per_group, std::int64_t threads, const std::optional<std::string>& simd,
+               const py::handle& scales_obj) {
+  Call call;
+  const std::vector<py::array> chunks = as_chunks(db_obj);
+  const lookalike::Storage storage = storage_of(chunks[0]);
   const py::array queries = as_matrix_f32(queries_obj, "queries");
   if (k < 0) throw py::value_error("k must be >= 0, got " + std::to_string(k));
-  if (threads < 0) throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
-  if (queries.shape(1) != db.shape(1)) {
-    throw py::value_error("queries have dimension " + std::to_string(queries.shape(1)) + " but db rows have " +
-                          std::to_string(db.shape(1)) + "; embed both with the same model");
+  if (threads < 0) {
+    throw py::value_error("threads must be >= 0 (0 = the thread budget, see set_threads), got " +
+                          std::to_string(threads));
   }
-  py::object keep_live;
-  const std::uint8_t* live = as_live_mask(live_obj, db.shape(0), keep_live);
+  call.d = static_cast<std::size_t>(chunks[0].shape(1));
+  if (static_cast<std::size_t>(queries.shape(1)) != call.d) {
+    throw py::value_error("queries have dimension " + std::to_string(queries.shape(1)) + " but db rows have " +
+                          std::to_string(call.d) + "; embed both with the same model");
+  }
+  py::ssize_t total = 0;
+  for (const py::array& a : chunks) total += a.shape(0);
+  py::ssize_t n = total;
+  if (n_opt) {
+    if (*n_opt < 0 || *n_opt > total) {
+      throw py::value_error("n must be in [0, " + std::to_string(total) + "] (the rows db holds), got " +
+                            std::to_string(*n_opt));
+    }
+    n = *n_opt;
+  }
+  // Chunks limited to the first n rows.
+  py::ssize_t left = n;
+  for (const py::array& a : chunks) {
+    const py::ssize_t take = std::min(left, a.shape(0));
+    call.arrays.push_back(a);
+    call.rows.push_back(static_cast<std::size_t>(take));
+    left -= take;
+  }
 
-  lookalike::TopKOptions options;
-  options.live = live;
-  options.threads = static_cast<std::size_t>(threads);
-  options.simd = as_level(simd);
+  // int8: scales, one float32 per row: one array over all rows, or one per chunk.
+  std::vector<py::array> keep;
+  if (storage == lookalike::Storage::i8) {
+    const std::string what = "one float32 scale per int8 row (see lookalike.native.quantize_int8)";
+    if (scales_obj.is_none()) throw py::type_error("int8 db needs scales: " + what);
+    if (py::isinstance<py::list>(scales_obj) || py::isinstance<py::tuple>(scales_obj)) {
+      py::sequence seq = py::reinterpret_borrow<py::sequence>(scales_obj);
+      if (seq.size() != call.arrays.size()) {
+        throw py::value_error("scales is a list of " + std::to_string(seq.size()) + " arrays but db has " +
+                              std::to_string(call.arrays.size()) + " chunks; pass one per chunk");
+      }
+      for (std::size_t c = 0; c < call.arrays.size(); ++c) {
+        const std::string name = "scales[" + std::to_string(c) + "]";
+        keep.push_back(as_vector(seq[c], name.c_str(), static_cast<py::ssize_t>(call.rows[c]),
+                                 {py::dtype::of<float>()}, what));
+        call.scales.push_back(static_cast<const float*>(keep.back().data()));
+      }
+    } else {
+      keep.push_back(as_vector(scales_obj, "scales", n, {py::dtype::of<float>()}, what));
+      const auto* base = static_cast<const float*>(keep.back().data());
+      std::size_t offset = 0;
+      for (std::size_t c = 0; c < call.arrays.size(); ++c) {
+        call.scales.push_back(base + offset);
+        offset += static_cast<std::size_t>(call.arrays[c].shape(0));
+      }
+    }
+  } else if (!scales_obj.is_none()) {
+    throw py::value_error("scales are for int8 databases only; db is " + dtype_name(chunks[0]));
+  }
 
-  const auto n = static_cast<std::size_t>(db.shape(0));
-  const auto d = static_cast<std::size_t>(db.shape(1));
+  if (!live_obj.is_none()) {
+    keep.push_back(as_vector(live_obj, "live", n, {py::dtype::of<std::uint8_t>(), py::dtype::of<bool>()},
+                             "a uint8 or bool mask (1 = live, 0 = deleted); try np.ascontiguousarray(live, "
+                             "dtype=np.uint8)"));
+    call.options.live = static_cast<const std::uint8_t*>(keep.back().data());
+  }
+  if (one_per_group) {
+    if (groups_obj.is_none()) throw py::value_error("one_per_group=True needs groups: one int32/int64 id per row");
+    keep.push_back(as_vector(groups_obj, "groups", n, {py::dtype::of<std::int64_t>(), py::dtype::of<std::int32_t>()},
+                             "one int32 or int64 group id per row"));
+    if (keep.back().dtype().is(py::dtype::of<std::int64_t>())) {
+      call.options.groups = static_cast<const std::int64_t*>(keep.back().data());
+    } else {
+      call.options.groups32 = static_cast<const std::int32_t*>(keep.back().data());
+    }
+    call.options.one_per_group = true;
+  } else if (!groups_obj.is_none()) {
+    throw py::value_error("groups is only used with one_per_group=True; pass both, or neither");
+  }
+  call.options.threads = static_cast<std::size_t>(threads);
+  call.options.simd = as_level(simd);
+
   const auto m = static_cast<std::size_t>(queries.shape(0));
   const auto kk = static_cast<std::size_t>(k);
   py::array_t<float> scores({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(kk)});
   py::array_t<std::int64_t> ids({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(kk)});
-
-  // Plain pointers only past this point: no Python object is touched without the GIL.
-  const auto* db_ptr = static_cast<const float*>(db.data());
-  const auto* q_ptr = static_cast<const float*>(queries.data());
-  float* s_ptr = scores.mutable_data();
-  std::int64_t* i_ptr = ids.mutable_data();
-  {
-    py::gil_scoped_release release;
-    lookalike::topk_f32(db_ptr, n, d, q_ptr, m, kk, s_ptr, i_ptr, options);
+  const auto* q = static_cast<const float*>(queries.data());
+  float* s = scores.mutable_data();
+  std::int64_t* i = ids.mutable_data();
+  switch (storage) {
+    case lookalike::Storage::f32: run_topk<float>(call, q, m, kk, s, i); break;
+    case lookalike::Storage::f16: run_topk<lookalike::f16>(call, q, m, kk, s, i); break;
+    case lookalike::Storage::bf16: run_topk<lookalike::bf16>(call, q, m, kk, s, i); break;
+    case lookalike::Storage::i8: run_topk<std::int8_t>(call, q, m, kk, s, i); break;
   }
   return py::make_tuple(std::move(scores), std::move(ids));
+}
+
+std::uint64_t stream_read(const py::handle& obj, std::int64_t threads, const std::optional<std::string>& simd) {
+  if (!py::isinstance<py::array>(obj)) throw py::type_error("stream_read needs a numpy.ndarray, got " + type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!(a.flags() & py::array::c_style)) throw py::value_error("stream_read needs a C-contiguous array");
+  if (threads < 0) throw py::value_error("threads must be >= 0, got " + std::to_string(threads));
+  const void* data = a.data();
+  const auto bytes = static_cast<std::size_t>(a.nbytes());
+  const std::optional<lookalike::SimdLevel> level = as_level(simd);
+  py::gil_scoped_release release;
+  return lookalike::stream_read(data, bytes, static_cast<std::size_t>(threads), level);
 }
 
 }  // namespace
@@ -139,16 +295,30 @@ PYBIND11_MODULE(_native, mod) {
       "Native exact top-k kernel of Lookalike (C++ in ext/include/lookalike). Use lookalike.native for the "
       "friendly API.";
 
-  mod.def("topk_f32", &topk_f32, py::arg("db"), py::arg("queries"), py::arg("k"), py::kw_only(),
-          py::arg("live") = py::none(), py::arg("threads") = 0, py::arg("simd") = py::none(),
-          R"doc(Exact top-k by inner product over a float32 database.
+  mod.def("topk", &topk, py::arg("db"), py::arg("queries"), py::arg("k"), py::kw_only(), py::arg("n") = py::none(),
+          py::arg("live") = py::none(), py::arg("groups") = py::none(), py::arg("one_per_group") = false,
+          py::arg("threads") = 0, py::arg("simd") = py::none(), py::arg("scales") = py::none(),
+          R"doc(Exact top-k by inner product; see lookalike.native.topk for the full contract.
 
-db: float32 [n, d] C-contiguous; queries: float32 [m, d] C-contiguous; k >= 0.
-live: None or uint8/bool [n]; rows whose byte is 0 are never returned.
-threads: worker threads, 0 = all cores. simd: None (best, or $LOOKALIKE_SIMD) or a level name.
-Returns (scores float32 [m, k], ids int64 [m, k]), best first; equal scores by lower id;
-padded with -inf / -1 when fewer than k live rows exist. The GIL is released while it runs.)doc");
+db: one 2-D C-contiguous array or a list/tuple of them (chunks, concatenated), dtype float32,
+float16, uint16 (bfloat16 bit patterns) or int8 (with scales). queries: float32 [m, d].
+n: rows used (the first n of the concatenation; default all). live: uint8/bool [>= n].
+groups + one_per_group: int32/int64 [>= n]; the best row of each of the k best groups.
+scales: int8 only; float32 [>= n] or one array per chunk. Returns (scores float32 [m, k],
+ids int64 [m, k]) with global row ids, padded with -inf / -1. The GIL is released.)doc");
 
+  mod.def("stream_read", &stream_read, py::arg("array"), py::kw_only(), py::arg("threads") = 0,
+          py::arg("simd") = py::none(),
+          "Reads every byte of a C-contiguous array once on the shared pool (the bandwidth ceiling of a "
+          "scan); returns a checksum. The GIL is released.");
+  mod.def(
+      "set_threads", [](std::int64_t n) {
+        if (n < 0) throw py::value_error("threads must be >= 0 (0 = one per hardware thread), got " + std::to_string(n));
+        lookalike::set_thread_budget(static_cast<std::size_t>(n));
+      },
+      py::arg("n"), "Sets the thread budget (the caller + n - 1 pooled workers); 0 = hardware threads.");
+  mod.def(
+      "get_threads", [] { return lookalike::thread_budget(); }, "The thread budget of a call with threads=0.");
   mod.def(
       "simd_level", [] { return std::string(lookalike::simd_level_name(lookalike::default_simd_level())); },
       "SIMD level used when a call names none: 'scalar', 'avx2' or 'avx512'.");

@@ -3,56 +3,237 @@
 ``topk(db, queries, k)`` returns, for each query, the ``k`` database rows with the largest
 inner product (cosine similarity, since Lookalike stores L2-normalised vectors), best first,
 as ``(scores float32, ids int64)``. Ties go to the lower row number; when fewer than ``k``
-live rows exist the rest is padding: score ``-inf``, id ``-1`` (the faiss convention).
+rows qualify the rest is padding: score ``-inf``, id ``-1`` (the faiss convention).
 
-Inputs are never converted silently: ``db`` and ``queries`` must already be float32 and
+Storage: the database may be float32, float16 (half the bytes), bfloat16 (half the bytes;
+numpy has no bfloat16, so it is passed as ``uint16`` bit patterns, see ``to_bfloat16``) or
+int8 with one float32 scale per row (a quarter of the bytes, see ``quantize_int8``; the row's
+value is ``scale * int8``). Queries are always float32. The database may be one 2-D array or a
+list of 2-D arrays ("chunks") whose concatenation is the database: ids are global row numbers.
+
+Inputs are never converted silently: arrays must already have a supported dtype and be
 C-contiguous (the error message says how to get there), so a large database is never copied
-behind your back. The work runs in C++ threads with the GIL released, using the best SIMD
-level of the CPU (``simd_level()``), which ``LOOKALIKE_SIMD=scalar|avx2|avx512`` can cap.
+behind your back. The work runs on a persistent pool of C++ threads (``set_threads`` sizes
+it once for the process) with the GIL released, using the best SIMD level of the CPU
+(``simd_level()``), which ``LOOKALIKE_SIMD=scalar|avx2|avx512`` can cap.
+
+int8 and recall: per-row int8 loses a little precision (a score error of about 1e-3 on unit
+vectors). Ask the int8 scan for more candidates than needed and re-score them exactly from a
+float32 copy (in memory or memory-mapped) with ``rerank``, or in one call with
+``topk_reranked``; ``bench/topk_bench.py`` measures recall@10 of int8 alone and re-ranked.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from lookalike import _native
 
-__all__ = ["available_simd_levels", "simd_level", "topk"]
+__all__ = [
+    "available_simd_levels",
+    "dequantize_int8",
+    "from_bfloat16",
+    "get_threads",
+    "quantize_int8",
+    "rerank",
+    "set_threads",
+    "simd_level",
+    "storage_of",
+    "stream_read",
+    "to_bfloat16",
+    "topk",
+    "topk_reranked",
+]
+
+Array = npt.NDArray[np.generic]
+Db = Array | Sequence[Array]
+Result = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
+
+_STORAGE = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint16): "bf16", np.dtype(np.int8): "i8"}
+
+
+def _as_bits(a: object) -> object:
+    """ml_dtypes.bfloat16 arrays are handed over as their uint16 bit patterns (a view, no copy)."""
+    if isinstance(a, np.ndarray) and a.dtype.name == "bfloat16":
+        return a.view(np.uint16)
+    return a
 
 
 def topk(
-    db: npt.NDArray[np.float32],
+    db: Db,
     queries: npt.NDArray[np.float32],
     k: int,
     *,
+    n: int | None = None,
     live: npt.NDArray[np.uint8] | npt.NDArray[np.bool_] | None = None,
+    groups: npt.NDArray[np.int32] | npt.NDArray[np.int64] | None = None,
+    one_per_group: bool = False,
     threads: int = 0,
     simd: str | None = None,
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    scales: npt.NDArray[np.float32] | Sequence[npt.NDArray[np.float32]] | None = None,
+) -> Result:
     """Exact top-``k`` rows of ``db`` by inner product with each query.
 
     Args:
-        db: float32 ``[n, d]``, C-contiguous; may have ``n == 0``.
+        db: ``[rows, d]`` C-contiguous array, or a list/tuple of them (chunks; rows are their
+            concatenation, row counts may differ). dtype float32, float16, uint16 (bfloat16
+            bit patterns) or int8 (needs ``scales``); all chunks share dtype and ``d``.
         queries: float32 ``[m, d]`` or a single query ``[d]``, C-contiguous.
-        k: number of results per query, ``>= 0``; may exceed ``n`` (then padded).
-        live: optional mask of ``n`` bytes (uint8 or bool); rows whose byte is 0 (tombstoned
-            deletions) are never returned.
-        threads: worker threads; 0 uses every core. Results do not depend on it.
+        k: results per query, ``>= 0``; may exceed the number of rows (then padded).
+        n: how many rows are valid: the first ``n`` of the concatenation (the last chunk may be
+            partly filled). Default: every row of every chunk.
+        live: optional uint8/bool mask with at least ``n`` entries (global row order); rows
+            whose byte is 0 (deleted, filtered out) are never returned.
+        groups: int32/int64 group id per row (at least ``n`` entries), with ``one_per_group``.
+        one_per_group: return the best row of each of the ``k`` best groups (distinct groups,
+            best first), in one scan. ``groups[ids]`` gives the groups.
+        threads: jobs the work is cut into; 0 = the thread budget (``set_threads``). Results
+            do not depend on it.
         simd: force a SIMD level (``"scalar"``, ``"avx2"``, ``"avx512"``); None picks the best.
+        scales: int8 only: float32 scale per row, one array over all rows (at least ``n``
+            entries) or one array per chunk.
 
     Returns:
-        ``(scores, ids)``: float32 and int64 arrays of shape ``[m, k]``, always 2-D (a single
-        query gives ``m == 1``). Row ``i`` is sorted best first.
+        ``(scores, ids)``: float32 and int64 arrays of shape ``[m, k]``, always 2-D. Row ``i``
+        is sorted best first; ids are global row numbers; padding is ``-inf`` / ``-1``.
 
     Raises:
-        TypeError: an input is not a numpy array of the required dtype.
+        TypeError: an input is not a numpy array of a supported dtype.
         ValueError: wrong shape or layout, dimension mismatch, negative ``k`` or ``threads``,
-            or a SIMD level this CPU does not run.
+            ``n`` out of range, groups without ``one_per_group`` (or the reverse), or a SIMD
+            level this CPU does not run.
     """
     if isinstance(queries, np.ndarray) and queries.ndim == 1:
         queries = queries[np.newaxis, :]
-    return _native.topk_f32(db, queries, k, live=live, threads=threads, simd=simd)
+    db = [_as_bits(c) for c in db] if isinstance(db, list | tuple) else _as_bits(db)
+    return _native.topk(
+        db,
+        queries,
+        k,
+        n=n,
+        live=live,
+        groups=groups,
+        one_per_group=one_per_group,
+        threads=threads,
+        simd=simd,
+        scales=scales,
+    )
+
+
+def storage_of(db: Db) -> str:
+    """``"f32"``, ``"f16"``, ``"bf16"`` or ``"i8"``: the storage type ``topk`` sees in ``db``."""
+    first = db[0] if isinstance(db, list | tuple) else db
+    first = _as_bits(first)
+    if not isinstance(first, np.ndarray) or first.dtype not in _STORAGE:
+        raise TypeError(f"not a storage type: {getattr(first, 'dtype', type(first).__name__)}")
+    return _STORAGE[first.dtype]
+
+
+def quantize_int8(vectors: npt.ArrayLike) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
+    """Per-row symmetric int8: ``vectors[r] ~= scales[r] * q[r]``, ``scales[r] = max|row| / 127``.
+
+    A row of zeros gets scale 0 (it scores 0). Returns ``(q int8 [n, d], scales float32 [n])``.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be 2-D [rows, dim], got shape {x.shape}")
+    peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
+    scales = (peak / 127.0).astype(np.float32)
+    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def dequantize_int8(q: npt.NDArray[np.int8], scales: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The float32 values an int8 database stands for (what ``topk`` scores against)."""
+    return (q.astype(np.float32) * np.asarray(scales, dtype=np.float32)[:, None]).astype(np.float32)
+
+
+def to_bfloat16(vectors: npt.ArrayLike) -> npt.NDArray[np.uint16]:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
+    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    rounded = np.where(nan, (bits >> np.uint32(16)) | np.uint32(0x40), rounded)
+    return rounded.astype(np.uint16)
+
+
+def from_bfloat16(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
+    """bfloat16 bit patterns (uint16) -> float32, exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def rerank(full: Db, queries: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int) -> Result:
+    """Re-scores candidate ids exactly against float32 rows and keeps the best ``k`` per query.
+
+    ``full`` is the float32 copy (an array, a ``np.memmap`` or a list of chunks with the same
+    global row numbering as the scanned database); only the candidate rows are read. ``ids``
+    is ``[m, c]`` as returned by ``topk`` (``-1`` padding is skipped). Same order and padding
+    as ``topk``: best first, ties by lower id.
+    """
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    ids = np.atleast_2d(ids)
+    chunks = list(full) if isinstance(full, list | tuple) else [full]
+    starts = np.cumsum([0] + [c.shape[0] for c in chunks])
+    out_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+    for i in range(q.shape[0]):
+        cand = ids[i][ids[i] >= 0]
+        if cand.size == 0:
+            continue
+        which = np.searchsorted(starts, cand, side="right") - 1
+        rows = np.empty((cand.size, q.shape[1]), dtype=np.float32)
+        for c in np.unique(which):
+            sel = which == c
+            rows[sel] = chunks[c][cand[sel] - starts[c]]
+        scores = rows @ q[i]
+        order = np.lexsort((cand, -scores))[:k]
+        out_s[i, : order.size] = scores[order]
+        out_i[i, : order.size] = cand[order]
+    return out_s, out_i
+
+
+def topk_reranked(
+    db: Db,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    *,
+    full: Db,
+    candidates: int | None = None,
+    **options: object,
+) -> Result:
+    """``topk`` over a compact database (f16/bf16/int8), then ``rerank`` of the best candidates.
+
+    ``candidates`` (default ``4 * k``) rows per query come from the compact scan; their exact
+    float32 scores from ``full`` decide the final ``k``. Other keyword arguments go to ``topk``.
+    With one-per-group search the candidates are already one per group.
+    """
+    c = max(k, candidates if candidates is not None else 4 * k)
+    _, ids = topk(db, queries, c, **options)  # type: ignore[arg-type]
+    return rerank(full, queries, ids, k)
+
+
+def stream_read(array: Array, *, threads: int = 0, simd: str | None = None) -> int:
+    """Reads every byte of ``array`` once on the thread pool: time it for the bandwidth ceiling."""
+    return _native.stream_read(array, threads=threads, simd=simd)
+
+
+def set_threads(n: int) -> None:
+    """Sets the process's thread budget for the kernels (0 = one per hardware thread).
+
+    The pool keeps ``n - 1`` workers (the calling thread is the n-th); calls with
+    ``threads=0`` cut their work into ``n`` jobs. Call it once at start-up (e.g. from the
+    server's settings) so the kernel shares the machine with gRPC, torch and decode pools.
+    """
+    _native.set_threads(n)
+
+
+def get_threads() -> int:
+    """The current thread budget (see ``set_threads``)."""
+    return _native.get_threads()
 
 
 def simd_level() -> str:

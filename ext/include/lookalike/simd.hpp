@@ -23,8 +23,8 @@ namespace lookalike {
 /// Instruction-set levels, ordered: a CPU that runs one level runs all lower ones.
 enum class SimdLevel : int {
   scalar = 0,  ///< portable C++, 4 independent lanes (the compiler may map them to SSE/NEON)
-  avx2 = 1,    ///< x86-64 AVX2 + FMA, 8 float lanes
-  avx512 = 2,  ///< x86-64 AVX-512F, 16 float lanes
+  avx2 = 1,    ///< x86-64 AVX2 + FMA + F16C, 8 float lanes
+  avx512 = 2,  ///< x86-64 AVX-512F (+ AVX2, FMA, F16C), 16 float lanes
 };
 
 inline constexpr SimdLevel kAllSimdLevels[] = {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512};
@@ -51,10 +51,10 @@ inline SimdLevel cpu_simd_level() noexcept {
 #if LOOKALIKE_X86_DISPATCH
   static const SimdLevel level = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return SimdLevel::avx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::avx2;
+    // F16C (half <-> float) came with every AVX2 CPU; it is checked all the same.
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (avx2 && __builtin_cpu_supports("avx512f")) return SimdLevel::avx512;
+    if (avx2) return SimdLevel::avx2;
     return SimdLevel::scalar;
   }();
   return level;

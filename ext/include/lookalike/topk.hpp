@@ -1,19 +1,26 @@
 // Exact batched top-k by inner product (cosine for L2-normalised vectors).
 //
-// Header-only, C++17, no Python. For queries q[m, d] and a database db[n, d] (both row-major,
-// contiguous), writes for every query the k best database rows, best first:
-//   scores[i * k + j] = <q_i, db_ids[i * k + j]>,  ids as row numbers in [0, n).
-// Ranking is a total order: higher score first, equal scores by lower row number, NaN after
-// every number. When fewer than k rows are live, the rest of the row is padding: score -inf,
-// id -1 (the faiss convention).
+// Header-only, C++17, no Python. For queries q[m, d] (float32) and a database of n rows of
+// dimension d, stored as float32, f16, bf16 or int8 with a per-row scale (types.hpp), and held
+// as one array or as a list of chunks (the rows are the chunks' concatenation), writes for
+// every query the k best database rows, best first:
+//   scores[i * k + j] = <q_i, row ids[i * k + j]>,  ids as global row numbers in [0, n).
+// An int8 row's score is scale_r * <q_i, int8 row>; f16 / bf16 rows are widened exactly to
+// float. Ranking is a total order: higher score first, equal scores by lower row number, NaN
+// after every number. When fewer than k rows qualify, the rest is padding: score -inf, id -1.
+//
+// Options: a byte mask of live rows (0 = deleted, skipped inside the scan); and one-per-group
+// search: with a group id per row, each query returns the best row of each of its k best
+// groups (k distinct groups, best first), found in one scan by a bounded per-group heap.
 //
 // How it runs: the rows are cut into blocks that stay in cache (about 128 KiB); a tile of
 // queries (3 with AVX2) is scored against a whole block by the SIMD kernel of the active level
 // (register tiles of 3 queries x 4 rows with AVX2), then each query of the tile offers the
-// block's scores to its bounded heap. The work is split
-// over threads by row ranges (merged at the end) or, for large batches, by query ranges. Every
-// score is computed by the same operations whatever the split (see score_kernel.inc), so the
-// result does not depend on the thread count nor on the other queries of the batch.
+// block's scores to its bounded heap. The work is split by row ranges (merged at the end) or,
+// for large batches, by query ranges, and runs on the process's persistent thread pool
+// (thread_pool.hpp). Every score is computed by the same operations whatever the split (see
+// score_kernel.inc), so the result depends neither on the thread count nor on the chunking nor
+// on the other queries of the batch.
 #pragma once
 
 #include <algorithm>
@@ -21,16 +28,19 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <system_error>
-#include <thread>
+#include <type_traits>
+#include <unordered_set>
 #include <vector>
 
 #include "lookalike/detail/kernels.hpp"
 #include "lookalike/simd.hpp"
+#include "lookalike/thread_pool.hpp"
+#include "lookalike/types.hpp"
 
 namespace lookalike {
 
@@ -39,16 +49,30 @@ inline constexpr float kPadScore = -std::numeric_limits<float>::infinity();
 inline constexpr std::int64_t kPadId = -1;
 
 struct TopKOptions {
-  /// Optional byte mask of length n: 0 = deleted (never returned), anything else = live.
+  /// Optional byte mask over all n rows: 0 = deleted (never returned), anything else = live.
   /// nullptr: every row is live.
   const std::uint8_t* live = nullptr;
-  /// Worker threads; 0 = std::thread::hardware_concurrency(). Small problems use fewer.
+  /// One-per-group search: a group id for each of the n rows (set exactly one of the two
+  /// widths). Each query then returns the best row of each of its k best groups.
+  bool one_per_group = false;
+  const std::int64_t* groups = nullptr;
+  const std::int32_t* groups32 = nullptr;
+  /// Jobs the work is cut into (run on the shared pool); 0 = thread_budget().
   std::size_t threads = 0;
   /// SIMD level; nullopt = default_simd_level(). Must be supported by this CPU.
   std::optional<SimdLevel> simd;
 };
 
-/// Owning result of the allocating overload: m x k, row-major.
+/// A run of consecutive database rows: `rows` x d elements, row-major, contiguous. int8
+/// chunks carry one float32 scale per row.
+template <class DbT>
+struct Chunk {
+  const DbT* data = nullptr;
+  std::size_t rows = 0;
+  const float* scales = nullptr;
+};
+
+/// Owning result of the allocating overloads: m x k, row-major.
 struct TopKResult {
   std::size_t m = 0;
   std::size_t k = 0;
@@ -61,6 +85,7 @@ namespace detail {
 struct Hit {
   float score;
   std::int64_t id;
+  std::int64_t group;
 };
 
 /// The ranking order: true when (sa, ia) ranks before (sb, ib).
@@ -73,8 +98,10 @@ inline bool ranks_before(float sa, std::int64_t ia, float sb, std::int64_t ib) n
   return ia < ib;
 }
 
+inline bool ranks_before(const Hit& a, const Hit& b) noexcept { return ranks_before(a.score, a.id, b.score, b.id); }
+
 struct RanksBefore {
-  bool operator()(const Hit& a, const Hit& b) const noexcept { return ranks_before(a.score, a.id, b.score, b.id); }
+  bool operator()(const Hit& a, const Hit& b) const noexcept { return ranks_before(a, b); }
 };
 
 /// The best `cap` hits offered so far, as a heap over caller storage whose top is the worst.
@@ -82,16 +109,16 @@ class BoundedHeap {
  public:
   BoundedHeap(Hit* storage, std::size_t cap) noexcept : data_(storage), cap_(cap) {}
 
-  void offer(float score, std::int64_t id) noexcept {
+  void offer(float score, std::int64_t id, std::int64_t /*group*/ = 0) noexcept {
     if (size_ < cap_) {
-      data_[size_++] = Hit{score, id};
+      data_[size_++] = Hit{score, id, 0};
       std::push_heap(data_, data_ + size_, RanksBefore{});
       return;
     }
     const Hit& worst = data_[0];
     if (score < worst.score) return;  // the common case, one compare
     if (!ranks_before(score, id, worst.score, worst.id)) return;
-    replace_top(Hit{score, id});
+    replace_top(Hit{score, id, 0});
   }
 
   std::size_t size() const noexcept { return size_; }
@@ -104,11 +131,8 @@ class BoundedHeap {
     for (;;) {
       std::size_t child = 2 * i + 1;
       if (child >= size_) break;
-      if (child + 1 < size_ && ranks_before(data_[child].score, data_[child].id, data_[child + 1].score,
-                                            data_[child + 1].id)) {
-        ++child;  // the worse of the two children
-      }
-      if (!ranks_before(h.score, h.id, data_[child].score, data_[child].id)) break;
+      if (child + 1 < size_ && ranks_before(data_[child], data_[child + 1])) ++child;  // the worse child
+      if (!ranks_before(h, data_[child])) break;
       data_[i] = data_[child];
       i = child;
     }
@@ -118,6 +142,115 @@ class BoundedHeap {
   Hit* data_;
   std::size_t cap_;
   std::size_t size_ = 0;
+};
+
+/// The best hit of each of the best `cap` groups offered so far: a heap of at most one hit
+/// per group (top = worst), plus an open-addressing table group -> heap position. Once full, a
+/// row that does not beat the worst kept hit costs one compare, as in BoundedHeap; only rows
+/// that enter touch the table (about cap * ln(n / cap) of them on shuffled data).
+class GroupHeap {
+ public:
+  GroupHeap(Hit* storage, std::size_t cap) : data_(storage), cap_(cap) {
+    std::size_t size = 8;
+    while (size < 2 * cap + 2) size *= 2;
+    mask_ = size - 1;
+    keys_.resize(size);
+    pos_.assign(size, kEmpty);
+  }
+
+  void offer(float score, std::int64_t id, std::int64_t group) noexcept {
+    if (cap_ == 0) return;
+    if (size_ == cap_) {
+      const Hit& worst = data_[0];
+      if (score < worst.score) return;
+      if (!ranks_before(score, id, worst.score, worst.id)) return;
+    }
+    const Hit h{score, id, group};
+    const std::size_t slot = find(group);
+    if (pos_[slot] != kEmpty) {  // the group is kept: improve its hit when this one is better
+      const std::size_t i = pos_[slot];
+      if (!ranks_before(h, data_[i])) return;
+      data_[i] = h;
+      sift_down(i);
+      return;
+    }
+    if (size_ < cap_) {
+      keys_[slot] = group;
+      pos_[slot] = static_cast<std::uint32_t>(size_);
+      data_[size_] = h;
+      sift_up(size_++);
+      return;
+    }
+    erase(find(data_[0].group));  // evict the worst group
+    const std::size_t fresh = find(group);
+    keys_[fresh] = group;
+    pos_[fresh] = 0;
+    data_[0] = h;
+    sift_down(0);
+  }
+
+  std::size_t size() const noexcept { return size_; }
+
+ private:
+  static constexpr std::uint32_t kEmpty = 0xffffffffu;
+
+  std::size_t home(std::int64_t key) const noexcept {
+    return static_cast<std::size_t>((static_cast<std::uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> 32) & mask_;
+  }
+  // The slot holding `key`, or the empty slot where it would go.
+  std::size_t find(std::int64_t key) const noexcept {
+    std::size_t i = home(key);
+    while (pos_[i] != kEmpty && keys_[i] != key) i = (i + 1) & mask_;
+    return i;
+  }
+  // Linear-probing deletion by backward shift (no tombstones).
+  void erase(std::size_t i) noexcept {
+    std::size_t j = i;
+    for (;;) {
+      j = (j + 1) & mask_;
+      if (pos_[j] == kEmpty) break;
+      const std::size_t h = home(keys_[j]);
+      const bool stays = (i <= j) ? (i < h && h <= j) : (i < h || h <= j);
+      if (stays) continue;
+      keys_[i] = keys_[j];
+      pos_[i] = pos_[j];
+      i = j;
+    }
+    pos_[i] = kEmpty;
+  }
+  void place(std::size_t i, const Hit& h) noexcept {
+    data_[i] = h;
+    pos_[find(h.group)] = static_cast<std::uint32_t>(i);
+  }
+  void sift_up(std::size_t i) noexcept {
+    const Hit h = data_[i];
+    while (i > 0) {
+      const std::size_t parent = (i - 1) / 2;
+      if (!ranks_before(data_[parent], h)) break;  // the parent is already worse
+      place(i, data_[parent]);
+      i = parent;
+    }
+    place(i, h);
+  }
+  void sift_down(std::size_t i) noexcept {
+    const Hit h = data_[i];
+    for (;;) {
+      std::size_t child = 2 * i + 1;
+      if (child >= size_) break;
+      if (child + 1 < size_ && ranks_before(data_[child], data_[child + 1])) ++child;
+      if (!ranks_before(h, data_[child])) break;
+      place(i, data_[child]);
+      i = child;
+    }
+    place(i, h);
+  }
+
+  Hit* data_;
+  std::size_t cap_;
+  std::size_t size_ = 0;
+  std::size_t mask_ = 0;
+  std::vector<std::int64_t> keys_;
+  std::vector<std::uint32_t> pos_;
 };
 
 /// One unit of work: queries [q0, q1) against rows [r0, r1).
@@ -149,50 +282,69 @@ std::size_t rows_per_block(std::size_t d) noexcept {
 
 template <class DbT>
 struct Problem {
-  const DbT* db;
-  std::size_t n;
-  std::size_t d;
-  const float* queries;
-  std::size_t m;
-  std::size_t k;
-  const std::uint8_t* live;
-  BlockScorer<DbT> scorer;
+  std::vector<Chunk<DbT>> chunks;
+  std::vector<std::size_t> begins;  // global row number of each chunk's first row
+  std::size_t n = 0;
+  std::size_t d = 0;
+  const float* queries = nullptr;
+  std::size_t m = 0;
+  std::size_t k = 0;
+  const std::uint8_t* live = nullptr;
+  bool one_per_group = false;
+  const std::int64_t* groups = nullptr;
+  const std::int32_t* groups32 = nullptr;
+  BlockScorer<DbT> scorer{};
 };
 
-/// Runs one job; its per-query heaps (capacity `cap` each, for queries q0..q1) go to `hits`/`sizes`.
-template <class DbT>
-void run_job(const Problem<DbT>& p, const Job& job, std::size_t cap, Hit* hits, std::size_t* sizes) {
-  const std::size_t nq = job.q1 - job.q0;
-  std::vector<BoundedHeap> heaps;
-  heaps.reserve(nq);
-  for (std::size_t i = 0; i < nq; ++i) heaps.emplace_back(hits + i * cap, cap);
-
+/// Runs one job, offering every live row of [r0, r1) to the heaps of queries q0..q1.
+template <class DbT, class Heap>
+void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
   const std::size_t block = rows_per_block<DbT>(p.d);
   const std::size_t tile = p.scorer.query_tile;
   std::vector<float> buf(tile * block);
+  std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
+                                           p.begins.begin()) - 1;
 
-  for (std::size_t rb = job.r0; rb < job.r1; rb += block) {
-    const std::size_t rows = std::min(block, job.r1 - rb);
+  for (std::size_t rb = job.r0; rb < job.r1;) {
+    while (rb >= p.begins[c] + p.chunks[c].rows) ++c;
+    const Chunk<DbT>& chunk = p.chunks[c];
+    const std::size_t local = rb - p.begins[c];
+    const std::size_t rows = std::min({block, job.r1 - rb, chunk.rows - local});
     const std::uint8_t* live = p.live != nullptr ? p.live + rb : nullptr;
-    if (live != nullptr && std::all_of(live, live + rows, [](std::uint8_t b) { return b == 0; })) continue;
+    const std::size_t next = rb + rows;
+    if (live != nullptr && std::all_of(live, live + rows, [](std::uint8_t b) { return b == 0; })) {
+      rb = next;
+      continue;
+    }
+    const DbT* base = chunk.data + local * p.d;
+    const float* scales = chunk.scales != nullptr ? chunk.scales + local : nullptr;
+    const auto id0 = static_cast<std::int64_t>(rb);
     for (std::size_t qb = job.q0; qb < job.q1; qb += tile) {
       const std::size_t qn = std::min(tile, job.q1 - qb);
-      p.scorer.fn(p.queries + qb * p.d, qn, p.db + rb * p.d, rows, p.d, buf.data(), block);
+      p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block);
       for (std::size_t i = 0; i < qn; ++i) {
-        BoundedHeap& heap = heaps[qb - job.q0 + i];
-        const float* s = buf.data() + i * block;
-        const auto base = static_cast<std::int64_t>(rb);
-        if (live == nullptr) {
-          for (std::size_t r = 0; r < rows; ++r) heap.offer(s[r], base + static_cast<std::int64_t>(r));
+        Heap& heap = heaps[qb - job.q0 + i];
+        float* s = buf.data() + i * block;
+        if (scales != nullptr) {
+          for (std::size_t r = 0; r < rows; ++r) s[r] *= scales[r];
+        }
+        if constexpr (std::is_same_v<Heap, GroupHeap>) {
+          for (std::size_t r = 0; r < rows; ++r) {
+            if (live != nullptr && live[r] == 0) continue;
+            const std::int64_t g = p.groups != nullptr ? p.groups[rb + r] : p.groups32[rb + r];
+            heap.offer(s[r], id0 + static_cast<std::int64_t>(r), g);
+          }
+        } else if (live == nullptr) {
+          for (std::size_t r = 0; r < rows; ++r) heap.offer(s[r], id0 + static_cast<std::int64_t>(r));
         } else {
           for (std::size_t r = 0; r < rows; ++r) {
-            if (live[r] != 0) heap.offer(s[r], base + static_cast<std::int64_t>(r));
+            if (live[r] != 0) heap.offer(s[r], id0 + static_cast<std::int64_t>(r));
           }
         }
       }
     }
+    rb = next;
   }
-  for (std::size_t i = 0; i < nq; ++i) sizes[i] = heaps[i].size();
 }
 
 /// How the work is cut: jobs that each cover all rows for a query range (`row_split` false),
@@ -204,8 +356,8 @@ struct Plan {
 
 /// Splits the problem into at most `threads` jobs (at least one when n, m > 0).
 inline Plan plan_jobs(std::size_t n, std::size_t m, std::size_t d, std::size_t k, std::size_t threads) {
-  // At least 2 Mi multiply-adds (~0.1 ms) per thread: starting a thread costs tens of microseconds.
-  constexpr double kMinWorkPerThread = 2097152.0;
+  // At least 1 Mi multiply-adds (~50 us) per job: waking a pooled worker costs a few microseconds.
+  constexpr double kMinWorkPerThread = 1048576.0;
   const double work =
       static_cast<double>(n) * static_cast<double>(m) * static_cast<double>(std::max<std::size_t>(d, 1));
   const double useful = std::max(1.0, std::min(work / kMinWorkPerThread, 1e6));
@@ -231,7 +383,28 @@ inline Plan plan_jobs(std::size_t n, std::size_t m, std::size_t d, std::size_t k
   return plan;
 }
 
-template <class DbT>
+/// Ranks the hits of one query gathered from several jobs and writes the best k (distinct
+/// groups in one-per-group search: a group's first hit in rank order is its best).
+inline void merge_row(std::vector<Hit>& merged, bool one_per_group, std::size_t k, float* scores,
+                      std::int64_t* ids) {
+  if (!one_per_group) {
+    const std::size_t keep = std::min(k, merged.size());
+    std::partial_sort(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(keep), merged.end(),
+                      RanksBefore{});
+    write_row(merged.data(), keep, k, scores, ids);
+    return;
+  }
+  std::sort(merged.begin(), merged.end(), RanksBefore{});
+  std::unordered_set<std::int64_t> seen;
+  std::size_t kept = 0;
+  for (const Hit& h : merged) {
+    if (kept == k) break;
+    if (seen.insert(h.group).second) merged[kept++] = h;
+  }
+  write_row(merged.data(), kept, k, scores, ids);
+}
+
+template <class DbT, class Heap>
 void topk_impl(const Problem<DbT>& p, std::size_t threads, float* out_scores, std::int64_t* out_ids) {
   if (p.m == 0 || p.k == 0) return;
   if (p.n == 0) {
@@ -256,13 +429,18 @@ void topk_impl(const Problem<DbT>& p, std::size_t threads, float* out_scores, st
     states[j].sizes.resize(job.q1 - job.q0);
   }
 
-  auto work = [&](std::size_t j) {
+  const std::function<void(std::size_t)> work = [&](std::size_t j) {
     JobState& st = states[j];
     const Job& job = jobs[j];
     try {
-      run_job(p, job, st.cap, st.hits.data(), st.sizes.data());
+      const std::size_t nq = job.q1 - job.q0;
+      std::vector<Heap> heaps;
+      heaps.reserve(nq);
+      for (std::size_t i = 0; i < nq; ++i) heaps.emplace_back(st.hits.data() + i * st.cap, st.cap);
+      run_job(p, job, heaps);
+      for (std::size_t i = 0; i < nq; ++i) st.sizes[i] = heaps[i].size();
       if (!plan.row_split) {  // this job saw every row: its heaps are final
-        for (std::size_t i = 0; i < job.q1 - job.q0; ++i) {
+        for (std::size_t i = 0; i < nq; ++i) {
           Hit* h = st.hits.data() + i * st.cap;
           std::sort(h, h + st.sizes[i], RanksBefore{});
           const std::size_t q = job.q0 + i;
@@ -273,19 +451,11 @@ void topk_impl(const Problem<DbT>& p, std::size_t threads, float* out_scores, st
       st.error = std::current_exception();
     }
   };
-
-  std::vector<std::thread> pool;
-  pool.reserve(jobs.size());
-  std::vector<std::size_t> here{0};  // jobs run on the calling thread
-  for (std::size_t j = 1; j < jobs.size(); ++j) {
-    try {
-      pool.emplace_back(work, j);
-    } catch (const std::system_error&) {
-      here.push_back(j);  // no thread to be had: run it here
-    }
+  if (jobs.size() == 1) {
+    work(0);
+  } else {
+    shared_thread_pool()->run(jobs.size(), work);
   }
-  for (std::size_t j : here) work(j);
-  for (std::thread& t : pool) t.join();
   for (const JobState& st : states) {
     if (st.error) std::rethrow_exception(st.error);
   }
@@ -299,18 +469,11 @@ void topk_impl(const Problem<DbT>& p, std::size_t threads, float* out_scores, st
       const Hit* h = st.hits.data() + i * st.cap;
       merged.insert(merged.end(), h, h + st.sizes[i]);
     }
-    const std::size_t keep = std::min(p.k, merged.size());
-    std::partial_sort(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(keep), merged.end(),
-                      RanksBefore{});
-    write_row(merged.data(), keep, p.k, out_scores + i * p.k, out_ids + i * p.k);
+    merge_row(merged, p.one_per_group, p.k, out_scores + i * p.k, out_ids + i * p.k);
   }
 }
 
-inline std::size_t resolve_threads(std::size_t requested) noexcept {
-  if (requested != 0) return requested;
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : hw;
-}
+inline std::size_t resolve_threads(std::size_t requested) { return requested != 0 ? requested : thread_budget(); }
 
 inline SimdLevel resolve_level(const std::optional<SimdLevel>& requested) {
   if (!requested) return default_simd_level();
@@ -322,35 +485,91 @@ inline SimdLevel resolve_level(const std::optional<SimdLevel>& requested) {
   return *requested;
 }
 
+template <class DbT>
+constexpr bool kNeedsScales = std::is_same_v<DbT, std::int8_t>;
+
 }  // namespace detail
 
-/// Exact top-k of `m` float32 queries over `n` float32 database rows of dimension `d`.
-/// `db` is n x d and `queries` m x d, row-major and contiguous; `scores` and `ids` receive
-/// m x k values each (see the top of this file for order and padding).
-/// Throws std::invalid_argument for null pointers with non-zero sizes or an unsupported SIMD
-/// level; std::bad_alloc when working memory cannot be allocated.
-inline void topk_f32(const float* db, std::size_t n, std::size_t d, const float* queries, std::size_t m,
-                     std::size_t k, float* scores, std::int64_t* ids, const TopKOptions& options = {}) {
-  if (db == nullptr && n != 0 && d != 0) throw std::invalid_argument("topk_f32: db is null but n, d > 0");
-  if (queries == nullptr && m != 0 && d != 0) throw std::invalid_argument("topk_f32: queries is null but m, d > 0");
+/// Exact top-k of `m` float32 queries over the concatenated rows of `nchunks` chunks of
+/// dimension `d` (DbT: float, f16, bf16 or std::int8_t with scales). `queries` is m x d,
+/// row-major; `scores` and `ids` receive m x k values each (see the top of this file).
+/// Throws std::invalid_argument for null pointers with non-zero sizes, int8 chunks without
+/// scales, a one-per-group search without group ids, or an unsupported SIMD level.
+template <class DbT>
+void topk_chunks(const Chunk<DbT>* chunks, std::size_t nchunks, std::size_t d, const float* queries, std::size_t m,
+                 std::size_t k, float* scores, std::int64_t* ids, const TopKOptions& options = {}) {
+  if (chunks == nullptr && nchunks != 0) throw std::invalid_argument("topk: chunks is null but nchunks > 0");
+  if (queries == nullptr && m != 0 && d != 0) throw std::invalid_argument("topk: queries is null but m, d > 0");
   if ((scores == nullptr || ids == nullptr) && m != 0 && k != 0) {
-    throw std::invalid_argument("topk_f32: scores/ids output is null but m, k > 0");
+    throw std::invalid_argument("topk: scores/ids output is null but m, k > 0");
   }
-  const SimdLevel level = detail::resolve_level(options.simd);
-  const detail::Problem<float> problem{db, n, d, queries, m, k, options.live, detail::block_scorer<float>(level)};
-  detail::topk_impl(problem, detail::resolve_threads(options.threads), scores, ids);
+  detail::Problem<DbT> p;
+  p.chunks.reserve(nchunks);
+  for (std::size_t c = 0; c < nchunks; ++c) {
+    const Chunk<DbT>& chunk = chunks[c];
+    if (chunk.rows == 0) continue;
+    if (chunk.data == nullptr && d != 0) throw std::invalid_argument("topk: a chunk's data is null but rows, d > 0");
+    if (detail::kNeedsScales<DbT> && chunk.scales == nullptr) {
+      throw std::invalid_argument("topk: int8 rows need a float32 scale per row (chunk.scales is null)");
+    }
+    p.begins.push_back(p.n);
+    p.chunks.push_back(chunk);
+    p.n += chunk.rows;
+  }
+  if (options.one_per_group && options.groups == nullptr && options.groups32 == nullptr) {
+    throw std::invalid_argument("topk: one_per_group needs a group id per row (options.groups)");
+  }
+  p.d = d;
+  p.queries = queries;
+  p.m = m;
+  p.k = k;
+  p.live = options.live;
+  p.one_per_group = options.one_per_group;
+  if (options.one_per_group) {
+    p.groups = options.groups;
+    p.groups32 = options.groups != nullptr ? nullptr : options.groups32;
+  }
+  p.scorer = detail::block_scorer<DbT>(detail::resolve_level(options.simd));
+  const std::size_t threads = detail::resolve_threads(options.threads);
+  if (options.one_per_group) {
+    detail::topk_impl<DbT, detail::GroupHeap>(p, threads, scores, ids);
+  } else {
+    detail::topk_impl<DbT, detail::BoundedHeap>(p, threads, scores, ids);
+  }
 }
 
-/// Allocating convenience overload.
-inline TopKResult topk_f32(const float* db, std::size_t n, std::size_t d, const float* queries, std::size_t m,
-                           std::size_t k, const TopKOptions& options = {}) {
+/// One contiguous n x d database (the single-chunk case of topk_chunks). `scales` (n floats)
+/// is required for int8 and ignored otherwise.
+template <class DbT>
+void topk(const DbT* db, std::size_t n, std::size_t d, const float* queries, std::size_t m, std::size_t k,
+          float* scores, std::int64_t* ids, const TopKOptions& options = {}, const float* scales = nullptr) {
+  if (db == nullptr && n != 0 && d != 0) throw std::invalid_argument("topk: db is null but n, d > 0");
+  const Chunk<DbT> chunk{db, n, scales};
+  topk_chunks(&chunk, 1, d, queries, m, k, scores, ids, options);
+}
+
+/// Allocating convenience overload of topk.
+template <class DbT>
+TopKResult topk(const DbT* db, std::size_t n, std::size_t d, const float* queries, std::size_t m, std::size_t k,
+                const TopKOptions& options = {}, const float* scales = nullptr) {
   TopKResult result;
   result.m = m;
   result.k = k;
   result.scores.resize(m * k);
   result.ids.resize(m * k);
-  topk_f32(db, n, d, queries, m, k, result.scores.data(), result.ids.data(), options);
+  topk(db, n, d, queries, m, k, result.scores.data(), result.ids.data(), options, scales);
   return result;
+}
+
+/// float32 database (kept from the first version of this header).
+inline void topk_f32(const float* db, std::size_t n, std::size_t d, const float* queries, std::size_t m,
+                     std::size_t k, float* scores, std::int64_t* ids, const TopKOptions& options = {}) {
+  topk<float>(db, n, d, queries, m, k, scores, ids, options);
+}
+
+inline TopKResult topk_f32(const float* db, std::size_t n, std::size_t d, const float* queries, std::size_t m,
+                           std::size_t k, const TopKOptions& options = {}) {
+  return topk<float>(db, n, d, queries, m, k, options);
 }
 
 }  // namespace lookalike

@@ -5,15 +5,17 @@
 // needs -mavx2 or -march=native on the command line: the x86 levels are only *called* after
 // cpu_simd_level() said the CPU runs them.
 //
-// Adding a database element type (f16, int8) means: `load`/`load_tail` overloads taking
-// `const DbT*` and returning float lanes in each Ops (F16C / VPMOVSXBD conversions), and a
-// `score_block_fn<DbT>` specialisation below. The driver in topk.hpp is already generic.
+// Database element types (float, f16, bf16, int8; see types.hpp) are widened to float lanes by
+// `load`/`load_tail` overloads in each Ops (F16C vcvtph2ps, a 16-bit shift for bf16,
+// vpmovsxbd + vcvtdq2ps for int8); the multiply-adds are float32 FMAs for every type.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "lookalike/simd.hpp"
+#include "lookalike/types.hpp"
 
 #if LOOKALIKE_X86_DISPATCH
 #include <immintrin.h>
@@ -49,11 +51,20 @@ struct Ops {
   static constexpr int kQueryTile = 3;
   static constexpr int kRowTile = 4;
 
+  static LOOKALIKE_FORCE_INLINE float widen(float x) noexcept { return x; }
+  static LOOKALIKE_FORCE_INLINE float widen(std::int8_t x) noexcept { return static_cast<float>(x); }
+  static LOOKALIKE_FORCE_INLINE float widen(f16 x) noexcept { return to_float(x); }
+  static LOOKALIKE_FORCE_INLINE float widen(bf16 x) noexcept { return to_float(x); }
+
   static LOOKALIKE_FORCE_INLINE V zero() noexcept { return V{{0.0f, 0.0f, 0.0f, 0.0f}}; }
-  static LOOKALIKE_FORCE_INLINE V load(const float* p) noexcept { return V{{p[0], p[1], p[2], p[3]}}; }
-  static LOOKALIKE_FORCE_INLINE V load_tail(const float* p, std::size_t n) noexcept {
+  template <class T>
+  static LOOKALIKE_FORCE_INLINE V load(const T* p) noexcept {
+    return V{{widen(p[0]), widen(p[1]), widen(p[2]), widen(p[3])}};
+  }
+  template <class T>
+  static LOOKALIKE_FORCE_INLINE V load_tail(const T* p, std::size_t n) noexcept {
     V out = zero();
-    for (std::size_t l = 0; l < n; ++l) out.v[l] = p[l];
+    for (std::size_t l = 0; l < n; ++l) out.v[l] = widen(p[l]);
     return out;
   }
   static LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
@@ -85,7 +96,7 @@ inline constexpr std::int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0
 // in the 16 ymm registers.
 namespace avx2 {
 
-#define LOOKALIKE_TARGET __attribute__((target("avx2,fma")))
+#define LOOKALIKE_TARGET __attribute__((target("avx2,fma,f16c")))
 
 struct Ops {
   using V = __m256;
@@ -99,6 +110,23 @@ struct Ops {
     // n in [1, 7]; masked-out lanes are neither read nor faulted on.
     const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask + 8 - n));
     return _mm256_maskload_ps(p, mask);
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const f16* p) noexcept {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const bf16* p) noexcept {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const std::int8_t* p) noexcept {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // Narrow types: the last n < 8 elements go through a zeroed copy (never read past the row).
+  template <class T>
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load_tail(const T* p, std::size_t n) noexcept {
+    T tmp[kLanes] = {};
+    std::memcpy(tmp, p, n * sizeof(T));
+    return load(static_cast<const T*>(tmp));
   }
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
     return _mm256_fmadd_ps(a, b, acc);
@@ -122,7 +150,7 @@ struct Ops {
 // the 32 zmm registers.
 namespace avx512 {
 
-#define LOOKALIKE_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define LOOKALIKE_TARGET __attribute__((target("avx512f,avx2,fma,f16c")))
 
 struct Ops {
   using V = __m512;
@@ -135,6 +163,22 @@ struct Ops {
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load_tail(const float* p, std::size_t n) noexcept {
     // n in [1, 15]; masked-out lanes are neither read nor faulted on.
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const f16* p) noexcept {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const bf16* p) noexcept {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const std::int8_t* p) noexcept {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  template <class T>
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load_tail(const T* p, std::size_t n) noexcept {
+    T tmp[kLanes] = {};
+    std::memcpy(tmp, p, n * sizeof(T));
+    return load(static_cast<const T*>(tmp));
   }
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
     return _mm512_fmadd_ps(a, b, acc);
@@ -172,20 +216,17 @@ struct BlockScorer {
 };
 
 template <class DbT>
-BlockScorer<DbT> block_scorer(SimdLevel level) noexcept;
-
-template <>
-inline BlockScorer<float> block_scorer<float>(SimdLevel level) noexcept {
+inline BlockScorer<DbT> block_scorer(SimdLevel level) noexcept {
 #if LOOKALIKE_X86_DISPATCH
   switch (level) {
-    case SimdLevel::avx512: return {&avx512::score_block<float>, avx512::Ops::kQueryTile};
-    case SimdLevel::avx2: return {&avx2::score_block<float>, avx2::Ops::kQueryTile};
+    case SimdLevel::avx512: return {&avx512::score_block<DbT>, avx512::Ops::kQueryTile};
+    case SimdLevel::avx2: return {&avx2::score_block<DbT>, avx2::Ops::kQueryTile};
     case SimdLevel::scalar: break;
   }
 #else
   (void)level;
 #endif
-  return {&scalar::score_block<float>, scalar::Ops::kQueryTile};
+  return {&scalar::score_block<DbT>, scalar::Ops::kQueryTile};
 }
 
 }  // namespace lookalike::detail
