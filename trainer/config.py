@@ -32,7 +32,7 @@ class DataConfig:
     source: str | None = None  # image list (local or oss://), image folder, or `lookalike prep` output
     root: str | None = None  # prefix for relative list entries (default: the list's folder)
     split: str = "train"  # split of a prep output to train on
-    num_workers: int = 4  # DataLoader worker processes (PAI: reader threads, 4)
+    num_workers: int | None = None  # DataLoader worker processes; null: the CPU cores available (PAI: 4)
     jitter: float = 0.4  # colour jitter strength (MoCo v2: 0.4)
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
@@ -57,6 +57,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     schedule: str = "cosine"  # cosine (after warmup) | constant
     warmup_epochs: float = 5.0  # linear warmup from 0, in epochs (fractions allowed)
+    warmup_steps: int | None = None  # warmup in optimizer steps instead (wins over warmup_epochs)
     min_lr: float = 1.0e-6  # floor of the cosine schedule
     backbone_lr_scale: float = 1.0  # lr multiplier of the exported backbone, e.g. 0.1 when fine-tuning
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
@@ -74,6 +75,9 @@ class TrainSection:
     resume: str = "auto"  # auto: continue from output_dir/last.pth if present | never | a checkpoint path
     stop_after_epoch: int | None = None  # end this run early (checkpoint kept), e.g. for time-sliced queues
     steps_per_epoch: int | None = None  # cap optimizer steps per epoch (quick runs); null: whole dataset
+    steps: int | None = None  # total optimizer steps (the schedule's length); epochs follow. null: train.epochs
+    max_minutes: float | None = None  # time budget: stop cleanly (checkpoint + export) when it runs out
+    adapt: bool = True  # fit batch, queue and checkpoints to the dataset size (printed), instead of failing
     freeze_bn_stats: bool = False  # keep the backbone's BatchNorm statistics (fine-tuning a pretrained model)
     sync_bn: str = "auto"  # auto: SyncBN under DDP unless the method shuffles BN (MoCo) | true | false
     device: str = "auto"  # auto | cpu | cuda
@@ -89,12 +93,23 @@ class ExportConfig:
 
 
 @dataclass
+class SelfCheckConfig:
+    """Unlabelled self-check: held-out images retrieved among their own augmented copies."""
+
+    holdout: float = 0.1  # fraction of the images kept out of training for the self-check (0: off)
+    min_images: int = 8  # at least this many held out (when the dataset allows)
+    max_images: int = 200  # at most this many held out (the check's cost)
+    views: int = 4  # augmented copies per held-out image (crop, rescale, JPEG, colour)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
     export: ExportConfig = field(default_factory=ExportConfig)
+    selfcheck: SelfCheckConfig = field(default_factory=SelfCheckConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,13 +141,25 @@ class Config:
             "optim.min_lr": self.optim.min_lr,
             "optim.warmup_epochs": self.optim.warmup_epochs,
             "optim.backbone_lr_scale": self.optim.backbone_lr_scale,
-            "data.num_workers": self.data.num_workers,
         }.items():
             if value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
         if len(self.optim.betas) != 2 or not all(0 <= b < 1 for b in self.optim.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.optim.betas}")
-        for key in ("stop_after_epoch", "steps_per_epoch"):
+        if self.data.num_workers is not None and self.data.num_workers < 0:
+            raise ValueError(
+                f"data.num_workers must be >= 0 or null (the cores available), got {self.data.num_workers}"
+            )
+        if not 0.0 <= self.selfcheck.holdout < 1.0:
+            raise ValueError(f"selfcheck.holdout must be a fraction in [0, 1), got {self.selfcheck.holdout}")
+        for key in ("min_images", "max_images", "views"):
+            if getattr(self.selfcheck, key) <= 0:
+                raise ValueError(f"selfcheck.{key} must be > 0, got {getattr(self.selfcheck, key)}")
+        if self.train.max_minutes is not None and self.train.max_minutes <= 0:
+            raise ValueError(f"train.max_minutes must be > 0 or null, got {self.train.max_minutes}")
+        if self.optim.warmup_steps is not None and self.optim.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0 or null, got {self.optim.warmup_steps}")
+        for key in ("stop_after_epoch", "steps_per_epoch", "steps"):
             value = getattr(self.train, key)
             if value is not None and value <= 0:
                 raise ValueError(f"train.{key} must be > 0 or null, got {value}")

@@ -36,7 +36,15 @@ from lookalike.trainer.config import Config
 from lookalike.trainer.data.augment import AugmentOptions, MultiCropAugment
 from lookalike.trainer.data.dataset import ViewsDataset, collate_views
 from lookalike.trainer.data.skips import SkipLog
-from lookalike.trainer.data.sources import open_source
+from lookalike.trainer.data.sources import ImageSource, SubsetSource, open_source
+from lookalike.trainer.selfcheck import (
+    START_EXPORT,
+    CheckSet,
+    SelfCheckLog,
+    holdout_indices,
+    make_check_set,
+    run_check,
+)
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -47,6 +55,8 @@ class TrainResult:
     state: TrainState
     exports: list[Path] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    selfcheck: SelfCheckLog | None = None
+    stopped_by_time: bool = False
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -153,12 +163,82 @@ def backbone_name(cfg: Config) -> str:
     return cfg.method.backbone or METHODS[canonical_name(cfg.method.name)][1]
 
 
-def build_loader(cfg: Config, method: nn.Module, world: int) -> tuple[DataLoader, EpochSampler]:
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, e.g. a container's share), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(cfg: Config) -> int:
+    """``data.num_workers``, or (null) the cores available to this process, at most 8."""
+    if cfg.data.num_workers is not None:
+        return cfg.data.num_workers
+    return min(available_cores(), 8)
+
+
+def split_source(cfg: Config) -> tuple[ImageSource, ImageSource, list[int]]:
+    """``(whole source, training part, held-out indices)``: the self-check's slice never trains."""
     source = open_source(cfg.data.source or "", root=cfg.data.root, split=cfg.data.split)
+    sc = cfg.selfcheck
+    held = holdout_indices(len(source), sc.holdout, sc.min_images, sc.max_images, cfg.train.seed).tolist()
+    if not held:
+        return source, source, []
+    keep = sorted(set(range(len(source))) - set(held))
+    return source, SubsetSource(source, keep), held
+
+
+def adapt_to_dataset(cfg: Config, n_train: int, world: int) -> list[str]:
+    """Fit ``cfg`` to a training set of ``n_train`` images in place; returns what was changed and why.
+
+    - batch per process <= n_train / (2 x world x accumulate): at least two steps an epoch;
+    - a MoCo / MoBY queue holds at most ``n_train - global batch`` keys (MoCo's own condition, so an
+      image is not its own negative), a multiple of the global batch; MoCo with room for fewer than
+      4 batches of keys uses in-batch negatives instead (``K=0``, MoCo v3);
+    - with ``train.steps``, epochs follow from the steps, and about 10 checkpoints are spread over them.
+    """
+    from lookalike.trainer.methods.registry import canonical_name
+
+    notes: list[str] = []
+    t, acc = cfg.train, cfg.optim.accumulate
+    limit = n_train // (2 * world * acc)
+    if limit < 2:
+        limit = n_train // (world * acc)
+    if limit < 1:
+        return notes  # build_loader raises with the numbers
+    if t.batch_size > limit:
+        notes.append(f"train.batch_size {t.batch_size} -> {limit} ({n_train} training images, {world} process(es))")
+        t.batch_size = limit
+    name = canonical_name(cfg.method.name)
+    if name in ("mocov2", "moco_timm", "moby"):
+        from lookalike.trainer.methods.registry import method_options
+
+        K = int(cfg.method.options.get("K", method_options(name)["K"]))
+        global_batch = t.batch_size * world
+        cap = (n_train - global_batch) // global_batch * global_batch
+        new_K = K
+        if name != "moby" and K > 0 and cap < 4 * global_batch:
+            new_K = 0
+        elif K > cap:
+            new_K = max(cap, global_batch)
+        if new_K != K:
+            why = "in-batch negatives (MoCo v3)" if new_K == 0 else f"<= {n_train} images - batch {global_batch}"
+            notes.append(f"method.options.K {K} -> {new_K} ({why}: an image is never its own negative)")
+            cfg.method.options = {**cfg.method.options, "K": new_K}
+    return notes
+
+
+def build_loader(
+    cfg: Config, method: nn.Module, world: int, source: ImageSource | None = None
+) -> tuple[DataLoader, EpochSampler]:
+    if source is None:
+        source = open_source(cfg.data.source or "", root=cfg.data.root, split=cfg.data.split)
     d = cfg.data
+    workers = loader_workers(cfg)
     options = AugmentOptions(d.jitter, d.jitter_p, d.grayscale_p, d.blur_p, d.flip_p)
     augment = MultiCropAugment(method.crops, method.default_mean, method.default_std, options)
-    dataset = ViewsDataset(source, augment, seed=cfg.train.seed)
+    dataset = ViewsDataset(source, augment, seed=cfg.train.seed, with_index=getattr(method, "accepts_index", False))
     inner = DistributedSampler(
         dataset, num_replicas=world, rank=dist.rank(), shuffle=True, seed=cfg.train.seed, drop_last=True
     )
@@ -172,12 +252,12 @@ def build_loader(cfg: Config, method: nn.Module, world: int) -> tuple[DataLoader
         dataset,
         batch_size=cfg.train.batch_size,
         sampler=sampler,
-        num_workers=d.num_workers,
+        num_workers=workers,
         collate_fn=collate_views,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=d.num_workers > 0,
-        multiprocessing_context="spawn" if d.num_workers > 0 else None,
+        persistent_workers=workers > 0,
+        multiprocessing_context="spawn" if workers > 0 else None,
     )
     return loader, sampler
 
@@ -234,8 +314,15 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
+    source, train_source, held = split_source(cfg)
+    if cfg.train.adapt:
+        for note in adapt_to_dataset(cfg, len(train_source), world):
+            _log(f"adapted to the dataset: {note}")
     method = build_method_from_config(cfg)
-    loader, sampler = build_loader(cfg, method, world)
+    loader, sampler = build_loader(cfg, method, world, train_source)
+    if is_main:
+        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")  # the values actually used
+    check = _check_set(cfg, source, held) if is_main else None
     method.to(device)
     sync_bn = cfg.train.sync_bn == "true" or (
         cfg.train.sync_bn == "auto" and device.type == "cuda" and not getattr(method, "shuffle_bn", False)
@@ -271,31 +358,150 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
             f"one epoch has {len(loader)} batch(es), fewer than optim.accumulate={accumulate}; "
             "lower optim.accumulate or train.batch_size"
         )
-    total_steps = steps_per_epoch * cfg.train.epochs
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    plan = _plan_schedule(cfg, steps_per_epoch)
     _log(
-        f"training {method.name} ({backbone_name(cfg)}) on {len(loader.dataset)} images, "
-        f"{world} process(es) on {device}, batch {cfg.train.batch_size}x{accumulate}x{world}, "
-        f"{steps_per_epoch} steps/epoch, precision {_PRECISION_NAMES[amp_dtype]}"
+        f"training {method.name} ({backbone_name(cfg)}) on {len(loader.dataset)} images "
+        f"({len(held)} held out for the self-check), {world} process(es) on {device}, "
+        f"batch {cfg.train.batch_size}x{accumulate}x{world}, {plan.steps_per_epoch} steps/epoch x {plan.epochs} "
+        f"epochs = {plan.total_steps} steps (warmup {plan.warmup_steps}), {loader.num_workers} loader worker(s), "
+        f"precision {_PRECISION_NAMES[amp_dtype]}"
     )
 
     result = TrainResult(out, state)
+    if is_main and check is not None:
+        result.selfcheck = SelfCheckLog.load(out)
+        if result.selfcheck.start is None:
+            path = _export(cfg, method, out / START_EXPORT, state, "start")
+            metrics = run_check(path, check)
+            result.selfcheck.add(0, 0, path, metrics)
+            _log(f"self-check at the start: {_fmt_check(metrics)}")
+    plan.deadline = None if cfg.train.max_minutes is None else time.monotonic() + 60 * cfg.train.max_minutes
     stop = cfg.train.stop_after_epoch
-    while state.epoch < cfg.train.epochs and (stop is None or state.epoch < stop):
+    while state.epoch < plan.epochs and (stop is None or state.epoch < stop):
         sampler.set_epoch(state.epoch)
-        stats = _run_epoch(
-            cfg, model, method, loader, optimizer, scaler, state, device, amp_dtype,
-            steps_per_epoch, total_steps, warmup_steps,
-        )  # fmt: skip
+        stats = _run_epoch(cfg, model, method, loader, optimizer, scaler, state, device, amp_dtype, plan)
         state.epoch += 1
         result.history.append(stats)
+        timed_out = _time_up(plan)
         if is_main:
-            _after_epoch(cfg, method, optimizer, scaler, state, stats, out, result)
-    if state.epoch >= cfg.train.epochs:
+            _after_epoch(cfg, method, optimizer, scaler, state, stats, out, result, plan, check, final=timed_out)
+        if timed_out:
+            result.stopped_by_time = True
+            break
+    if result.stopped_by_time:
+        _log(
+            f"stopped at the time budget (train.max_minutes={cfg.train.max_minutes}) after epoch {state.epoch}, "
+            f"step {state.step} of {plan.total_steps}; checkpoint and export written"
+        )
+    elif state.epoch >= plan.epochs:
         _log(f"done: {state.epoch} epoch(s), {state.step} step(s); outputs in {out}")
     else:
         _log(f"stopped after epoch {state.epoch} (train.stop_after_epoch); resume with the same command")
+    if result.selfcheck is not None:
+        _log(result.selfcheck.verdict())
     return result
+
+
+@dataclass
+class SchedulePlan:
+    """Steps per epoch, epochs and the lr schedule's length; shrunk to fit a time budget once measured."""
+
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+    deadline: float | None = None
+    fitted: bool = False
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def fit_to_budget(self, done: int, seconds_per_step: float) -> str | None:
+        """After measuring a step's time: shorten the schedule so the cosine ends by the deadline."""
+        if self.deadline is None or self.fitted or seconds_per_step <= 0:
+            return None
+        self.fitted = True
+        left = self.deadline - time.monotonic()
+        affordable = done + max(1, int(left / seconds_per_step))
+        if affordable >= self.total_steps:
+            return None
+        self.total_steps = affordable
+        self.epochs = max(1, math.ceil(affordable / self.steps_per_epoch))
+        self.warmup_steps = min(self.warmup_steps, max(1, affordable // 10))
+        return (
+            f"time budget: {seconds_per_step:.1f}s/step leaves room for {affordable} steps; "
+            f"schedule shortened to {affordable} steps ({self.epochs} epochs, warmup {self.warmup_steps})"
+        )
+
+
+def _time_up(plan: SchedulePlan) -> bool:
+    """Past the deadline on any process (all processes stop at the same step under torchrun)."""
+    if plan.deadline is None:
+        return False
+    flag = torch.tensor([1.0 if plan.out_of_time() else 0.0], dtype=torch.float64)
+    dist.all_reduce_sum(flag)
+    return bool(flag.item() > 0)
+
+
+def _plan_schedule(cfg: Config, steps_per_epoch: int) -> SchedulePlan:
+    t = cfg.train
+    if t.steps is not None:
+        steps_per_epoch = min(steps_per_epoch, t.steps)
+        epochs = math.ceil(t.steps / steps_per_epoch)
+        total = t.steps
+    else:
+        epochs = t.epochs
+        total = steps_per_epoch * epochs
+    if cfg.optim.warmup_steps is not None:
+        warmup = cfg.optim.warmup_steps
+    else:
+        warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    if t.steps is not None and t.adapt:
+        warmup = min(warmup, max(1, total // 10))
+        every = max(1, round(epochs / 10))
+        if every != t.checkpoint_every:
+            _log(f"adapted to the dataset: train.checkpoint_every {t.checkpoint_every} -> {every} ({epochs} epochs)")
+            t.checkpoint_every = every
+    return SchedulePlan(steps_per_epoch, epochs, total, min(warmup, total))
+
+
+def _check_set(cfg: Config, source: ImageSource, held: list[int]) -> CheckSet | None:
+    """The held-out images (unreadable ones skipped) and their altered copies, or None."""
+    from lookalike.trainer.data.images import UnreadableImage
+
+    images = []
+    for i in held:
+        try:
+            images.append(source.load(i))
+        except UnreadableImage:
+            continue
+    if len(images) < 2:
+        return None
+    return make_check_set(images, cfg.selfcheck.views, seed=cfg.train.seed)
+
+
+def _fmt_check(m: dict[str, float]) -> str:
+    return (
+        f"recall@1 {m['recall@1']:.3f} mAP {m['mAP']:.3f} alignment {m['alignment']:.3f} "
+        f"uniformity {m['uniformity']:.3f} score {m['score']:.3f}"
+    )
+
+
+def _export(cfg: Config, method: nn.Module, path: Path, state: TrainState, tag: str) -> Path:
+    from lookalike.trainer.export import export_embedder
+
+    input_size = cfg.export.input_size or cfg.method.image_size
+    return export_embedder(
+        without_sync_batchnorm(method.embedder()),
+        path,
+        input_size=input_size,
+        resize_size=cfg.export.resize_size,
+        mean=method.default_mean,
+        std=method.default_std,
+        model_name=f"{method.name}-{backbone_name(cfg)}-{tag}",
+        fp16=cfg.export.fp16,
+        extra={"method": method.name, "backbone": backbone_name(cfg), "epoch": state.epoch, "step": state.step},
+    )
 
 
 def _resume_path(cfg: Config, out: Path) -> Path | None:
@@ -318,9 +524,7 @@ def _run_epoch(
     state: TrainState,
     device: torch.device,
     amp_dtype: torch.dtype | None,
-    steps_per_epoch: int,
-    total_steps: int,
-    warmup_steps: int,
+    plan: SchedulePlan,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -334,24 +538,34 @@ def _run_epoch(
     sums: dict[str, float] = {}
     images = 0
     start = time.perf_counter()
+    steps_per_epoch = plan.steps_per_epoch
+    if plan.total_steps - state.step < steps_per_epoch:  # the last epoch of a step-sized schedule
+        steps_per_epoch = max(1, plan.total_steps - state.step)
     bar = tqdm(
         total=steps_per_epoch,
-        desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+        desc=f"epoch {state.epoch + 1}/{plan.epochs}",
         unit="step",
         disable=not (cfg.train.progress and dist.rank() == 0),
         leave=False,
     )
     batches = iter(loader)
     lr = 0.0
+    done = 0
+    first_done = start
     for done in range(1, steps_per_epoch + 1):
+        if done > 1 and _time_up(plan):
+            done -= 1
+            break
         lr = lr_at(
-            state.step, total=total_steps, warmup=warmup_steps, base=cfg.optim.lr,
+            state.step, total=plan.total_steps, warmup=plan.warmup_steps, base=cfg.optim.lr,
             min_lr=cfg.optim.min_lr, schedule=cfg.optim.schedule,
         )  # fmt: skip
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         for micro in range(accumulate):
-            views, bad = next(batches)
+            batch = next(batches)
+            views, bad = batch[0], batch[1]
+            kwargs = {"index": batch[2].to(device)} if len(batch) == 3 else {}
             skipped.extend(bad)
             views = [v.to(device, non_blocking=True) for v in views]
             sync = micro == accumulate - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
@@ -359,7 +573,7 @@ def _run_epoch(
                 contextlib.nullcontext() if sync else model.no_sync(),
                 torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None),
             ):
-                outputs = model(views)
+                outputs = model(views, **kwargs)
                 loss = outputs["loss"] / accumulate
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -380,12 +594,22 @@ def _run_epoch(
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        method.on_after_step(state.step, total_steps)
+        method.on_after_step(state.step, plan.total_steps)
         state.step += 1
+        now = time.perf_counter()
+        per_step = (now - start) / done
+        if done == 1:
+            first_done = now
+        if done == min(3, steps_per_epoch):  # steady-state step time, past the loader's start-up
+            note = plan.fit_to_budget(state.step, (now - first_done) / (done - 1) if done > 1 else per_step)
+            if note is not None:
+                _log(note)
         bar.update(1)
-        bar.set_postfix(loss=f"{sums['loss'] / done:.4f}", lr=f"{lr:.2e}")
+        eta = _duration(per_step * max(0, plan.total_steps - state.step))
+        bar.set_postfix(loss=f"{sums['loss'] / done:.4f}", lr=f"{lr:.2e}", eta=eta)
     bar.close()
     elapsed = time.perf_counter() - start
+    steps_per_epoch = max(1, done)
 
     # Averages over all processes; skipped images and throughput summed.
     keys = sorted(sums)
@@ -397,6 +621,7 @@ def _run_epoch(
     stats.update(
         epoch=state.epoch + 1,
         step=state.step + 0,
+        steps=steps_per_epoch,
         lr=lr,
         images_per_s=float(totals[-1]) / elapsed,
         seconds=elapsed,
@@ -405,6 +630,11 @@ def _run_epoch(
     if skipped.count:
         _log(f"epoch {state.epoch + 1}: {skipped.summary()} (main process; all processes: see the epoch line)")
     return stats
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _after_epoch(
@@ -416,39 +646,36 @@ def _after_epoch(
     stats: dict[str, Any],
     out: Path,
     result: TrainResult,
+    plan: SchedulePlan,
+    check: CheckSet | None,
+    final: bool = False,
 ) -> None:
-    """Main process only: log line, ``last.pth``, and the periodic checkpoint + export."""
-    from lookalike.trainer.export import export_embedder
-
+    """Main process only: log line, ``last.pth``, and the periodic checkpoint + export + self-check."""
     extras = " ".join(f"{k} {v:.4f}" for k, v in stats.items() if k not in _STAT_KEYS)
+    eta = _duration(stats["seconds"] / max(1, stats["steps"]) * max(0, plan.total_steps - state.step))
     _log(
-        f"epoch {state.epoch}/{cfg.train.epochs} loss {stats['loss']:.4f} {extras} lr {stats['lr']:.3e} "
+        f"epoch {state.epoch}/{plan.epochs} eta {eta} loss {stats['loss']:.4f} {extras} lr {stats['lr']:.3e} "
         f"{stats['images_per_s']:.1f} img/s {stats['seconds']:.1f}s skipped {stats['skipped']}".replace("  ", " ")
     )
     with (out / "log.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(stats) + "\n")
     config = cfg.to_dict()
     save_checkpoint(out / LAST, method=method, optimizer=optimizer, scaler=scaler, state=state, config=config)
-    if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs:
+    if final or state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == plan.epochs:
         save_checkpoint(
             out / epoch_checkpoint_name(state.epoch),
             method=method, optimizer=optimizer, scaler=scaler, state=state, config=config,
         )  # fmt: skip
-        input_size = cfg.export.input_size or cfg.method.image_size
-        path = export_embedder(
-            without_sync_batchnorm(method.embedder()),
-            out / epoch_export_name(state.epoch),
-            input_size=input_size,
-            resize_size=cfg.export.resize_size,
-            mean=method.default_mean,
-            std=method.default_std,
-            model_name=f"{method.name}-{backbone_name(cfg)}-epoch_{state.epoch}",
-            fp16=cfg.export.fp16,
-            extra={"method": method.name, "backbone": backbone_name(cfg), "epoch": state.epoch, "step": state.step},
-        )
+        path = _export(cfg, method, out / epoch_export_name(state.epoch), state, f"epoch_{state.epoch}")
         result.exports.append(path)
         _log(f"saved {epoch_checkpoint_name(state.epoch)} and {path.name}")
+        if check is not None and result.selfcheck is not None:
+            metrics = run_check(path, check)
+            best = result.selfcheck.add(state.epoch, state.step, path, metrics)
+            start = result.selfcheck.start
+            delta = "" if start is None else f" ({metrics['score'] - start['score']:+.3f} vs start)"
+            _log(f"self-check epoch {state.epoch}: {_fmt_check(metrics)}{delta}{' new best' if best else ''}")
 
 
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-_STAT_KEYS = {"loss", "epoch", "step", "lr", "images_per_s", "seconds", "skipped"}
+_STAT_KEYS = {"loss", "epoch", "step", "steps", "lr", "images_per_s", "seconds", "skipped"}

@@ -4,6 +4,7 @@ Examples::
 
     lookalike train --data images.txt --output runs/df2              # PAI defaults (default.yaml)
     lookalike train --config tiny --data tests/imgs --output /tmp/t  # the tiny CPU configuration
+    lookalike train --config finetune --data photos/ --output runs/p --max-minutes 20  # adapt, within 20 min
     lookalike train --config my.yaml optim.lr=0.0005 train.epochs=100 method.name=MOCO_R50
     python -m torch.distributed.run --nproc_per_node 4 -m lookalike.trainer.train_cli --config my.yaml
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--data", help="image list, image folder or `lookalike prep` output (data.source)")
     p.add_argument("--output", "-o", help="output folder for checkpoints and exports (train.output_dir)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="time budget (train.max_minutes): fit the schedule to it, stop with a checkpoint and an export")  # fmt: skip
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return p
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.source={json.dumps(args.data)}")  # quoted: paths are not YAML
     if args.output is not None:
         overrides.append(f"train.output_dir={json.dumps(args.output)}")
+    if args.max_minutes is not None:
+        overrides.append(f"train.max_minutes={args.max_minutes}")
     try:
         cfg = load_config(args.config, overrides)
         if args.print_config:

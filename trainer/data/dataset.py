@@ -18,6 +18,8 @@ from torch.utils.data import Dataset
 MAX_TRIES = 64
 Sample = tuple[list[torch.Tensor], list[tuple[str, str]]]
 Batch = tuple[list[torch.Tensor], list[tuple[str, str]]]
+IndexedSample = tuple[list[torch.Tensor], list[tuple[str, str]], int]
+IndexedBatch = tuple[list[torch.Tensor], list[tuple[str, str]], torch.Tensor]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -27,13 +29,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class ViewsDataset(Dataset[Sample]):
     """``index -> (views, skipped)``; ``skipped`` lists ``(ref, reason)`` of images passed over."""
 
-    def __init__(self, source: ImageSource, augment: MultiCropAugment, seed: int = 0) -> None:
+    def __init__(self, source: ImageSource, augment: MultiCropAugment, seed: int = 0, with_index: bool = False) -> None:
         if len(source) == 0:
             raise ValueError("the image source is empty")
         self.source = source
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.with_index = with_index  # samples end with the index of the image actually loaded
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch used for plain integer indices (a sampler may pass ``(epoch, index)`` instead)."""
@@ -42,7 +45,7 @@ class ViewsDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> Sample:
+    def __getitem__(self, index: int | tuple[int, int]) -> Sample | IndexedSample:
         """``index``, or ``(epoch, index)`` from a sampler that carries the epoch to persistent workers."""
         epoch = self.epoch
         if isinstance(index, tuple):
@@ -60,6 +63,8 @@ class ViewsDataset(Dataset[Sample]):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(self.seed, epoch, index))
                 views = self.augment(image)
+            if self.with_index:
+                return views, skipped, j
             return views, skipped
         raise RuntimeError(
             f"{len(skipped)} images in a row from {self.source.ref(index)} are unreadable, "
@@ -67,9 +72,11 @@ class ViewsDataset(Dataset[Sample]):
         )
 
 
-def collate_views(samples: list[Sample]) -> Batch:
-    """``[(views, skipped), ...] -> ([view_0 batch [B,3,S,S], ...], all skipped)``."""
+def collate_views(samples: list[Sample] | list[IndexedSample]) -> Batch | IndexedBatch:
+    """``[(views, skipped[, index]), ...] -> ([view_0 batch [B,3,S,S], ...], all skipped[, indices [B]])``."""
     n_views = len(samples[0][0])
     views = [torch.stack([s[0][v] for s in samples]) for v in range(n_views)]
     skipped = [item for s in samples for item in s[1]]
+    if len(samples[0]) == 3:
+        return views, skipped, torch.tensor([s[2] for s in samples], dtype=torch.long)  # type: ignore[misc]
     return views, skipped

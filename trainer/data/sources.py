@@ -103,3 +103,20 @@ def open_source(
     if not refs:
         raise ValueError(f"image list {source} holds no entries")
     return ListSource(refs, oss)
+
+
+class SubsetSource:
+    """The images of ``source`` at ``indices`` (e.g. the training part, without a held-out slice)."""
+
+    def __init__(self, source: ImageSource, indices: list[int]) -> None:
+        self.source = source
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def ref(self, index: int) -> str:
+        return self.source.ref(self.indices[index])
+
+    def load(self, index: int) -> Image.Image:
+        return self.source.load(self.indices[index])

@@ -24,15 +24,27 @@ def _check(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float) -> N
         raise ValueError(f"temperature T must be > 0, got {T}")
 
 
-def info_nce_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float) -> torch.Tensor:
-    """Logits ``[N, 1 + K]`` (positive first) for L2-normalised queries ``q``, keys ``k`` and ``queue``."""
+def info_nce_logits(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits ``[N, 1 + K]`` (positive first) for L2-normalised queries ``q``, keys ``k`` and ``queue``.
+
+    ``mask`` ``[N, K]`` (True: drop) removes queue entries from a query's negatives, e.g. keys of
+    its own image left in the queue by an earlier step.
+    """
     _check(q, k, queue, T)
     l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)  # [N, 1]
     l_neg = torch.einsum("nc,ck->nk", q, queue.detach())  # [N, K]
+    if mask is not None:
+        if mask.shape != l_neg.shape:
+            raise ValueError(f"mask must be [N, K]={tuple(l_neg.shape)}, got {tuple(mask.shape)}")
+        l_neg = l_neg.masked_fill(mask, float("-inf"))
     return torch.cat([l_pos, l_neg], dim=1) / T  # [N, 1 + K]
 
 
-def info_nce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce_loss(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo's contrastive loss; returns ``(loss, logits)``.
 
     Args:
@@ -40,7 +52,8 @@ def info_nce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: floa
         k: positive keys ``[N, C]``, L2-normalised; treated as constants (no gradient).
         queue: negative keys ``[C, K]``, L2-normalised; pass a copy if it is updated in place later.
         T: softmax temperature.
+        mask: ``[N, K]`` bool, True where a queue entry must not count as a negative of that query.
     """
-    logits = info_nce_logits(q, k.detach(), queue, T)  # [N, 1 + K]
+    logits = info_nce_logits(q, k.detach(), queue, T, mask)  # [N, 1 + K]
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # [N]
     return F.cross_entropy(logits.float(), labels), logits

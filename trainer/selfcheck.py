@@ -1,0 +1,193 @@
+"""Self-check on unlabeled images: does the fine-tune retrieve better than the model it started from?
+
+A user brings no labels, so the check needs none. A slice of the images is held out of training;
+each held-out image gets a few copies altered the way real duplicates are (a crop, a rescale, a
+JPEG re-encode, a colour shift). The model under test embeds the originals and the copies through
+the served preprocessing (the export file itself), and the check measures:
+
+- ``recall@1``: fraction of originals whose nearest copy is one of their own;
+- ``mAP``: mean average precision of each original's ranking of all copies (its own are relevant),
+  finer than recall@1 when that saturates;
+- ``alignment``: mean squared distance between an original and its copies (lower is better) and
+  ``uniformity``: log of the mean Gaussian potential ``exp(-2 |x - y|^2)`` between originals
+  (lower: spread over the sphere), after Wang & Isola, https://arxiv.org/abs/2005.10242.
+
+The score that picks ``best_export.pt`` is ``(recall@1 + mAP) / 2``. The copies use other
+transforms than training's crops (rescale, JPEG), and the held-out images are never trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+START_EXPORT = "start_export.pt"
+BEST_EXPORT = "best_export.pt"
+LOG = "selfcheck.jsonl"
+TRANSFORMS = ("crop", "rescale", "jpeg", "colour")
+
+
+@dataclass
+class CheckSet:
+    """Held-out originals, their altered copies, and which original each copy comes from."""
+
+    originals: list[Image.Image]
+    copies: list[Image.Image]
+    owner: np.ndarray  # [C] int64: index into originals
+
+
+def holdout_indices(n: int, fraction: float, min_images: int, max_images: int, seed: int) -> np.ndarray:
+    """Sorted indices of the held-out images: ``fraction`` of ``n`` within [min, max], never over half."""
+    if fraction <= 0 or n < 4:
+        return np.zeros(0, dtype=np.int64)
+    count = min(max(round(n * fraction), min_images), max_images, n // 2)
+    rng = np.random.default_rng(seed + 7919)
+    return np.sort(rng.choice(n, size=count, replace=False)).astype(np.int64)
+
+
+def _crop(image: Image.Image, rng: np.random.Generator, area: tuple[float, float] = (0.4, 0.8)) -> Image.Image:
+    w, h = image.size
+    frac = rng.uniform(*area)
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw = max(1, min(w, round(w * np.sqrt(frac * aspect))))
+    ch = max(1, min(h, round(h * np.sqrt(frac / aspect))))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def _rescale(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    s = rng.uniform(0.3, 0.6)
+    w, h = image.size
+    small = image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+    return small.resize((w, h), Image.BILINEAR)
+
+
+def _jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=int(rng.integers(15, 40)))
+    buf.seek(0)
+    with Image.open(buf) as out:
+        return out.convert("RGB")
+
+
+def _colour(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    out = ImageEnhance.Brightness(image).enhance(rng.uniform(0.6, 1.4))
+    out = ImageEnhance.Contrast(out).enhance(rng.uniform(0.6, 1.4))
+    out = ImageEnhance.Color(out).enhance(rng.uniform(0.3, 1.7))
+    return out
+
+
+def altered_copy(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
+    """A crop of ``image`` followed by ``kind`` (``crop`` alone is a tighter crop)."""
+    image = image.convert("RGB")
+    if kind == "crop":
+        return _crop(image, rng, (0.25, 0.5))
+    base = _crop(image, rng)
+    return {"rescale": _rescale, "jpeg": _jpeg, "colour": _colour}[kind](base, rng)
+
+
+def make_check_set(images: list[Image.Image], views: int, seed: int = 0) -> CheckSet:
+    """``views`` altered copies per image, cycling through :data:`TRANSFORMS`; deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    copies, owner = [], []
+    for i, image in enumerate(images):
+        for v in range(views):
+            copies.append(altered_copy(image, TRANSFORMS[v % len(TRANSFORMS)], rng))
+            owner.append(i)
+    return CheckSet([im.convert("RGB") for im in images], copies, np.asarray(owner, dtype=np.int64))
+
+
+def check_metrics(originals: np.ndarray, copies: np.ndarray, owner: np.ndarray) -> dict[str, float]:
+    """Self-check numbers for L2-normalised embeddings ``originals`` [N, D] and ``copies`` [C, D]."""
+    o = np.asarray(originals, dtype=np.float64)
+    c = np.asarray(copies, dtype=np.float64)
+    n = o.shape[0]
+    sims = o @ c.T  # [N, C]
+    relevant = owner[None, :] == np.arange(n)[:, None]  # [N, C]
+    order = np.argsort(-sims, axis=1, kind="stable")  # [N, C]
+    rel_sorted = np.take_along_axis(relevant, order, axis=1).astype(np.float64)  # [N, C]
+    recall1 = float(rel_sorted[:, 0].mean())
+    precision = np.cumsum(rel_sorted, axis=1) / np.arange(1, c.shape[0] + 1)  # [N, C]
+    ap = (precision * rel_sorted).sum(1) / np.maximum(rel_sorted.sum(1), 1)  # [N]
+    alignment = float(((o[owner] - c) ** 2).sum(1).mean())
+    iu = np.triu_indices(n, k=1)
+    d2 = np.maximum(2.0 - 2.0 * (o @ o.T)[iu], 0.0)  # squared distances of unit vectors, i < j
+    uniformity = float(np.log(np.exp(-2.0 * d2).mean())) if d2.size else 0.0
+    m = float(ap.mean())
+    return {"recall@1": recall1, "mAP": m, "alignment": alignment, "uniformity": uniformity,
+            "score": (recall1 + m) / 2}  # fmt: skip
+
+
+def run_check(model_file: str | Path, check: CheckSet, batch_size: int = 64) -> dict[str, float]:
+    """Embed ``check`` with a model file, as the server would, and return :func:`check_metrics`."""
+    from lookalike.trainer.eval.embedders import ModelFileEmbedder
+
+    embedder = ModelFileEmbedder(model_file, batch_size=batch_size, threads=2)
+    return check_metrics(embedder.embed(check.originals), embedder.embed(check.copies), check.owner)
+
+
+@dataclass
+class SelfCheckLog:
+    """The start's and every checkpoint's self-check, kept in ``selfcheck.jsonl``; tracks the best."""
+
+    out: Path
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, out: Path) -> SelfCheckLog:
+        path = out / LOG
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        return cls(out, entries)
+
+    @property
+    def start(self) -> dict[str, Any] | None:
+        return next((e for e in self.entries if e["epoch"] == 0), None)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return max(self.entries, key=lambda e: (e["score"], -e["epoch"]), default=None)
+
+    def add(self, epoch: int, step: int, export: Path, metrics: dict[str, float]) -> bool:
+        """Record one check; copy ``export`` to ``best_export.pt`` when it is the new best. Returns that."""
+        previous = self.best
+        entry = {"epoch": epoch, "step": step, "export": export.name, **metrics}
+        self.entries.append(entry)
+        with (self.out / LOG).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        better = previous is None or metrics["score"] > previous["score"]
+        if better:
+            tmp = self.out / (BEST_EXPORT + ".tmp")
+            shutil.copyfile(export, tmp)
+            tmp.replace(self.out / BEST_EXPORT)
+        return better
+
+    def verdict(self) -> str:
+        """The closing lines: did the fine-tune beat its start on the self-check, and which file to serve."""
+        start, best = self.start, self.best
+        if start is None or best is None:
+            return "self-check: no result (selfcheck.holdout=0 or too few images)"
+        last = self.entries[-1]
+
+        def fmt(e: dict[str, Any]) -> str:
+            return f"recall@1 {e['recall@1']:.3f} mAP {e['mAP']:.3f} (score {e['score']:.3f})"
+
+        lines = [f"self-check on held-out images: start {fmt(start)}; last (epoch {last['epoch']}) {fmt(last)}"]
+        if best["epoch"] == 0:
+            lines.append(
+                f"self-check: the fine-tune did NOT beat its starting model; serve the start: "
+                f"{self.out / START_EXPORT} (best_export.pt is that same model)"
+            )
+        else:
+            gain = best["score"] - start["score"]
+            lines.append(
+                f"self-check: the fine-tune beats its start by {gain:+.3f} score at epoch {best['epoch']} "
+                f"({fmt(best)}); serve {self.out / BEST_EXPORT}"
+            )
+        return "\n".join(lines)
