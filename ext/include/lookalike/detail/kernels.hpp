@@ -164,15 +164,18 @@ struct Ops {
     // n in [1, 15]; masked-out lanes are neither read nor faulted on.
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
   }
+  // Full-mask maskz forms: the plain ones trip GCC 12's false -Wmaybe-uninitialized (bug 105593).
+  static constexpr __mmask16 kAll = 0xFFFF;
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const f16* p) noexcept {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_maskz_cvtph_ps(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const bf16* p) noexcept {
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+    const __m512i wide = _mm512_maskz_cvtepu16_epi32(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, wide, 16));
   }
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const std::int8_t* p) noexcept {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    const __m512i wide = _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_maskz_cvtepi32_ps(kAll, wide);
   }
   template <class T>
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load_tail(const T* p, std::size_t n) noexcept {
