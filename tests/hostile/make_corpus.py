@@ -144,6 +144,7 @@ def build_corpus() -> list[Case]:
         Case("bomb_png_50000x50000", png_header_bomb(), REASON_TOO_LARGE, ext="png"),
         Case("bomb_jpeg_50000x50000", jpeg_header_bomb(), REASON_TOO_LARGE, ext="jpg"),
         Case("bomb_png_12000x12000", png_header_bomb(12_000, 12_000), REASON_TOO_LARGE, ext="png"),
+        Case("bomb_png_9000x9000", png_header_bomb(9000, 9000), REASON_TOO_LARGE, ext="png"),
         Case("thin_1x100000", encode(Image.new("L", (1, 100_000), 128), "PNG"), REASON_SHAPE, ext="png"),
         Case("thin_100000x1", encode(Image.new("L", (100_000, 1), 128), "PNG"), REASON_SHAPE, ext="png"),
         Case("thin_1x10000", encode(Image.new("L", (1, 10_000), 128), "PNG"), REASON_SHAPE, ext="png"),
@@ -151,28 +152,62 @@ def build_corpus() -> list[Case]:
         Case("html", b"<!doctype html><html><body><img src=x></body></html>", REASON_UNDECODABLE, ext="html"),
         Case("pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", REASON_UNDECODABLE, ext="pdf"),
         Case("zip", b"PK\x03\x04" + b"\x00" * 60, REASON_UNDECODABLE, ext="zip"),
-        Case("random_bytes", np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
-             REASON_UNDECODABLE),  # fmt: skip
+        Case(
+            "random_bytes",
+            np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+            REASON_UNDECODABLE,
+        ),
         Case("gif_header_only", b"GIF89a\x10\x00\x10\x00", REASON_UNDECODABLE, ext="gif"),
-        Case("one_by_one", encode(Image.new("RGB", (1, 1), solid), "PNG"),
-             twin=encode(Image.new("RGB", (64, 64), solid), "PNG"), min_similarity=0.99, ext="png"),  # fmt: skip
-        Case("cmyk_jpeg", encode(rgb.convert("CMYK"), "JPEG", quality=95), twin=encode(rgb, "JPEG", quality=95),
-             min_similarity=0.98, ext="jpg"),  # fmt: skip
+        Case(
+            "one_by_one",
+            encode(Image.new("RGB", (1, 1), solid), "PNG"),
+            twin=encode(Image.new("RGB", (64, 64), solid), "PNG"),
+            min_similarity=0.99,
+            ext="png",
+        ),
+        Case(
+            "cmyk_jpeg",
+            encode(rgb.convert("CMYK"), "JPEG", quality=95),
+            twin=encode(rgb, "JPEG", quality=95),
+            min_similarity=0.98,
+            ext="jpg",
+        ),
         Case("gray16_png", encode(Image.fromarray(gray16), "PNG"), twin=gray_png, min_similarity=0.99, ext="png"),
         Case("gray16_tiff", encode(Image.fromarray(gray16), "TIFF"), twin=gray_png, min_similarity=0.99, ext="tif"),
-        Case("gray16_big_endian_tiff", encode(Image.fromarray(gray16.astype(">u2")), "TIFF"), twin=gray_png,
-             min_similarity=0.99, ext="tif"),  # fmt: skip
-        Case("float32_tiff", encode(Image.fromarray(gray_float), "TIFF"), twin=gray_png, min_similarity=0.99,
-             ext="tif"),  # fmt: skip
+        Case(
+            "gray16_big_endian_tiff",
+            encode(Image.fromarray(gray16.astype(">u2")), "TIFF"),
+            twin=gray_png,
+            min_similarity=0.99,
+            ext="tif",
+        ),
+        Case(
+            "float32_tiff", encode(Image.fromarray(gray_float), "TIFF"), twin=gray_png, min_similarity=0.99, ext="tif"
+        ),
         Case("palette_transparency", pal_png, twin=pal_twin, min_similarity=0.99, ext="png"),
         Case("animated_gif_300_frames", gif_many, twin=gif_first, min_similarity=0.999, ext="gif"),
         Case("multipage_tiff", tiff_pages, twin=tiff_first, min_similarity=0.999, ext="tif"),
-        Case("exif_rotated_6", exif_rotated(upright, 6), twin=encode(upright, "JPEG", quality=92),
-             min_similarity=0.98, ext="jpg"),  # fmt: skip
-        Case("exif_rotated_8", exif_rotated(upright, 8), twin=encode(upright, "JPEG", quality=92),
-             min_similarity=0.98, ext="jpg"),  # fmt: skip
-        Case("exif_rotated_3", exif_rotated(upright, 3), twin=encode(upright, "JPEG", quality=92),
-             min_similarity=0.98, ext="jpg"),  # fmt: skip
+        Case(
+            "exif_rotated_6",
+            exif_rotated(upright, 6),
+            twin=encode(upright, "JPEG", quality=92),
+            min_similarity=0.98,
+            ext="jpg",
+        ),
+        Case(
+            "exif_rotated_8",
+            exif_rotated(upright, 8),
+            twin=encode(upright, "JPEG", quality=92),
+            min_similarity=0.98,
+            ext="jpg",
+        ),
+        Case(
+            "exif_rotated_3",
+            exif_rotated(upright, 3),
+            twin=encode(upright, "JPEG", quality=92),
+            min_similarity=0.98,
+            ext="jpg",
+        ),
     ]
 
 
