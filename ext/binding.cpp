@@ -127,7 +127,7 @@ lookalike::Storage storage_of(const py::array& a) {
   if (a.dtype().is(py::dtype::of<std::uint16_t>())) return lookalike::Storage::bf16;
   if (a.dtype().is(py::dtype::of<std::int8_t>())) return lookalike::Storage::i8;
   throw py::type_error("db dtype " + dtype_name(a) +
-                       " is not a storage type; use float32, float16, uint16 (bfloat16 bit patterns, see "
+                       " is not a storage type; use float32 (try db = np.ascontiguousarray(db, dtype=np.float32)), float16, uint16 (bfloat16 bit patterns, see "
                        "lookalike.native.to_bfloat16) or int8 with scales (lookalike.native.quantize_int8)");
 }
 
