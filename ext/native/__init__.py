@@ -52,7 +52,12 @@ Array = npt.NDArray[np.generic]
 Db = Array | Sequence[Array]
 Result = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
 
-_STORAGE = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint16): "bf16", np.dtype(np.int8): "i8"}
+_STORAGE = {
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float16): "f16",
+    np.dtype(np.uint16): "bf16",
+    np.dtype(np.int8): "i8",
+}
 
 
 def _as_bits(a: object) -> object:

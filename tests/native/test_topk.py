@@ -206,7 +206,11 @@ Q = np.zeros((2, 8), dtype=np.float32)
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: native.topk(DB.astype(np.float64), Q, 3), TypeError, r"float64 is not a storage type.*ascontiguousarray\(db, dtype=np.float32\)"),
+        (
+            lambda: native.topk(DB.astype(np.float64), Q, 3),
+            TypeError,
+            r"float64 is not a storage type.*ascontiguousarray\(db, dtype=np.float32\)",
+        ),
         (lambda: native.topk(DB, Q.astype(np.float16), 3), TypeError, r"queries must be float32.*float16"),
         (lambda: native.topk(DB.tolist(), Q, 3), TypeError, r"db\[0\] must be a numpy.ndarray, got list"),
         (lambda: native.topk(object(), Q, 3), TypeError, r"db must be a numpy.ndarray, got object"),
@@ -219,7 +223,11 @@ Q = np.zeros((2, 8), dtype=np.float32)
         (lambda: native.topk(DB, Q, 3, threads=-2), ValueError, r"threads must be >= 0"),
         (lambda: native.topk(DB[0], Q, 3), ValueError, r"db must be 2-D.*\(8,\)"),
         (lambda: native.topk(DB[None], Q, 3), ValueError, r"db must be 2-D.*\(1, 10, 8\)"),
-        (lambda: native.topk(DB, Q, 3, live=np.ones(9, np.uint8)), ValueError, r"live must be 1-D with at least 10 entries.*\(9,\)"),
+        (
+            lambda: native.topk(DB, Q, 3, live=np.ones(9, np.uint8)),
+            ValueError,
+            r"live must be 1-D with at least 10 entries.*\(9,\)",
+        ),
         (lambda: native.topk(DB, Q, 3, live=np.ones(10, np.int32)), TypeError, r"live has dtype int32.*uint8 or bool"),
         (lambda: native.topk(DB, Q, 3, live=[1] * 10), TypeError, r"live must be None or a numpy.ndarray"),
         (lambda: native.topk(DB, Q, 3, simd="sse9"), ValueError, r"simd must be None, 'scalar'"),
