@@ -89,16 +89,20 @@ def default_cache_dir() -> Path:
     return Path(base)
 
 
+def cache_file_name(meta: EmbedderMeta) -> str:
+    """``<model>-<digest>.pt``: the digest covers the weights, torch and the preprocessing identity."""
+    recipe = json.dumps(preprocessing_identity(meta), sort_keys=True)
+    key = f"{_weights_path().stat().st_size}:{torch.__version__}:v2:{recipe}"
+    return f"{meta.model_name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+
+
 def default_model_path(cache_dir: Path | None = None) -> Path:
     """Return the cached default model file, building it on first use.
 
     The name hashes everything the file depends on, its preprocessing included, so a cache
     written by a version with another resize policy is never silently reused.
     """
-    weights = _weights_path()
-    recipe = json.dumps(preprocessing_identity(default_meta()), sort_keys=True)
-    digest = hashlib.sha256(f"{weights.stat().st_size}:{torch.__version__}:v2:{recipe}".encode()).hexdigest()[:12]
-    path = (cache_dir or default_cache_dir()) / "models" / f"{MODEL_NAME}-{digest}.pt"
+    path = (cache_dir or default_cache_dir()) / "models" / cache_file_name(default_meta())
     if not path.is_file():
         log.info("converting the packaged EfficientNet-Lite0 weights into %s (once)", path)
         build_default_model(path)

@@ -317,3 +317,16 @@ def test_old_style_model_file_keeps_its_centre_crop(tmp_path: Path):
     img = _photo().resize((120, 60))
     np.testing.assert_allclose(preprocess(img, old_meta), naive_center_crop(img, old_meta), atol=0.05)
     assert preprocessing_identity(old_meta) == preprocessing_identity(meta)
+
+
+def test_default_model_cache_name_follows_its_preprocessing():
+    """Changing the shipped resize policy must not silently reuse a cache built under the old one."""
+    import dataclasses
+
+    from lookalike.server.core.default_model import cache_file_name, default_meta
+
+    meta = default_meta()
+    names = {cache_file_name(dataclasses.replace(meta, resize_mode=m)) for m in ("shorter_then_center_crop", "stretch")}
+    assert len(names) == 2
+    assert cache_file_name(meta) == cache_file_name(default_meta())  # stable between calls
+    assert "efficientnet-lite0-imagenet-52bfc52c0772.pt" not in names  # the name before the recipe was hashed
