@@ -31,13 +31,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model=Path(args.model) if args.model else None,
         token=os.environ.get("LOOKALIKE_TOKEN") or None,
         device=args.device,
+        persist=not args.in_memory,
+        fsync=args.fsync,
+        fsync_interval_s=args.fsync_interval_ms / 1000.0,
+        snapshot_interval_s=args.snapshot_interval,
+        root=args.root,
+        oss_endpoint=args.oss_endpoint,
+        oss_credentials_file=Path(args.oss_credentials_file) if args.oss_credentials_file else None,
+        oss_path_style=True if args.oss_path_style else None,
+        ship_interval_s=args.ship_interval,
+        repair=args.repair,
     )
     try:
         return serve(config)
     except Exception as exc:  # a clean message instead of a traceback for start-up failures
         from lookalike.modelfile import ModelFileError
+        from lookalike.server.storage.segments import CorruptionError
 
-        if isinstance(exc, (ModelFileError, OSError)):
+        if isinstance(exc, (ModelFileError, OSError, CorruptionError, ValueError)):
             print(f"lookalike serve: {exc}", file=sys.stderr)
             return 1
         raise
@@ -59,6 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    env = os.environ.get
+    p.add_argument(
+        "--fsync",
+        default=env("LOOKALIKE_FSYNC", "batch"),
+        choices=["always", "batch", "never"],
+        help="when an acknowledged write reaches the disk (README: 'Where your data lives'); default batch",
+    )
+    p.add_argument("--fsync-interval-ms", type=float, default=float(env("LOOKALIKE_FSYNC_INTERVAL_MS", "5")),
+                   help="batch mode: fsync the log at least this often (default 5)")  # fmt: skip
+    p.add_argument("--snapshot-interval", type=float, default=float(env("LOOKALIKE_SNAPSHOT_INTERVAL", "600")),
+                   help="seconds between automatic snapshots; 0 = on request and at shutdown only")  # fmt: skip
+    p.add_argument("--root", default=env("LOOKALIKE_ROOT"),
+                   help="oss://bucket/prefix/: mirror snapshots and ship the log there")  # fmt: skip
+    p.add_argument("--oss-endpoint", default=env("OSS_ENDPOINT"), help="OSS endpoint URL (or OSS_ENDPOINT)")
+    p.add_argument("--oss-credentials-file", default=env("LOOKALIKE_OSS_CREDENTIALS_FILE"),
+                   help="file of OSS_ACCESS_KEY_ID=... / OSS_ACCESS_KEY_SECRET=... lines")  # fmt: skip
+    p.add_argument("--oss-path-style", action="store_true", default=env("OSS_PATH_STYLE", "") not in ("", "0", "false"),
+                   help="path-style URLs (S3-protocol test servers)")  # fmt: skip
+    p.add_argument("--ship-interval", type=float, default=float(env("LOOKALIKE_SHIP_INTERVAL", "1")),
+                   help="seconds between log uploads to the OSS root (default 1)")  # fmt: skip
+    p.add_argument("--repair", action="store_true",
+                   help="start despite a damaged log or snapshot: drop the damage, log what went")  # fmt: skip
+    p.add_argument("--in-memory", action="store_true", help="databases in memory only: nothing survives")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

@@ -1,56 +1,55 @@
-"""Assembling and running the server: embedder, databases, gRPC with health and reflection."""
+"""Assembling and running the server: embedder, persistence, core, transports.
+
+Start-up order: bind the port with health NOT_SERVING, recover (snapshot + log replay),
+then SERVING. Shutdown: stop taking calls, drain, take a final snapshot, close the log.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from lookalike.server.config import ServerConfig
 from lookalike.server.core.embedder import Embedder
+from lookalike.server.core.errors import LookalikeError
+from lookalike.server.core.persistence import Persistence
 from lookalike.server.core.service import LookalikeService
-from lookalike.server.transport.auth import TokenAuthInterceptor
-from lookalike.server.transport.database_servicer import DatabaseServicer
-from lookalike.server.transport.match_servicer import MatchServicer
-from lookalike.server.transport.search_servicer import SearchServicer
-from lookalike.v1 import (
-    database_service_pb2,
-    database_service_pb2_grpc,
-    match_service_pb2,
-    match_service_pb2_grpc,
-    search_service_pb2,
-    search_service_pb2_grpc,
-)
+from lookalike.server.transport.grpc_server import GrpcServer
+
+from lookalike.oss import OssClient, OssCredentials
 
 log = logging.getLogger(__name__)
-MAX_MESSAGE_BYTES = 64 << 20
-SERVICE_NAMES = (
-    match_service_pb2.DESCRIPTOR.services_by_name["MatchService"].full_name,
-    database_service_pb2.DESCRIPTOR.services_by_name["DatabaseService"].full_name,
-    search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
-)
 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
-    port: int
+    grpc: GrpcServer
     service: LookalikeService
-    health: health.HealthServicer
+    recovered: threading.Event
+    stopping: threading.Event
+    recovery_error: list[BaseException]
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self, grace: float | None = 5.0) -> None:
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until recovery finished; re-raise its error if it failed."""
+        self.recovered.wait(timeout)
+        if self.recovery_error:
+            raise self.recovery_error[0]
+
+    def stop(self, grace: float | None = 5.0, *, snapshot: bool = True) -> None:
+        self.stopping.set()
+        self.grpc.stop(grace)
+        self.service.catalog.close(snapshot=snapshot)
         self.service.embedder.close()
 
 
@@ -62,8 +61,17 @@ def resolve_model(config: ServerConfig) -> Path:
     return default_model_path()
 
 
-def create_server(config: ServerConfig) -> RunningServer:
-    """Build and start a server; ``config.port == 0`` picks a free port (tests)."""
+def make_oss(config: ServerConfig) -> OssClient:
+    credentials = OssCredentials.from_env(config.oss_credentials_file)
+    return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style)
+
+
+def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
+    """Build and start a server; ``config.port == 0`` picks a free port (tests).
+
+    With ``wait`` the call returns after recovery; otherwise recovery runs in the background
+    while health says NOT_SERVING and data calls answer UNAVAILABLE / RECOVERING.
+    """
     embedder = Embedder(
         resolve_model(config),
         device=config.device,
@@ -71,49 +79,76 @@ def create_server(config: ServerConfig) -> RunningServer:
         max_image_bytes=config.max_image_bytes,
         max_image_pixels=config.max_image_pixels,
     )
-    service = LookalikeService(embedder)
-    interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
+    oss = make_oss(config)
+    persistence = None
+    if config.persist:
+        persistence = Persistence(
+            config.data_dir,
+            root=config.root,
+            oss=oss,
+            fsync=config.fsync,
+            fsync_interval_s=config.fsync_interval_s,
+            ship_interval_s=config.ship_interval_s,
+            repair=config.repair,
+        )
+    service = LookalikeService(embedder, persistence)
+    server = GrpcServer(
+        service, host=config.host, port=config.port, token=config.token, max_workers=config.max_workers, oss=oss
     )
-    match_service_pb2_grpc.add_MatchServiceServicer_to_server(MatchServicer(service), server)
-    database_service_pb2_grpc.add_DatabaseServiceServicer_to_server(DatabaseServicer(service), server)
-    search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    if port == 0:
-        raise OSError(f"could not bind {config.host}:{config.port}; is another server running there?")
     server.start()
-    for name in (*SERVICE_NAMES, ""):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, service, health_servicer)
+    running = RunningServer(server, service, threading.Event(), threading.Event(), [])
+
+    def recover() -> None:
+        try:
+            if persistence is not None:
+                service.catalog.recover()
+                persistence.start_shipping(lambda: service.catalog.checkpoint())
+            server.set_serving(True)
+        except BaseException as exc:  # start-up must say why it could not serve
+            running.recovery_error.append(exc)
+            log.error("recovery failed: %s", exc)
+        finally:
+            running.recovered.set()
+        if persistence is not None and config.snapshot_interval_s > 0:
+            while not running.stopping.wait(config.snapshot_interval_s):
+                try:
+                    info = service.catalog.checkpoint()
+                    log.info("snapshot at log record %d: %d images, %d bytes", info.checkpoint_seq,
+                             info.image_count, info.size_bytes)  # fmt: skip
+                except LookalikeError as err:
+                    log.warning("periodic snapshot: %s", err.message)
+
+    threading.Thread(target=recover, name="recovery", daemon=True).start()
+    if wait:
+        try:
+            running.wait_ready()
+        except BaseException:
+            server.stop(0)
+            raise
+    return running
 
 
 def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then drain in-flight calls for ``grace_s`` seconds."""
+    """Run until SIGTERM/SIGINT, then drain in-flight calls for ``grace_s`` seconds and snapshot."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    running = create_server(config)
-    log.info(
-        "lookalike serving on %s:%d (model %s, dim %d, device %s, auth %s)",
-        config.host,
-        running.port,
-        running.service.embedder.model_name,
-        running.service.embedder.dimension,
-        running.service.embedder.device,
-        "token" if config.token else "off",
-    )
+    running = create_server(config, wait=False)
     print(f"lookalike: listening on {config.host}:{running.port}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    running.recovered.wait()
+    if running.recovery_error:
+        running.grpc.stop(0)
+        raise running.recovery_error[0]
+    embedder = running.service.embedder
+    log.info(
+        "lookalike serving on %s:%d (model %s, dim %d, device %s, auth %s, data %s%s, fsync %s)",
+        config.host, running.port, embedder.model_name, embedder.dimension, embedder.device,
+        "token" if config.token else "off", config.data_dir.resolve(),
+        f", root {config.root}" if config.root else "", config.fsync,
+    )  # fmt: skip
+    print("lookalike: ready", flush=True)
     stop.wait()
-    log.info("shutting down (grace %.1fs)", config.grace_s)
+    log.info("shutting down (grace %.1fs), then a final snapshot", config.grace_s)
     running.stop(config.grace_s)
     return 0

@@ -1,25 +1,25 @@
-"""One database: L2-normalised vectors keyed by (group_id, intra_id), searched exactly.
+"""One database: a record store (stable ids, keys, timestamps, live flags) and an ``Index``.
 
-Rows are append-only; an upsert or delete tombstones the old row (``live[row] = 0``), so a
-search in progress never sees a half-written vector and a finished delete is never
-returned again. Tombstones are compacted away once they are the majority.
+Each stored vector gets a row in fixed-size chunks and a stable internal id; an upsert or
+delete clears the old row's live flag, so a search in progress never sees a half-written
+vector and a finished delete is never returned again. Nothing outside this file uses row
+numbers as identity. Mutations arrive only as commands (``commands.py``), already logged.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from lookalike.server.core.errors import invalid, not_found
-from lookalike.server.core.validation import check_group_id, check_intra_id
-
-from lookalike import native
+from lookalike.server.core.chunks import CHUNK_ROWS, ChunkedRows
+from lookalike.server.core.commands import SetImages, SetItem
+from lookalike.server.core.errors import ErrorKind, LookalikeError, not_found
+from lookalike.server.core.index import ExactIndex
 
 Key = tuple[str, int]
-_MIN_CAPACITY = 1024
 
 
 @dataclass(frozen=True)
@@ -37,154 +37,219 @@ class Entry:
     vector: np.ndarray
 
 
+@dataclass
+class SnapshotView:
+    """A consistent picture of a database for a snapshot; rows below ``n`` never change."""
+
+    n: int
+    live: np.ndarray
+    per_row: dict[str, list[np.ndarray]]
+    vectors: list[np.ndarray]
+    meta: dict[str, Any]
+
+
+@dataclass
+class _Groups:
+    names: list[str] = field(default_factory=list)
+    number: dict[str, int] = field(default_factory=dict)
+    next_intra: list[int] = field(default_factory=list)
+    members: dict[int, dict[int, int]] = field(default_factory=dict)  # group number -> {intra_id: row}
+
+    def get_or_add(self, group_id: str) -> int:
+        g = self.number.get(group_id)
+        if g is None:
+            g = self.number[group_id] = len(self.names)
+            self.names.append(group_id)
+            self.next_intra.append(0)
+        return g
+
+
 class Database:
-    def __init__(self, name: str, dimension: int, *, metric: str = "cosine") -> None:
+    def __init__(
+        self,
+        name: str,
+        dimension: int,
+        *,
+        model: dict[str, Any] | None = None,
+        create_time: float = 0.0,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> None:
         self.name = name
         self.dimension = dimension
-        self.metric = metric
-        self.create_time = time.time()
-        self._lock = threading.Lock()
-        self._vectors = np.zeros((0, dimension), np.float32)
+        self.metric = "cosine"
+        self.model = model or {}
+        self.create_time = create_time
+        self.foreign: str | None = None  # why this server must not serve it (another model), else None
+        self.lock = threading.Lock()
+        self.index = ExactIndex(dimension, chunk_rows=chunk_rows)
+        self._ids = ChunkedRows(np.int64, None, chunk_rows)
+        self._group = ChunkedRows(np.int32, None, chunk_rows)
+        self._intra = ChunkedRows(np.int64, None, chunk_rows)
+        self._time = ChunkedRows(np.float64, None, chunk_rows)
         self._live = np.zeros(0, np.uint8)
-        self._keys: list[Key] = []
-        self._times: list[float] = []
-        self._count = 0  # rows used, live or dead
-        self._row_of: dict[Key, int] = {}
-        self._groups: dict[str, dict[int, int]] = {}  # group_id -> {intra_id: row}
-        self._sorted_keys: list[Key] | None = None
+        self._groups = _Groups()
+        self._size = 0
+        self.next_image_id = 0
+        self.incarnation = 0  # sequence number of the command that created it (names its files)
+        self.applied_seq = 0  # last log record applied
+        self.snapshot_seq = -1  # applied_seq at the last snapshot
+        self._sorted: list[Key] | None = None
 
     # -- reads -----------------------------------------------------------------------------
     @property
     def size(self) -> int:
-        return len(self._row_of)
+        return self._size
 
     @property
     def group_count(self) -> int:
-        return len(self._groups)
+        return len(self._groups.members)
+
+    @property
+    def rows(self) -> int:
+        return self._ids.n
+
+    def check_usable(self) -> None:
+        if self.foreign is not None:
+            raise LookalikeError(ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH", self.foreign)
+
+    def _row(self, group_id: str, intra_id: int) -> int:
+        g = self._groups.number.get(group_id)
+        row = self._groups.members.get(g, {}).get(intra_id) if g is not None else None
+        if row is None:
+            raise not_found(
+                "IMAGE_NOT_FOUND", f"database {self.name!r} has no image group_id={group_id!r} intra_id={intra_id}"
+            )
+        return row
+
+    def _entry(self, row: int) -> Entry:
+        return Entry(
+            self._groups.names[int(self._group[row])],
+            int(self._intra[row]),
+            float(self._time[row]),
+            self.index.vector(row),
+        )
 
     def get(self, group_id: str, intra_id: int) -> Entry:
-        with self._lock:
-            row = self._row_of.get((group_id, intra_id))
-            if row is None:
-                raise not_found(
-                    "IMAGE_NOT_FOUND",
-                    f"database {self.name!r} has no image group_id={group_id!r} intra_id={intra_id}",
-                )
-            return Entry(group_id, intra_id, self._times[row], self._vectors[row].copy())
+        with self.lock:
+            return self._entry(self._row(group_id, intra_id))
+
+    def has(self, key: Key) -> bool:
+        with self.lock:
+            g = self._groups.number.get(key[0])
+            return g is not None and key[1] in self._groups.members.get(g, {})
 
     def list(self, *, group_id: str | None, after: Key | None, limit: int) -> tuple[list[Entry], bool]:
         """Entries ordered by key, strictly after ``after``; returns (page, more_left)."""
-        with self._lock:
+        with self.lock:
             if group_id is not None:
-                rows = self._groups.get(group_id, {})
-                keys = [(group_id, i) for i in sorted(rows)]
+                g = self._groups.number.get(group_id)
+                keys = [(group_id, i) for i in sorted(self._groups.members.get(g, {}))] if g is not None else []
             else:
-                if self._sorted_keys is None:
-                    self._sorted_keys = sorted(self._row_of)
-                keys = self._sorted_keys
+                if self._sorted is None:
+                    self._sorted = sorted(
+                        (self._groups.names[g], i) for g, members in self._groups.members.items() for i in members
+                    )
+                keys = self._sorted
             start = bisect.bisect_right(keys, after) if after is not None else 0
             page = keys[start : start + limit]
-            out = [
-                Entry(g, i, self._times[self._row_of[(g, i)]], self._vectors[self._row_of[(g, i)]].copy())
-                for g, i in page
-            ]
-            return out, start + limit < len(keys)
+            return [self._entry(self._row(g, i)) for g, i in page], start + limit < len(keys)
 
-    # -- writes ----------------------------------------------------------------------------
-    def set(self, group_id: str, intra_id: int | None, vector: np.ndarray) -> tuple[Key, bool]:
-        """Upsert one unit vector; ``intra_id=None`` takes the group's next number."""
-        check_group_id(group_id)
-        if vector.shape != (self.dimension,):
-            raise invalid("DIMENSION_MISMATCH", f"vector has shape {vector.shape}, expected ({self.dimension},)")
-        with self._lock:
-            if intra_id is None:
-                members = self._groups.get(group_id)
-                intra_id = (max(members) + 1) if members else 0
-            check_intra_id(intra_id)
-            key = (group_id, intra_id)
-            old = self._row_of.get(key)
-            self._reserve(self._count + 1)
-            row = self._count
-            self._vectors[row] = vector
-            self._keys.append(key)
-            self._times.append(time.time())
-            self._live[row] = 1
-            self._count += 1
-            if old is not None:
-                self._live[old] = 0
-            else:
-                self._sorted_keys = None
-            self._row_of[key] = row
-            self._groups.setdefault(group_id, {})[intra_id] = row
-            return key, old is not None
+    # -- planning (under the catalog's write lock, before logging) ---------------------------
+    def plan_set(self, requests: list[tuple[str, int | None, str]], vectors: np.ndarray, now: float) -> SetImages:
+        """Choose intra ids (next in group when None) and internal ids for a set command."""
+        pending: dict[str, int] = {}  # group -> next intra_id after the items planned so far
+        items = []
+        with self.lock:
+            for k, (group_id, intra_id, request_id) in enumerate(requests):
+                if group_id not in pending:
+                    g = self._groups.number.get(group_id)
+                    pending[group_id] = self._groups.next_intra[g] if g in self._groups.members else 0
+                if intra_id is None:
+                    intra_id = pending[group_id]
+                pending[group_id] = max(pending[group_id], intra_id + 1)
+                items.append(SetItem(group_id, intra_id, self.next_image_id + k, request_id))
+        return SetImages(self.name, tuple(items), vectors, now)
 
-    def delete(self, group_id: str, intra_id: int) -> None:
-        with self._lock:
-            row = self._row_of.pop((group_id, intra_id), None)
-            if row is None:
-                raise not_found(
-                    "IMAGE_NOT_FOUND",
-                    f"database {self.name!r} has no image group_id={group_id!r} intra_id={intra_id}",
-                )
-            self._live[row] = 0
-            members = self._groups[group_id]
+    # -- applying (commands already logged) --------------------------------------------------
+    def apply_set(self, cmd: SetImages, seq: int) -> list[bool]:
+        """Append the rows, retire the rows they replace; returns ``replaced`` per item."""
+        n = len(cmd.items)
+        with self.lock:
+            first = self._ids.n
+            groups = np.array([self._groups.get_or_add(i.group_id) for i in cmd.items], np.int32)
+            self.index.add(cmd.vectors)
+            self._ids.append(np.array([i.image_id for i in cmd.items], np.int64))
+            self._group.append(groups)
+            self._intra.append(np.array([i.intra_id for i in cmd.items], np.int64))
+            self._time.append(np.asarray(cmd.times, np.float64) if cmd.times else np.full(n, cmd.time, np.float64))
+            live = self._grow_live(first + n)
+            replaced = []
+            for k, item in enumerate(cmd.items):
+                g = int(groups[k])
+                members = self._groups.members.setdefault(g, {})
+                old = members.get(item.intra_id)
+                if old is not None:
+                    live[old] = 0
+                else:
+                    self._size += 1
+                members[item.intra_id] = first + k
+                live[first + k] = 1
+                self._groups.next_intra[g] = max(self._groups.next_intra[g], item.intra_id + 1)
+                replaced.append(old is not None)
+            self._live = live
+            self.next_image_id = max(self.next_image_id, max(i.image_id for i in cmd.items) + 1)
+            self._sorted = None
+            self.applied_seq = seq
+            return replaced
+
+    def _grow_live(self, rows: int) -> np.ndarray:
+        if rows <= len(self._live):
+            return self._live
+        live = np.zeros(max(rows, 2 * len(self._live), 1024), np.uint8)
+        live[: len(self._live)] = self._live
+        return live
+
+    def apply_delete(self, group_id: str, intra_id: int, seq: int) -> None:
+        with self.lock:
+            row = self._row(group_id, intra_id)
+            g = self._groups.number[group_id]
+            live = self._live.copy()  # searches hold the old mask; never change it under them
+            live[row] = 0
+            self._live = live
+            members = self._groups.members[g]
             del members[intra_id]
             if not members:
-                del self._groups[group_id]
-            self._sorted_keys = None
-            self._maybe_compact()
+                del self._groups.members[g]
+                self._groups.next_intra[g] = 0
+            self._size -= 1
+            self._sorted = None
+            self.applied_seq = seq
 
-    def delete_group(self, group_id: str) -> int:
-        with self._lock:
-            members = self._groups.pop(group_id, None)
+    def apply_delete_group(self, group_id: str, seq: int) -> int:
+        with self.lock:
+            g = self._groups.number.get(group_id)
+            members = self._groups.members.pop(g, None) if g is not None else None
             if not members:
                 raise not_found("GROUP_NOT_FOUND", f"database {self.name!r} has no group {group_id!r}")
-            for intra_id, row in members.items():
-                self._live[row] = 0
-                del self._row_of[(group_id, intra_id)]
-            self._sorted_keys = None
-            self._maybe_compact()
+            live = self._live.copy()
+            live[list(members.values())] = 0
+            self._live = live
+            self._groups.next_intra[g] = 0
+            self._size -= len(members)
+            self._sorted = None
+            self.applied_seq = seq
             return len(members)
 
-    def clear(self) -> int:
-        with self._lock:
-            n = len(self._row_of)
-            self._vectors = np.zeros((0, self.dimension), np.float32)
-            self._live = np.zeros(0, np.uint8)
-            self._keys, self._times, self._count = [], [], 0
-            self._row_of, self._groups, self._sorted_keys = {}, {}, None
+    def apply_clear(self, seq: int) -> int:
+        with self.lock:
+            n = self._size
+            self._live = np.zeros_like(self._live)
+            self._groups.members.clear()
+            self._groups.next_intra = [0] * len(self._groups.names)
+            self._size = 0
+            self._sorted = None
+            self.applied_seq = seq
             return n
-
-    def _reserve(self, rows: int) -> None:
-        cap = len(self._vectors)
-        if rows <= cap:
-            return
-        new_cap = max(_MIN_CAPACITY, cap * 2, rows)
-        vectors = np.zeros((new_cap, self.dimension), np.float32)
-        vectors[: self._count] = self._vectors[: self._count]
-        live = np.zeros(new_cap, np.uint8)
-        live[: self._count] = self._live[: self._count]
-        # Swap in new arrays: searches holding the old ones keep a consistent snapshot.
-        self._vectors, self._live = vectors, live
-
-    def _maybe_compact(self) -> None:
-        dead = self._count - len(self._row_of)
-        if dead < 4096 or dead * 2 < self._count:
-            return
-        rows = np.flatnonzero(self._live[: self._count])
-        keys = [self._keys[r] for r in rows]
-        times = [self._times[r] for r in rows]
-        cap = max(_MIN_CAPACITY, len(rows) * 2)
-        vectors = np.zeros((cap, self.dimension), np.float32)
-        vectors[: len(rows)] = self._vectors[rows]
-        live = np.zeros(cap, np.uint8)
-        live[: len(rows)] = 1
-        self._vectors, self._live, self._keys, self._times = vectors, live, keys, times
-        self._count = len(rows)
-        self._row_of = {k: i for i, k in enumerate(keys)}
-        self._groups = {}
-        for i, (g, intra) in enumerate(keys):
-            self._groups.setdefault(g, {})[intra] = i
 
     # -- search ----------------------------------------------------------------------------
     def search(
@@ -197,39 +262,87 @@ class Database:
         exclude: Key | None = None,
     ) -> tuple[list[Hit], int]:
         """Exact top-k by cosine; returns (hits best first, number of images compared)."""
-        with self._lock:
-            n = self._count
-            vectors = self._vectors[:n]
-            live = self._live[:n].copy()  # private copy: later deletes cannot race the kernel
-            keys = self._keys
-            searched = len(self._row_of)
-            if exclude is not None and exclude in self._row_of:
-                live[self._row_of[exclude]] = 0
-                searched -= 1
+        with self.lock:
+            n = self._ids.n
+            live = self._live[:n]
+            searched = self._size
+            if exclude is not None:
+                g = self._groups.number.get(exclude[0])
+                row = self._groups.members.get(g, {}).get(exclude[1]) if g is not None else None
+                if row is not None:
+                    live = live.copy()
+                    live[row] = 0
+                    searched -= 1
+            names = self._groups.names
+            groups = self._group.concat(n) if one_per_group else None
         if searched <= 0:
             return [], 0
-        k = min(top_k, searched)
-        # One-per-group needs more candidates than k; grow the pool until enough groups or exhausted.
-        pool = k if not one_per_group else min(searched, max(4 * k, k + 16))
-        while True:
-            scores, ids = native.topk(vectors, query, pool, live=live)
-            hits: list[Hit] = []
-            seen: set[str] = set()
-            below_min = False
-            for score, row in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
-                if row < 0:
-                    break
-                if min_score is not None and score < min_score:
-                    below_min = True
-                    break
-                g, intra = keys[row]
-                if one_per_group:
-                    if g in seen:
-                        continue
-                    seen.add(g)
-                hits.append(Hit(g, intra, score))
-                if len(hits) == k:
-                    break
-            if not one_per_group or len(hits) == k or below_min or pool >= searched:
-                return hits, searched
-            pool = min(searched, pool * 4)
+        scores, rows = self.index.search(query, min(top_k, searched), live, n, groups)
+        hits = []
+        for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
+            if min_score is not None and score < min_score:
+                break
+            hits.append(Hit(names[int(self._group[row])], int(self._intra[row]), score))
+        return hits, searched
+
+    # -- snapshots -------------------------------------------------------------------------
+    def snapshot_view(self) -> SnapshotView:
+        with self.lock:
+            n = self._ids.n
+            return SnapshotView(
+                n=n,
+                live=self._live[:n].copy(),
+                per_row={
+                    "ids": self._ids.views(n),
+                    "group": self._group.views(n),
+                    "intra": self._intra.views(n),
+                    "time": self._time.views(n),
+                },
+                vectors=self.index.chunks(n),
+                meta={
+                    "name": self.name,
+                    "dimension": self.dimension,
+                    "metric": self.metric,
+                    "model": self.model,
+                    "create_time": self.create_time,
+                    "chunk_rows": self._ids.chunk_rows,
+                    "next_image_id": self.next_image_id,
+                    "applied_seq": self.applied_seq,
+                    "incarnation": self.incarnation,
+                    "size": self._size,
+                    "group_names": list(self._groups.names),
+                    "group_next": list(self._groups.next_intra),
+                },
+            )
+
+    @classmethod
+    def from_snapshot(
+        cls, meta: dict[str, Any], live: np.ndarray, per_row: dict[str, list[np.ndarray]], vectors: list[np.ndarray]
+    ) -> Database:
+        chunk_rows = int(meta["chunk_rows"])
+        db = cls(
+            meta["name"], int(meta["dimension"]), model=meta["model"], create_time=float(meta["create_time"]),
+            chunk_rows=chunk_rows,
+        )  # fmt: skip
+        n = len(live)
+        db.index.rows = ChunkedRows.from_chunks(vectors, n, np.float32, db.dimension, chunk_rows)
+        db._ids = ChunkedRows.from_chunks(per_row["ids"], n, np.int64, None, chunk_rows)
+        db._group = ChunkedRows.from_chunks(per_row["group"], n, np.int32, None, chunk_rows)
+        db._intra = ChunkedRows.from_chunks(per_row["intra"], n, np.int64, None, chunk_rows)
+        db._time = ChunkedRows.from_chunks(per_row["time"], n, np.float64, None, chunk_rows)
+        db._live = db._grow_live(n)
+        db._live[:n] = live
+        db._groups.names = list(meta["group_names"])
+        db._groups.number = {name: i for i, name in enumerate(db._groups.names)}
+        db._groups.next_intra = [int(x) for x in meta["group_next"]]
+        rows = np.flatnonzero(live)
+        if len(rows):
+            groups = db._group.take(rows)
+            intras = db._intra.take(rows)
+            for row, g, intra in zip(rows.tolist(), groups.tolist(), intras.tolist(), strict=True):
+                db._groups.members.setdefault(g, {})[intra] = row
+        db._size = len(rows)
+        db.next_image_id = int(meta["next_image_id"])
+        db.applied_seq = db.snapshot_seq = int(meta["applied_seq"])
+        db.incarnation = int(meta["incarnation"])
+        return db

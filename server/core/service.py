@@ -6,21 +6,27 @@ messages into these calls, so behaviour and errors are the same on every wire.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
 import numpy as np
-from lookalike.server.core.database import Database, Hit, Key
+from lookalike.server.core.catalog import Catalog
+from lookalike.server.core.database import Database, Entry, Hit, Key
 from lookalike.server.core.embedder import Embedder
 from lookalike.server.core.errors import LookalikeError, invalid
-from lookalike.server.core.registry import DatabaseRegistry
-from lookalike.server.core.validation import check_group_id, check_intra_id, check_vector
+from lookalike.server.core.model_identity import model_identity
+from lookalike.server.core.paging import decode_token, encode_token, page_size
+from lookalike.server.core.persistence import Persistence
+from lookalike.server.core.validation import check_database_name, check_group_id, check_intra_id, check_vector
 
 MAX_EMBED_IMAGES = 256
 BULK_CHUNK = 32
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
+MAX_REQUEST_ID_LEN = 128
+MAX_CLIENT_REF_ECHO = 256
+SUMMARY_BUDGET_BYTES = 4 << 20  # failures and keys listed in a bulk summary, so it always fits a message
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class BulkItem:
     vector: Sequence[float] | None = None
     client_ref: str = ""
     database: str = ""  # empty, or must repeat the stream's database
+    request_id: str = ""
 
 
 @dataclass
@@ -52,23 +59,63 @@ class BulkFailure:
 
 @dataclass
 class BulkResult:
+    """What a stream did; counts only what is durable. Lists are cut to a byte budget."""
+
     received: int = 0
+    succeeded: int = 0
     keys: list[Key] = field(default_factory=list)
     failures: list[BulkFailure] = field(default_factory=list)
+    failed: int = 0
+    keys_truncated: bool = False
+    failures_truncated: bool = False
+    _budget: int = SUMMARY_BUDGET_BYTES
+
+    def add_key(self, key: Key) -> None:
+        self.succeeded += 1
+        cost = len(key[0]) + 16
+        if self.keys_truncated or cost > self._budget:
+            self.keys_truncated = True
+            return
+        self._budget -= cost
+        self.keys.append(key)
+
+    def add_failure(self, failure: BulkFailure) -> None:
+        self.failed += 1
+        cost = len(failure.client_ref) + len(failure.message) + len(failure.reason) + 16
+        if self.failures_truncated or cost > self._budget:
+            self.failures_truncated = True
+            return
+        self._budget -= cost
+        self.failures.append(failure)
+
+
+def similarity(cosine: float) -> float:
+    """The [0, 1] similarity of the API: cosine clipped at 0 (opposite and unrelated look alike: not at all)."""
+    return max(0.0, min(1.0, cosine))
+
+
+def check_request_id(request_id: str) -> str:
+    if len(request_id) > MAX_REQUEST_ID_LEN or not request_id.isprintable():
+        raise invalid(
+            "REQUEST_ID_INVALID", f"request_id must be at most {MAX_REQUEST_ID_LEN} printable characters (e.g. a UUID)"
+        )
+    return request_id
 
 
 class LookalikeService:
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, persistence: Persistence | None = None) -> None:
         self.embedder = embedder
-        self.databases = DatabaseRegistry(embedder.dimension)
+        self.model = model_identity(embedder.module, embedder.meta)
+        self.catalog = Catalog(embedder.dimension, self.model, persistence)
 
     # -- matching --------------------------------------------------------------------------
-    def match(self, image_a: bytes, image_b: bytes) -> float:
-        """Cosine of the two images' embeddings."""
+    def match(self, image_a: bytes, image_b: bytes) -> tuple[float, float]:
+        """(similarity in [0, 1], cosine) of the two images' embeddings."""
         a = self.embedder.prepare(image_a, field="image_a")
         b = self.embedder.prepare(image_b, field="image_b")
         va, vb = self.embedder.embed_prepared([a, b])
-        return float(np.clip(np.dot(va, vb), -1.0, 1.0))
+        cosine = float(np.clip(np.dot(va, vb), -1.0, 1.0))
+        return similarity(cosine), cosine
 
     def embed(self, images: Sequence[bytes]) -> np.ndarray:
         if not images:
@@ -77,34 +124,75 @@ class LookalikeService:
             raise invalid("TOO_MANY_IMAGES", f"{len(images)} images in one call; send at most {MAX_EMBED_IMAGES}")
         return self.embedder.embed(images)
 
+    # -- databases -------------------------------------------------------------------------
+    def list_databases(self, size: int, token: str) -> tuple[list[Database], str]:
+        size = page_size(size)
+        after = decode_token(token)
+        if after is not None and not isinstance(after, str):
+            raise invalid("PAGE_TOKEN_INVALID", "page_token is not one this server issued")
+        dbs = [db for db in self.catalog.list() if after is None or db.name > after]
+        page = dbs[:size]
+        return page, (encode_token(page[-1].name) if len(dbs) > size else "")
+
+    def list_images(self, database: str, group_id: str | None, size: int, token: str) -> tuple[list[Entry], str]:
+        db = self.catalog.get(database)
+        size = page_size(size)
+        cursor = decode_token(token)
+        after = None
+        if cursor is not None:
+            shaped = isinstance(cursor, list) and len(cursor) == 2
+            if not (shaped and isinstance(cursor[0], str) and isinstance(cursor[1], int)):
+                raise invalid("PAGE_TOKEN_INVALID", "page_token is not one this server issued")
+            after = (cursor[0], cursor[1])
+        entries, more = db.list(group_id=group_id, after=after, limit=size)
+        token = encode_token([entries[-1].group_id, entries[-1].intra_id]) if more and entries else ""
+        return entries, token
+
     # -- registration ----------------------------------------------------------------------
-    def vector_for(self, db: Database, image: bytes | None, vector: Sequence[float] | None) -> np.ndarray:
+    def vector_for(self, dimension: int, image: bytes | None, vector: Sequence[float] | None) -> np.ndarray:
         if vector is not None:
-            return check_vector(vector, db.dimension)
+            return check_vector(vector, dimension)
         if image is None:
             raise invalid("IMAGE_MISSING", "send an image (encoded bytes) or a vector to register")
         return self.embedder.embed([image], field="image")[0]
 
     def set_image(
-        self, database: str, group_id: str, intra_id: int | None, image: bytes | None, vector: Sequence[float] | None
+        self,
+        database: str,
+        group_id: str,
+        intra_id: int | None,
+        image: bytes | None,
+        vector: Sequence[float] | None,
+        *,
+        request_id: str = "",
+        should_continue: Callable[[], bool] | None = None,
     ) -> tuple[Key, bool]:
-        db = self.databases.get(database)
+        db = self.catalog.get(database)
         check_group_id(group_id)
+        check_request_id(request_id)
         if intra_id is not None:
             check_intra_id(intra_id)
-        vec = self.vector_for(db, image, vector)  # validate everything before touching the database
-        return db.set(group_id, intra_id, vec)
+        vec = self.vector_for(db.dimension, image, vector)  # validate everything before logging anything
+        (result,) = self.catalog.set_images(
+            database, [(group_id, intra_id, request_id)], vec[np.newaxis], should_continue=should_continue
+        )
+        return result.key, result.replaced
 
     def bulk_set(self, database: str, items: Iterable[BulkItem]) -> BulkResult:
         """Register a stream of items; bad ones are reported, good ones land in stream order.
 
-        Items are taken in chunks so images of one chunk are decoded in parallel and embedded
-        in one model call. An unknown (or mid-stream deleted) database fails the whole call.
+        Items are taken in chunks of ``BULK_CHUNK``: a chunk's images are decoded in parallel,
+        embedded in one model call, and its good items are logged and applied as one command,
+        durable before the next chunk is read. When the stream breaks off (client cancel,
+        network), every chunk committed before stays and nothing of the others is applied.
+        The database is pinned at the first item: if it is deleted or re-created during the
+        stream, the stream fails with DATABASE_REPLACED.
         """
+        check_database_name(database)
         result = BulkResult()
         stream: Iterator[BulkItem] = iter(items)
+        pinned = self.catalog.get(database)
         while chunk := list(islice(stream, BULK_CHUNK)):
-            db = self.databases.get(database)
             base = result.received
             result.received += len(chunk)
             vectors: dict[int, np.ndarray] = {}
@@ -119,10 +207,11 @@ class LookalikeService:
                             "use one stream per database",
                         )
                     check_group_id(item.group_id)
+                    check_request_id(item.request_id)
                     if item.intra_id is not None:
                         check_intra_id(item.intra_id)
                     if item.vector is not None:
-                        vectors[i] = check_vector(item.vector, db.dimension)
+                        vectors[i] = check_vector(item.vector, pinned.dimension)
                     elif item.image is None:
                         raise invalid("IMAGE_MISSING", "send an image (encoded bytes) or a vector to register")
                     else:
@@ -135,16 +224,23 @@ class LookalikeService:
             if ok:
                 for (i, _), vec in zip(ok, self.embedder.embed_prepared([p for _, p in ok]), strict=True):
                     vectors[i] = vec
+            good = [i for i in range(len(chunk)) if i not in errors]
+            keys: dict[int, Key] = {}
+            if good:
+                results = self.catalog.set_images(
+                    database,
+                    [(chunk[i].group_id, chunk[i].intra_id, chunk[i].request_id) for i in good],
+                    np.stack([vectors[i] for i in good]),
+                    expect=pinned,
+                )
+                keys = {i: r.key for i, r in zip(good, results, strict=True)}
             for i, item in enumerate(chunk):
-                err = errors.get(i)
-                if err is None:
-                    try:
-                        key, _ = db.set(item.group_id, item.intra_id, vectors[i])
-                        result.keys.append(key)
-                        continue
-                    except LookalikeError as exc:
-                        err = exc
-                result.failures.append(BulkFailure(base + i, item.client_ref, err.reason, err.message))
+                if i in keys:
+                    result.add_key(keys[i])
+                else:
+                    err = errors[i]
+                    ref = item.client_ref[:MAX_CLIENT_REF_ECHO]
+                    result.add_failure(BulkFailure(base + i, ref, err.reason, err.message))
         if result.received == 0:
             raise invalid("STREAM_EMPTY", "the stream carried no items; send at least one")
         return result
@@ -159,7 +255,7 @@ class LookalikeService:
         one_per_group: bool = False,
         min_score: float | None = None,
     ) -> tuple[list[Hit], int]:
-        db = self.databases.get(database)
+        db = self.catalog.get(database)
         if top_k < 0 or top_k > MAX_TOP_K:
             raise invalid("TOP_K_INVALID", f"top_k {top_k} is out of range; use 1-{MAX_TOP_K} (0 = {DEFAULT_TOP_K})")
         top_k = top_k or DEFAULT_TOP_K

@@ -27,6 +27,7 @@ def database(db: Database) -> db_pb.Database:
         image_count=db.size,
         group_count=db.group_count,
         create_time=timestamp(db.create_time),
+        model=f"{db.model.get('name', '')}@{str(db.model.get('digest', ''))[:12]}",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -11,12 +12,11 @@ from lookalike.server.core.service import BulkItem, LookalikeService
 from lookalike.server.core.validation import check_database_name
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
-from lookalike.server.transport.paging import decode_token, encode_token, page_size
 from lookalike.v1 import database_service_pb2 as pb
 from lookalike.v1 import database_service_pb2_grpc as pb_grpc
 from lookalike.v1 import types_pb2
 
-MAX_BULK_FAILURES_LISTED = 10_000
+log = logging.getLogger(__name__)
 
 
 def _content(request: pb.SetImageRequest | pb.BulkSetImagesRequest) -> tuple[bytes | None, list[float] | None]:
@@ -29,9 +29,10 @@ def _content(request: pb.SetImageRequest | pb.BulkSetImagesRequest) -> tuple[byt
 
 
 class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
-    def __init__(self, service: LookalikeService) -> None:
+    def __init__(self, service: LookalikeService, oss: object = None) -> None:
         self._service = service
-        self._dbs = service.databases
+        self._dbs = service.catalog
+        self._oss = oss
 
     @grpc_errors
     def CreateDatabase(
@@ -47,13 +48,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     def ListDatabases(
         self, request: pb.ListDatabasesRequest, context: grpc.ServicerContext
     ) -> pb.ListDatabasesResponse:
-        size = page_size(request.page_size)
-        after = decode_token(request.page_token)
-        if after is not None and not isinstance(after, str):
-            raise invalid("PAGE_TOKEN_INVALID", "page_token is not one this server issued")
-        dbs = [db for db in self._dbs.list() if after is None or db.name > after]
-        page = dbs[:size]
-        token = encode_token(page[-1].name) if len(dbs) > size else ""
+        page, token = self._service.list_databases(request.page_size, request.page_token)
         return pb.ListDatabasesResponse(databases=[convert.database(db) for db in page], next_page_token=token)
 
     @grpc_errors
@@ -68,7 +63,13 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         image, vector = _content(request)
         intra_id = request.intra_id if request.HasField("intra_id") else None
         (group_id, intra), replaced = self._service.set_image(
-            request.database, request.group_id, intra_id, image, vector
+            request.database,
+            request.group_id,
+            intra_id,
+            image,
+            vector,
+            request_id=request.request_id,
+            should_continue=context.is_active,
         )
         return pb.SetImageResponse(key=types_pb2.ImageKey(group_id=group_id, intra_id=intra), replaced=replaced)
 
@@ -91,18 +92,25 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
                     vector=vector,
                     client_ref=item.client_ref,
                     database=item.database,
+                    request_id=item.request_id,
                 )
 
-        result = self._service.bulk_set(database, items())
+        try:
+            result = self._service.bulk_set(database, items())
+        except grpc.RpcError:  # the client went away: committed chunks stay (see the proto)
+            log.info("BulkSetImages stream for %r ended by the client before its summary", database)
+            context.abort(grpc.StatusCode.CANCELLED, "the stream was cancelled; chunks committed before it stay")
         return pb.BulkSetImagesResponse(
             received_count=result.received,
-            succeeded_count=len(result.keys),
-            failed_count=len(result.failures),
+            succeeded_count=result.succeeded,
+            failed_count=result.failed,
             failures=[
                 pb.BulkSetFailure(index=f.index, client_ref=f.client_ref, reason=f.reason, message=f.message)
-                for f in result.failures[:MAX_BULK_FAILURES_LISTED]
+                for f in result.failures
             ],
             keys=[types_pb2.ImageKey(group_id=g, intra_id=i) for g, i in result.keys],
+            failures_truncated=result.failures_truncated,
+            keys_truncated=result.keys_truncated,
         )
 
     @grpc_errors
@@ -112,30 +120,59 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
 
     @grpc_errors
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
-        db = self._dbs.get(request.database)
-        size = page_size(request.page_size)
-        cursor = decode_token(request.page_token)
-        after = None
-        if cursor is not None:
-            if not (
-                isinstance(cursor, list)
-                and len(cursor) == 2
-                and isinstance(cursor[0], str)
-                and isinstance(cursor[1], int)
-            ):
-                raise invalid("PAGE_TOKEN_INVALID", "page_token is not one this server issued")
-            after = (cursor[0], cursor[1])
-        entries, more = db.list(group_id=request.group_id or None, after=after, limit=size)
-        token = encode_token([entries[-1].group_id, entries[-1].intra_id]) if more and entries else ""
+        entries, token = self._service.list_images(
+            request.database, request.group_id or None, request.page_size, request.page_token
+        )
         return pb.ListImagesResponse(
             images=[convert.registered_image(e, include_vector=False) for e in entries], next_page_token=token
         )
 
     @grpc_errors
     def DeleteImage(self, request: pb.DeleteImageRequest, context: grpc.ServicerContext) -> pb.DeleteImageResponse:
-        self._dbs.get(request.database).delete(request.key.group_id, request.key.intra_id)
+        self._dbs.delete_image(request.database, request.key.group_id, request.key.intra_id)
         return pb.DeleteImageResponse()
 
     @grpc_errors
     def DeleteGroup(self, request: pb.DeleteGroupRequest, context: grpc.ServicerContext) -> pb.DeleteGroupResponse:
-        return pb.DeleteGroupResponse(deleted_count=self._dbs.get(request.database).delete_group(request.group_id))
+        return pb.DeleteGroupResponse(deleted_count=self._dbs.delete_group(request.database, request.group_id))
+
+    @grpc_errors
+    def SnapshotDatabase(
+        self, request: pb.SnapshotDatabaseRequest, context: grpc.ServicerContext
+    ) -> pb.SnapshotDatabaseResponse:
+        info = self._dbs.snapshot_database(request.name)
+        return pb.SnapshotDatabaseResponse(
+            snapshot_time=convert.timestamp(info.time), size_bytes=info.size_bytes, image_count=info.image_count
+        )
+
+    @grpc_errors
+    def ExportDatabase(
+        self, request: pb.ExportDatabaseRequest, context: grpc.ServicerContext
+    ) -> pb.ExportDatabaseResponse:
+        destination = check_location(request.destination, "destination")
+        info = self._dbs.export(request.name, destination, self._oss)
+        return pb.ExportDatabaseResponse(
+            destination=destination, size_bytes=info.size_bytes, image_count=info.image_count
+        )
+
+    @grpc_errors
+    def ImportDatabase(
+        self, request: pb.ImportDatabaseRequest, context: grpc.ServicerContext
+    ) -> pb.ImportDatabaseResponse:
+        source = check_location(request.source, "source")
+        db = self._dbs.import_(request.name, source, self._oss)
+        return pb.ImportDatabaseResponse(database=convert.database(db))
+
+
+def check_location(location: str, field: str) -> str:
+    """A local directory or oss://bucket/prefix/; never anything with control characters."""
+    if not location or not location.isprintable() or len(location) > 1024:
+        raise invalid(
+            "DESTINATION_INVALID",
+            f"{field} must be a local directory on the server or oss://bucket/prefix/ (at most 1024 characters)",
+        )
+    if location.startswith("oss://"):
+        bucket = location[len("oss://") :].split("/", 1)[0]
+        if not bucket:
+            raise invalid("DESTINATION_INVALID", f"{field} {location!r} names no bucket; use oss://bucket/prefix/")
+    return location

@@ -16,8 +16,8 @@ class MatchServicer(pb_grpc.MatchServiceServicer):
 
     @grpc_errors
     def Match(self, request: pb.MatchRequest, context: grpc.ServicerContext) -> pb.MatchResponse:
-        cosine = self._service.match(request.image_a.content, request.image_b.content)
-        return pb.MatchResponse(similarity=max(0.0, cosine), cosine=cosine, model=self._service.embedder.model_name)
+        similarity, cosine = self._service.match(request.image_a.content, request.image_b.content)
+        return pb.MatchResponse(similarity=similarity, cosine=cosine, model=self._service.embedder.model_name)
 
     @grpc_errors
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:

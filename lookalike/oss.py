@@ -1,0 +1,192 @@
+"""``oss://bucket/key`` objects through ``oss2``: the one OSS client of the server and the trainer.
+
+Only put, get (whole or a byte range), head and delete are used: S3-protocol test servers
+(moto) and some OSS-compatible stores do not answer oss2's list and multipart calls, so
+callers name every object they need (a manifest) instead of listing.
+
+Credentials come from the environment (``OSS_ACCESS_KEY_ID``, ``OSS_ACCESS_KEY_SECRET``), from
+a credentials file, or from the caller; they never go into a config file, a message, or a repr.
+``OSS_ENDPOINT`` (e.g. ``https://oss-cn-hangzhou-internal.aliyuncs.com``) names the endpoint;
+``OSS_PATH_STYLE=1`` is for S3-protocol servers that only speak path-style URLs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEME = "oss://"
+
+
+def is_oss(ref: str) -> bool:
+    return ref.startswith(SCHEME)
+
+
+def split_oss(ref: str) -> tuple[str, str]:
+    """``oss://bucket/a/b.jpg`` -> ``("bucket", "a/b.jpg")``; tolerates ``bucket.endpoint`` hosts.
+
+    The PAI demo lists write ``oss://bucket.oss-cn-hangzhou.aliyuncs.com/key``; the bucket is
+    the first label of that host.
+    """
+    if not is_oss(ref):
+        raise ValueError(f"not an oss:// reference: {ref!r}")
+    host, _, key = ref[len(SCHEME) :].partition("/")
+    bucket = host.split(".", 1)[0]
+    if not bucket or not key:
+        raise ValueError(f"oss reference {ref!r} must look like oss://bucket/path/to/object")
+    return bucket, key
+
+
+def split_root(ref: str) -> tuple[str, str]:
+    """``oss://bucket/prefix/`` -> ``("bucket", "prefix/")``; the prefix may be empty."""
+    if not is_oss(ref):
+        raise ValueError(f"not an oss:// reference: {ref!r}")
+    host, _, prefix = ref[len(SCHEME) :].partition("/")
+    bucket = host.split(".", 1)[0]
+    if not bucket:
+        raise ValueError(f"oss root {ref!r} must look like oss://bucket/prefix/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return bucket, prefix
+
+
+@dataclass(frozen=True)
+class OssCredentials:
+    key_id: str = field(repr=False)
+    secret: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "OssCredentials(<hidden>)"
+
+    @classmethod
+    def from_env(cls, credentials_file: str | Path | None = None) -> OssCredentials | None:
+        """Environment first, then a file of ``OSS_ACCESS_KEY_ID=...`` / ``OSS_ACCESS_KEY_SECRET=...`` lines."""
+        key_id = os.environ.get("OSS_ACCESS_KEY_ID")
+        secret = os.environ.get("OSS_ACCESS_KEY_SECRET")
+        if (not key_id or not secret) and credentials_file:
+            values: dict[str, str] = {}
+            for line in Path(credentials_file).read_text().splitlines():
+                name, sep, value = line.partition("=")
+                if sep:
+                    values[name.strip()] = value.strip()
+            key_id = key_id or values.get("OSS_ACCESS_KEY_ID")
+            secret = secret or values.get("OSS_ACCESS_KEY_SECRET")
+        if not key_id or not secret:
+            return None
+        return cls(key_id, secret)
+
+
+class OssClient:
+    """oss2 buckets opened lazily per name; errors become OSError/FileNotFoundError without secrets."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        credentials: OssCredentials | None = None,
+        *,
+        path_style: bool | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.endpoint = endpoint or os.environ.get("OSS_ENDPOINT")
+        self._credentials = credentials
+        if path_style is None:
+            path_style = os.environ.get("OSS_PATH_STYLE", "") not in ("", "0", "false")
+        self.path_style = path_style
+        self.timeout_s = timeout_s
+        self._buckets: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"OssClient(endpoint={self.endpoint!r})"
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable into DataLoader workers, without open buckets
+        return {**self.__dict__, "_buckets": {}}
+
+    def bucket(self, name: str) -> Any:
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            return bucket
+        import oss2
+
+        credentials = self._credentials or OssCredentials.from_env()
+        if credentials is None or not self.endpoint:
+            raise ValueError(
+                "OSS access needs OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET and OSS_ENDPOINT "
+                "in the environment (or --oss-endpoint and a credentials file); credentials are never "
+                "read from config files"
+            )
+        bucket = oss2.Bucket(
+            oss2.Auth(credentials.key_id, credentials.secret),
+            self.endpoint,
+            name,
+            is_path_style=self.path_style,
+            connect_timeout=self.timeout_s,
+        )
+        self._buckets[name] = bucket
+        return bucket
+
+    def _call(self, what: str, ref: str, fn: Any) -> Any:
+        import oss2
+        import requests
+
+        try:
+            return fn()
+        except oss2.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(f"{ref} does not exist") from exc
+        except oss2.exceptions.OssError as exc:
+            # OssError's text carries request ids, never the secret; keep only status and code.
+            status, code = getattr(exc, "status", "?"), getattr(exc, "code", "")
+            if status == -2 or isinstance(exc, oss2.exceptions.RequestError):
+                raise ConnectionError(f"{what} {ref}: OSS endpoint unreachable") from None
+            raise OSError(f"{what} {ref}: OSS error {status} {code}") from None
+        except requests.RequestException:
+            raise ConnectionError(f"{what} {ref}: OSS endpoint unreachable") from None
+
+    def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """Whole object, or the inclusive ``byte_range`` of it."""
+        ref = f"{SCHEME}{bucket}/{key}"
+        return self._call("reading", ref, lambda: self.bucket(bucket).get_object(key, byte_range=byte_range).read())
+
+    def put(self, bucket: str, key: str, data: bytes | memoryview) -> None:
+        ref = f"{SCHEME}{bucket}/{key}"
+        self._call("writing", ref, lambda: self.bucket(bucket).put_object(key, data))
+
+    def exists(self, bucket: str, key: str) -> bool:
+        ref = f"{SCHEME}{bucket}/{key}"
+        try:
+            self._call("checking", ref, lambda: self.bucket(bucket).head_object(key))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if " 404 " in f"{exc} ":
+                return False
+            raise
+        return True
+
+    def delete(self, bucket: str, key: str) -> None:
+        ref = f"{SCHEME}{bucket}/{key}"
+        self._call("deleting", ref, lambda: self.bucket(bucket).delete_object(key))
+
+    def read(self, ref: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """``oss://bucket/key``, whole or the inclusive ``byte_range``."""
+        bucket, key = split_oss(ref)
+        return self.get(bucket, key, byte_range)
+
+
+@dataclass
+class OssReader:
+    """Read-only ``oss://`` access for the trainer; safe to pickle into DataLoader workers."""
+
+    endpoint: str | None = None
+    path_style: bool | None = None
+    _client: OssClient | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "path_style": self.path_style, "_client": None}
+
+    def read(self, ref: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """Whole object, or the inclusive ``byte_range`` of it. Raises ``OSError`` on failure."""
+        if self._client is None:
+            self._client = OssClient(self.endpoint, path_style=self.path_style)
+        return self._client.read(ref, byte_range)

@@ -1,0 +1,399 @@
+"""The databases a server holds, and the one path every mutation takes: plan, log, apply.
+
+A mutation is planned (ids and timestamps chosen) and logged and applied under one write
+lock, so the log order is the apply order; waiting for durability happens outside the lock,
+where concurrent writers share an fsync. Transports only translate into these calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from lookalike.server.core.commands import (
+    ClearDatabase,
+    Command,
+    CreateDatabase,
+    DeleteGroup,
+    DeleteImage,
+    DropDatabase,
+    SetImages,
+    SetItem,
+)
+from lookalike.server.core.database import Database, Key
+from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
+from lookalike.server.core.persistence import Persistence, entry_bytes, read_export
+from lookalike.server.core.validation import check_database_name
+
+log = logging.getLogger(__name__)
+IMPORT_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class SetResult:
+    key: Key
+    replaced: bool
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    time: float
+    size_bytes: int
+    image_count: int
+    checkpoint_seq: int
+
+
+def describe_model(model: dict[str, Any]) -> str:
+    digest = str(model.get("digest", "?"))[:12]
+    return f"{model.get('name', '?')} (dimension {model.get('dimension', '?')}, digest {digest})"
+
+
+class Catalog:
+    def __init__(
+        self,
+        dimension: int,
+        model: dict[str, Any],
+        persistence: Persistence | None = None,
+        *,
+        dedupe_entries: int = 100_000,
+    ) -> None:
+        self.dimension = dimension
+        self.model = model
+        self.persistence = persistence
+        self.ready = threading.Event()
+        self._write_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._dbs: dict[str, Database] = {}
+        self._dedupe: OrderedDict[str, tuple[str, int, int, bool]] = OrderedDict()
+        self._dedupe_entries = dedupe_entries
+        self._seq = 0  # in-memory sequence when there is no log
+        self.last_checkpoint: SnapshotInfo | None = None
+        if persistence is None:
+            self.ready.set()
+
+    # -- start-up --------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Load the newest snapshot, replay the log after it, then accept calls."""
+        assert self.persistence is not None
+        started = time.monotonic()
+        p = self.persistence
+        p.restore_from_remote_if_empty()
+        loaded = p.load()
+        for db in loaded.databases:
+            self._check_model(db)
+            self._dbs[db.name] = db
+        for entry in loaded.dedupe:
+            self._remember(*entry)
+        replayed = 0
+        for seq, cmd in p.records(loaded.checkpoint_seq):
+            try:
+                self._apply(cmd, seq)
+            except LookalikeError as err:  # the log holds only commands that applied; say so if one does not
+                log.warning("log record %d (%s) did not apply on replay: %s", seq, type(cmd).__name__, err.message)
+            replayed += 1
+        p.open()
+        self._seq = p.wal.last_seq
+        log.info(
+            "recovered %d databases (%d images) from the snapshot at log record %d and %d later records in %.2fs",
+            len(self._dbs), sum(db.size for db in self._dbs.values()), loaded.checkpoint_seq, replayed,
+            time.monotonic() - started,
+        )  # fmt: skip
+        self.ready.set()
+
+    def _check_model(self, db: Database) -> None:
+        mine, theirs = self.model.get("digest"), db.model.get("digest")
+        if theirs != mine or db.dimension != self.dimension:
+            db.foreign = (
+                f"database {db.name!r} holds vectors of model {describe_model(db.model)}, but this server runs "
+                f"{describe_model(self.model)}; vectors of two models must not be mixed. Serve it with its model "
+                "(lookalike serve --model FILE), or export its images and register them again under this model"
+            )
+            log.warning("%s", db.foreign)
+
+    # -- the write path ----------------------------------------------------------------------
+    def _log(self, cmd: Command) -> int:
+        if self.persistence is None:
+            self._seq += 1
+            return self._seq
+        return self.persistence.log(cmd)
+
+    def _wait(self, seq: int) -> None:
+        if self.persistence is not None:
+            self.persistence.wait(seq)
+
+    def _apply(self, cmd: Command, seq: int) -> Any:
+        if isinstance(cmd, CreateDatabase):
+            db = Database(cmd.db, cmd.dimension, model=cmd.model, create_time=cmd.time)
+            db.incarnation = db.applied_seq = seq
+            self._check_model(db)
+            self._dbs[cmd.db] = db
+            return db
+        if isinstance(cmd, DropDatabase):
+            return self._dbs.pop(cmd.db)
+        db = self._dbs.get(cmd.db)
+        if db is None:
+            raise not_found("DATABASE_NOT_FOUND", f"database {cmd.db!r} does not exist")
+        if isinstance(cmd, SetImages):
+            replaced = db.apply_set(cmd, seq)
+            for item, rep in zip(cmd.items, replaced, strict=True):
+                if item.request_id:
+                    self._remember(cmd.db, item.request_id, item.group_id, item.intra_id, rep)
+            return replaced
+        if isinstance(cmd, DeleteImage):
+            return db.apply_delete(cmd.group_id, cmd.intra_id, seq)
+        if isinstance(cmd, DeleteGroup):
+            return db.apply_delete_group(cmd.group_id, seq)
+        if isinstance(cmd, ClearDatabase):
+            return db.apply_clear(seq)
+        raise TypeError(f"not a command: {cmd!r}")
+
+    def _commit(self, cmd: Command) -> Any:
+        """Log then apply, under the write lock (the caller holds it)."""
+        seq = self._log(cmd)
+        return seq, self._apply(cmd, seq)
+
+    def _remember(self, db: str, request_id: str, group_id: str, intra_id: int, replaced: bool) -> None:
+        key = f"{db}\0{request_id}"
+        self._dedupe[key] = (group_id, intra_id, replaced)  # type: ignore[assignment]
+        self._dedupe.move_to_end(key)
+        while len(self._dedupe) > self._dedupe_entries:
+            self._dedupe.popitem(last=False)
+
+    def _require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise LookalikeError(
+                ErrorKind.UNAVAILABLE, "RECOVERING", "the server is loading its databases; retry in a few seconds"
+            )
+
+    def _get_locked(self, name: str) -> Database:
+        db = self._dbs.get(name)
+        if db is None:
+            raise not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+        return db
+
+    # -- databases -------------------------------------------------------------------------
+    def create(self, name: str) -> Database:
+        check_database_name(name)
+        self._require_ready()
+        with self._write_lock:
+            if name in self._dbs:
+                raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, time.time()))
+        self._wait(seq)
+        return db
+
+    def get(self, name: str, *, usable: bool = True) -> Database:
+        check_database_name(name)
+        self._require_ready()
+        db = self._dbs.get(name)
+        if db is None:
+            raise not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+        if usable:
+            db.check_usable()
+        return db
+
+    def list(self) -> list[Database]:
+        self._require_ready()
+        with self._write_lock:
+            return [self._dbs[n] for n in sorted(self._dbs)]
+
+    def delete(self, name: str) -> None:
+        check_database_name(name)
+        self._require_ready()
+        with self._write_lock:
+            self._get_locked(name)
+            seq, _ = self._commit(DropDatabase(name))
+        self._wait(seq)
+
+    # -- images ----------------------------------------------------------------------------
+    def set_images(
+        self,
+        name: str,
+        requests: list[tuple[str, int | None, str]],
+        vectors: np.ndarray,
+        *,
+        expect: Database | None = None,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> list[SetResult]:
+        """Upsert images as one command; ``requests`` are (group_id, intra_id or None, request_id).
+
+        A request id seen before (per database) returns its first result and changes nothing,
+        so a client may retry a call whose answer it never got. ``expect`` pins the database
+        incarnation a stream started with.
+        """
+        self._require_ready()
+        results: list[SetResult | None] = [None] * len(requests)
+        with self._write_lock:
+            db = self._get_locked(name)
+            if expect is not None and db is not expect:
+                raise LookalikeError(
+                    ErrorKind.FAILED_PRECONDITION, "DATABASE_REPLACED",
+                    f"database {name!r} was deleted (and maybe re-created) during this stream; the items before "
+                    "this point were registered in the old database",
+                )  # fmt: skip
+            db.check_usable()
+            todo = []
+            for k, (_, _, request_id) in enumerate(requests):
+                seen = self._dedupe.get(f"{name}\0{request_id}") if request_id else None
+                if seen is not None:
+                    results[k] = SetResult((seen[0], seen[1]), bool(seen[2]))
+                else:
+                    todo.append(k)
+            if todo and (should_continue is None or should_continue()):
+                cmd = db.plan_set([requests[k] for k in todo], vectors[todo], time.time())
+                seq, replaced = self._commit(cmd)
+                for k, item, rep in zip(todo, cmd.items, replaced, strict=True):
+                    results[k] = SetResult((item.group_id, item.intra_id), rep)
+            elif todo:
+                raise LookalikeError(ErrorKind.UNAVAILABLE, "CANCELLED", "the call was cancelled; nothing was stored")
+            else:
+                seq = 0
+        if seq:
+            self._wait(seq)
+        return [r for r in results if r is not None]
+
+    def delete_image(self, name: str, group_id: str, intra_id: int) -> None:
+        self._require_ready()
+        with self._write_lock:
+            db = self._get_locked(name)
+            db.check_usable()
+            db.get(group_id, intra_id)  # NOT_FOUND before anything is logged
+            seq, _ = self._commit(DeleteImage(name, group_id, intra_id))
+        self._wait(seq)
+
+    def delete_group(self, name: str, group_id: str) -> int:
+        self._require_ready()
+        with self._write_lock:
+            db = self._get_locked(name)
+            db.check_usable()
+            if not db.list(group_id=group_id, after=None, limit=1)[0]:
+                raise not_found("GROUP_NOT_FOUND", f"database {name!r} has no group {group_id!r}")
+            seq, count = self._commit(DeleteGroup(name, group_id))
+        self._wait(seq)
+        return count
+
+    def clear(self, name: str) -> int:
+        self._require_ready()
+        with self._write_lock:
+            self._get_locked(name).check_usable()
+            seq, count = self._commit(ClearDatabase(name))
+        self._wait(seq)
+        return count
+
+    # -- snapshots, export, import ---------------------------------------------------------
+    def checkpoint(self, *, push: bool = True) -> SnapshotInfo:
+        """Snapshot every changed database at one log position; trim the log it covers."""
+        self._require_ready()
+        p = self.persistence
+        if p is None:
+            raise LookalikeError(
+                ErrorKind.FAILED_PRECONDITION, "PERSISTENCE_DISABLED", "this server keeps databases in memory only"
+            )
+        with self._checkpoint_lock:
+            with self._write_lock:
+                seq = p.wal.last_seq
+                known = (p.manifest or {}).get("databases", {})
+                views = {}
+                for name, db in self._dbs.items():
+                    entry = known.get(name)
+                    clean = db.snapshot_seq == db.applied_seq and entry is not None
+                    same = entry is not None and int(entry["meta"]["incarnation"]) == db.incarnation
+                    views[name] = None if clean and same else db.snapshot_view()
+                dedupe = [[k.split("\0", 1)[0], k.split("\0", 1)[1], *v] for k, v in self._dedupe.items()]
+                p.wal.rotate()
+            try:
+                manifest = p.checkpoint(seq, views, dedupe)
+            except OSError as exc:
+                raise LookalikeError(
+                    ErrorKind.UNAVAILABLE, "STORAGE_UNAVAILABLE", f"the snapshot could not be written ({exc})"
+                ) from None
+            for name, view in views.items():
+                if view is not None and name in self._dbs:
+                    self._dbs[name].snapshot_seq = int(view.meta["applied_seq"])
+            if push and p.remote is not None:
+                try:
+                    p.push_remote()
+                except (OSError, ValueError) as exc:
+                    raise LookalikeError(
+                        ErrorKind.UNAVAILABLE, "OSS_UNAVAILABLE",
+                        f"the snapshot is durable on this server but could not be uploaded to the OSS root ({exc}); "
+                        "it is retried in the background",
+                    ) from None  # fmt: skip
+            info = SnapshotInfo(
+                time=float(manifest["time"]),
+                size_bytes=sum(entry_bytes(e) for e in manifest["databases"].values()),
+                image_count=sum(int(e["meta"]["size"]) for e in manifest["databases"].values()),
+                checkpoint_seq=seq,
+            )
+            self.last_checkpoint = info
+            return info
+
+    def snapshot_database(self, name: str) -> SnapshotInfo:
+        self.get(name, usable=False)
+        info = self.checkpoint()
+        entry = (self.persistence.manifest or {})["databases"][name]  # type: ignore[union-attr]
+        return SnapshotInfo(info.time, entry_bytes(entry), int(entry["meta"]["size"]), info.checkpoint_seq)
+
+    def export(self, name: str, location: str, oss: Any = None) -> SnapshotInfo:
+        db = self.get(name, usable=False)
+        view = db.snapshot_view()
+        if self.persistence is None:
+            raise LookalikeError(
+                ErrorKind.FAILED_PRECONDITION, "PERSISTENCE_DISABLED", "this server keeps databases in memory only"
+            )
+        try:
+            entry = self.persistence.export(view, location, oss)
+        except (OSError, ValueError) as exc:
+            raise LookalikeError(
+                ErrorKind.UNAVAILABLE, "EXPORT_FAILED", f"could not write the export to {location}: {exc}"
+            ) from None
+        return SnapshotInfo(time.time(), entry_bytes(entry), int(entry["meta"]["size"]), db.applied_seq)
+
+    def import_(self, name: str, location: str, oss: Any = None) -> Database:
+        check_database_name(name)
+        self._require_ready()
+        from lookalike.server.storage.segments import CorruptionError
+
+        try:
+            source = read_export(location, oss)
+        except FileNotFoundError as exc:
+            raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
+        except CorruptionError as exc:
+            raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise LookalikeError(ErrorKind.UNAVAILABLE, "IMPORT_FAILED", f"could not read {location}: {exc}") from None
+        if source.model.get("digest") != self.model.get("digest") or source.dimension != self.dimension:
+            raise LookalikeError(
+                ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
+                f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
+                f"{describe_model(self.model)}; import it on a server started with that model",
+            )  # fmt: skip
+        entries, _ = source.list(group_id=None, after=None, limit=source.size)
+        with self._write_lock:
+            if name in self._dbs:
+                raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, source.create_time))
+            for start in range(0, len(entries), IMPORT_CHUNK):
+                part = entries[start : start + IMPORT_CHUNK]
+                items = tuple(SetItem(e.group_id, e.intra_id, db.next_image_id + i) for i, e in enumerate(part))
+                cmd = SetImages(name, items, np.stack([e.vector for e in part]), time.time(),
+                                tuple(e.update_time for e in part))  # fmt: skip
+                seq, _ = self._commit(cmd)
+        self._wait(seq)
+        return db
+
+    def close(self, *, snapshot: bool = True) -> None:
+        if self.persistence is None:
+            return
+        if snapshot and self.ready.is_set():
+            try:
+                self.checkpoint()
+            except LookalikeError as err:
+                log.warning("final snapshot: %s", err.message)
+        self.persistence.close()

@@ -1,0 +1,121 @@
+"""Every mutation of the server's state, as one command with all its choices already made.
+
+``intra_id``, the internal image id and the timestamp are chosen *before* a command is
+logged, so replaying the write-ahead log reproduces exactly what was acknowledged.
+Encoding: ``u32 header length | JSON header | float32 vectors`` (little endian).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_LEN = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class CreateDatabase:
+    db: str
+    dimension: int
+    model: dict[str, Any]
+    time: float
+
+
+@dataclass(frozen=True)
+class DropDatabase:
+    db: str
+
+
+@dataclass(frozen=True)
+class SetItem:
+    group_id: str
+    intra_id: int
+    image_id: int  # the stable internal id
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class SetImages:
+    """One image (SetImage) or a chunk of a bulk stream: applied, and logged, as one unit."""
+
+    db: str
+    items: tuple[SetItem, ...]
+    vectors: np.ndarray  # [len(items), dimension] float32, unit length
+    time: float
+    times: tuple[float, ...] | None = None  # per item (an imported copy keeps its times), else ``time``
+
+
+@dataclass(frozen=True)
+class DeleteImage:
+    db: str
+    group_id: str
+    intra_id: int
+
+
+@dataclass(frozen=True)
+class DeleteGroup:
+    db: str
+    group_id: str
+
+
+@dataclass(frozen=True)
+class ClearDatabase:
+    db: str
+
+
+Command = CreateDatabase | DropDatabase | SetImages | DeleteImage | DeleteGroup | ClearDatabase
+
+
+def encode(cmd: Command) -> bytes:
+    vectors = b""
+    if isinstance(cmd, CreateDatabase):
+        head: dict[str, Any] = {"op": "create", "db": cmd.db, "dim": cmd.dimension, "model": cmd.model, "t": cmd.time}
+    elif isinstance(cmd, DropDatabase):
+        head = {"op": "drop", "db": cmd.db}
+    elif isinstance(cmd, SetImages):
+        head = {
+            "op": "set",
+            "db": cmd.db,
+            "t": cmd.time,
+            "items": [[i.group_id, i.intra_id, i.image_id, i.request_id] for i in cmd.items],
+            "dim": int(cmd.vectors.shape[1]),
+        }
+        if cmd.times is not None:
+            head["times"] = list(cmd.times)
+        vectors = np.ascontiguousarray(cmd.vectors, dtype="<f4").tobytes()
+    elif isinstance(cmd, DeleteImage):
+        head = {"op": "del", "db": cmd.db, "g": cmd.group_id, "i": cmd.intra_id}
+    elif isinstance(cmd, DeleteGroup):
+        head = {"op": "delgroup", "db": cmd.db, "g": cmd.group_id}
+    elif isinstance(cmd, ClearDatabase):
+        head = {"op": "clear", "db": cmd.db}
+    else:  # pragma: no cover - exhaustive
+        raise TypeError(f"not a command: {cmd!r}")
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    return _LEN.pack(len(text)) + text + vectors
+
+
+def decode(data: bytes) -> Command:
+    (n,) = _LEN.unpack_from(data, 0)
+    head = json.loads(data[_LEN.size : _LEN.size + n])
+    op = head["op"]
+    if op == "create":
+        return CreateDatabase(head["db"], int(head["dim"]), head["model"], float(head["t"]))
+    if op == "drop":
+        return DropDatabase(head["db"])
+    if op == "set":
+        items = tuple(SetItem(g, int(i), int(iid), rid) for g, i, iid, rid in head["items"])
+        vectors = np.frombuffer(data, dtype="<f4", offset=_LEN.size + n).reshape(len(items), int(head["dim"]))
+        times = tuple(float(t) for t in head["times"]) if "times" in head else None
+        return SetImages(head["db"], items, vectors.astype(np.float32), float(head["t"]), times)
+    if op == "del":
+        return DeleteImage(head["db"], head["g"], int(head["i"]))
+    if op == "delgroup":
+        return DeleteGroup(head["db"], head["g"])
+    if op == "clear":
+        return ClearDatabase(head["db"])
+    raise ValueError(f"unknown command {op!r} in the log")
