@@ -410,6 +410,8 @@ class SchedulePlan:
     epochs: int
     total_steps: int
     warmup_steps: int
+    checkpoint_every: int = 1
+    adapt_checkpoints: bool = False  # respread checkpoints (about 10) when the schedule is shortened
     deadline: float | None = None
     fitted: bool = False
 
@@ -428,9 +430,12 @@ class SchedulePlan:
         self.total_steps = affordable
         self.epochs = max(1, math.ceil(affordable / self.steps_per_epoch))
         self.warmup_steps = min(self.warmup_steps, max(1, affordable // 10))
+        if self.adapt_checkpoints:
+            self.checkpoint_every = max(1, round(self.epochs / 10))
         return (
             f"time budget: {seconds_per_step:.1f}s/step leaves room for {affordable} steps; "
-            f"schedule shortened to {affordable} steps ({self.epochs} epochs, warmup {self.warmup_steps})"
+            f"schedule shortened to {affordable} steps ({self.epochs} epochs, warmup {self.warmup_steps}, "
+            f"a checkpoint every {self.checkpoint_every} epoch(s))"
         )
 
 
@@ -456,13 +461,14 @@ def _plan_schedule(cfg: Config, steps_per_epoch: int) -> SchedulePlan:
         warmup = cfg.optim.warmup_steps
     else:
         warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    if t.steps is not None and t.adapt:
+    every = t.checkpoint_every
+    adapt = t.steps is not None and t.adapt
+    if adapt:
         warmup = min(warmup, max(1, total // 10))
         every = max(1, round(epochs / 10))
         if every != t.checkpoint_every:
-            _log(f"adapted to the dataset: train.checkpoint_every {t.checkpoint_every} -> {every} ({epochs} epochs)")
-            t.checkpoint_every = every
-    return SchedulePlan(steps_per_epoch, epochs, total, min(warmup, total))
+            _log(f"adapted to the dataset: a checkpoint every {every} epoch(s) ({epochs} epochs)")
+    return SchedulePlan(steps_per_epoch, epochs, total, min(warmup, total), every, adapt)
 
 
 def _check_set(cfg: Config, source: ImageSource, held: list[int]) -> CheckSet | None:
@@ -661,7 +667,7 @@ def _after_epoch(
         fh.write(json.dumps(stats) + "\n")
     config = cfg.to_dict()
     save_checkpoint(out / LAST, method=method, optimizer=optimizer, scaler=scaler, state=state, config=config)
-    if final or state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == plan.epochs:
+    if final or state.epoch % plan.checkpoint_every == 0 or state.epoch == plan.epochs:
         save_checkpoint(
             out / epoch_checkpoint_name(state.epoch),
             method=method, optimizer=optimizer, scaler=scaler, state=state, config=config,

@@ -1,0 +1,138 @@
+"""Labelled domain benchmark of the README's fine-tune (issue 13; a benchmark, not a CI test).
+
+For each labelled set of ``lookalike.trainer.eval.domains`` (emoji art of two vendors, 30 kinds of
+things; install: ``npm install --prefix ~/.cache/lookalike/datasets emoji-datasource-google@16.0.0
+emoji-datasource-twitter@16.0.0``), the set's images are written to one folder *without labels*,
+the README's command fine-tunes the served model on them, and every model is scored with labels
+(leave-one-out mAP, 1-NN accuracy, recall@5 at the served 224 px):
+
+- ``default``: the served model (EfficientNet-Lite0, ImageNet), what a user has before training;
+- ``fine-tune``: the last export of ``lookalike train --config finetune`` (default settings);
+- ``best``: ``best_export.pt``, picked by the unlabelled self-check (the start included);
+- ``epoch_N``: every checkpoint, beside its self-check score, to show whether the signal tracks mAP.
+
+Stages (each prints the exact command it runs)::
+
+    python bench/domains.py train --work runs/domains --set emoji-google --max-minutes 15
+    python bench/domains.py eval  --work runs/domains --set emoji-google [--all-checkpoints]
+    python bench/domains.py table --work runs/domains [--json runs/domains/table.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINABLE = ("emoji-google", "emoji-twitter")
+METRICS = ("mAP", "knn@1", "recall@5")
+
+
+def _run(cmd: list[str]) -> None:
+    print("$ " + shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def _lookalike() -> list[str]:
+    return [sys.executable, "-m", "lookalike.cli"]
+
+
+def train(work: Path, name: str, max_minutes: float, extra: list[str]) -> None:
+    from lookalike.trainer.eval.domains import write_domain_folder
+
+    data = work / name / "images"
+    if not data.is_dir():
+        write_domain_folder(name, data, labelled=False)
+    out = work / name / "finetune"
+    _run([*_lookalike(), "train", "--config", "finetune", "--data", str(data), "--output", str(out),
+          "--max-minutes", str(max_minutes), "train.progress=false", *extra])  # fmt: skip
+
+
+def _models(run: Path, all_checkpoints: bool) -> list[tuple[str, str]]:
+    exports = sorted(run.glob("epoch_*_export.pt"), key=lambda p: int(p.name.split("_")[1]))
+    models = [("default", "default")]
+    if exports:
+        models.append(("fine-tune", str(exports[-1])))
+    if (run / "best_export.pt").is_file():
+        models.append(("best", str(run / "best_export.pt")))
+    if all_checkpoints:
+        models += [(p.name.removesuffix("_export.pt"), str(p)) for p in exports[:-1]]
+    return models
+
+
+def evaluate(work: Path, name: str, all_checkpoints: bool) -> None:
+    run = work / name / "finetune"
+    results = {}
+    for label, spec in _models(run, all_checkpoints):
+        target = work / name / f"eval_{label}.json"
+        if not target.is_file():
+            _run([*_lookalike(), "eval", "--model", spec, "--data", name, "--knn-k", "1", "--recall-k", "1,5",
+                  "--json", str(target)])  # fmt: skip
+        results[label] = json.loads(target.read_text())["results"][0]
+    (work / name / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _selfcheck(run: Path) -> dict[str, dict[str, Any]]:
+    path = run / "selfcheck.jsonl"
+    if not path.is_file():
+        return {}
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {e["export"]: e for e in entries}
+
+
+def table(work: Path, json_out: Path | None) -> str:
+    lines = [
+        "| set | model | mAP | 1-NN | recall@5 | Δ mAP vs default | self-check score |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary: dict[str, Any] = {}
+    for folder in sorted(p for p in work.iterdir() if (p / "eval.json").is_file()):
+        results = json.loads((folder / "eval.json").read_text())
+        checks = _selfcheck(folder / "finetune")
+        base = results["default"]["mAP"]
+        summary[folder.name] = {}
+        for label, r in results.items():
+            spec = Path(r.get("spec", ""))
+            check = checks.get(spec.name) if spec.name != "best_export.pt" else None
+            if label == "best":
+                best = max(checks.values(), key=lambda e: e["score"], default=None)
+                check = best
+                label = f"best ({best['export'].removesuffix('_export.pt')})" if best else label
+            score = "" if check is None else f"{check['score']:.3f}"
+            lines.append(
+                f"| {folder.name} | {label} | {100 * r['mAP']:.2f} | {100 * r['knn@1']:.2f} | "
+                f"{100 * r['recall@5']:.2f} | {100 * (r['mAP'] - base):+.2f} | {score} |"
+            )
+            summary[folder.name][label] = {k: r[k] for k in METRICS} | {"selfcheck": None if check is None else check}
+    text = "\n".join(lines)
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=("train", "eval", "table"))
+    p.add_argument("--work", type=Path, default=Path("runs/domains"))
+    p.add_argument("--set", dest="name", choices=TRAINABLE, default="emoji-google")
+    p.add_argument("--max-minutes", type=float, default=15.0, help="time budget of the fine-tune")
+    p.add_argument("--all-checkpoints", action="store_true", help="also evaluate every checkpoint")
+    p.add_argument("--json", type=Path, default=None, help="table stage: write the numbers here")
+    p.add_argument("overrides", nargs="*", help="train stage: extra key=value overrides")
+    args = p.parse_args(argv)
+    if args.stage == "train":
+        train(args.work, args.name, args.max_minutes, args.overrides)
+    elif args.stage == "eval":
+        evaluate(args.work, args.name, args.all_checkpoints)
+    else:
+        print(table(args.work, args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
