@@ -206,7 +206,19 @@ void close_random(const TopKOptions& opt) {
     const auto q = normals(m * d, 4);
     const TopKResult got = run(s, n, d, q, m, k, opt);
     const auto ref = reference(s.values, n, d, q, m, k);
-    const double tol = 1e-5 * static_cast<double>(d) + 1e-5;
+    double tol = 1e-5 * static_cast<double>(d) + 1e-5;
+    if constexpr (std::is_same_v<DbT, std::int8_t>) {
+      // The integer kernel rounds the query to int16 (power-of-two scale, at most max|q| / qmax
+      // per element, int8_kernel.hpp): the error is bounded by max|q| * max ||row||_1 / qmax.
+      double qpeak = 0, l1 = 0;
+      for (float v : q) qpeak = std::max(qpeak, double(std::fabs(v)));
+      for (std::size_t r = 0; r < n; ++r) {
+        double sum = 0;
+        for (std::size_t c = 0; c < d; ++c) sum += std::fabs(s.values[r * d + c]);
+        l1 = std::max(l1, sum);
+      }
+      tol += qpeak * l1 / std::min(32767.0, 2147483647.0 / (127.0 * static_cast<double>(d)));
+    }
     for (std::size_t i = 0; i < m; ++i) {
       for (std::size_t j = 0; j < k; ++j) {
         EXPECT_NEAR(got.scores[i * k + j], ref[i][j].score, tol);
@@ -223,6 +235,43 @@ TEST_P(Level, F32RandomClose) { close_random<float>(opt()); }
 TEST_P(Level, F16RandomClose) { close_random<lookalike::f16>(opt()); }
 TEST_P(Level, Bf16RandomClose) { close_random<lookalike::bf16>(opt()); }
 TEST_P(Level, Int8RandomClose) { close_random<std::int8_t>(opt()); }
+
+// Extreme int8 rows at a large d: the integer kernel's int32 sums must not overflow.
+TEST_P(Level, Int8ExtremesDoNotOverflow) {
+  for (std::size_t d : {528, 529, 4096, 9000}) {
+    SCOPED_TRACE("d = " + std::to_string(d));
+    const std::size_t n = 3;
+    std::vector<std::int8_t> db(n * d);
+    for (std::size_t c = 0; c < d; ++c) {
+      db[c] = 127;
+      db[d + c] = -127;
+      db[2 * d + c] = static_cast<std::int8_t>(c % 2 ? 127 : -127);
+    }
+    const std::vector<float> scales{1.0f, 1.0f, 0.5f};
+    std::vector<float> q(d, 3.0f);
+    q[0] = -3.0f;  // peak of the query at both signs
+    const TopKResult got = lookalike::topk<std::int8_t>(db.data(), n, d, q.data(), 1, 3, opt(), scales.data());
+    const double top = 127.0 * 3.0 * static_cast<double>(d - 2);
+    EXPECT_EQ(got.ids[0], 0);
+    EXPECT_NEAR(got.scores[0], top, top * 1e-6);
+    EXPECT_EQ(got.ids[2], 1);
+    EXPECT_NEAR(got.scores[2], -top, top * 1e-6);
+  }
+}
+
+// A query with NaN: the int8 integer kernel hands it to the float kernel; NaN ranks last.
+TEST_P(Level, Int8NanQueryFallsBack) {
+  const std::size_t n = 5, d = 40;
+  std::vector<std::int8_t> db(n * d, 1);
+  const std::vector<float> scales(n, 1.0f);
+  std::vector<float> q(2 * d, 1.0f);
+  q[d + 7] = std::nanf("");
+  const TopKResult got = lookalike::topk<std::int8_t>(db.data(), n, d, q.data(), 2, 2, opt(), scales.data());
+  EXPECT_EQ(got.scores[0], 40.0f);
+  EXPECT_EQ(got.ids[0], 0);
+  EXPECT_TRUE(std::isnan(got.scores[2]));
+  EXPECT_EQ(got.ids[2], 0);
+}
 
 // Any split into chunks (empty ones included) gives the single-array result, bit for bit.
 template <class DbT>

@@ -66,6 +66,7 @@ def check(
     exact: bool,
     live: np.ndarray | None = None,
     groups: np.ndarray | None = None,
+    int8: bool = False,
 ) -> None:
     scores, ids = got
     ref_s, ref_i = ref
@@ -75,6 +76,9 @@ def check(
         np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
         return
     tol = 1e-5 * max(values.shape[1], 1) * max(1.0, float(np.abs(values).max(initial=0))) + 1e-5
+    if int8:  # the integer kernel rounds the query to int16 (int8_kernel.hpp): bounded extra error
+        qmax = min(32767.0, 2147483647.0 / (127.0 * max(values.shape[1], 1)))
+        tol += float(np.abs(queries).max(initial=0)) * float(np.abs(values).sum(axis=1).max(initial=0)) / qmax
     np.testing.assert_array_equal(ids == -1, ref_i == -1)  # same amount of padding
     np.testing.assert_allclose(np.where(ids >= 0, scores, 0), np.where(ref_i >= 0, ref_s, 0), atol=tol, rtol=0)
     for i in range(ids.shape[0]):
@@ -145,7 +149,7 @@ def test_topk_matches_float64_reference(p: dict) -> None:
         threads=p["threads"],
     )
     ref = reference(values, p["q"], p["k"], p["live"], p["groups"])
-    check(got, ref, values, p["q"], p["exact"], p["live"], p["groups"])
+    check(got, ref, values, p["q"], p["exact"], p["live"], p["groups"], int8=p["storage"] == "i8")
 
 
 @PROPERTY
@@ -186,7 +190,7 @@ def test_one_per_group_single_scan_vs_naive_big_group(storage: str) -> None:
     q = x[:3] * 4
     db, scales, values = stored(x, storage)
     got = native.topk(db, q, 10, groups=groups, one_per_group=True, scales=scales)
-    check(got, reference(values, q, 10, groups=groups), values, q, exact=False, groups=groups)
+    check(got, reference(values, q, 10, groups=groups), values, q, exact=False, groups=groups, int8=storage == "i8")
     assert (got[1][:, 0] == np.arange(3)).all()  # each query's own row, in group 0
 
 

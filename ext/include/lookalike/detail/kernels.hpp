@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "lookalike/simd.hpp"
 #include "lookalike/types.hpp"
@@ -209,6 +210,11 @@ struct Ops {
 }  // namespace avx512
 
 #endif  // LOOKALIKE_X86_DISPATCH
+}  // namespace lookalike::detail
+
+#include "lookalike/detail/int8_kernel.hpp"
+
+namespace lookalike::detail {
 
 /// The block scorer and its query tile (queries scored per pass over a row block) for a level.
 /// The caller makes sure the level is supported (simd_level_supported).
@@ -221,6 +227,13 @@ struct BlockScorer {
 template <class DbT>
 inline BlockScorer<DbT> block_scorer(SimdLevel level) noexcept {
 #if LOOKALIKE_X86_DISPATCH
+  if constexpr (std::is_same_v<DbT, std::int8_t>) {  // integer multiply-adds (int8_kernel.hpp)
+    switch (level) {
+      case SimdLevel::avx512: return {&avx2_i8::score_block<&avx512::score_block<std::int8_t>>, avx2_i8::kQueryTile};
+      case SimdLevel::avx2: return {&avx2_i8::score_block<&avx2::score_block<std::int8_t>>, avx2_i8::kQueryTile};
+      case SimdLevel::scalar: break;
+    }
+  }
   switch (level) {
     case SimdLevel::avx512: return {&avx512::score_block<DbT>, avx512::Ops::kQueryTile};
     case SimdLevel::avx2: return {&avx2::score_block<DbT>, avx2::Ops::kQueryTile};
