@@ -1,23 +1,40 @@
-"""Exact top-k benchmark: lookalike.native vs numpy, faiss IndexFlatIP and usearch (exact).
+"""Exact top-k benchmark: lookalike.native in every storage type, beside the machine's ceilings
+and its peers (numpy, FAISS flat and scalar quantizers, usearch exact), all in one process.
 
-Everything runs in this one process on the same L2-normalised float32 data, each method with
-its default thread count (all cores). Each cell is timed ``--runs`` times (3 when one call
-takes over a second) after one warm-up call; the table reports the median and min wall time,
-and ``vs numpy`` = numpy median / method median (above 1 means faster than numpy).
-``recall`` is the overlap of each method's top-k ids with numpy's (exact methods agree up to
-float ties).
+Rows (``--json PATH`` writes them as JSON lines, one object per row; ``--json -`` prints them
+to stdout instead of the table), each with ``method``, ``storage``, ``n``, ``d``, ``m``, ``k``,
+``qps``, ``recall_at_k``, ``gbps``, ``gflops`` (and ``ms``, ``ms_min``, ``runs``):
 
-    python bench/topk_bench.py                 # the full grid, about 2-3 minutes on 2 cores
-    python bench/topk_bench.py --n 10000 --d 384 --m 1 64 --runs 3   # one slice
-    python bench/topk_bench.py --threads 1     # every library on one thread (less noise)
+- ``read_ceiling``: a multithreaded streaming read of the float32 database's bytes in C++
+  (``native.stream_read``, the kernel's thread pool and widest loads): the bandwidth ceiling.
+- ``sgemm_ceiling``: a large float32 matrix product through numpy (BLAS): the compute ceiling.
+- ``numpy``: ``q @ db.T`` + ``argpartition`` + sort of the k survivors (float32).
+- ``lookalike``: ``native.topk`` over the database stored as f32, f16, bf16 or i8.
+- ``lookalike_rerank``: the i8 / f16 / bf16 scan asked for ``--rerank`` x k candidates, then
+  ``native.rerank`` against the float32 copy (recall after re-rank).
+- ``lookalike_group``: one-per-group search (``groups``, ``one_per_group=True``) in one scan;
+  its recall is against the exact float32 one-per-group answer.
+- ``faiss_flat`` (IndexFlatIP, f32), ``faiss_sq_fp16`` / ``faiss_sq_bf16`` / ``faiss_sq_8bit``
+  (IndexScalarQuantizer, inner product), ``usearch_exact`` (usearch.index.search, exact=True).
 
-numpy's top-k here is ``q @ db.T`` then ``argpartition`` and a sort of the k survivors.
-faiss and usearch copies of the database are built outside the timed region.
+Data: clustered, L2-normalised float32 vectors (queries from the same distribution), the shape of
+real image embeddings; recall@k is against the exact float32 answer (lookalike f32, checked
+against numpy). Timing: one warm-up call, then ``--runs`` timed calls (a cell whose warm-up
+takes over 2 s is timed by that call alone); medians. ``gbps`` = bytes of the stored database
+(scales included) / time; ``gflops`` = 2 n d m / time.
+
+    python bench/topk_bench.py                                    # the default grid
+    python bench/topk_bench.py --n 1000000 --d 384 --m 1 64 --storage f32 f16 bf16 i8 --json out.jsonl
+    python bench/topk_bench.py --threads 2 ...                    # every library on 2 threads
+
+Ratios printed after each block: every storage's QPS vs lookalike f32 and vs FAISS's quantizer of
+the same width, f32 vs the read / SGEMM ceilings and FAISS flat, one-per-group time vs plain.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -25,31 +42,93 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from lookalike import native
 
 Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Row = dict[str, Any]
+STORAGES = ("f32", "f16", "bf16", "i8")
 
 
-@dataclass
-class Cell:
-    n: int
-    d: int
-    m: int
-    method: str
-    median_ms: float
-    min_ms: float
-    vs_numpy: float
-    recall: float
+def clustered(rng: np.random.Generator, rows: int, d: int, centres: np.ndarray, spread: float) -> np.ndarray:
+    """Unit vectors around random centres, built in slices (bounded temporary memory)."""
+    out = np.empty((rows, d), np.float32)
+    step = 65536
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        x = centres[rng.integers(0, centres.shape[0], b - a)] + spread * rng.standard_normal((b - a, d), np.float32)
+        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
 
 
-def numpy_topk(db: np.ndarray, k: int, threads: int) -> Search:
-    # threads: set through OPENBLAS_NUM_THREADS before numpy loads (see main)
+def timed(fn: Callable[[], Any], runs: int) -> tuple[list[float], Any]:
+    # Let the previous library's idle workers (OpenBLAS, OpenMP spin for a while after each call)
+    # go to sleep so that they do not steal cores from this one.
+    time.sleep(0.2)
+    start = time.perf_counter()
+    out = fn()  # warm-up: page faults, thread pools, lazy init
+    first = time.perf_counter() - start
+    if first > 2.0:
+        return [first], out
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times, out
+
+
+def recall(ids: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(len(set(a.tolist()) & set(b.tolist()) - {-1}) for a, b in zip(ids, truth, strict=True))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def row(method: str, storage: str | None, n: int | None, d: int | None, m: int | None, k: int | None, **kw: Any) -> Row:
+    base: Row = {"method": method, "storage": storage, "n": n, "d": d, "m": m, "k": k}
+    base.update({key: None for key in ("qps", "recall_at_k", "gbps", "gflops")})
+    base.update(kw)
+    return base
+
+
+def cell(
+    method: str,
+    storage: str,
+    n: int,
+    d: int,
+    q: np.ndarray,
+    k: int,
+    nbytes: int,
+    fn: Search,
+    runs: int,
+    truth: np.ndarray | None,
+) -> tuple[Row, np.ndarray]:
+    m = q.shape[0]
+    times, (_, ids) = timed(lambda: fn(q), runs)
+    t = statistics.median(times)
+    r = row(
+        method,
+        storage,
+        n,
+        d,
+        m,
+        k,
+        qps=m / t,
+        recall_at_k=None if truth is None else recall(np.asarray(ids), truth),
+        gbps=nbytes / t / 1e9,
+        gflops=2.0 * n * d * m / t / 1e9,
+        ms=t * 1e3,
+        ms_min=min(times) * 1e3,
+        runs=len(times),
+    )
+    return r, np.asarray(ids)
+
+
+def numpy_search(db: np.ndarray, k: int) -> Search:
     def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = q @ db.T  # [m, n]
+        scores = q @ db.T
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         part_scores = np.take_along_axis(scores, part, axis=1)
         order = np.argsort(-part_scores, axis=1, kind="stable")
@@ -58,23 +137,25 @@ def numpy_topk(db: np.ndarray, k: int, threads: int) -> Search:
     return search
 
 
-def lookalike_topk(db: np.ndarray, k: int, threads: int) -> Search:
-    return lambda q: native.topk(db, q, k, threads=threads)
-
-
-def faiss_topk(db: np.ndarray, k: int, threads: int) -> Search | None:
+def faiss_index(kind: str, x: np.ndarray) -> Any | None:
     try:
         import faiss
     except ImportError:
         return None
-    if threads:
-        faiss.omp_set_num_threads(threads)
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
-    return lambda q: index.search(q, k)
+    d = x.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    else:
+        qtype = {"fp16": "QT_fp16", "bf16": "QT_bf16", "8bit": "QT_8bit"}[kind]
+        if not hasattr(faiss.ScalarQuantizer, qtype):
+            return None
+        index = faiss.IndexScalarQuantizer(d, getattr(faiss.ScalarQuantizer, qtype), faiss.METRIC_INNER_PRODUCT)
+        index.train(x[: min(len(x), 200_000)])
+    index.add(x)
+    return index
 
 
-def usearch_topk(db: np.ndarray, k: int, threads: int) -> Search | None:
+def usearch_search(db: np.ndarray, k: int, threads: int) -> Search | None:
     try:
         from usearch.index import MetricKind, search
     except ImportError:
@@ -83,97 +164,248 @@ def usearch_topk(db: np.ndarray, k: int, threads: int) -> Search | None:
     def run(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         found = search(db, q, k, MetricKind.IP, exact=True, threads=threads)
         keys = np.asarray(found.keys).reshape(q.shape[0], -1)
-        distances = np.asarray(found.distances).reshape(q.shape[0], -1)
-        return 1.0 - distances, keys  # usearch's IP "distance" is 1 - <q, x>
+        return 1.0 - np.asarray(found.distances).reshape(q.shape[0], -1), keys.astype(np.int64)
 
     return run
 
 
-def timed(search: Search, q: np.ndarray, runs: int) -> tuple[list[float], np.ndarray]:
-    # Let the previous library's idle worker threads (OpenBLAS, OpenMP spin-wait for a while
-    # after each call) go to sleep, so that they do not steal cores from this one.
-    time.sleep(0.3)
-    start = time.perf_counter()
-    _, ids = search(q)  # warm-up (page faults, thread pools, lazy init)
-    if time.perf_counter() - start > 1.0:
-        runs = min(runs, 3)  # slow cells: three runs keep the grid within a few minutes
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        search(q)
-        times.append(time.perf_counter() - start)
-    return times, ids
+def sgemm_ceiling(runs: int) -> Row:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2048, 2048), np.float32)
+    b = rng.standard_normal((2048, 4096), np.float32)
+    times, _ = timed(lambda: a @ b, runs)
+    t = statistics.median(times)
+    return row(
+        "sgemm_ceiling",
+        "f32",
+        None,
+        None,
+        None,
+        None,
+        gflops=2.0 * 2048 * 2048 * 4096 / t / 1e9,
+        ms=t * 1e3,
+        ms_min=min(times) * 1e3,
+        runs=len(times),
+    )
 
 
-def recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, truth, strict=True))
-    return hits / truth.size
+class Printer:
+    def __init__(self, json_path: str | None) -> None:
+        self.table = json_path != "-"
+        self.file = None if json_path in (None, "-") else open(json_path, "w")
+        self.rows: list[Row] = []
+
+    def say(self, text: str) -> None:
+        print(text if self.table else f"# {text}", file=sys.stdout if self.table else sys.stderr, flush=True)
+
+    def add(self, r: Row) -> None:
+        self.rows.append(r)
+        line = json.dumps(r)
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+        if not self.table:
+            print(line, flush=True)
+            return
+
+        def f(v: Any, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        print(
+            f"{f(r['n'], '>8')} {f(r['d'], '>5')} {f(r['m'], '>4')}  {r['method']:<17} {f(r['storage'], '<5')} "
+            f"{f(r['qps'], '>10.1f')} {f(r.get('ms'), '>9.2f')} {f(r['gbps'], '>7.1f')} {f(r['gflops'], '>7.1f')} "
+            f"{f(r['recall_at_k'], '>7.3f')}",
+            flush=True,
+        )
 
 
-def unit_rows(rng: np.random.Generator, rows: int, d: int) -> np.ndarray:
-    x = rng.standard_normal((rows, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+def find(rows: list[Row], method: str, storage: str | None = None, m: int | None = None) -> Row | None:
+    for r in rows:
+        if r["method"] == method and (storage is None or r["storage"] == storage) and (m is None or r["m"] == m):
+            return r
+    return None
+
+
+def ratios(out: Printer, block: list[Row], ceilings: dict[str, float]) -> None:
+    """The issue's targets as ratios within this (n, d, m) block."""
+    f32 = find(block, "lookalike", "f32")
+    if f32 is None:
+        return
+    parts = []
+    if "read" in ceilings and f32["m"] == 1:
+        parts.append(f"f32 {f32['gbps'] / ceilings['read']:.0%} of read ceiling")
+    if "sgemm" in ceilings and f32["m"] > 1:
+        parts.append(f"f32 {f32['gflops'] / ceilings['sgemm']:.0%} of SGEMM")
+    peers = {"f32": "faiss_flat", "f16": "faiss_sq_fp16", "bf16": "faiss_sq_bf16", "i8": "faiss_sq_8bit"}
+    for s in STORAGES:
+        r = find(block, "lookalike", s)
+        if r is None:
+            continue
+        if s != "f32":
+            parts.append(f"{s} {r['qps'] / f32['qps']:.2f}x f32")
+        peer = find(block, peers[s]) or (find(block, "faiss_sq_fp16") if s == "bf16" else None)
+        if peer is not None:
+            parts.append(f"{s} {r['qps'] / peer['qps']:.1f}x {peer['method']}")
+        group = find(block, "lookalike_group", s)
+        if group is not None:
+            parts.append(f"{s} group/plain time {r['qps'] / group['qps']:.2f}")
+    numpy_row = find(block, "numpy")
+    if numpy_row is not None:
+        parts.append(f"f32 {f32['qps'] / numpy_row['qps']:.1f}x numpy")
+    out.say("  ratios: " + "; ".join(parts))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000], help="database sizes")
-    parser.add_argument("--d", type=int, nargs="+", default=[384, 1280, 2048], help="dimensions")
-    parser.add_argument("--m", type=int, nargs="+", default=[1, 64], help="queries per batch")
+    parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000], help="database sizes")
+    parser.add_argument("--d", type=int, nargs="+", default=[384, 1280], help="dimensions")
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 64], help="queries per call")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--storage", nargs="+", default=list(STORAGES), choices=STORAGES)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per cell (after one warm-up)")
-    parser.add_argument(
-        "--methods", nargs="+", default=["lookalike", "faiss", "usearch"], help="compared with numpy (always run)"
-    )
     parser.add_argument("--threads", type=int, default=0, help="threads for every library; 0 = their defaults")
-    parser.add_argument("--json", help="also write the cells to this file")
+    parser.add_argument("--rerank", type=int, default=4, help="re-rank candidates per result (x k)")
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        default=["numpy", "faiss_flat", "faiss_sq", "usearch_exact"],
+        help="peers to run (numpy faiss_flat faiss_sq usearch_exact); none: --peers none",
+    )
+    parser.add_argument("--groups", type=int, default=8, help="one-per-group rows: about n / GROUPS groups (0: off)")
+    parser.add_argument("--json", help="write the rows as JSON lines to this file ('-': stdout, no table)")
     args = parser.parse_args()
     if args.threads and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
         # OpenBLAS and OpenMP read their thread counts when they load: start again with them set.
         os.environ.update(OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
         os.execv(sys.executable, [sys.executable, *sys.argv])
+    if args.threads:
+        native.set_threads(args.threads)
+    peers = set(args.peers) - {"none"}
 
-    print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
-        f"lookalike simd={native.simd_level()}, k={args.k}, threads={args.threads or 'default'}, "
-        f"{args.runs} runs per cell (3 when a call takes > 1 s), load average {os.getloadavg()[0]:.2f}"
+    out = Printer(args.json)
+    out.say(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, numpy {np.__version__}, "
+        f"simd {native.simd_level()}, k={args.k}, threads={args.threads or native.get_threads()}, "
+        f"runs={args.runs}, load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'n':>7} {'d':>5} {'m':>3}  {'method':<10} {'median ms':>10} {'min ms':>9} {'vs numpy':>9} {'recall':>7}")
-    makers = {"numpy": numpy_topk, "lookalike": lookalike_topk, "faiss": faiss_topk, "usearch": usearch_topk}
-    rng = np.random.default_rng(0)
-    cells: list[Cell] = []
+    if out.table:
+        print(
+            f"{'n':>8} {'d':>5} {'m':>4}  {'method':<17} {'store':<5} {'qps':>10} {'ms':>9} {'GB/s':>7} "
+            f"{'GFLOP/s':>7} {'recall':>7}"
+        )
     start = time.perf_counter()
+    ceilings: dict[str, float] = {}
+    sg = sgemm_ceiling(args.runs)
+    ceilings["sgemm"] = sg["gflops"]
+    out.add(sg)
+    k = args.k
     for n in args.n:
         for d in args.d:
-            db = unit_rows(rng, n, d)
-            searches = {
-                name: makers[name](db, args.k, args.threads) for name in dict.fromkeys(["numpy", *args.methods])
-            }
-            for m in args.m:
-                q = unit_rows(rng, m, d)
-                truth: np.ndarray | None = None
-                base = 0.0
-                for name, search in searches.items():
-                    if search is None:  # library not installed
-                        continue
-                    times, ids = timed(search, q, args.runs)
-                    median = statistics.median(times)
-                    if name == "numpy":
-                        truth, base = ids, median
-                    assert truth is not None
-                    cell = Cell(n, d, m, name, median * 1e3, min(times) * 1e3, base / median, recall(ids, truth))
-                    cells.append(cell)
-                    print(
-                        f"{n:>7} {d:>5} {m:>3}  {name:<10} {cell.median_ms:>10.2f} {cell.min_ms:>9.2f} "
-                        f"{cell.vs_numpy:>8.2f}x {cell.recall:>7.3f}",
-                        flush=True,
+            rng = np.random.default_rng(n + d)
+            centres = rng.standard_normal((max(16, n // 1000), d), np.float32)
+            x = clustered(rng, n, d, centres, 0.6)
+            queries = {m: clustered(rng, m, d, centres, 0.6) for m in args.m}
+            groups = rng.integers(0, max(1, n // args.groups), n) if args.groups else None
+            times, _ = timed(lambda x=x: native.stream_read(x), max(args.runs, 5))
+            ceilings["read"] = x.nbytes / statistics.median(times) / 1e9
+            out.add(
+                row(
+                    "read_ceiling",
+                    "f32",
+                    n,
+                    d,
+                    None,
+                    None,
+                    gbps=ceilings["read"],
+                    ms=statistics.median(times) * 1e3,
+                    ms_min=min(times) * 1e3,
+                    runs=len(times),
+                )
+            )
+            blocks: dict[int, list[Row]] = {m: [] for m in args.m}
+            truth: dict[int, np.ndarray] = {}
+            group_truth: dict[int, np.ndarray] = {}
+            for m, q in queries.items():  # the exact answers
+                truth[m] = native.topk(x, q, k)[1]
+                if groups is not None:
+                    group_truth[m] = native.topk(x, q, k, groups=groups, one_per_group=True)[1]
+
+            def run(
+                method: str,
+                storage: str,
+                nbytes: int,
+                fn: Search,
+                want: dict[int, np.ndarray],
+                n: int = n,
+                d: int = d,
+                queries: dict[int, np.ndarray] = queries,
+                blocks: dict[int, list[Row]] = blocks,
+            ) -> None:
+                for m, q in queries.items():
+                    r, _ = cell(method, storage, n, d, q, k, nbytes, fn, args.runs, want.get(m))
+                    blocks[m].append(r)
+                    out.add(r)
+
+            for storage in args.storage:
+                scales = None
+                if storage == "f32":
+                    db = x
+                elif storage == "f16":
+                    db = x.astype(np.float16)
+                elif storage == "bf16":
+                    db = native.to_bfloat16(x)
+                else:
+                    db, scales = native.quantize_int8(x)
+                nbytes = db.nbytes + (0 if scales is None else scales.nbytes)
+                run("lookalike", storage, nbytes, lambda q, db=db, s=scales: native.topk(db, q, k, scales=s), truth)
+                if storage != "f32" and args.rerank:
+                    c = args.rerank * k
+                    run(
+                        "lookalike_rerank",
+                        storage,
+                        nbytes,
+                        lambda q, db=db, s=scales, c=c, x=x: native.topk_reranked(
+                            db, q, k, full=x, scales=s, candidates=c
+                        ),
+                        truth,
                     )
-            del db, searches
-    print(f"# total {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(c) for c in cells], f, indent=1)
+                if groups is not None:
+                    run(
+                        "lookalike_group",
+                        storage,
+                        nbytes,
+                        lambda q, db=db, s=scales, g=groups: native.topk(
+                            db, q, k, scales=s, groups=g, one_per_group=True
+                        ),
+                        group_truth,
+                    )
+                del db, scales
+                gc.collect()
+            if "numpy" in peers:
+                run("numpy", "f32", x.nbytes, numpy_search(x, k), truth)
+            faiss_kinds = (["flat"] if "faiss_flat" in peers else []) + (
+                ["fp16", "bf16", "8bit"] if "faiss_sq" in peers else []
+            )
+            for kind in faiss_kinds:
+                index = faiss_index(kind, x)
+                if index is None:
+                    continue
+                width = {"flat": 4, "fp16": 2, "bf16": 2, "8bit": 1}[kind]
+                name = "faiss_flat" if kind == "flat" else f"faiss_sq_{kind}"
+                storage = {"flat": "f32", "fp16": "f16", "bf16": "bf16", "8bit": "i8"}[kind]
+                run(name, storage, n * d * width, lambda q, index=index: index.search(q, k), truth)
+                del index
+                gc.collect()
+            if "usearch_exact" in peers:
+                fn = usearch_search(x, k, args.threads)
+                if fn is not None:
+                    run("usearch_exact", "f32", x.nbytes, fn, truth)
+            for m in args.m:
+                out.say(f"n={n} d={d} m={m}:")
+                ratios(out, blocks[m], ceilings)
+            del x
+            gc.collect()
+    out.say(f"total {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,10 @@ class GroupHeap {
     pos_.assign(size, kEmpty);
   }
 
+  /// False when a hit with this score cannot enter (one compare once the heap is full): the
+  /// caller then skips reading the row's group id at all.
+  bool may_enter(float score) const noexcept { return size_ < cap_ || !(score < data_[0].score); }
+
   void offer(float score, std::int64_t id, std::int64_t group) noexcept {
     if (cap_ == 0) return;
     if (size_ == cap_) {
@@ -165,7 +169,19 @@ class GroupHeap {
       if (score < worst.score) return;
       if (!ranks_before(score, id, worst.score, worst.id)) return;
     }
-    const Hit h{score, id, group};
+    enter(Hit{score, id, group});
+  }
+
+  std::size_t size() const noexcept { return size_; }
+
+ private:
+  static constexpr std::uint32_t kEmpty = 0xffffffffu;
+
+#if defined(__GNUC__) || defined(__clang__)
+  __attribute__((noinline))
+#endif
+  void enter(const Hit h) noexcept {
+    const std::int64_t group = h.group;
     const std::size_t slot = find(group);
     if (pos_[slot] != kEmpty) {  // the group is kept: improve its hit when this one is better
       const std::size_t i = pos_[slot];
@@ -188,11 +204,6 @@ class GroupHeap {
     data_[0] = h;
     sift_down(0);
   }
-
-  std::size_t size() const noexcept { return size_; }
-
- private:
-  static constexpr std::uint32_t kEmpty = 0xffffffffu;
 
   std::size_t home(std::int64_t key) const noexcept {
     return static_cast<std::size_t>((static_cast<std::uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> 32) & mask_;
@@ -330,7 +341,7 @@ void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
         }
         if constexpr (std::is_same_v<Heap, GroupHeap>) {
           for (std::size_t r = 0; r < rows; ++r) {
-            if (live != nullptr && live[r] == 0) continue;
+            if (!heap.may_enter(s[r]) || (live != nullptr && live[r] == 0)) continue;
             const std::int64_t g = p.groups != nullptr ? p.groups[rb + r] : p.groups32[rb + r];
             heap.offer(s[r], id0 + static_cast<std::int64_t>(r), g);
           }

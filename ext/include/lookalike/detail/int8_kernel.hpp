@@ -75,28 +75,28 @@ LOOKALIKE_I8_TARGET inline __attribute__((always_inline)) void tile(const std::i
                                                                    std::size_t gap) {
   const std::size_t stride = gap * d;
   __m256i acc[QT][RT];
-  for (int i = 0; i < QT; ++i) {
-    for (int r = 0; r < RT; ++r) acc[i][r] = _mm256_setzero_si256();
+  _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) {
+    _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) acc[i][r] = _mm256_setzero_si256();
   }
   std::size_t c = 0;
   for (; c + kStep <= d; c += kStep) {
     __m256i y[QT];
-    for (int i = 0; i < QT; ++i) y[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + i * dpad + c));
-    for (int r = 0; r < RT; ++r) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) y[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + i * dpad + c));
+    _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) {
       const __m256i x = load_row(db + r * stride + c);
-      for (int i = 0; i < QT; ++i) acc[i][r] = _mm256_add_epi32(acc[i][r], _mm256_madd_epi16(y[i], x));
+      _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) acc[i][r] = _mm256_add_epi32(acc[i][r], _mm256_madd_epi16(y[i], x));
     }
   }
   if (c < d) {
     __m256i y[QT];
-    for (int i = 0; i < QT; ++i) y[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + i * dpad + c));
-    for (int r = 0; r < RT; ++r) {
+    _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) y[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + i * dpad + c));
+    _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) {
       const __m256i x = load_row_tail(db + r * stride + c, d - c);
-      for (int i = 0; i < QT; ++i) acc[i][r] = _mm256_add_epi32(acc[i][r], _mm256_madd_epi16(y[i], x));
+      _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) acc[i][r] = _mm256_add_epi32(acc[i][r], _mm256_madd_epi16(y[i], x));
     }
   }
-  for (int i = 0; i < QT; ++i) {
-    for (int r = 0; r < RT; ++r) out[static_cast<std::size_t>(i) * ld + static_cast<std::size_t>(r) * gap] = hsum(acc[i][r]);
+  _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) {
+    _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) out[static_cast<std::size_t>(i) * ld + static_cast<std::size_t>(r) * gap] = hsum(acc[i][r]);
   }
 }
 
