@@ -305,6 +305,7 @@ def train(cfg: Config) -> TrainResult:
 
 
 def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
+    run_start = time.monotonic()  # --max-minutes counts from here, set-up and the first self-check included
     device = pick_device(cfg.train.device, local_rank)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
@@ -371,11 +372,17 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
     if is_main and check is not None:
         result.selfcheck = SelfCheckLog.load(out)
         if result.selfcheck.start is None:
+            began = time.monotonic()
             path = _export(cfg, method, out / START_EXPORT, state, "start")
             metrics = run_check(path, check)
+            plan.check_seconds = time.monotonic() - began
             result.selfcheck.add(0, 0, path, metrics)
-            _log(f"self-check at the start: {_fmt_check(metrics)}")
-    plan.deadline = None if cfg.train.max_minutes is None else time.monotonic() + 60 * cfg.train.max_minutes
+            _log(f"self-check at the start: {_fmt_check(metrics)} ({plan.check_seconds:.0f}s)")
+    if cfg.train.max_minutes is not None:
+        plan.deadline = run_start + 60 * cfg.train.max_minutes
+        measured = torch.tensor([plan.check_seconds], dtype=torch.float64)
+        dist.all_reduce_sum(measured)  # every process plans with rank 0's measurement
+        plan.check_seconds = float(measured.item())
     stop = cfg.train.stop_after_epoch
     while state.epoch < plan.epochs and (stop is None or state.epoch < stop):
         sampler.set_epoch(state.epoch)
@@ -413,10 +420,15 @@ class SchedulePlan:
     checkpoint_every: int = 1
     adapt_checkpoints: bool = False  # respread checkpoints (about 10) when the schedule is shortened
     deadline: float | None = None
+    check_seconds: float = 0.0  # one checkpoint's export + self-check, measured at the start
     fitted: bool = False
 
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        """Time to stop stepping: the budget less the closing checkpoint's export and self-check."""
+        return self.deadline is not None and time.monotonic() >= self.deadline - self.check_seconds
+
+    def checkpoints_in(self, epochs: int) -> int:
+        return max(1, min(epochs, 10) if self.adapt_checkpoints else math.ceil(epochs / self.checkpoint_every))
 
     def fit_to_budget(self, done: int, seconds_per_step: float) -> str | None:
         """After measuring a step's time: shorten the schedule so the cosine ends by the deadline."""
@@ -424,6 +436,9 @@ class SchedulePlan:
             return None
         self.fitted = True
         left = self.deadline - time.monotonic()
+        affordable = done + max(1, int(left / seconds_per_step))
+        epochs = max(1, math.ceil(affordable / self.steps_per_epoch))
+        left -= self.check_seconds * self.checkpoints_in(epochs)  # the checkpoints' self-checks
         affordable = done + max(1, int(left / seconds_per_step))
         if affordable >= self.total_steps:
             return None
