@@ -12,12 +12,16 @@ a credentials file, or from the caller; they never go into a config file, a mess
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SCHEME = "oss://"
+# oss2 logs every request's headers, the signed Authorization header (with the access key id)
+# included, at DEBUG: keep it at WARNING so `--log-level debug` never prints credentials.
+logging.getLogger("oss2").setLevel(logging.WARNING)
 
 
 def is_oss(ref: str) -> bool:

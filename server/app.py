@@ -102,6 +102,11 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         try:
             if persistence is not None:
                 service.catalog.recover()
+                if persistence.remote is not None:  # the first upload now, so shipping can start at once
+                    try:
+                        service.catalog.checkpoint()
+                    except LookalikeError as err:
+                        log.warning("first snapshot upload: %s", err.message)
                 persistence.start_shipping(lambda: service.catalog.checkpoint())
             server.set_serving(True)
         except BaseException as exc:  # start-up must say why it could not serve

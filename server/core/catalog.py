@@ -97,7 +97,7 @@ class Catalog:
             except LookalikeError as err:  # the log holds only commands that applied; say so if one does not
                 log.warning("log record %d (%s) did not apply on replay: %s", seq, type(cmd).__name__, err.message)
             replayed += 1
-        p.open()
+        p.open(loaded.checkpoint_seq)
         self._seq = p.wal.last_seq
         log.info(
             "recovered %d databases (%d images) from the snapshot at log record %d and %d later records in %.2fs",

@@ -192,7 +192,7 @@ class Persistence:
         if manifest is None:
             return Loaded(0, [], [])
         dbs = []
-        for name, entry in manifest["databases"].items():
+        for name, entry in list(manifest["databases"].items()):
             try:
                 dbs.append(read_entry(self.local, entry))
             except (CorruptionError, OSError) as exc:
@@ -207,8 +207,8 @@ class Persistence:
             if seq > after_seq:
                 yield seq, decode(payload)
 
-    def open(self) -> None:
-        self.wal.open()
+    def open(self, after_seq: int) -> None:
+        self.wal.open(after_seq=after_seq)
 
     # -- the log ---------------------------------------------------------------------------
     def log(self, cmd: Command) -> int:

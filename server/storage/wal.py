@@ -164,9 +164,14 @@ class WriteAheadLog:
                     return off
         return None
 
-    def open(self) -> None:
-        """Start appending (after ``scan``): a fresh segment, so damaged or old files stay untouched."""
+    def open(self, *, after_seq: int = 0) -> None:
+        """Start appending (after ``scan``) in a fresh segment, numbering after ``after_seq`` at least.
+
+        ``after_seq`` is the snapshot's position: with the log trimmed (or restored from OSS without
+        later records) the sequence must still continue past everything the snapshot covers.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._next = max(self._next, after_seq + 1)
         with self._lock:
             self._written = self._synced = self._next - 1
             self._open_segment_locked()

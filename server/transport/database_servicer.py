@@ -42,7 +42,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
 
     @grpc_errors
     def GetDatabase(self, request: pb.GetDatabaseRequest, context: grpc.ServicerContext) -> pb.GetDatabaseResponse:
-        return pb.GetDatabaseResponse(database=convert.database(self._dbs.get(request.name)))
+        return pb.GetDatabaseResponse(database=convert.database(self._dbs.get(request.name, usable=False)))
 
     @grpc_errors
     def ListDatabases(

@@ -149,8 +149,10 @@ class LookalikeClient:
         image: bytes | None = None,
         vector: Sequence[float] | None = None,
         intra_id: int | None = None,
+        request_id: str = "",
     ) -> db_pb.SetImageResponse:
-        req = db_pb.SetImageRequest(database=database, group_id=group_id, intra_id=intra_id)
+        """Upsert one image; pass a ``request_id`` (e.g. a UUID) to make retries of this call safe."""
+        req = db_pb.SetImageRequest(database=database, group_id=group_id, intra_id=intra_id, request_id=request_id)
         if image is not None:
             req.image.content = image
         elif vector is not None:
@@ -175,6 +177,23 @@ class LookalikeClient:
                 yield req
 
         return self.db_stub.BulkSetImages(requests(), **self._kw())
+
+    @_rpc
+    def snapshot_database(self, name: str) -> db_pb.SnapshotDatabaseResponse:
+        """Snapshot now; returns when it is durable (on the server's disk and, with an OSS root, in OSS)."""
+        return self.db_stub.SnapshotDatabase(db_pb.SnapshotDatabaseRequest(name=name), **self._kw())
+
+    @_rpc
+    def export_database(self, name: str, destination: str) -> db_pb.ExportDatabaseResponse:
+        """Write a checksummed copy to a directory on the server or ``oss://bucket/prefix/``."""
+        req = db_pb.ExportDatabaseRequest(name=name, destination=destination)
+        return self.db_stub.ExportDatabase(req, **self._kw())
+
+    @_rpc
+    def import_database(self, name: str, source: str) -> db_pb.Database:
+        """Create database ``name`` from an export at ``source``."""
+        req = db_pb.ImportDatabaseRequest(name=name, source=source)
+        return self.db_stub.ImportDatabase(req, **self._kw()).database
 
     @_rpc
     def get_image(

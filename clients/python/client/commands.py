@@ -94,6 +94,19 @@ def cmd_db(args: argparse.Namespace) -> int:
         elif args.action == "delete":
             c.delete_database(args.name)
             _print(args, {"deleted": args.name}, f"deleted database {args.name}")
+        elif args.action == "snapshot":
+            r = c.snapshot_database(args.name)
+            _print(args, _dict(r), f"snapshot of {args.name}: {r.image_count} images, {r.size_bytes} bytes, durable")
+        elif args.action in ("export", "import"):
+            if not args.location:
+                raise SystemExit(f"lookalike: db {args.action} needs NAME and a LOCATION (directory or oss://...)")
+            if args.action == "export":
+                r = c.export_database(args.name, args.location)
+                _print(args, _dict(r), f"exported {args.name}: {r.image_count} images, {r.size_bytes} bytes "
+                       f"to {r.destination}")  # fmt: skip
+            else:
+                d = c.import_database(args.name, args.location)
+                _print(args, _dict(d), f"imported {d.name}: {d.image_count} images from {args.location}")
     return 0
 
 
@@ -151,9 +164,10 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     add_client_options(p)
     p.set_defaults(func=cmd_match)
 
-    p = sub.add_parser("db", help="create, list, get or delete databases")
-    p.add_argument("action", choices=["create", "list", "get", "delete"])
+    p = sub.add_parser("db", help="create, list, get, delete, snapshot, export or import databases")
+    p.add_argument("action", choices=["create", "list", "get", "delete", "snapshot", "export", "import"])
     p.add_argument("name", nargs="?")
+    p.add_argument("location", nargs="?", help="export/import: a directory on the server, or oss://bucket/prefix/")
     add_client_options(p)
     p.set_defaults(func=cmd_db)
 
