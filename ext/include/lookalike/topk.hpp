@@ -305,13 +305,40 @@ struct Problem {
   const std::int64_t* groups = nullptr;
   const std::int32_t* groups32 = nullptr;
   BlockScorer<DbT> scorer{};
+  // int8 at AVX2 and above: the queries rounded to int16 once (int8_kernel.hpp); empty = float kernel.
+  std::vector<std::int16_t> q16;
+  std::vector<float> qscale;
+  std::size_t dpad = 0;
 };
+
+/// Rounds every query to int16 for the integer int8 kernel; leaves p.q16 empty (float kernel)
+/// below AVX2 or when a query holds a non-finite value.
+template <class DbT>
+void prepare_int8(Problem<DbT>& p, SimdLevel level) {
+#if LOOKALIKE_X86_DISPATCH
+  if constexpr (std::is_same_v<DbT, std::int8_t>) {
+    if (level == SimdLevel::scalar || p.m == 0) return;
+    p.dpad = (p.d + avx2_i8::kStep - 1) / avx2_i8::kStep * avx2_i8::kStep;
+    p.q16.resize(p.m * p.dpad);
+    p.qscale.resize(p.m);
+    for (std::size_t i = 0; i < p.m; ++i) {
+      if (!avx2_i8::quantize_query(p.queries + i * p.d, p.d, p.dpad, p.q16.data() + i * p.dpad, &p.qscale[i])) {
+        p.q16.clear();
+        p.qscale.clear();
+        return;
+      }
+    }
+  }
+#endif
+  (void)p;
+  (void)level;
+}
 
 /// Runs one job, offering every live row of [r0, r1) to the heaps of queries q0..q1.
 template <class DbT, class Heap>
 void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
   const std::size_t block = rows_per_block<DbT>(p.d);
-  const std::size_t tile = p.scorer.query_tile;
+  const std::size_t tile = p.q16.empty() ? p.scorer.query_tile : std::size_t{3};  // int8: avx2_i8::kQueryTile
   std::vector<float> buf(tile * block);
   std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
                                            p.begins.begin()) - 1;
@@ -332,7 +359,20 @@ void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
     const auto id0 = static_cast<std::int64_t>(rb);
     for (std::size_t qb = job.q0; qb < job.q1; qb += tile) {
       const std::size_t qn = std::min(tile, job.q1 - qb);
+#if LOOKALIKE_X86_DISPATCH
+      if constexpr (std::is_same_v<DbT, std::int8_t>) {
+        if (!p.q16.empty()) {
+          avx2_i8::score_prepared(p.q16.data() + qb * p.dpad, p.dpad, p.qscale.data() + qb, qn, base, rows, p.d,
+                                  buf.data(), block);
+        } else {
+          p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block);
+        }
+      } else {
+        p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block);
+      }
+#else
       p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block);
+#endif
       for (std::size_t i = 0; i < qn; ++i) {
         Heap& heap = heaps[qb - job.q0 + i];
         float* s = buf.data() + i * block;
@@ -540,7 +580,9 @@ void topk_chunks(const Chunk<DbT>* chunks, std::size_t nchunks, std::size_t d, c
     p.groups = options.groups;
     p.groups32 = options.groups != nullptr ? nullptr : options.groups32;
   }
-  p.scorer = detail::block_scorer<DbT>(detail::resolve_level(options.simd));
+  const SimdLevel level = detail::resolve_level(options.simd);
+  p.scorer = detail::block_scorer<DbT>(level);
+  detail::prepare_int8(p, level);
   const std::size_t threads = detail::resolve_threads(options.threads);
   if (options.one_per_group) {
     detail::topk_impl<DbT, detail::GroupHeap>(p, threads, scores, ids);

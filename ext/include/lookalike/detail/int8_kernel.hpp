@@ -7,7 +7,8 @@
 // scale, whatever the tile or thread it falls in: ties stay exact and results are independent
 // of the split, as for the float kernels. The only rounding is the query's, to 15 bits or
 // fewer (d > 528 leaves fewer; 13 bits at d = 2048): an error far below the int8 rows' own.
-// Queries with non-finite values fall back to the float kernel.
+// The driver (topk.hpp) rounds every query once per call; when one holds a non-finite value
+// the whole call uses the float kernel instead.
 #pragma once
 
 #include <cmath>
@@ -71,8 +72,8 @@ LOOKALIKE_I8_TARGET inline std::int32_t hsum(__m256i v) noexcept {
 template <int QT, int RT>
 LOOKALIKE_I8_TARGET inline __attribute__((always_inline)) void tile(const std::int16_t* q16, std::size_t dpad,
                                                                    const std::int8_t* db, std::size_t d,
-                                                                   std::int32_t* out, std::size_t ld,
-                                                                   std::size_t gap) {
+                                                                   const float* scale, float* out,
+                                                                   std::size_t ld, std::size_t gap) {
   const std::size_t stride = gap * d;
   __m256i acc[QT][RT];
   _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) {
@@ -96,60 +97,27 @@ LOOKALIKE_I8_TARGET inline __attribute__((always_inline)) void tile(const std::i
     }
   }
   _Pragma("GCC unroll 16") for (int i = 0; i < QT; ++i) {
-    _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) out[static_cast<std::size_t>(i) * ld + static_cast<std::size_t>(r) * gap] = hsum(acc[i][r]);
+    _Pragma("GCC unroll 16") for (int r = 0; r < RT; ++r) out[static_cast<std::size_t>(i) * ld + static_cast<std::size_t>(r) * gap] =
+          static_cast<float>(hsum(acc[i][r])) * scale[i];
   }
 }
 
 template <int QT>
-LOOKALIKE_I8_TARGET void rows(const std::int16_t* q16, std::size_t dpad, const std::int8_t* db, std::size_t n,
-                              std::size_t d, std::int32_t* out, std::size_t ld) {
+LOOKALIKE_I8_TARGET void rows(const std::int16_t* q16, std::size_t dpad, const float* scale, const std::int8_t* db,
+                              std::size_t n, std::size_t d, float* out, std::size_t ld) {
   const std::size_t s = n / kRowTile;  // strided row tiles, as in score_kernel.inc (prefetch-friendly)
-  for (std::size_t t = 0; t < s; ++t) tile<QT, kRowTile>(q16, dpad, db + t * d, d, out + t, ld, s);
-  for (std::size_t r = s * kRowTile; r < n; ++r) tile<QT, 1>(q16, dpad, db + r * d, d, out + r, ld, 1);
+  for (std::size_t t = 0; t < s; ++t) tile<QT, kRowTile>(q16, dpad, db + t * d, d, scale, out + t, ld, s);
+  for (std::size_t r = s * kRowTile; r < n; ++r) tile<QT, 1>(q16, dpad, db + r * d, d, scale, out + r, ld, 1);
 }
 
-/// The ScoreBlockFn for int8 rows. `fallback` (the float kernel of the level) takes queries
-/// with non-finite values.
-template <void (*Fallback)(const float*, std::size_t, const std::int8_t*, std::size_t, std::size_t, float*,
-                           std::size_t)>
-void score_block(const float* q, std::size_t qn, const std::int8_t* db, std::size_t n, std::size_t d, float* out,
-                 std::size_t ld) {
-  const std::size_t dpad = (d + kStep - 1) / kStep * kStep;
-  // The same query tile meets every block of a job: its rounding is kept per thread and reused
-  // while the float query is byte-for-byte the same (a compare costs far less than rounding).
-  thread_local std::vector<float> last_q;
-  thread_local std::vector<std::int16_t> q16;
-  thread_local std::vector<std::int32_t> sums;
-  thread_local float last_scale[kQueryTile];
-  thread_local bool last_ok = false;
-  q16.resize(kQueryTile * dpad);
-  sums.resize(kQueryTile * n);
-  for (std::size_t i0 = 0; i0 < qn; i0 += kQueryTile) {
-    const std::size_t tn = qn - i0 < static_cast<std::size_t>(kQueryTile) ? qn - i0 : kQueryTile;
-    const float* qt = q + i0 * d;
-    if (last_q.size() != tn * d + 1 || last_q[0] != static_cast<float>(dpad) ||
-        std::memcmp(last_q.data() + 1, qt, tn * d * sizeof(float)) != 0) {
-      last_ok = true;
-      for (std::size_t i = 0; i < tn && last_ok; ++i) {
-        last_ok = quantize_query(qt + i * d, d, dpad, q16.data() + i * dpad, &last_scale[i]);
-      }
-      last_q.assign(1, static_cast<float>(dpad));
-      last_q.insert(last_q.end(), qt, qt + tn * d);
-    }
-    const float* scale = last_scale;
-    if (!last_ok) {
-      Fallback(qt, tn, db, n, d, out + i0 * ld, ld);
-      continue;
-    }
-    switch (tn) {
-      case 3: rows<3>(q16.data(), dpad, db, n, d, sums.data(), n); break;
-      case 2: rows<2>(q16.data(), dpad, db, n, d, sums.data(), n); break;
-      default: rows<1>(q16.data(), dpad, db, n, d, sums.data(), n); break;
-    }
-    for (std::size_t i = 0; i < tn; ++i) {
-      for (std::size_t r = 0; r < n; ++r) out[(i0 + i) * ld + r] = static_cast<float>(sums[i * n + r]) * scale[i];
-    }
-  }
+/// out[i * ld + r] = qscale[i] * <q16_i, row r> for i < qn, r < n: queries already rounded
+/// by quantize_query (rows of dpad int16), once per call rather than once per block.
+inline void score_prepared(const std::int16_t* q16, std::size_t dpad, const float* qscale, std::size_t qn,
+                           const std::int8_t* db, std::size_t n, std::size_t d, float* out, std::size_t ld) {
+  std::size_t i = 0;
+  for (; i + kQueryTile <= qn; i += kQueryTile) rows<3>(q16 + i * dpad, dpad, qscale + i, db, n, d, out + i * ld, ld);
+  if (qn - i == 2) rows<2>(q16 + i * dpad, dpad, qscale + i, db, n, d, out + i * ld, ld);
+  if (qn - i == 1) rows<1>(q16 + i * dpad, dpad, qscale + i, db, n, d, out + i * ld, ld);
 }
 
 #undef LOOKALIKE_I8_TARGET

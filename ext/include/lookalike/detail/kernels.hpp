@@ -227,13 +227,6 @@ struct BlockScorer {
 template <class DbT>
 inline BlockScorer<DbT> block_scorer(SimdLevel level) noexcept {
 #if LOOKALIKE_X86_DISPATCH
-  if constexpr (std::is_same_v<DbT, std::int8_t>) {  // integer multiply-adds (int8_kernel.hpp)
-    switch (level) {
-      case SimdLevel::avx512: return {&avx2_i8::score_block<&avx512::score_block<std::int8_t>>, avx2_i8::kQueryTile};
-      case SimdLevel::avx2: return {&avx2_i8::score_block<&avx2::score_block<std::int8_t>>, avx2_i8::kQueryTile};
-      case SimdLevel::scalar: break;
-    }
-  }
   switch (level) {
     case SimdLevel::avx512: return {&avx512::score_block<DbT>, avx512::Ops::kQueryTile};
     case SimdLevel::avx2: return {&avx2::score_block<DbT>, avx2::Ops::kQueryTile};
