@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -97,8 +98,10 @@ def snapshot_cycle(n: int, d: int, root: str | None = None, endpoint: str | None
             m = min(len(chunk), n - start)
             cat.set_images("big", [(f"g{start // 1000}", None, "")] * m, chunk[:m])
         insert_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
         p.wal.close()
+        del cat
+        gc.collect()
+        t0 = time.perf_counter()
         p2 = Persistence(Path(tmp) / "a", root=root, oss=oss, fsync="never")
         replay_cat = Catalog(d, model, p2)
         replay_cat.recover()
@@ -108,7 +111,8 @@ def snapshot_cycle(n: int, d: int, root: str | None = None, endpoint: str | None
         info = replay_cat.checkpoint()
         snapshot_s = time.perf_counter() - t0
         replay_cat.persistence.close()
-        del cat, replay_cat
+        del replay_cat
+        gc.collect()
         target = Path(tmp) / ("b" if root else "a")
         t0 = time.perf_counter()
         p3 = Persistence(target, root=root, oss=oss, fsync="never")
@@ -145,9 +149,12 @@ def main() -> None:
         n, d = (int(x) for x in size.split("x"))
         rows.append(snapshot_cycle(n, d))
     if args.oss_size:
+        import logging
+
         import boto3
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         srv.start()
         host, port = srv.get_host_and_port()
