@@ -22,6 +22,13 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+_DATA_DIRS: dict[int, Path] = {}
+
+
+def served_data_dir(proc: subprocess.Popen) -> Path:
+    return _DATA_DIRS[proc.pid]
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("serve-data")
@@ -35,6 +42,7 @@ def served(tmp_path_factory):
     if not line.startswith("lookalike: listening on"):
         proc.kill()
         raise AssertionError(f"server did not start: {line}{proc.stderr.read()}")
+    _DATA_DIRS[proc.pid] = data
     yield proc, line.rsplit(" ", 1)[1].strip()
     if proc.poll() is None:
         proc.kill()
@@ -77,8 +85,22 @@ def test_serve_add_folder_search_match_and_graceful_stop(served, tmp_path):
     bad = run("db", "create", "../x", "--server", address, check=False)
     assert bad.returncode == 2 and "DATABASE_NAME_INVALID" in bad.stderr
 
+    snap = json.loads(run("db", "snapshot", "shop", *srv).stdout)
+    assert int(snap["image_count"]) == 4 and int(snap["size_bytes"]) > 4 * 1280 * 4
+    exported = json.loads(run("db", "export", "shop", str(tmp_path / "copy"), *srv).stdout)
+    assert int(exported["image_count"]) == 4 and (tmp_path / "copy" / "lookalike-export.json").is_file()
+    imported = json.loads(run("db", "import", "shop2", str(tmp_path / "copy"), *srv).stdout)
+    assert imported["name"] == "shop2" and int(imported["image_count"]) == 4
+    hits2 = json.loads(run("search", "--db", "shop2", str(query), "--top-k", "2", *srv).stdout)["hits"]
+    assert hits2 == hits  # the copy answers exactly like the original
+    missing = run("db", "import", "shop3", str(tmp_path / "nowhere"), "--server", address, check=False)
+    assert missing.returncode == 2 and "EXPORT_NOT_FOUND" in missing.stderr
+
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+    # The graceful stop took a final snapshot: a new server on the same directory has both databases.
+    data = Path(served_data_dir(proc))
+    assert (data / "snapshots" / "MANIFEST").is_file()
 
 
 def test_client_commands_start_fast_without_torch_and_explain_unreachable_server():

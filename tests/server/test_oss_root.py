@@ -174,3 +174,23 @@ def test_fsync_always_on_an_oss_root_means_the_record_is_in_oss(tmp_path, s3):
     finally:
         b.stop(0, snapshot=False)
         a.stop(0, snapshot=False)
+
+
+def test_export_to_oss_and_import_from_it(tmp_path, s3):
+    a = start(tmp_path / "a", **oss_config(s3))
+    try:
+        with LookalikeClient(a.address) as c:
+            c.create_database("shop")
+            c.bulk_set("shop", [(f"g{i % 3}", None, v.tolist(), "") for i, v in enumerate(unit_vectors(70, 4))])
+            where = s3.root + "exports/shop/"
+            assert c.export_database("shop", where).image_count == 70
+            c.import_database("copy", where)
+            original, copy = state(c, "shop"), state(c, "copy")
+            assert sorted(original) == sorted(copy)
+            for key in original:
+                np.testing.assert_array_equal(original[key], copy[key])
+            with pytest.raises(ClientError) as err:
+                c.import_database("none", s3.root + "exports/missing/")
+            assert err.value.reason == "EXPORT_NOT_FOUND"
+    finally:
+        a.stop(0)
