@@ -44,40 +44,18 @@ class ExactIndex:
     def chunks(self, n: int) -> list[np.ndarray]:
         return self.rows.views(n)
 
-    def _topk(self, query: np.ndarray, k: int, live: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        scores: list[np.ndarray] = []
-        rows: list[np.ndarray] = []
-        for i, chunk in enumerate(self.rows.views(n)):
-            start = i * self.rows.chunk_rows
-            mask = live[start : start + len(chunk)]
-            if not mask.any():
-                continue
-            s, r = native.topk(chunk, query, min(k, len(chunk)), live=mask)
-            keep = r[0] >= 0
-            scores.append(s[0][keep])
-            rows.append(r[0][keep] + start)
-        if not scores:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        s, r = np.concatenate(scores), np.concatenate(rows)
-        order = np.lexsort((r, -s))[:k]  # best first; ties to the lower row, as the kernel does
-        return s[order], r[order]
-
     def search(
         self, query: np.ndarray, k: int, live: np.ndarray, n: int, groups: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Best ``k`` live rows (or best row of ``k`` distinct groups when ``groups`` is given)."""
-        searchable = int(np.count_nonzero(live[:n]))
-        if searchable == 0 or k <= 0:
+        """Best ``k`` live rows, or the best row of each of the ``k`` best groups when ``groups`` is given.
+
+        One native call over every chunk: the kernel applies the mask and keeps a bounded
+        per-group best inside the scan, so one-per-group costs one pass, not repeated scans.
+        """
+        if n == 0 or k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        if groups is None:
-            return self._topk(query, k, live, n)
-        pool = min(searchable, max(4 * k, k + 16))
-        while True:
-            s, r = self._topk(query, pool, live, n)
-            g = groups[r]
-            _, first = np.unique(g, return_index=True)
-            first.sort()
-            if len(first) >= k or pool >= searchable:
-                first = first[:k]
-                return s[first], r[first]
-            pool = min(searchable, pool * 4)
+        scores, rows = native.topk(
+            self.rows.views(n), query, k, n=n, live=live, groups=groups, one_per_group=groups is not None
+        )
+        keep = rows[0] >= 0
+        return scores[0][keep], rows[0][keep]
