@@ -280,3 +280,18 @@ def preprocessing_identity(meta: EmbedderMeta) -> dict[str, Any]:
         "color": "rgb8",
         "pipeline_version": PIPELINE_VERSION,
     }
+
+
+def preprocessing_mismatch(
+    stored: dict[str, Any], current: dict[str, Any], database: str = "the database"
+) -> str | None:
+    """``None`` when two identities embed alike, else a message naming the differences and the way forward."""
+    keys = sorted(set(stored) | set(current))
+    diff = [f"{k}: {stored.get(k)!r} there, {current.get(k)!r} here" for k in keys if stored.get(k) != current.get(k)]
+    if not diff:
+        return None
+    return (
+        f"{database} holds vectors made with another image preprocessing ({'; '.join(diff)}); its vectors and "
+        "this server's queries would not be comparable. Serve the model file it was built with (--model), "
+        "or re-embed its images into a new database with this model"
+    )

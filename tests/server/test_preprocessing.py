@@ -330,3 +330,14 @@ def test_default_model_cache_name_follows_its_preprocessing():
     assert len(names) == 2
     assert cache_file_name(meta) == cache_file_name(default_meta())  # stable between calls
     assert "efficientnet-lite0-imagenet-52bfc52c0772.pt" not in names  # the name before the recipe was hashed
+
+
+def test_preprocessing_mismatch_names_the_difference_and_the_way_forward():
+    from lookalike.modelfile import preprocessing_mismatch
+
+    old = preprocessing_identity(_meta("shorter_then_center_crop", 224, 256))
+    new = preprocessing_identity(_meta("stretch", 224, 256))
+    assert preprocessing_mismatch(old, dict(old)) is None
+    msg = preprocessing_mismatch(old, new, "database 'shop'")
+    assert msg is not None and "resize_mode" in msg and "'stretch'" in msg and "--model" in msg and "re-embed" in msg
+    assert "input_size" not in msg  # only what differs
