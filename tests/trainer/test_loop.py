@@ -197,7 +197,8 @@ def test_two_process_torchrun_on_cpu_completes(folder: Path, tmp_path: Path) -> 
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "lookalike.trainer.train_cli", "--config", "tiny", "--data", str(folder), "--output", str(out),
-           "train.epochs=1", "optim.accumulate=2", "export.fp16=true"]  # fmt: skip
+           "train.epochs=1", "optim.accumulate=2", "export.fp16=true",
+           "train.adapt=false", "selfcheck.holdout=0"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
@@ -232,8 +233,8 @@ def test_readme_finetune_command_adapts_the_packaged_model(folder: Path, tmp_pat
     assert "--config" in argv, argv
     argv[argv.index("--data") + 1] = str(folder)
     argv[argv.index("--output") + 1] = str(tmp_path)
-    small = ["method.image_size=64", "method.options={K: 64}", "train.batch_size=8", "train.epochs=1",
-             "train.steps_per_epoch=2", "train.checkpoint_every=1", "data.num_workers=0"]  # fmt: skip
+    small = ["method.image_size=64", "method.options={K: 64}", "train.batch_size=8", "train.steps=2",
+             "train.checkpoint_every=1", "data.num_workers=0"]  # fmt: skip
     assert main([*argv, *small]) == 0
     tuned, meta = load_embedder(tmp_path / "epoch_1_export.pt")
     base, base_meta = load_embedder(default_model_path())
