@@ -427,6 +427,14 @@ class SchedulePlan:
         """Time to stop stepping: the budget less the closing checkpoint's export and self-check."""
         return self.deadline is not None and time.monotonic() >= self.deadline - self.check_seconds
 
+    def sync_from_rank0(self) -> None:
+        """Under torchrun every process follows rank 0's fitted schedule (same steps, same epochs)."""
+        if dist.world_size() == 1 or self.deadline is None:
+            return
+        values = torch.tensor([self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every])
+        dist.broadcast(values, src=0)
+        self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every = (int(v) for v in values.tolist())
+
     def checkpoints_in(self, epochs: int) -> int:
         return max(1, min(epochs, 10) if self.adapt_checkpoints else math.ceil(epochs / self.checkpoint_every))
 
@@ -623,6 +631,7 @@ def _run_epoch(
             first_done = now
         if done == min(3, steps_per_epoch):  # steady-state step time, past the loader's start-up
             note = plan.fit_to_budget(state.step, (now - first_done) / (done - 1) if done > 1 else per_step)
+            plan.sync_from_rank0()
             if note is not None:
                 _log(note)
         bar.update(1)
