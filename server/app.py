@@ -16,7 +16,7 @@ from lookalike.server.config import ServerConfig
 from lookalike.server.core.embedder import Embedder
 from lookalike.server.core.errors import LookalikeError
 from lookalike.server.core.persistence import Persistence
-from lookalike.server.core.service import LookalikeService
+from lookalike.server.core.service import Limits, LookalikeService
 from lookalike.server.transport.grpc_server import GrpcServer
 
 from lookalike.oss import OssClient, OssCredentials
@@ -63,7 +63,7 @@ def resolve_model(config: ServerConfig) -> Path:
 
 def make_oss(config: ServerConfig) -> OssClient:
     credentials = OssCredentials.from_env(config.oss_credentials_file)
-    return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style)
+    return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style or None)
 
 
 def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
@@ -91,10 +91,8 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
             ship_interval_s=config.ship_interval_s,
             repair=config.repair,
         )
-    service = LookalikeService(embedder, persistence)
-    server = GrpcServer(
-        service, host=config.host, port=config.port, token=config.token, max_workers=config.max_workers, oss=oss
-    )
+    service = LookalikeService(embedder, persistence, limits=Limits.from_config(config))
+    server = GrpcServer(service, host=config.host, port=config.port, token=config.token, limits=config, oss=oss)
     server.start()
     running = RunningServer(server, service, threading.Event(), threading.Event(), [])
 

@@ -1,45 +1,162 @@
-"""Server settings: command-line flags over environment variables over defaults."""
+"""The server's one settings object: every option a flag and an environment variable, validated.
+
+Precedence: command-line flag, then ``LOOKALIKE_<NAME>`` (or the option's named variable),
+then the default below. ``lookalike serve --help`` lists every option with its default and
+variable; a bad value stops start-up with one line that names the option and what it accepts.
+The shared token comes only from ``LOOKALIKE_TOKEN`` (a flag would show it in ``ps``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORT = 50051
 DEFAULT_DATA_DIR = Path("./lookalike-data")
+FSYNC_MODES = ("always", "batch", "never")
+
+
+def opt(default: Any, help: str, *, env: str | None = None, flag: str | None = None, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, "env": env, "flag": flag, **kw})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR)
-    model: Path | None = None  # None: the embedded default model
-    token: str | None = field(default=None, repr=False)  # never printed
-    device: str | None = None  # None: cuda when available, else cpu
-    max_batch: int = 32
-    max_workers: int = 16
-    max_image_bytes: int = 32 << 20
-    max_image_pixels: int = 64_000_000
-    grace_s: float = 5.0
-    # Durability (see README "Where your data lives").
-    persist: bool = True  # False: databases in memory only (benchmark baseline, throwaway servers)
-    fsync: str = "batch"  # always | batch | never
-    fsync_interval_s: float = 0.005
-    snapshot_interval_s: float = 600.0  # 0: only on request and at shutdown
-    root: str | None = None  # oss://bucket/prefix/ mirrors snapshots and ships the log there
-    oss_endpoint: str | None = None
-    oss_credentials_file: Path | None = None
-    oss_path_style: bool | None = None
-    ship_interval_s: float = 1.0
-    repair: bool = False
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+    port: int = opt(DEFAULT_PORT, "gRPC port; 0 picks a free one", min=0, max=65535)
+    data_dir: Path = opt(DEFAULT_DATA_DIR, "where the write-ahead log and snapshots live")
+    model: Path | None = opt(None, "embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)")
+    device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
+    token: str | None = field(default=None, repr=False, metadata={"env_only": "LOOKALIKE_TOKEN"})
+    log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
+    # Work and limits.
+    max_batch: int = opt(32, "images per model call (the micro-batcher's batch)", min=1, max=4096)
+    max_inflight: int = opt(32, "unary calls served at once; beyond it RESOURCE_EXHAUSTED at once", min=1, max=4096)
+    max_streams: int = opt(4, "BulkSetImages streams open at once; beyond it RESOURCE_EXHAUSTED", min=1, max=1024)
+    stream_idle_s: float = opt(60.0, "a stream that sends nothing for this long is cancelled", min=0.1)
+    max_stream_items: int = opt(1_000_000, "items in one BulkSetImages stream", min=1)
+    max_message_bytes: int = opt(64 << 20, "largest request message", min=1 << 16, max=1 << 30)
+    max_image_bytes: int = opt(32 << 20, "largest encoded image", min=1024)
+    max_image_pixels: int = opt(64_000_000, "largest image (width x height) decoded", min=1)
+    max_top_k: int = opt(1000, "largest top_k of a search", min=1, max=100_000)
+    max_embed_images: int = opt(256, "images in one Embed call", min=1, max=100_000)
+    grace_s: float = opt(5.0, "seconds in-flight calls get to finish at shutdown", min=0.0)
+    # Durability (README: "Where your data lives").
+    persist: bool = opt(True, "keep databases on disk; --no-persist keeps them in memory only")
+    fsync: str = opt("batch", "when an acknowledged write reaches the disk", choices=FSYNC_MODES)
+    fsync_interval_ms: float = opt(5.0, "batch mode: fsync the log at least this often", min=0.1)
+    snapshot_interval_s: float = opt(600.0, "seconds between automatic snapshots; 0 = on request and at shutdown",
+                                     min=0.0, flag="--snapshot-interval")  # fmt: skip
+    root: str | None = opt(None, "oss://bucket/prefix/: mirror snapshots and ship the log there")
+    oss_endpoint: str | None = opt(None, "OSS endpoint URL", env="OSS_ENDPOINT")
+    oss_credentials_file: Path | None = opt(None, "file of OSS_ACCESS_KEY_ID=... / OSS_ACCESS_KEY_SECRET=... lines")
+    oss_path_style: bool = opt(False, "path-style OSS URLs (S3-protocol test servers)", env="OSS_PATH_STYLE")
+    ship_interval_s: float = opt(1.0, "seconds between log uploads to the OSS root", min=0.01,
+                                 flag="--ship-interval")  # fmt: skip
+    repair: bool = opt(False, "start despite a damaged log or snapshot: drop the damage and log what went")
 
     def __post_init__(self) -> None:
-        if self.fsync not in ("always", "batch", "never"):
-            raise ValueError(f"--fsync must be always, batch or never, not {self.fsync!r}")
-        if self.fsync_interval_s <= 0 or self.ship_interval_s <= 0 or self.snapshot_interval_s < 0:
-            raise ValueError("--fsync-interval-ms and --ship-interval must be positive; --snapshot-interval >= 0")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if value is None:
+                continue
+            if "choices" in meta and value not in meta["choices"]:
+                raise ValueError(f"{_flag(f)} must be one of {', '.join(meta['choices'])}, not {value!r}")
+            if "min" in meta and value < meta["min"]:
+                raise ValueError(f"{_flag(f)} must be at least {meta['min']}, not {value}")
+            if "max" in meta and value > meta["max"]:
+                raise ValueError(f"{_flag(f)} must be at most {meta['max']}, not {value}")
         if self.root is not None and not self.root.startswith("oss://"):
-            raise ValueError(
-                f"--root must be oss://bucket/prefix/ (the local data lives in --data-dir), not {self.root!r}"
-            )
+            raise ValueError(f"--root must be oss://bucket/prefix/ (local data lives in --data-dir), not {self.root!r}")
+
+    @property
+    def fsync_interval_s(self) -> float:
+        return self.fsync_interval_ms / 1000.0
+
+    @property
+    def max_workers(self) -> int:
+        """gRPC threads: every admitted call has one, and a few stay free for health checks and refusals."""
+        return self.max_inflight + self.max_streams + 4
+
+    # -- flags and environment -------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(cls):
+            if "env_only" in f.metadata:
+                continue
+            env = _env(f)
+            default = f.default
+            kind = _kind(f)
+            if kind is bool:
+                group = parser.add_mutually_exclusive_group()
+                state = "on" if default else "off"
+                group.add_argument(_flag(f), dest=f.name, action="store_true", default=None,
+                                   help=f"{f.metadata['help']} (env {env}; default {state})")  # fmt: skip
+                group.add_argument("--no-" + _flag(f)[2:], dest=f.name, action="store_false", help=argparse.SUPPRESS)
+                continue
+            shown = "none" if default is None else default
+            parser.add_argument(_flag(f), dest=f.name, default=None, metavar=f.name.upper(),
+                                help=f"{f.metadata['help']} (env {env}; default {shown})")  # fmt: skip
+        parser.add_argument("--in-memory", dest="persist", action="store_false", help=argparse.SUPPRESS)
+
+    @classmethod
+    def from_sources(
+        cls, args: argparse.Namespace | None = None, environ: dict[str, str] | None = None
+    ) -> ServerConfig:
+        """Flags over environment over defaults; raises ValueError naming the option on a bad value."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if "env_only" in f.metadata:
+                values[f.name] = environ.get(f.metadata["env_only"]) or None
+                continue
+            raw = getattr(args, f.name, None) if args is not None else None
+            source = _flag(f)
+            if raw is None and _env(f) in environ and environ[_env(f)] != "":
+                raw, source = environ[_env(f)], _env(f)
+            if raw is None:
+                continue
+            values[f.name] = _convert(f, raw, source)
+        return cls(**values)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _env(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or "LOOKALIKE_" + _flag(f)[2:].replace("-", "_").upper()
+
+
+def _kind(f: dataclasses.Field) -> type:
+    text = str(f.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("Path", Path)):
+        if text.startswith(name):
+            return kind
+    return str
+
+
+def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
+    kind = _kind(f)
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError
+            return lowered in ("1", "true", "yes", "on")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"{source}={raw!r} is not a valid {kind.__name__} for {_flag(f)}") from None
+    return raw

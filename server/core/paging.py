@@ -28,7 +28,7 @@ def decode_token(token: str) -> Any:
         return None
     try:
         return json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise invalid(
             "PAGE_TOKEN_INVALID", "page_token is not one this server issued; pass next_page_token unchanged"
         ) from None

@@ -14,19 +14,30 @@ import numpy as np
 from lookalike.server.core.catalog import Catalog
 from lookalike.server.core.database import Database, Entry, Hit, Key
 from lookalike.server.core.embedder import Embedder
-from lookalike.server.core.errors import LookalikeError, invalid
+from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.model_identity import model_identity
 from lookalike.server.core.paging import decode_token, encode_token, page_size
 from lookalike.server.core.persistence import Persistence
 from lookalike.server.core.validation import check_database_name, check_group_id, check_intra_id, check_vector
 
-MAX_EMBED_IMAGES = 256
 BULK_CHUNK = 32
-MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
 MAX_REQUEST_ID_LEN = 128
 MAX_CLIENT_REF_ECHO = 256
 SUMMARY_BUDGET_BYTES = 4 << 20  # failures and keys listed in a bulk summary, so it always fits a message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one call may ask for; each is a server setting (``lookalike serve --help``)."""
+
+    max_top_k: int = 1000
+    max_embed_images: int = 256
+    max_stream_items: int = 1_000_000
+
+    @classmethod
+    def from_config(cls, config: object) -> Limits:
+        return cls(**{f: getattr(config, f) for f in ("max_top_k", "max_embed_images", "max_stream_items")})
 
 
 @dataclass(frozen=True)
@@ -103,8 +114,11 @@ def check_request_id(request_id: str) -> str:
 
 
 class LookalikeService:
-    def __init__(self, embedder: Embedder, persistence: Persistence | None = None) -> None:
+    def __init__(
+        self, embedder: Embedder, persistence: Persistence | None = None, limits: Limits | None = None
+    ) -> None:
         self.embedder = embedder
+        self.limits = limits or Limits()
         self.model = model_identity(embedder.module, embedder.meta)
         self.catalog = Catalog(embedder.dimension, self.model, persistence)
 
@@ -120,8 +134,11 @@ class LookalikeService:
     def embed(self, images: Sequence[bytes]) -> np.ndarray:
         if not images:
             raise invalid("IMAGE_MISSING", "send at least one image")
-        if len(images) > MAX_EMBED_IMAGES:
-            raise invalid("TOO_MANY_IMAGES", f"{len(images)} images in one call; send at most {MAX_EMBED_IMAGES}")
+        if len(images) > self.limits.max_embed_images:
+            raise invalid(
+                "TOO_MANY_IMAGES",
+                f"{len(images)} images in one call; send at most {self.limits.max_embed_images} (--max-embed-images)",
+            )
         return self.embedder.embed(images)
 
     # -- databases -------------------------------------------------------------------------
@@ -147,6 +164,11 @@ class LookalikeService:
         entries, more = db.list(group_id=group_id, after=after, limit=size)
         token = encode_token([entries[-1].group_id, entries[-1].intra_id]) if more and entries else ""
         return entries, token
+
+    def get_image(self, database: str, group_id: str, intra_id: int) -> Entry:
+        check_group_id(group_id)
+        check_intra_id(intra_id)
+        return self.catalog.get(database).get(group_id, intra_id)
 
     # -- registration ----------------------------------------------------------------------
     def vector_for(self, dimension: int, image: bytes | None, vector: Sequence[float] | None) -> np.ndarray:
@@ -193,6 +215,12 @@ class LookalikeService:
         stream: Iterator[BulkItem] = iter(items)
         pinned = self.catalog.get(database)
         while chunk := list(islice(stream, BULK_CHUNK)):
+            if result.received + len(chunk) > self.limits.max_stream_items:
+                raise LookalikeError(
+                    ErrorKind.RESOURCE_EXHAUSTED, "TOO_MANY_ITEMS",
+                    f"a stream may carry at most {self.limits.max_stream_items} items (--max-stream-items); the "
+                    f"first {result.succeeded} registered items stay; send the rest in a new stream",
+                )  # fmt: skip
             base = result.received
             result.received += len(chunk)
             vectors: dict[int, np.ndarray] = {}
@@ -256,8 +284,9 @@ class LookalikeService:
         min_score: float | None = None,
     ) -> tuple[list[Hit], int]:
         db = self.catalog.get(database)
-        if top_k < 0 or top_k > MAX_TOP_K:
-            raise invalid("TOP_K_INVALID", f"top_k {top_k} is out of range; use 1-{MAX_TOP_K} (0 = {DEFAULT_TOP_K})")
+        max_top_k = self.limits.max_top_k
+        if top_k < 0 or top_k > max_top_k:
+            raise invalid("TOP_K_INVALID", f"top_k {top_k} is out of range; use 1-{max_top_k} (0 = {DEFAULT_TOP_K})")
         top_k = top_k or DEFAULT_TOP_K
         if min_score is not None and not (np.isfinite(min_score) and -1.0 <= min_score <= 1.0):
             raise invalid("MIN_SCORE_INVALID", f"min_score {min_score} must be a number in [-1, 1]")

@@ -52,7 +52,9 @@ def check_vector(values: Sequence[float] | np.ndarray, dimension: int, *, field:
         )
     if not np.isfinite(vec).all():
         raise invalid("VECTOR_INVALID", f"{field} contains NaN or infinite values")
-    norm = float(np.linalg.norm(vec))
-    if norm == 0.0 or not np.isfinite(norm):
-        raise invalid("VECTOR_INVALID", f"{field} has zero (or overflowing) length; it has no direction to compare")
-    return vec / np.float32(norm)
+    wide = vec.astype(np.float64)  # float32 squares of 1e-30 underflow to 0: a tiny vector still has a direction
+    scale = float(np.max(np.abs(wide)))
+    if scale == 0.0:
+        raise invalid("VECTOR_INVALID", f"{field} is all zeros; it has no direction to compare")
+    wide /= scale
+    return (wide / np.linalg.norm(wide)).astype(np.float32)

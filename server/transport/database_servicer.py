@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 from lookalike.server.core.errors import invalid
 from lookalike.server.core.service import BulkItem, LookalikeService
-from lookalike.server.core.validation import check_database_name
+from lookalike.server.core.validation import check_database_name, check_group_id, check_intra_id
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
 from lookalike.v1 import database_service_pb2 as pb
@@ -115,7 +115,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
 
     @grpc_errors
     def GetImage(self, request: pb.GetImageRequest, context: grpc.ServicerContext) -> pb.GetImageResponse:
-        entry = self._dbs.get(request.database).get(request.key.group_id, request.key.intra_id)
+        entry = self._service.get_image(request.database, request.key.group_id, request.key.intra_id)
         return pb.GetImageResponse(image=convert.registered_image(entry, include_vector=request.include_vector))
 
     @grpc_errors
@@ -129,6 +129,8 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
 
     @grpc_errors
     def DeleteImage(self, request: pb.DeleteImageRequest, context: grpc.ServicerContext) -> pb.DeleteImageResponse:
+        check_group_id(request.key.group_id)
+        check_intra_id(request.key.intra_id)
         self._dbs.delete_image(request.database, request.key.group_id, request.key.intra_id)
         return pb.DeleteImageResponse()
 

@@ -7,7 +7,9 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from lookalike.server.config import ServerConfig
 from lookalike.server.core.service import LookalikeService
+from lookalike.server.transport.admission import AdmissionInterceptor
 from lookalike.server.transport.auth import TokenAuthInterceptor
 from lookalike.server.transport.database_servicer import DatabaseServicer
 from lookalike.server.transport.match_servicer import MatchServicer
@@ -21,7 +23,8 @@ from lookalike.v1 import (
     search_service_pb2_grpc,
 )
 
-MAX_MESSAGE_BYTES = 64 << 20
+MESSAGE_SLACK = 16 << 20
+MAX_SEND_BYTES = 256 << 20
 SERVICE_NAMES = (
     match_service_pb2.DESCRIPTOR.services_by_name["MatchService"].full_name,
     database_service_pb2.DESCRIPTOR.services_by_name["DatabaseService"].full_name,
@@ -37,16 +40,24 @@ class GrpcServer:
         host: str,
         port: int,
         token: str | None,
-        max_workers: int,
+        limits: ServerConfig,
         oss: object = None,
     ) -> None:
-        interceptors = [TokenAuthInterceptor(token)] if token else []
+        admission = AdmissionInterceptor(
+            max_inflight=limits.max_inflight,
+            max_streams=limits.max_streams,
+            stream_idle_s=limits.stream_idle_s,
+            max_message_bytes=limits.max_message_bytes,
+        )
+        interceptors = [TokenAuthInterceptor(token), admission] if token else [admission]
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            futures.ThreadPoolExecutor(max_workers=limits.max_workers, thread_name_prefix="grpc"),
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # gRPC's own limit sits above ours, so an oversized request gets our ErrorInfo;
+                # past this one gRPC refuses it itself (RESOURCE_EXHAUSTED without details).
+                ("grpc.max_receive_message_length", limits.max_message_bytes + MESSAGE_SLACK),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ],
         )
         match_service_pb2_grpc.add_MatchServiceServicer_to_server(MatchServicer(service), self.server)
