@@ -369,6 +369,43 @@ INSTANTIATE_TEST_SUITE_P(AllLevels, Level, ::testing::Values(SimdLevel::scalar, 
                            return std::string(lookalike::simd_level_name(info.param));
                          });
 
+// The integer int8 kernels (AVX2 vpmaddwd, AVX-512 VNNI vpdpwssd) sum exact integers: their
+// scores must be bit-identical, at every d (tails of 16 and 32).
+TEST(Int8Kernels, VnniMatchesAvx2BitForBit) {
+#if LOOKALIKE_X86_DISPATCH
+  if (!lookalike::simd_level_supported(SimdLevel::avx2)) GTEST_SKIP() << "no AVX2";
+  if (!lookalike::detail::avx512_i8::cpu_supported()) GTEST_SKIP() << "no AVX-512 BW + VNNI on this CPU";
+  for (std::size_t d : {1, 15, 16, 17, 31, 32, 33, 100, 384, 1280}) {
+    SCOPED_TRACE("d = " + std::to_string(d));
+    const std::size_t n = 103, m = 5, dpad = (d + 31) / 32 * 32;
+    std::mt19937 gen(static_cast<std::uint32_t>(d));
+    std::uniform_int_distribution<int> byte(-127, 127);
+    std::vector<std::int8_t> db(n * d);
+    for (auto& b : db) b = static_cast<std::int8_t>(byte(gen));
+    const auto q = normals(m * d, 14);
+    std::vector<std::int16_t> q16(m * dpad);
+    std::vector<float> qscale(m);
+    for (std::size_t i = 0; i < m; ++i) {
+      ASSERT_TRUE(lookalike::detail::avx2_i8::quantize_query(q.data() + i * d, d, dpad, q16.data() + i * dpad,
+                                                             &qscale[i]));
+    }
+    std::vector<float> a(m * n), b(m * n);
+    lookalike::detail::avx2_i8::score_prepared(q16.data(), dpad, qscale.data(), m, db.data(), n, d, a.data(), n);
+    lookalike::detail::avx512_i8::score_prepared(q16.data(), dpad, qscale.data(), m, db.data(), n, d, b.data(), n);
+    EXPECT_EQ(a, b);
+    for (std::size_t i = 0; i < m; ++i) {  // and each is the exact integer sum times the scale
+      for (std::size_t r = 0; r < n; r += 17) {
+        std::int64_t sum = 0;
+        for (std::size_t c = 0; c < d; ++c) sum += std::int64_t{q16[i * dpad + c]} * db[r * d + c];
+        EXPECT_EQ(a[i * n + r], static_cast<float>(sum) * qscale[i]);
+      }
+    }
+  }
+#else
+  GTEST_SKIP() << "not an x86 build";
+#endif
+}
+
 // ---- conversions --------------------------------------------------------------------------------
 
 TEST(Types, HalfRoundTripsEveryPattern) {

@@ -309,6 +309,7 @@ struct Problem {
   std::vector<std::int16_t> q16;
   std::vector<float> qscale;
   std::size_t dpad = 0;
+  bool vnni = false;  // avx512 level on a CPU with AVX-512 BW + VNNI: avx512_i8 instead of avx2_i8
 };
 
 /// Rounds every query to int16 for the integer int8 kernel; leaves p.q16 empty (float kernel)
@@ -318,7 +319,8 @@ void prepare_int8(Problem<DbT>& p, SimdLevel level) {
 #if LOOKALIKE_X86_DISPATCH
   if constexpr (std::is_same_v<DbT, std::int8_t>) {
     if (level == SimdLevel::scalar || p.m == 0) return;
-    p.dpad = (p.d + avx2_i8::kStep - 1) / avx2_i8::kStep * avx2_i8::kStep;
+    p.vnni = level == SimdLevel::avx512 && avx512_i8::cpu_supported();
+    p.dpad = (p.d + avx512_i8::kStep - 1) / avx512_i8::kStep * avx512_i8::kStep;  // fits both kernels
     p.q16.resize(p.m * p.dpad);
     p.qscale.resize(p.m);
     for (std::size_t i = 0; i < p.m; ++i) {
@@ -361,7 +363,10 @@ void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
       const std::size_t qn = std::min(tile, job.q1 - qb);
 #if LOOKALIKE_X86_DISPATCH
       if constexpr (std::is_same_v<DbT, std::int8_t>) {
-        if (!p.q16.empty()) {
+        if (!p.q16.empty() && p.vnni) {
+          avx512_i8::score_prepared(p.q16.data() + qb * p.dpad, p.dpad, p.qscale.data() + qb, qn, base, rows, p.d,
+                                    buf.data(), block);
+        } else if (!p.q16.empty()) {
           avx2_i8::score_prepared(p.q16.data() + qb * p.dpad, p.dpad, p.qscale.data() + qb, qn, base, rows, p.d,
                                   buf.data(), block);
         } else {
