@@ -37,8 +37,10 @@ class Embedder:
         *,
         device: str | None = None,
         max_batch: int = 32,
+        max_wait_s: float = 0.002,
         max_image_bytes: int = 32 << 20,
         max_image_pixels: int = 64_000_000,
+        preprocess_threads: int | None = None,
     ) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         module, meta = load_embedder(model_path, device=self.device)
@@ -52,8 +54,10 @@ class Embedder:
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="preprocess")
-        self._batcher = MicroBatcher(self._forward, max_batch=max_batch)
+        self._pool = ThreadPoolExecutor(
+            max_workers=preprocess_threads or os.cpu_count() or 2, thread_name_prefix="preprocess"
+        )
+        self._batcher = MicroBatcher(self._forward, max_batch=max_batch, max_wait_s=max_wait_s)
         probe = self._forward(np.zeros((1, 3, meta.input_size, meta.input_size), np.float32))
         if probe.shape != (1, meta.output_dim):
             raise LookalikeError(
@@ -63,6 +67,11 @@ class Embedder:
                 f"metadata says output_dim={meta.output_dim}; re-export the model",
             )
         log.info("embedder %s ready on %s (dim %d)", meta.model_name, self.device, meta.output_dim)
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        """The micro-batcher, for metrics (batch sizes, queue depth)."""
+        return self._batcher
 
     @property
     def dimension(self) -> int:
