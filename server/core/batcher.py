@@ -3,7 +3,11 @@
 Each caller submits a stack of preprocessed images and blocks on a future; one worker
 thread drains the queue into batches of at most ``max_batch`` images, waiting at most
 ``max_wait_s`` for more to arrive once it has one. On a GPU this turns N small calls into
-one; on a CPU it still saves the per-call overhead.
+one; on a CPU it still saves the per-call overhead and runs convolutions on larger tensors.
+
+A batch that fails is retried request by request, so one bad request fails only itself.
+``close()`` lets the running batch finish, fails every request still queued with a clear
+error, and refuses new ones; no caller is left waiting.
 """
 
 from __future__ import annotations
@@ -14,8 +18,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
+from lookalike.server.core.errors import ErrorKind, LookalikeError
 
 _STOP = object()
+
+# (images in the batch, requests in the batch) after every model call; metrics subscribe here.
+BatchObserver = Callable[[int, int], None]
+
+
+class BatcherClosed(LookalikeError):
+    """The batcher is shutting down; the request was not run (UNAVAILABLE: safe to retry elsewhere)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.UNAVAILABLE, "SHUTTING_DOWN", message)
 
 
 class MicroBatcher:
@@ -29,50 +44,103 @@ class MicroBatcher:
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         self._run_batch = run_batch
-        self._max_batch = max_batch
-        self._max_wait_s = max_wait_s
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
         self._queue: queue.Queue[object] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._lock = threading.Lock()
         self._closed = False
+        self._queued_images = 0
+        self.model_calls = 0
+        self.observers: list[BatchObserver] = []
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a model call (not counting the batch running now)."""
+        return self._queued_images
 
     def submit(self, items: np.ndarray) -> Future[np.ndarray]:
         """Queue ``items`` ([n, ...]); the future resolves to the model's [n, D] output."""
         fut: Future[np.ndarray] = Future()
-        if self._closed:
-            fut.set_exception(RuntimeError("the embedder is shutting down"))
-            return fut
-        self._queue.put((items, fut))
+        with self._lock:  # a request is either queued before close() drains, or refused
+            if self._closed:
+                fut.set_exception(BatcherClosed("the embedder is shutting down; retry on another server"))
+                return fut
+            self._queued_images += len(items)
+            self._queue.put((items, fut))
         return fut
 
-    def close(self) -> None:
-        self._closed = True
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new requests, fail queued ones, wait for the running batch (at most ``timeout``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._fail_queued()  # nothing can be queued any more: fail what waits, then stop the worker
         self._queue.put(_STOP)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                continue
+            items, fut = item  # type: ignore[misc]
+            with self._lock:
+                self._queued_images -= len(items)
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(BatcherClosed("the embedder shut down before this request ran; retry"))
+
+    def _take(self, block: bool, timeout: float | None = None) -> object:
+        item = self._queue.get(block=block, timeout=timeout)
+        if item is not _STOP:
+            with self._lock:
+                self._queued_images -= len(item[0])  # type: ignore[index]
+        return item
 
     def _loop(self) -> None:
-        pending: list[tuple[np.ndarray, Future[np.ndarray]]] = []
         while True:
-            first = self._queue.get()
+            first = self._take(True)
             if first is _STOP:
+                self._fail_queued()
                 return
-            pending = [first]  # type: ignore[list-item]
-            count = len(pending[0][0])
+            pending = [first]
+            count = len(first[0])  # type: ignore[index]
             stop = False
-            while count < self._max_batch:
+            while count < self.max_batch:
                 try:
-                    nxt = self._queue.get(timeout=self._max_wait_s)
+                    nxt = self._take(True, self.max_wait_s) if self.max_wait_s > 0 else self._take(False)
                 except queue.Empty:
                     break
                 if nxt is _STOP:
                     stop = True
                     break
-                pending.append(nxt)  # type: ignore[arg-type]
+                pending.append(nxt)
                 count += len(nxt[0])  # type: ignore[index]
-            self._run(pending)
+            self._run(pending)  # type: ignore[arg-type]
             if stop:
+                self._fail_queued()
                 return
+
+    def _call(self, batch: np.ndarray, requests: int) -> np.ndarray:
+        self.model_calls += 1
+        out = self._run_batch(batch)
+        if len(out) != len(batch):
+            raise RuntimeError(f"the model returned {len(out)} rows for {len(batch)} images")
+        for observe in self.observers:
+            try:
+                observe(len(batch), requests)
+            except Exception:  # metrics must never fail a request
+                pass
+        return out
 
     def _run(self, pending: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
         live = [(x, f) for x, f in pending if f.set_running_or_notify_cancel()]
@@ -80,10 +148,17 @@ class MicroBatcher:
             return
         try:
             batch = np.concatenate([x for x, _ in live]) if len(live) > 1 else live[0][0]
-            out = self._run_batch(batch)
-        except Exception as exc:  # delivered to every caller of this batch
-            for _, f in live:
-                f.set_exception(exc)
+            out = self._call(batch, len(live))
+        except Exception as exc:
+            if len(live) == 1:
+                live[0][1].set_exception(exc)
+                return
+            # One request may be at fault (wrong shape, values the model rejects): run each alone.
+            for x, f in live:
+                try:
+                    f.set_result(self._call(x, 1))
+                except Exception as one:
+                    f.set_exception(one)
             return
         start = 0
         for x, f in live:
