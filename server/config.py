@@ -58,6 +58,26 @@ class ServerConfig:
     ship_interval_s: float = opt(1.0, "seconds between log uploads to the OSS root", min=0.01,
                                  flag="--ship-interval")  # fmt: skip
     repair: bool = opt(False, "start despite a damaged log or snapshot: drop the damage and log what went")
+    # Throughput: micro-batching and one thread budget (README: "Serving performance").
+    batch_wait_ms: float = opt(2.0, "once a batch has a request, wait at most this long for more", min=0.0, max=1000.0)
+    threads: int = opt(0, "CPU threads for compute (model, decoding, search kernels); 0 = one per usable core",
+                       min=0, max=1024)  # fmt: skip
+    torch_threads: int = opt(0, "model (torch intra-op) threads; 0 = --threads", min=0, max=1024)
+    preprocess_threads: int = opt(0, "image decoding threads for batches and bulk streams; 0 = --threads",
+                                  min=0, max=1024)  # fmt: skip
+    kernel_threads: int = opt(0, "threads of one search kernel call; 0 = --threads", min=0, max=1024)
+    # Safety: tokens and TLS (README: "Securing a server").
+    token_file: Path | None = opt(None, "file of accepted tokens, one per line (# comments); re-read when it "
+                                  "changes, so tokens rotate without a restart; adds to LOOKALIKE_TOKEN")  # fmt: skip
+    open_health: bool = opt(True, "health checks and reflection answer without a token (probes, grpcurl)")
+    open_metrics: bool = opt(True, "the metrics endpoint answers without a token (else 'Authorization: Bearer')")
+    tls_cert: Path | None = opt(None, "PEM certificate chain: serve gRPC (and metrics) over TLS; needs --tls-key")
+    tls_key: Path | None = opt(None, "PEM private key of --tls-cert")
+    tls_client_ca: Path | None = opt(None, "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    # Observability (README: "Monitoring").
+    metrics_port: int | None = opt(None, "Prometheus /metrics HTTP port; off by default, 0 picks a free one",
+                                   min=0, max=65535)  # fmt: skip
+    metrics_host: str | None = opt(None, "address of the metrics endpoint (default: --host)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -71,12 +91,32 @@ class ServerConfig:
                 raise ValueError(f"{_flag(f)} must be at least {meta['min']}, not {value}")
             if "max" in meta and value > meta["max"]:
                 raise ValueError(f"{_flag(f)} must be at most {meta['max']}, not {value}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both (PEM files) or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
         if self.root is not None and not self.root.startswith("oss://"):
             raise ValueError(f"--root must be oss://bucket/prefix/ (local data lives in --data-dir), not {self.root!r}")
 
     @property
     def fsync_interval_s(self) -> float:
         return self.fsync_interval_ms / 1000.0
+
+    @property
+    def batch_wait_s(self) -> float:
+        return self.batch_wait_ms / 1000.0
+
+    @property
+    def thread_budget(self) -> dict[str, int]:
+        """Threads per part: each part defaults to the whole budget, since they rarely run at full load together."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        total = self.threads or cores
+        return {
+            "torch": self.torch_threads or total,
+            "preprocess": self.preprocess_threads or total,
+            "kernel": self.kernel_threads or total,
+            "grpc": self.max_workers,
+        }
 
     @property
     def max_workers(self) -> int:
