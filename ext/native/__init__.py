@@ -60,6 +60,9 @@ _STORAGE = {
 }
 
 
+_SLICE = 65536  # rows per slice in the conversion helpers
+
+
 def _as_bits(a: object) -> object:
     """ml_dtypes.bfloat16 arrays are handed over as their uint16 bit patterns (a view, no copy)."""
     if isinstance(a, np.ndarray) and a.dtype.name == "bfloat16":
@@ -141,14 +144,21 @@ def quantize_int8(vectors: npt.ArrayLike) -> tuple[npt.NDArray[np.int8], npt.NDA
     """Per-row symmetric int8: ``vectors[r] ~= scales[r] * q[r]``, ``scales[r] = max|row| / 127``.
 
     A row of zeros gets scale 0 (it scores 0). Returns ``(q int8 [n, d], scales float32 [n])``.
+    Works in slices of rows, so temporary memory stays small for any database size.
     """
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"vectors must be 2-D [rows, dim], got shape {x.shape}")
-    peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
-    scales = (peak / 127.0).astype(np.float32)
-    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
+    q = np.empty(x.shape, np.int8)
+    scales = np.zeros(x.shape[0], np.float32)
+    if x.shape[1] == 0:
+        return q, scales
+    for a in range(0, x.shape[0], _SLICE):
+        part = x[a : a + _SLICE]
+        s = (np.abs(part).max(axis=1) / np.float32(127.0)).astype(np.float32)
+        scales[a : a + _SLICE] = s
+        safe = np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
+        q[a : a + _SLICE] = np.clip(np.rint(part / safe[:, None]), -127, 127)
     return q, scales
 
 
@@ -158,12 +168,19 @@ def dequantize_int8(q: npt.NDArray[np.int8], scales: npt.NDArray[np.float32]) ->
 
 
 def to_bfloat16(vectors: npt.ArrayLike) -> npt.NDArray[np.uint16]:
-    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
-    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
-    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    rounded = np.where(nan, (bits >> np.uint32(16)) | np.uint32(0x40), rounded)
-    return rounded.astype(np.uint16)
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN.
+
+    Works in slices of rows (bounded temporary memory)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    out = np.empty(x.shape, np.uint16)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    step = _SLICE * 512
+    for a in range(0, flat_in.size, step):
+        bits = flat_in[a : a + step].view(np.uint32)
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        flat_out[a : a + step] = np.where(nan, (bits >> np.uint32(16)) | np.uint32(0x40), rounded)
+    return out
 
 
 def from_bfloat16(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
