@@ -3,6 +3,7 @@ with hypothesis against a float64 numpy reference computed on the dequantized va
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -342,3 +343,17 @@ I8 = np.zeros((10, 8), np.int8)
 def test_bad_inputs_raise_clear_errors(call: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()  # type: ignore[operator]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_its_own_pool() -> None:
+    # The parent's pool workers do not exist in a forked child: the child must start its own.
+    rng = np.random.default_rng(8)
+    db, q = rng.standard_normal((200000, 32), np.float32), rng.standard_normal((2, 32), np.float32)
+    expected = native.topk(db, q, 5, threads=2)[1]
+    pid = os.fork()
+    if pid == 0:  # child: exit code says whether the pooled call matched
+        ok = bool((native.topk(db, q, 5, threads=2)[1] == expected).all())
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
