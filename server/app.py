@@ -11,13 +11,16 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lookalike.server.config import ServerConfig
 from lookalike.server.core.embedder import Embedder
 from lookalike.server.core.errors import LookalikeError
 from lookalike.server.core.persistence import Persistence
 from lookalike.server.core.service import Limits, LookalikeService
+from lookalike.server.transport.auth import TokenSet
 from lookalike.server.transport.grpc_server import GrpcServer
+from lookalike.server.transport.metrics import MetricsEndpoint, ServerMetrics
 
 from lookalike.oss import OssClient, OssCredentials
 
@@ -31,6 +34,8 @@ class RunningServer:
     recovered: threading.Event
     stopping: threading.Event
     recovery_error: list[BaseException]
+    metrics: ServerMetrics | None = None
+    metrics_endpoint: MetricsEndpoint | None = None
 
     @property
     def port(self) -> int:
@@ -49,6 +54,8 @@ class RunningServer:
     def stop(self, grace: float | None = 5.0, *, snapshot: bool = True) -> None:
         self.stopping.set()
         self.grpc.stop(grace)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         self.service.catalog.close(snapshot=snapshot)
         self.service.embedder.close()
 
@@ -66,18 +73,41 @@ def make_oss(config: ServerConfig) -> OssClient:
     return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style or None)
 
 
+def apply_thread_budget(config: ServerConfig) -> dict[str, int]:
+    """Size torch's and the search kernels' pools from the one budget (the decode pool is sized by the embedder)."""
+    import torch
+
+    budget = config.thread_budget
+    torch.set_num_threads(budget["torch"])
+    try:
+        torch.set_num_interop_threads(1)  # one model call at a time (the batcher): no inter-op parallelism to use
+    except RuntimeError:  # already set, or torch already ran parallel work in this process
+        pass
+    try:
+        from lookalike import native
+
+        native.set_threads(budget["kernel"])
+    except (ImportError, AttributeError) as exc:
+        log.warning("search kernel threads not set (%s)", exc)
+    return budget
+
+
 def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     """Build and start a server; ``config.port == 0`` picks a free port (tests).
 
     With ``wait`` the call returns after recovery; otherwise recovery runs in the background
     while health says NOT_SERVING and data calls answer UNAVAILABLE / RECOVERING.
     """
+    tokens = TokenSet(config.token, config.token_file)  # a bad token file stops start-up here
+    budget = apply_thread_budget(config)
     embedder = Embedder(
         resolve_model(config),
         device=config.device,
         max_batch=config.max_batch,
+        max_wait_s=config.batch_wait_s,
         max_image_bytes=config.max_image_bytes,
         max_image_pixels=config.max_image_pixels,
+        preprocess_threads=budget["preprocess"],
     )
     oss = make_oss(config)
     persistence = None
@@ -92,9 +122,16 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
             repair=config.repair,
         )
     service = LookalikeService(embedder, persistence, limits=Limits.from_config(config))
-    server = GrpcServer(service, host=config.host, port=config.port, token=config.token, limits=config, oss=oss)
+    metrics = ServerMetrics()
+    metrics.watch_embedder(embedder)
+    metrics.watch_catalog(service.catalog)
+    metrics.watch_gpu()
+    server = GrpcServer(service, host=config.host, port=config.port, token=tokens, limits=config, oss=oss,
+                        metrics=metrics)  # fmt: skip
+    endpoint = start_metrics(config, metrics, tokens)
     server.start()
     running = RunningServer(server, service, threading.Event(), threading.Event(), [])
+    running.metrics, running.metrics_endpoint = metrics, endpoint
 
     def recover() -> None:
         try:
@@ -127,8 +164,21 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
             running.wait_ready()
         except BaseException:
             server.stop(0)
+            if endpoint is not None:
+                endpoint.stop()
             raise
     return running
+
+
+def start_metrics(config: ServerConfig, metrics: ServerMetrics, tokens: TokenSet) -> MetricsEndpoint | None:
+    if config.metrics_port is None:
+        return None
+    tls: Any = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        tls = (config.tls_cert, config.tls_key, config.tls_client_ca)
+    guard = tokens.accepts if tokens.enabled and not config.open_metrics else None
+    return MetricsEndpoint(metrics, host=config.metrics_host or config.host, port=config.metrics_port,
+                           accepts=guard, tls=tls)  # fmt: skip
 
 
 def serve(config: ServerConfig) -> int:
@@ -144,11 +194,15 @@ def serve(config: ServerConfig) -> int:
         running.grpc.stop(0)
         raise running.recovery_error[0]
     embedder = running.service.embedder
+    endpoint = running.metrics_endpoint
     log.info(
-        "lookalike serving on %s:%d (model %s, dim %d, device %s, auth %s, data %s%s, fsync %s)",
+        "lookalike serving on %s:%d (model %s, dim %d, device %s, auth %s, tls %s, data %s%s, fsync %s, "
+        "threads %s, metrics %s)",
         config.host, running.port, embedder.model_name, embedder.dimension, embedder.device,
-        "token" if config.token else "off", config.data_dir.resolve(),
-        f", root {config.root}" if config.root else "", config.fsync,
+        "token" if running.grpc.tokens.enabled else "off",
+        ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off", config.data_dir.resolve(),
+        f", root {config.root}" if config.root else "", config.fsync, config.thread_budget,
+        f"{endpoint.scheme}://{config.metrics_host or config.host}:{endpoint.port}/metrics" if endpoint else "off",
     )  # fmt: skip
     print("lookalike: ready", flush=True)
     stop.wait()

@@ -1,4 +1,9 @@
-"""The gRPC server: the three services, health (NOT_SERVING until recovery ends) and reflection."""
+"""The gRPC server: the three services, health (NOT_SERVING until recovery ends) and reflection.
+
+Interceptors, outermost first: observability (every call counted, timed and logged, refusals
+included), token auth (when tokens are configured), admission control. TLS when the settings
+name a certificate and key (mutual TLS with a client CA).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ from grpc_reflection.v1alpha import reflection
 from lookalike.server.config import ServerConfig
 from lookalike.server.core.service import LookalikeService
 from lookalike.server.transport.admission import AdmissionInterceptor
-from lookalike.server.transport.auth import TokenAuthInterceptor
+from lookalike.server.transport.auth import TokenAuthInterceptor, TokenSet
 from lookalike.server.transport.database_servicer import DatabaseServicer
 from lookalike.server.transport.match_servicer import MatchServicer
+from lookalike.server.transport.metrics import ObservabilityInterceptor, ServerMetrics
 from lookalike.server.transport.search_servicer import SearchServicer
 from lookalike.v1 import (
     database_service_pb2,
@@ -39,9 +45,10 @@ class GrpcServer:
         *,
         host: str,
         port: int,
-        token: str | None,
+        token: str | None | TokenSet,
         limits: ServerConfig,
         oss: object = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         admission = AdmissionInterceptor(
             max_inflight=limits.max_inflight,
@@ -49,7 +56,12 @@ class GrpcServer:
             stream_idle_s=limits.stream_idle_s,
             max_message_bytes=limits.max_message_bytes,
         )
-        interceptors = [TokenAuthInterceptor(token), admission] if token else [admission]
+        self.tokens = token if isinstance(token, TokenSet) else TokenSet(token)
+        interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(metrics)]
+        if self.tokens.enabled:
+            interceptors.append(TokenAuthInterceptor(self.tokens, open_health=limits.open_health))
+        interceptors.append(admission)
+        self.tls = limits.tls_cert is not None
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits.max_workers, thread_name_prefix="grpc"),
             interceptors=interceptors,
@@ -68,7 +80,14 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if limits.tls_cert is not None and limits.tls_key is not None:
+            from lookalike.server.transport.tls import server_credentials
+
+            creds = server_credentials(limits.tls_cert, limits.tls_key, limits.tls_client_ca)
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {host}:{port}; is another server running there?")
         self.set_serving(False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -74,18 +75,54 @@ def _image(data: bytes) -> types_pb2.Image:
     return types_pb2.Image(content=data)
 
 
+def _pem(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ClientError("INVALID_ARGUMENT", "TLS_FILE_UNREADABLE", f"{what} {path}: {exc.strerror}") from None
+
+
+def tls_credentials(
+    ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """Trust ``ca`` (default: the system roots); present ``cert``/``key`` when the server wants client certificates."""
+    if (cert is None) != (key is None):
+        raise ClientError("INVALID_ARGUMENT", "TLS_FILES_INCOMPLETE", "--tls-cert and --tls-key go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(ca, "--tls-ca") if ca is not None else None,
+        private_key=_pem(key, "--tls-key") if key is not None else None,
+        certificate_chain=_pem(cert, "--tls-cert") if cert is not None else None,
+    )
+
+
 class LookalikeClient:
-    def __init__(self, address: str, *, token: str | None = None, timeout: float = 120.0) -> None:
+    """A connection to one server; TLS when ``tls`` is set or any of ``tls_ca``/``tls_cert``/``tls_key`` is given."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout: float = 120.0,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", token),) if token else ()
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls or tls_ca is not None or tls_cert is not None:
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(address, tls_credentials(tls_ca, tls_cert, tls_key), options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self.match_stub = match_grpc.MatchServiceStub(self._channel)
         self.db_stub = db_grpc.DatabaseServiceStub(self._channel)
         self.search_stub = search_grpc.SearchServiceStub(self._channel)

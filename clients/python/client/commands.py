@@ -29,10 +29,48 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default %(default)s)")
+    parser.add_argument("--token", help="server token (env LOOKALIKE_TOKEN, which keeps it out of ps)")
+    parser.add_argument("--token-file", help="read the token from the first line of this file")
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system CAs (env LOOKALIKE_TLS=1)")
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("LOOKALIKE_TLS_CA"),
+        help="PEM CA that signed the server's certificate; implies --tls (env LOOKALIKE_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=os.environ.get("LOOKALIKE_TLS_CERT"),
+        help="PEM client certificate, for servers that require one (env LOOKALIKE_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=os.environ.get("LOOKALIKE_TLS_KEY"),
+        help="PEM private key of --tls-cert (env LOOKALIKE_TLS_KEY)",
+    )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token", None):
+        return args.token
+    if getattr(args, "token_file", None):
+        lines = [ln.strip() for ln in _read(args.token_file).decode().splitlines() if ln.strip()]
+        if not lines:
+            raise SystemExit(f"lookalike: --token-file {args.token_file} is empty")
+        return lines[0]
+    return os.environ.get("LOOKALIKE_TOKEN") or None
 
 
 def _client(args: argparse.Namespace) -> LookalikeClient:
-    return LookalikeClient(args.server, token=os.environ.get("LOOKALIKE_TOKEN") or None, timeout=args.timeout)
+    tls = getattr(args, "tls", False) or os.environ.get("LOOKALIKE_TLS", "").lower() in ("1", "true", "yes", "on")
+    return LookalikeClient(
+        args.server,
+        token=_token(args),
+        timeout=args.timeout,
+        tls=tls,
+        tls_ca=getattr(args, "tls_ca", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+    )
 
 
 def _read(path: str) -> bytes:
