@@ -34,8 +34,13 @@ class RunningServer:
     recovered: threading.Event
     stopping: threading.Event
     recovery_error: list[BaseException]
+    http: Any = None  # the PAI-compatible HTTP gateway, when --http-port is set
     metrics: ServerMetrics | None = None
     metrics_endpoint: MetricsEndpoint | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     @property
     def port(self) -> int:
@@ -53,6 +58,8 @@ class RunningServer:
 
     def stop(self, grace: float | None = 5.0, *, snapshot: bool = True) -> None:
         self.stopping.set()
+        if self.http is not None:
+            self.http.stop()
         self.grpc.stop(grace)
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
@@ -130,7 +137,14 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
                         metrics=metrics)  # fmt: skip
     endpoint = start_metrics(config, metrics, tokens)
     server.start()
-    running = RunningServer(server, service, threading.Event(), threading.Event(), [])
+    http = None
+    if config.http_port is not None:
+        from lookalike.server.transport.http_gateway import HttpServer, PaiGateway, create_app
+
+        gateway = PaiGateway(service, token=config.token, max_body_bytes=config.max_message_bytes, oss=oss)
+        http = HttpServer(create_app(gateway), config.host, config.http_port)
+        http.start()
+    running = RunningServer(server, service, threading.Event(), threading.Event(), [], http)
     running.metrics, running.metrics_endpoint = metrics, endpoint
 
     def recover() -> None:
@@ -186,6 +200,8 @@ def serve(config: ServerConfig) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     running = create_server(config, wait=False)
     print(f"lookalike: listening on {config.host}:{running.port}", flush=True)
+    if running.http_port is not None:
+        print(f"lookalike: PAI-compatible HTTP API on http://{config.host}:{running.http_port}/", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -28,6 +28,8 @@ def opt(default: Any, help: str, *, env: str | None = None, flag: str | None = N
 class ServerConfig:
     host: str = opt("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
     port: int = opt(DEFAULT_PORT, "gRPC port; 0 picks a free one", min=0, max=65535)
+    http_port: int | None = opt(None, "serve the PAI-EAS compatible JSON API on this port too (off when unset)",
+                                min=0, max=65535)  # fmt: skip
     data_dir: Path = opt(DEFAULT_DATA_DIR, "where the write-ahead log and snapshots live")
     model: Path | None = opt(None, "embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)")
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")

@@ -1,0 +1,336 @@
+"""The PAI-EAS compatible JSON API over HTTP, beside gRPC, on the same core and databases.
+
+Existing PAI scripts (``requests.post(url, data=json.dumps({...}), headers={"Authorization":
+token})``) work by changing the host and the token: ``POST /`` or ``/api/predict/<service>``
+with ``{"imagea", "imageb"}`` (matching) or ``{"function_name", "function_params"}``
+(retrieval). Every answer is the PAI envelope: ``request_id``, ``success``, ``status``,
+``info``, ``error_code``, ``error_msg`` plus the function's fields. Bad requests get a 4xx
+with a stable ``error_code`` and a message that says what to fix; never a 500 with internals.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
+from lookalike.server.core.service import LookalikeService, Query
+from lookalike.server.transport.auth import token_matches
+
+from lookalike.oss import OssClient, OssCredentials, is_oss
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS = {
+    ErrorKind.INVALID_ARGUMENT: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.ALREADY_EXISTS: 409,
+    ErrorKind.FAILED_PRECONDITION: 412,
+    ErrorKind.RESOURCE_EXHAUSTED: 429,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.INTERNAL: 500,
+}
+FUNCTIONS = ("init", "add", "delete", "get", "save", "load", "db_set", "db_get", "db_delete", "db_search", "db_clean")
+REQUEST_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "object",
+            "title": "Image matching",
+            "required": ["imagea", "imageb"],
+            "properties": {
+                "imagea": {"type": "string", "format": "byte"},
+                "imageb": {"type": "string", "format": "byte"},
+            },
+        },
+        {
+            "type": "object",
+            "title": "Retrieval",
+            "required": ["function_name"],
+            "properties": {
+                "function_name": {"type": "string", "enum": list(FUNCTIONS)},
+                "function_params": {"type": "object"},
+            },
+        },
+    ]
+}
+
+
+def envelope(request_id: str, **fields: Any) -> dict[str, Any]:
+    return {"request_id": request_id, "success": True, "status": 200, "info": "", "error_code": "", "error_msg": "",
+            **fields}  # fmt: skip
+
+
+def failure(request_id: str, err: LookalikeError) -> JSONResponse:
+    status = 413 if err.reason == "MESSAGE_TOO_LARGE" else HTTP_STATUS[err.kind]
+    body = {"request_id": request_id, "success": False, "status": status, "info": "", "error_code": err.reason,
+            "error_msg": err.message}  # fmt: skip
+    return JSONResponse(body, status_code=status)
+
+
+class PaiGateway:
+    """State of the PAI ``init`` call (OSS root and credentials, in memory only) and the handlers."""
+
+    def __init__(self, service: LookalikeService, *, token: str | None, max_body_bytes: int, oss: OssClient) -> None:
+        self.service = service
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self._oss = oss
+        self._root: str | None = None
+        self._lock = threading.Lock()
+
+    # -- parameters ------------------------------------------------------------------------
+    @staticmethod
+    def param(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True) -> Any:
+        value = params.get(name)
+        if value is None:
+            if required:
+                raise invalid("PARAM_MISSING", f"function_params.{name} is required")
+            return None
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise invalid("PARAM_INVALID", f"function_params.{name} must be a {names}, not {type(value).__name__}")
+        return value
+
+    def image_bytes(self, value: Any, name: str) -> bytes:
+        if not isinstance(value, str) or not value:
+            raise invalid("PARAM_INVALID", f"{name} must be a base64 string or an oss:// path")
+        if is_oss(value):
+            try:
+                return self._oss.read(value)
+            except FileNotFoundError:
+                raise invalid("IMAGE_NOT_FOUND", f"{name}: {value} does not exist") from None
+            except (OSError, ValueError) as exc:
+                raise LookalikeError(ErrorKind.UNAVAILABLE, "OSS_UNAVAILABLE", f"{name}: {exc}") from None
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid("BASE64_INVALID", f"{name} is not valid base64; send base64.b64encode(file bytes)") from None
+
+    # -- functions -------------------------------------------------------------------------
+    def match(self, body: dict[str, Any]) -> dict[str, Any]:
+        a = self.image_bytes(body.get("imagea"), "imagea")
+        b = self.image_bytes(body.get("imageb"), "imageb")
+        similarity, cosine = self.service.match(a, b)
+        return {"similarity": similarity, "cosine": cosine, "model": self.service.embedder.model_name}
+
+    def retrieval(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        handler: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(self, f"fn_{name}", None)
+        if name not in FUNCTIONS or handler is None:
+            raise invalid("FUNCTION_UNKNOWN", f"function_name {name!r} is not one of {', '.join(FUNCTIONS)}")
+        return handler(params)
+
+    def fn_init(self, p: dict[str, Any]) -> dict[str, Any]:
+        backend = self.param(p, "backend", str, required=False) or "local"
+        root = self.param(p, "root_path", str, required=False)
+        if backend not in ("oss", "local"):
+            raise invalid("PARAM_INVALID", f"backend must be 'oss' or 'local', not {backend!r}")
+        if backend == "oss":
+            if not root or not is_oss(root):
+                raise invalid("PARAM_INVALID", "backend 'oss' needs root_path oss://bucket/prefix/")
+            cfg = self.param(p, "oss_io_config", dict, required=False) or {}
+            key_id, secret, hosts = cfg.get("ak_id"), cfg.get("ak_secret"), cfg.get("hosts")
+            if key_id and secret:
+                endpoint = hosts if isinstance(hosts, str) else None
+                if endpoint and "://" not in endpoint:
+                    endpoint = "https://" + endpoint
+                self._oss = OssClient(endpoint or self._oss.endpoint, OssCredentials(str(key_id), str(secret)),
+                                      path_style=self._oss.path_style)  # fmt: skip
+        with self._lock:
+            self._root = (root.rstrip("/") + "/") if root else None
+        return {"info": "init db success."}
+
+    def _location(self, db: str) -> str:
+        if self._root is None:
+            raise LookalikeError(ErrorKind.FAILED_PRECONDITION, "NOT_INITIALIZED",
+                                 "call init with a root_path first: save and load read and write there")  # fmt: skip
+        return f"{self._root}{db}/"
+
+    def fn_add(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        dims = self.param(p, "feature_dim_dict", dict, required=False) or {}
+        served = self.service.embedder.dimension
+        for key, dim in dims.items():
+            if dim != served:
+                raise invalid(
+                    "DIMENSION_MISMATCH",
+                    f"feature_dim_dict[{key!r}] is {dim}, but the served model gives {served}-d features; "
+                    f"use {{{key!r}: {served}}} or serve the model that matches",
+                )
+        for key, metric in (self.param(p, "feature_distance_dict", dict, required=False) or {}).items():
+            if str(metric).lower() not in ("cosine", "inner_product", "ip"):
+                raise invalid("PARAM_INVALID", f"feature_distance_dict[{key!r}]: only 'Cosine' is supported")
+        self.service.catalog.create(name)
+        return {"name": name, "info": f"add database {name} success."}
+
+    def fn_delete(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        self.service.catalog.delete(name)
+        return {"info": f"delete database {name} success."}
+
+    def fn_get(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str, required=False)
+        dbs = [self.service.catalog.get(name, usable=False)] if name else self.service.catalog.list()
+        return {"db_dict": {db.name: {"size": db.size, "groups": db.group_count, "dimension": db.dimension}
+                            for db in dbs}}  # fmt: skip
+
+    def _names(self, p: dict[str, Any]) -> list[str]:
+        name = self.param(p, "database_name", str, required=False)
+        return [name] if name else [db.name for db in self.service.catalog.list()]
+
+    def fn_save(self, p: dict[str, Any]) -> dict[str, Any]:
+        saved = {}
+        for name in self._names(p):
+            info = self.service.catalog.export(name, self._location(name), self._oss)
+            saved[name] = info.image_count
+        return {"saved": saved, "info": "save db success."}
+
+    def fn_load(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        location = self._location(name)
+        try:
+            self.service.catalog.get(name, usable=False)
+            self.service.catalog.delete(name)  # PAI's load replaces the in-memory copy with the saved one
+        except LookalikeError as err:
+            if err.reason != "DATABASE_NOT_FOUND":
+                raise
+        db = self.service.catalog.import_(name, location, self._oss)
+        return {"loaded": {name: db.size}, "info": "load db success."}
+
+    def fn_db_set(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        group_id = self.param(p, "group_id", (str, int))
+        intra_id = self.param(p, "intra_id", int, required=False)
+        image = self.image_bytes(p.get("image"), "function_params.image")
+        (group, intra), replaced = self.service.set_image(name, str(group_id), intra_id, image, None)
+        return {"group_id": group, "intra_id": intra, "replaced": replaced}
+
+    def fn_db_get(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        group_id = str(self.param(p, "group_id", (str, int)))
+        intra_id = self.param(p, "intra_id", int, required=False)
+        if intra_id is not None:
+            entries = [self.service.get_image(name, group_id, intra_id)]
+        else:
+            entries, _ = self.service.catalog.get(name).list(group_id=group_id, after=None, limit=10_000)
+            if not entries:
+                raise LookalikeError(
+                    ErrorKind.NOT_FOUND, "GROUP_NOT_FOUND", f"database {name!r} has no group {group_id!r}"
+                )
+        return {"entries": [{"group_id": e.group_id, "intra_id": e.intra_id, "update_time": e.update_time}
+                            for e in entries]}  # fmt: skip
+
+    def fn_db_delete(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        group_id = str(self.param(p, "group_id", (str, int)))
+        intra_id = self.param(p, "intra_id", int, required=False)
+        if intra_id is not None:
+            self.service.catalog.delete_image(name, group_id, intra_id)
+            return {"deleted": 1}
+        return {"deleted": self.service.catalog.delete_group(name, group_id)}
+
+    def fn_db_search(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        top_k = self.param(p, "search_topk", int, required=False) or 10
+        image = self.image_bytes(p.get("image"), "function_params.image")
+        hits, searched = self.service.search(name, Query(image=image), top_k=top_k)
+        return {"results": [{"group_id": h.group_id, "intra_id": h.intra_id, "score": h.score} for h in hits],
+                "searched": searched}  # fmt: skip
+
+    def fn_db_clean(self, p: dict[str, Any]) -> dict[str, Any]:
+        name = self.param(p, "database_name", str)
+        return {"cleaned": self.service.catalog.clear(name)}
+
+    # -- one request -----------------------------------------------------------------------
+    def handle(self, raw: bytes, authorization: str | None, content_type: str | None) -> JSONResponse:
+        request_id = uuid.uuid4().hex
+        try:
+            if self.token is not None and not token_matches(authorization, self.token):
+                raise LookalikeError(ErrorKind.UNAUTHENTICATED, "TOKEN_INVALID",
+                                     "missing or wrong token: send it in the Authorization header")  # fmt: skip
+            if content_type and "json" not in content_type and "text/plain" not in content_type and \
+                    "x-www-form-urlencoded" not in content_type:  # fmt: skip
+                return failure(request_id, invalid("CONTENT_TYPE_INVALID", f"send a JSON body, not {content_type}"))
+            if len(raw) > self.max_body_bytes:
+                raise LookalikeError(
+                    ErrorKind.RESOURCE_EXHAUSTED,
+                    "MESSAGE_TOO_LARGE",
+                    f"the body is {len(raw)} bytes, over the limit of {self.max_body_bytes}",
+                )
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):
+                raise invalid("JSON_INVALID", "the body is not JSON; send json.dumps({...})") from None
+            if not isinstance(body, dict):
+                raise invalid("JSON_INVALID", "the body must be a JSON object")
+            if "function_name" in body:
+                name = body["function_name"]
+                params = body.get("function_params") or {}
+                if not isinstance(name, str) or not isinstance(params, dict):
+                    raise invalid("PARAM_INVALID", "function_name must be a string and function_params an object")
+                fields = self.retrieval(name, params)
+            elif "imagea" in body or "imageb" in body:
+                fields = self.match(body)
+            else:
+                raise invalid("REQUEST_INVALID", "send {imagea, imageb} to match, or {function_name, function_params}")
+            return JSONResponse(envelope(request_id, **fields))
+        except LookalikeError as err:
+            return failure(request_id, err)
+        except Exception:
+            log.exception("unexpected error in the PAI gateway (request %s)", request_id)
+            internal = LookalikeError(ErrorKind.INTERNAL, "INTERNAL", "internal error; see the server log")
+            return failure(request_id, internal)
+
+
+def create_app(gateway: PaiGateway) -> FastAPI:
+    app = FastAPI(title="Lookalike PAI-EAS compatible API", version="1",
+                  description="Image matching and retrieval, compatible with the PAI-EAS JSON scripts.")  # fmt: skip
+
+    async def predict(request: Request) -> JSONResponse:
+        raw = await request.body()
+        return await run_in_threadpool(
+            gateway.handle, raw, request.headers.get("authorization"), request.headers.get("content-type")
+        )
+
+    extra = {"requestBody": {"content": {"application/json": {"schema": REQUEST_SCHEMA}}, "required": True}}
+    app.add_api_route("/", predict, methods=["POST"], openapi_extra=extra, summary="Match or retrieval")
+    app.add_api_route("/api/predict/{service_name}", predict, methods=["POST"], openapi_extra=extra,
+                      summary="Match or retrieval (the PAI-EAS URL path)")  # fmt: skip
+    return app
+
+
+class HttpServer:
+    """uvicorn in a thread of the serving process."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        import socket
+
+        import uvicorn
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True,
+                                        name="http")  # fmt: skip
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()
+
+
+__all__ = ["HttpServer", "PaiGateway", "create_app"]
