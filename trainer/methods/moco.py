@@ -75,12 +75,19 @@ class MoCo(SSLMethod):
 
         self.register_buffer("queue", F.normalize(torch.randn(dim, self.K), dim=0))  # [C, K]
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        # Image index of each queued key (-1: random initial key); not saved, so old checkpoints load.
-        self.register_buffer("queue_index", torch.full((self.K,), -1, dtype=torch.long), persistent=False)
+        # Image index of each queued key (-1: random initial key or unknown); saved, so a resumed run masks alike.
+        self.register_buffer("queue_index", torch.full((self.K,), -1, dtype=torch.long))
         self.queue: torch.Tensor
         self.queue_ptr: torch.Tensor
         self.queue_index: torch.Tensor
         self.accepts_index = True
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Checkpoints from before ``queue_index`` existed load with every queued key's image unknown (-1)."""
+        key = prefix + "queue_index"
+        if key not in state_dict and prefix + "queue" in state_dict:
+            state_dict[key] = torch.full((self.K,), -1, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: torch.Tensor, index: torch.Tensor | None = None) -> None:
