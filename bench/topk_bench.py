@@ -259,6 +259,86 @@ def ratios(out: Printer, block: list[Row], ceilings: dict[str, float]) -> None:
     out.say("  ratios: " + "; ".join(parts))
 
 
+def stored(x: np.ndarray, storage: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if storage == "f32":
+        return x, None
+    if storage == "f16":
+        return x.astype(np.float16), None
+    if storage == "bf16":
+        return native.to_bfloat16(x), None
+    return native.quantize_int8(x)
+
+
+def paired(
+    out: Printer,
+    args: argparse.Namespace,
+    n: int,
+    d: int,
+    x: np.ndarray,
+    queries: dict[int, np.ndarray],
+    groups: np.ndarray | None,
+) -> None:
+    """Round-robin timing of the targets' pairs: every round calls each method once, in turn, so
+    that a burst of load from other processes hits all of them alike; each method's best round
+    gives the ratios (rows carry ``mode: paired``). Holds every storage type at once."""
+    k = args.k
+    dbs = {s: stored(x, s) for s in args.storage}
+    nbytes = {s: db.nbytes + (0 if sc is None else sc.nbytes) for s, (db, sc) in dbs.items()}
+    a = np.random.default_rng(1).standard_normal((2048, 2048), np.float32)
+    b = np.random.default_rng(2).standard_normal((2048, 4096), np.float32)
+    for m, q in queries.items():
+        calls: list[tuple[str, str, Callable[[], object]]] = []
+        calls.append(("read_ceiling", "f32", lambda: native.stream_read(x)))
+        if m > 1:
+            calls.append(("sgemm_ceiling", "f32", lambda: a @ b))
+        for s, (db, sc) in dbs.items():
+            calls.append(("lookalike", s, lambda db=db, sc=sc, q=q: native.topk(db, q, k, scales=sc)))
+            if groups is not None and s in ("f32", "i8"):
+                calls.append(
+                    (
+                        "lookalike_group",
+                        s,
+                        lambda db=db, sc=sc, q=q: native.topk(db, q, k, scales=sc, groups=groups, one_per_group=True),
+                    )
+                )
+        times: dict[tuple[str, str], list[float]] = {(name, s): [] for name, s, _ in calls}
+        for _, _, fn in calls:
+            fn()  # warm-up
+        for _ in range(args.runs):
+            for name, s, fn in calls:
+                start = time.perf_counter()
+                fn()
+                times[(name, s)].append(time.perf_counter() - start)
+        best: dict[tuple[str, str], float] = {key: min(v) for key, v in times.items()}
+        for (name, s), v in times.items():
+            t, tb = statistics.median(v), min(v)
+            r = row(name, s, n, d, m, k, ms=t * 1e3, ms_min=tb * 1e3, runs=len(v), mode="paired")
+            if name == "read_ceiling":
+                r.update(gbps=x.nbytes / tb / 1e9, m=None, k=None)
+            elif name == "sgemm_ceiling":
+                r.update(gflops=2.0 * 2048 * 2048 * 4096 / tb / 1e9, n=None, d=None, m=None, k=None)
+            else:
+                r.update(qps=m / t, qps_best=m / tb, gbps=nbytes[s] / t / 1e9, gflops=2.0 * n * d * m / t / 1e9)
+            out.add(r)
+        f32 = best.get(("lookalike", "f32"))
+        parts = []
+        if f32 is not None:
+            if m == 1:
+                parts.append(f"f32 {x.nbytes / f32 / 1e9:.1f} GB/s = {best[('read_ceiling', 'f32')] / f32:.0%} of read")
+            else:
+                sg = 2.0 * 2048 * 2048 * 4096 / best[("sgemm_ceiling", "f32")]
+                parts.append(
+                    f"f32 {2.0 * n * d * m / f32 / 1e9:.0f} GFLOP/s = {2.0 * n * d * m / f32 / sg:.0%} of SGEMM"
+                )
+            for s in dbs:
+                if s != "f32":
+                    parts.append(f"{s} {f32 / best[('lookalike', s)]:.2f}x f32")
+            for s in ("f32", "i8"):
+                if ("lookalike_group", s) in best:
+                    parts.append(f"{s} group/plain time {best[('lookalike_group', s)] / best[('lookalike', s)]:.2f}")
+        out.say(f"paired n={n} d={d} m={m} ({args.runs} rounds, best round): " + "; ".join(parts))
+
+
 def markdown(path: str) -> None:
     """Prints a JSON-lines result file as the Markdown table of ext/README.md (QPS, with GB/s for
     m = 1 and GFLOP/s otherwise, recall@k in brackets when below 1)."""
@@ -318,6 +398,11 @@ def main() -> None:
     )
     parser.add_argument("--groups", type=int, default=8, help="one-per-group rows: about n / GROUPS groups (0: off)")
     parser.add_argument("--json", help="write the rows as JSON lines to this file ('-': stdout, no table)")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="only the round-robin target pairs (ceilings, storage types, one-per-group), --runs rounds",
+    )
     parser.add_argument("--markdown", metavar="JSONL", help="print a --json result file as a Markdown table, then exit")
     args = parser.parse_args()
     if args.markdown:
@@ -344,9 +429,10 @@ def main() -> None:
         )
     start = time.perf_counter()
     ceilings: dict[str, float] = {}
-    sg = sgemm_ceiling(args.runs)
-    ceilings["sgemm"] = sg["gflops"]
-    out.add(sg)
+    if not args.paired:
+        sg = sgemm_ceiling(args.runs)
+        ceilings["sgemm"] = sg["gflops"]
+        out.add(sg)
     k = args.k
     for n in args.n:
         for d in args.d:
@@ -355,6 +441,11 @@ def main() -> None:
             x = clustered(rng, n, d, centres, 0.6)
             queries = {m: clustered(rng, m, d, centres, 0.6) for m in args.m}
             groups = rng.integers(0, max(1, n // args.groups), n) if args.groups else None
+            if args.paired:
+                paired(out, args, n, d, x, queries, groups)
+                del x
+                gc.collect()
+                continue
             times, _ = timed(lambda x=x: native.stream_read(x), max(args.runs, 5))
             ceilings["read"] = x.nbytes / min(times) / 1e9  # the best run: a ceiling
             out.add(
