@@ -96,7 +96,7 @@ def snapshot_cycle(n: int, d: int, root: str | None = None, endpoint: str | None
         t0 = time.perf_counter()
         for start in range(0, n, len(chunk)):
             m = min(len(chunk), n - start)
-            cat.set_images("big", [(f"g{start // 1000}", None, "")] * m, chunk[:m])
+            cat.set_images("big", [(f"g{start // 1000}", None, "", None)] * m, chunk[:m])
         insert_s = time.perf_counter() - t0
         p.wal.close()
         del cat

@@ -215,13 +215,13 @@ class Catalog:
     def set_images(
         self,
         name: str,
-        requests: list[tuple[str, int | None, str]],
+        requests: list[tuple[str, int | None, str, dict[str, str] | None]],
         vectors: np.ndarray,
         *,
         expect: Database | None = None,
         should_continue: Callable[[], bool] | None = None,
     ) -> list[SetResult]:
-        """Upsert images as one command; ``requests`` are (group_id, intra_id or None, request_id).
+        """Upsert images as one command; ``requests`` are (group_id, intra_id or None, request_id, attributes).
 
         A request id seen before (per database) returns its first result and changes nothing,
         so a client may retry a call whose answer it never got. ``expect`` pins the database
@@ -239,7 +239,7 @@ class Catalog:
                 )  # fmt: skip
             db.check_usable()
             todo = []
-            for k, (_, _, request_id) in enumerate(requests):
+            for k, (_, _, request_id, _) in enumerate(requests):
                 seen = self._dedupe.get(f"{name}\0{request_id}") if request_id else None
                 if seen is not None:
                     results[k] = SetResult((seen[0], seen[1]), bool(seen[2]))
@@ -381,7 +381,10 @@ class Catalog:
             seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, source.create_time))
             for start in range(0, len(entries), IMPORT_CHUNK):
                 part = entries[start : start + IMPORT_CHUNK]
-                items = tuple(SetItem(e.group_id, e.intra_id, db.next_image_id + i) for i, e in enumerate(part))
+                items = tuple(
+                    SetItem(e.group_id, e.intra_id, db.next_image_id + i, "", e.attributes or None)
+                    for i, e in enumerate(part)
+                )
                 cmd = SetImages(name, items, np.stack([e.vector for e in part]), time.time(),
                                 tuple(e.update_time for e in part))  # fmt: skip
                 seq, _ = self._commit(cmd)

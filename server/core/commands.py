@@ -36,6 +36,7 @@ class SetItem:
     intra_id: int
     image_id: int  # the stable internal id
     request_id: str = ""
+    attributes: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,10 @@ def encode(cmd: Command) -> bytes:
             "op": "set",
             "db": cmd.db,
             "t": cmd.time,
-            "items": [[i.group_id, i.intra_id, i.image_id, i.request_id] for i in cmd.items],
+            "items": [
+                [i.group_id, i.intra_id, i.image_id, i.request_id, *([i.attributes] if i.attributes else [])]
+                for i in cmd.items
+            ],
             "dim": int(cmd.vectors.shape[1]),
         }
         if cmd.times is not None:
@@ -108,7 +112,9 @@ def decode(data: bytes) -> Command:
     if op == "drop":
         return DropDatabase(head["db"])
     if op == "set":
-        items = tuple(SetItem(g, int(i), int(iid), rid) for g, i, iid, rid in head["items"])
+        items = tuple(
+            SetItem(it[0], int(it[1]), int(it[2]), it[3], it[4] if len(it) > 4 else None) for it in head["items"]
+        )
         vectors = np.frombuffer(data, dtype="<f4", offset=_LEN.size + n).reshape(len(items), int(head["dim"]))
         times = tuple(float(t) for t in head["times"]) if "times" in head else None
         return SetImages(head["db"], items, vectors.astype(np.float32), float(head["t"]), times)

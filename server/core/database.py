@@ -27,6 +27,7 @@ class Hit:
     group_id: str
     intra_id: int
     score: float
+    attributes: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Entry:
     intra_id: int
     update_time: float
     vector: np.ndarray
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class SnapshotView:
     per_row: dict[str, list[np.ndarray]]
     vectors: list[np.ndarray]
     meta: dict[str, Any]
+    attributes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Database:
         self._intra = ChunkedRows(np.int64, None, chunk_rows)
         self._time = ChunkedRows(np.float64, None, chunk_rows)
         self._live = np.zeros(0, np.uint8)
+        self._attrs: dict[int, dict[str, str]] = {}  # row -> attributes, for live rows that have any
         self._groups = _Groups()
         self._size = 0
         self.next_image_id = 0
@@ -127,6 +131,7 @@ class Database:
             int(self._intra[row]),
             float(self._time[row]),
             self.index.vector(row),
+            dict(self._attrs.get(row, {})),
         )
 
     def get(self, group_id: str, intra_id: int) -> Entry:
@@ -155,19 +160,21 @@ class Database:
             return [self._entry(self._row(g, i)) for g, i in page], start + limit < len(keys)
 
     # -- planning (under the catalog's write lock, before logging) ---------------------------
-    def plan_set(self, requests: list[tuple[str, int | None, str]], vectors: np.ndarray, now: float) -> SetImages:
+    def plan_set(
+        self, requests: list[tuple[str, int | None, str, dict[str, str] | None]], vectors: np.ndarray, now: float
+    ) -> SetImages:
         """Choose intra ids (next in group when None) and internal ids for a set command."""
         pending: dict[str, int] = {}  # group -> next intra_id after the items planned so far
         items = []
         with self.lock:
-            for k, (group_id, intra_id, request_id) in enumerate(requests):
+            for k, (group_id, intra_id, request_id, attributes) in enumerate(requests):
                 if group_id not in pending:
                     g = self._groups.number.get(group_id)
                     pending[group_id] = self._groups.next_intra[g] if g in self._groups.members else 0
                 if intra_id is None:
                     intra_id = pending[group_id]
                 pending[group_id] = max(pending[group_id], intra_id + 1)
-                items.append(SetItem(group_id, intra_id, self.next_image_id + k, request_id))
+                items.append(SetItem(group_id, intra_id, self.next_image_id + k, request_id, attributes or None))
         return SetImages(self.name, tuple(items), vectors, now)
 
     # -- applying (commands already logged) --------------------------------------------------
@@ -190,8 +197,11 @@ class Database:
                 old = members.get(item.intra_id)
                 if old is not None:
                     live[old] = 0
+                    self._attrs.pop(old, None)
                 else:
                     self._size += 1
+                if item.attributes:
+                    self._attrs[first + k] = dict(item.attributes)
                 members[item.intra_id] = first + k
                 live[first + k] = 1
                 self._groups.next_intra[g] = max(self._groups.next_intra[g], item.intra_id + 1)
@@ -216,6 +226,7 @@ class Database:
             live = self._live.copy()  # searches hold the old mask; never change it under them
             live[row] = 0
             self._live = live
+            self._attrs.pop(row, None)
             members = self._groups.members[g]
             del members[intra_id]
             if not members:
@@ -234,6 +245,8 @@ class Database:
             live = self._live.copy()
             live[list(members.values())] = 0
             self._live = live
+            for row in members.values():
+                self._attrs.pop(row, None)
             self._groups.next_intra[g] = 0
             self._size -= len(members)
             self._sorted = None
@@ -244,6 +257,7 @@ class Database:
         with self.lock:
             n = self._size
             self._live = np.zeros_like(self._live)
+            self._attrs.clear()
             self._groups.members.clear()
             self._groups.next_intra = [0] * len(self._groups.names)
             self._size = 0
@@ -260,21 +274,32 @@ class Database:
         one_per_group: bool = False,
         min_score: float | None = None,
         exclude: Key | None = None,
+        where: dict[str, str] | None = None,
+        group_prefix: str = "",
+        with_attributes: bool = True,
     ) -> tuple[list[Hit], int]:
-        """Exact top-k by cosine; returns (hits best first, number of images compared)."""
+        """Exact top-k by cosine among the rows that pass the filter (a row mask for the kernel).
+
+        ``where`` is an equality filter on attributes, ``group_prefix`` a prefix of group_id;
+        returns (hits best first, number of images compared).
+        """
         with self.lock:
             n = self._ids.n
             live = self._live[:n]
             searched = self._size
+            if where or group_prefix:
+                live = self._filter_mask(live, where or {}, group_prefix)
+                searched = int(np.count_nonzero(live))
             if exclude is not None:
                 g = self._groups.number.get(exclude[0])
                 row = self._groups.members.get(g, {}).get(exclude[1]) if g is not None else None
-                if row is not None:
+                if row is not None and live[row]:
                     live = live.copy()
                     live[row] = 0
                     searched -= 1
             names = self._groups.names
             groups = self._group.concat(n) if one_per_group else None
+            attrs = self._attrs
         if searched <= 0:
             return [], 0
         scores, rows = self.index.search(query, min(top_k, searched), live, n, groups)
@@ -282,8 +307,24 @@ class Database:
         for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
             if min_score is not None and score < min_score:
                 break
-            hits.append(Hit(names[int(self._group[row])], int(self._intra[row]), score))
+            found = attrs.get(row) if with_attributes else None
+            hits.append(Hit(names[int(self._group[row])], int(self._intra[row]), score, dict(found) if found else None))
         return hits, searched
+
+    def _filter_mask(self, live: np.ndarray, where: dict[str, str], group_prefix: str) -> np.ndarray:
+        """Live rows whose attributes equal ``where`` and whose group starts with ``group_prefix``."""
+        mask = np.zeros(len(live), np.uint8)
+        if where:
+            rows = [r for r, a in self._attrs.items() if all(a.get(k) == v for k, v in where.items())]
+            if group_prefix:
+                names = self._groups.names
+                rows = [r for r in rows if names[int(self._group[r])].startswith(group_prefix)]
+            mask[rows] = 1
+        else:
+            for g, members in self._groups.members.items():
+                if self._groups.names[g].startswith(group_prefix):
+                    mask[list(members.values())] = 1
+        return mask & live
 
     # -- snapshots -------------------------------------------------------------------------
     def snapshot_view(self) -> SnapshotView:
@@ -299,6 +340,7 @@ class Database:
                     "time": self._time.views(n),
                 },
                 vectors=self.index.chunks(n),
+                attributes={str(row): dict(a) for row, a in self._attrs.items()},
                 meta={
                     "name": self.name,
                     "dimension": self.dimension,
@@ -317,7 +359,12 @@ class Database:
 
     @classmethod
     def from_snapshot(
-        cls, meta: dict[str, Any], live: np.ndarray, per_row: dict[str, list[np.ndarray]], vectors: list[np.ndarray]
+        cls,
+        meta: dict[str, Any],
+        live: np.ndarray,
+        per_row: dict[str, list[np.ndarray]],
+        vectors: list[np.ndarray],
+        attributes: dict[str, dict[str, str]] | None = None,
     ) -> Database:
         chunk_rows = int(meta["chunk_rows"])
         db = cls(
@@ -342,6 +389,7 @@ class Database:
             for row, g, intra in zip(rows.tolist(), groups.tolist(), intras.tolist(), strict=True):
                 db._groups.members.setdefault(g, {})[intra] = row
         db._size = len(rows)
+        db._attrs = {int(row): dict(a) for row, a in (attributes or {}).items()}
         db.next_image_id = int(meta["next_image_id"])
         db.applied_seq = db.snapshot_seq = int(meta["applied_seq"])
         db.incarnation = int(meta["incarnation"])

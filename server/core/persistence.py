@@ -88,6 +88,7 @@ def write_view(store: BlobStore, view: SnapshotView, prefix: str, tag: str, prev
         "live": put_file(store, f"{prefix}/live-{tag}", as_bytes(view.live)).to_json(),
         "per_row": {kind: put_chunks(kind, view.per_row[kind]) for kind in PER_ROW},
         "vectors": put_chunks("vec", view.vectors),
+        "attributes": put_json(store, f"{prefix}/attrs-{tag}", view.attributes).to_json() if view.attributes else None,
     }
 
 
@@ -108,11 +109,13 @@ def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
         for kind, dtype in PER_ROW.items()
     }
     vectors = [load(r, np.float32, (rows_in(i), dim)) for i, r in enumerate(entry["vectors"])]
-    return Database.from_snapshot(meta, np.asarray(live), per_row, vectors)
+    attrs = get_json(store, FileRef.from_json(entry["attributes"])) if entry.get("attributes") else {}
+    return Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs)
 
 
 def entry_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    return [entry["live"], *entry["vectors"], *(r for refs in entry["per_row"].values() for r in refs)]
+    attrs = [entry["attributes"]] if entry.get("attributes") else []
+    return [entry["live"], *entry["vectors"], *(r for refs in entry["per_row"].values() for r in refs), *attrs]
 
 
 def entry_bytes(entry: dict[str, Any]) -> int:

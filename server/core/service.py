@@ -18,7 +18,13 @@ from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.model_identity import model_identity
 from lookalike.server.core.paging import decode_token, encode_token, page_size
 from lookalike.server.core.persistence import Persistence
-from lookalike.server.core.validation import check_database_name, check_group_id, check_intra_id, check_vector
+from lookalike.server.core.validation import (
+    check_attributes,
+    check_database_name,
+    check_group_id,
+    check_intra_id,
+    check_vector,
+)
 
 BULK_CHUNK = 32
 DEFAULT_TOP_K = 10
@@ -58,6 +64,7 @@ class BulkItem:
     client_ref: str = ""
     database: str = ""  # empty, or must repeat the stream's database
     request_id: str = ""
+    attributes: dict[str, str] | None = None
 
 
 @dataclass
@@ -187,16 +194,18 @@ class LookalikeService:
         vector: Sequence[float] | None,
         *,
         request_id: str = "",
+        attributes: dict[str, str] | None = None,
         should_continue: Callable[[], bool] | None = None,
     ) -> tuple[Key, bool]:
         db = self.catalog.get(database)
         check_group_id(group_id)
         check_request_id(request_id)
+        attributes = check_attributes(attributes)
         if intra_id is not None:
             check_intra_id(intra_id)
         vec = self.vector_for(db.dimension, image, vector)  # validate everything before logging anything
         (result,) = self.catalog.set_images(
-            database, [(group_id, intra_id, request_id)], vec[np.newaxis], should_continue=should_continue
+            database, [(group_id, intra_id, request_id, attributes)], vec[np.newaxis], should_continue=should_continue
         )
         return result.key, result.replaced
 
@@ -236,6 +245,7 @@ class LookalikeService:
                         )
                     check_group_id(item.group_id)
                     check_request_id(item.request_id)
+                    check_attributes(item.attributes)
                     if item.intra_id is not None:
                         check_intra_id(item.intra_id)
                     if item.vector is not None:
@@ -257,7 +267,7 @@ class LookalikeService:
             if good:
                 results = self.catalog.set_images(
                     database,
-                    [(chunk[i].group_id, chunk[i].intra_id, chunk[i].request_id) for i in good],
+                    [(chunk[i].group_id, chunk[i].intra_id, chunk[i].request_id, chunk[i].attributes) for i in good],
                     np.stack([vectors[i] for i in good]),
                     expect=pinned,
                 )
@@ -282,8 +292,14 @@ class LookalikeService:
         top_k: int = 0,
         one_per_group: bool = False,
         min_score: float | None = None,
+        where: dict[str, str] | None = None,
+        group_prefix: str = "",
+        with_attributes: bool = True,
     ) -> tuple[list[Hit], int]:
+        """Top-k by image, vector or registered image; ``where`` filters on attributes, inside the scan."""
         db = self.catalog.get(database)
+        if where:
+            check_attributes(where)
         max_top_k = self.limits.max_top_k
         if top_k < 0 or top_k > max_top_k:
             raise invalid("TOP_K_INVALID", f"top_k {top_k} is out of range; use 1-{max_top_k} (0 = {DEFAULT_TOP_K})")
@@ -301,4 +317,7 @@ class LookalikeService:
             vec = self.embedder.embed([query.image], field="image")[0]
         else:
             raise invalid("QUERY_MISSING", "set one of image, vector or registered as the query")
-        return db.search(vec, top_k, one_per_group=one_per_group, min_score=min_score, exclude=exclude)
+        return db.search(
+            vec, top_k, one_per_group=one_per_group, min_score=min_score, exclude=exclude, where=where,
+            group_prefix=group_prefix, with_attributes=with_attributes,
+        )  # fmt: skip

@@ -58,3 +58,34 @@ def check_vector(values: Sequence[float] | np.ndarray, dimension: int, *, field:
         raise invalid("VECTOR_INVALID", f"{field} is all zeros; it has no direction to compare")
     wide /= scale
     return (wide / np.linalg.norm(wide)).astype(np.float32)
+
+
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_KEY = 64
+MAX_ATTRIBUTE_VALUE = 1024
+MAX_ATTRIBUTES_BYTES = 8192
+
+
+def check_attributes(attributes: dict[str, str] | None) -> dict[str, str]:
+    """A small string map (source, url, title, category, ...), bounded so it never bloats a record."""
+    if not attributes:
+        return {}
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise invalid("ATTRIBUTES_INVALID", f"{len(attributes)} attributes; the limit is {MAX_ATTRIBUTES}")
+    total = 0
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise invalid("ATTRIBUTES_INVALID", "attribute keys and values must be strings")
+        if not key or len(key) > MAX_ATTRIBUTE_KEY or not key.isprintable():
+            raise invalid(
+                "ATTRIBUTES_INVALID", f"attribute key {key[:40]!r} must be 1-{MAX_ATTRIBUTE_KEY} printable characters"
+            )
+        if len(value) > MAX_ATTRIBUTE_VALUE:
+            raise invalid(
+                "ATTRIBUTES_INVALID",
+                f"attribute {key[:40]!r} is {len(value)} characters; the limit is {MAX_ATTRIBUTE_VALUE}",
+            )
+        total += len(key.encode()) + len(value.encode())
+    if total > MAX_ATTRIBUTES_BYTES:
+        raise invalid("ATTRIBUTES_INVALID", f"attributes take {total} bytes; the limit is {MAX_ATTRIBUTES_BYTES}")
+    return dict(attributes)

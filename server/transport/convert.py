@@ -35,6 +35,7 @@ def registered_image(entry: Entry, *, include_vector: bool) -> db_pb.RegisteredI
     msg = db_pb.RegisteredImage(
         key=types_pb2.ImageKey(group_id=entry.group_id, intra_id=entry.intra_id),
         update_time=timestamp(entry.update_time),
+        attributes=entry.attributes,
     )
     if include_vector:
         msg.vector.CopyFrom(vector(entry.vector))

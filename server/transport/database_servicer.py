@@ -69,6 +69,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
             image,
             vector,
             request_id=request.request_id,
+            attributes=dict(request.attributes),
             should_continue=context.is_active,
         )
         return pb.SetImageResponse(key=types_pb2.ImageKey(group_id=group_id, intra_id=intra), replaced=replaced)
@@ -93,6 +94,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
                     client_ref=item.client_ref,
                     database=item.database,
                     request_id=item.request_id,
+                    attributes=dict(item.attributes) or None,
                 )
 
         try:

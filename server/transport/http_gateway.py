@@ -211,7 +211,15 @@ class PaiGateway:
         group_id = self.param(p, "group_id", (str, int))
         intra_id = self.param(p, "intra_id", int, required=False)
         image = self.image_bytes(p.get("image"), "function_params.image")
-        (group, intra), replaced = self.service.set_image(name, str(group_id), intra_id, image, None)
+        attributes = {}
+        for key in ("data", "savename"):  # PAI's free-form payload and saved file name come back with hits
+            value = self.param(p, key, str, required=False)
+            if value is not None:
+                attributes[key] = value
+        if isinstance(p.get("image"), str) and is_oss(p["image"]):
+            attributes.setdefault("source", p["image"])
+        (group, intra), replaced = self.service.set_image(name, str(group_id), intra_id, image, None,
+                                                          attributes=attributes)  # fmt: skip
         return {"group_id": group, "intra_id": intra, "replaced": replaced}
 
     def fn_db_get(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -243,8 +251,9 @@ class PaiGateway:
         top_k = self.param(p, "search_topk", int, required=False) or 10
         image = self.image_bytes(p.get("image"), "function_params.image")
         hits, searched = self.service.search(name, Query(image=image), top_k=top_k)
-        return {"results": [{"group_id": h.group_id, "intra_id": h.intra_id, "score": h.score} for h in hits],
-                "searched": searched}  # fmt: skip
+        results = [{"group_id": h.group_id, "intra_id": h.intra_id, "score": h.score, "attributes": h.attributes or {}}
+                   for h in hits]  # fmt: skip
+        return {"results": results, "searched": searched}
 
     def fn_db_clean(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
@@ -319,13 +328,19 @@ class HttpServer:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
+        self._sock.listen(1024)  # connections queue from now on, before uvicorn's loop is up
         self.port = self._sock.getsockname()[1]
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True,
                                         name="http")  # fmt: skip
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        import time
+
         self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -31,11 +31,19 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             top_k=request.top_k,
             one_per_group=request.one_per_group,
             min_score=request.min_score if request.HasField("min_score") else None,
+            where=dict(request.filter),
+            group_prefix=request.group_id_prefix,
+            with_attributes=not request.omit_attributes,
         )
         return pb.SearchResponse(
             hits=[
-                pb.SearchHit(key=types_pb2.ImageKey(group_id=h.group_id, intra_id=h.intra_id), score=h.score)
+                pb.SearchHit(
+                    key=types_pb2.ImageKey(group_id=h.group_id, intra_id=h.intra_id),
+                    score=h.score,
+                    attributes=h.attributes or {},
+                )
                 for h in hits
             ],
             searched_count=searched,
+            index="exact",
         )

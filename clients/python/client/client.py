@@ -187,9 +187,12 @@ class LookalikeClient:
         vector: Sequence[float] | None = None,
         intra_id: int | None = None,
         request_id: str = "",
+        attributes: dict[str, str] | None = None,
     ) -> db_pb.SetImageResponse:
         """Upsert one image; pass a ``request_id`` (e.g. a UUID) to make retries of this call safe."""
-        req = db_pb.SetImageRequest(database=database, group_id=group_id, intra_id=intra_id, request_id=request_id)
+        req = db_pb.SetImageRequest(
+            database=database, group_id=group_id, intra_id=intra_id, request_id=request_id, attributes=attributes
+        )
         if image is not None:
             req.image.content = image
         elif vector is not None:
@@ -198,15 +201,18 @@ class LookalikeClient:
 
     @_rpc
     def bulk_set(
-        self, database: str, items: Iterable[tuple[str, int | None, bytes | Sequence[float], str]]
+        self, database: str, items: Iterable[tuple[Any, ...]]
     ) -> db_pb.BulkSetImagesResponse:
-        """Stream ``(group_id, intra_id or None, image bytes or a vector, client_ref)`` items."""
+        """Stream ``(group_id, intra_id or None, image bytes or a vector, client_ref[, attributes[, request_id]])``."""
 
         def requests() -> Iterator[db_pb.BulkSetImagesRequest]:
-            for i, (group_id, intra_id, content, ref) in enumerate(items):
+            for i, (group_id, intra_id, content, ref, *rest) in enumerate(items):
+                attributes = rest[0] if rest else None
+                request_id = rest[1] if len(rest) > 1 else ""
                 req = db_pb.BulkSetImagesRequest(
-                    database=database if i == 0 else "", group_id=group_id, intra_id=intra_id, client_ref=ref
-                )
+                    database=database if i == 0 else "", group_id=group_id, intra_id=intra_id, client_ref=ref,
+                    attributes=attributes, request_id=request_id,
+                )  # fmt: skip
                 if isinstance(content, bytes):
                     req.image.content = content
                 else:
@@ -283,8 +289,15 @@ class LookalikeClient:
         top_k: int = 10,
         one_per_group: bool = False,
         min_score: float | None = None,
+        filter: dict[str, str] | None = None,
+        group_id_prefix: str = "",
+        omit_attributes: bool = False,
     ) -> search_pb.SearchResponse:
-        req = search_pb.SearchRequest(database=database, top_k=top_k, one_per_group=one_per_group, min_score=min_score)
+        """Top-k by image, vector or registered image; ``filter`` keeps images whose attributes equal it."""
+        req = search_pb.SearchRequest(
+            database=database, top_k=top_k, one_per_group=one_per_group, min_score=min_score, filter=filter,
+            group_id_prefix=group_id_prefix, omit_attributes=omit_attributes,
+        )  # fmt: skip
         if image is not None:
             req.image.content = image
         elif vector is not None:

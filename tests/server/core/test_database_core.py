@@ -25,7 +25,7 @@ class Db:
             self.db = self.catalog._dbs[name] = Database(name, DIM, model=self.db.model, chunk_rows=chunk_rows)
 
     def set(self, group_id, intra_id, v):
-        (r,) = self.catalog.set_images(self.name, [(group_id, intra_id, "")], np.asarray(v, np.float32)[None])
+        (r,) = self.catalog.set_images(self.name, [(group_id, intra_id, "", None)], np.asarray(v, np.float32)[None])
         return r.key, r.replaced
 
     def delete(self, group_id, intra_id):
@@ -153,7 +153,7 @@ def test_auto_numbering_is_linear_not_quadratic():
     vecs = np.tile(np.eye(DIM, dtype=np.float32)[0], (1000, 1))
     started = time.perf_counter()
     for _ in range(20):
-        results = db.catalog.set_images("t", [("g", None, "")] * 1000, vecs)
+        results = db.catalog.set_images("t", [("g", None, "", None)] * 1000, vecs)
     elapsed = time.perf_counter() - started
     assert [r.key for r in results][-1] == ("g", 19_999) and db.size == 20_000
     assert elapsed < 3.0, f"20k auto-numbered images took {elapsed:.1f}s"
@@ -162,7 +162,7 @@ def test_auto_numbering_is_linear_not_quadratic():
 def test_request_id_makes_a_retry_idempotent():
     db = Db()
     v = np.eye(DIM, dtype=np.float32)[1][None]
-    first = db.catalog.set_images("t", [("g", None, "req-1")], v)
-    again = db.catalog.set_images("t", [("g", None, "req-1")], v)
+    first = db.catalog.set_images("t", [("g", None, "req-1", None)], v)
+    again = db.catalog.set_images("t", [("g", None, "req-1", None)], v)
     assert first == again and db.size == 1
-    assert db.catalog.set_images("t", [("g", None, "req-2")], v)[0].key == ("g", 1)
+    assert db.catalog.set_images("t", [("g", None, "req-2", None)], v)[0].key == ("g", 1)
