@@ -27,6 +27,7 @@ tools:
 lint: $(STAMP) tools
 	$(BIN)/ruff check .
 	scripts/lint-proto.sh
+	scripts/gen-go.sh --check
 
 test-cpp:
 	cmake -S ext -B build/ext-tests -DCMAKE_BUILD_TYPE=Release >/dev/null
