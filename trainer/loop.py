@@ -582,7 +582,7 @@ def _run_epoch(
     done = 0
     first_done = start
     for done in range(1, steps_per_epoch + 1):
-        if done > 1 and _time_up(plan):
+        if done > 1 and (state.step >= plan.total_steps or _time_up(plan)):  # schedule shortened, or out of time
             done -= 1
             break
         lr = lr_at(
