@@ -149,35 +149,40 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    files = list(iter_image_files(args.images))
-    if not files:
+    from lookalike.client import importer
+
+    found = list(importer.sources(args.images, group=args.group, group_from=args.group_from))
+    if not found:
         raise SystemExit("lookalike: no image files found in the given paths")
-    if args.intra_id is not None and len(files) != 1:
-        raise SystemExit("lookalike: --intra-id applies to one image; omit it to number images automatically")
+    if args.intra_id is not None:
+        if len(found) != 1:
+            raise SystemExit("lookalike: --intra-id applies to one image; omit it to number images automatically")
+        found = [importer.Source(found[0].ref, found[0].group_id, args.intra_id)]
     with _client(args) as c:
-        if len(files) == 1:
-            r = c.set_image(args.db, args.group or files[0].stem, image=_read(str(files[0])), intra_id=args.intra_id)
-            _print(
-                args,
-                {"succeeded": 1, "failed": 0, "keys": [_dict(r.key)], "failures": []},
-                f"registered {files[0]} as group_id={r.key.group_id} intra_id={r.key.intra_id}",
-            )
-            return 0
-        items = ((args.group or f.stem, None, _read(str(f)), str(f)) for f in files)
-        s = c.bulk_set(args.db, items)
-    human = [f"registered {s.succeeded_count} of {s.received_count} images"]
-    human += [f"  failed {f.client_ref}: {f.reason}: {f.message}" for f in s.failures]
+        update, close = importer.progress_bar(len(found), quiet=args.json or args.quiet)
+        try:
+            s = importer.run_import(c, args.db, found, batch=args.batch, in_flight=args.in_flight,
+                                    retries=args.retries, resume=args.resume, progress=update)  # fmt: skip
+        finally:
+            close()
+    rate = (s.succeeded / s.seconds) if s.seconds > 0 else 0.0
+    human = [f"registered {s.succeeded} of {s.received} images ({rate:.1f} images/s)"
+             + (f", {s.skipped} already registered (--resume)" if s.skipped else "")]  # fmt: skip
+    human += [f"  failed {f['source']}: {f['reason']}: {f['message']}" for f in s.failures]
     _print(
         args,
         {
-            "succeeded": s.succeeded_count,
-            "failed": s.failed_count,
-            "keys": [_dict(k) for k in s.keys],
-            "failures": [_dict(f) for f in s.failures],
+            "succeeded": s.succeeded,
+            "failed": len(s.failures),
+            "skipped": s.skipped,
+            "images_per_s": rate,
+            "keys": [{"groupId": g, "intraId": str(i)} for g, i in s.keys],
+            "failures": [{"client_ref": f["source"], "reason": f["reason"], "message": f["message"]}
+                         for f in s.failures],  # fmt: skip
         },
         "\n".join(human),
     )
-    return 0 if s.failed_count == 0 else 3
+    return 0 if not s.failures else 3
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -209,11 +214,20 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     add_client_options(p)
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("add", help="register images (files or folders) in a database")
+    p = sub.add_parser("add", help="register images (files, folders, image lists, oss://) in a database")
     p.add_argument("--db", required=True, help="database name")
-    p.add_argument("--group", help="group_id for every image (default: each file's name without suffix)")
+    p.add_argument("--group", help="group_id for every image (default: from --group-from)")
+    p.add_argument("--group-from", choices=["name", "parent"], default="name",
+                   help="group_id from the file name (default) or its folder's name (labelled folders)")  # fmt: skip
     p.add_argument("--intra-id", type=int, help="intra_id (one image only; default: next in the group)")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--resume", action="store_true", help="skip sources already registered (by their source attribute)")
+    p.add_argument("--batch", type=int, default=64, help="images per stream (default %(default)s)")
+    p.add_argument("--in-flight", type=int, default=256, help="images read ahead at most (default %(default)s)")
+    p.add_argument("--retries", type=int, default=4, help="retries of a stream after a transient failure")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("images", nargs="+",
+                   help="image files, folders (recursive), image lists (path[,group_id[,intra_id]] per line), "
+                   "oss://bucket/key images or lists")  # fmt: skip
     add_client_options(p)
     p.set_defaults(func=cmd_add)
 
