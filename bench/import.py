@@ -63,8 +63,8 @@ def main() -> None:
                     c.create_database(f"cli{run}")
                     c.create_database(f"one{run}")
                 t = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-m", "lookalike", "add", "--db", f"cli{run}", tmp,
-                                       "--server", server.address, "--json"], capture_output=True, text=True)  # fmt: skip
+                cmd = [sys.executable, "-m", "lookalike", "add", "--db", f"cli{run}", tmp, "--server", server.address]
+                proc = subprocess.run([*cmd, "--json"], capture_output=True, text=True)
                 elapsed = time.perf_counter() - t
                 assert json.loads(proc.stdout)["succeeded"] == args.n, proc.stderr
                 cli.append(args.n / elapsed)
