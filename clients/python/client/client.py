@@ -75,6 +75,68 @@ def _image(data: bytes) -> types_pb2.Image:
     return types_pb2.Image(content=data)
 
 
+def set_image_request(
+    database: str,
+    group_id: str,
+    *,
+    image: bytes | None = None,
+    vector: Sequence[float] | None = None,
+    intra_id: int | None = None,
+    request_id: str = "",
+    attributes: dict[str, str] | None = None,
+) -> db_pb.SetImageRequest:
+    """The request of SetImage (shared by the blocking and the asyncio client)."""
+    req = db_pb.SetImageRequest(
+        database=database, group_id=group_id, intra_id=intra_id, request_id=request_id, attributes=attributes
+    )
+    if image is not None:
+        req.image.content = image
+    elif vector is not None:
+        req.vector.values.extend(vector)
+    return req
+
+
+def bulk_request(database: str, index: int, item: tuple[Any, ...]) -> db_pb.BulkSetImagesRequest:
+    """One stream message from ``(group_id, intra_id or None, image bytes or vector, client_ref[, attributes[,
+    request_id]])``; the database is named in the first message only."""
+    group_id, intra_id, content, ref, *rest = item
+    req = db_pb.BulkSetImagesRequest(
+        database=database if index == 0 else "", group_id=group_id, intra_id=intra_id, client_ref=ref,
+        attributes=rest[0] if rest else None, request_id=rest[1] if len(rest) > 1 else "",
+    )  # fmt: skip
+    if isinstance(content, bytes):
+        req.image.content = content
+    else:
+        req.vector.values.extend(content)
+    return req
+
+
+def search_request(
+    database: str,
+    *,
+    image: bytes | None = None,
+    vector: Sequence[float] | None = None,
+    registered: tuple[str, int] | None = None,
+    top_k: int = 10,
+    one_per_group: bool = False,
+    min_score: float | None = None,
+    filter: dict[str, str] | None = None,
+    group_id_prefix: str = "",
+    omit_attributes: bool = False,
+) -> search_pb.SearchRequest:
+    req = search_pb.SearchRequest(
+        database=database, top_k=top_k, one_per_group=one_per_group, min_score=min_score, filter=filter,
+        group_id_prefix=group_id_prefix, omit_attributes=omit_attributes,
+    )  # fmt: skip
+    if image is not None:
+        req.image.content = image
+    elif vector is not None:
+        req.vector.values.extend(vector)
+    elif registered is not None:
+        req.registered.group_id, req.registered.intra_id = registered
+    return req
+
+
 def _pem(path: str | Path, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -190,13 +252,8 @@ class LookalikeClient:
         attributes: dict[str, str] | None = None,
     ) -> db_pb.SetImageResponse:
         """Upsert one image; pass a ``request_id`` (e.g. a UUID) to make retries of this call safe."""
-        req = db_pb.SetImageRequest(
-            database=database, group_id=group_id, intra_id=intra_id, request_id=request_id, attributes=attributes
-        )
-        if image is not None:
-            req.image.content = image
-        elif vector is not None:
-            req.vector.values.extend(vector)
+        req = set_image_request(database, group_id, image=image, vector=vector, intra_id=intra_id,
+                                request_id=request_id, attributes=attributes)  # fmt: skip
         return self.db_stub.SetImage(req, **self._kw())
 
     @_rpc
@@ -206,18 +263,8 @@ class LookalikeClient:
         """Stream ``(group_id, intra_id or None, image bytes or a vector, client_ref[, attributes[, request_id]])``."""
 
         def requests() -> Iterator[db_pb.BulkSetImagesRequest]:
-            for i, (group_id, intra_id, content, ref, *rest) in enumerate(items):
-                attributes = rest[0] if rest else None
-                request_id = rest[1] if len(rest) > 1 else ""
-                req = db_pb.BulkSetImagesRequest(
-                    database=database if i == 0 else "", group_id=group_id, intra_id=intra_id, client_ref=ref,
-                    attributes=attributes, request_id=request_id,
-                )  # fmt: skip
-                if isinstance(content, bytes):
-                    req.image.content = content
-                else:
-                    req.vector.values.extend(content)
-                yield req
+            for i, item in enumerate(items):
+                yield bulk_request(database, i, item)
 
         return self.db_stub.BulkSetImages(requests(), **self._kw())
 
@@ -294,14 +341,8 @@ class LookalikeClient:
         omit_attributes: bool = False,
     ) -> search_pb.SearchResponse:
         """Top-k by image, vector or registered image; ``filter`` keeps images whose attributes equal it."""
-        req = search_pb.SearchRequest(
-            database=database, top_k=top_k, one_per_group=one_per_group, min_score=min_score, filter=filter,
-            group_id_prefix=group_id_prefix, omit_attributes=omit_attributes,
+        req = search_request(
+            database, image=image, vector=vector, registered=registered, top_k=top_k, one_per_group=one_per_group,
+            min_score=min_score, filter=filter, group_id_prefix=group_id_prefix, omit_attributes=omit_attributes,
         )  # fmt: skip
-        if image is not None:
-            req.image.content = image
-        elif vector is not None:
-            req.vector.values.extend(vector)
-        elif registered is not None:
-            req.registered.group_id, req.registered.intra_id = registered
         return self.search_stub.Search(req, **self._kw())

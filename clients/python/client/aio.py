@@ -1,0 +1,161 @@
+"""The asyncio flavour of the client (``lookalike.client.aio``), over ``grpc.aio``.
+
+Same methods, arguments, requests and errors (:class:`ClientError`) as
+:class:`lookalike.client.LookalikeClient`, awaited; ``bulk_set`` also takes an async iterable.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from lookalike.client.client import (
+    MAX_MESSAGE_BYTES,
+    ClientError,
+    _image,
+    bulk_request,
+    search_request,
+    set_image_request,
+    tls_credentials,
+)
+from lookalike.v1 import database_service_pb2 as db_pb
+from lookalike.v1 import database_service_pb2_grpc as db_grpc
+from lookalike.v1 import match_service_pb2 as match_pb
+from lookalike.v1 import match_service_pb2_grpc as match_grpc
+from lookalike.v1 import search_service_pb2 as search_pb
+from lookalike.v1 import search_service_pb2_grpc as search_grpc
+from lookalike.v1 import types_pb2
+
+T = TypeVar("T")
+
+
+def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: AsyncLookalikeClient, *args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except grpc.aio.AioRpcError as err:
+            raise ClientError.from_rpc_error(err, self.address) from None
+
+    return wrapper
+
+
+class AsyncLookalikeClient:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout: float = 120.0,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata = (("authorization", token),) if token else ()
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]  # fmt: skip
+        if tls_ca is not None or tls_cert is not None:
+            self._channel = grpc.aio.secure_channel(address, tls_credentials(tls_ca, tls_cert, tls_key), options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self.match_stub = match_grpc.MatchServiceStub(self._channel)
+        self.db_stub = db_grpc.DatabaseServiceStub(self._channel)
+        self.search_stub = search_grpc.SearchServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncLookalikeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _kw(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "metadata": self._metadata}
+
+    @_rpc
+    async def match(self, image_a: bytes, image_b: bytes) -> match_pb.MatchResponse:
+        return await self.match_stub.Match(match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b)),
+                                           **self._kw())  # fmt: skip
+
+    @_rpc
+    async def embed(self, images: Sequence[bytes]) -> match_pb.EmbedResponse:
+        return await self.match_stub.Embed(match_pb.EmbedRequest(images=[_image(i) for i in images]), **self._kw())
+
+    @_rpc
+    async def create_database(self, name: str) -> db_pb.Database:
+        return (await self.db_stub.CreateDatabase(db_pb.CreateDatabaseRequest(name=name), **self._kw())).database
+
+    @_rpc
+    async def get_database(self, name: str) -> db_pb.Database:
+        return (await self.db_stub.GetDatabase(db_pb.GetDatabaseRequest(name=name), **self._kw())).database
+
+    @_rpc
+    async def list_databases(self, page_size: int = 0) -> list[db_pb.Database]:
+        out: list[db_pb.Database] = []
+        token = ""
+        while True:
+            page = await self.db_stub.ListDatabases(
+                db_pb.ListDatabasesRequest(page_size=page_size, page_token=token), **self._kw()
+            )
+            out.extend(page.databases)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    @_rpc
+    async def delete_database(self, name: str) -> None:
+        await self.db_stub.DeleteDatabase(db_pb.DeleteDatabaseRequest(name=name), **self._kw())
+
+    @_rpc
+    async def set_image(self, database: str, group_id: str, **kwargs: Any) -> db_pb.SetImageResponse:
+        """As the blocking client's ``set_image`` (image / vector / intra_id / request_id / attributes)."""
+        return await self.db_stub.SetImage(set_image_request(database, group_id, **kwargs), **self._kw())
+
+    @_rpc
+    async def bulk_set(
+        self, database: str, items: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]
+    ) -> db_pb.BulkSetImagesResponse:
+        async def requests() -> AsyncIterator[db_pb.BulkSetImagesRequest]:
+            i = 0
+            if isinstance(items, AsyncIterable):
+                async for item in items:
+                    yield bulk_request(database, i, item)
+                    i += 1
+            else:
+                for item in items:
+                    yield bulk_request(database, i, item)
+                    i += 1
+
+        return await self.db_stub.BulkSetImages(requests(), **self._kw())
+
+    @_rpc
+    async def get_image(self, database: str, group_id: str, intra_id: int, *, include_vector: bool = False
+                        ) -> db_pb.RegisteredImage:  # fmt: skip
+        req = db_pb.GetImageRequest(database=database, key=types_pb2.ImageKey(group_id=group_id, intra_id=intra_id),
+                                    include_vector=include_vector)  # fmt: skip
+        return (await self.db_stub.GetImage(req, **self._kw())).image
+
+    @_rpc
+    async def delete_image(self, database: str, group_id: str, intra_id: int) -> None:
+        key = types_pb2.ImageKey(group_id=group_id, intra_id=intra_id)
+        await self.db_stub.DeleteImage(db_pb.DeleteImageRequest(database=database, key=key), **self._kw())
+
+    @_rpc
+    async def delete_group(self, database: str, group_id: str) -> int:
+        req = db_pb.DeleteGroupRequest(database=database, group_id=group_id)
+        return (await self.db_stub.DeleteGroup(req, **self._kw())).deleted_count
+
+    @_rpc
+    async def search(self, database: str, **kwargs: Any) -> search_pb.SearchResponse:
+        """As the blocking client's ``search`` (image / vector / registered, top_k, filter, ...)."""
+        return await self.search_stub.Search(search_request(database, **kwargs), **self._kw())
+
+
+__all__ = ["AsyncLookalikeClient", "ClientError"]
