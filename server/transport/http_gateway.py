@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
-from lookalike.server.core.service import LookalikeService, Query
+from lookalike.server.core.service import BulkItem, LookalikeService, Query
 from lookalike.server.transport.auth import token_matches
 
 from lookalike.oss import OssClient, OssCredentials, is_oss
@@ -40,7 +40,9 @@ HTTP_STATUS = {
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.INTERNAL: 500,
 }
-FUNCTIONS = ("init", "add", "delete", "get", "save", "load", "db_set", "db_get", "db_delete", "db_search", "db_clean")
+FUNCTIONS = (
+    "init", "add", "delete", "get", "save", "load", "set", "db_set", "db_get", "db_delete", "db_search", "db_clean",
+)  # fmt: skip
 REQUEST_SCHEMA = {
     "oneOf": [
         {
@@ -221,6 +223,48 @@ class PaiGateway:
         (group, intra), replaced = self.service.set_image(name, str(group_id), intra_id, image, None,
                                                           attributes=attributes)  # fmt: skip
         return {"group_id": group, "intra_id": intra, "replaced": replaced}
+
+    def fn_set(self, p: dict[str, Any]) -> dict[str, Any]:
+        """The old-style bulk ``set``: an oss:// image list, ``path[,group_id[,intra_id]]`` per line.
+
+        Only oss:// lists and images: a request never makes the server read its own files.
+        """
+        name = self.param(p, "database_name", str)
+        filelist = self.param(p, "filelist", str)
+        if not is_oss(filelist):
+            raise invalid("PARAM_INVALID", "filelist must be an oss://bucket/path of an image list")
+        try:
+            text = self._oss.read(filelist).decode("utf-8")
+        except FileNotFoundError:
+            raise LookalikeError(ErrorKind.NOT_FOUND, "FILELIST_NOT_FOUND", f"{filelist} does not exist") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise LookalikeError(ErrorKind.UNAVAILABLE, "OSS_UNAVAILABLE", f"filelist: {exc}") from None
+        base = filelist.rsplit("/", 1)[0] + "/"
+        items: list[BulkItem] = []
+        failures = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = [x.strip() for x in line.replace("\t", ",").split(",")]
+            path = parts[0] if is_oss(parts[0]) else base + parts[0].lstrip("/")
+            group = parts[1] if len(parts) > 1 and parts[1] else path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            try:
+                intra = int(parts[2]) if len(parts) > 2 and parts[2] else None
+                image = self._oss.read(path)
+            except ValueError:
+                failures.append({"line": number, "source": path, "error_code": "INTRA_ID_INVALID"})
+                continue
+            except OSError:
+                failures.append({"line": number, "source": path, "error_code": "IMAGE_NOT_FOUND"})
+                continue
+            items.append(BulkItem(group, intra, image=image, client_ref=path, attributes={"source": path}))
+        result = self.service.bulk_set(name, items) if items else None
+        if result is not None:
+            failures += [{"source": f.client_ref, "error_code": f.reason, "error_msg": f.message}
+                         for f in result.failures]  # fmt: skip
+        return {"succeeded": result.succeeded if result else 0, "failed": len(failures), "failures": failures,
+                "keys": [{"group_id": g, "intra_id": i} for g, i in (result.keys if result else [])]}  # fmt: skip
 
     def fn_db_get(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)

@@ -194,6 +194,15 @@ def test_oss_paths_and_save_load_through_the_oss_root(tmp_path, monkeypatch):
         status, body = retrieval(url, "db_set", database_name="demo", image=f"oss://tongxin-lly/{prefix}/none.jpg",
                                  group_id="x")  # fmt: skip
         assert status == 400 and body["error_code"] == "IMAGE_NOT_FOUND"
+        # The old-style bulk set from an image list in the bucket (paths relative to the list).
+        s3.put_object(Bucket="tongxin-lly", Key=f"{prefix}/img/rocket.jpg", Body=encode(photo("rocket")))
+        s3.put_object(Bucket="tongxin-lly", Key=f"{prefix}/img/list.txt",
+                      Body=b"010.jpg,900,1\nrocket.jpg,901\nmissing.jpg,902\n")  # fmt: skip
+        status, body = retrieval(url, "set", database_name="demo", filelist=f"oss://tongxin-lly/{prefix}/img/list.txt")
+        assert status == 200 and body["succeeded"] == 2 and body["failures"][0]["error_code"] == "IMAGE_NOT_FOUND"
+        assert {(k["group_id"], k["intra_id"]) for k in body["keys"]} == {("900", 1), ("901", 0)}
+        status, body = retrieval(url, "set", database_name="demo", filelist="/etc/passwd")
+        assert status == 400 and body["error_code"] == "PARAM_INVALID"  # never the server's own files
     finally:
         server.stop(0)
         srv.stop()
