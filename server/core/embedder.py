@@ -110,6 +110,9 @@ class Embedder:
             try:
                 return self.prepare(pair[0], field=pair[1])
             except LookalikeError as err:
+                # The proto promises metadata["index"]: the position of the bad image in the call.
+                err.metadata["index"] = pair[1].rsplit("[", 1)[-1].rstrip("]")
+                err.metadata["field"] = field
                 return err
 
         return list(self._pool.map(one, zip(images, [f"{field}[{i}]" for i in range(len(images))], strict=True)))

@@ -178,3 +178,11 @@ def test_cli_reports_bad_settings_in_one_line_and_client_commands_ignore_server_
     for f in dataclasses.fields(ServerConfig):
         if f.name != "token":  # every option is documented with its flag and its variable
             assert _flag(f) in helptext and _env(f) in helptext, f.name
+
+
+def test_embed_errors_name_the_index_the_proto_promises(client):
+    good = encode(photo("coffee"))
+    with pytest.raises(ClientError) as e:
+        client.embed([good, good, good, b"junk", good])
+    assert (e.value.reason, e.value.metadata.get("index"), e.value.metadata.get("field")) == (
+        "IMAGE_UNDECODABLE", "3", "images")
