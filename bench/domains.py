@@ -66,10 +66,19 @@ def _models(run: Path, all_checkpoints: bool) -> list[tuple[str, str]]:
 
 
 def evaluate(work: Path, name: str, all_checkpoints: bool) -> None:
+    import hashlib
+
     run = work / name / "finetune"
     results = {}
+    digests: dict[str, Path] = {}  # best_export.pt is a copy of one export: evaluate each file once
     for label, spec in _models(run, all_checkpoints):
         target = work / name / f"eval_{label}.json"
+        digest = hashlib.sha256(Path(spec).read_bytes()).hexdigest() if spec != "default" else "default"
+        if not target.is_file() and digest in digests:
+            data = json.loads(digests[digest].read_text())
+            data["results"][0]["spec"] = spec
+            target.write_text(json.dumps(data, indent=2) + "\n")
+        digests.setdefault(digest, target)
         if not target.is_file():
             _run([*_lookalike(), "eval", "--model", spec, "--data", name, "--knn-k", "1", "--recall-k", "1,5",
                   "--json", str(target)])  # fmt: skip
@@ -103,6 +112,8 @@ def table(work: Path, json_out: Path | None) -> str:
                 best = max(checks.values(), key=lambda e: e["score"], default=None)
                 check = best
                 label = f"best ({best['export'].removesuffix('_export.pt')})" if best else label
+            if label == "default":
+                check = checks.get("start_export.pt")  # the same weights, exported by the trainer
             score = "" if check is None else f"{check['score']:.3f}"
             lines.append(
                 f"| {folder.name} | {label} | {100 * r['mAP']:.2f} | {100 * r['knn@1']:.2f} | "
@@ -124,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-checkpoints", action="store_true", help="also evaluate every checkpoint")
     p.add_argument("--json", type=Path, default=None, help="table stage: write the numbers here")
     p.add_argument("overrides", nargs="*", help="train stage: extra key=value overrides")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if args.stage == "train":
         train(args.work, args.name, args.max_minutes, args.overrides)
     elif args.stage == "eval":
