@@ -33,6 +33,7 @@ from lookalike.server.core.validation import check_database_name
 
 log = logging.getLogger(__name__)
 IMPORT_CHUNK = 4096
+COMPACT_MIN_DEAD = 4096  # compact at a snapshot when retired rows exceed this and the live rows
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,11 @@ class Catalog:
             )
         with self._checkpoint_lock:
             with self._write_lock:
+                for db in self._dbs.values():  # reclaim retired rows before they are written again
+                    if db.dead_rows > max(COMPACT_MIN_DEAD, db.size):
+                        reclaimed = db.compact()
+                        db.snapshot_seq = -1  # rows moved: the whole database is written anew
+                        log.info("compacted %r: %d retired rows reclaimed", db.name, reclaimed)
                 seq = p.wal.last_seq
                 known = (p.manifest or {}).get("databases", {})
                 views = {}

@@ -95,6 +95,7 @@ class Database:
         self._size = 0
         self.next_image_id = 0
         self.incarnation = 0  # sequence number of the command that created it (names its files)
+        self.layout = 0  # bumped by each compaction: rows moved, so snapshot files are never reused across it
         self.applied_seq = 0  # last log record applied
         self.snapshot_seq = -1  # applied_seq at the last snapshot
         self._sorted: list[Key] | None = None
@@ -326,6 +327,44 @@ class Database:
                     mask[list(members.values())] = 1
         return mask & live
 
+    # -- compaction ------------------------------------------------------------------------
+    @property
+    def dead_rows(self) -> int:
+        return self._ids.n - self._size
+
+    def compact(self) -> int:
+        """Drop retired rows (replaced or deleted): live rows move to new chunks, keeping their ids.
+
+        Searches already running keep the old chunks and mask, so they finish on a consistent
+        picture; nothing outside this class holds a row number. Returns the rows reclaimed.
+        """
+        with self.lock:
+            n = self._ids.n
+            rows = np.flatnonzero(self._live[:n])
+            reclaimed = n - len(rows)
+            if reclaimed == 0:
+                return 0
+            chunk_rows = self._ids.chunk_rows
+
+            def moved(old: ChunkedRows, width: int | None = None) -> ChunkedRows:
+                new = ChunkedRows(old.dtype, width, chunk_rows)
+                for start in range(0, len(rows), chunk_rows):
+                    new.append(old.take(rows[start : start + chunk_rows]))
+                return new
+
+            index_rows = moved(self.index.rows, self.dimension)
+            ids, group, intra, times = moved(self._ids), moved(self._group), moved(self._intra), moved(self._time)
+            new_row = {int(old): new for new, old in enumerate(rows.tolist())}
+            live = np.zeros(max(len(rows), 1024), np.uint8)
+            live[: len(rows)] = 1
+            members = {g: {i: new_row[r] for i, r in m.items()} for g, m in self._groups.members.items()}
+            attrs = {new_row[r]: a for r, a in self._attrs.items() if r in new_row}
+            self.index.rows, self._ids, self._group, self._intra, self._time = index_rows, ids, group, intra, times
+            self._live, self._groups.members, self._attrs = live, members, attrs
+            self._sorted = None
+            self.layout += 1
+            return reclaimed
+
     # -- snapshots -------------------------------------------------------------------------
     def snapshot_view(self) -> SnapshotView:
         with self.lock:
@@ -351,6 +390,7 @@ class Database:
                     "next_image_id": self.next_image_id,
                     "applied_seq": self.applied_seq,
                     "incarnation": self.incarnation,
+                    "layout": self.layout,
                     "size": self._size,
                     "group_names": list(self._groups.names),
                     "group_next": list(self._groups.next_intra),
@@ -393,4 +433,5 @@ class Database:
         db.next_image_id = int(meta["next_image_id"])
         db.applied_seq = db.snapshot_seq = int(meta["applied_seq"])
         db.incarnation = int(meta["incarnation"])
+        db.layout = int(meta.get("layout", 0))
         return db

@@ -59,7 +59,7 @@ class Loaded:
 
 
 def _db_dir(meta: dict[str, Any]) -> str:
-    return f"dbs/{meta['name']}-{meta['incarnation']}"
+    return f"dbs/{meta['name']}-{meta['incarnation']}-{meta.get('layout', 0)}"
 
 
 def write_view(store: BlobStore, view: SnapshotView, prefix: str, tag: str, previous: dict[str, Any] | None) -> dict:

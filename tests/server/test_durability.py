@@ -175,3 +175,29 @@ def test_a_server_with_another_model_refuses_the_database(tmp_path):
             assert c.search("shop", vector=unit_vectors(1, 3)[0].tolist()).hits[0].score == pytest.approx(1.0)
     finally:
         server.stop(0)
+
+
+def test_a_snapshot_compacts_retired_rows_and_the_restart_matches(tmp_path):
+    data = tmp_path / "data"
+    server = start(data)
+    vecs = unit_vectors(6200, 31)
+    with LookalikeClient(server.address) as c:
+        c.create_database("churn")
+        for r in range(31):  # 200 keys upserted 31 times: 6000 retired rows
+            c.bulk_set("churn", [(f"k{i % 20}", i, vecs[r * 200 + i].tolist(), "") for i in range(200)])
+        before = state(c, "churn")
+        snap = c.snapshot_database("churn")
+        assert snap.image_count == 200 and snap.size_bytes < 400 * 1280 * 4  # 200 live rows written, not 6200
+        c.set_image("churn", "after", vector=vecs[0].tolist())  # logged after the compacting snapshot
+        before[("after", 0)] = state(c, "churn")[("after", 0)]
+    server.stop(0, snapshot=False)
+    server = start(data)
+    try:
+        with LookalikeClient(server.address) as c:
+            after = state(c, "churn")
+            assert_same({"x": before}, {"x": after})
+            q = unit_vectors(1, 2)[0]
+            hits = c.search("churn", vector=q.tolist(), top_k=10).hits
+            assert [(h.key.group_id, h.key.intra_id) for h in hits] == naive_top(after, q, 10)
+    finally:
+        server.stop(0)
