@@ -30,8 +30,9 @@ FORMAT_VERSION = 1
 RESIZE_MODES = ("shorter_then_center_crop", "stretch", "letterbox")
 # What a file whose metadata has no resize_mode meant when it was written; never changes.
 LEGACY_RESIZE_MODE = "shorter_then_center_crop"
-# What new files get when the writer does not say (chosen by measurement: bench/PREPROCESSING.md).
-DEFAULT_RESIZE_MODE = "shorter_then_center_crop"
+# What new files get when the writer does not say: the whole image, stretched (chosen by measurement over the
+# centre crop and letterbox: bench/PREPROCESSING.md). Older servers read "stretch" too.
+DEFAULT_RESIZE_MODE = "stretch"
 PRECISIONS = ("fp32", "fp16")
 # Version of the pixel pipeline outside the metadata (mode conversion, alpha, EXIF, interpolation).
 # Bump it when a change here alters the vectors of ordinary images, so stored vectors are not mixed.
