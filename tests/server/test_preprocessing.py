@@ -341,3 +341,14 @@ def test_preprocessing_mismatch_names_the_difference_and_the_way_forward():
     msg = preprocessing_mismatch(old, new, "database 'shop'")
     assert msg is not None and "resize_mode" in msg and "'stretch'" in msg and "--model" in msg and "re-embed" in msg
     assert "input_size" not in msg  # only what differs
+
+
+def test_new_files_default_to_the_measured_whole_image_policy():
+    """The measured winner (bench/PREPROCESSING.md) for new files; the missing key keeps its old meaning."""
+    from lookalike.server.core.default_model import default_meta
+
+    assert EmbedderMeta(model_name="n", output_dim=2).resize_mode == "stretch"
+    assert default_meta().resize_mode == "stretch"
+    raw = json.loads(EmbedderMeta(model_name="n", output_dim=2).to_json())
+    del raw["resize_mode"]
+    assert EmbedderMeta.from_json(json.dumps(raw)).resize_mode == LEGACY_RESIZE_MODE
