@@ -165,6 +165,24 @@ def run_near_dup(work: Path, seeds: list[int], modes: list[str], ks: list[int], 
 # ----------------------------------------------------------------------------- tables
 
 
+def merge_near_dup(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of the same protocol with different seeds -> one result, each seed weighted alike."""
+    weights = [len(r["protocol"]["seeds"]) for r in runs]
+    modes = [m for m in runs[0]["modes"] if all(m in r["modes"] for r in runs)]
+    merged: dict[str, Any] = {
+        "protocol": {**runs[0]["protocol"], "seeds": sum((r["protocol"]["seeds"] for r in runs), [])}
+    }
+    merged["modes"] = {}
+    for m in modes:
+        per = {}
+        for t, vals in runs[0]["modes"][m]["near_dup"].items():
+            per[t] = {
+                k: float(np.average([r["modes"][m]["near_dup"][t][k] for r in runs], weights=weights)) for k in vals
+            }
+        merged["modes"][m] = {"near_dup": per}
+    return merged
+
+
 def near_dup_table(res: dict[str, Any], k: str = "recall@1") -> str:
     modes = list(res["modes"])
     cols = [*NEAR_DUP_TRANSFORMS, "mean"]
@@ -230,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
     else:
-        parts = []
+        parts, near = [], []
         for path in sorted(args.work.glob("*.json")):
             raw = json.loads(path.read_text())
+            if "modes" in raw:
+                near.append(raw)
             parts.append(f"### {path.stem}\n\n" + (near_dup_table(raw) if "modes" in raw else eval_table(path)))
+        if len(near) > 1:
+            parts.append("### near-duplicates, all seeds\n\n" + near_dup_table(merge_near_dup(near)))
         text = "\n\n".join(parts)
         print(text)
         if args.json:
