@@ -16,6 +16,7 @@ from typing import Any
 from lookalike.server.config import ServerConfig
 from lookalike.server.core.embedder import Embedder
 from lookalike.server.core.errors import LookalikeError
+from lookalike.server.core.hnsw import HnswSettings
 from lookalike.server.core.persistence import Persistence
 from lookalike.server.core.service import Limits, LookalikeService
 from lookalike.server.transport.auth import TokenSet
@@ -128,7 +129,14 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
             ship_interval_s=config.ship_interval_s,
             repair=config.repair,
         )
-    service = LookalikeService(embedder, persistence, limits=Limits.from_config(config))
+    hnsw = HnswSettings(
+        threshold=config.hnsw_threshold,
+        connectivity=config.hnsw_connectivity,
+        expansion_add=config.hnsw_expansion_add,
+        expansion_search=config.hnsw_expansion_search,
+        dtype=config.hnsw_dtype,
+    )
+    service = LookalikeService(embedder, persistence, limits=Limits.from_config(config), hnsw=hnsw)
     metrics = ServerMetrics()
     metrics.watch_embedder(embedder)
     metrics.watch_catalog(service.catalog)

@@ -46,6 +46,12 @@ class ServerConfig:
     max_image_pixels: int = opt(64_000_000, "largest image (width x height) decoded", min=1)
     max_top_k: int = opt(1000, "largest top_k of a search", min=1, max=100_000)
     max_embed_images: int = opt(256, "images in one Embed call", min=1, max=100_000)
+    hnsw_threshold: int = opt(100_000, "live images from which a database also gets an HNSW graph; 0 = exact only",
+                              min=0)  # fmt: skip
+    hnsw_connectivity: int = opt(16, "HNSW graph degree (usearch connectivity)", min=2, max=256)
+    hnsw_expansion_add: int = opt(128, "HNSW expansion while building", min=8, max=4096)
+    hnsw_expansion_search: int = opt(200, "HNSW expansion while searching (recall against speed)", min=8, max=4096)
+    hnsw_dtype: str = opt("f16", "storage of the HNSW graph's vectors", choices=("f32", "f16", "i8"))
     grace_s: float = opt(5.0, "seconds in-flight calls get to finish at shutdown", min=0.0)
     # Durability (README: "Where your data lives").
     persist: bool = opt(True, "keep databases on disk; --no-persist keeps them in memory only")

@@ -28,6 +28,7 @@ from lookalike.server.core.commands import (
 )
 from lookalike.server.core.database import Database, Key
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
+from lookalike.server.core.hnsw import HnswSettings
 from lookalike.server.core.persistence import Persistence, entry_bytes, read_export
 from lookalike.server.core.validation import check_database_name
 
@@ -63,7 +64,9 @@ class Catalog:
         persistence: Persistence | None = None,
         *,
         dedupe_entries: int = 100_000,
+        hnsw: HnswSettings | None = None,
     ) -> None:
+        self.hnsw = hnsw
         self.dimension = dimension
         self.model = model
         self.persistence = persistence
@@ -88,6 +91,7 @@ class Catalog:
         loaded = p.load()
         for db in loaded.databases:
             self._check_model(db)
+            db.hnsw_settings = self.hnsw
             self._dbs[db.name] = db
         for entry in loaded.dedupe:
             self._remember(*entry)
@@ -100,6 +104,9 @@ class Catalog:
             replayed += 1
         p.open(loaded.checkpoint_seq)
         self._seq = p.wal.last_seq
+        for db in self._dbs.values():  # large databases get their HNSW graph rebuilt in the background
+            with db.lock:
+                db._maybe_build_graph()
         log.info(
             "recovered %d databases (%d images) from the snapshot at log record %d and %d later records in %.2fs",
             len(self._dbs), sum(db.size for db in self._dbs.values()), loaded.checkpoint_seq, replayed,
@@ -132,6 +139,7 @@ class Catalog:
         if isinstance(cmd, CreateDatabase):
             db = Database(cmd.db, cmd.dimension, model=cmd.model, create_time=cmd.time)
             db.incarnation = db.applied_seq = seq
+            db.hnsw_settings = self.hnsw
             self._check_model(db)
             self._dbs[cmd.db] = db
             return db

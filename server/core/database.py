@@ -17,6 +17,7 @@ import numpy as np
 from lookalike.server.core.chunks import CHUNK_ROWS, ChunkedRows
 from lookalike.server.core.commands import SetImages, SetItem
 from lookalike.server.core.errors import ErrorKind, LookalikeError, not_found
+from lookalike.server.core.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.index import ExactIndex
 
 Key = tuple[str, int]
@@ -91,6 +92,9 @@ class Database:
         self._time = ChunkedRows(np.float64, None, chunk_rows)
         self._live = np.zeros(0, np.uint8)
         self._attrs: dict[int, dict[str, str]] = {}  # row -> attributes, for live rows that have any
+        self._ids_flat = np.zeros(0, np.int64)  # ids by row, contiguous: ascending, so id -> row is a bisection
+        self.hnsw_settings: HnswSettings | None = None
+        self.hnsw: HnswIndex | None = None
         self._groups = _Groups()
         self._size = 0
         self.next_image_id = 0
@@ -191,6 +195,13 @@ class Database:
             self._intra.append(np.array([i.intra_id for i in cmd.items], np.int64))
             self._time.append(np.asarray(cmd.times, np.float64) if cmd.times else np.full(n, cmd.time, np.float64))
             live = self._grow_live(first + n)
+            new_ids = np.array([i.image_id for i in cmd.items], np.int64)
+            if len(self._ids_flat) < first + n:
+                grown = np.zeros(max(first + n, 2 * len(self._ids_flat), 1024), np.int64)
+                grown[:first] = self._ids_flat[:first]
+                self._ids_flat = grown
+            self._ids_flat[first : first + n] = new_ids
+            retired: list[int] = []
             replaced = []
             for k, item in enumerate(cmd.items):
                 g = int(groups[k])
@@ -199,6 +210,7 @@ class Database:
                 if old is not None:
                     live[old] = 0
                     self._attrs.pop(old, None)
+                    retired.append(int(self._ids_flat[old]))
                 else:
                     self._size += 1
                 if item.attributes:
@@ -211,6 +223,11 @@ class Database:
             self.next_image_id = max(self.next_image_id, max(i.image_id for i in cmd.items) + 1)
             self._sorted = None
             self.applied_seq = seq
+            if self.hnsw is not None:
+                self.hnsw.remove(retired)
+                self.hnsw.add(new_ids, cmd.vectors)
+            else:
+                self._maybe_build_graph()
             return replaced
 
     def _grow_live(self, rows: int) -> np.ndarray:
@@ -228,6 +245,8 @@ class Database:
             live[row] = 0
             self._live = live
             self._attrs.pop(row, None)
+            if self.hnsw is not None:
+                self.hnsw.remove([int(self._ids_flat[row])])
             members = self._groups.members[g]
             del members[intra_id]
             if not members:
@@ -248,6 +267,8 @@ class Database:
             self._live = live
             for row in members.values():
                 self._attrs.pop(row, None)
+            if self.hnsw is not None:
+                self.hnsw.remove([int(self._ids_flat[r]) for r in members.values()])
             self._groups.next_intra[g] = 0
             self._size -= len(members)
             self._sorted = None
@@ -259,6 +280,7 @@ class Database:
             n = self._size
             self._live = np.zeros_like(self._live)
             self._attrs.clear()
+            self.hnsw = None
             self._groups.members.clear()
             self._groups.next_intra = [0] * len(self._groups.names)
             self._size = 0
@@ -279,10 +301,30 @@ class Database:
         group_prefix: str = "",
         with_attributes: bool = True,
     ) -> tuple[list[Hit], int]:
-        """Exact top-k by cosine among the rows that pass the filter (a row mask for the kernel).
+        """Top-k by cosine; see ``search_tier``, which also says which index answered."""
+        hits, searched, _ = self.search_tier(
+            query, top_k, one_per_group=one_per_group, min_score=min_score, exclude=exclude, where=where,
+            group_prefix=group_prefix, with_attributes=with_attributes,
+        )  # fmt: skip
+        return hits, searched
 
-        ``where`` is an equality filter on attributes, ``group_prefix`` a prefix of group_id;
-        returns (hits best first, number of images compared).
+    def search_tier(
+        self,
+        query: np.ndarray,
+        top_k: int,
+        *,
+        one_per_group: bool = False,
+        min_score: float | None = None,
+        exclude: Key | None = None,
+        where: dict[str, str] | None = None,
+        group_prefix: str = "",
+        with_attributes: bool = True,
+    ) -> tuple[list[Hit], int, str]:
+        """Top-k by cosine among the rows that pass the filter (a row mask for the kernel).
+
+        ``where`` is an equality filter on attributes, ``group_prefix`` a prefix of group_id.
+        Plain top-k on a database with a ready HNSW graph goes there (candidates re-ranked
+        exactly); everything else is an exact scan. Returns (hits, images compared, index).
         """
         with self.lock:
             n = self._ids.n
@@ -300,17 +342,72 @@ class Database:
                     searched -= 1
             names = self._groups.names
             groups = self._group.concat(n) if one_per_group else None
-            attrs = self._attrs
+            attrs, group_rows, intra_rows, index_rows = self._attrs, self._group, self._intra, self.index.rows
+            graph = self.hnsw if self.hnsw is not None and self.hnsw.ready else None
+            if one_per_group or where or group_prefix:
+                graph = None
+            ids_flat = self._ids_flat[:n]
         if searched <= 0:
-            return [], 0
-        scores, rows = self.index.search(query, min(top_k, searched), live, n, groups)
+            return [], 0, "exact"
+        k = min(top_k, searched)
+        tier = "exact"
+        if graph is not None:
+            scores, rows = self._graph_search(graph, query, k, live, ids_flat, index_rows)
+            tier = "hnsw"
+        else:
+            scores, rows = self.index.search(query, k, live, n, groups, rows=index_rows)
         hits = []
         for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
             if min_score is not None and score < min_score:
                 break
             found = attrs.get(row) if with_attributes else None
-            hits.append(Hit(names[int(self._group[row])], int(self._intra[row]), score, dict(found) if found else None))
-        return hits, searched
+            hits.append(Hit(names[int(group_rows[row])], int(intra_rows[row]), score, dict(found) if found else None))
+        return hits, searched, tier
+
+    @staticmethod
+    def _graph_search(
+        graph: HnswIndex, query: np.ndarray, k: int, live: np.ndarray, ids_flat: np.ndarray, rows: ChunkedRows
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW candidates, checked against the live mask, re-scored exactly from the float32 rows."""
+        ids = graph.candidates(query, max(k * graph.settings.rerank_factor, k + 16))
+        ids = ids[ids >= 0]
+        pos = np.searchsorted(ids_flat, ids)
+        pos = np.minimum(pos, len(ids_flat) - 1)
+        ok = (ids_flat[pos] == ids) & (live[pos] != 0)
+        cand = np.unique(pos[ok])
+        if len(cand) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores = rows.take(cand) @ query
+        order = np.lexsort((cand, -scores))[:k]
+        return scores[order].astype(np.float32), cand[order]
+
+    def _maybe_build_graph(self) -> None:
+        """Start building the HNSW graph in the background once the database is large enough (lock held)."""
+        s = self.hnsw_settings
+        if s is None or s.threshold <= 0 or self.hnsw is not None or self._size < s.threshold:
+            return
+        graph = HnswIndex(self.dimension, s)
+        self.hnsw = graph
+        n = self._ids.n
+        rows = np.flatnonzero(self._live[:n])
+        ids = self._ids_flat[rows].copy()
+        index_rows = self.index.rows
+
+        def build() -> None:
+            import time
+
+            started = time.monotonic()
+            for start in range(0, len(rows), 8192):
+                if self.hnsw is not graph:
+                    return  # cleared meanwhile
+                graph.add(ids[start : start + 8192], index_rows.take(rows[start : start + 8192]))
+            graph.ready = True
+            import logging
+
+            logging.getLogger(__name__).info("HNSW graph of %r ready: %d images in %.1fs", self.name, len(rows),
+                                             time.monotonic() - started)  # fmt: skip
+
+        threading.Thread(target=build, name=f"hnsw-{self.name}", daemon=True).start()
 
     def _filter_mask(self, live: np.ndarray, where: dict[str, str], group_prefix: str) -> np.ndarray:
         """Live rows whose attributes equal ``where`` and whose group starts with ``group_prefix``."""
@@ -361,6 +458,9 @@ class Database:
             attrs = {new_row[r]: a for r, a in self._attrs.items() if r in new_row}
             self.index.rows, self._ids, self._group, self._intra, self._time = index_rows, ids, group, intra, times
             self._live, self._groups.members, self._attrs = live, members, attrs
+            ids_flat = np.zeros(len(live), np.int64)
+            ids_flat[: len(rows)] = self._ids_flat[rows]
+            self._ids_flat = ids_flat
             self._sorted = None
             self.layout += 1
             return reclaimed
@@ -419,6 +519,8 @@ class Database:
         db._time = ChunkedRows.from_chunks(per_row["time"], n, np.float64, None, chunk_rows)
         db._live = db._grow_live(n)
         db._live[:n] = live
+        db._ids_flat = np.zeros(len(db._live), np.int64)
+        db._ids_flat[:n] = db._ids.concat(n)
         db._groups.names = list(meta["group_names"])
         db._groups.number = {name: i for i, name in enumerate(db._groups.names)}
         db._groups.next_intra = [int(x) for x in meta["group_next"]]

@@ -45,17 +45,24 @@ class ExactIndex:
         return self.rows.views(n)
 
     def search(
-        self, query: np.ndarray, k: int, live: np.ndarray, n: int, groups: np.ndarray | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        live: np.ndarray,
+        n: int,
+        groups: np.ndarray | None = None,
+        rows: ChunkedRows | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` live rows, or the best row of each of the ``k`` best groups when ``groups`` is given.
+
+        ``rows`` pins the chunks a caller captured with its mask (a compaction may swap them).
 
         One native call over every chunk: the kernel applies the mask and keeps a bounded
         per-group best inside the scan, so one-per-group costs one pass, not repeated scans.
         """
         if n == 0 or k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores, rows = native.topk(
-            self.rows.views(n), query, k, n=n, live=live, groups=groups, one_per_group=groups is not None
-        )
-        keep = rows[0] >= 0
-        return scores[0][keep], rows[0][keep]
+        chunks = (rows or self.rows).views(n)
+        scores, ids = native.topk(chunks, query, k, n=n, live=live, groups=groups, one_per_group=groups is not None)
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]

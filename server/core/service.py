@@ -15,6 +15,7 @@ from lookalike.server.core.catalog import Catalog
 from lookalike.server.core.database import Database, Entry, Hit, Key
 from lookalike.server.core.embedder import Embedder
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
+from lookalike.server.core.hnsw import HnswSettings
 from lookalike.server.core.model_identity import model_identity
 from lookalike.server.core.paging import decode_token, encode_token, page_size
 from lookalike.server.core.persistence import Persistence
@@ -122,12 +123,16 @@ def check_request_id(request_id: str) -> str:
 
 class LookalikeService:
     def __init__(
-        self, embedder: Embedder, persistence: Persistence | None = None, limits: Limits | None = None
+        self,
+        embedder: Embedder,
+        persistence: Persistence | None = None,
+        limits: Limits | None = None,
+        hnsw: HnswSettings | None = None,
     ) -> None:
         self.embedder = embedder
         self.limits = limits or Limits()
         self.model = model_identity(embedder.module, embedder.meta)
-        self.catalog = Catalog(embedder.dimension, self.model, persistence)
+        self.catalog = Catalog(embedder.dimension, self.model, persistence, hnsw=hnsw)
 
     # -- matching --------------------------------------------------------------------------
     def match(self, image_a: bytes, image_b: bytes) -> tuple[float, float]:
@@ -295,8 +300,11 @@ class LookalikeService:
         where: dict[str, str] | None = None,
         group_prefix: str = "",
         with_attributes: bool = True,
-    ) -> tuple[list[Hit], int]:
-        """Top-k by image, vector or registered image; ``where`` filters on attributes, inside the scan."""
+    ) -> tuple[list[Hit], int, str]:
+        """Top-k by image, vector or registered image; ``where`` filters on attributes, inside the scan.
+
+        Returns (hits best first, images compared, the index that answered: "exact" or "hnsw").
+        """
         db = self.catalog.get(database)
         if where:
             check_attributes(where)
@@ -317,7 +325,7 @@ class LookalikeService:
             vec = self.embedder.embed([query.image], field="image")[0]
         else:
             raise invalid("QUERY_MISSING", "set one of image, vector or registered as the query")
-        return db.search(
+        return db.search_tier(
             vec, top_k, one_per_group=one_per_group, min_score=min_score, exclude=exclude, where=where,
             group_prefix=group_prefix, with_attributes=with_attributes,
         )  # fmt: skip

@@ -294,7 +294,7 @@ class PaiGateway:
         name = self.param(p, "database_name", str)
         top_k = self.param(p, "search_topk", int, required=False) or 10
         image = self.image_bytes(p.get("image"), "function_params.image")
-        hits, searched = self.service.search(name, Query(image=image), top_k=top_k)
+        hits, searched, _ = self.service.search(name, Query(image=image), top_k=top_k)
         results = [{"group_id": h.group_id, "intra_id": h.intra_id, "score": h.score, "attributes": h.attributes or {}}
                    for h in hits]  # fmt: skip
         return {"results": results, "searched": searched}

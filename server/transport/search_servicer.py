@@ -25,7 +25,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             query = Query(registered=(request.registered.group_id, request.registered.intra_id))
         else:
             query = Query()
-        hits, searched = self._service.search(
+        hits, searched, index = self._service.search(
             request.database,
             query,
             top_k=request.top_k,
@@ -45,5 +45,5 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 for h in hits
             ],
             searched_count=searched,
-            index="exact",
+            index=index,
         )
