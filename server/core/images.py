@@ -25,6 +25,9 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from lookalike.modelfile import to_rgb, upright
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow warns between its MAX_IMAGE_PIXELS and twice that; the server's own limit decides instead.
+# (Set once here: warnings.catch_warnings() per call is not thread-safe.)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 Image.init()  # register every plugin now, so the format list below is complete
 ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN)
 
@@ -124,9 +127,7 @@ def decode_image(
     pillow_hard_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else max_pixels
     limit = min(max_pixels, pillow_hard_limit)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         w, h = img.size
         if w == 0 or h == 0:
             raise invalid("IMAGE_UNDECODABLE", f"{field} has zero width or height", field=field)
