@@ -80,6 +80,12 @@ def serve_child(spec: dict[str, Any]) -> int:
         running = create_server(config)
         if spec.get("naive"):
             make_naive(running.service.embedder)
+        if spec.get("jit_optimize") is False:  # torch's JIT: no shape specialisation on the model thread
+            import torch
+
+            running.service.embedder.batcher.call_in_worker(
+                lambda: torch._C._set_graph_executor_optimize(False)
+            ).result()
         print(json.dumps({"port": running.port, "threads": config.thread_budget}), flush=True)
         sys.stdin.read()  # until the parent closes our stdin
         running.stop(0)
@@ -206,14 +212,17 @@ def cli_bulk(address: str, folder: Path) -> dict[str, Any]:
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     name, _, rest = text.partition(":")
     config: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     naive = False
     for pair in filter(None, rest.split(",")):
         key, _, val = pair.partition("=")
         if key == "naive":
             naive = val not in ("0", "false", "")
+        elif key == "jit_optimize":
+            extra["jit_optimize"] = val not in ("0", "false", "")
         else:
             config[key.replace("-", "_")] = val
-    return name, {"naive": naive, "config": config}
+    return name, {"naive": naive, "config": config, **extra}
 
 
 def main() -> int:

@@ -26,6 +26,20 @@ _STOP = object()
 BatchObserver = Callable[[int, int], None]
 
 
+class _Call:
+    """A function to run on the worker thread (not a batch)."""
+
+    def __init__(self, fn: Callable[[], object], fut: Future[object]) -> None:
+        self.fn, self.fut = fn, fut
+
+    def run(self) -> None:
+        if self.fut.set_running_or_notify_cancel():
+            try:
+                self.fut.set_result(self.fn())
+            except Exception as exc:
+                self.fut.set_exception(exc)
+
+
 class BatcherClosed(LookalikeError):
     """The batcher is shutting down; the request was not run (UNAVAILABLE: safe to retry elsewhere)."""
 
@@ -63,6 +77,16 @@ class MicroBatcher:
         """Images waiting for a model call (not counting the batch running now)."""
         return self._queued_images
 
+    def call_in_worker(self, fn: Callable[[], object]) -> Future[object]:
+        """Run ``fn`` on the model thread, between batches: for thread-local settings (e.g. torch's JIT mode)."""
+        fut: Future[object] = Future()
+        with self._lock:
+            if self._closed:
+                fut.set_exception(BatcherClosed("the embedder is shutting down"))
+                return fut
+            self._queue.put(_Call(fn, fut))
+        return fut
+
     def submit(self, items: np.ndarray) -> Future[np.ndarray]:
         """Queue ``items`` ([n, ...]); the future resolves to the model's [n, D] output."""
         fut: Future[np.ndarray] = Future()
@@ -93,6 +117,9 @@ class MicroBatcher:
                 return
             if item is _STOP:
                 continue
+            if isinstance(item, _Call):
+                item.fut.set_exception(BatcherClosed("the embedder shut down before this call ran"))
+                continue
             items, fut = item  # type: ignore[misc]
             with self._lock:
                 self._queued_images -= len(items)
@@ -101,6 +128,9 @@ class MicroBatcher:
 
     def _take(self, block: bool, timeout: float | None = None) -> object:
         item = self._queue.get(block=block, timeout=timeout)
+        while isinstance(item, _Call):  # run at once, in order, and keep building the batch
+            item.run()
+            item = self._queue.get(block=block, timeout=timeout)
         if item is not _STOP:
             with self._lock:
                 self._queued_images -= len(item[0])  # type: ignore[index]

@@ -124,3 +124,15 @@ def test_settings_are_validated():
         MicroBatcher(CountingModel(), max_batch=0)
     with pytest.raises(ValueError, match="max_wait_s"):
         MicroBatcher(CountingModel(), max_wait_s=-1)
+
+
+def test_call_in_worker_runs_on_the_model_thread_between_batches():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=4, name="model-thread")
+    try:
+        assert batcher.call_in_worker(lambda: threading.current_thread().name).result(timeout=5) == "model-thread"
+        np.testing.assert_array_equal(batcher.submit(np.ones((1, 2), np.float32)).result(timeout=5), 2)
+    finally:
+        batcher.close()
+    with pytest.raises(BatcherClosed):
+        batcher.call_in_worker(lambda: None).result(timeout=1)
