@@ -29,6 +29,7 @@ from lookalike.server.core.commands import (
 from lookalike.server.core.database import Database, Key
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
 from lookalike.server.core.hnsw import HnswSettings
+from lookalike.server.core.index import STORAGE_DTYPES
 from lookalike.server.core.persistence import Persistence, entry_bytes, read_export
 from lookalike.server.core.validation import check_database_name
 
@@ -137,7 +138,7 @@ class Catalog:
 
     def _apply(self, cmd: Command, seq: int) -> Any:
         if isinstance(cmd, CreateDatabase):
-            db = Database(cmd.db, cmd.dimension, model=cmd.model, create_time=cmd.time)
+            db = Database(cmd.db, cmd.dimension, model=cmd.model, create_time=cmd.time, storage=cmd.storage)
             db.incarnation = db.applied_seq = seq
             db.hnsw_settings = self.hnsw
             self._check_model(db)
@@ -187,13 +188,16 @@ class Catalog:
         return db
 
     # -- databases -------------------------------------------------------------------------
-    def create(self, name: str) -> Database:
+    def create(self, name: str, storage: str = "") -> Database:
         check_database_name(name)
+        storage = storage or "f32"
+        if storage not in STORAGE_DTYPES:
+            raise invalid("STORAGE_INVALID", f"storage {storage!r} is not one of {', '.join(STORAGE_DTYPES)}")
         self._require_ready()
         with self._write_lock:
             if name in self._dbs:
                 raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
-            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, time.time()))
+            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, time.time(), storage))
         self._wait(seq)
         return db
 
@@ -392,7 +396,9 @@ class Catalog:
         with self._write_lock:
             if name in self._dbs:
                 raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
-            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, source.create_time))
+            seq, db = self._commit(
+                CreateDatabase(name, self.dimension, self.model, source.create_time, source.storage)
+            )
             for start in range(0, len(entries), IMPORT_CHUNK):
                 part = entries[start : start + IMPORT_CHUNK]
                 items = tuple(

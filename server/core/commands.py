@@ -23,6 +23,7 @@ class CreateDatabase:
     dimension: int
     model: dict[str, Any]
     time: float
+    storage: str = "f32"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ Command = CreateDatabase | DropDatabase | SetImages | DeleteImage | DeleteGroup 
 def encode(cmd: Command) -> bytes:
     vectors = b""
     if isinstance(cmd, CreateDatabase):
-        head: dict[str, Any] = {"op": "create", "db": cmd.db, "dim": cmd.dimension, "model": cmd.model, "t": cmd.time}
+        head: dict[str, Any] = {"op": "create", "db": cmd.db, "dim": cmd.dimension, "model": cmd.model, "t": cmd.time,
+                                "storage": cmd.storage}  # fmt: skip
     elif isinstance(cmd, DropDatabase):
         head = {"op": "drop", "db": cmd.db}
     elif isinstance(cmd, SetImages):
@@ -108,7 +110,7 @@ def decode(data: bytes) -> Command:
     head = json.loads(data[_LEN.size : _LEN.size + n])
     op = head["op"]
     if op == "create":
-        return CreateDatabase(head["db"], int(head["dim"]), head["model"], float(head["t"]))
+        return CreateDatabase(head["db"], int(head["dim"]), head["model"], float(head["t"]), head.get("storage", "f32"))
     if op == "drop":
         return DropDatabase(head["db"])
     if op == "set":

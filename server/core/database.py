@@ -77,15 +77,17 @@ class Database:
         model: dict[str, Any] | None = None,
         create_time: float = 0.0,
         chunk_rows: int = CHUNK_ROWS,
+        storage: str = "f32",
     ) -> None:
         self.name = name
+        self.storage = storage
         self.dimension = dimension
         self.metric = "cosine"
         self.model = model or {}
         self.create_time = create_time
         self.foreign: str | None = None  # why this server must not serve it (another model), else None
         self.lock = threading.Lock()
-        self.index = ExactIndex(dimension, chunk_rows=chunk_rows)
+        self.index = ExactIndex(dimension, chunk_rows=chunk_rows, storage=storage)
         self._ids = ChunkedRows(np.int64, None, chunk_rows)
         self._group = ChunkedRows(np.int32, None, chunk_rows)
         self._intra = ChunkedRows(np.int64, None, chunk_rows)
@@ -352,7 +354,7 @@ class Database:
         k = min(top_k, searched)
         tier = "exact"
         if graph is not None:
-            scores, rows = self._graph_search(graph, query, k, live, ids_flat, index_rows)
+            scores, rows = self._graph_search(graph, query, k, live, ids_flat, index_rows, self.index)
             tier = "hnsw"
         else:
             scores, rows = self.index.search(query, k, live, n, groups, rows=index_rows)
@@ -366,7 +368,13 @@ class Database:
 
     @staticmethod
     def _graph_search(
-        graph: HnswIndex, query: np.ndarray, k: int, live: np.ndarray, ids_flat: np.ndarray, rows: ChunkedRows
+        graph: HnswIndex,
+        query: np.ndarray,
+        k: int,
+        live: np.ndarray,
+        ids_flat: np.ndarray,
+        rows: ChunkedRows,
+        index: ExactIndex,
     ) -> tuple[np.ndarray, np.ndarray]:
         """HNSW candidates, checked against the live mask, re-scored exactly from the float32 rows."""
         ids = graph.candidates(query, max(k * graph.settings.rerank_factor, k + 16))
@@ -377,7 +385,7 @@ class Database:
         cand = np.unique(pos[ok])
         if len(cand) == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores = rows.take(cand) @ query
+        scores = index.take(cand, rows) @ query
         order = np.lexsort((cand, -scores))[:k]
         return scores[order].astype(np.float32), cand[order]
 
@@ -392,6 +400,7 @@ class Database:
         rows = np.flatnonzero(self._live[:n])
         ids = self._ids_flat[rows].copy()
         index_rows = self.index.rows
+        index = self.index
 
         def build() -> None:
             import time
@@ -400,7 +409,7 @@ class Database:
             for start in range(0, len(rows), 8192):
                 if self.hnsw is not graph:
                     return  # cleared meanwhile
-                graph.add(ids[start : start + 8192], index_rows.take(rows[start : start + 8192]))
+                graph.add(ids[start : start + 8192], index.take(rows[start : start + 8192], index_rows))
             graph.ready = True
             import logging
 
@@ -487,6 +496,7 @@ class Database:
                     "model": self.model,
                     "create_time": self.create_time,
                     "chunk_rows": self._ids.chunk_rows,
+                    "storage": self.storage,
                     "next_image_id": self.next_image_id,
                     "applied_seq": self.applied_seq,
                     "incarnation": self.incarnation,
@@ -509,10 +519,10 @@ class Database:
         chunk_rows = int(meta["chunk_rows"])
         db = cls(
             meta["name"], int(meta["dimension"]), model=meta["model"], create_time=float(meta["create_time"]),
-            chunk_rows=chunk_rows,
+            chunk_rows=chunk_rows, storage=meta.get("storage", "f32"),
         )  # fmt: skip
         n = len(live)
-        db.index.rows = ChunkedRows.from_chunks(vectors, n, np.float32, db.dimension, chunk_rows)
+        db.index.rows = ChunkedRows.from_chunks(vectors, n, db.index.rows.dtype, db.dimension, chunk_rows)
         db._ids = ChunkedRows.from_chunks(per_row["ids"], n, np.int64, None, chunk_rows)
         db._group = ChunkedRows.from_chunks(per_row["group"], n, np.int32, None, chunk_rows)
         db._intra = ChunkedRows.from_chunks(per_row["intra"], n, np.int64, None, chunk_rows)

@@ -28,6 +28,7 @@ import numpy as np
 from lookalike.server.core.commands import Command, decode, encode
 from lookalike.server.core.database import Database, SnapshotView
 from lookalike.server.core.errors import ErrorKind, LookalikeError
+from lookalike.server.core.index import STORAGE_DTYPES
 from lookalike.server.storage.blobs import BlobStore, LocalBlobStore, open_store
 from lookalike.server.storage.segments import (
     CorruptionError,
@@ -108,7 +109,8 @@ def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
         kind: [load(r, dtype, (rows_in(i),)) for i, r in enumerate(entry["per_row"][kind])]
         for kind, dtype in PER_ROW.items()
     }
-    vectors = [load(r, np.float32, (rows_in(i), dim)) for i, r in enumerate(entry["vectors"])]
+    dtype = STORAGE_DTYPES[meta.get("storage", "f32")]
+    vectors = [load(r, dtype, (rows_in(i), dim)) for i, r in enumerate(entry["vectors"])]
     attrs = get_json(store, FileRef.from_json(entry["attributes"])) if entry.get("attributes") else {}
     return Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs)
 

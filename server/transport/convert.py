@@ -28,6 +28,7 @@ def database(db: Database) -> db_pb.Database:
         group_count=db.group_count,
         create_time=timestamp(db.create_time),
         model=f"{db.model.get('name', '')}@{str(db.model.get('digest', ''))[:12]}",
+        storage=db.storage,
     )
 
 

@@ -38,7 +38,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     def CreateDatabase(
         self, request: pb.CreateDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.CreateDatabaseResponse:
-        return pb.CreateDatabaseResponse(database=convert.database(self._dbs.create(request.name)))
+        return pb.CreateDatabaseResponse(database=convert.database(self._dbs.create(request.name, request.storage)))
 
     @grpc_errors
     def GetDatabase(self, request: pb.GetDatabaseRequest, context: grpc.ServicerContext) -> pb.GetDatabaseResponse:

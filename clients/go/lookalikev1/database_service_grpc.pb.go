@@ -54,6 +54,7 @@ type DatabaseServiceClient interface {
 	//	INVALID_ARGUMENT / DATABASE_NAME_INVALID: the name is empty, longer than 63 characters,
 	//	  or has characters other than letters, digits, '-' and '_' (or does not start with a letter or digit).
 	//	ALREADY_EXISTS / DATABASE_EXISTS: a database with that name exists.
+	//	INVALID_ARGUMENT / STORAGE_INVALID: storage is not "", "f32", "f16" or "bf16".
 	CreateDatabase(ctx context.Context, in *CreateDatabaseRequest, opts ...grpc.CallOption) (*CreateDatabaseResponse, error)
 	// Returns one database with its counts.
 	//
@@ -292,6 +293,7 @@ type DatabaseServiceServer interface {
 	//	INVALID_ARGUMENT / DATABASE_NAME_INVALID: the name is empty, longer than 63 characters,
 	//	  or has characters other than letters, digits, '-' and '_' (or does not start with a letter or digit).
 	//	ALREADY_EXISTS / DATABASE_EXISTS: a database with that name exists.
+	//	INVALID_ARGUMENT / STORAGE_INVALID: storage is not "", "f32", "f16" or "bf16".
 	CreateDatabase(context.Context, *CreateDatabaseRequest) (*CreateDatabaseResponse, error)
 	// Returns one database with its counts.
 	//

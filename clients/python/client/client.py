@@ -214,8 +214,10 @@ class LookalikeClient:
 
     # -- databases -------------------------------------------------------------------------
     @_rpc
-    def create_database(self, name: str) -> db_pb.Database:
-        return self.db_stub.CreateDatabase(db_pb.CreateDatabaseRequest(name=name), **self._kw()).database
+    def create_database(self, name: str, storage: str = "") -> db_pb.Database:
+        """``storage``: "f32" (default), "f16" or "bf16" (half the memory)."""
+        req = db_pb.CreateDatabaseRequest(name=name, storage=storage)
+        return self.db_stub.CreateDatabase(req, **self._kw()).database
 
     @_rpc
     def get_database(self, name: str) -> db_pb.Database:

@@ -124,8 +124,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         if not args.name:
             raise SystemExit(f"lookalike: db {args.action} needs a database NAME")
         if args.action == "create":
-            d = c.create_database(args.name)
-            _print(args, _dict(d), f"created database {d.name} (dim {d.dimension}, {d.metric})")
+            d = c.create_database(args.name, storage=args.storage or "")
+            _print(args, _dict(d), f"created database {d.name} (dim {d.dimension}, {d.metric}, {d.storage})")
         elif args.action == "get":
             d = c.get_database(args.name)
             _print(args, _dict(d), f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}")
@@ -211,6 +211,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["create", "list", "get", "delete", "snapshot", "export", "import"])
     p.add_argument("name", nargs="?")
     p.add_argument("location", nargs="?", help="export/import: a directory on the server, or oss://bucket/prefix/")
+    p.add_argument("--storage", choices=["f32", "f16", "bf16"], help="create: how vectors are stored (default f32)")
     add_client_options(p)
     p.set_defaults(func=cmd_db)
 
