@@ -291,23 +291,9 @@ class Database:
             return n
 
     # -- search ----------------------------------------------------------------------------
-    def search(
-        self,
-        query: np.ndarray,
-        top_k: int,
-        *,
-        one_per_group: bool = False,
-        min_score: float | None = None,
-        exclude: Key | None = None,
-        where: dict[str, str] | None = None,
-        group_prefix: str = "",
-        with_attributes: bool = True,
-    ) -> tuple[list[Hit], int]:
-        """Top-k by cosine; see ``search_tier``, which also says which index answered."""
-        hits, searched, _ = self.search_tier(
-            query, top_k, one_per_group=one_per_group, min_score=min_score, exclude=exclude, where=where,
-            group_prefix=group_prefix, with_attributes=with_attributes,
-        )  # fmt: skip
+    def search(self, query: np.ndarray, top_k: int, **options: Any) -> tuple[list[Hit], int]:
+        """Top-k by cosine: (hits, images compared); ``search_tier`` also says which index answered."""
+        hits, searched, _ = self.search_tier(query, top_k, **options)
         return hits, searched
 
     def search_tier(
