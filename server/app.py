@@ -100,6 +100,12 @@ def apply_thread_budget(config: ServerConfig) -> dict[str, int]:
     return budget
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     """Build and start a server; ``config.port == 0`` picks a free port (tests).
 
@@ -108,10 +114,11 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     """
     tokens = TokenSet(config.token, config.token_file)  # a bad token file stops start-up here
     budget = apply_thread_budget(config)
+    device = config.device or ("cuda" if _cuda_available() else "cpu")
     embedder = Embedder(
         resolve_model(config),
         device=config.device,
-        max_batch=config.max_batch,
+        max_batch=config.model_batch(device),
         max_wait_s=config.batch_wait_s,
         max_image_bytes=config.max_image_bytes,
         max_image_pixels=config.max_image_pixels,

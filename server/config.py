@@ -18,6 +18,8 @@ from typing import Any
 DEFAULT_PORT = 50051
 DEFAULT_DATA_DIR = Path("./lookalike-data")
 FSYNC_MODES = ("always", "batch", "never")
+GPU_MAX_BATCH = 32
+CPU_MAX_BATCH = 4
 
 
 def opt(default: Any, help: str, *, env: str | None = None, flag: str | None = None, **kw: Any) -> Any:
@@ -36,7 +38,9 @@ class ServerConfig:
     token: str | None = field(default=None, repr=False, metadata={"env_only": "LOOKALIKE_TOKEN"})
     log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
     # Work and limits.
-    max_batch: int = opt(32, "images per model call (the micro-batcher's batch)", min=1, max=4096)
+    max_batch: int | None = opt(None, "images per model call (the micro-batcher's batch); default 32 on a GPU, "
+                                "4 on CPU, where larger batches fall out of cache and run slower per image",
+                                min=1, max=4096)  # fmt: skip
     max_inflight: int = opt(32, "unary calls served at once; beyond it RESOURCE_EXHAUSTED at once", min=1, max=4096)
     max_streams: int = opt(4, "BulkSetImages streams open at once; beyond it RESOURCE_EXHAUSTED", min=1, max=1024)
     stream_idle_s: float = opt(60.0, "a stream that sends nothing for this long is cancelled", min=0.1)
@@ -109,6 +113,12 @@ class ServerConfig:
     @property
     def fsync_interval_s(self) -> float:
         return self.fsync_interval_ms / 1000.0
+
+    def model_batch(self, device: str) -> int:
+        """``--max-batch``, or the measured default for ``device`` (bench/serve.py)."""
+        if self.max_batch is not None:
+            return self.max_batch
+        return GPU_MAX_BATCH if device.startswith("cuda") else CPU_MAX_BATCH
 
     @property
     def batch_wait_s(self) -> float:

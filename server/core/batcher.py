@@ -2,8 +2,11 @@
 
 Each caller submits a stack of preprocessed images and blocks on a future; one worker
 thread drains the queue into batches of at most ``max_batch`` images, waiting at most
-``max_wait_s`` for more to arrive once it has one. On a GPU this turns N small calls into
-one; on a CPU it still saves the per-call overhead and runs convolutions on larger tensors.
+``max_wait_s`` for more to arrive once it has one; a request larger than ``max_batch`` is run
+in slices of ``max_batch``. On a GPU this turns N small calls into one. On a CPU a batch's
+activations must stay in cache: there per-image cost rises with the batch (bench/serve.py
+measured 32-image calls several times slower per image than 4-image ones), so the CPU
+default is small.
 
 A batch that fails is retried request by request, so one bad request fails only itself.
 ``close()`` lets the running batch finish, fails every request still queued with a clear
@@ -161,16 +164,21 @@ class MicroBatcher:
                 return
 
     def _call(self, batch: np.ndarray, requests: int) -> np.ndarray:
-        self.model_calls += 1
-        out = self._run_batch(batch)
-        if len(out) != len(batch):
-            raise RuntimeError(f"the model returned {len(out)} rows for {len(batch)} images")
-        for observe in self.observers:
-            try:
-                observe(len(batch), requests)
-            except Exception:  # metrics must never fail a request
-                pass
-        return out
+        """One model call per ``max_batch`` images: a large request (a bulk chunk) is split, never run whole."""
+        parts = []
+        for start in range(0, len(batch), self.max_batch):
+            part = batch[start : start + self.max_batch]
+            self.model_calls += 1
+            out = self._run_batch(part)
+            if len(out) != len(part):
+                raise RuntimeError(f"the model returned {len(out)} rows for {len(part)} images")
+            for observe in self.observers:
+                try:
+                    observe(len(part), requests)
+                except Exception:  # metrics must never fail a request
+                    pass
+            parts.append(out)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _run(self, pending: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
         live = [(x, f) for x, f in pending if f.set_running_or_notify_cancel()]

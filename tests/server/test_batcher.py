@@ -136,3 +136,16 @@ def test_call_in_worker_runs_on_the_model_thread_between_batches():
         batcher.close()
     with pytest.raises(BatcherClosed):
         batcher.call_in_worker(lambda: None).result(timeout=1)
+
+
+def test_a_request_larger_than_max_batch_runs_in_slices():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=4, max_wait_s=0.0)
+    seen: list[tuple[int, int]] = []
+    batcher.observers.append(lambda images, requests: seen.append((images, requests)))
+    try:
+        rows = np.arange(30, dtype=np.float32).reshape(10, 3)
+        np.testing.assert_array_equal(batcher.submit(rows).result(timeout=5), rows * 2)
+    finally:
+        batcher.close()
+    assert model.calls == [4, 4, 2] and [s[0] for s in seen] == [4, 4, 2]
