@@ -156,7 +156,8 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     if config.http_port is not None:
         from lookalike.server.transport.http_gateway import HttpServer, PaiGateway, create_app
 
-        gateway = PaiGateway(service, token=config.token, max_body_bytes=config.max_message_bytes, oss=oss)
+        gateway = PaiGateway(service, token=tokens if tokens.enabled else None,  # type: ignore[arg-type]
+                             max_body_bytes=config.max_message_bytes, oss=oss)  # fmt: skip
         http = HttpServer(create_app(gateway), config.host, config.http_port)
         http.start()
     running = RunningServer(server, service, threading.Event(), threading.Event(), [], http)

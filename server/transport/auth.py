@@ -35,7 +35,10 @@ def _strip(sent: str) -> str:
     return sent[7:].strip() if sent.lower().startswith("bearer ") else sent
 
 
-def token_matches(sent: str | None, token: str) -> bool:
+def token_matches(sent: str | None, token: str | TokenSet) -> bool:
+    """``sent`` (raw or ``Bearer``) is the token, or one of a ``TokenSet``'s (file tokens included)."""
+    if isinstance(token, TokenSet):
+        return token.accepts(sent)
     if sent is None:
         return False
     return hmac.compare_digest(_strip(sent).encode(), token.encode())

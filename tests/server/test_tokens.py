@@ -38,7 +38,7 @@ def file_server(tmp_path_factory, token_file):
     from lookalike.server.config import ServerConfig
 
     config = ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("d"), persist=False, token="env-token-9",
-                          token_file=token_file)  # fmt: skip
+                          token_file=token_file, http_port=0)  # fmt: skip
     running = create_server(config)
     yield running
     running.stop(0)
@@ -178,3 +178,25 @@ def test_image_calls_refused_without_token(file_server, photos):
         with pytest.raises(ClientError) as info:
             c.bulk_set("secret-db", [("g", None, img, "r")])
         assert info.value.code == "UNAUTHENTICATED"
+
+
+def test_the_http_gateway_takes_the_same_tokens(file_server, token_file):
+    """The PAI-compatible JSON port checks the token set too (file tokens included, rotation included)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{file_server.http_port}/api/predict/svc"
+
+    def status(token: str | None) -> int:
+        req = urllib.request.Request(url, data=json.dumps({"function_name": "get"}).encode(), method="POST")
+        if token is not None:
+            req.add_header("Authorization", token)
+        try:
+            return urllib.request.urlopen(req, timeout=30).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert wait_for(lambda: accepted(file_server.address, "alpha-0001"))
+    assert status("alpha-0001") == 200 and status("Bearer env-token-9") == 200
+    assert status(None) == 401 and status("nope") == 401
