@@ -122,6 +122,8 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         max_wait_s=config.batch_wait_s,
         max_image_bytes=config.max_image_bytes,
         max_image_pixels=config.max_image_pixels,
+        max_aspect_ratio=config.max_aspect_ratio,
+        decode_budget_pixels=config.decode_budget_pixels,
         preprocess_threads=budget["preprocess"],
     )
     oss = make_oss(config)

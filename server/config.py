@@ -48,6 +48,10 @@ class ServerConfig:
     max_message_bytes: int = opt(64 << 20, "largest request message", min=1 << 16, max=1 << 30)
     max_image_bytes: int = opt(32 << 20, "largest encoded image", min=1024)
     max_image_pixels: int = opt(64_000_000, "largest image (width x height) decoded", min=1)
+    max_aspect_ratio: float = opt(20.0, "longest side over shortest side of an image, beyond it IMAGE_SHAPE_INVALID",
+                                  min=1.0)  # fmt: skip
+    decode_budget_pixels: int = opt(128_000_000, "decoded pixels in flight across threads (bounds memory)",
+                                    min=1_000_000)  # fmt: skip
     max_top_k: int = opt(1000, "largest top_k of a search", min=1, max=100_000)
     max_embed_images: int = opt(256, "images in one Embed call", min=1, max=100_000)
     hnsw_threshold: int = opt(100_000, "live images from which a database also gets an HNSW graph; 0 = exact only",

@@ -118,6 +118,15 @@ class Catalog:
     def _check_model(self, db: Database) -> None:
         mine, theirs = self.model.get("digest"), db.model.get("digest")
         if theirs != mine or db.dimension != self.dimension:
+            from lookalike.modelfile import preprocessing_mismatch
+
+            differs = preprocessing_mismatch(
+                db.model.get("preprocessing", {}), self.model.get("preprocessing", {}), f"database {db.name!r}"
+            )
+            if differs and db.model.get("name") == self.model.get("name"):  # same weights' name, new pipeline
+                db.foreign = differs
+                log.warning("%s", differs)
+                return
             db.foreign = (
                 f"database {db.name!r} holds vectors of model {describe_model(db.model)}, but this server runs "
                 f"{describe_model(self.model)}; vectors of two models must not be mixed. Serve it with its model "

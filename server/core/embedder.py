@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from lookalike.server.core.batcher import MicroBatcher
 from lookalike.server.core.errors import ErrorKind, LookalikeError
-from lookalike.server.core.images import decode_image
+from lookalike.server.core.images import MAX_ASPECT_RATIO, PixelBudget, decode_image
 
 from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess
 
@@ -41,6 +41,8 @@ class Embedder:
         max_image_bytes: int = 32 << 20,
         max_image_pixels: int = 64_000_000,
         preprocess_threads: int | None = None,
+        max_aspect_ratio: float = MAX_ASPECT_RATIO,
+        decode_budget_pixels: int = 128_000_000,
     ) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         module, meta = load_embedder(model_path, device=self.device)
@@ -53,6 +55,8 @@ class Embedder:
         self.meta: EmbedderMeta = meta
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
+        self.max_aspect_ratio = max_aspect_ratio
+        self._budget = PixelBudget(decode_budget_pixels)  # bounds decoded pixels in flight across threads
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=preprocess_threads or os.cpu_count() or 2, thread_name_prefix="preprocess"
@@ -100,6 +104,8 @@ class Embedder:
             max_pixels=self.max_image_pixels,
             draft_size=self.meta.resize_size,
             field=field,
+            max_aspect_ratio=self.max_aspect_ratio,
+            budget=self._budget,
         )
         return preprocess(img, self.meta)
 

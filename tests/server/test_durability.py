@@ -201,3 +201,30 @@ def test_a_snapshot_compacts_retired_rows_and_the_restart_matches(tmp_path):
             assert [(h.key.group_id, h.key.intra_id) for h in hits] == naive_top(after, q, 10)
     finally:
         server.stop(0)
+
+
+def test_the_same_weights_with_another_preprocessing_refuse_the_database_and_say_why(tmp_path):
+    import dataclasses
+
+    from lookalike.server.core.default_model import default_model_path
+
+    from lookalike.modelfile import load_embedder, save_embedder
+
+    data = tmp_path / "data"
+    server = start(data)
+    with LookalikeClient(server.address) as c:
+        c.create_database("shop")
+        c.set_image("shop", "a", vector=unit_vectors(1, 3)[0].tolist())
+    server.stop(0)
+    module, meta = load_embedder(default_model_path())
+    other = "shorter_then_center_crop" if meta.resize_mode != "shorter_then_center_crop" else "stretch"
+    cropped = save_embedder(module, tmp_path / "cropped.pt", dataclasses.replace(meta, resize_mode=other))
+    server = start(data, model=cropped)
+    try:
+        with LookalikeClient(server.address) as c:
+            with pytest.raises(ClientError) as err:
+                c.search("shop", vector=unit_vectors(1, 3)[0].tolist())
+            assert err.value.reason == "MODEL_MISMATCH" and "resize_mode" in err.value.message
+            assert "--model" in err.value.message and "re-embed" in err.value.message
+    finally:
+        server.stop(0)
