@@ -158,9 +158,14 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     if config.http_port is not None:
         from lookalike.server.transport.http_gateway import HttpServer, PaiGateway, create_app
 
-        gateway = PaiGateway(service, token=tokens if tokens.enabled else None,  # type: ignore[arg-type]
+        gateway = PaiGateway(service, token=tokens if tokens.enabled else None,
                              max_body_bytes=config.max_message_bytes, oss=oss)  # fmt: skip
-        http = HttpServer(create_app(gateway), config.host, config.http_port)
+        http = HttpServer(
+            create_app(gateway), config.host, config.http_port,
+            tls_cert=str(config.tls_cert) if config.tls_cert else None,
+            tls_key=str(config.tls_key) if config.tls_key else None,
+            tls_client_ca=str(config.tls_client_ca) if config.tls_client_ca else None,
+        )  # fmt: skip
         http.start()
     running = RunningServer(server, service, threading.Event(), threading.Event(), [], http)
     running.metrics, running.metrics_endpoint = metrics, endpoint

@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.service import BulkItem, LookalikeService, Query
-from lookalike.server.transport.auth import token_matches
+from lookalike.server.transport.auth import TokenSet, token_matches
 
 from lookalike.oss import OssClient, OssCredentials, is_oss
 
@@ -82,7 +82,9 @@ def failure(request_id: str, err: LookalikeError) -> JSONResponse:
 class PaiGateway:
     """State of the PAI ``init`` call (OSS root and credentials, in memory only) and the handlers."""
 
-    def __init__(self, service: LookalikeService, *, token: str | None, max_body_bytes: int, oss: OssClient) -> None:
+    def __init__(
+        self, service: LookalikeService, *, token: str | TokenSet | None, max_body_bytes: int, oss: OssClient
+    ) -> None:
         self.service = service
         self.token = token
         self.max_body_bytes = max_body_bytes
@@ -362,9 +364,18 @@ def create_app(gateway: PaiGateway) -> FastAPI:
 
 
 class HttpServer:
-    """uvicorn in a thread of the serving process."""
+    """uvicorn in a thread of the serving process; HTTPS (and client certificates) with the gRPC TLS files."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
+    ) -> None:
         import socket
 
         import uvicorn
@@ -374,7 +385,14 @@ class HttpServer:
         self._sock.bind((host, port))
         self._sock.listen(1024)  # connections queue from now on, before uvicorn's loop is up
         self.port = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        tls: dict[str, Any] = {}
+        if tls_cert is not None:
+            import ssl
+
+            tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
+            if tls_client_ca is not None:
+                tls |= {"ssl_ca_certs": tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **tls))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True,
                                         name="http")  # fmt: skip
 

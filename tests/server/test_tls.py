@@ -114,7 +114,7 @@ def _serve(tmp_path_factory, pki: Pki, *, mutual: bool):
 
     config = ServerConfig(
         port=0, data_dir=tmp_path_factory.mktemp("d"), persist=False, tls_cert=pki.server.cert, tls_key=pki.server.key,
-        tls_client_ca=pki.ca.cert if mutual else None, metrics_port=0,
+        tls_client_ca=pki.ca.cert if mutual else None, metrics_port=0, http_port=0,
     )  # fmt: skip
     return create_server(config)
 
@@ -215,3 +215,22 @@ def test_bad_tls_settings_are_refused_with_the_option_named(tmp_path, pki):
         server_credentials(not_pem, pki.server.key)
     with pytest.raises(ValueError, match="no private key"):
         server_credentials(pki.server.cert, pki.server.cert)
+
+
+def test_the_pai_http_port_follows_the_tls_policy(tls_server, mtls_server, pki):
+    import json
+
+    body = json.dumps({"function_name": "get"}).encode()
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    url = f"https://127.0.0.1:{tls_server.http_port}/api/predict/x"
+    post = urllib.request.Request
+    reply = json.loads(urllib.request.urlopen(post(url, data=body), context=context, timeout=10).read())
+    assert reply["success"] is True and "db_dict" in reply
+    with pytest.raises(OSError):  # plain HTTP to the TLS port
+        urllib.request.urlopen(post(f"http://127.0.0.1:{tls_server.http_port}/", data=body), timeout=5)
+    mutual = f"https://127.0.0.1:{mtls_server.http_port}/"
+    with pytest.raises(OSError):  # no client certificate
+        urllib.request.urlopen(urllib.request.Request(mutual, data=body), context=context, timeout=5)
+    context.load_cert_chain(str(pki.client.cert), str(pki.client.key))
+    assert json.loads(urllib.request.urlopen(urllib.request.Request(mutual, data=body), context=context,
+                                             timeout=10).read())["success"] is True  # fmt: skip
