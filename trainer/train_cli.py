@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--data", help="image list, image folder or `lookalike prep` output (data.source)")
     p.add_argument("--output", "-o", help="output folder for checkpoints and exports (train.output_dir)")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="time budget (train.max_minutes): fit the schedule to it, stop with a checkpoint and an export")  # fmt: skip
+    p.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="time budget (train.max_minutes): fit the schedule to it, stop with a checkpoint and an export",
+    )  # fmt: skip
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return p
