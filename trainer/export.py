@@ -94,6 +94,7 @@ def export_embedder(
     *,
     input_size: int,
     resize_size: int | None = None,
+    resize_mode: str | None = None,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
     model_name: str,
@@ -107,6 +108,7 @@ def export_embedder(
         method_or_module: a trained :class:`SSLMethod`, or any module mapping images to ``[N, D]``.
         input_size: side of the square crop the model sees at serving time.
         resize_size: shorter side before the center crop; default ``round(input_size * 256 / 224)``.
+        resize_mode: how the server fits an image to the input (``lookalike.modelfile``); default: its default.
         mean, std: input normalisation; default the method's ``default_mean`` / ``default_std``
             (required for a bare module).
         model_name: stored in the metadata (e.g. ``"mocov2-resnet50-epoch_10"``).
@@ -146,6 +148,7 @@ def export_embedder(
         std=(float(std[0]), float(std[1]), float(std[2])),
         precision="fp16" if fp16 else "fp32",
         extra=dict(extra or {}),
+        **({} if resize_mode is None else {"resize_mode": resize_mode}),
     )
     scripted = _to_torchscript(wrapper, example)
     out = save_embedder(scripted, path, meta)

@@ -171,7 +171,7 @@ def test_resize_size_shows_the_model_the_whole_image(labelled: Path, tmp_path: P
                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """Equal preprocessing for a fair comparison: ``--resize-size`` = input size means no crop."""
     model = export_embedder(TinyEncoder(), tmp_path / "t.pt", input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
-                            model_name="tiny")  # fmt: skip
+                            model_name="tiny", resize_mode="shorter_then_center_crop")  # fmt: skip
     cropped, whole = open_embedder(str(model)), open_embedder(str(model), resize_size=32)
     assert (cropped.meta.input_size, cropped.meta.resize_size) == (32, 37)
     assert (whole.meta.input_size, whole.meta.resize_size) == (32, 32) and whole.name.endswith("@32/32")
