@@ -11,12 +11,13 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from lookalike.server.core.batcher import MicroBatcher
+from lookalike.server.core.cancellation import track
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.core.images import MAX_ASPECT_RATIO, PixelBudget, decode_image
 
@@ -127,7 +128,13 @@ class Embedder:
         """[n] preprocessed images -> [n, D] unit vectors, batched with concurrent callers."""
         if not arrays:
             return np.zeros((0, self.dimension), np.float32)
-        return self._batcher.submit(np.stack(arrays)).result()
+        future = track(self._batcher.submit(np.stack(arrays)))
+        try:
+            return future.result()
+        except CancelledError:
+            raise LookalikeError(
+                ErrorKind.UNAVAILABLE, "CANCELLED", "the call ended before its images were embedded"
+            ) from None
 
     def embed(self, images: Sequence[bytes], *, field: str = "images") -> np.ndarray:
         if len(images) == 1:

@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from lookalike.server.core.cancellation import call_scope
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ def grpc_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            with call_scope() as scope:
+                context.add_callback(scope.cancel)  # the call ended (cancel, deadline): drop its queued work
+                return method(self, request, context)
         except LookalikeError as err:
             context.abort_with_status(to_status(err))
         except Exception:
