@@ -208,3 +208,19 @@ def test_oss_paths_and_save_load_through_the_oss_root(tmp_path, monkeypatch):
         srv.stop()
     written = b"".join(p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file())
     assert secret.encode() not in written
+
+
+def test_an_oversized_body_gets_413_with_the_limit(tmp_path):
+    from lookalike.server.app import create_server
+    from lookalike.server.config import ServerConfig
+
+    server = create_server(ServerConfig(port=0, http_port=0, max_message_bytes=1 << 16, persist=False,
+                                        data_dir=tmp_path))  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{server.http_port}/"
+        status, body = call(url, {"imagea": b64(b"x" * 100_000), "imageb": b64(b"y")}, token="")
+        assert (status, body["success"], body["error_code"]) == (413, False, "MESSAGE_TOO_LARGE")
+        assert "65536" in body["error_msg"]
+        assert call(url, {"function_name": "get"}, token="")[0] == 200  # and the server goes on
+    finally:
+        server.stop(0)
