@@ -285,7 +285,7 @@ class Catalog:
         with self._write_lock:
             db = self._get_locked(name)
             db.check_usable()
-            db.get(group_id, intra_id)  # NOT_FOUND before anything is logged
+            db.require(group_id, intra_id)  # NOT_FOUND before anything is logged
             seq, _ = self._commit(DeleteImage(name, group_id, intra_id))
         self._wait(seq)
 
@@ -294,8 +294,7 @@ class Catalog:
         with self._write_lock:
             db = self._get_locked(name)
             db.check_usable()
-            if not db.list(group_id=group_id, after=None, limit=1)[0]:
-                raise not_found("GROUP_NOT_FOUND", f"database {name!r} has no group {group_id!r}")
+            db.require(group_id)
             seq, count = self._commit(DeleteGroup(name, group_id))
         self._wait(seq)
         return count

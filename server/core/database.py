@@ -88,7 +88,6 @@ class Database:
         self.foreign: str | None = None  # why this server must not serve it (another model), else None
         self.lock = threading.Lock()
         self.index = ExactIndex(dimension, chunk_rows=chunk_rows, storage=storage)
-        self._ids = ChunkedRows(np.int64, None, chunk_rows)
         self._group = ChunkedRows(np.int32, None, chunk_rows)
         self._intra = ChunkedRows(np.int64, None, chunk_rows)
         self._time = ChunkedRows(np.float64, None, chunk_rows)
@@ -117,7 +116,7 @@ class Database:
 
     @property
     def rows(self) -> int:
-        return self._ids.n
+        return self._intra.n
 
     def check_usable(self) -> None:
         if self.foreign is not None:
@@ -145,10 +144,13 @@ class Database:
         with self.lock:
             return self._entry(self._row(group_id, intra_id))
 
-    def has(self, key: Key) -> bool:
+    def require(self, group_id: str, intra_id: int | None = None) -> None:
+        """NOT_FOUND unless the image (or, without ``intra_id``, the group) exists; copies nothing."""
         with self.lock:
-            g = self._groups.number.get(key[0])
-            return g is not None and key[1] in self._groups.members.get(g, {})
+            if intra_id is not None:
+                self._row(group_id, intra_id)
+            elif not self._groups.members.get(self._groups.number.get(group_id, -1)):
+                raise not_found("GROUP_NOT_FOUND", f"database {self.name!r} has no group {group_id!r}")
 
     def list(self, *, group_id: str | None, after: Key | None, limit: int) -> tuple[list[Entry], bool]:
         """Entries ordered by key, strictly after ``after``; returns (page, more_left)."""
@@ -189,10 +191,9 @@ class Database:
         """Append the rows, retire the rows they replace; returns ``replaced`` per item."""
         n = len(cmd.items)
         with self.lock:
-            first = self._ids.n
+            first = self._intra.n
             groups = np.array([self._groups.get_or_add(i.group_id) for i in cmd.items], np.int32)
             self.index.add(cmd.vectors)
-            self._ids.append(np.array([i.image_id for i in cmd.items], np.int64))
             self._group.append(groups)
             self._intra.append(np.array([i.intra_id for i in cmd.items], np.int64))
             self._time.append(np.asarray(cmd.times, np.float64) if cmd.times else np.full(n, cmd.time, np.float64))
@@ -315,7 +316,7 @@ class Database:
         exactly); everything else is an exact scan. Returns (hits, images compared, index).
         """
         with self.lock:
-            n = self._ids.n
+            n = self._intra.n
             live = self._live[:n]
             searched = self._size
             if where or group_prefix:
@@ -382,7 +383,7 @@ class Database:
             return
         graph = HnswIndex(self.dimension, s)
         self.hnsw = graph
-        n = self._ids.n
+        n = self._intra.n
         rows = np.flatnonzero(self._live[:n])
         ids = self._ids_flat[rows].copy()
         index_rows = self.index.rows
@@ -422,7 +423,7 @@ class Database:
     # -- compaction ------------------------------------------------------------------------
     @property
     def dead_rows(self) -> int:
-        return self._ids.n - self._size
+        return self._intra.n - self._size
 
     def compact(self) -> int:
         """Drop retired rows (replaced or deleted): live rows move to new chunks, keeping their ids.
@@ -431,12 +432,12 @@ class Database:
         picture; nothing outside this class holds a row number. Returns the rows reclaimed.
         """
         with self.lock:
-            n = self._ids.n
+            n = self._intra.n
             rows = np.flatnonzero(self._live[:n])
             reclaimed = n - len(rows)
             if reclaimed == 0:
                 return 0
-            chunk_rows = self._ids.chunk_rows
+            chunk_rows = self._intra.chunk_rows
 
             def moved(old: ChunkedRows, width: int | None = None) -> ChunkedRows:
                 new = ChunkedRows(old.dtype, width, chunk_rows)
@@ -445,13 +446,13 @@ class Database:
                 return new
 
             index_rows = moved(self.index.rows, self.dimension)
-            ids, group, intra, times = moved(self._ids), moved(self._group), moved(self._intra), moved(self._time)
+            group, intra, times = moved(self._group), moved(self._intra), moved(self._time)
             new_row = {int(old): new for new, old in enumerate(rows.tolist())}
             live = np.zeros(max(len(rows), 1024), np.uint8)
             live[: len(rows)] = 1
             members = {g: {i: new_row[r] for i, r in m.items()} for g, m in self._groups.members.items()}
             attrs = {new_row[r]: a for r, a in self._attrs.items() if r in new_row}
-            self.index.rows, self._ids, self._group, self._intra, self._time = index_rows, ids, group, intra, times
+            self.index.rows, self._group, self._intra, self._time = index_rows, group, intra, times
             self._live, self._groups.members, self._attrs = live, members, attrs
             ids_flat = np.zeros(len(live), np.int64)
             ids_flat[: len(rows)] = self._ids_flat[rows]
@@ -463,12 +464,13 @@ class Database:
     # -- snapshots -------------------------------------------------------------------------
     def snapshot_view(self) -> SnapshotView:
         with self.lock:
-            n = self._ids.n
+            n = self._intra.n
+            chunk_rows = self._intra.chunk_rows
             return SnapshotView(
                 n=n,
                 live=self._live[:n].copy(),
                 per_row={
-                    "ids": self._ids.views(n),
+                    "ids": [self._ids_flat[i : min(n, i + chunk_rows)] for i in range(0, n, chunk_rows)],
                     "group": self._group.views(n),
                     "intra": self._intra.views(n),
                     "time": self._time.views(n),
@@ -481,7 +483,7 @@ class Database:
                     "metric": self.metric,
                     "model": self.model,
                     "create_time": self.create_time,
-                    "chunk_rows": self._ids.chunk_rows,
+                    "chunk_rows": chunk_rows,
                     "storage": self.storage,
                     "next_image_id": self.next_image_id,
                     "applied_seq": self.applied_seq,
@@ -509,14 +511,14 @@ class Database:
         )  # fmt: skip
         n = len(live)
         db.index.rows = ChunkedRows.from_chunks(vectors, n, db.index.rows.dtype, db.dimension, chunk_rows)
-        db._ids = ChunkedRows.from_chunks(per_row["ids"], n, np.int64, None, chunk_rows)
         db._group = ChunkedRows.from_chunks(per_row["group"], n, np.int32, None, chunk_rows)
         db._intra = ChunkedRows.from_chunks(per_row["intra"], n, np.int64, None, chunk_rows)
         db._time = ChunkedRows.from_chunks(per_row["time"], n, np.float64, None, chunk_rows)
         db._live = db._grow_live(n)
         db._live[:n] = live
         db._ids_flat = np.zeros(len(db._live), np.int64)
-        db._ids_flat[:n] = db._ids.concat(n)
+        if n:
+            db._ids_flat[:n] = np.concatenate(per_row["ids"])[:n]
         db._groups.names = list(meta["group_names"])
         db._groups.number = {name: i for i, name in enumerate(db._groups.names)}
         db._groups.next_intra = [int(x) for x in meta["group_next"]]

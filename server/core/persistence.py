@@ -392,5 +392,3 @@ def read_export(location: str, oss: OssClient | None) -> Database:
         raise FileNotFoundError(f"{store.description} holds no {EXPORT_MANIFEST}; is it an export?")
     return read_entry(store, manifest["database"])
 
-
-__all__ = ["Loaded", "Persistence", "get_json", "put_json", "read_export"]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import crc32c
@@ -116,10 +115,3 @@ def get_manifest(store: BlobStore, name: str) -> dict[str, Any] | None:
         raise CorruptionError(where, 0, "manifest checksum mismatch")
     return json.loads(text)
 
-
-def ref_dict(ref: FileRef) -> dict[str, Any]:
-    return asdict(ref)
-
-
-def local_path(store: BlobStore, name: str) -> Path | None:
-    return store.path(name) if isinstance(store, LocalBlobStore) else None

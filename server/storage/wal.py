@@ -39,10 +39,6 @@ def frame_crc(seq: int, payload: bytes | memoryview) -> int:
     return crc32c.crc32c(payload, crc32c.crc32c(struct.pack("<Q", seq)))
 
 
-def encode_frame(seq: int, payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), frame_crc(seq, payload), seq) + payload
-
-
 def segment_name(first_seq: int) -> str:
     return f"wal-{first_seq:020d}.log"
 
