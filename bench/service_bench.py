@@ -69,7 +69,7 @@ def main() -> int:
         ql = q.tolist()
         grpc_vec = median_ms(lambda: client.search("bench", vector=ql, top_k=10), args.runs)
         grpc_group = median_ms(lambda: client.search("bench", vector=ql, top_k=10, one_per_group=True), args.runs)
-        core_db = server.service.databases.get("bench")
+        core_db = server.service.catalog.get("bench")
         core = median_ms(lambda: core_db.search(q, 10), args.runs)
         numpy_ref = median_ms(lambda: np.argpartition(-(vecs @ q), 10)[:10], args.runs)
 
