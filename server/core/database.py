@@ -88,12 +88,13 @@ class Database:
         self.foreign: str | None = None  # why this server must not serve it (another model), else None
         self.lock = threading.Lock()
         self.index = ExactIndex(dimension, chunk_rows=chunk_rows, storage=storage)
-        self._group = ChunkedRows(np.int32, None, chunk_rows)
         self._intra = ChunkedRows(np.int64, None, chunk_rows)
         self._time = ChunkedRows(np.float64, None, chunk_rows)
         self._live = np.zeros(0, np.uint8)
         self._attrs: dict[int, dict[str, str]] = {}  # row -> attributes, for live rows that have any
-        self._ids_flat = np.zeros(0, np.int64)  # ids by row, contiguous: ascending, so id -> row is a bisection
+        # Small per-row columns, contiguous (the kernel and bisections want one array; growth is cheap):
+        self._ids_flat = np.zeros(0, np.int64)  # image id by row, ascending, so id -> row is a bisection
+        self._group_flat = np.zeros(0, np.int32)  # group number by row (one-per-group scans read it as is)
         self.hnsw_settings: HnswSettings | None = None
         self.hnsw: HnswIndex | None = None
         self._groups = _Groups()
@@ -133,7 +134,7 @@ class Database:
 
     def _entry(self, row: int) -> Entry:
         return Entry(
-            self._groups.names[int(self._group[row])],
+            self._groups.names[int(self._group_flat[row])],
             int(self._intra[row]),
             float(self._time[row]),
             self.index.vector(row),
@@ -194,16 +195,14 @@ class Database:
             first = self._intra.n
             groups = np.array([self._groups.get_or_add(i.group_id) for i in cmd.items], np.int32)
             self.index.add(cmd.vectors)
-            self._group.append(groups)
             self._intra.append(np.array([i.intra_id for i in cmd.items], np.int64))
             self._time.append(np.asarray(cmd.times, np.float64) if cmd.times else np.full(n, cmd.time, np.float64))
-            live = self._grow_live(first + n)
+            live = _grown(self._live, len(self._live), first + n)
             new_ids = np.array([i.image_id for i in cmd.items], np.int64)
-            if len(self._ids_flat) < first + n:
-                grown = np.zeros(max(first + n, 2 * len(self._ids_flat), 1024), np.int64)
-                grown[:first] = self._ids_flat[:first]
-                self._ids_flat = grown
+            self._ids_flat = _grown(self._ids_flat, first, first + n)
             self._ids_flat[first : first + n] = new_ids
+            self._group_flat = _grown(self._group_flat, first, first + n)
+            self._group_flat[first : first + n] = groups
             retired: list[int] = []
             replaced = []
             for k, item in enumerate(cmd.items):
@@ -232,13 +231,6 @@ class Database:
             else:
                 self._maybe_build_graph()
             return replaced
-
-    def _grow_live(self, rows: int) -> np.ndarray:
-        if rows <= len(self._live):
-            return self._live
-        live = np.zeros(max(rows, 2 * len(self._live), 1024), np.uint8)
-        live[: len(self._live)] = self._live
-        return live
 
     def apply_delete(self, group_id: str, intra_id: int, seq: int) -> None:
         with self.lock:
@@ -330,8 +322,9 @@ class Database:
                     live[row] = 0
                     searched -= 1
             names = self._groups.names
-            groups = self._group.concat(n) if one_per_group else None
-            attrs, group_rows, intra_rows, index_rows = self._attrs, self._group, self._intra, self.index.rows
+            group_rows = self._group_flat[:n]  # a view: rows below n never change
+            groups = group_rows if one_per_group else None
+            attrs, intra_rows, index_rows = self._attrs, self._intra, self.index.rows
             graph = self.hnsw if self.hnsw is not None and self.hnsw.ready else None
             if one_per_group or where or group_prefix:
                 graph = None
@@ -412,7 +405,7 @@ class Database:
             rows = [r for r, a in self._attrs.items() if all(a.get(k) == v for k, v in where.items())]
             if group_prefix:
                 names = self._groups.names
-                rows = [r for r in rows if names[int(self._group[r])].startswith(group_prefix)]
+                rows = [r for r in rows if names[int(self._group_flat[r])].startswith(group_prefix)]
             mask[rows] = 1
         else:
             for g, members in self._groups.members.items():
@@ -446,17 +439,19 @@ class Database:
                 return new
 
             index_rows = moved(self.index.rows, self.dimension)
-            group, intra, times = moved(self._group), moved(self._intra), moved(self._time)
+            intra, times = moved(self._intra), moved(self._time)
             new_row = {int(old): new for new, old in enumerate(rows.tolist())}
             live = np.zeros(max(len(rows), 1024), np.uint8)
             live[: len(rows)] = 1
             members = {g: {i: new_row[r] for i, r in m.items()} for g, m in self._groups.members.items()}
             attrs = {new_row[r]: a for r, a in self._attrs.items() if r in new_row}
-            self.index.rows, self._group, self._intra, self._time = index_rows, group, intra, times
+            self.index.rows, self._intra, self._time = index_rows, intra, times
             self._live, self._groups.members, self._attrs = live, members, attrs
             ids_flat = np.zeros(len(live), np.int64)
             ids_flat[: len(rows)] = self._ids_flat[rows]
-            self._ids_flat = ids_flat
+            group_flat = np.zeros(len(live), np.int32)
+            group_flat[: len(rows)] = self._group_flat[rows]
+            self._ids_flat, self._group_flat = ids_flat, group_flat
             self._sorted = None
             self.layout += 1
             return reclaimed
@@ -470,8 +465,8 @@ class Database:
                 n=n,
                 live=self._live[:n].copy(),
                 per_row={
-                    "ids": [self._ids_flat[i : min(n, i + chunk_rows)] for i in range(0, n, chunk_rows)],
-                    "group": self._group.views(n),
+                    "ids": _slices(self._ids_flat, n, chunk_rows),
+                    "group": _slices(self._group_flat, n, chunk_rows),
                     "intra": self._intra.views(n),
                     "time": self._time.views(n),
                 },
@@ -511,20 +506,21 @@ class Database:
         )  # fmt: skip
         n = len(live)
         db.index.rows = ChunkedRows.from_chunks(vectors, n, db.index.rows.dtype, db.dimension, chunk_rows)
-        db._group = ChunkedRows.from_chunks(per_row["group"], n, np.int32, None, chunk_rows)
         db._intra = ChunkedRows.from_chunks(per_row["intra"], n, np.int64, None, chunk_rows)
         db._time = ChunkedRows.from_chunks(per_row["time"], n, np.float64, None, chunk_rows)
-        db._live = db._grow_live(n)
+        db._live = _grown(db._live, 0, n)
         db._live[:n] = live
         db._ids_flat = np.zeros(len(db._live), np.int64)
+        db._group_flat = np.zeros(len(db._live), np.int32)
         if n:
             db._ids_flat[:n] = np.concatenate(per_row["ids"])[:n]
+            db._group_flat[:n] = np.concatenate(per_row["group"])[:n]
         db._groups.names = list(meta["group_names"])
         db._groups.number = {name: i for i, name in enumerate(db._groups.names)}
         db._groups.next_intra = [int(x) for x in meta["group_next"]]
         rows = np.flatnonzero(live)
         if len(rows):
-            groups = db._group.take(rows)
+            groups = db._group_flat[rows]
             intras = db._intra.take(rows)
             for row, g, intra in zip(rows.tolist(), groups.tolist(), intras.tolist(), strict=True):
                 db._groups.members.setdefault(g, {})[intra] = row
@@ -535,3 +531,17 @@ class Database:
         db.incarnation = int(meta["incarnation"])
         db.layout = int(meta.get("layout", 0))
         return db
+
+
+def _grown(array: np.ndarray, used: int, rows: int) -> np.ndarray:
+    """``array`` with room for ``rows`` (doubling; the first ``used`` entries copied), or itself."""
+    if rows <= len(array):
+        return array
+    grown = np.zeros(max(rows, 2 * len(array), 1024), array.dtype)
+    grown[:used] = array[:used]
+    return grown
+
+
+def _slices(array: np.ndarray, n: int, chunk_rows: int) -> list[np.ndarray]:
+    """The first ``n`` entries as snapshot chunks (views)."""
+    return [array[i : min(n, i + chunk_rows)] for i in range(0, n, chunk_rows)]
