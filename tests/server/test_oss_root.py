@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from durability_helpers import start, state, unit_vectors
 from lookalike.client import ClientError, LookalikeClient
+from moto_s3 import S3
 
 pytestmark = pytest.mark.slow
 KEY_ID = "AKIDlookalikeTESTkey"
@@ -21,29 +22,9 @@ SECRET = "s3cr3t-Lookalike-never-printed-0xC0FFEE"
 
 @pytest.fixture
 def s3(monkeypatch):
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
-                 region_name="us-east-1").create_bucket(Bucket="bkt")  # fmt: skip
+    s = S3("bkt", KEY_ID, SECRET)
     monkeypatch.setenv("OSS_ACCESS_KEY_ID", KEY_ID)
     monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", SECRET)
-
-    class S3:
-        def __init__(self) -> None:
-            self.server, self.port, self.endpoint = server, port, endpoint
-
-        def stop(self) -> None:
-            self.server.stop()
-
-        def restart(self) -> None:
-            self.server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-            self.server.start()
-
-    s = S3()
     s.root = f"oss://bkt/{uuid.uuid4().hex}/"  # moto keeps buckets across servers of one process
     yield s
     s.server.stop()

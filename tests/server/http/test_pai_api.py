@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 import requests
+from moto_s3 import S3
 from photos import crop, encode, photo
 
 TOKEN = "NTE3Y2M2ZmEzZGQ3ZGRkOGM4ZDE1MDVhNzxxxxxxxxx"
@@ -153,18 +154,11 @@ def test_fuzzed_requests_never_get_a_5xx(pai):
 
 
 def test_oss_paths_and_save_load_through_the_oss_root(tmp_path, monkeypatch):
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
     from lookalike.server.app import create_server
     from lookalike.server.config import ServerConfig
 
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="ak", aws_secret_access_key="sk",
-                      region_name="us-east-1")  # fmt: skip
-    s3.create_bucket(Bucket="tongxin-lly")
+    srv = S3("tongxin-lly")
+    endpoint, s3 = srv.endpoint, srv.client
     prefix = uuid.uuid4().hex
     s3.put_object(Bucket="tongxin-lly", Key=f"{prefix}/img/010.jpg", Body=encode(photo("coffee")))
     monkeypatch.setenv("OSS_PATH_STYLE", "1")
