@@ -12,10 +12,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from lookalike.server.core.backend import SetRequest, SetResult, SnapshotInfo
 from lookalike.server.core.commands import (
     ClearDatabase,
     Command,
@@ -26,7 +26,7 @@ from lookalike.server.core.commands import (
     SetImages,
     SetItem,
 )
-from lookalike.server.core.database import Database, Key
+from lookalike.server.core.database import Database
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
 from lookalike.server.core.hnsw import HnswSettings
 from lookalike.server.core.index import STORAGE_DTYPES
@@ -38,26 +38,33 @@ IMPORT_CHUNK = 4096
 COMPACT_MIN_DEAD = 4096  # compact at a snapshot when retired rows exceed this and the live rows
 
 
-@dataclass(frozen=True)
-class SetResult:
-    key: Key
-    replaced: bool
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    time: float
-    size_bytes: int
-    image_count: int
-    checkpoint_seq: int
-
-
 def describe_model(model: dict[str, Any]) -> str:
     digest = str(model.get("digest", "?"))[:12]
     return f"{model.get('name', '?')} (dimension {model.get('dimension', '?')}, digest {digest})"
 
 
+def foreign_reason(
+    name: str, stored: dict[str, Any], dimension: int, model: dict[str, Any], server_dimension: int
+) -> str | None:
+    """Why a database of model ``stored`` must not be served by a server running ``model``, or None."""
+    if stored.get("digest") == model.get("digest") and dimension == server_dimension:
+        return None
+    from lookalike.modelfile import preprocessing_mismatch
+
+    differs = preprocessing_mismatch(stored.get("preprocessing", {}), model.get("preprocessing", {}),
+                                     f"database {name!r}")  # fmt: skip
+    if differs and stored.get("name") == model.get("name"):  # same weights' name, new pipeline
+        return differs
+    return (
+        f"database {name!r} holds vectors of model {describe_model(stored)}, but this server runs "
+        f"{describe_model(model)}; vectors of two models must not be mixed. Serve it with its model "
+        "(lookalike serve --model FILE), or export its images and register them again under this model"
+    )
+
+
 class Catalog:
+    """The built-in index backend: databases in this process, made durable by the WAL and snapshots."""
+
     def __init__(
         self,
         dimension: int,
@@ -116,22 +123,8 @@ class Catalog:
         self.ready.set()
 
     def _check_model(self, db: Database) -> None:
-        mine, theirs = self.model.get("digest"), db.model.get("digest")
-        if theirs != mine or db.dimension != self.dimension:
-            from lookalike.modelfile import preprocessing_mismatch
-
-            differs = preprocessing_mismatch(
-                db.model.get("preprocessing", {}), self.model.get("preprocessing", {}), f"database {db.name!r}"
-            )
-            if differs and db.model.get("name") == self.model.get("name"):  # same weights' name, new pipeline
-                db.foreign = differs
-                log.warning("%s", differs)
-                return
-            db.foreign = (
-                f"database {db.name!r} holds vectors of model {describe_model(db.model)}, but this server runs "
-                f"{describe_model(self.model)}; vectors of two models must not be mixed. Serve it with its model "
-                "(lookalike serve --model FILE), or export its images and register them again under this model"
-            )
+        db.foreign = foreign_reason(db.name, db.model, db.dimension, self.model, self.dimension)
+        if db.foreign is not None:
             log.warning("%s", db.foreign)
 
     # -- the write path ----------------------------------------------------------------------
@@ -237,10 +230,10 @@ class Catalog:
     def set_images(
         self,
         name: str,
-        requests: list[tuple[str, int | None, str, dict[str, str] | None]],
+        requests: list[SetRequest],
         vectors: np.ndarray,
         *,
-        expect: Database | None = None,
+        expect: object = None,
         should_continue: Callable[[], bool] | None = None,
     ) -> list[SetResult]:
         """Upsert images as one command; ``requests`` are (group_id, intra_id or None, request_id, attributes).
