@@ -128,7 +128,7 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     )
     oss = make_oss(config)
     persistence = None
-    if config.persist:
+    if config.persist and config.index == "builtin":  # with Milvus, Milvus keeps the log and the segments
         persistence = Persistence(
             config.data_dir,
             root=config.root,
@@ -145,7 +145,8 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         expansion_search=config.hnsw_expansion_search,
         dtype=config.hnsw_dtype,
     )
-    service = LookalikeService(embedder, persistence, limits=Limits.from_config(config), hnsw=hnsw)
+    service = LookalikeService(embedder, persistence, limits=Limits.from_config(config), hnsw=hnsw,
+                               backend=milvus_backend(config))  # fmt: skip
     metrics = ServerMetrics()
     metrics.watch_embedder(embedder)
     metrics.watch_catalog(service.catalog)
@@ -172,6 +173,8 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
 
     def recover() -> None:
         try:
+            if config.index == "milvus":
+                service.catalog.recover()  # waits for Milvus; health stays NOT_SERVING until it answers
             if persistence is not None:
                 service.catalog.recover()
                 if persistence.remote is not None:  # the first upload now, so shipping can start at once
@@ -207,6 +210,22 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     return running
 
 
+def milvus_backend(config: ServerConfig) -> Any:
+    """A factory of the Milvus backend with --index milvus, else None (the built-in store)."""
+    if config.index != "milvus":
+        return None
+    from lookalike.server.core.milvus_catalog import MilvusCatalog, MilvusIndexSettings
+    from lookalike.server.storage.milvus_store import MilvusStore
+
+    assert config.milvus_uri is not None
+    store = MilvusStore(config.milvus_uri, token=config.milvus_token or "", db_name=config.milvus_db,
+                        prefix=config.milvus_prefix, timeout_s=config.milvus_timeout_s,
+                        consistency=config.milvus_consistency)  # fmt: skip
+    index = MilvusIndexSettings(config.milvus_index, config.hnsw_connectivity, config.hnsw_expansion_add,
+                                config.hnsw_expansion_search)  # fmt: skip
+    return lambda dimension, model: MilvusCatalog(dimension, model, store, index=index)
+
+
 def start_metrics(config: ServerConfig, metrics: ServerMetrics, tokens: TokenSet) -> MetricsEndpoint | None:
     if config.metrics_port is None:
         return None
@@ -239,7 +258,8 @@ def serve(config: ServerConfig) -> int:
         "threads %s, metrics %s)",
         config.host, running.port, embedder.model_name, embedder.dimension, embedder.device,
         "token" if running.grpc.tokens.enabled else "off",
-        ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off", config.data_dir.resolve(),
+        ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
+        config.data_dir.resolve() if config.index == "builtin" else f"milvus {config.milvus_uri}",
         f", root {config.root}" if config.root else "", config.fsync, config.thread_budget,
         f"{endpoint.scheme}://{config.metrics_host or config.host}:{endpoint.port}/metrics" if endpoint else "off",
     )  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,11 @@ GPU_MAX_BATCH = 32
 CPU_MAX_BATCH = 4
 
 
-def opt(default: Any, help: str, *, env: str | None = None, flag: str | None = None, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, "env": env, "flag": flag, **kw})
+def opt(
+    default: Any, help: str, *, env: str | None = None, flag: str | None = None, secret: bool = False, **kw: Any
+) -> Any:
+    """A setting: a flag and an environment variable; ``secret`` ones never appear in a repr or a log."""
+    return field(default=default, repr=not secret, metadata={"help": help, "env": env, "flag": flag, **kw})
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,20 @@ class ServerConfig:
     metrics_port: int | None = opt(None, "Prometheus /metrics HTTP port; off by default, 0 picks a free one",
                                    min=0, max=65535)  # fmt: skip
     metrics_host: str | None = opt(None, "address of the metrics endpoint (default: --host)")
+    # -- where the index lives (built-in store, or Milvus for stateless replicas) --------------
+    index: str = opt("builtin", "index backend: builtin (this machine: WAL + snapshots) or milvus (shared by "
+                     "replicas)", choices=("builtin", "milvus"))  # fmt: skip
+    milvus_uri: str | None = opt(None, "Milvus address with --index milvus, e.g. http://milvus:19530")
+    milvus_token: str | None = opt(None, "Milvus token (user:password or API key); prefer the environment variable",
+                                   secret=True)  # fmt: skip
+    milvus_db: str = opt("", "Milvus database (empty: Milvus' default database)")
+    milvus_prefix: str = opt("lookalike_", "prefix of the Milvus collections this service owns")
+    milvus_index: str = opt("HNSW", "Milvus index of each collection: FLAT (exact), HNSW, or AUTOINDEX",
+                            choices=("FLAT", "HNSW", "AUTOINDEX"))  # fmt: skip
+    milvus_consistency: str = opt("Strong", "Milvus consistency level of reads (Strong: every replica sees "
+                                  "every acknowledged write)",
+                                  choices=("Strong", "Bounded", "Session", "Eventually"))  # fmt: skip
+    milvus_timeout_s: float = opt(10.0, "seconds a Milvus call may take before UNAVAILABLE", min=0.1, max=600.0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -111,6 +129,10 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together: give both (PEM files) or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+        if self.index == "milvus" and not self.milvus_uri:
+            raise ValueError("--index milvus needs --milvus-uri (e.g. http://milvus:19530)")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", self.milvus_prefix):
+            raise ValueError(f"--milvus-prefix must be letters, digits or '_' (at most 32), not {self.milvus_prefix!r}")
         if self.root is not None and not self.root.startswith("oss://"):
             raise ValueError(f"--root must be oss://bucket/prefix/ (local data lives in --data-dir), not {self.root!r}")
 

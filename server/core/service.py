@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 import numpy as np
+from lookalike.server.core.backend import DatabaseHandle, IndexBackend
 from lookalike.server.core.catalog import Catalog
-from lookalike.server.core.database import Database, Entry, Hit, Key
+from lookalike.server.core.database import Entry, Hit, Key
 from lookalike.server.core.embedder import Embedder
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.hnsw import HnswSettings
@@ -128,11 +130,16 @@ class LookalikeService:
         persistence: Persistence | None = None,
         limits: Limits | None = None,
         hnsw: HnswSettings | None = None,
+        backend: Callable[[int, dict[str, Any]], IndexBackend] | None = None,
     ) -> None:
+        """``backend`` builds the index backend from (dimension, model identity); default: the built-in store."""
         self.embedder = embedder
         self.limits = limits or Limits()
         self.model = model_identity(embedder.module, embedder.meta)
-        self.catalog = Catalog(embedder.dimension, self.model, persistence, hnsw=hnsw)
+        self.catalog: IndexBackend = (
+            backend(embedder.dimension, self.model) if backend is not None
+            else Catalog(embedder.dimension, self.model, persistence, hnsw=hnsw)
+        )  # fmt: skip
 
     # -- matching --------------------------------------------------------------------------
     def match(self, image_a: bytes, image_b: bytes) -> tuple[float, float]:
@@ -154,7 +161,7 @@ class LookalikeService:
         return self.embedder.embed(images)
 
     # -- databases -------------------------------------------------------------------------
-    def list_databases(self, size: int, token: str) -> tuple[list[Database], str]:
+    def list_databases(self, size: int, token: str) -> tuple[list[DatabaseHandle], str]:
         size = page_size(size)
         after = decode_token(token)
         if after is not None and not isinstance(after, str):

@@ -356,7 +356,13 @@ def create_app(gateway: PaiGateway) -> FastAPI:
             gateway.handle, raw, request.headers.get("authorization"), request.headers.get("content-type")
         )
 
+    async def healthz() -> JSONResponse:
+        """For load balancers: 200 once the databases are loaded (or the index backend answers), else 503."""
+        ready = gateway.service.catalog.ready.is_set()
+        return JSONResponse({"status": "SERVING" if ready else "NOT_SERVING"}, status_code=200 if ready else 503)
+
     extra = {"requestBody": {"content": {"application/json": {"schema": REQUEST_SCHEMA}}, "required": True}}
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Readiness (200 serving, 503 not yet)")
     app.add_api_route("/", predict, methods=["POST"], openapi_extra=extra, summary="Match or retrieval")
     app.add_api_route("/api/predict/{service_name}", predict, methods=["POST"], openapi_extra=extra,
                       summary="Match or retrieval (the PAI-EAS URL path)")  # fmt: skip

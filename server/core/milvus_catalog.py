@@ -1,0 +1,446 @@
+"""The Milvus index backend: databases as Milvus collections, so replicas can share them.
+
+A replica keeps no state of its own beyond a connection and its leased intra_id blocks:
+every call reads and writes Milvus at the configured consistency level (Strong by default:
+a write acknowledged by any replica is seen by the next search on every replica). Start-up
+reads the catalog collection only; nothing is scanned. Errors carry the same reasons as the
+built-in store; when Milvus cannot be reached, calls fail with UNAVAILABLE /
+MILVUS_UNAVAILABLE naming it, and work again as soon as it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from lookalike.server.core.backend import DatabaseHandle, SetRequest, SetResult, SnapshotInfo
+from lookalike.server.core.catalog import IMPORT_CHUNK, describe_model, foreign_reason
+from lookalike.server.core.commands import SetImages, SetItem
+from lookalike.server.core.database import Database, Entry, Hit, Key
+from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
+from lookalike.server.core.intra_leases import IntraIdLeases
+from lookalike.server.core.validation import check_database_name
+from lookalike.server.storage.milvus_store import (
+    ROW_FIELDS,
+    MilvusRejected,
+    MilvusStore,
+    MilvusUnavailable,
+    after_key,
+    attribute_equals,
+    group_prefix_range,
+    literal,
+    row_key,
+)
+
+log = logging.getLogger(__name__)
+GROUP_COUNT_SCAN_LIMIT = 200_000  # above it GetDatabase reports group_count 0 (Milvus has no distinct count)
+INDEX_TYPES = ("FLAT", "HNSW", "AUTOINDEX")
+
+
+@dataclass(frozen=True)
+class MilvusIndexSettings:
+    index_type: str = "HNSW"
+    connectivity: int = 16
+    expansion_add: int = 128
+    expansion_search: int = 200
+
+    def build_params(self) -> dict[str, Any]:
+        if self.index_type == "HNSW":
+            return {"M": self.connectivity, "efConstruction": self.expansion_add}
+        return {}
+
+    def search_params(self, k: int) -> dict[str, Any]:
+        return {"ef": max(self.expansion_search, k)} if self.index_type == "HNSW" else {}
+
+
+def unavailable(exc: MilvusUnavailable) -> LookalikeError:
+    return LookalikeError(
+        ErrorKind.UNAVAILABLE, "MILVUS_UNAVAILABLE",
+        f"the index backend is down: {exc}; nothing of this call was applied unless it said so; retry when it is back",
+    )  # fmt: skip
+
+
+class MilvusDatabase:
+    """A database as this replica last read it from the catalog collection."""
+
+    metric = "cosine"
+
+    def __init__(self, catalog: MilvusCatalog, name: str, info: dict[str, Any]) -> None:
+        self._catalog = catalog
+        self._store = catalog.store
+        self.name = name
+        self.info = info
+        self.dimension = int(info["dimension"])
+        self.model: dict[str, Any] = dict(info.get("model", {}))
+        self.storage = str(info.get("storage", "f32"))
+        self.create_time = float(info.get("create_time", 0.0))
+        self.incarnation = str(info["incarnation"])
+        self.index_type = str(info.get("index_type", "FLAT"))
+        self.foreign = foreign_reason(name, self.model, self.dimension, catalog.model, catalog.dimension)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MilvusDatabase) and (other.name, other.incarnation) == (self.name, self.incarnation)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.incarnation))
+
+    @property
+    def size(self) -> int:
+        return self._catalog.guard(lambda: self._store.count(self.name))
+
+    @property
+    def group_count(self) -> int:
+        def count() -> int:
+            if self._store.count(self.name) > GROUP_COUNT_SCAN_LIMIT:
+                return 0
+            return len({r["group_id"] for rows in self._store.scan(self.name, ["group_id"]) for r in rows})
+
+        return self._catalog.guard(count)
+
+    def check_usable(self) -> None:
+        if self.foreign is not None:
+            raise LookalikeError(ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH", self.foreign)
+
+    @staticmethod
+    def _entry(row: dict[str, Any]) -> Entry:
+        return Entry(str(row["group_id"]), int(row["intra_id"]), float(row["update_time"]),
+                     np.asarray(row["vector"], np.float32), dict(row.get("attributes") or {}))  # fmt: skip
+
+    def get(self, group_id: str, intra_id: int) -> Entry:
+        rows = self._catalog.guard(
+            lambda: self._store.query(self.name, f"pk == {literal(row_key(group_id, intra_id))}",
+                                      [*ROW_FIELDS, "vector"])  # fmt: skip
+        )
+        if not rows:
+            raise not_found(
+                "IMAGE_NOT_FOUND", f"database {self.name!r} has no image group_id={group_id!r} intra_id={intra_id}"
+            )
+        return self._entry(rows[0])
+
+    def list(self, *, group_id: str | None, after: Key | None, limit: int) -> tuple[list[Entry], bool]:
+        parts = []
+        if group_id is not None:
+            parts.append(f"group_id == {literal(group_id)}")
+        if after is not None:
+            parts.append(after_key(*after))
+        expr = " and ".join(parts)
+        rows = self._catalog.guard(lambda: self._store.page(self.name, expr, [*ROW_FIELDS, "vector"], limit + 1))
+        return [self._entry(r) for r in rows[:limit]], len(rows) > limit
+
+    def search_tier(
+        self,
+        query: np.ndarray,
+        top_k: int,
+        *,
+        one_per_group: bool = False,
+        min_score: float | None = None,
+        exclude: Key | None = None,
+        where: dict[str, str] | None = None,
+        group_prefix: str = "",
+        with_attributes: bool = True,
+    ) -> tuple[list[Hit], int, str]:
+        """Top-k by inner product of unit vectors (cosine) in Milvus; one per group by its grouping search."""
+        parts = []
+        if where:
+            parts.append(attribute_equals(where))
+        if group_prefix:
+            parts.append(group_prefix_range(group_prefix))
+        filtered = " and ".join(parts)
+        expr = filtered
+        if exclude is not None:
+            expr = " and ".join(p for p in (filtered, f"pk != {literal(row_key(*exclude))}") if p)
+        fields = ["group_id", "intra_id", *(["attributes"] if with_attributes else [])]
+        settings = self._catalog.index
+
+        def run() -> tuple[list[dict[str, Any]], int]:
+            searched = self._store.count(self.name, expr)
+            if searched == 0:
+                return [], 0
+            found = self._store.search(self.name, query, min(top_k, searched), expr, fields,
+                                       group_by="group_id" if one_per_group else None,
+                                       params=settings.search_params(top_k))  # fmt: skip
+            return found, searched
+
+        found, searched = self._catalog.guard(run)
+        hits = []
+        for r in sorted(found, key=lambda r: (-float(r["distance"]), r["entity"]["group_id"], r["entity"]["intra_id"])):
+            score = float(np.clip(r["distance"], -1.0, 1.0))
+            if min_score is not None and score < min_score:
+                break
+            e = r["entity"]
+            attrs = (e.get("attributes") or None) if with_attributes else None
+            hits.append(Hit(str(e["group_id"]), int(e["intra_id"]), score, dict(attrs) if attrs else None))
+        return hits, searched, f"milvus-{self.index_type.lower()}"
+
+
+class MilvusCatalog:
+    """``IndexBackend`` on Milvus: one collection per database, a catalog collection for the names."""
+
+    def __init__(
+        self,
+        dimension: int,
+        model: dict[str, Any],
+        store: MilvusStore,
+        *,
+        index: MilvusIndexSettings | None = None,
+        lease_block: int = 64,
+    ) -> None:
+        self.dimension = dimension
+        self.model = model
+        self.store = store
+        self.index = index or MilvusIndexSettings()
+        self.leases = IntraIdLeases(store, lease_block)
+        self.ready = threading.Event()
+        self._closed = threading.Event()
+
+    def guard(self, fn: Callable[[], Any]) -> Any:
+        """Run a Milvus call, translating its failures into the API's errors."""
+        try:
+            return fn()
+        except MilvusUnavailable as exc:
+            raise unavailable(exc) from None
+        except MilvusRejected as exc:
+            raise LookalikeError(ErrorKind.INTERNAL, "MILVUS_REJECTED", f"Milvus refused the call: {exc}") from None
+
+    # -- start-up --------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Wait for Milvus (retrying with backoff) and make sure the catalog collection exists."""
+        delay = 0.5
+        while not self._closed.is_set():
+            try:
+                self.store.ensure_catalog()
+                names = [r["db"] for r in self.store.meta_rows('kind == "database"', ["db"])]
+                log.info("index backend: %s, %d databases", self.store.description, len(names))
+                self.ready.set()
+                return
+            except MilvusUnavailable as exc:
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                self._closed.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise LookalikeError(
+                ErrorKind.UNAVAILABLE, "MILVUS_UNAVAILABLE",
+                f"the server is waiting for its index backend ({self.store.description}); retry in a few seconds",
+            )  # fmt: skip
+
+    # -- databases -------------------------------------------------------------------------
+    def _find(self, name: str) -> MilvusDatabase | None:
+        rows = self.guard(lambda: self.store.meta_rows(f'kind == "database" and db == {literal(name)}', ["info"]))
+        return MilvusDatabase(self, name, rows[0]["info"]) if rows else None
+
+    def get(self, name: str, *, usable: bool = True) -> MilvusDatabase:
+        check_database_name(name)
+        self._require_ready()
+        db = self._find(name)
+        if db is None:
+            raise not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+        if usable:
+            db.check_usable()
+        return db
+
+    def list(self) -> list[DatabaseHandle]:
+        self._require_ready()
+        rows = self.guard(lambda: self.store.meta_rows('kind == "database"', ["db", "info"]))
+        return [MilvusDatabase(self, r["db"], r["info"]) for r in sorted(rows, key=lambda r: r["db"])]
+
+    def create(self, name: str, storage: str = "", *, create_time: float | None = None) -> MilvusDatabase:
+        check_database_name(name)
+        if storage not in ("", "f32"):
+            raise invalid(
+                "STORAGE_INVALID",
+                f"storage {storage!r} is not available on the Milvus backend, which stores f32 vectors; "
+                "leave storage empty (Milvus' own index type is chosen with --milvus-index)",
+            )
+        self._require_ready()
+        if self._find(name) is not None:
+            raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+        info = {
+            "dimension": self.dimension, "model": self.model, "storage": "f32",
+            "create_time": time.time() if create_time is None else create_time,
+            "incarnation": uuid.uuid4().hex, "index_type": self.index.index_type,
+        }  # fmt: skip
+        self.guard(lambda: self.store.create_images(name, self.dimension, self.index.index_type,
+                                                    self.index.build_params()))  # fmt: skip
+        self.guard(lambda: self.store.put_meta([{"pk": f"database\x1f{name}", "kind": "database", "db": name,
+                                                 "info": info}]))  # fmt: skip
+        return MilvusDatabase(self, name, info)
+
+    def delete(self, name: str) -> None:
+        db = self.get(name, usable=False)
+        self.guard(lambda: self.store.delete_meta(f'kind == "database" and db == {literal(name)}'))
+        self.guard(lambda: self.store.drop_images(name))
+        self.guard(lambda: self.leases.drop(db.incarnation))
+
+    # -- images ----------------------------------------------------------------------------
+    def set_images(
+        self,
+        name: str,
+        requests: list[SetRequest],
+        vectors: np.ndarray,
+        *,
+        expect: object = None,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> list[SetResult]:
+        """Upsert images keyed by (group_id, intra_id); a request id already stored returns its key."""
+        db = self.get(name)
+        if expect is not None and expect != db:
+            raise LookalikeError(
+                ErrorKind.FAILED_PRECONDITION, "DATABASE_REPLACED",
+                f"database {name!r} was deleted (and maybe re-created) during this stream; the items before "
+                "this point were registered in the old database",
+            )  # fmt: skip
+        results: list[SetResult | None] = [None] * len(requests)
+        ids = [r[2] for r in requests if r[2]]
+        if ids:
+            expr = "request_id in [" + ", ".join(literal(i) for i in ids) + "]"
+            seen = {r["request_id"]: r for r in self.guard(lambda: self.store.query(name, expr, ROW_FIELDS))}
+            for k, (_, _, request_id, _) in enumerate(requests):
+                if request_id in seen:
+                    row = seen[request_id]
+                    results[k] = SetResult((str(row["group_id"]), int(row["intra_id"])), False)
+        todo = [k for k in range(len(requests)) if results[k] is None]
+        if not todo:
+            return [r for r in results if r is not None]
+        keys = self._plan_keys(db, [requests[k] for k in todo])
+        existing = self._existing(name, keys)
+        if should_continue is not None and not should_continue():
+            raise LookalikeError(ErrorKind.UNAVAILABLE, "CANCELLED", "the call was cancelled; nothing was stored")
+        now = time.time()
+        rows = []
+        for k, key in zip(todo, keys, strict=True):
+            group_id, _, request_id, attributes = requests[k]
+            rows.append({"pk": row_key(*key), "group_id": key[0], "intra_id": key[1], "update_time": now,
+                         "request_id": request_id, "attributes": dict(attributes or {}),
+                         "vector": vectors[k].astype(np.float32).tolist()})  # fmt: skip
+            results[k] = SetResult(key, row_key(*key) in existing)
+        self.guard(lambda: self.store.upsert(name, rows))
+        return [r for r in results if r is not None]
+
+    def _existing(self, name: str, keys: list[Key]) -> set[str]:
+        pks = sorted({row_key(*k) for k in keys})
+        expr = "pk in [" + ", ".join(literal(p) for p in pks) + "]"
+        return {r["pk"] for r in self.guard(lambda: self.store.query(name, expr, ["pk"]))}
+
+    def _plan_keys(self, db: MilvusDatabase, requests: list[SetRequest]) -> list[Key]:
+        """Explicit keys as given; automatic ones from this replica's leased blocks, skipping taken ids."""
+        keys: list[Key | None] = [(g, i) if i is not None else None for g, i, _, _ in requests]
+        wanted: dict[str, list[int]] = {}
+        for k, (group_id, intra_id, _, _) in enumerate(requests):
+            if intra_id is None:
+                wanted.setdefault(group_id, []).append(k)
+        for group_id, slots in wanted.items():
+            taken = {i for g, i, _, _ in requests if g == group_id and i is not None}
+            fresh: list[int] = []
+            while len(fresh) < len(slots):
+                need = len(slots) - len(fresh)
+                candidates = self.guard(lambda g=group_id, n=need: self.leases.take(db.incarnation, g, n))
+                used = self._existing(db.name, [(group_id, i) for i in candidates])
+                fresh += [i for i in candidates if row_key(group_id, i) not in used and i not in taken]
+            for k, intra_id in zip(slots, fresh, strict=True):
+                keys[k] = (group_id, intra_id)
+        return [k for k in keys if k is not None]
+
+    def delete_image(self, name: str, group_id: str, intra_id: int) -> None:
+        db = self.get(name)
+        db.get(group_id, intra_id)  # NOT_FOUND before anything is deleted
+        self.guard(lambda: self.store.delete(name, f"pk == {literal(row_key(group_id, intra_id))}"))
+
+    def delete_group(self, name: str, group_id: str) -> int:
+        self.get(name)
+        expr = f"group_id == {literal(group_id)}"
+        count = self.guard(lambda: self.store.count(name, expr))
+        if count == 0:
+            raise not_found("GROUP_NOT_FOUND", f"database {name!r} has no group {group_id!r}")
+        self.guard(lambda: self.store.delete(name, expr))
+        return count
+
+    def clear(self, name: str) -> int:
+        self.get(name)
+        count = self.guard(lambda: self.store.count(name))
+        self.guard(lambda: self.store.delete(name, 'pk >= ""'))
+        return count
+
+    # -- snapshots, export, import ---------------------------------------------------------
+    def checkpoint(self, *, push: bool = True) -> SnapshotInfo:
+        """Milvus keeps its own log and segments; a snapshot here is a flush of every collection."""
+        self._require_ready()
+        total = 0
+        for db in self.list():
+            self.guard(lambda db=db: self.store.flush(db.name))
+            total += db.size
+        return SnapshotInfo(time.time(), 0, total, 0)
+
+    def snapshot_database(self, name: str) -> SnapshotInfo:
+        db = self.get(name, usable=False)
+        self.guard(lambda: self.store.flush(name))
+        return SnapshotInfo(time.time(), 0, db.size, 0)
+
+    def export(self, name: str, location: str, oss: Any = None) -> SnapshotInfo:
+        """The same export format as the built-in store, so databases move both ways."""
+        from lookalike.server.core.persistence import EXPORT_MANIFEST, FORMAT, write_view
+        from lookalike.server.storage.blobs import open_store
+        from lookalike.server.storage.segments import put_manifest
+
+        db = self.get(name, usable=False)
+        copy = Database(name, db.dimension, model=db.model, create_time=db.create_time)
+        seq = 0
+        for rows in self.guard(lambda: list(self.store.scan(name, [*ROW_FIELDS, "vector"]))):
+            seq += 1
+            items = tuple(SetItem(r["group_id"], int(r["intra_id"]), copy.next_image_id + i, "",
+                                  dict(r.get("attributes") or {}) or None) for i, r in enumerate(rows))  # fmt: skip
+            copy.apply_set(SetImages(name, items, np.asarray([r["vector"] for r in rows], np.float32), time.time(),
+                                     tuple(float(r["update_time"]) for r in rows)), seq)  # fmt: skip
+        copy.incarnation = 1
+        try:
+            store = open_store(location, oss)
+            entry = write_view(store, copy.snapshot_view(), "data", "export", None)
+            put_manifest(store, EXPORT_MANIFEST, {"format": FORMAT, "time": time.time(), "database": entry})
+        except (OSError, ValueError) as exc:
+            raise LookalikeError(
+                ErrorKind.UNAVAILABLE, "EXPORT_FAILED", f"could not write the export to {location}: {exc}"
+            ) from None
+        from lookalike.server.core.persistence import entry_bytes
+
+        return SnapshotInfo(time.time(), entry_bytes(entry), copy.size, 0)
+
+    def import_(self, name: str, location: str, oss: Any = None) -> MilvusDatabase:
+        from lookalike.server.core.persistence import read_export
+        from lookalike.server.storage.segments import CorruptionError
+
+        check_database_name(name)
+        self._require_ready()
+        try:
+            source = read_export(location, oss)
+        except FileNotFoundError as exc:
+            raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
+        except CorruptionError as exc:
+            raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise LookalikeError(ErrorKind.UNAVAILABLE, "IMPORT_FAILED", f"could not read {location}: {exc}") from None
+        if source.model.get("digest") != self.model.get("digest") or source.dimension != self.dimension:
+            raise LookalikeError(
+                ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
+                f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
+                f"{describe_model(self.model)}; import it on a server started with that model",
+            )  # fmt: skip
+        db = self.create(name, create_time=source.create_time)
+        entries, _ = source.list(group_id=None, after=None, limit=source.size)
+        for start in range(0, len(entries), IMPORT_CHUNK):
+            part = entries[start : start + IMPORT_CHUNK]
+            rows = [{"pk": row_key(e.group_id, e.intra_id), "group_id": e.group_id, "intra_id": e.intra_id,
+                     "update_time": e.update_time, "request_id": "", "attributes": dict(e.attributes),
+                     "vector": e.vector.astype(np.float32).tolist()} for e in part]  # fmt: skip
+            self.guard(lambda rows=rows: self.store.upsert(name, rows))
+        return db
+
+    def close(self, *, snapshot: bool = True) -> None:
+        self._closed.set()
+        self.store.close()
