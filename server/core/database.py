@@ -9,6 +9,7 @@ numbers as identity. Mutations arrive only as commands (``commands.py``), alread
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from lookalike.server.core.chunks import CHUNK_ROWS, ChunkedRows
 from lookalike.server.core.commands import SetImages, SetItem
 from lookalike.server.core.errors import ErrorKind, LookalikeError, not_found
 from lookalike.server.core.hnsw import HnswIndex, HnswSettings
-from lookalike.server.core.index import ExactIndex
+from lookalike.server.core.index import ExactIndex, Pinned
 
 Key = tuple[str, int]
 
@@ -50,6 +51,9 @@ class SnapshotView:
     vectors: list[np.ndarray]
     meta: dict[str, Any]
     attributes: dict[str, dict[str, str]] = field(default_factory=dict)
+    full: list[np.ndarray] | None = None  # i8: the float32 copy's chunks
+    graph: HnswIndex | None = None  # a ready HNSW graph, saved beside the rows
+    on_saved: Any = None  # called with the float32 copy's saved chunks (memory maps) to drop in-memory ones
 
 
 @dataclass
@@ -95,7 +99,7 @@ class Database:
         # Small per-row columns, contiguous (the kernel and bisections want one array; growth is cheap):
         self._ids_flat = np.zeros(0, np.int64)  # image id by row, ascending, so id -> row is a bisection
         self._group_flat = np.zeros(0, np.int32)  # group number by row (one-per-group scans read it as is)
-        self.hnsw_settings: HnswSettings | None = None
+        self._hnsw_settings: HnswSettings | None = None
         self.hnsw: HnswIndex | None = None
         self._groups = _Groups()
         self._size = 0
@@ -105,6 +109,17 @@ class Database:
         self.applied_seq = 0  # last log record applied
         self.snapshot_seq = -1  # applied_seq at the last snapshot
         self._sorted: list[Key] | None = None
+
+    @property
+    def hnsw_settings(self) -> HnswSettings | None:
+        return self._hnsw_settings
+
+    @hnsw_settings.setter
+    def hnsw_settings(self, settings: HnswSettings | None) -> None:
+        """The server's HNSW settings; a graph loaded from a snapshot takes their search-time part."""
+        self._hnsw_settings = settings
+        if self.hnsw is not None and settings is not None:
+            self.hnsw.configure(settings)
 
     # -- reads -----------------------------------------------------------------------------
     @property
@@ -227,7 +242,7 @@ class Database:
             self.applied_seq = seq
             if self.hnsw is not None:
                 self.hnsw.remove(retired)
-                self.hnsw.add(new_ids, cmd.vectors)
+                self.hnsw.add(new_ids, cmd.vectors, seq)
             else:
                 self._maybe_build_graph()
             return replaced
@@ -241,7 +256,7 @@ class Database:
             self._live = live
             self._attrs.pop(row, None)
             if self.hnsw is not None:
-                self.hnsw.remove([int(self._ids_flat[row])])
+                self.hnsw.remove([int(self._ids_flat[row])], seq)
             members = self._groups.members[g]
             del members[intra_id]
             if not members:
@@ -263,7 +278,7 @@ class Database:
             for row in members.values():
                 self._attrs.pop(row, None)
             if self.hnsw is not None:
-                self.hnsw.remove([int(self._ids_flat[r]) for r in members.values()])
+                self.hnsw.remove([int(self._ids_flat[r]) for r in members.values()], seq)
             self._groups.next_intra[g] = 0
             self._size -= len(members)
             self._sorted = None
@@ -324,7 +339,7 @@ class Database:
             names = self._groups.names
             group_rows = self._group_flat[:n]  # a view: rows below n never change
             groups = group_rows if one_per_group else None
-            attrs, intra_rows, index_rows = self._attrs, self._intra, self.index.rows
+            attrs, intra_rows, index_rows = self._attrs, self._intra, self.index.pin()
             graph = self.hnsw if self.hnsw is not None and self.hnsw.ready else None
             if one_per_group or where or group_prefix:
                 graph = None
@@ -353,7 +368,7 @@ class Database:
         k: int,
         live: np.ndarray,
         ids_flat: np.ndarray,
-        rows: ChunkedRows,
+        rows: Pinned,
         index: ExactIndex,
     ) -> tuple[np.ndarray, np.ndarray]:
         """HNSW candidates, checked against the live mask, re-scored exactly from the float32 rows."""
@@ -372,14 +387,32 @@ class Database:
     def _maybe_build_graph(self) -> None:
         """Start building the HNSW graph in the background once the database is large enough (lock held)."""
         s = self.hnsw_settings
+        loaded = self.hnsw
+        if loaded is not None and loaded.loaded:
+            why = ""
+            if s is None or s.threshold <= 0:
+                why = "the HNSW tier is off"
+            elif loaded.seq > self.applied_seq:
+                why = f"it saw log record {loaded.seq}, the log ends at {self.applied_seq}"
+            elif loaded.dtype != s.dtype:
+                why = f"it stores {loaded.dtype}, the settings say {s.dtype}"
+            if why:
+                logging.getLogger(__name__).warning("HNSW graph of %r dropped (%s); rebuilding", self.name, why)
+                self.hnsw = None
+            else:
+                loaded.loaded = False  # checked once, at start-up
         if s is None or s.threshold <= 0 or self.hnsw is not None or self._size < s.threshold:
             return
+        from lookalike.server.core import hnsw as hnsw_module
+
+        hnsw_module.builds += 1
         graph = HnswIndex(self.dimension, s)
+        graph.seq = self.applied_seq
         self.hnsw = graph
         n = self._intra.n
         rows = np.flatnonzero(self._live[:n])
         ids = self._ids_flat[rows].copy()
-        index_rows = self.index.rows
+        index_rows = self.index.pin()
         index = self.index
 
         def build() -> None:
@@ -390,9 +423,9 @@ class Database:
                 if self.hnsw is not graph:
                     return  # cleared meanwhile
                 graph.add(ids[start : start + 8192], index.take(rows[start : start + 8192], index_rows))
-            graph.ready = True
-            import logging
-
+            with self.lock:
+                graph.ready = True
+                self.snapshot_seq = -1  # the next snapshot saves the graph with the rows
             logging.getLogger(__name__).info("HNSW graph of %r ready: %d images in %.1fs", self.name, len(rows),
                                              time.monotonic() - started)  # fmt: skip
 
@@ -432,20 +465,20 @@ class Database:
                 return 0
             chunk_rows = self._intra.chunk_rows
 
-            def moved(old: ChunkedRows, width: int | None = None) -> ChunkedRows:
-                new = ChunkedRows(old.dtype, width, chunk_rows)
+            def moved(old: ChunkedRows) -> ChunkedRows:
+                new = ChunkedRows(old.dtype, None, chunk_rows)
                 for start in range(0, len(rows), chunk_rows):
                     new.append(old.take(rows[start : start + chunk_rows]))
                 return new
 
-            index_rows = moved(self.index.rows, self.dimension)
+            index_rows = self.index.compacted(rows)
             intra, times = moved(self._intra), moved(self._time)
             new_row = {int(old): new for new, old in enumerate(rows.tolist())}
             live = np.zeros(max(len(rows), 1024), np.uint8)
             live[: len(rows)] = 1
             members = {g: {i: new_row[r] for i, r in m.items()} for g, m in self._groups.members.items()}
             attrs = {new_row[r]: a for r, a in self._attrs.items() if r in new_row}
-            self.index.rows, self._intra, self._time = index_rows, intra, times
+            self.index.pinned, self._intra, self._time = index_rows, intra, times
             self._live, self._groups.members, self._attrs = live, members, attrs
             ids_flat = np.zeros(len(live), np.int64)
             ids_flat[: len(rows)] = self._ids_flat[rows]
@@ -461,16 +494,36 @@ class Database:
         with self.lock:
             n = self._intra.n
             chunk_rows = self._intra.chunk_rows
+            pinned = self.index.pin()
+            per_row = {
+                "ids": _slices(self._ids_flat, n, chunk_rows),
+                "group": _slices(self._group_flat, n, chunk_rows),
+                "intra": self._intra.views(n),
+                "time": self._time.views(n),
+            }
+            if pinned.scales is not None:
+                per_row["scale"] = pinned.scales.views(n)
+            layout = (self.incarnation, self.layout)
+
+            def on_saved(full: list[np.ndarray]) -> None:
+                """Full float32 chunks now on disk: serve them memory-mapped, freeing the in-memory copies."""
+                with self.lock:
+                    p = self.index.pin()
+                    if p.full is None or (self.incarnation, self.layout) != layout:
+                        return
+                    for i, mapped in enumerate(full):
+                        if i < len(p.full.chunks) and len(mapped) == p.full.chunk_rows:
+                            p.full.chunks[i] = mapped
+
+            graph = self.hnsw if self.hnsw is not None and self.hnsw.ready else None
             return SnapshotView(
                 n=n,
                 live=self._live[:n].copy(),
-                per_row={
-                    "ids": _slices(self._ids_flat, n, chunk_rows),
-                    "group": _slices(self._group_flat, n, chunk_rows),
-                    "intra": self._intra.views(n),
-                    "time": self._time.views(n),
-                },
-                vectors=self.index.chunks(n),
+                per_row=per_row,
+                full=pinned.full.views(n) if pinned.full is not None else None,
+                graph=graph,
+                on_saved=on_saved if pinned.full is not None else None,
+                vectors=pinned.vectors.views(n),
                 attributes={str(row): dict(a) for row, a in self._attrs.items()},
                 meta={
                     "name": self.name,
@@ -498,6 +551,8 @@ class Database:
         per_row: dict[str, list[np.ndarray]],
         vectors: list[np.ndarray],
         attributes: dict[str, dict[str, str]] | None = None,
+        full: list[np.ndarray] | None = None,
+        graph: HnswIndex | None = None,
     ) -> Database:
         chunk_rows = int(meta["chunk_rows"])
         db = cls(
@@ -505,7 +560,15 @@ class Database:
             chunk_rows=chunk_rows, storage=meta.get("storage", "f32"),
         )  # fmt: skip
         n = len(live)
-        db.index.rows = ChunkedRows.from_chunks(vectors, n, db.index.rows.dtype, db.dimension, chunk_rows)
+        d = db.dimension
+        p = db.index.pin()
+        quantized = p.scales is not None
+        db.index.pinned = Pinned(
+            ChunkedRows.from_chunks(vectors, n, p.vectors.dtype, d, chunk_rows),
+            ChunkedRows.from_chunks(per_row["scale"], n, np.float32, None, chunk_rows) if quantized else None,
+            ChunkedRows.from_chunks(full or [], n, np.float32, d, chunk_rows) if quantized else None,
+        )
+        db.hnsw = graph
         db._intra = ChunkedRows.from_chunks(per_row["intra"], n, np.int64, None, chunk_rows)
         db._time = ChunkedRows.from_chunks(per_row["time"], n, np.float64, None, chunk_rows)
         db._live = _grown(db._live, 0, n)

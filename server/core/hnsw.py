@@ -5,6 +5,13 @@ Used for plain top-k above a size threshold; filtered and one-per-group searches
 rows, so scores are true cosines; deletes and upserts are removed from the graph at once and
 every candidate is checked against the live mask, so a retired row is never returned. The
 graph is built in the background; until it is ready the exact tier answers.
+
+The graph is saved with the database's snapshots and loaded at start-up instead of being
+rebuilt. Mutations are idempotent (image ids are never reused; adding a key the graph holds
+is skipped, removing one it lacks is a no-op), so replaying the log from the snapshot brings a
+graph saved at any later point of that log to the same state. ``seq`` (the last command the
+graph has seen) tells start-up when a saved graph is ahead of the log that survived; then it
+is dropped and rebuilt.
 """
 
 from __future__ import annotations
@@ -12,10 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+builds = 0  # graphs built from rows in this process (tests check a loaded graph was not rebuilt)
 
 
 @dataclass(frozen=True)
@@ -29,11 +39,11 @@ class HnswSettings:
 
 
 class HnswIndex:
-    def __init__(self, dimension: int, settings: HnswSettings) -> None:
+    def __init__(self, dimension: int, settings: HnswSettings, index: Any = None, seq: int = -1) -> None:
         from usearch.index import Index
 
         self.settings = settings
-        self._index = Index(
+        self._index = index or Index(
             ndim=dimension,
             metric="ip",  # vectors are unit length: inner product is cosine, and much faster than "cos"
             dtype=settings.dtype,
@@ -42,24 +52,67 @@ class HnswIndex:
             expansion_search=settings.expansion_search,
         )
         self._lock = threading.Lock()
-        self.ready = False
+        self.ready = index is not None
+        self.seq = seq  # last log record whose mutations the graph has seen
+        self.loaded = index is not None
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if len(ids):
-            with self._lock:
-                self._index.add(ids.astype(np.uint64), vectors, threads=1)
+    @property
+    def dtype(self) -> str:
+        return str(self._index.dtype).rsplit(".", 1)[-1].lower()
 
-    def remove(self, ids: list[int]) -> None:
+    def configure(self, settings: HnswSettings) -> None:
+        """Search-time settings of a loaded graph (its degree and storage are fixed in the file)."""
+        self.settings = settings
+        self._index.expansion_search = settings.expansion_search
+        self._index.expansion_add = settings.expansion_add
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, seq: int | None = None) -> None:
+        """Adds keys the graph does not hold yet (a replayed add is a no-op)."""
+        with self._lock:
+            if len(ids):
+                keys = np.asarray(ids, np.uint64)
+                new = ~np.asarray(self._index.contains(keys), bool).reshape(-1)
+                if new.any():
+                    self._index.add(keys[new], np.ascontiguousarray(vectors[new]), threads=1)
+            if seq is not None:
+                self.seq = max(self.seq, seq)
+
+    def remove(self, ids: list[int], seq: int | None = None) -> None:
         with self._lock:
             for key in ids:
                 if self._index.contains(key):
                     self._index.remove(key)
+            if seq is not None:
+                self.seq = max(self.seq, seq)
 
     def candidates(self, query: np.ndarray, count: int) -> np.ndarray:
         """Ids of about ``count`` approximate nearest neighbours."""
         with self._lock:
             matches = self._index.search(query, count)
         return np.asarray(matches.keys, dtype=np.int64)
+
+    def save(self, path: str | None = None) -> tuple[Any, int]:
+        """The graph as bytes (or written to ``path``), and the ``seq`` it reflects; mutations wait meanwhile."""
+        with self._lock:
+            if path is not None:
+                self._index.save(path)
+                return None, self.seq
+            return self._index.save(), self.seq
+
+    @classmethod
+    def load(cls, buffer: Any, settings: HnswSettings, seq: int) -> HnswIndex:
+        """A saved graph, ready at once (a copy in memory: later deletes and upserts go into it)."""
+        from usearch.index import Index
+
+        meta = Index.metadata(buffer)
+        if meta is None:
+            raise ValueError("not a usearch index")
+        index = Index(ndim=int(meta["dimensions"]), metric="ip", dtype=meta["kind_scalar"],
+                      connectivity=settings.connectivity)  # fmt: skip
+        index.load(buffer)
+        graph = cls(int(meta["dimensions"]), settings, index=index, seq=seq)
+        graph.configure(settings)
+        return graph

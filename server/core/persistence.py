@@ -16,6 +16,7 @@ pieces ``wal/<first seq>`` that chain by sequence number, so nothing ever has to
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -28,12 +29,14 @@ import numpy as np
 from lookalike.server.core.commands import Command, decode, encode
 from lookalike.server.core.database import Database, SnapshotView
 from lookalike.server.core.errors import ErrorKind, LookalikeError
+from lookalike.server.core.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.index import STORAGE_DTYPES
-from lookalike.server.storage.blobs import BlobStore, LocalBlobStore, open_store
+from lookalike.server.storage.blobs import BlobStore, LocalBlobStore, fsync_dir, open_store
 from lookalike.server.storage.segments import (
     CorruptionError,
     FileRef,
     as_bytes,
+    block_crcs,
     get_json,
     get_manifest,
     load_array,
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST"
 EXPORT_MANIFEST = "lookalike-export.json"
 PER_ROW = {"ids": np.int64, "group": np.int32, "intra": np.int64, "time": np.float64}
+ROW_DTYPES = {**PER_ROW, "scale": np.float32}  # "scale": i8 databases only
 FORMAT = 1
 
 
@@ -63,11 +67,40 @@ def _db_dir(meta: dict[str, Any]) -> str:
     return f"dbs/{meta['name']}-{meta['incarnation']}-{meta.get('layout', 0)}"
 
 
-def write_view(store: BlobStore, view: SnapshotView, prefix: str, tag: str, previous: dict[str, Any] | None) -> dict:
-    """Write one database's files; full chunks already named in ``previous`` are reused, not rewritten."""
+def put_graph(store: BlobStore, name: str, graph: HnswIndex) -> tuple[FileRef, int]:
+    """Save an HNSW graph as a checksummed file; on a local store straight to disk (no copy in memory)."""
+    if not isinstance(store, LocalBlobStore):
+        data, seq = graph.save()
+        return put_file(store, name, data), seq
+    target = store.path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}"
+    try:
+        _, seq = graph.save(str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        size = tmp.stat().st_size
+        data = np.memmap(tmp, np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        ref = FileRef(name, size, block_crcs(memoryview(data)))
+        del data
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return ref, seq
+
+
+def write_view(
+    store: BlobStore, view: SnapshotView, prefix: str, tag: str, previous: dict[str, Any] | None, graph: bool = False
+) -> dict:
+    """Write one database's files; full chunks already named in ``previous`` are reused, not rewritten.
+
+    ``graph``: also save a ready HNSW graph (checkpoints do; exports do not).
+    """
     reuse = {}
     if previous is not None:
-        for refs in (previous["vectors"], *previous["per_row"].values()):
+        for refs in (previous["vectors"], previous.get("full", []), *previous["per_row"].values()):
             for ref in refs:
                 reuse[ref["name"]] = ref
     chunk_rows = int(view.meta["chunk_rows"])
@@ -83,14 +116,20 @@ def write_view(store: BlobStore, view: SnapshotView, prefix: str, tag: str, prev
                 refs.append(put_file(store, name, as_bytes(arr)).to_json())
         return refs
 
-    return {
+    entry: dict[str, Any] = {
         "meta": view.meta,
         "n": view.n,
         "live": put_file(store, f"{prefix}/live-{tag}", as_bytes(view.live)).to_json(),
-        "per_row": {kind: put_chunks(kind, view.per_row[kind]) for kind in PER_ROW},
+        "per_row": {kind: put_chunks(kind, view.per_row[kind]) for kind in view.per_row},
         "vectors": put_chunks("vec", view.vectors),
         "attributes": put_json(store, f"{prefix}/attrs-{tag}", view.attributes).to_json() if view.attributes else None,
     }
+    if view.full is not None:
+        entry["full"] = put_chunks("f32", view.full)
+    if graph and view.graph is not None:
+        ref, seq = put_graph(store, f"{prefix}/hnsw-{tag}", view.graph)
+        entry["hnsw"] = {"file": ref.to_json(), "seq": seq}
+    return entry
 
 
 def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
@@ -102,22 +141,34 @@ def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
         return min(chunk_rows, n - i * chunk_rows)
 
     live = load_array(store, FileRef.from_json(entry["live"]), np.uint8, (n,))
+
     def load(ref: dict[str, Any], dtype: type, shape: tuple[int, ...]) -> np.ndarray:
         return load_array(store, FileRef.from_json(ref), dtype, shape)
 
     per_row = {
-        kind: [load(r, dtype, (rows_in(i),)) for i, r in enumerate(entry["per_row"][kind])]
-        for kind, dtype in PER_ROW.items()
+        kind: [load(r, ROW_DTYPES[kind], (rows_in(i),)) for i, r in enumerate(refs)]
+        for kind, refs in entry["per_row"].items()
     }
     dtype = STORAGE_DTYPES[meta.get("storage", "f32")]
     vectors = [load(r, dtype, (rows_in(i), dim)) for i, r in enumerate(entry["vectors"])]
+    full = [load(r, np.float32, (rows_in(i), dim)) for i, r in enumerate(entry["full"])] if "full" in entry else None
     attrs = get_json(store, FileRef.from_json(entry["attributes"])) if entry.get("attributes") else {}
-    return Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs)
+    graph = None
+    if entry.get("hnsw"):
+        try:
+            ref = FileRef.from_json(entry["hnsw"]["file"])
+            graph = HnswIndex.load(load_array(store, ref, np.uint8, (ref.size,)), HnswSettings(),
+                                   int(entry["hnsw"]["seq"]))  # fmt: skip
+        except (CorruptionError, OSError, ValueError, RuntimeError) as exc:
+            log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", meta["name"], exc)
+    return Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs, full, graph)
 
 
 def entry_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
     attrs = [entry["attributes"]] if entry.get("attributes") else []
-    return [entry["live"], *entry["vectors"], *(r for refs in entry["per_row"].values() for r in refs), *attrs]
+    graph = [entry["hnsw"]["file"]] if entry.get("hnsw") else []
+    rows = (r for refs in entry["per_row"].values() for r in refs)
+    return [entry["live"], *entry["vectors"], *entry.get("full", []), *rows, *attrs, *graph]
 
 
 def entry_bytes(entry: dict[str, Any]) -> int:
@@ -249,7 +300,7 @@ class Persistence:
             old = previous.get(name)
             if old is not None and old["meta"]["incarnation"] != view.meta["incarnation"]:
                 old = None
-            entries[name] = write_view(self.local, view, _db_dir(view.meta), str(seq), old)
+            entries[name] = write_view(self.local, view, _db_dir(view.meta), str(seq), old, graph=True)
         manifest = {
             "format": FORMAT,
             "checkpoint_seq": seq,
@@ -260,10 +311,20 @@ class Persistence:
         }
         put_manifest(self.local, MANIFEST, manifest)
         self.manifest = manifest
+        for name, view in views.items():  # i8: full float32 chunks are on disk now; serve them from there
+            if view is not None and view.on_saved is not None and "full" in entries[name]:
+                view.on_saved([self._mapped(ref, int(view.meta["dimension"])) for ref in entries[name]["full"]])
         self._collect_local_garbage(manifest)
         if self.remote is None:
             self.wal.trim(seq)
         return manifest
+
+    def _mapped(self, ref: dict[str, Any], dim: int) -> np.ndarray:
+        """A just-written float32 chunk file, memory-mapped read-only (page cache, not process memory)."""
+        rows = int(ref["size"]) // (4 * dim)
+        if rows == 0:
+            return np.zeros((0, dim), np.float32)
+        return np.memmap(self.local.path(ref["name"]), np.float32, mode="r", shape=(rows, dim))
 
     def _collect_local_garbage(self, manifest: dict[str, Any]) -> None:
         keep = {ref["name"] for entry in manifest["databases"].values() for ref in entry_files(entry)}
@@ -391,4 +452,3 @@ def read_export(location: str, oss: OssClient | None) -> Database:
     if manifest is None:
         raise FileNotFoundError(f"{store.description} holds no {EXPORT_MANIFEST}; is it an export?")
     return read_entry(store, manifest["database"])
-

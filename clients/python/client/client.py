@@ -215,7 +215,7 @@ class LookalikeClient:
     # -- databases -------------------------------------------------------------------------
     @_rpc
     def create_database(self, name: str, storage: str = "") -> db_pb.Database:
-        """``storage``: "f32" (default), "f16" or "bf16" (half the memory)."""
+        """``storage``: "f32", "f16" or "bf16" (half the memory), "i8" (a quarter, exact re-rank from disk)."""
         req = db_pb.CreateDatabaseRequest(name=name, storage=storage)
         return self.db_stub.CreateDatabase(req, **self._kw()).database
 

@@ -211,7 +211,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["create", "list", "get", "delete", "snapshot", "export", "import"])
     p.add_argument("name", nargs="?")
     p.add_argument("location", nargs="?", help="export/import: a directory on the server, or oss://bucket/prefix/")
-    p.add_argument("--storage", choices=["f32", "f16", "bf16"], help="create: how vectors are stored (default f32)")
+    p.add_argument("--storage", choices=["f32", "f16", "bf16", "i8"], help="create: how vectors are stored")
     add_client_options(p)
     p.set_defaults(func=cmd_db)
 
