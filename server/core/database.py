@@ -21,6 +21,8 @@ from lookalike.server.core.errors import ErrorKind, LookalikeError, not_found
 from lookalike.server.core.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.index import ExactIndex, Pinned
 
+from lookalike import native
+
 Key = tuple[str, int]
 
 
@@ -415,6 +417,8 @@ class Database:
         index_rows = self.index.pin()
         index = self.index
 
+        threads = max(1, native.get_threads())
+
         def build() -> None:
             import time
 
@@ -422,7 +426,9 @@ class Database:
             for start in range(0, len(rows), 8192):
                 if self.hnsw is not graph:
                     return  # cleared meanwhile
-                graph.add(ids[start : start + 8192], index.take(rows[start : start + 8192], index_rows))
+                # the build shares the kernel's thread budget (the server's --threads setting)
+                part = rows[start : start + 8192]
+                graph.add(ids[start : start + 8192], index.take_stored(part, index_rows), threads=threads)
             with self.lock:
                 graph.ready = True
                 self.snapshot_seq = -1  # the next snapshot saves the graph with the rows

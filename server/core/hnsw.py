@@ -69,14 +69,14 @@ class HnswIndex:
         self._index.expansion_search = settings.expansion_search
         self._index.expansion_add = settings.expansion_add
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, seq: int | None = None) -> None:
-        """Adds keys the graph does not hold yet (a replayed add is a no-op)."""
+    def add(self, ids: np.ndarray, vectors: np.ndarray, seq: int | None = None, threads: int = 1) -> None:
+        """Adds keys the graph does not hold yet (a replayed add is a no-op); ``threads`` for bulk builds."""
         with self._lock:
             if len(ids):
                 keys = np.asarray(ids, np.uint64)
                 new = ~np.asarray(self._index.contains(keys), bool).reshape(-1)
                 if new.any():
-                    self._index.add(keys[new], np.ascontiguousarray(vectors[new]), threads=1)
+                    self._index.add(keys[new], np.ascontiguousarray(vectors[new]), threads=threads)
             if seq is not None:
                 self.seq = max(self.seq, seq)
 

@@ -116,6 +116,13 @@ class ExactIndex:
             return p.full.take(rows)
         return from_storage(p.vectors.take(rows), self.storage)
 
+    def take_stored(self, rows: np.ndarray, pinned: Pinned | None = None) -> np.ndarray:
+        """Rows as float32 as stored (i8: scale * int8), for building a graph without reading the float32 copy."""
+        p = pinned or self.pinned
+        if p.scales is not None:
+            return p.vectors.take(rows).astype(np.float32) * p.scales.take(rows)[:, None]
+        return self.take(rows, p)
+
     def chunks(self, n: int) -> list[np.ndarray]:
         return self.pinned.vectors.views(n)
 

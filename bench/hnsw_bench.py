@@ -1,0 +1,216 @@
+"""HNSW benchmark: the server's HNSW tier (usearch, ``ip`` metric, f16) beside FAISS IndexHNSWFlat.
+
+Same clustered, L2-normalised data for both, in one run (default 1M x 384; the generator of
+``topk_bench.py``: n/1000 centres, spread 0.6). Rows (``--json`` prints one JSON object per row):
+
+- ``build`` rows: build seconds, vectors/s, memory (the index's own bytes and the process's
+  resident-memory growth while building).
+- ``lookalike_hnsw``: the server's tier as searches run it: ``Database.search_tier`` on a
+  database whose graph was built by the server's background build (usearch f16 ``ip``, degree
+  16, expansion_add 128), candidates ``rerank_factor`` x k re-ranked exactly, hits with ids.
+- ``usearch_f16``: the same graph searched directly (no re-rank, no bookkeeping); batch 1000
+  uses usearch's own threads.
+- ``faiss_hnsw_flat``: FAISS IndexHNSWFlat (M 16, efConstruction 128, inner product, f32).
+
+For each expansion (``--ef``: usearch expansion_search = FAISS efSearch): QPS at batch 1
+(one query per call, one thread) with p50/p99 latency, QPS at batch 1000 (``--threads``
+threads), recall@10 against the exact float32 top-10 (native kernel). Ratios at the end:
+the fastest setting of each method reaching ``--target-recall`` and QPS ratios between them.
+
+    flock /tmp/lookalike-bench.lock .venv/bin/python bench/hnsw_bench.py --n 1000000 --d 384 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from lookalike import native
+
+
+def clustered(rng: np.random.Generator, rows: int, d: int, centres: np.ndarray, spread: float) -> np.ndarray:
+    out = np.empty((rows, d), np.float32)
+    for a in range(0, rows, 65536):
+        b = min(rows, a + 65536)
+        x = centres[rng.integers(0, centres.shape[0], b - a)] + spread * rng.standard_normal((b - a, d), np.float32)
+        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def recall(ids: np.ndarray, truth: np.ndarray) -> float:
+    return float(
+        np.mean([len(set(a.tolist()) & set(b.tolist())) / truth.shape[1] for a, b in zip(ids, truth, strict=True)])
+    )
+
+
+class Out:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, **r: Any) -> None:
+        r["load"] = round(os.getloadavg()[0], 2)
+        self.rows.append(r)
+        if self.as_json:
+            print(json.dumps(r), flush=True)
+        else:
+            print("  ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+
+    def say(self, text: str) -> None:
+        print(("# " if self.as_json else "") + text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+
+
+def batch1(search: Any, queries: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+    """QPS, p50 ms, p99 ms and ids for one query per call."""
+    for q in queries[:20]:
+        search(q)
+    times, ids = [], []
+    for q in queries:
+        t = time.perf_counter()
+        ids.append(search(q))
+        times.append(time.perf_counter() - t)
+    ms = sorted(1000 * t for t in times)
+    return len(queries) / sum(times), statistics.median(ms), ms[int(0.99 * (len(ms) - 1))], np.stack(ids)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=384)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 200])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--target-recall", type=float, default=0.97)
+    ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out = Out(args.json)
+    n, d, k = args.n, args.d, args.k
+    native.set_threads(args.threads)
+    out.say(f"n={n} d={d} k={k} threads={args.threads} cpus={os.cpu_count()} load {os.getloadavg()}")
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(16, n // 1000), d), np.float32)
+    x = clustered(rng, n, d, centres, 0.6)
+    queries = clustered(rng, args.queries, d, centres, 0.6)
+    _, truth = native.topk(x, queries, k)
+
+    # -- the server's tier: a Database whose graph the server's background build makes ---------
+    from lookalike.server.core import hnsw as hnsw_module
+    from lookalike.server.core.commands import SetImages, SetItem
+    from lookalike.server.core.database import Database
+    from lookalike.server.core.hnsw import HnswSettings
+
+    settings = HnswSettings(threshold=1)
+    db = Database("bench", d, storage="f16")
+    db.hnsw_settings = settings
+    base = rss()
+    step = 100_000
+    for a in range(0, n, step):  # the vectors as the server stores them (f16 rows + bookkeeping)
+        items = tuple(SetItem(f"g{i}", 0, i, "", None) for i in range(a, min(n, a + step)))
+        db.apply_set(SetImages("bench", items, x[a : a + len(items)], 0.0), a // step + 1)
+        if a == 0:
+            db.hnsw = None  # build once over everything below, not from the first slice
+            settings_off = HnswSettings(threshold=0)
+            db.hnsw_settings = settings_off
+    stored = rss() - base
+    db.hnsw_settings = settings
+    t0 = time.perf_counter()
+    with db.lock:
+        db._maybe_build_graph()
+    graph = db.hnsw
+    assert graph is not None and hnsw_module.builds >= 1
+    while not graph.ready:
+        time.sleep(0.05)
+    build_s = time.perf_counter() - t0
+    index = graph._index
+    out.add(method="lookalike_hnsw", kind="build", n=n, d=d, dtype="f16", connectivity=settings.connectivity,
+            expansion_add=settings.expansion_add, build_s=round(build_s, 1), build_rate=round(n / build_s),
+            index_bytes=int(index.memory_usage), rss_growth=rss() - base, exact_store_rss=stored)  # fmt: skip
+
+    for ef in args.ef:
+        graph.configure(HnswSettings(threshold=1, expansion_search=ef))
+
+        def ours(q: np.ndarray) -> np.ndarray:
+            hits = db.search_tier(q, k)[0]
+            return np.array([int(h.group_id[1:]) for h in hits] + [-1] * (k - len(hits)))
+
+        qps, p50, p99, ids = batch1(ours, queries)
+        out.add(method="lookalike_hnsw", n=n, d=d, k=k, ef=ef, rerank=settings.rerank_factor, qps_b1=round(qps),
+                p50_ms=round(p50, 3), p99_ms=round(p99, 3), recall_at_10=round(recall(ids, truth), 4))  # fmt: skip
+
+        def raw(q: np.ndarray) -> np.ndarray:
+            return np.asarray(index.search(q, k, threads=1).keys, np.int64)
+
+        qps, p50, p99, ids = batch1(raw, queries)
+        t = time.perf_counter()
+        batch = index.search(queries, k, threads=args.threads)
+        b_s = time.perf_counter() - t
+        out.add(method="usearch_f16", n=n, d=d, k=k, ef=ef, qps_b1=round(qps), p50_ms=round(p50, 3),
+                p99_ms=round(p99, 3), qps_b1000=round(len(queries) / b_s), recall_at_10=round(recall(ids, truth), 4),
+                recall_b1000=round(recall(np.asarray(batch.keys, np.int64), truth), 4))  # fmt: skip
+
+    graph.configure(settings)  # the tier stays in memory beside FAISS (rss_growth is a difference)
+    if not args.skip_faiss:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+        base = rss()
+        t0 = time.perf_counter()
+        fi = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
+        fi.hnsw.efConstruction = 128
+        fi.add(x)
+        build_s = time.perf_counter() - t0
+        out.add(method="faiss_hnsw_flat", kind="build", n=n, d=d, dtype="f32", connectivity=16, expansion_add=128,
+                build_s=round(build_s, 1), build_rate=round(n / build_s),
+                index_bytes=int(faiss.serialize_index(fi).size), rss_growth=rss() - base)  # fmt: skip
+        for ef in args.ef:
+            fi.hnsw.efSearch = ef
+            faiss.omp_set_num_threads(1)
+
+            def fs(q: np.ndarray) -> np.ndarray:
+                return fi.search(q[None], k)[1][0]
+
+            qps, p50, p99, ids = batch1(fs, queries)
+            faiss.omp_set_num_threads(args.threads)
+            t = time.perf_counter()
+            _, bids = fi.search(queries, k)
+            b_s = time.perf_counter() - t
+            out.add(method="faiss_hnsw_flat", n=n, d=d, k=k, ef=ef, qps_b1=round(qps), p50_ms=round(p50, 3),
+                    p99_ms=round(p99, 3), qps_b1000=round(len(queries) / b_s),
+                    recall_at_10=round(recall(ids, truth), 4), recall_b1000=round(recall(bids, truth), 4))  # fmt: skip
+
+    best: dict[str, dict[str, Any]] = {}
+    for r in out.rows:
+        if "qps_b1" in r and r["recall_at_10"] >= args.target_recall:
+            if r["method"] not in best or r["qps_b1"] > best[r["method"]]["qps_b1"]:
+                best[r["method"]] = r
+    for m, r in best.items():
+        out.say(f"fastest {m} at recall@10 >= {args.target_recall}: ef {r['ef']}, {r['qps_b1']} QPS at batch 1, "
+                f"p50 {r['p50_ms']} ms, recall {r['recall_at_10']}")  # fmt: skip
+    f = best.get("faiss_hnsw_flat")
+    for m in ("lookalike_hnsw", "usearch_f16"):
+        if f and m in best:
+            out.say(f"{m} / faiss_hnsw_flat QPS at batch 1 (each at its fastest ef reaching the target): "
+                    f"{best[m]['qps_b1'] / f['qps_b1']:.2f}x")  # fmt: skip
+    out.say(f"load average at the end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
