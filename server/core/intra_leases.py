@@ -34,6 +34,7 @@ class IntraIdLeases:
         self.block = block
         self.replica = secrets.token_hex(8)  # this process; claims carry it so each can recognise its own
         self._owned: dict[tuple[str, str], list[int]] = {}  # (incarnation, group) -> [next, end]
+        self._floor: dict[tuple[str, str], int] = {}  # first id the next claimed block may hand out
         self._lock = threading.Lock()
         self._sleep = sleep
         self.claims = 0  # blocks claimed by this process (tests and logs)
@@ -45,16 +46,30 @@ class IntraIdLeases:
             while len(out) < count:
                 span = self._owned.get((incarnation, group_id))
                 if span is None or span[0] >= span[1]:
-                    span = self._owned[(incarnation, group_id)] = self._claim(incarnation, group_id)
+                    floor = self._floor.pop((incarnation, group_id), 0)
+                    span = self._owned[(incarnation, group_id)] = self._claim(incarnation, group_id, floor)
                 n = min(count - len(out), span[1] - span[0])
                 out.extend(range(span[0], span[0] + n))
                 span[0] += n
         return out
 
+    def saw_explicit(self, incarnation: str, group_id: str, intra_id: int) -> None:
+        """An id set explicitly through this replica: later automatic ones here come after it, as built-in."""
+        with self._lock:
+            key = (incarnation, group_id)
+            span = self._owned.get(key)
+            if span is not None and span[0] <= intra_id < span[1]:
+                span[0] = intra_id + 1
+            elif span is None or intra_id >= span[1]:
+                self._owned.pop(key, None)
+                self._floor[key] = max(self._floor.get(key, 0), intra_id + 1)
+
     def forget(self, incarnation: str) -> None:
         with self._lock:
             for key in [k for k in self._owned if k[0] == incarnation]:
                 del self._owned[key]
+            for key in [k for k in self._floor if k[0] == incarnation]:
+                del self._floor[key]
 
     def _claims(self, incarnation: str, group_id: str, block: int | None) -> list[dict[str, Any]]:
         expr = f'kind == "lease" and db == {literal(incarnation)} and grp == {literal(group_id)}'
@@ -62,16 +77,16 @@ class IntraIdLeases:
             expr += f" and block == {block}"
         return self.store.meta_rows(expr, ["pk", "block"])
 
-    def _claim(self, incarnation: str, group_id: str) -> list[int]:
+    def _claim(self, incarnation: str, group_id: str, floor: int = 0) -> list[int]:
         seen = self._claims(incarnation, group_id, None)
-        block = max((int(r["block"]) for r in seen), default=-1) + 1
+        block = max(max((int(r["block"]) for r in seen), default=-1) + 1, floor // self.block)
         for attempt in range(MAX_CLAIM_ATTEMPTS):
             pk = KEY_SEPARATOR.join(("lease", incarnation, group_id, f"{block:020d}", self.replica))
             self.store.put_meta([{"pk": pk, "kind": "lease", "db": incarnation, "grp": group_id, "block": block}])
             rivals = self._claims(incarnation, group_id, block)
             if [r["pk"] for r in rivals] == [pk]:
                 self.claims += 1
-                return [block * self.block, (block + 1) * self.block]
+                return [max(block * self.block, floor), (block + 1) * self.block]
             block = max(int(r["block"]) for r in rivals) + 1
             self._sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise TimeoutError(f"no block of intra_ids for group {group_id!r} after {MAX_CLAIM_ATTEMPTS} contested claims")

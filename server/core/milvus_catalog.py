@@ -330,23 +330,31 @@ class MilvusCatalog:
         return {r["pk"] for r in self.guard(lambda: self.store.query(name, expr, ["pk"]))}
 
     def _plan_keys(self, db: MilvusDatabase, requests: list[SetRequest]) -> list[Key]:
-        """Explicit keys as given; automatic ones from this replica's leased blocks, skipping taken ids."""
-        keys: list[Key | None] = [(g, i) if i is not None else None for g, i, _, _ in requests]
-        wanted: dict[str, list[int]] = {}
+        """Explicit keys as given; automatic ones in request order from this replica's leased blocks.
+
+        An automatic id that already names an image (set explicitly, maybe through another
+        replica) or that an explicit item of this batch names is skipped for the next one.
+        """
+
+        def fresh(group_id: str) -> Key:
+            return (group_id, self.guard(lambda: self.leases.take(db.incarnation, group_id, 1))[0])
+
+        keys: list[Key] = []
+        auto: list[int] = []
         for k, (group_id, intra_id, _, _) in enumerate(requests):
-            if intra_id is None:
-                wanted.setdefault(group_id, []).append(k)
-        for group_id, slots in wanted.items():
-            taken = {i for g, i, _, _ in requests if g == group_id and i is not None}
-            fresh: list[int] = []
-            while len(fresh) < len(slots):
-                need = len(slots) - len(fresh)
-                candidates = self.guard(lambda g=group_id, n=need: self.leases.take(db.incarnation, g, n))
-                used = self._existing(db.name, [(group_id, i) for i in candidates])
-                fresh += [i for i in candidates if row_key(group_id, i) not in used and i not in taken]
-            for k, intra_id in zip(slots, fresh, strict=True):
-                keys[k] = (group_id, intra_id)
-        return [k for k in keys if k is not None]
+            if intra_id is not None:
+                self.leases.saw_explicit(db.incarnation, group_id, intra_id)
+                keys.append((group_id, intra_id))
+            else:
+                auto.append(k)
+                keys.append(fresh(group_id))
+        explicit = {row_key(*keys[k]) for k in range(len(keys)) if requests[k][1] is not None}
+        while auto:
+            used = self._existing(db.name, [keys[k] for k in auto]) | explicit
+            auto = [k for k in auto if row_key(*keys[k]) in used]
+            for k in auto:
+                keys[k] = fresh(keys[k][0])
+        return keys
 
     def delete_image(self, name: str, group_id: str, intra_id: int) -> None:
         db = self.get(name)
