@@ -18,9 +18,24 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# milvus-lite hands out no MVCC timestamp for iterators; pymilvus then warns on every page and
-# falls back to its own clock, which is what we want. The rest of pymilvus' warnings stay.
-logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(lambda r: "mvccTs" not in r.getMessage())
+RELOAD_HINTS = ("released", "not loaded", "load()")
+
+
+def tame_pymilvus_logging() -> None:
+    """pymilvus installs its own console handler; route its records through ours instead.
+
+    Connection retries are logged by pymilvus with a traceback each; the server reports an
+    outage itself (UNAVAILABLE / MILVUS_UNAVAILABLE), so those are kept to errors. milvus-lite
+    hands out no MVCC timestamp for iterators, and pymilvus' per-page warning about it is dropped.
+    """
+    root = logging.getLogger("pymilvus")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.propagate = True
+    root.setLevel(logging.WARNING)
+    logging.getLogger("pymilvus.client.connection_manager").setLevel(logging.ERROR)
+    logging.getLogger("pymilvus.decorators").setLevel(logging.ERROR)
+    logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(lambda r: "mvccTs" not in r.getMessage())
 
 KEY_SEPARATOR = "\x1f"  # below every printable character: key order = (group_id, intra_id) order
 META_DIM = 2  # Milvus wants a vector field in every collection; the catalog's is a placeholder
@@ -98,30 +113,42 @@ class MilvusStore:
             if self._client is None:
                 from pymilvus import MilvusClient
 
+                tame_pymilvus_logging()
+
                 self._client = MilvusClient(
                     uri=self.uri, token=self._token, db_name=self._db_name, timeout=self.timeout_s
                 )
             return self._client
 
-    def call(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(client)``, mapping pymilvus' failures onto the two errors callers handle."""
+    def call(self, fn: Callable[[Any], T], collection: str | None = None) -> T:
+        """Run ``fn(client)``, mapping pymilvus' failures onto the two errors callers handle.
+
+        A collection found released (a Milvus that restarted without reloading it) is loaded
+        and the call retried once.
+        """
         import grpc
         from pymilvus.exceptions import MilvusException
 
-        try:
-            return fn(self._connect())
-        except MilvusException as exc:
-            text = str(getattr(exc, "message", "") or exc)
-            if _unreachable(exc.code, text):
+        for attempt in (0, 1):
+            try:
+                return fn(self._connect())
+            except MilvusException as exc:
+                text = str(getattr(exc, "message", "") or exc)
+                if _unreachable(exc.code, text):
+                    self._reset()
+                    raise MilvusUnavailable(f"{self.description} is unavailable: {_clean(text, self._token)}") from None
+                if attempt == 0 and collection is not None and any(h in text for h in RELOAD_HINTS):
+                    log.info("loading %s in %s (it was released)", collection, self.description)
+                    self.call(lambda c: c.load_collection(collection, timeout=self.timeout_s))
+                    continue
+                raise MilvusRejected(_clean(text, self._token)) from None
+            except grpc.RpcError as exc:
                 self._reset()
-                raise MilvusUnavailable(f"{self.description} is unavailable: {_clean(text, self._token)}") from None
-            raise MilvusRejected(_clean(text, self._token)) from None
-        except grpc.RpcError as exc:
-            self._reset()
-            raise MilvusUnavailable(f"{self.description} is unavailable: {exc.code().name}") from None
-        except (ConnectionError, TimeoutError) as exc:
-            self._reset()
-            raise MilvusUnavailable(f"{self.description} is unavailable: {type(exc).__name__}") from None
+                raise MilvusUnavailable(f"{self.description} is unavailable: {exc.code().name}") from None
+            except (ConnectionError, TimeoutError) as exc:
+                self._reset()
+                raise MilvusUnavailable(f"{self.description} is unavailable: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")
 
     def _reset(self) -> None:
         with self._lock:
@@ -159,14 +186,14 @@ class MilvusStore:
 
     def put_meta(self, rows: list[dict[str, Any]]) -> None:
         full = [{"grp": "", "block": 0, "info": {}, "v": [0.0] * META_DIM, **r} for r in rows]
-        self.call(lambda c: c.upsert(self.meta, full, timeout=self.timeout_s))
+        self.call(lambda c: c.upsert(self.meta, full, timeout=self.timeout_s), self.meta)
 
     def meta_rows(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
         return self.call(lambda c: c.query(self.meta, filter=expr, output_fields=fields, timeout=self.timeout_s,
-                                           consistency_level=self.consistency))  # fmt: skip
+                                           consistency_level=self.consistency), self.meta)  # fmt: skip
 
     def delete_meta(self, expr: str) -> None:
-        self.call(lambda c: c.delete(self.meta, filter=expr, timeout=self.timeout_s))
+        self.call(lambda c: c.delete(self.meta, filter=expr, timeout=self.timeout_s), self.meta)
 
     # -- image collections -------------------------------------------------------------------
     def create_images(self, name: str, dimension: int, index_type: str, index_params: dict[str, Any]) -> None:
@@ -198,17 +225,17 @@ class MilvusStore:
 
     def upsert(self, name: str, rows: list[dict[str, Any]]) -> None:
         coll = collection_name(self.prefix, name)
-        self.call(lambda c: c.upsert(coll, rows, timeout=self.timeout_s))
+        self.call(lambda c: c.upsert(coll, rows, timeout=self.timeout_s), coll)
 
     def delete(self, name: str, expr: str) -> None:
         coll = collection_name(self.prefix, name)
-        self.call(lambda c: c.delete(coll, filter=expr, timeout=self.timeout_s))
+        self.call(lambda c: c.delete(coll, filter=expr, timeout=self.timeout_s), coll)
 
     def query(self, name: str, expr: str, fields: list[str], limit: int | None = None) -> list[dict[str, Any]]:
         coll = collection_name(self.prefix, name)
         options: dict[str, Any] = {"limit": limit} if limit is not None else {}
         return self.call(lambda c: list(c.query(coll, filter=expr, output_fields=fields, timeout=self.timeout_s,
-                                                consistency_level=self.consistency, **options)))  # fmt: skip
+                                                consistency_level=self.consistency, **options)), coll)  # fmt: skip
 
     def count(self, name: str, expr: str = "") -> int:
         rows = self.query(name, expr, ["count(*)"])
@@ -226,7 +253,7 @@ class MilvusStore:
             finally:
                 it.close()
 
-        rows = self.call(first)
+        rows = self.call(first, coll)
         return sorted(rows, key=lambda r: r["pk"])
 
     def scan(self, name: str, fields: list[str], batch: int = 1000) -> Iterable[list[dict[str, Any]]]:
@@ -234,7 +261,8 @@ class MilvusStore:
         coll = collection_name(self.prefix, name)
         it = self.call(
             lambda c: c.query_iterator(coll, batch_size=batch, filter="", output_fields=fields, timeout=self.timeout_s,
-                                       consistency_level=self.consistency)
+                                       consistency_level=self.consistency),
+            coll,
         )  # fmt: skip
         try:
             while rows := self.call(lambda _c: list(it.next())):
@@ -264,11 +292,11 @@ class MilvusStore:
             )  # fmt: skip
             return list(found[0]) if found else []
 
-        return self.call(run)
+        return self.call(run, coll)
 
     def flush(self, name: str) -> None:
         coll = collection_name(self.prefix, name)
-        self.call(lambda c: c.flush(coll, timeout=self.timeout_s))
+        self.call(lambda c: c.flush(coll, timeout=self.timeout_s), coll)
 
     def close(self) -> None:
         self._reset()

@@ -1,0 +1,197 @@
+"""Milvus-only behaviour: replicas sharing one Milvus, outages, filter injection, migration both ways."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import unit_vectors
+from lookalike.client import ClientError, LookalikeClient
+from milvus_lite import MilvusLite
+
+
+def start(data: Path, **options: object) -> object:
+    from lookalike.server.app import create_server
+    from lookalike.server.config import ServerConfig
+
+    return create_server(ServerConfig(port=0, data_dir=data, **options))  # type: ignore[arg-type]
+
+
+def on_milvus(uri: str, data: Path, prefix: str = "rep_", **options: object) -> object:
+    return start(data, index="milvus", milvus_uri=uri, milvus_index="FLAT", milvus_prefix=prefix, **options)
+
+
+@pytest.fixture
+def replicas(milvus: MilvusLite, tmp_path: Path) -> Iterator[tuple[LookalikeClient, LookalikeClient]]:
+    a, b = on_milvus(milvus.uri, tmp_path / "a"), on_milvus(milvus.uri, tmp_path / "b")
+    ca, cb = LookalikeClient(a.address), LookalikeClient(b.address)  # type: ignore[attr-defined]
+    yield ca, cb
+    for c in (ca, cb):
+        c.close()
+    for s in (a, b):
+        s.stop(0)  # type: ignore[attr-defined]
+
+
+def keys(hits) -> list[tuple[str, int]]:
+    return [(h.key.group_id, h.key.intra_id) for h in hits]
+
+
+def test_a_write_through_one_replica_is_seen_by_the_other(replicas):
+    a, b = replicas
+    a.create_database("shared")
+    assert "shared" in [d.name for d in b.list_databases()]
+    v = unit_vectors(3, 1)
+    a.set_image("shared", "sku-1", vector=v[0].tolist(), attributes={"color": "red"})
+    b.set_image("shared", "sku-2", vector=v[1].tolist())
+    for c in (a, b):  # Strong consistency: the next search anywhere sees every acknowledged write
+        assert keys(c.search("shared", vector=v[0].tolist(), top_k=2).hits) == [("sku-1", 0), ("sku-2", 0)]
+    a.delete_image("shared", "sku-1", 0)
+    assert keys(b.search("shared", vector=v[0].tolist(), top_k=5).hits) == [("sku-2", 0)]  # no stale hit
+    b.delete_database("shared")
+    with pytest.raises(ClientError) as err:
+        a.search("shared", vector=v[0].tolist())
+    assert err.value.reason == "DATABASE_NOT_FOUND"
+
+
+def test_automatic_intra_ids_from_two_replicas_never_collide(replicas):
+    a, b = replicas
+    a.create_database("ids")
+    v = unit_vectors(1, 2)[0].tolist()
+    got: dict[str, list[int]] = {"a": [], "b": []}
+
+    def register(name: str, client: LookalikeClient) -> None:
+        for _ in range(40):
+            got[name].append(client.set_image("ids", "g", vector=v).key.intra_id)
+        summary = client.bulk_set("ids", [("g", None, v, f"{name}-{i}") for i in range(40)])
+        got[name] += [k.intra_id for k in summary.keys]
+
+    threads = [threading.Thread(target=register, args=(n, c)) for n, c in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = got["a"] + got["b"]
+    assert len(every) == 160 and len(set(every)) == 160  # unique across replicas
+    assert got["a"] == sorted(got["a"]) and got["b"] == sorted(got["b"])  # increasing within a replica
+    assert a.get_database("ids").image_count == 160  # nothing overwritten
+    assert sorted(i.key.intra_id for i in b.list_images("ids")) == sorted(every)
+
+
+QUOTES = ['x" or group_id != "', "a\\", 'q"', "per%cent", "under_score", "new\\nline", "'single'"]
+
+
+def test_user_strings_never_become_filter_syntax(replicas):
+    """Group ids, prefixes, attribute keys and values full of quotes, backslashes and LIKE wildcards."""
+    a, _ = replicas
+    a.create_database("inject")
+    v = unit_vectors(len(QUOTES) + 1, 3)
+    for i, text in enumerate(QUOTES):
+        a.set_image("inject", text, intra_id=0, vector=v[i].tolist(), attributes={"k": text, text: "v"})
+    a.set_image("inject", "zzz", intra_id=0, vector=v[-1].tolist(), attributes={"k": "plain"})
+    q = v[0].tolist()
+    for text in QUOTES:
+        hits = a.search("inject", vector=q, top_k=20, filter={"k": text}).hits
+        assert keys(hits) == [(text, 0)], text
+        assert keys(a.search("inject", vector=q, top_k=20, filter={text: "v"}).hits) == [(text, 0)], text
+        expected = sorted(g for g in [*QUOTES, "zzz"] if g.startswith(text))
+        assert sorted(g for g, _ in keys(a.search("inject", vector=q, top_k=20, group_id_prefix=text).hits)) == expected
+    assert a.search("inject", vector=q, top_k=20, group_id_prefix="per_").hits == []  # '_' is not a wildcard
+    assert a.delete_group("inject", QUOTES[0]) == 1  # deletes that group, not every other one
+    assert a.get_database("inject").image_count == len(QUOTES)
+
+
+def test_an_outage_is_unavailable_naming_the_backend_and_loses_nothing(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    own = MilvusLite(tmp_path / "milvus")
+    server = on_milvus(own.uri, tmp_path / "d", milvus_timeout_s=3.0, milvus_token="root:TOKEN-SECRET-42")
+    client = LookalikeClient(server.address)  # type: ignore[attr-defined]
+    try:
+        client.create_database("kept")
+        v = unit_vectors(2, 4)
+        client.set_image("kept", "before", vector=v[0].tolist())  # acknowledged: must survive the outage
+        own.stop()
+        for call in (lambda: client.set_image("kept", "during", vector=v[1].tolist()),
+                     lambda: client.search("kept", vector=v[0].tolist()),
+                     lambda: client.get_database("kept")):  # fmt: skip
+            with pytest.raises(ClientError) as err:
+                call()
+            assert err.value.code == "UNAVAILABLE" and err.value.reason == "MILVUS_UNAVAILABLE"
+            assert own.uri in err.value.message and "TOKEN-SECRET" not in err.value.message
+        own.start()
+        hits = client.search("kept", vector=v[0].tolist(), top_k=5).hits  # back, without a restart of ours
+        assert keys(hits) == [("before", 0)]
+        client.set_image("kept", "after", vector=v[1].tolist())
+        assert client.get_database("kept").image_count == 2
+    finally:
+        client.close()
+        server.stop(0)  # type: ignore[attr-defined]
+        own.stop()
+    assert not [r for r in caplog.records if "TOKEN-SECRET" in r.getMessage()]
+
+
+def test_start_up_reads_the_catalog_and_scans_nothing(milvus, tmp_path, monkeypatch):
+    from lookalike.server.storage.milvus_store import MilvusStore
+
+    first = on_milvus(milvus.uri, tmp_path / "a", prefix="boot_")
+    with LookalikeClient(first.address) as c:  # type: ignore[attr-defined]
+        c.create_database("big")
+        c.bulk_set("big", [(f"g{i}", None, row.tolist(), "") for i, row in enumerate(unit_vectors(200, 5))])
+    first.stop(0)  # type: ignore[attr-defined]
+    touched: list[str] = []
+    for name in ("query", "scan", "page", "search", "count"):
+        real = getattr(MilvusStore, name)
+        monkeypatch.setattr(MilvusStore, name,
+                            lambda self, *a, _n=name, _r=real, **k: (touched.append(_n), _r(self, *a, **k))[1])  # fmt: skip
+    second = on_milvus(milvus.uri, tmp_path / "b", prefix="boot_")
+    try:
+        assert touched == []  # ready without reading any image collection
+        with LookalikeClient(second.address) as c:  # type: ignore[attr-defined]
+            assert c.get_database("big").image_count == 200
+    finally:
+        second.stop(0)  # type: ignore[attr-defined]
+
+
+def state(client: LookalikeClient, name: str) -> dict[tuple[str, int], tuple[dict[str, str], np.ndarray]]:
+    out = {}
+    for img in client.list_images(name):
+        full = client.get_image(name, img.key.group_id, img.key.intra_id, include_vector=True)
+        out[(img.key.group_id, img.key.intra_id)] = (dict(full.attributes), np.asarray(full.vector.values))
+    return out
+
+
+def test_export_from_the_built_in_store_imports_into_milvus_and_back(milvus, tmp_path):
+    builtin = start(tmp_path / "builtin")
+    on_m = on_milvus(milvus.uri, tmp_path / "m", prefix="mig_")
+    b, m = LookalikeClient(builtin.address), LookalikeClient(on_m.address)  # type: ignore[attr-defined]
+    try:
+        b.create_database("catalogue")
+        v = unit_vectors(150, 6)
+        items = [(f"sku-{i % 40}", i, v[i].tolist(), "", {"n": str(i)} if i % 3 else {}) for i in range(150)]
+        b.bulk_set("catalogue", items)
+        b.delete_image("catalogue", "sku-1", 1)
+        original = state(b, "catalogue")
+        b.export_database("catalogue", str(tmp_path / "out-1"))
+        m.import_database("catalogue", str(tmp_path / "out-1"))
+        moved = state(m, "catalogue")
+        assert moved.keys() == original.keys() and len(moved) == 149
+        for key, (attrs, vec) in original.items():
+            assert moved[key][0] == attrs
+            np.testing.assert_allclose(moved[key][1], vec, atol=1e-6)
+        m.export_database("catalogue", str(tmp_path / "out-2"))
+        b.import_database("back", str(tmp_path / "out-2"))
+        back = state(b, "back")
+        assert back.keys() == original.keys()
+        for key, (attrs, vec) in original.items():
+            assert back[key][0] == attrs
+            np.testing.assert_allclose(back[key][1], vec, atol=1e-6)
+        q = v[7].tolist()
+        assert keys(m.search("catalogue", vector=q, top_k=10).hits) == keys(b.search("back", vector=q, top_k=10).hits)
+    finally:
+        b.close()
+        m.close()
+        builtin.stop(0)  # type: ignore[attr-defined]
+        on_m.stop(0)  # type: ignore[attr-defined]
