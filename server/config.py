@@ -21,6 +21,7 @@ DEFAULT_DATA_DIR = Path("./lookalike-data")
 FSYNC_MODES = ("always", "batch", "never")
 GPU_MAX_BATCH = 32
 CPU_MAX_BATCH = 4
+CPU_EXEC_CHOICES = ("auto", "eager", "channels_last", "frozen", "bf16_autocast", "bf16")  # server/core/model_exec.py
 
 
 def opt(
@@ -41,6 +42,7 @@ class ServerConfig:
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
     token: str | None = field(default=None, repr=False, metadata={"env_only": "LOOKALIKE_TOKEN"})
     log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
+    log_format: str = opt("text", "log lines as text, or json (one object a line)", choices=("text", "json"))
     # Work and limits.
     max_batch: int | None = opt(None, "images per model call (the micro-batcher's batch); default 32 on a GPU, "
                                 "4 on CPU, where larger batches fall out of cache and run slower per image",
@@ -86,6 +88,8 @@ class ServerConfig:
     preprocess_threads: int = opt(0, "image decoding threads for batches and bulk streams; 0 = --threads",
                                   min=0, max=1024)  # fmt: skip
     kernel_threads: int = opt(0, "threads of one search kernel call; 0 = --threads", min=0, max=1024)
+    cpu_exec: str = opt("auto", "how the model runs on CPU (bench/model_exec.py): auto = bf16 where the CPU has "
+                        "native bf16 (AVX-512 BF16/AMX), else frozen", choices=CPU_EXEC_CHOICES)  # fmt: skip
     # Safety: tokens and TLS (README: "Securing a server").
     token_file: Path | None = opt(None, "file of accepted tokens, one per line (# comments); re-read when it "
                                   "changes, so tokens rotate without a restart; adds to LOOKALIKE_TOKEN")  # fmt: skip
