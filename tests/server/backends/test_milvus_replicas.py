@@ -144,8 +144,12 @@ def test_start_up_reads_the_catalog_and_scans_nothing(milvus, tmp_path, monkeypa
     touched: list[str] = []
     for name in ("query", "scan", "page", "search", "count"):
         real = getattr(MilvusStore, name)
-        monkeypatch.setattr(MilvusStore, name,
-                            lambda self, *a, _n=name, _r=real, **k: (touched.append(_n), _r(self, *a, **k))[1])  # fmt: skip
+
+        def spy(self, *a, _n=name, _r=real, **k):
+            touched.append(_n)
+            return _r(self, *a, **k)
+
+        monkeypatch.setattr(MilvusStore, name, spy)
     second = on_milvus(milvus.uri, tmp_path / "b", prefix="boot_")
     try:
         assert touched == []  # ready without reading any image collection
@@ -195,3 +199,38 @@ def test_export_from_the_built_in_store_imports_into_milvus_and_back(milvus, tmp
         m.close()
         builtin.stop(0)  # type: ignore[attr-defined]
         on_m.stop(0)  # type: ignore[attr-defined]
+
+
+def test_a_replica_started_before_milvus_is_not_ready_until_milvus_answers(tmp_path):
+    """Load balancers see NOT_SERVING (gRPC health) and 503 (/healthz) until the backend answers."""
+    import grpc
+    import requests
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from lookalike.server.app import create_server
+    from lookalike.server.config import ServerConfig
+    from milvus_lite import free_port
+
+    port = free_port()
+    config = ServerConfig(port=0, http_port=0, data_dir=tmp_path / "d", index="milvus",
+                          milvus_uri=f"http://127.0.0.1:{port}", milvus_index="FLAT")  # fmt: skip
+    server = create_server(config, wait=False)
+    milvus = None
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert requests.get(f"http://127.0.0.1:{server.http_port}/healthz", timeout=5).status_code == 503
+            with LookalikeClient(server.address) as c, pytest.raises(ClientError) as err:
+                c.list_databases()
+            assert (err.value.code, err.value.reason) == ("UNAVAILABLE", "MILVUS_UNAVAILABLE")
+            milvus = MilvusLite(tmp_path / "milvus", port=port)
+            server.wait_ready(60)
+            assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING  # fmt: skip
+            ok = requests.get(f"http://127.0.0.1:{server.http_port}/healthz", timeout=5)
+            assert ok.status_code == 200 and ok.json() == {"status": "SERVING"}
+    finally:
+        server.stop(0)
+        if milvus is not None:
+            milvus.stop()

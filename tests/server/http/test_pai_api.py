@@ -18,15 +18,23 @@ from photos import crop, encode, photo
 TOKEN = "NTE3Y2M2ZmEzZGQ3ZGRkOGM4ZDE1MDVhNzxxxxxxxxx"
 
 
-@pytest.fixture(scope="module")
-def pai(tmp_path_factory):
+@pytest.fixture(scope="module", params=["builtin", "milvus"])
+def pai(request, tmp_path_factory):
+    """The gateway on each index backend: the PAI scripts must not notice which one holds the data."""
     from lookalike.server.app import create_server
     from lookalike.server.config import ServerConfig
+    from milvus_lite import MilvusLite
 
+    options, milvus = {}, None
+    if request.param == "milvus":
+        milvus = MilvusLite(tmp_path_factory.mktemp("pai-milvus") / "data")
+        options = {"index": "milvus", "milvus_uri": milvus.uri, "milvus_index": "FLAT"}
     server = create_server(ServerConfig(port=0, http_port=0, token=TOKEN, snapshot_interval_s=0,
-                                        data_dir=tmp_path_factory.mktemp("pai")))  # fmt: skip
+                                        data_dir=tmp_path_factory.mktemp("pai"), **options))  # fmt: skip
     yield server, f"http://127.0.0.1:{server.http_port}/api/predict/img_retrieval_001"
     server.stop(0)
+    if milvus is not None:
+        milvus.stop()
 
 
 def b64(data: bytes) -> str:
