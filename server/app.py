@@ -125,6 +125,7 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         max_aspect_ratio=config.max_aspect_ratio,
         decode_budget_pixels=config.decode_budget_pixels,
         preprocess_threads=budget["preprocess"],
+        cpu_exec=config.cpu_exec,
     )
     oss = make_oss(config)
     persistence = None

@@ -1,8 +1,9 @@
 """The embedder: a model file (see lookalike.modelfile) behind a micro-batcher.
 
 Images are decoded and preprocessed on the calling threads, then batched into one
-``torch.inference_mode()`` call on CUDA when present, else CPU. Outputs are
-L2-normalised float32 so that inner product is cosine similarity.
+``torch.inference_mode()`` call on CUDA when present, else CPU, in the execution mode chosen by
+``lookalike.server.core.model_exec`` (``--cpu-exec``; bf16 where the CPU computes it natively).
+Outputs are L2-normalised float32 so that inner product is cosine similarity.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lookalike.server.core.batcher import MicroBatcher
 from lookalike.server.core.cancellation import track
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.core.images import MAX_ASPECT_RATIO, PixelBudget, decode_image
+from lookalike.server.core.model_exec import prepare as prepare_runner
 
 from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess
 
@@ -44,16 +46,15 @@ class Embedder:
         preprocess_threads: int | None = None,
         max_aspect_ratio: float = MAX_ASPECT_RATIO,
         decode_budget_pixels: int = 128_000_000,
+        cpu_exec: str = "auto",
     ) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         module, meta = load_embedder(model_path, device=self.device)
-        if meta.precision == "fp16" and self.device == "cpu":
+        if self.device == "cpu":
             module = module.float()  # half convolutions are slow or missing on CPU
-            self._dtype = torch.float32
-        else:
-            self._dtype = torch.float16 if meta.precision == "fp16" else torch.float32
         self.module = module
         self.meta: EmbedderMeta = meta
+        self._runner = prepare_runner(module, self.device, cpu_exec, meta.input_size)
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
         self.max_aspect_ratio = max_aspect_ratio
@@ -71,7 +72,7 @@ class Embedder:
                 f"model {meta.model_name} returned shape {tuple(probe.shape)} for one image, but its "
                 f"metadata says output_dim={meta.output_dim}; re-export the model",
             )
-        log.info("embedder %s ready on %s (dim %d)", meta.model_name, self.device, meta.output_dim)
+        log.info("embedder %s ready on %s, %s (dim %d)", meta.model_name, self.device, self.execution, meta.output_dim)
 
     @property
     def batcher(self) -> MicroBatcher:
@@ -86,13 +87,14 @@ class Embedder:
     def model_name(self) -> str:
         return self.meta.model_name
 
+    @property
+    def execution(self) -> str:
+        """How the model runs: eager, frozen, bf16, ... on CPU; fp16 or fp32 on CUDA."""
+        return self._runner.mode
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock, torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, self._dtype, non_blocking=True)
-            y = self.module(x)
-            if isinstance(y, (tuple, list)):
-                y = y[0]
-            y = y.float().reshape(len(batch), -1).cpu().numpy()
+        with self._lock:
+            y = self._runner.run(batch).cpu().numpy()
         if not np.isfinite(y).all():
             raise LookalikeError(ErrorKind.INTERNAL, "MODEL_OUTPUT_INVALID", "the model produced non-finite values")
         return l2_normalize(y)

@@ -1,0 +1,104 @@
+"""CPU model execution modes, measured on this machine: eager, channels_last, frozen, bf16 (autocast / frozen).
+
+Times the default model (EfficientNet-Lite0, 224 px) or ``--model FILE`` through the server's own runners
+(``lookalike.server.core.model_exec``) on real photos (the test photos of ``tests/photos.py``), at
+several batch sizes, ``--runs`` timed runs of ``--iters`` calls each; reports the median images/s, the
+ratio to eager fp32 at the same batch size, and the lowest cosine against eager fp32 over the photos
+(issue 11 asks >= 0.999). The model-only images/s is also the ceiling of the whole server on this CPU.
+
+    flock /tmp/lookalike-bench.lock .venv/bin/python bench/model_exec.py [--batches 1,4,8] [--runs 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def photo_batch(meta: Any) -> np.ndarray:
+    """The test photos, preprocessed exactly as the server does."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from PIL import Image
+
+    from lookalike.modelfile import preprocess
+    from tests.photos import PHOTO_NAMES, photo
+
+    return np.stack([preprocess(Image.fromarray(photo(name)), meta) for name in PHOTO_NAMES])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="model file (default: the embedded EfficientNet-Lite0)")
+    ap.add_argument("--modes", default="eager,channels_last,frozen,bf16_autocast,bf16_all,bf16")
+    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per point (the median is reported)")
+    ap.add_argument("--iters", type=int, default=5, help="model calls per timed run")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = usable cores, as the server)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
+    args = ap.parse_args()
+
+    import torch
+    from lookalike.server.core.default_model import default_model_path
+    from lookalike.server.core.model_exec import cosine_rows, make_cpu_runner, native_bf16
+
+    from lookalike.modelfile import load_embedder
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    module, meta = load_embedder(args.model or default_model_path())
+    module = module.float()
+    photos = photo_batch(meta)
+    modes = args.modes.split(",")
+    runners = {m: make_cpu_runner(module, m) for m in modes if m != "eager"}
+    runners["eager"] = make_cpu_runner(module, "eager")
+    reference = runners["eager"].run(photos)
+    cosine = {m: float(cosine_rows(r.run(photos), reference).min()) for m, r in runners.items()}
+    header = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
+              "threads": threads, "torch": torch.__version__, "model": meta.model_name,
+              "input_size": meta.input_size, "photos": len(photos), "loadavg": os.getloadavg()}  # fmt: skip
+    if args.json:
+        print(json.dumps({"setup": header}), flush=True)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in header.items()), file=sys.stderr)
+    rows = []
+    for b in (int(x) for x in args.batches.split(",")):
+        batch = np.ascontiguousarray(np.resize(photos, (b, *photos.shape[1:])))
+        per_mode: dict[str, list[float]] = {m: [] for m in modes}
+        for m in modes:
+            for _ in range(3):  # warm up: first calls specialise and allocate
+                runners[m].run(batch)
+        for _ in range(args.runs):
+            for m in modes:  # interleaved, so a shared machine's load hits every mode alike
+                began = time.perf_counter()
+                for _ in range(args.iters):
+                    runners[m].run(batch)
+                per_mode[m].append(b * args.iters / (time.perf_counter() - began))
+        base = statistics.median(per_mode["eager"]) if "eager" in per_mode else None
+        for m in modes:
+            ips = statistics.median(per_mode[m])
+            row = {"mode": m, "batch": b, "images_per_s": round(ips, 1), "ms_per_call": round(1000 * b / ips, 2),
+                   "x_eager": round(ips / base, 2) if base else None, "min_cosine_vs_eager": round(cosine[m], 6),
+                   "passes_numerics": cosine[m] >= 0.999, "runs": [round(x, 1) for x in per_mode[m]]}  # fmt: skip
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+    if not args.json:
+        print("| mode | batch | images/s | ms/call | x eager fp32 | min cosine vs fp32 |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['mode']} | {r['batch']} | {r['images_per_s']} | {r['ms_per_call']} | {r['x_eager']} | "
+                  f"{r['min_cosine_vs_eager']:.5f} |")  # fmt: skip
+        print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
