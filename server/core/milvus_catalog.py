@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,13 +160,11 @@ class MilvusDatabase:
         settings = self._catalog.index
 
         def run() -> tuple[list[dict[str, Any]], int]:
-            searched = self._store.count(self.name, expr)
-            if searched == 0:
-                return [], 0
-            found = self._store.search(self.name, query, min(top_k, searched), expr, fields,
+            counting = self._catalog.pool.submit(self._store.count, self.name, expr)  # alongside, not before
+            found = self._store.search(self.name, query, top_k, expr, fields,
                                        group_by="group_id" if one_per_group else None,
                                        params=settings.search_params(top_k))  # fmt: skip
-            return found, searched
+            return found, counting.result()
 
         found, searched = self._catalog.guard(run)
         hits = []
@@ -198,6 +197,7 @@ class MilvusCatalog:
         self.leases = IntraIdLeases(store, lease_block)
         self.ready = threading.Event()
         self._closed = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
 
     def guard(self, fn: Callable[[], Any]) -> Any:
         """Run a Milvus call, translating its failures into the API's errors."""
@@ -451,4 +451,5 @@ class MilvusCatalog:
 
     def close(self, *, snapshot: bool = True) -> None:
         self._closed.set()
+        self.pool.shutdown(wait=False)
         self.store.close()
