@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lookalike.modelfile import quiet_torchscript
+
 log = logging.getLogger(__name__)
 
 CPU_MODES = ("eager", "channels_last", "frozen", "bf16_autocast", "bf16")
@@ -69,7 +71,8 @@ def resolve_cpu_mode(requested: str) -> str:
 
 def _freeze(module: Any) -> Any:
     """Frozen TorchScript: weights become constants, batch norm is folded into convolutions (in fp32)."""
-    return torch.jit.freeze(module.eval())
+    with quiet_torchscript():
+        return torch.jit.freeze(module.eval())
 
 
 _CONV_KINDS = ("aten::conv2d", "aten::_convolution", "aten::convolution", "aten::linear")
@@ -160,7 +163,8 @@ def make_cpu_runner(module: Any, mode: str) -> Runner:
     if not isinstance(module, torch.jit.ScriptModule):
         module = torch.jit.script(module)
     if mode == "frozen":
-        frozen = torch.jit.optimize_for_inference(_freeze(module))
+        with quiet_torchscript():
+            frozen = torch.jit.optimize_for_inference(_freeze(module))
         return Runner(mode, "cpu", lambda b: _first(frozen(torch.from_numpy(b))))
     if mode in ("bf16", "bf16_all"):  # bf16_all: every layer in bf16 (for bench/model_exec.py; fails numerics)
         mixed = _freeze(module)
