@@ -62,6 +62,27 @@ def foreign_reason(
     )
 
 
+def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: int) -> Database:
+    """An export read and checked for import on a server running ``model`` (either backend)."""
+    from lookalike.server.storage.segments import CorruptionError
+
+    try:
+        source = read_export(location, oss)
+    except FileNotFoundError as exc:
+        raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
+    except CorruptionError as exc:
+        raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise LookalikeError(ErrorKind.UNAVAILABLE, "IMPORT_FAILED", f"could not read {location}: {exc}") from None
+    if source.model.get("digest") != model.get("digest") or source.dimension != dimension:
+        raise LookalikeError(
+            ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
+            f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
+            f"{describe_model(model)}; import it on a server started with that model",
+        )  # fmt: skip
+    return source
+
+
 class Catalog:
     """The built-in index backend: databases in this process, made durable by the WAL and snapshots."""
 
@@ -377,22 +398,7 @@ class Catalog:
     def import_(self, name: str, location: str, oss: Any = None) -> Database:
         check_database_name(name)
         self._require_ready()
-        from lookalike.server.storage.segments import CorruptionError
-
-        try:
-            source = read_export(location, oss)
-        except FileNotFoundError as exc:
-            raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
-        except CorruptionError as exc:
-            raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise LookalikeError(ErrorKind.UNAVAILABLE, "IMPORT_FAILED", f"could not read {location}: {exc}") from None
-        if source.model.get("digest") != self.model.get("digest") or source.dimension != self.dimension:
-            raise LookalikeError(
-                ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
-                f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
-                f"{describe_model(self.model)}; import it on a server started with that model",
-            )  # fmt: skip
+        source = read_export_for(location, oss, self.model, self.dimension)
         entries, _ = source.list(group_id=None, after=None, limit=source.size)
         with self._write_lock:
             if name in self._dbs:

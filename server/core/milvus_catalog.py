@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from lookalike.server.core.backend import DatabaseHandle, SetRequest, SetResult, SnapshotInfo
-from lookalike.server.core.catalog import IMPORT_CHUNK, describe_model, foreign_reason
+from lookalike.server.core.catalog import IMPORT_CHUNK, foreign_reason, read_export_for
 from lookalike.server.core.commands import SetImages, SetItem
 from lookalike.server.core.database import Database, Entry, Hit, Key
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
@@ -420,25 +420,9 @@ class MilvusCatalog:
         return SnapshotInfo(time.time(), entry_bytes(entry), copy.size, 0)
 
     def import_(self, name: str, location: str, oss: Any = None) -> MilvusDatabase:
-        from lookalike.server.core.persistence import read_export
-        from lookalike.server.storage.segments import CorruptionError
-
         check_database_name(name)
         self._require_ready()
-        try:
-            source = read_export(location, oss)
-        except FileNotFoundError as exc:
-            raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
-        except CorruptionError as exc:
-            raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise LookalikeError(ErrorKind.UNAVAILABLE, "IMPORT_FAILED", f"could not read {location}: {exc}") from None
-        if source.model.get("digest") != self.model.get("digest") or source.dimension != self.dimension:
-            raise LookalikeError(
-                ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
-                f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
-                f"{describe_model(self.model)}; import it on a server started with that model",
-            )  # fmt: skip
+        source = read_export_for(location, oss, self.model, self.dimension)
         db = self.create(name, create_time=source.create_time)
         entries, _ = source.list(group_id=None, after=None, limit=source.size)
         for start in range(0, len(entries), IMPORT_CHUNK):
