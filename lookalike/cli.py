@@ -7,7 +7,6 @@ so client commands start fast.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 TRAINER_COMMANDS = {
@@ -20,13 +19,14 @@ TRAINER_COMMANDS = {
 def cmd_serve(args: argparse.Namespace) -> int:
     from lookalike.server.app import serve
     from lookalike.server.config import ServerConfig
+    from lookalike.server.logging_setup import configure_logging
 
     try:
         config = ServerConfig.from_sources(args)
     except ValueError as exc:
         print(f"lookalike serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     try:
         return serve(config)
     except Exception as exc:  # a clean message instead of a traceback for start-up failures

@@ -14,7 +14,8 @@ is, and behind the token unless ``--open-metrics``:
 
 Each call is logged at debug as one line: request id (the client's ``x-request-id`` when it is
 a short safe string, else a fresh one, sent back as ``x-request-id`` initial metadata), method,
-code and milliseconds. Nothing else of the request is logged: no metadata, tokens or image bytes.
+code and milliseconds (with ``--log-format json`` also as the fields ``request_id``, ``rpc``, ``status``,
+``latency_ms``). Nothing else of the request is logged: no metadata, tokens or image bytes.
 """
 
 from __future__ import annotations
@@ -203,7 +204,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             metrics.latency.labels(method, code).observe(elapsed)
             metrics.inflight.labels(method).dec()
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("request id=%s method=%s code=%s ms=%.2f", rid, method, code, elapsed * 1000)
+            ms = round(elapsed * 1000, 2)
+            fields = {"request_id": rid, "rpc": method, "status": code, "latency_ms": ms}  # JSON lines' fields
+            log.debug("request id=%s method=%s code=%s ms=%.2f", rid, method, code, ms, extra=fields)
 
     def _wrap(self, inner: Callable[..., Any], method: str, rid: str) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
