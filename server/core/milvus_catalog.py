@@ -393,30 +393,27 @@ class MilvusCatalog:
 
     def export(self, name: str, location: str, oss: Any = None) -> SnapshotInfo:
         """The same export format as the built-in store, so databases move both ways."""
-        from lookalike.server.core.persistence import EXPORT_MANIFEST, FORMAT, write_view
-        from lookalike.server.storage.blobs import open_store
-        from lookalike.server.storage.segments import put_manifest
+        from lookalike.server.core.persistence import entry_bytes, write_export
 
         db = self.get(name, usable=False)
         copy = Database(name, db.dimension, model=db.model, create_time=db.create_time)
-        seq = 0
-        for rows in self.guard(lambda: list(self.store.scan(name, [*ROW_FIELDS, "vector"]))):
-            seq += 1
-            items = tuple(SetItem(r["group_id"], int(r["intra_id"]), copy.next_image_id + i, "",
-                                  dict(r.get("attributes") or {}) or None) for i, r in enumerate(rows))  # fmt: skip
-            copy.apply_set(SetImages(name, items, np.asarray([r["vector"] for r in rows], np.float32), time.time(),
-                                     tuple(float(r["update_time"]) for r in rows)), seq)  # fmt: skip
+
+        def fill() -> None:  # a batch at a time: the rows are never all held as Python objects
+            for seq, rows in enumerate(self.store.scan(name, [*ROW_FIELDS, "vector"]), 1):
+                items = tuple(SetItem(r["group_id"], int(r["intra_id"]), copy.next_image_id + i, "",
+                                      dict(r.get("attributes") or {}) or None) for i, r in enumerate(rows))  # fmt: skip
+                vectors = np.asarray([r["vector"] for r in rows], np.float32)
+                copy.apply_set(SetImages(name, items, vectors, time.time(),
+                                         tuple(float(r["update_time"]) for r in rows)), seq)  # fmt: skip
+
+        self.guard(fill)
         copy.incarnation = 1
         try:
-            store = open_store(location, oss)
-            entry = write_view(store, copy.snapshot_view(), "data", "export", None)
-            put_manifest(store, EXPORT_MANIFEST, {"format": FORMAT, "time": time.time(), "database": entry})
+            entry = write_export(copy.snapshot_view(), location, oss)
         except (OSError, ValueError) as exc:
             raise LookalikeError(
                 ErrorKind.UNAVAILABLE, "EXPORT_FAILED", f"could not write the export to {location}: {exc}"
             ) from None
-        from lookalike.server.core.persistence import entry_bytes
-
         return SnapshotInfo(time.time(), entry_bytes(entry), copy.size, 0)
 
     def import_(self, name: str, location: str, oss: Any = None) -> MilvusDatabase:

@@ -434,16 +434,21 @@ class Persistence:
 
     # -- exports ---------------------------------------------------------------------------
     def export(self, view: SnapshotView, location: str, oss: OssClient | None) -> dict[str, Any]:
-        store = open_store(location, oss)
-        entry = write_view(store, view, "data", "export", None)
-        put_manifest(store, EXPORT_MANIFEST, {"format": FORMAT, "time": time.time(), "database": entry})
-        return entry
+        return write_export(view, location, oss)
 
     def close(self) -> None:
         self._stop.set()
         if self._shipper is not None:
             self._shipper.join(timeout=10)
         self.wal.close()
+
+
+def write_export(view: SnapshotView, location: str, oss: OssClient | None) -> dict[str, Any]:
+    """A self-contained, checksummed copy of one database (files first, the manifest last)."""
+    store = open_store(location, oss)
+    entry = write_view(store, view, "data", "export", None)
+    put_manifest(store, EXPORT_MANIFEST, {"format": FORMAT, "time": time.time(), "database": entry})
+    return entry
 
 
 def read_export(location: str, oss: OssClient | None) -> Database:
