@@ -222,8 +222,8 @@ def milvus_backend(config: ServerConfig) -> Any:
     store = MilvusStore(config.milvus_uri, token=config.milvus_token or "", db_name=config.milvus_db,
                         prefix=config.milvus_prefix, timeout_s=config.milvus_timeout_s,
                         consistency=config.milvus_consistency)  # fmt: skip
-    index = MilvusIndexSettings(config.milvus_index, config.hnsw_connectivity, config.hnsw_expansion_add,
-                                config.hnsw_expansion_search)  # fmt: skip
+    index = MilvusIndexSettings(config.milvus_index, config.milvus_metric, config.hnsw_connectivity,
+                                config.hnsw_expansion_add, config.hnsw_expansion_search)  # fmt: skip
     return lambda dimension, model: MilvusCatalog(dimension, model, store, index=index)
 
 

@@ -112,6 +112,8 @@ class ServerConfig:
     milvus_prefix: str = opt("lookalike_", "prefix of the Milvus collections this service owns")
     milvus_index: str = opt("HNSW", "Milvus index of each collection: FLAT (exact), HNSW, or AUTOINDEX",
                             choices=("FLAT", "HNSW", "AUTOINDEX"))  # fmt: skip
+    milvus_metric: str = opt("IP", "Milvus metric of new collections; vectors are unit length, so IP and COSINE "
+                             "both rank by cosine", choices=("IP", "COSINE"))  # fmt: skip
     milvus_consistency: str = opt("Strong", "Milvus consistency level of reads (Strong: every replica sees "
                                   "every acknowledged write)",
                                   choices=("Strong", "Bounded", "Session", "Eventually"))  # fmt: skip

@@ -47,6 +47,7 @@ INDEX_TYPES = ("FLAT", "HNSW", "AUTOINDEX")
 @dataclass(frozen=True)
 class MilvusIndexSettings:
     index_type: str = "HNSW"
+    metric: str = "IP"  # vectors are unit length: IP and COSINE both rank by cosine; IP skips a normalisation
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 200
@@ -163,7 +164,8 @@ class MilvusDatabase:
             counting = self._catalog.pool.submit(self._store.count, self.name, expr)  # alongside, not before
             found = self._store.search(self.name, query, top_k, expr, fields,
                                        group_by="group_id" if one_per_group else None,
-                                       params=settings.search_params(top_k))  # fmt: skip
+                                       params=settings.search_params(top_k),
+                                       metric=self._catalog.metric_of(self.info))  # fmt: skip
             return found, counting.result()
 
         found, searched = self._catalog.guard(run)
@@ -198,6 +200,10 @@ class MilvusCatalog:
         self.ready = threading.Event()
         self._closed = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
+
+    @staticmethod
+    def metric_of(info: dict[str, Any]) -> str:
+        return str(info.get("milvus_metric", "IP"))
 
     def guard(self, fn: Callable[[], Any]) -> Any:
         """Run a Milvus call, translating its failures into the API's errors."""
@@ -265,10 +271,10 @@ class MilvusCatalog:
         info = {
             "dimension": self.dimension, "model": self.model, "storage": "f32",
             "create_time": time.time() if create_time is None else create_time,
-            "incarnation": uuid.uuid4().hex, "index_type": self.index.index_type,
+            "incarnation": uuid.uuid4().hex, "index_type": self.index.index_type, "milvus_metric": self.index.metric,
         }  # fmt: skip
         self.guard(lambda: self.store.create_images(name, self.dimension, self.index.index_type,
-                                                    self.index.build_params()))  # fmt: skip
+                                                    self.index.build_params(), self.metric_of(info)))  # fmt: skip
         self.guard(lambda: self.store.put_meta([{"pk": f"database\x1f{name}", "kind": "database", "db": name,
                                                  "info": info}]))  # fmt: skip
         return MilvusDatabase(self, name, info)

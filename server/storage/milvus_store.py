@@ -196,7 +196,9 @@ class MilvusStore:
         self.call(lambda c: c.delete(self.meta, filter=expr, timeout=self.timeout_s), self.meta)
 
     # -- image collections -------------------------------------------------------------------
-    def create_images(self, name: str, dimension: int, index_type: str, index_params: dict[str, Any]) -> None:
+    def create_images(
+        self, name: str, dimension: int, index_type: str, index_params: dict[str, Any], metric: str = "IP"
+    ) -> None:
         from pymilvus import DataType, MilvusClient
 
         coll = collection_name(self.prefix, name)
@@ -213,7 +215,7 @@ class MilvusStore:
             schema.add_field("attributes", DataType.JSON)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
             index = c.prepare_index_params()
-            index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=index_params)
+            index.add_index(field_name="vector", index_type=index_type, metric_type=metric, params=index_params)
             c.create_collection(coll, schema=schema, index_params=index, consistency_level=self.consistency,
                                 timeout=self.timeout_s)  # fmt: skip
 
@@ -280,6 +282,7 @@ class MilvusStore:
         *,
         group_by: str | None = None,
         params: dict[str, Any] | None = None,
+        metric: str = "IP",
     ) -> list[dict[str, Any]]:
         coll = collection_name(self.prefix, name)
         options: dict[str, Any] = {"group_by_field": group_by} if group_by else {}
@@ -287,7 +290,7 @@ class MilvusStore:
         def run(c: Any) -> list[dict[str, Any]]:
             found = c.search(
                 coll, data=[query.astype(np.float32).tolist()], limit=k, filter=expr, output_fields=fields,
-                search_params={"metric_type": "IP", "params": params or {}}, timeout=self.timeout_s,
+                search_params={"metric_type": metric, "params": params or {}}, timeout=self.timeout_s,
                 consistency_level=self.consistency, **options,
             )  # fmt: skip
             return list(found[0]) if found else []

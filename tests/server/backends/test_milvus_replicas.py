@@ -234,3 +234,21 @@ def test_a_replica_started_before_milvus_is_not_ready_until_milvus_answers(tmp_p
         server.stop(0)
         if milvus is not None:
             milvus.stop()
+
+
+@pytest.mark.parametrize("metric", ["IP", "COSINE"])
+def test_both_milvus_metrics_rank_and_score_by_cosine(milvus, tmp_path, metric):
+    server = on_milvus(milvus.uri, tmp_path / "d", prefix=f"metric_{metric.lower()}_", milvus_metric=metric)
+    try:
+        with LookalikeClient(server.address) as c:  # type: ignore[attr-defined]
+            c.create_database("m")
+            v = unit_vectors(60, 9)
+            c.bulk_set("m", [(f"g{i}", 0, row.tolist(), "") for i, row in enumerate(v)])
+            q = unit_vectors(1, 10)[0]
+            scores = v.astype(np.float64) @ q
+            expected = [(f"g{i}", 0) for i in np.argsort(-scores)[:8]]
+            hits = c.search("m", vector=q.tolist(), top_k=8).hits
+            assert keys(hits) == expected
+            np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:8], atol=1e-5)
+    finally:
+        server.stop(0)  # type: ignore[attr-defined]
