@@ -58,12 +58,140 @@ class SnapshotView:
     on_saved: Any = None  # called with the float32 copy's saved chunks (memory maps) to drop in-memory ones
 
 
+class _Members:
+    """Live images by (group number, intra_id) -> row, compact enough for 10M images.
+
+    A dict entry per image (the former ``{group: {intra_id: row}}``) costs 100-500 bytes of
+    Python objects per image; here the keys ``group << 32 | intra_id`` and rows sit in two sorted
+    int64 arrays (16 bytes per image), changes go to a small dict first and are merged in batches
+    (a linear merge per ``MERGE`` changes). intra_ids of 2**32 and above (rare: ids are assigned
+    in sequence) stay in a dict of their own.
+    """
+
+    MERGE = 65536
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.rows = np.zeros(0, np.int64)
+        self.recent: dict[int, int] = {}  # key -> row, or -1 for removed
+        self.big: dict[tuple[int, int], int] = {}
+        self.per_group = np.zeros(0, np.int64)  # live images per group number
+        self.groups = 0  # groups holding at least one image
+
+    @staticmethod
+    def _key(g: int, intra: int) -> int:
+        return (g << 32) | intra
+
+    def get(self, g: int, intra: int) -> int | None:
+        if intra >= 1 << 32:
+            return self.big.get((g, intra))
+        key = self._key(g, intra)
+        row = self.recent.get(key)
+        if row is not None:
+            return row if row >= 0 else None
+        pos = int(np.searchsorted(self.keys, key))
+        if pos < len(self.keys) and int(self.keys[pos]) == key:
+            return int(self.rows[pos])
+        return None
+
+    def count(self, g: int) -> int:
+        return int(self.per_group[g]) if 0 <= g < len(self.per_group) else 0
+
+    def _counted(self, g: int, delta: int) -> None:
+        if g >= len(self.per_group):
+            grown = np.zeros(max(g + 1, 2 * len(self.per_group), 1024), np.int64)
+            grown[: len(self.per_group)] = self.per_group
+            self.per_group = grown
+        before = int(self.per_group[g])
+        self.per_group[g] = before + delta
+        self.groups += (before == 0 and delta > 0) - (before + delta == 0 and before > 0)
+
+    def set(self, g: int, intra: int, row: int) -> int | None:
+        """Points (g, intra) at ``row``; returns the row it replaces, if any."""
+        old = self.get(g, intra)
+        if intra >= 1 << 32:
+            self.big[(g, intra)] = row
+        else:
+            self.recent[self._key(g, intra)] = row
+            self._maybe_merge()
+        if old is None:
+            self._counted(g, 1)
+        return old
+
+    def remove(self, g: int, intra: int) -> int | None:
+        old = self.get(g, intra)
+        if old is None:
+            return None
+        if intra >= 1 << 32:
+            del self.big[(g, intra)]
+        else:
+            self.recent[self._key(g, intra)] = -1
+            self._maybe_merge()
+        self._counted(g, -1)
+        return old
+
+    def _maybe_merge(self) -> None:
+        if len(self.recent) >= self.MERGE:
+            self.merge()
+
+    def merge(self) -> None:
+        if not self.recent:
+            return
+        rk = np.fromiter(self.recent.keys(), np.int64, len(self.recent))
+        rr = np.fromiter(self.recent.values(), np.int64, len(self.recent))
+        keep = ~np.isin(self.keys, rk)
+        keys, rows = self.keys[keep], self.rows[keep]
+        add = rr >= 0
+        rk, rr = rk[add], rr[add]
+        order = np.argsort(rk)
+        rk, rr = rk[order], rr[order]
+        pos = np.searchsorted(keys, rk)
+        self.keys, self.rows = np.insert(keys, pos, rk), np.insert(rows, pos, rr)
+        self.recent = {}
+
+    def group(self, g: int) -> dict[int, int]:
+        """intra_id -> row of one group, in intra_id order."""
+        self.merge()
+        a, b = np.searchsorted(self.keys, [g << 32, (g + 1) << 32])
+        out = dict(zip((self.keys[a:b] & 0xFFFFFFFF).tolist(), self.rows[a:b].tolist(), strict=True))
+        out.update({i: r for (gg, i), r in self.big.items() if gg == g})
+        return dict(sorted(out.items()))
+
+    def items(self) -> list[tuple[int, int, int]]:
+        """(group, intra_id, row) of every image."""
+        self.merge()
+        out = list(zip((self.keys >> 32).tolist(), (self.keys & 0xFFFFFFFF).tolist(), self.rows.tolist(), strict=True))
+        return out + [(g, i, r) for (g, i), r in self.big.items()]
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def remap(self, kept: np.ndarray) -> None:
+        """Rows moved by a compaction: row ``kept[j]`` is now ``j``."""
+        self.merge()
+        self.rows = np.searchsorted(kept, self.rows).astype(np.int64)
+        self.big = {key: int(np.searchsorted(kept, r)) for key, r in self.big.items()}
+
+    @classmethod
+    def from_rows(cls, groups: np.ndarray, intras: np.ndarray, rows: np.ndarray) -> _Members:
+        m = cls()
+        small = intras < (1 << 32)
+        keys = (groups[small].astype(np.int64) << 32) | intras[small]
+        order = np.argsort(keys, kind="stable")
+        m.keys, m.rows = keys[order], rows[small][order].astype(np.int64)
+        m.big = {(int(g), int(i)): int(r) for g, i, r in zip(groups[~small], intras[~small], rows[~small], strict=True)}
+        counts = np.bincount(groups.astype(np.int64), minlength=1) if len(groups) else np.zeros(0, np.int64)
+        m.per_group = counts.astype(np.int64)
+        m.groups = int(np.count_nonzero(counts))
+        return m
+
+
 @dataclass
 class _Groups:
     names: list[str] = field(default_factory=list)
     number: dict[str, int] = field(default_factory=dict)
     next_intra: list[int] = field(default_factory=list)
-    members: dict[int, dict[int, int]] = field(default_factory=dict)  # group number -> {intra_id: row}
+    members: _Members = field(default_factory=_Members)  # (group number, intra_id) -> row
 
     def get_or_add(self, group_id: str) -> int:
         g = self.number.get(group_id)
@@ -130,7 +258,7 @@ class Database:
 
     @property
     def group_count(self) -> int:
-        return len(self._groups.members)
+        return self._groups.members.groups
 
     @property
     def rows(self) -> int:
@@ -142,7 +270,7 @@ class Database:
 
     def _row(self, group_id: str, intra_id: int) -> int:
         g = self._groups.number.get(group_id)
-        row = self._groups.members.get(g, {}).get(intra_id) if g is not None else None
+        row = self._groups.members.get(g, intra_id) if g is not None else None
         if row is None:
             raise not_found(
                 "IMAGE_NOT_FOUND", f"database {self.name!r} has no image group_id={group_id!r} intra_id={intra_id}"
@@ -167,7 +295,7 @@ class Database:
         with self.lock:
             if intra_id is not None:
                 self._row(group_id, intra_id)
-            elif not self._groups.members.get(self._groups.number.get(group_id, -1)):
+            elif not self._groups.members.count(self._groups.number.get(group_id, -1)):
                 raise not_found("GROUP_NOT_FOUND", f"database {self.name!r} has no group {group_id!r}")
 
     def list(self, *, group_id: str | None, after: Key | None, limit: int) -> tuple[list[Entry], bool]:
@@ -175,12 +303,11 @@ class Database:
         with self.lock:
             if group_id is not None:
                 g = self._groups.number.get(group_id)
-                keys = [(group_id, i) for i in sorted(self._groups.members.get(g, {}))] if g is not None else []
+                keys = [(group_id, i) for i in self._groups.members.group(g)] if g is not None else []
             else:
                 if self._sorted is None:
-                    self._sorted = sorted(
-                        (self._groups.names[g], i) for g, members in self._groups.members.items() for i in members
-                    )
+                    names = self._groups.names
+                    self._sorted = sorted((names[g], i) for g, i, _ in self._groups.members.items())
                 keys = self._sorted
             start = bisect.bisect_right(keys, after) if after is not None else 0
             page = keys[start : start + limit]
@@ -197,7 +324,8 @@ class Database:
             for k, (group_id, intra_id, request_id, attributes) in enumerate(requests):
                 if group_id not in pending:
                     g = self._groups.number.get(group_id)
-                    pending[group_id] = self._groups.next_intra[g] if g in self._groups.members else 0
+                    has = g is not None and self._groups.members.count(g) > 0
+                    pending[group_id] = self._groups.next_intra[g] if has else 0
                 if intra_id is None:
                     intra_id = pending[group_id]
                 pending[group_id] = max(pending[group_id], intra_id + 1)
@@ -224,8 +352,7 @@ class Database:
             replaced = []
             for k, item in enumerate(cmd.items):
                 g = int(groups[k])
-                members = self._groups.members.setdefault(g, {})
-                old = members.get(item.intra_id)
+                old = self._groups.members.set(g, item.intra_id, first + k)
                 if old is not None:
                     live[old] = 0
                     self._attrs.pop(old, None)
@@ -234,7 +361,6 @@ class Database:
                     self._size += 1
                 if item.attributes:
                     self._attrs[first + k] = dict(item.attributes)
-                members[item.intra_id] = first + k
                 live[first + k] = 1
                 self._groups.next_intra[g] = max(self._groups.next_intra[g], item.intra_id + 1)
                 replaced.append(old is not None)
@@ -259,10 +385,8 @@ class Database:
             self._attrs.pop(row, None)
             if self.hnsw is not None:
                 self.hnsw.remove([int(self._ids_flat[row])], seq)
-            members = self._groups.members[g]
-            del members[intra_id]
-            if not members:
-                del self._groups.members[g]
+            self._groups.members.remove(g, intra_id)
+            if not self._groups.members.count(g):
                 self._groups.next_intra[g] = 0
             self._size -= 1
             self._sorted = None
@@ -271,9 +395,11 @@ class Database:
     def apply_delete_group(self, group_id: str, seq: int) -> int:
         with self.lock:
             g = self._groups.number.get(group_id)
-            members = self._groups.members.pop(g, None) if g is not None else None
+            members = self._groups.members.group(g) if g is not None else None
             if not members:
                 raise not_found("GROUP_NOT_FOUND", f"database {self.name!r} has no group {group_id!r}")
+            for intra in members:
+                self._groups.members.remove(g, intra)
             live = self._live.copy()
             live[list(members.values())] = 0
             self._live = live
@@ -333,7 +459,7 @@ class Database:
                 searched = int(np.count_nonzero(live))
             if exclude is not None:
                 g = self._groups.number.get(exclude[0])
-                row = self._groups.members.get(g, {}).get(exclude[1]) if g is not None else None
+                row = self._groups.members.get(g, exclude[1]) if g is not None else None
                 if row is not None and live[row]:
                     live = live.copy()
                     live[row] = 0
@@ -447,9 +573,10 @@ class Database:
                 rows = [r for r in rows if names[int(self._group_flat[r])].startswith(group_prefix)]
             mask[rows] = 1
         else:
-            for g, members in self._groups.members.items():
-                if self._groups.names[g].startswith(group_prefix):
-                    mask[list(members.values())] = 1
+            names = self._groups.names
+            chosen = np.zeros(len(names) + 1, bool)
+            chosen[[g for g, name in enumerate(names) if name.startswith(group_prefix)]] = True
+            mask = chosen[self._group_flat[: len(live)]].astype(np.uint8)
         return mask & live
 
     # -- compaction ------------------------------------------------------------------------
@@ -479,13 +606,13 @@ class Database:
 
             index_rows = self.index.compacted(rows)
             intra, times = moved(self._intra), moved(self._time)
-            new_row = {int(old): new for new, old in enumerate(rows.tolist())}
+            old_live = self._live
             live = np.zeros(max(len(rows), 1024), np.uint8)
             live[: len(rows)] = 1
-            members = {g: {i: new_row[r] for i, r in m.items()} for g, m in self._groups.members.items()}
-            attrs = {new_row[r]: a for r, a in self._attrs.items() if r in new_row}
+            self._groups.members.remap(rows)
+            attrs = {int(np.searchsorted(rows, r)): a for r, a in self._attrs.items() if r < n and old_live[r]}
             self.index.pinned, self._intra, self._time = index_rows, intra, times
-            self._live, self._groups.members, self._attrs = live, members, attrs
+            self._live, self._attrs = live, attrs
             ids_flat = np.zeros(len(live), np.int64)
             ids_flat[: len(rows)] = self._ids_flat[rows]
             group_flat = np.zeros(len(live), np.int32)
@@ -591,8 +718,7 @@ class Database:
         if len(rows):
             groups = db._group_flat[rows]
             intras = db._intra.take(rows)
-            for row, g, intra in zip(rows.tolist(), groups.tolist(), intras.tolist(), strict=True):
-                db._groups.members.setdefault(g, {})[intra] = row
+            db._groups.members = _Members.from_rows(groups, intras, rows)
         db._size = len(rows)
         db._attrs = {int(row): dict(a) for row, a in (attributes or {}).items()}
         db.next_image_id = int(meta["next_image_id"])
