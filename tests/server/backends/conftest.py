@@ -49,3 +49,40 @@ def grpc_server(
     running = create_server(ServerConfig(port=0, data_dir=tmp_path_factory.mktemp(f"data-{backend}"), **options))
     yield running
     running.stop(0)
+
+
+# The root conftest's ``client`` and ``db_name`` are session fixtures too: if they were created
+# earlier in the session they would stay bound to the root server. These are bound to the
+# backend under test (each parameter gets its own).
+@pytest.fixture(scope="session")
+def client(grpc_server: object) -> Iterator[object]:
+    from lookalike.client import LookalikeClient
+
+    with LookalikeClient(grpc_server.address) as c:  # type: ignore[attr-defined]
+        yield c
+
+
+@pytest.fixture
+def db_name(client: object, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database per test on the backend under test, deleted afterwards."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:60]
+    client.create_database(name)  # type: ignore[attr-defined]
+    yield name
+    try:
+        client.delete_database(name)  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _on_the_backend_under_test(request: pytest.FixtureRequest) -> None:
+    """Every suite test must talk to the server of its backend parameter, never another one."""
+    if "grpc_server" not in request.fixturenames:
+        return  # Milvus-only tests start their own servers
+    server = request.getfixturevalue("grpc_server")
+    expected = {"builtin": "Catalog", "milvus": "MilvusCatalog"}[request.getfixturevalue("backend")]
+    assert type(server.service.catalog).__name__ == expected
+    if "client" in request.fixturenames:
+        assert request.getfixturevalue("client").address == server.address
