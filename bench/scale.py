@@ -249,6 +249,24 @@ def main() -> None:
             "anon_bytes": round((st["RssAnon"] - rows["rss_idle"]["RssAnon"]) / done, 1),
             "disk_bytes": round(rows["disk_bytes"] / done, 1),
         }
+        # Restart: the snapshot (rows + graph) is loaded; the graph must answer without a rebuild.
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=600)
+        log2 = open(work / "server-restart.log", "w")
+        t2 = time.perf_counter()
+        server = subprocess.Popen(cmd, stdout=log2, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                with LookalikeClient(address) as c:
+                    r = c.search("scale", vector=queries[0].tolist(), top_k=k)
+                break
+            except Exception:
+                if time.perf_counter() - t2 > 1800 or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        rebuilt = [line for line in open(work / "server-restart.log") if "HNSW graph of" in line]
+        rows["restart"] = {"serving_s": round(time.perf_counter() - t2, 1), "first_search_index": r.index,
+                           "graph_rebuilt": bool(rebuilt), "rss": status(server.pid)}  # fmt: skip
         print(json.dumps(rows) if args.json else json.dumps(rows, indent=1), flush=True)
     finally:
         server.send_signal(signal.SIGINT)
