@@ -41,6 +41,7 @@ from lookalike.server.storage.milvus_store import (
 
 log = logging.getLogger(__name__)
 GROUP_COUNT_SCAN_LIMIT = 200_000  # above it GetDatabase reports group_count 0 (Milvus has no distinct count)
+GROUP_COUNT_TTL_S = 5.0  # metrics scrapes and ListDatabases pages reuse a recent count instead of rescanning
 INDEX_TYPES = ("FLAT", "HNSW", "AUTOINDEX")
 
 
@@ -98,12 +99,19 @@ class MilvusDatabase:
 
     @property
     def group_count(self) -> int:
+        """Distinct groups by a scan of the group column (Milvus counts no distinct values), cached a while."""
+        cached = self._catalog.group_counts.get(self.incarnation)
+        if cached is not None and time.monotonic() - cached[0] < GROUP_COUNT_TTL_S:
+            return cached[1]
+
         def count() -> int:
             if self._store.count(self.name) > GROUP_COUNT_SCAN_LIMIT:
                 return 0
             return len({r["group_id"] for rows in self._store.scan(self.name, ["group_id"]) for r in rows})
 
-        return self._catalog.guard(count)
+        groups = int(self._catalog.guard(count))
+        self._catalog.group_counts[self.incarnation] = (time.monotonic(), groups)
+        return groups
 
     def check_usable(self) -> None:
         if self.foreign is not None:
@@ -200,6 +208,7 @@ class MilvusCatalog:
         self.ready = threading.Event()
         self._closed = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
+        self.group_counts: dict[str, tuple[float, int]] = {}  # incarnation -> (when, distinct groups)
 
     @staticmethod
     def metric_of(info: dict[str, Any]) -> str:
@@ -328,6 +337,7 @@ class MilvusCatalog:
                          "vector": vectors[k].astype(np.float32).tolist()})  # fmt: skip
             results[k] = SetResult(key, row_key(*key) in existing)
         self.guard(lambda: self.store.upsert(name, rows))
+        self.group_counts.pop(db.incarnation, None)
         return [r for r in results if r is not None]
 
     def _existing(self, name: str, keys: list[Key]) -> set[str]:
@@ -366,20 +376,23 @@ class MilvusCatalog:
         db = self.get(name)
         db.get(group_id, intra_id)  # NOT_FOUND before anything is deleted
         self.guard(lambda: self.store.delete(name, f"pk == {literal(row_key(group_id, intra_id))}"))
+        self.group_counts.pop(db.incarnation, None)
 
     def delete_group(self, name: str, group_id: str) -> int:
-        self.get(name)
+        db = self.get(name)
         expr = f"group_id == {literal(group_id)}"
         count = self.guard(lambda: self.store.count(name, expr))
         if count == 0:
             raise not_found("GROUP_NOT_FOUND", f"database {name!r} has no group {group_id!r}")
         self.guard(lambda: self.store.delete(name, expr))
+        self.group_counts.pop(db.incarnation, None)
         return count
 
     def clear(self, name: str) -> int:
-        self.get(name)
+        db = self.get(name)
         count = self.guard(lambda: self.store.count(name))
         self.guard(lambda: self.store.delete(name, 'pk >= ""'))
+        self.group_counts.pop(db.incarnation, None)
         return count
 
     # -- snapshots, export, import ---------------------------------------------------------
