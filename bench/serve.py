@@ -9,10 +9,10 @@ is measured alone while the other idles. Workloads, each at 1, 4 and 16 concurre
 - ``bulk``: BulkSetImages streams of ``--bulk-batch`` 640x480 JPEGs (throughput in images/s).
 
 The naive baseline is the same server code with batching off (max batch 1), full-size decoding
-(no JPEG draft), decoding one image after another (no pool), and eager fp32 like ours, i.e. what
-a straightforward server would do. Also timed: ``lookalike add`` of a folder of 640x480 JPEGs
-through the real CLI (issue target: >= 80 images/s). Prints a table with ours/baseline ratios;
-``--json`` prints one object per measurement instead. The machine may be shared: read ratios.
+(no JPEG draft), decoding one image after another (no pool), and the model file run as loaded in
+fp32 (``--cpu-exec eager``), i.e. what a straightforward server would do. Also timed: ``lookalike add``
+of a folder of 640x480 JPEGs through the real CLI (issue target: >= 80 images/s). Prints a table with
+ours/baseline ratios; ``--json`` prints one object per measurement instead. The machine may be shared: read ratios.
 
     nice -n 10 .venv/bin/python bench/serve.py [--seconds 4] [--clients 1,4,16] [--json]
     # other servers to compare: --variant NAME:key=value,key=value (ServerConfig fields; naive=1 for the baseline)
@@ -249,7 +249,10 @@ def main() -> int:
     bench_limits = {"max_streams": 32, "max_inflight": 64}  # 16 clients must not be refused by admission control
     variants = [
         ("ours", {"naive": False, "config": dict(bench_limits)}),
-        ("baseline", {"naive": True, "config": {**bench_limits, "max_batch": 1, "batch_wait_ms": 0}}),
+        (
+            "baseline",
+            {"naive": True, "config": {**bench_limits, "max_batch": 1, "batch_wait_ms": 0, "cpu_exec": "eager"}},
+        ),
     ]
     for text in args.variant:
         name, spec = parse_variant(text)

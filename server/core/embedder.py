@@ -55,6 +55,11 @@ class Embedder:
         self.module = module
         self.meta: EmbedderMeta = meta
         self._runner = prepare_runner(module, self.device, cpu_exec, meta.input_size)
+        # JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps what the resize needs: the
+        # shorter side at resize_size for the centre crop, both sides at input_size for stretch and
+        # letterbox (a 640x480 photo then decodes at 320x240: about 3x less decode and resize work).
+        crop = meta.resize_mode == "shorter_then_center_crop"
+        self._draft_size = meta.resize_size if crop else meta.input_size
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
         self.max_aspect_ratio = max_aspect_ratio
@@ -105,7 +110,7 @@ class Embedder:
             data,
             max_bytes=self.max_image_bytes,
             max_pixels=self.max_image_pixels,
-            draft_size=self.meta.resize_size,
+            draft_size=self._draft_size,
             field=field,
             max_aspect_ratio=self.max_aspect_ratio,
             budget=self._budget,

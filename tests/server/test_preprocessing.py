@@ -352,3 +352,32 @@ def test_new_files_default_to_the_measured_whole_image_policy():
     raw = json.loads(EmbedderMeta(model_name="n", output_dim=2).to_json())
     del raw["resize_mode"]
     assert EmbedderMeta.from_json(json.dumps(raw)).resize_mode == LEGACY_RESIZE_MODE
+
+
+@pytest.mark.parametrize(
+    ("mode", "decoded"), [("stretch", (320, 240)), ("letterbox", (320, 240)), (LEGACY_RESIZE_MODE, (640, 480))]
+)
+def test_embedder_decodes_jpegs_at_the_scale_its_resize_mode_needs(tmp_path: Path, monkeypatch, mode, decoded):
+    """A 640x480 JPEG for a 224 px model: stretch and letterbox need 224 on both sides (1/2 scale is
+    320x240, 4x fewer pixels to decode and resize); the centre crop needs its 256 shorter side (full size)."""
+    from lookalike.server.core import embedder as embedder_module
+
+    meta = EmbedderMeta(model_name="means", output_dim=3, input_size=224, resize_size=256, resize_mode=mode)
+    path = save_embedder(_channel_means(), tmp_path / "m.pt", meta)
+    sizes: list[tuple[int, int]] = []
+    real = embedder_module.decode_image
+
+    def spy(*args: object, **kw: object) -> Image.Image:
+        img = real(*args, **kw)
+        sizes.append(img.size)
+        return img
+
+    monkeypatch.setattr(embedder_module, "decode_image", spy)
+    buf = io.BytesIO()
+    _photo().resize((640, 480)).save(buf, "JPEG", quality=90)
+    embedder = embedder_module.Embedder(path, device="cpu")
+    try:
+        embedder.embed([buf.getvalue()])
+    finally:
+        embedder.close()
+    assert sizes == [decoded]
