@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,15 @@ def run_import(
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
     oss: OssReader | None = None,
+    streams: int = 2,
 ) -> ImportSummary:
+    """Read ahead and send ``batch``-item streams, ``streams`` of them at once.
+
+    Two streams keep the server busy: one stream's images decode while the other's run through the
+    model, and neither waits for the client between streams. A stream whose images get automatic
+    intra_ids in a group that an unfinished stream also numbers waits for it, so ids within a group
+    still follow the order of the sources. Results are merged in source order.
+    """
     oss = oss or OssReader()
     summary = ImportSummary()
     started = time.monotonic()
@@ -139,15 +148,42 @@ def run_import(
         except (OSError, ValueError) as exc:
             return exc
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="read") as pool:
-        for start in range(0, len(todo), in_flight):  # at most in_flight images read ahead
-            window = todo[start : start + in_flight]
-            contents = list(pool.map(load, window))
-            for b in range(0, len(window), batch):
-                part = list(zip(window[b : b + batch], contents[b : b + batch], strict=True))
-                _send(client, database, part, summary, retries)
-                if progress is not None:
-                    progress(len(part))
+    def send(part: list[tuple[Source, Any]]) -> ImportSummary:
+        result = ImportSummary()
+        _send(client, database, part, result, retries)
+        if progress is not None:
+            progress(len(part))
+        return result
+
+    def numbered(part: list[tuple[Source, Any]]) -> set[str]:
+        return {s.group_id for s, _ in part if s.intra_id is None}
+
+    pending: deque[tuple[Future[ImportSummary], set[str]]] = deque()
+
+    def merge_oldest() -> None:
+        fut, _ = pending.popleft()
+        r = fut.result()
+        summary.succeeded += r.succeeded
+        summary.keys += r.keys
+        summary.failures += r.failures
+
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="read") as pool,
+        ThreadPoolExecutor(max(1, streams), thread_name_prefix="send") as senders,
+    ):
+        reads: dict[int, Future[bytes | Exception]] = {}
+        next_read = 0
+        for b in range(0, len(todo), batch):
+            while next_read < len(todo) and next_read < b + batch + in_flight:  # at most in_flight read ahead
+                reads[next_read] = pool.submit(load, todo[next_read])
+                next_read += 1
+            part = [(todo[i], reads.pop(i).result()) for i in range(b, min(b + batch, len(todo)))]
+            groups = numbered(part)
+            while pending and (len(pending) >= max(1, streams) or any(groups & g for _, g in pending)):
+                merge_oldest()
+            pending.append((senders.submit(send, part), groups))
+        while pending:
+            merge_oldest()
     summary.seconds = time.monotonic() - started
     return summary
 
