@@ -9,6 +9,7 @@ is, and behind the token unless ``--open-metrics``:
 - ``lookalike_batch_images`` / ``lookalike_batch_requests`` (histograms per model call) and
   ``lookalike_batch_queue_images`` (gauge): the micro-batcher at work;
 - ``lookalike_images_decoded_total`` and ``lookalike_images_rejected_total{reason}``;
+- ``lookalike_model_execution{mode,device}`` (1): bf16, frozen, eager, ... (``--cpu-exec``), fp16 on CUDA;
 - ``lookalike_database_images{database}`` / ``lookalike_database_groups{database}``;
 - ``process_resident_memory_bytes`` and friends; ``lookalike_gpu_memory_bytes`` with a GPU.
 
@@ -70,6 +71,8 @@ class ServerMetrics:
         self.queue_images = Gauge("lookalike_batch_queue_images", "images waiting for a model call", registry=r)
         self.decoded = Counter("lookalike_images_decoded", "images decoded and preprocessed", registry=r)
         self.rejected = Counter("lookalike_images_rejected", "images refused, by reason", ["reason"], registry=r)
+        self.execution = Gauge("lookalike_model_execution", "1 for how the model runs (--cpu-exec; fp16 on CUDA)",
+                               ["mode", "device"], registry=r)  # fmt: skip
         ProcessCollector(registry=r)
 
     # -- hooks ----------------------------------------------------------------------------
@@ -81,6 +84,7 @@ class ServerMetrics:
         """Batch sizes and queue depth from its batcher; decode outcomes by wrapping ``prepare``."""
         batcher = embedder.batcher
         batcher.observers.append(self.observe_batch)
+        self.execution.labels(getattr(embedder, "execution", "unknown"), str(embedder.device)).set(1)
         self.queue_images.set_function(lambda: batcher.queue_depth)
         prepare = embedder.prepare
         decoded, rejected = self.decoded, self.rejected

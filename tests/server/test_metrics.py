@@ -67,6 +67,8 @@ def test_match_calls_move_request_latency_decode_and_batch_series(server, client
     assert value(after, "lookalike_requests_in_flight", method=MATCH) == 0
     assert value(after, "lookalike_batch_queue_images") == 0
     assert value(after, "process_resident_memory_bytes") > 50e6
+    modes = [labels for (name, labels) in after if name == "lookalike_model_execution"]
+    assert modes == [(("device", "cpu"), ("mode", server.service.embedder.execution))], modes
 
 
 def test_concurrent_calls_show_up_as_shared_batches(server, client, photos):
