@@ -249,6 +249,7 @@ def main() -> None:
             "anon_bytes": round((st["RssAnon"] - rows["rss_idle"]["RssAnon"]) / done, 1),
             "disk_bytes": round(rows["disk_bytes"] / done, 1),
         }
+        print(json.dumps(rows) if args.json else json.dumps(rows, indent=1), flush=True)
         # Restart: the snapshot (rows + graph) is loaded; the graph must answer without a rebuild.
         server.send_signal(signal.SIGINT)
         server.wait(timeout=600)
@@ -267,7 +268,7 @@ def main() -> None:
         rebuilt = [line for line in open(work / "server-restart.log") if "HNSW graph of" in line]
         rows["restart"] = {"serving_s": round(time.perf_counter() - t2, 1), "first_search_index": r.index,
                            "graph_rebuilt": bool(rebuilt), "rss": status(server.pid)}  # fmt: skip
-        print(json.dumps(rows) if args.json else json.dumps(rows, indent=1), flush=True)
+        print(json.dumps({"restart": rows["restart"]}), flush=True)
     finally:
         server.send_signal(signal.SIGINT)
         try:
