@@ -3,16 +3,19 @@
 Decides the default storage of new databases (issue 9): the server's default model
 (EfficientNet-Lite0 ImageNet, 1280-d) embeds real images available offline:
 
-- gallery: the 10,000 Fashion-MNIST test photos, the 3,802 Google emoji, 3,000 Tabler icons, and
-  the scikit-image photos with 20 augmented crops each (crop, rescale, JPEG, colour jitter);
-- queries: 500 Fashion-MNIST training photos, 500 Twitter emoji (the same things drawn by
-  another vendor: near-duplicates of gallery items) and 5 fresh crops of each photo.
+- gallery: Fashion-MNIST test photos, Google emoji, Tabler icons, and the scikit-image photos
+  with augmented crops of each (crop, rescale, JPEG, colour jitter);
+- queries: Fashion-MNIST training photos, Twitter emoji (the same things drawn by another
+  vendor: near-duplicates of gallery items) and fresh crops of each photo.
+
+``--size`` scales the counts (1.0: 10,000 / 3,802 / 3,000 / 20 crops in the gallery, 500 / 500 / 5
+crops as queries; the default model embeds about 100 images a minute on a loaded 2-core machine).
 
 Each storage runs through the native kernel exactly as the server runs it (i8 with its re-rank
 of 4*k candidates from float32); truth is a float64 numpy top-10. ``recall_ties`` also counts a
 returned image whose exact score equals the 10th best (a tie, not an error).
 
-    .venv/bin/python bench/storage_recall.py --cache runs/storage_recall.npz [--json]
+    .venv/bin/python bench/storage_recall.py --size 0.25 --cache runs/storage_recall.npz [--json]
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def photos() -> list[Image.Image]:
     return out
 
 
-def embed_all(cache: Path) -> tuple[np.ndarray, np.ndarray]:
+def embed_all(cache: Path, size: float) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
         z = np.load(cache)
         return z["gallery"], z["queries"]
@@ -94,13 +97,17 @@ def embed_all(cache: Path) -> tuple[np.ndarray, np.ndarray]:
 
     rng = random.Random(0)
     pics = photos()
-    gallery = fmnist("t10k", 10_000) + folder(EMOJI / "emoji-datasource-google/img/google/64", 3802)
-    gallery += folder(EMOJI / "@tabler/icons-png/icons/outline", 3000)
-    queries = fmnist("train", 500) + folder(EMOJI / "emoji-datasource-twitter/img/twitter/64", 500)
+
+    def c(count: int) -> int:
+        return max(1, round(count * size))
+
+    gallery = fmnist("t10k", c(10_000)) + folder(EMOJI / "emoji-datasource-google/img/google/64", c(3802))
+    gallery += folder(EMOJI / "@tabler/icons-png/icons/outline", c(3000))
+    queries = fmnist("train", c(500)) + folder(EMOJI / "emoji-datasource-twitter/img/twitter/64", c(500))
     for p in pics:
         gallery.append(png(p))
-        gallery += crops(p, 20, rng)
-        queries += crops(p, 5, rng)
+        gallery += crops(p, c(20), rng)
+        queries += crops(p, c(5), rng)
     embedder = Embedder(default_model_path())
     print(f"embedding {len(gallery)} gallery and {len(queries)} query images ...", file=sys.stderr, flush=True)
 
@@ -118,9 +125,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("runs/storage_recall.npz"))
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--size", type=float, default=1.0, help="scales the image counts")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    gallery, queries = embed_all(args.cache)
+    gallery, queries = embed_all(args.cache, args.size)
     k = args.k
     g64 = gallery.astype(np.float64)
     exact = queries.astype(np.float64) @ g64.T
