@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import grpc
 from lookalike.client.client import (
-    MAX_MESSAGE_BYTES,
     ClientError,
     _image,
     bulk_request,
+    channel_options,
     search_request,
     set_image_request,
     tls_credentials,
@@ -57,8 +57,7 @@ class AsyncLookalikeClient:
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", token),) if token else ()
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]  # fmt: skip
+        options = channel_options(address)
         if tls_ca is not None or tls_cert is not None:
             self._channel = grpc.aio.secure_channel(address, tls_credentials(tls_ca, tls_cert, tls_key), options)
         else:

@@ -157,8 +157,32 @@ def tls_credentials(
     )
 
 
+BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
+def channel_options(address: str, tls_server_name: str | None = None) -> list[tuple[str, Any]]:
+    """gRPC channel options of every Lookalike client.
+
+    A target that names several replicas (``dns:///lookalike-headless:50051`` for a headless
+    Kubernetes Service, or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``) gets round-robin balancing:
+    each call goes to the next ready replica, instead of every call pinned to the first one.
+    """
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if address.startswith(BALANCED_SCHEMES):
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    return options
+
+
 class LookalikeClient:
-    """A connection to one server; TLS when ``tls`` is set or any of ``tls_ca``/``tls_cert``/``tls_key`` is given."""
+    """A connection to one server, or to several replicas with a ``dns:///`` or ``ipv4:`` target.
+
+    TLS when ``tls`` is set or any of ``tls_ca``/``tls_cert``/``tls_key`` is given.
+    """
 
     def __init__(
         self,
@@ -175,13 +199,8 @@ class LookalikeClient:
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", token),) if token else ()
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
+        options = channel_options(address, tls_server_name)
         if tls or tls_ca is not None or tls_cert is not None:
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
             self._channel = grpc.secure_channel(address, tls_credentials(tls_ca, tls_cert, tls_key), options=options)
         else:
             self._channel = grpc.insecure_channel(address, options=options)

@@ -252,3 +252,18 @@ def test_both_milvus_metrics_rank_and_score_by_cosine(milvus, tmp_path, metric):
             np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:8], atol=1e-5)
     finally:
         server.stop(0)  # type: ignore[attr-defined]
+
+
+def test_a_client_given_several_replicas_spreads_its_calls(replicas):
+    """``ipv4:A,B`` (or ``dns:///`` a headless Service) balances per call, not per connection."""
+    a, b = replicas
+    a.create_database("spread")
+    target = "ipv4:" + ",".join(c.address for c in (a, b))
+    v = unit_vectors(1, 11)[0].tolist()
+    with LookalikeClient(target) as both:
+        for _ in range(40):
+            both.set_image("spread", "g", vector=v)
+    ids = sorted(i.key.intra_id for i in a.list_images("spread"))
+    assert len(ids) == 40 and len(set(ids)) == 40
+    blocks = {i // 64 for i in ids}  # each replica hands out automatic ids from its own leased block
+    assert len(blocks) == 2, f"all 40 calls went to one replica: ids {ids}"
