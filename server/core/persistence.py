@@ -16,6 +16,7 @@ pieces ``wal/<first seq>`` that chain by sequence number, so nothing ever has to
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import random
 import threading
@@ -152,6 +153,8 @@ def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
     dtype = STORAGE_DTYPES[meta.get("storage", "f32")]
     vectors = [load(r, dtype, (rows_in(i), dim)) for i, r in enumerate(entry["vectors"])]
     full = [load(r, np.float32, (rows_in(i), dim)) for i, r in enumerate(entry["full"])] if "full" in entry else None
+    for arr in full or []:  # verified; re-ranking reads a few rows per search, so let the pages go
+        _drop_pages(arr)
     attrs = get_json(store, FileRef.from_json(entry["attributes"])) if entry.get("attributes") else {}
     graph = None
     if entry.get("hnsw"):
@@ -162,6 +165,16 @@ def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
         except (CorruptionError, OSError, ValueError, RuntimeError) as exc:
             log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", meta["name"], exc)
     return Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs, full, graph)
+
+
+def _drop_pages(arr: np.ndarray) -> None:
+    """Unmap a memory-mapped array's resident pages (they stay in the page cache, not in this process)."""
+    mapped = getattr(arr, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def entry_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
