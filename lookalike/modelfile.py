@@ -238,6 +238,20 @@ def letterbox_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
     return nw, nh, (size - nw) // 2, (size - nh) // 2
 
 
+def _normalise_into(img: Any, meta: EmbedderMeta, out: np.ndarray) -> None:
+    """8-bit RGB ``img`` -> ``out`` [3, h, w] as ``(pixel / 255 - mean) / std``, in two passes.
+
+    Written as ``pixel * (1 / (255 std)) - mean / std`` straight into the channel-first output (equal
+    to float32 rounding): 0.3 ms instead of 3 ms per 224 px image on the 2-core CPU of issue 11 for
+    converting, scaling, normalising and transposing in separate passes, a quarter of a bf16 model call.
+    """
+    std = np.asarray(meta.std, np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    offset = (np.asarray(meta.mean, np.float64) / std).astype(np.float32)[:, None, None]
+    np.multiply(np.asarray(img).transpose(2, 0, 1), scale, out=out, casting="unsafe")
+    out -= offset
+
+
 def preprocess(image: Any, meta: EmbedderMeta) -> np.ndarray:
     """PIL image -> float32 ``[3, S, S]`` normalised as the model expects.
 
@@ -248,20 +262,20 @@ def preprocess(image: Any, meta: EmbedderMeta) -> np.ndarray:
 
     img = to_rgb(image)
     size = meta.input_size
-    mean, std = np.asarray(meta.mean, np.float32), np.asarray(meta.std, np.float32)
     if meta.resize_mode == "letterbox":
         nw, nh, left, top = letterbox_geometry(img.width, img.height, size)
-        content = np.asarray(img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0), dtype=np.float32)
         out = np.zeros((3, size, size), np.float32)  # the mean colour, normalised
-        out[:, top : top + nh, left : left + nw] = ((content * (1.0 / 255.0) - mean) / std).transpose(2, 0, 1)
+        _normalise_into(
+            img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0), meta, out[:, top : top + nh, left : left + nw]
+        )
         return out
     if meta.resize_mode == "stretch":
         img = img.resize((size, size), Image.BILINEAR)
     else:
         img = img.resize((size, size), Image.BILINEAR, box=_crop_box(img.width, img.height, meta), reducing_gap=3.0)
-    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-    arr = (arr - mean) / std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    out = np.empty((3, size, size), np.float32)
+    _normalise_into(img, meta, out)
+    return out
 
 
 def preprocessing_identity(meta: EmbedderMeta) -> dict[str, Any]:

@@ -381,3 +381,26 @@ def test_embedder_decodes_jpegs_at_the_scale_its_resize_mode_needs(tmp_path: Pat
     finally:
         embedder.close()
     assert sizes == [decoded]
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox", LEGACY_RESIZE_MODE])
+def test_normalisation_equals_the_textbook_formula(mode):
+    """The fused normalisation is ``(pixel / 255 - mean) / std`` in channel-first order, to float32 rounding."""
+    meta = EmbedderMeta(model_name="m", output_dim=3, input_size=64, resize_size=73, resize_mode=mode,
+                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
+    img = _photo("astronaut").resize((120, 90))
+    got = preprocess(img, meta)
+    if mode == "letterbox":
+        nw, nh, left, top = letterbox_geometry(120, 90, 64)
+        pixels = np.asarray(img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0), np.float64)
+        want = np.zeros((3, 64, 64))
+        want[:, top : top + nh, left : left + nw] = ((pixels / 255 - meta.mean) / meta.std).transpose(2, 0, 1)
+    else:
+        from lookalike.modelfile import _crop_box
+
+        box = None if mode == "stretch" else _crop_box(120, 90, meta)
+        gap = None if mode == "stretch" else 3.0
+        pixels = np.asarray(img.resize((64, 64), Image.BILINEAR, box=box, reducing_gap=gap), np.float64)
+        want = ((pixels / 255 - meta.mean) / meta.std).transpose(2, 0, 1)
+    assert got.dtype == np.float32 and got.shape == (3, 64, 64) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, atol=2e-6)
