@@ -7,8 +7,9 @@ Same clustered, L2-normalised data for both, in one run (default 1M x 384; the g
   resident-memory growth while building).
 - ``lookalike_hnsw``: the server's tier as searches run it: ``Database.search_tier`` on a
   database whose graph was built by the server's background build (usearch f16 ``ip``, degree
-  16, expansion_add 128), candidates ``rerank_factor`` x k re-ranked exactly, hits with ids.
-- ``usearch_f16``: the same graph searched directly (no re-rank, no bookkeeping); batch 1000
+  16, expansion_add 128; ``--dtype`` f16 by default, or f32/bf16/i8), candidates
+  ``rerank_factor`` x k re-ranked exactly, hits with ids.
+- ``usearch_<dtype>``: the same graph searched directly (no re-rank, no bookkeeping); batch 1000
   uses usearch's own threads.
 - ``faiss_hnsw_flat``: FAISS IndexHNSWFlat (M 16, efConstruction 128, inner product, f32).
 
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--target-recall", type=float, default=0.97)
     ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--dtype", nargs="+", default=["f16"], help="graph storage(s) of our tier: f16, f32, bf16, i8")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = Out(args.json)
@@ -111,13 +113,22 @@ def main() -> None:
     queries = clustered(rng, args.queries, d, centres, 0.6)
     _, truth = native.topk(x, queries, k)
 
-    # -- the server's tier: a Database whose graph the server's background build makes ---------
+    for dtype in args.dtype:
+        ours(out, args, x, queries, truth, dtype)
+    faiss_rows(out, args, x, queries, truth)
+    summary(out, args)
+
+
+def ours(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, dtype: str) -> None:
+    """The server's tier: a Database whose graph the server's background build makes."""
     from lookalike.server.core import hnsw as hnsw_module
     from lookalike.server.core.commands import SetImages, SetItem
     from lookalike.server.core.database import Database
     from lookalike.server.core.hnsw import HnswSettings
 
-    settings = HnswSettings(threshold=1)
+    n, d = x.shape
+    k = truth.shape[1]
+    settings = HnswSettings(threshold=1, dtype=dtype)
     db = Database("bench", d, storage="f16")
     db.hnsw_settings = settings
     base = rss()
@@ -140,20 +151,21 @@ def main() -> None:
         time.sleep(0.05)
     build_s = time.perf_counter() - t0
     index = graph._index
-    out.add(method="lookalike_hnsw", kind="build", n=n, d=d, dtype="f16", connectivity=settings.connectivity,
+    out.add(method="lookalike_hnsw", kind="build", n=n, d=d, dtype=dtype, connectivity=settings.connectivity,
             expansion_add=settings.expansion_add, build_s=round(build_s, 1), build_rate=round(n / build_s),
             index_bytes=int(index.memory_usage), rss_growth=rss() - base, exact_store_rss=stored)  # fmt: skip
 
     for ef in args.ef:
-        graph.configure(HnswSettings(threshold=1, expansion_search=ef))
+        graph.configure(HnswSettings(threshold=1, expansion_search=ef, dtype=dtype))
 
-        def ours(q: np.ndarray) -> np.ndarray:
+        def tier(q: np.ndarray) -> np.ndarray:
             hits = db.search_tier(q, k)[0]
             return np.array([int(h.group_id[1:]) for h in hits] + [-1] * (k - len(hits)))
 
-        qps, p50, p99, ids = batch1(ours, queries)
-        out.add(method="lookalike_hnsw", n=n, d=d, k=k, ef=ef, rerank=settings.rerank_factor, qps_b1=round(qps),
-                p50_ms=round(p50, 3), p99_ms=round(p99, 3), recall_at_10=round(recall(ids, truth), 4))  # fmt: skip
+        qps, p50, p99, ids = batch1(tier, queries)
+        out.add(method="lookalike_hnsw", dtype=dtype, n=n, d=d, k=k, ef=ef, rerank=settings.rerank_factor,
+                qps_b1=round(qps), p50_ms=round(p50, 3), p99_ms=round(p99, 3),
+                recall_at_10=round(recall(ids, truth), 4))  # fmt: skip
 
         def raw(q: np.ndarray) -> np.ndarray:
             return np.asarray(index.search(q, k, threads=1).keys, np.int64)
@@ -162,11 +174,16 @@ def main() -> None:
         t = time.perf_counter()
         batch = index.search(queries, k, threads=args.threads)
         b_s = time.perf_counter() - t
-        out.add(method="usearch_f16", n=n, d=d, k=k, ef=ef, qps_b1=round(qps), p50_ms=round(p50, 3),
+        out.add(method=f"usearch_{dtype}", n=n, d=d, k=k, ef=ef, qps_b1=round(qps), p50_ms=round(p50, 3),
                 p99_ms=round(p99, 3), qps_b1000=round(len(queries) / b_s), recall_at_10=round(recall(ids, truth), 4),
                 recall_b1000=round(recall(np.asarray(batch.keys, np.int64), truth), 4))  # fmt: skip
 
-    graph.configure(settings)  # the tier stays in memory beside FAISS (rss_growth is a difference)
+    db.hnsw = None  # free the graph before the next one
+
+
+def faiss_rows(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> None:
+    n, d = x.shape
+    k = truth.shape[1]
     if not args.skip_faiss:
         import faiss
 
@@ -196,17 +213,20 @@ def main() -> None:
                     p99_ms=round(p99, 3), qps_b1000=round(len(queries) / b_s),
                     recall_at_10=round(recall(ids, truth), 4), recall_b1000=round(recall(bids, truth), 4))  # fmt: skip
 
+
+def summary(out: Out, args: argparse.Namespace) -> None:
     best: dict[str, dict[str, Any]] = {}
     for r in out.rows:
+        name = r["method"] + (f"_{r['dtype']}" if r["method"] == "lookalike_hnsw" else "")
         if "qps_b1" in r and r["recall_at_10"] >= args.target_recall:
-            if r["method"] not in best or r["qps_b1"] > best[r["method"]]["qps_b1"]:
-                best[r["method"]] = r
+            if name not in best or r["qps_b1"] > best[name]["qps_b1"]:
+                best[name] = r
     for m, r in best.items():
         out.say(f"fastest {m} at recall@10 >= {args.target_recall}: ef {r['ef']}, {r['qps_b1']} QPS at batch 1, "
                 f"p50 {r['p50_ms']} ms, recall {r['recall_at_10']}")  # fmt: skip
     f = best.get("faiss_hnsw_flat")
-    for m in ("lookalike_hnsw", "usearch_f16"):
-        if f and m in best:
+    for m in best:
+        if f and m != "faiss_hnsw_flat":
             out.say(f"{m} / faiss_hnsw_flat QPS at batch 1 (each at its fastest ef reaching the target): "
                     f"{best[m]['qps_b1'] / f['qps_b1']:.2f}x")  # fmt: skip
     out.say(f"load average at the end {os.getloadavg()}")
