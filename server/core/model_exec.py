@@ -1,12 +1,14 @@
 """How the model runs: eager, frozen TorchScript, channels_last, bf16 on CPU; fp16 + pinned memory on CUDA.
 
 Chosen by measurement (``bench/model_exec.py``; README "CPU model execution"). On the 2-core
-AVX-512 BF16 machine of issue 11, EfficientNet-Lite0 at 224 px and batch 4 ran about 3x faster
-as ``bf16`` (TorchScript frozen in fp32, so batch norm is folded into the convolutions at full
-precision, then every float constant rounded once to bfloat16; channels_last input) than as the
-file loaded as is, with cosine >= 0.999 against fp32 on real photos. bfloat16 is only fast where
-the CPU computes it natively (AVX-512 BF16 or AMX); elsewhere it is emulated and slower, so
-``auto`` picks it only there and falls back to ``frozen`` fp32.
+AVX-512 BF16 machine of issue 11, EfficientNet-Lite0 at 224 px and batch 4 ran about 2x faster
+as ``bf16`` than as the file loaded as is (``frozen`` fp32: 1.4x), with cosine >= 0.999 against
+fp32 on real photos. ``bf16`` is the TorchScript graph frozen in fp32 (batch norm folded into the
+convolutions at full precision), its first quarter of convolutions kept in fp32 and every later
+float constant rounded once to bfloat16; channels_last input. All layers in bf16 was 1.5x faster
+still but missed 0.999 on ordinary photos. bfloat16 is only fast where the CPU computes it natively
+(AVX-512 BF16 or AMX); elsewhere it is emulated and slower, so ``auto`` picks it only there and
+``frozen`` fp32 otherwise.
 
 Every mode but ``eager`` is checked once at load time against the eager fp32 output on a probe
 batch; below ``MIN_COSINE`` the runner falls back to eager fp32 and logs why, so an unusual model
