@@ -29,7 +29,6 @@ class Index(Protocol):
 
 # bf16: bit patterns in uint16; i8: int8 with one float32 scale per row, plus a float32 copy for re-ranking
 STORAGE_DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "i8": np.int8}
-DEFAULT_STORAGE = "f32"  # new databases (catalog.create); see README, Performance, for the measurement
 RERANK_FACTOR = 4  # i8: candidates per result taken from the int8 scan and re-scored exactly
 
 

@@ -29,7 +29,7 @@ def wait_ready(db, timeout=120.0):
 
 def test_hnsw_recall_deletes_upserts_and_fallbacks():
     catalog = Catalog(DIM, {"name": "t", "digest": "x"}, hnsw=HnswSettings(threshold=5000))
-    catalog.create("d")
+    catalog.create("d", storage="f32")  # the exact re-rank is checked to 1e-5
     vecs = clustered(20_000, 1)
     for start in range(0, 20_000, 4000):
         items = [(f"g{i % 997}", i, "", {"half": str(i % 2)}) for i in range(start, start + 4000)]
@@ -65,7 +65,7 @@ def test_hnsw_recall_deletes_upserts_and_fallbacks():
 
 def test_small_databases_stay_exact():
     catalog = Catalog(DIM, {"name": "t", "digest": "x"}, hnsw=HnswSettings(threshold=5000))
-    catalog.create("d")
+    catalog.create("d", storage="f32")  # the exact re-rank is checked to 1e-5
     catalog.set_images("d", [("g", i, "", None) for i in range(100)], clustered(100, 3))
     db = catalog.get("d")
     assert db.hnsw is None and db.search_tier(clustered(1, 4)[0], 5)[2] == "exact"
