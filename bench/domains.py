@@ -1,8 +1,9 @@
 """Labelled domain benchmark of the README's fine-tune (issue 13; a benchmark, not a CI test).
 
 For each labelled set of ``lookalike.trainer.eval.domains`` (emoji art of two vendors, 30 kinds of
-things; install: ``npm install --prefix ~/.cache/lookalike/datasets emoji-datasource-google@16.0.0
-emoji-datasource-twitter@16.0.0``), the set's images are written to one folder *without labels*,
+things, and Tabler's outline icons, 25 kinds; install: ``npm install --prefix ~/.cache/lookalike/datasets
+emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 @tabler/icons@3.48.0
+@tabler/icons-png@3.48.0``), the set's images are written to one folder *without labels*,
 the README's command fine-tunes the served model on them, and every model is scored with labels
 (leave-one-out mAP, 1-NN accuracy, recall@5 at the served 224 px):
 
@@ -16,6 +17,7 @@ Stages (each prints the exact command it runs)::
     python bench/domains.py train --work runs/domains --set emoji-google --max-minutes 15
     python bench/domains.py eval  --work runs/domains --set emoji-google [--all-checkpoints]
     python bench/domains.py table --work runs/domains [--json runs/domains/table.json]
+    python bench/domains.py tracking --work runs/domains [--work runs/other]  # does the self-check pick well?
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TRAINABLE = ("emoji-google", "emoji-twitter")
+TRAINABLE = ("emoji-google", "emoji-twitter", "icons-tabler")
 METRICS = ("mAP", "knn@1", "recall@5")
 
 
@@ -49,8 +51,9 @@ def train(work: Path, name: str, max_minutes: float, extra: list[str]) -> None:
     if not data.is_dir():
         write_domain_folder(name, data, labelled=False)
     out = work / name / "finetune"
+    budget = ["--max-minutes", str(max_minutes)] if max_minutes > 0 else []  # 0: the schedule's steps, untimed
     _run([*_lookalike(), "train", "--config", "finetune", "--data", str(data), "--output", str(out),
-          "--max-minutes", str(max_minutes), "train.progress=false", *extra])  # fmt: skip
+          *budget, "train.progress=false", *extra])  # fmt: skip
 
 
 def _models(run: Path, all_checkpoints: bool) -> list[tuple[str, str]]:
@@ -87,11 +90,16 @@ def evaluate(work: Path, name: str, all_checkpoints: bool) -> None:
 
 
 def _selfcheck(run: Path) -> dict[str, dict[str, Any]]:
-    path = run / "selfcheck.jsonl"
-    if not path.is_file():
-        return {}
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {e["export"]: e for e in entries}
+    from lookalike.trainer.selfcheck import SelfCheckLog
+
+    return {e["export"]: e for e in SelfCheckLog.load(run).entries}
+
+
+def _chosen(run: Path) -> dict[str, Any] | None:
+    """The self-check entry ``best_export.pt`` is a copy of (the trainer's own rule)."""
+    from lookalike.trainer.selfcheck import SelfCheckLog
+
+    return SelfCheckLog.load(run).best
 
 
 def table(work: Path, json_out: Path | None) -> str:
@@ -109,7 +117,7 @@ def table(work: Path, json_out: Path | None) -> str:
             spec = Path(r.get("spec", ""))
             check = checks.get(spec.name) if spec.name != "best_export.pt" else None
             if label == "best":
-                best = max(checks.values(), key=lambda e: e["score"], default=None)
+                best = _chosen(folder / "finetune")
                 check = best
                 label = f"best ({best['export'].removesuffix('_export.pt')})" if best else label
             if label == "default":
@@ -126,16 +134,76 @@ def table(work: Path, json_out: Path | None) -> str:
     return text
 
 
+def _labelled_by_export(folder: Path) -> dict[str, float]:
+    """Labelled mAP of each export of a run folder (``start_export.pt`` scored as the served default)."""
+    results = json.loads((folder / "eval.json").read_text())
+    out = {}
+    for label, r in results.items():
+        if label == "default":
+            out["start_export.pt"] = r["mAP"]
+        elif label != "best":
+            out[Path(r.get("spec", "")).name] = r["mAP"]
+    return out
+
+
+def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
+    """How often each rule picks a checkpoint whose labelled mAP is >= the last one's (and >= the start's).
+
+    Rules: ``latest within noise`` (the trainer's: the latest check within ``tolerance_se`` paired SE
+    of the top score), ``top score`` (the highest copies' mAP), ``last`` (always the last checkpoint).
+    Runs whose checkpoints were not all evaluated (``eval --all-checkpoints``) are skipped.
+    """
+    from lookalike.trainer.selfcheck import SelfCheckLog
+
+    rules = {"latest within noise": [], "top score": [], "last": []}
+    lines = ["| run | checks (labelled mAP) | latest within noise | top score | last |", "|---|---|---|---|---|"]
+    for work in works:
+        for folder in sorted(p for p in work.iterdir() if (p / "eval.json").is_file()):
+            log = SelfCheckLog.load(folder / "finetune", tolerance_se)
+            labelled = _labelled_by_export(folder)
+            if len(log.entries) < 2 or any(e["export"] not in labelled for e in log.entries):
+                continue
+            last, start = log.entries[-1], log.entries[0]
+            picks = {"latest within noise": log.best, "top score": log.top, "last": last}
+            cells = []
+            for rule, pick in picks.items():
+                ok = labelled[pick["export"]] >= labelled[last["export"]] - 1e-12
+                rules[rule].append((ok, labelled[pick["export"]] >= labelled[start["export"]] - 1e-12))
+                cells.append(f"{pick['export'].removesuffix('_export.pt')} {100 * labelled[pick['export']]:.2f}")
+            checks = ", ".join(
+                f"{e['export'].removesuffix('_export.pt')}: {e['score']:.3f} ({100 * labelled[e['export']]:.2f})"
+                for e in log.entries
+            )
+            lines.append(f"| {work.name}/{folder.name} | {checks} | " + " | ".join(cells) + " |")
+    summary = [
+        f"{rule}: {sum(a for a, _ in v)}/{len(v)} picks >= the last checkpoint's mAP, "
+        f"{sum(b for _, b in v)}/{len(v)} >= the start's"
+        for rule, v in rules.items()
+    ]
+    return "\n".join(lines + [""] + summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=("train", "eval", "table"))
-    p.add_argument("--work", type=Path, default=Path("runs/domains"))
+    p.add_argument("stage", choices=("train", "eval", "table", "tracking"))
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        action="append",
+        help="work folder (tracking: repeat it to pool runs)",
+    )
     p.add_argument("--set", dest="name", choices=TRAINABLE, default="emoji-google")
-    p.add_argument("--max-minutes", type=float, default=15.0, help="time budget of the fine-tune")
+    p.add_argument("--max-minutes", type=float, default=15.0, help="time budget of the fine-tune (0: none)")
     p.add_argument("--all-checkpoints", action="store_true", help="also evaluate every checkpoint")
     p.add_argument("--json", type=Path, default=None, help="table stage: write the numbers here")
     p.add_argument("overrides", nargs="*", help="train stage: extra key=value overrides")
     args = p.parse_intermixed_args(argv)
+    works = args.work or [Path("runs/domains")]
+    args.work = works[0]
+    if args.stage == "tracking":
+        print(tracking(works))
+        return 0
     if args.stage == "train":
         train(args.work, args.name, args.max_minutes, args.overrides)
     elif args.stage == "eval":

@@ -79,6 +79,7 @@ class TrainSection:
     max_minutes: float | None = None  # time budget: stop cleanly (checkpoint + export) when it runs out
     adapt: bool = True  # fit batch, queue and checkpoints to the dataset size (printed), instead of failing
     freeze_bn_stats: bool = False  # keep the backbone's BatchNorm statistics (fine-tuning a pretrained model)
+    trainable_stages: int | None = None  # fine-tuning: only the backbone's last N stages (+ its head) train; null: all
     sync_bn: str = "auto"  # auto: SyncBN under DDP unless the method shuffles BN (MoCo) | true | false
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm bar on the main process
@@ -99,7 +100,8 @@ class SelfCheckConfig:
     holdout: float = 0.1  # fraction of the images kept out of training for the self-check (0: off)
     min_images: int = 8  # at least this many held out (when the dataset allows)
     max_images: int = 200  # at most this many held out (the check's cost)
-    views: int = 4  # augmented copies per held-out image (crop, rescale, JPEG, colour)
+    views: int = 5  # altered copies per held-out image (crop, rescale, JPEG, colour, all of them at once)
+    tolerance_se: float = 1.0  # best_export.pt: the latest check within this many standard errors of the top
 
 
 @dataclass
@@ -155,6 +157,12 @@ class Config:
         for key in ("min_images", "max_images", "views"):
             if getattr(self.selfcheck, key) <= 0:
                 raise ValueError(f"selfcheck.{key} must be > 0, got {getattr(self.selfcheck, key)}")
+        if self.selfcheck.tolerance_se < 0:
+            raise ValueError(f"selfcheck.tolerance_se must be >= 0, got {self.selfcheck.tolerance_se}")
+        if self.train.trainable_stages is not None and self.train.trainable_stages < 0:
+            raise ValueError(
+                f"train.trainable_stages must be >= 0 or null (all train), got {self.train.trainable_stages}"
+            )
         if self.train.max_minutes is not None and self.train.max_minutes <= 0:
             raise ValueError(f"train.max_minutes must be > 0 or null, got {self.train.max_minutes}")
         if self.optim.warmup_steps is not None and self.optim.warmup_steps < 0:

@@ -10,7 +10,8 @@ Examples::
 
 ``--data`` is a folder with one subfolder per class, or ``fashion-mnist`` (gallery: the 60,000
 training images, queries: the 10,000 test images), or a domain set of
-``lookalike.trainer.eval.domains`` (emoji-google, emoji-twitter, emoji-cross). ``--model`` is an embedder file,
+``lookalike.trainer.eval.domains`` (emoji-google, emoji-twitter, emoji-cross, icons-tabler).
+``--model`` is an embedder file,
 ``default`` (the server's EfficientNet-Lite0 ImageNet model) or ``pixels`` (raw-pixel baseline);
 repeat it to compare several on the same data.
 """

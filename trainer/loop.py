@@ -320,6 +320,14 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
         for note in adapt_to_dataset(cfg, len(train_source), world):
             _log(f"adapted to the dataset: {note}")
     method = build_method_from_config(cfg)
+    if cfg.train.trainable_stages is not None:
+        from lookalike.trainer.models.backbones import freeze_early_stages
+
+        frozen, trainable = freeze_early_stages(method.embedder(), cfg.train.trainable_stages)
+        _log(
+            f"train.trainable_stages={cfg.train.trainable_stages}: the backbone's stem and earlier stages are "
+            f"frozen ({frozen / 1e6:.2f}M parameters), {trainable / 1e6:.2f}M of it train"
+        )
     loader, sampler = build_loader(cfg, method, world, train_source)
     if is_main:
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")  # the values actually used
@@ -370,7 +378,7 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
 
     result = TrainResult(out, state)
     if is_main and check is not None:
-        result.selfcheck = SelfCheckLog.load(out)
+        result.selfcheck = SelfCheckLog.load(out, cfg.selfcheck.tolerance_se)
         if result.selfcheck.start is None:
             began = time.monotonic()
             path = _export(cfg, method, out / START_EXPORT, state, "start")
@@ -446,7 +454,10 @@ class SchedulePlan:
         left = self.deadline - time.monotonic()
         affordable = done + max(1, int(left / seconds_per_step))
         epochs = max(1, math.ceil(affordable / self.steps_per_epoch))
-        left -= self.check_seconds * self.checkpoints_in(epochs)  # the checkpoints' self-checks
+        checks = self.checkpoints_in(epochs)
+        if self.adapt_checkpoints and self.check_seconds > 0:  # self-checks take at most a quarter of the time left
+            checks = max(1, min(checks, int(0.25 * left / self.check_seconds)))
+        left -= self.check_seconds * checks  # the checkpoints' self-checks
         affordable = done + max(1, int(left / seconds_per_step))
         if affordable >= self.total_steps:
             return None
@@ -454,7 +465,7 @@ class SchedulePlan:
         self.epochs = max(1, math.ceil(affordable / self.steps_per_epoch))
         self.warmup_steps = min(self.warmup_steps, max(1, affordable // 10))
         if self.adapt_checkpoints:
-            self.checkpoint_every = max(1, round(self.epochs / 10))
+            self.checkpoint_every = max(1, math.ceil(self.epochs / checks))
         return (
             f"time budget: {seconds_per_step:.1f}s/step leaves room for {affordable} steps; "
             f"schedule shortened to {affordable} steps ({self.epochs} epochs, warmup {self.warmup_steps}, "
@@ -558,10 +569,11 @@ def _run_epoch(
     from tqdm import tqdm
 
     model.train()
-    if cfg.train.freeze_bn_stats:
-        for m in method.embedder().modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()  # keep the pretrained running statistics; the affine weights still train
+    for m in method.embedder().modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            frozen = m.affine and not any(p.requires_grad for p in m.parameters())  # train.trainable_stages
+            if cfg.train.freeze_bn_stats or frozen:
+                m.eval()  # keep the pretrained running statistics; the affine weights still train (unless frozen)
     accumulate = cfg.optim.accumulate
     skipped = SkipLog()
     sums: dict[str, float] = {}
@@ -704,7 +716,7 @@ def _after_epoch(
             best = result.selfcheck.add(state.epoch, state.step, path, metrics)
             start = result.selfcheck.start
             delta = "" if start is None else f" ({metrics['score'] - start['score']:+.3f} vs start)"
-            _log(f"self-check epoch {state.epoch}: {_fmt_check(metrics)}{delta}{' new best' if best else ''}")
+            _log(f"self-check epoch {state.epoch}: {_fmt_check(metrics)}{delta}{' best so far' if best else ''}")
 
 
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

@@ -14,7 +14,14 @@ from lookalike.trainer.config import load_config
 from lookalike.trainer.loop import adapt_to_dataset, loader_workers, train
 from lookalike.trainer.methods import moco as moco_module
 from lookalike.trainer.methods.registry import build_method
-from lookalike.trainer.selfcheck import BEST_EXPORT, START_EXPORT, check_metrics, holdout_indices, make_check_set
+from lookalike.trainer.selfcheck import (
+    BEST_EXPORT,
+    START_EXPORT,
+    SelfCheckLog,
+    check_metrics,
+    holdout_indices,
+    make_check_set,
+)
 from lookalike.trainer.train_cli import main
 from PIL import Image
 
@@ -210,9 +217,10 @@ def test_finetune_on_a_few_dozen_images_reports_its_self_check_against_the_start
     text = capsys.readouterr().out
     assert "method.options.K 4096 -> 0" in text and "train.batch_size 64 -> 16" in text
     assert "self-check at the start" in text
-    assert "the fine-tune beats its start" in text or "did NOT beat its starting model" in text
+    verdicts = ("the fine-tune beats its start", "did NOT beat its starting model", "within its noise")
+    assert any(v in text for v in verdicts)
     log = [json.loads(line) for line in (out / "selfcheck.jsonl").read_text().splitlines()]
     assert log[0]["epoch"] == 0 and log[0]["export"] == START_EXPORT and len(log) >= 2
-    best = max(log, key=lambda e: e["score"])
-    assert (out / BEST_EXPORT).read_bytes() == (out / best["export"]).read_bytes()
+    best = SelfCheckLog.load(out).best  # the latest check within noise of the top score
+    assert best is not None and (out / BEST_EXPORT).read_bytes() == (out / best["export"]).read_bytes()
     assert all(0 <= e["recall@1"] <= 1 and 0 <= e["mAP"] <= 1 for e in log)

@@ -17,6 +17,13 @@ Sets (``load_domain(name)``):
 - ``emoji-cross``: gallery ``emoji-google``, queries ``emoji-twitter`` (same kinds): a style shift
   between gallery and query, as between a catalogue and user photos.
 
+A third set is of another kind of artwork: ``icons-tabler``, the outline icons of Tabler Icons
+(npm ``@tabler/icons-png`` for the 240 px PNGs and ``@tabler/icons`` for ``icons.json``, which gives
+each icon's category; MIT), labelled by category (``Animals``, ``Food``, ``Vehicles``, ``Weather``,
+...): black line drawings, no colour, no texture: further from ImageNet's photos than the emoji::
+
+    npm install --prefix ~/.cache/lookalike/datasets @tabler/icons@3.48.0 @tabler/icons-png@3.48.0
+
 Each image is composited onto white (the PNGs are transparent; a plain ``convert("RGB")`` would
 show the undefined colour under the alpha channel) and returned as an RGB PIL image.
 """
@@ -42,7 +49,17 @@ VENDORS = ("google", "twitter")
 EMOJI_CATEGORIES = ("Animals & Nature", "Food & Drink", "Travel & Places", "Activities", "Objects")
 MIN_PER_CLASS = 12
 MAX_PER_CLASS = 24
-DOMAINS = ("emoji-google", "emoji-twitter", "emoji-cross")
+DOMAINS = ("emoji-google", "emoji-twitter", "emoji-cross", "icons-tabler")
+TABLER_INSTALL_HINT = (
+    "npm install --prefix ~/.cache/lookalike/datasets @tabler/icons@3.48.0 @tabler/icons-png@3.48.0 "
+    "(or set LOOKALIKE_DATASETS_DIR to the --prefix used)"
+)
+# Categories that name a visual kind of thing (not "System", "Design", "Brand" logos, "Letters", ...).
+TABLER_CATEGORIES = (
+    "Animals", "Buildings", "Charts", "Computers", "Currencies", "Database", "Devices", "E-commerce",
+    "Electrical", "Food", "Games", "Gender", "Gestures", "Health", "Laundry", "Map", "Media", "Mood",
+    "Nature", "Photography", "Shapes", "Sport", "Vehicles", "Weather", "Zodiac",
+)  # fmt: skip
 
 
 @dataclass
@@ -119,6 +136,60 @@ def load_emoji(vendor: str, root: Path | None = None) -> DomainSet:
     return DomainSet(images, np.asarray(labels, dtype=np.int64), classes, refs)
 
 
+def tabler_package_dirs(root: Path | None = None) -> tuple[Path, Path]:
+    """``(@tabler/icons, @tabler/icons-png)`` under ``root`` (default :func:`datasets_dir`), else ``./``."""
+    candidates = [(root or datasets_dir()) / "node_modules", Path("node_modules")]
+    for base in candidates:
+        meta, png = base / "@tabler" / "icons", base / "@tabler" / "icons-png"
+        if (meta / "icons.json").is_file() and (png / "icons" / "outline").is_dir():
+            return meta, png
+    raise ValueError(
+        f"@tabler/icons and @tabler/icons-png are not installed (looked in {[str(c) for c in candidates]}); "
+        f"run: {TABLER_INSTALL_HINT}"
+    )
+
+
+def tabler_selection(root: Path | None = None) -> list[tuple[str, str]]:
+    """``[(icon name, category)]``: outline icons of :data:`TABLER_CATEGORIES`, at most 24 a kind.
+
+    ``-off`` (struck-through) variants are left out (near-copies of their icon); a kind with more
+    icons than the cap keeps names spread evenly over its alphabetical list, not the first ones
+    (which would be variants of one icon: ``arrow-...``).
+    """
+    meta, png = tabler_package_dirs(root)
+    icons = json.loads((meta / "icons.json").read_text(encoding="utf-8"))
+    by_class: dict[str, list[str]] = {}
+    for name, entry in icons.items():
+        category = entry.get("category")
+        if category not in TABLER_CATEGORIES or name.endswith("-off") or "outline" not in entry.get("styles", {}):
+            continue
+        if (png / "icons" / "outline" / f"{name}.png").is_file():
+            by_class.setdefault(category, []).append(name)
+    chosen = []
+    for category in sorted(by_class):
+        names = sorted(by_class[category])
+        if len(names) < MIN_PER_CLASS:
+            continue
+        picks = np.linspace(0, len(names) - 1, min(MAX_PER_CLASS, len(names))).round().astype(int)
+        chosen.extend((names[i], category) for i in picks)
+    return chosen
+
+
+def load_tabler(root: Path | None = None) -> DomainSet:
+    """Tabler's outline icons of :func:`tabler_selection`, on white, labelled by category."""
+    _, png = tabler_package_dirs(root)
+    selection = tabler_selection(root)
+    classes = sorted({c for _, c in selection})
+    images, labels, refs = [], [], []
+    for name, category in selection:
+        path = png / "icons" / "outline" / f"{name}.png"
+        with Image.open(path) as img:
+            images.append(on_white(img))
+        labels.append(classes.index(category))
+        refs.append(str(path))
+    return DomainSet(images, np.asarray(labels, dtype=np.int64), classes, refs)
+
+
 def load_domain(name: str, root: Path | None = None) -> tuple[DomainSet, DomainSet | None]:
     """``(gallery, query)`` of a named set; ``query`` is None for leave-one-out on the gallery."""
     if name == "emoji-google":
@@ -127,6 +198,8 @@ def load_domain(name: str, root: Path | None = None) -> tuple[DomainSet, DomainS
         return load_emoji("twitter", root), None
     if name == "emoji-cross":
         return load_emoji("google", root), load_emoji("twitter", root)
+    if name == "icons-tabler":
+        return load_tabler(root), None
     raise ValueError(f"unknown domain set {name!r}; choose one of {list(DOMAINS)}")
 
 

@@ -96,3 +96,48 @@ def backbone_mean_std(model: nn.Module) -> tuple[tuple[float, float, float], tup
     if len(mean) != 3 or len(std) != 3:  # grayscale configs
         return IMAGENET_MEAN, IMAGENET_STD
     return (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
+
+
+def backbone_stages(model: nn.Module) -> tuple[list[str], list[nn.Module]]:
+    """The backbone's top-level children in order, and its stages (the blocks between stem and head).
+
+    timm names them ``blocks`` (EfficientNet, MobileNet, ViT), ``stages`` (ConvNeXt, RegNet, ...)
+    or ``layer1``..``layer4`` (ResNet).
+    """
+    names = [name for name, _ in model.named_children()]
+    for attr in ("blocks", "stages"):
+        seq = getattr(model, attr, None)
+        if isinstance(seq, nn.Sequential) and len(seq) > 0:
+            return names, list(seq)
+    layers = [getattr(model, n) for n in names if n.startswith("layer") and n[5:].isdigit()]
+    return names, layers
+
+
+def freeze_early_stages(model: nn.Module, trainable_stages: int) -> tuple[int, int]:
+    """Freeze the stem and all but the last ``trainable_stages`` stages (``requires_grad = False``).
+
+    What follows the stages (the last convolution, norm, pooling) keeps training. The frozen part
+    then needs no backward pass, which is most of a CNN's training cost at high resolution (the
+    early stages run at the largest feature maps). Returns ``(frozen, trainable)`` parameter counts.
+    """
+    if trainable_stages < 0:
+        raise ValueError(f"train.trainable_stages must be >= 0 (or null: everything trains), got {trainable_stages}")
+    names, stages = backbone_stages(model)
+    if not stages:
+        raise ValueError(
+            f"train.trainable_stages: cannot find the stages of {type(model).__name__} "
+            "(no `blocks`, `stages` or `layerN` children); set train.trainable_stages=null"
+        )
+    keep = {id(m) for m in stages[len(stages) - min(trainable_stages, len(stages)) :]}
+    stage_ids = {id(m) for m in stages}
+    container = next((n for n in names if n in ("blocks", "stages")), None)
+    children = list(model.named_children())
+    first_stage = next(i for i, (n, c) in enumerate(children) if n == container or id(c) in stage_ids)
+    frozen_modules = [c for _, c in children[:first_stage]] + [m for m in stages if id(m) not in keep]  # stem
+    frozen = 0
+    for module in frozen_modules:
+        for p in module.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return frozen, trainable

@@ -1,0 +1,228 @@
+"""Issue 13, second pass: early stages frozen, the self-check's pick within its noise, the tabler icon set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from imagefolder import write_image_folder
+from lookalike.trainer.config import load_config
+from lookalike.trainer.eval import domains
+from lookalike.trainer.loop import train
+from lookalike.trainer.models.backbones import backbone_stages, create_backbone, freeze_early_stages
+from lookalike.trainer.selfcheck import BEST_EXPORT, TRANSFORMS, SelfCheckLog, altered_copy, within_noise
+from PIL import Image
+
+# ----------------------------------------------------------------------------- frozen early stages
+
+
+@pytest.mark.parametrize(("name", "stages"), [("tf_efficientnet_lite0", 7), ("resnet10t", 4)])
+def test_freeze_early_stages_leaves_the_last_stages_and_the_head_training(name: str, stages: int) -> None:
+    model, _ = create_backbone(name)
+    names, found = backbone_stages(model)
+    assert len(found) == stages
+    frozen, trainable = freeze_early_stages(model, 2)
+    assert frozen > 0 and trainable > 0
+    assert frozen + trainable == sum(p.numel() for p in model.parameters())
+    for i, stage in enumerate(found):
+        want = i >= stages - 2
+        assert all(p.requires_grad == want for p in stage.parameters()), f"stage {i}"
+    first = next(m for n, m in model.named_children() if n in ("conv_stem", "conv1"))
+    assert not any(p.requires_grad for p in first.parameters()), "the stem is frozen"
+    if name == "tf_efficientnet_lite0":
+        assert all(p.requires_grad for p in model.conv_head.parameters()), "what follows the stages trains"
+    with pytest.raises(ValueError, match="trainable_stages"):
+        freeze_early_stages(model, -1)
+
+
+def test_trainable_stages_trains_only_the_tail(tmp_path: Path) -> None:
+    """One step with train.trainable_stages=1: the stem and early stages keep their weights; the last stage moves."""
+    folder = tmp_path / "imgs"
+    write_image_folder(folder, 24)
+    cfg = load_config(["tiny"], [f"data.source={folder}", f"train.output_dir={tmp_path / 'out'}", "train.epochs=1",
+                                 "train.steps_per_epoch=1", "train.trainable_stages=1", "data.num_workers=0",
+                                 "selfcheck.holdout=0", "train.progress=false"])  # fmt: skip
+    torch.manual_seed(cfg.train.seed)
+    from lookalike.trainer.loop import build_method_from_config
+
+    before = build_method_from_config(cfg).embedder().state_dict()  # same seed: the run's initial weights
+    train(cfg)
+    ckpt = torch.load(tmp_path / "out" / "epoch_1.pth", map_location="cpu", weights_only=False)
+    state = ckpt["method"]
+    after = {k.removeprefix("encoder_q.backbone."): v for k, v in state.items() if k.startswith("encoder_q.backbone.")}
+    moved = {k for k, v in before.items() if v.dtype.is_floating_point and not torch.equal(v, after[k])}
+    assert moved, "the last stage trains"
+    assert all(k.startswith(("layer4.", "fc.")) for k in moved), sorted(moved)[:5]
+
+
+def test_negative_trainable_stages_is_refused() -> None:
+    with pytest.raises(ValueError, match="train.trainable_stages"):
+        load_config(["finetune"], ["data.source=x", "train.trainable_stages=-1"]).validate()
+
+
+# ----------------------------------------------------------------------------- the self-check's pick
+
+
+def _entry(epoch: int, ap: list[float]) -> dict:
+    m = float(np.mean(ap))
+    return {"epoch": epoch, "step": epoch, "export": f"e{epoch}.pt", "score": m, "mAP": m, "recall@1": 1.0, "ap": ap}
+
+
+def test_within_noise_uses_the_paired_standard_error() -> None:
+    top = _entry(1, [0.9, 0.8, 0.7, 0.6])
+    tie = _entry(2, [0.91, 0.78, 0.69, 0.61])  # differences +0.01 -0.02 -0.01 +0.01: mean -0.0025, se 0.0075
+    worse = _entry(3, [0.8, 0.7, 0.6, 0.5])  # -0.1 on every image: se 0, clearly below
+    assert within_noise(tie, top, 1.0) and not within_noise(worse, top, 1.0)
+    assert not within_noise(tie, top, 0.0)  # no tolerance: strictly the top
+    old = {"epoch": 4, "export": "e4.pt", "score": 0.7}  # a log line from before per-image APs: by score
+    assert not within_noise(old, top, 1.0) and within_noise(top | {"ap": None}, top, 1.0)
+
+
+def _log(tmp_path: Path, entries: list[dict]) -> SelfCheckLog:
+    log = SelfCheckLog(tmp_path, tolerance_se=1.0)
+    for e in entries:
+        export = tmp_path / e["export"]
+        export.write_bytes(e["export"].encode())
+        log.add(e["epoch"], e["step"], export, {k: v for k, v in e.items() if k not in ("epoch", "step", "export")})
+    return log
+
+
+def test_best_export_is_the_latest_check_within_noise_of_the_top(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.9, size=40)
+    start = _entry(0, list(base))
+    peak = _entry(1, list(base + 0.02))
+    wobble = np.where(np.arange(40) % 2 == 0, 0.01, -0.012)  # mean -0.001: a hair below the peak, in the noise
+    tied = _entry(2, list(base + 0.02 + wobble))
+    log = _log(tmp_path, [start, peak, tied])
+    assert log.top["epoch"] == 1 and log.best["epoch"] == 2
+    assert (tmp_path / BEST_EXPORT).read_bytes() == b"e2.pt"
+    broken = _entry(3, list(base - 0.2))  # a later checkpoint that broke retrieval is never the pick
+    log.add(3, 3, tmp_path / "e3.pt", {k: v for k, v in broken.items() if k not in ("epoch", "step", "export")})
+    assert log.best["epoch"] == 2 and (tmp_path / BEST_EXPORT).read_bytes() == b"e2.pt"
+    assert "beats its start" in log.verdict()
+
+
+def test_start_is_served_when_every_checkpoint_is_clearly_worse(tmp_path: Path) -> None:
+    base = list(np.linspace(0.6, 0.9, 20))
+    log = _log(tmp_path, [_entry(0, base), _entry(1, [a - 0.05 for a in base]), _entry(2, [a - 0.1 for a in base])])
+    assert log.best["epoch"] == 0 and (tmp_path / BEST_EXPORT).read_bytes() == b"e0.pt"
+    assert "did NOT beat its starting model" in log.verdict()
+    reloaded = SelfCheckLog.load(tmp_path)
+    assert [e["epoch"] for e in reloaded.entries] == [0, 1, 2] and reloaded.best["epoch"] == 0
+    assert json.loads((tmp_path / "selfcheck.jsonl").read_text().splitlines()[0])["ap"] == base
+
+
+def test_a_tie_below_the_start_is_said_plainly(tmp_path: Path) -> None:
+    base = np.linspace(0.6, 0.9, 20)
+    wobble = np.where(np.arange(20) % 2 == 0, 0.01, -0.012)  # mean -0.001, well inside one standard error
+    log = _log(tmp_path, [_entry(0, list(base)), _entry(1, list(base + wobble))])
+    assert log.best["epoch"] == 1
+    assert "did NOT beat its start on the self-check" in log.verdict() and "within its noise" in log.verdict()
+
+
+def test_combo_copy_stacks_crop_colour_rescale_and_jpeg() -> None:
+    assert "combo" in TRANSFORMS
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    image = Image.fromarray(x)
+    out = altered_copy(image, "combo", rng)
+    assert out.mode == "RGB" and out.size != image.size and out.size[0] * out.size[1] <= 0.6 * 64 * 64 + 64
+
+
+# ----------------------------------------------------------------------------- the icon set
+
+
+def _tabler_installed() -> bool:
+    try:
+        domains.tabler_package_dirs()
+    except ValueError:
+        return False
+    return True
+
+
+def test_tabler_missing_raises_with_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(domains.DATASETS_ENV, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="@tabler/icons-png"):
+        domains.load_domain("icons-tabler")
+
+
+def test_tabler_selection_from_a_fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Categories kept, -off variants dropped, at most 24 a kind spread over the names, images on white."""
+    base = tmp_path / "node_modules" / "@tabler"
+    (base / "icons").mkdir(parents=True)
+    png = base / "icons-png" / "icons" / "outline"
+    png.mkdir(parents=True)
+    icons = {}
+    for i in range(30):
+        icons[f"car-{i:02d}"] = {"category": "Vehicles", "styles": {"outline": {}}}
+    for i in range(12):
+        icons[f"cat-{i:02d}"] = {"category": "Animals", "styles": {"outline": {}}}
+    icons["cat-00-off"] = {"category": "Animals", "styles": {"outline": {}}}
+    for i in range(15):
+        icons[f"gear-{i:02d}"] = {"category": "System", "styles": {"outline": {}}}  # not a visual kind
+    for name in icons:
+        Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(png / f"{name}.png")
+    (base / "icons" / "icons.json").write_text(json.dumps(icons))
+    monkeypatch.setenv(domains.DATASETS_ENV, str(tmp_path))
+    data, query = domains.load_domain("icons-tabler")
+    assert query is None and data.classes == ["Animals", "Vehicles"]
+    assert np.bincount(data.labels).tolist() == [12, 24]
+    names = [Path(r).stem for r in data.refs]
+    assert "cat-00-off" not in names and "car-00" in names and "car-29" in names  # spread, not the first 24
+    assert np.asarray(data.images[0]).min() == 255, "transparent icons are composited onto white"
+
+
+@pytest.mark.skipif(not _tabler_installed(), reason=f"not installed: {domains.TABLER_INSTALL_HINT}")
+def test_tabler_set_as_installed() -> None:
+    data, _ = domains.load_domain("icons-tabler")
+    assert len(data.classes) >= 20 and len(data) >= 400
+    counts = np.bincount(data.labels)
+    assert counts.min() >= domains.MIN_PER_CLASS and counts.max() <= domains.MAX_PER_CLASS
+    meta = json.loads((domains.tabler_package_dirs()[0] / "icons.json").read_text())
+    for ref, label in zip(data.refs, data.labels, strict=True):
+        assert meta[Path(ref).stem]["category"] == data.classes[label]
+
+
+# ----------------------------------------------------------------------------- time budget and self-check cost
+
+
+def test_slow_self_checks_get_at_most_a_quarter_of_the_budget() -> None:
+    """Checks of 100 s in 1000 s left: 2 checkpoints, not 10 (which would leave no time to train)."""
+    import time
+
+    from lookalike.trainer.loop import SchedulePlan
+
+    plan = SchedulePlan(steps_per_epoch=10, epochs=1000, total_steps=10_000, warmup_steps=20, adapt_checkpoints=True)
+    plan.deadline = time.monotonic() + 1000
+    plan.check_seconds = 100.0
+    note = plan.fit_to_budget(done=0, seconds_per_step=1.0)
+    assert note is not None and 790 <= plan.total_steps <= 800
+    assert plan.epochs == 80 and plan.checkpoint_every == 40, "two self-checked checkpoints"
+
+
+def test_bench_tracking_counts_picks_against_the_labelled_map(tmp_path: Path) -> None:
+    """bench/domains.py tracking: the trainer's pick, the top score and the last checkpoint, scored with labels."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_domains", Path(__file__).parents[2] / "bench" / "domains.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = tmp_path / "work" / "set"
+    run = folder / "finetune"
+    run.mkdir(parents=True)
+    base = list(np.linspace(0.6, 0.9, 20))
+    checks = [("start_export.pt", 0, base), ("epoch_1_export.pt", 1, [a - 0.05 for a in base])]  # clearly worse
+    with (run / "selfcheck.jsonl").open("w") as fh:
+        for name, epoch, ap in checks:
+            entry = {"epoch": epoch, "step": epoch, "export": name, "score": float(np.mean(ap)), "ap": ap}
+            fh.write(json.dumps(entry) + "\n")
+    labelled = {"default": ("default", 0.20), "fine-tune": (str(run / "epoch_1_export.pt"), 0.25)}
+    (folder / "eval.json").write_text(json.dumps({k: {"spec": s, "mAP": m} for k, (s, m) in labelled.items()}))
+    text = bench.tracking([tmp_path / "work"])
+    assert "latest within noise: 0/1 picks >= the last checkpoint's mAP, 1/1 >= the start's" in text
+    assert "last: 1/1 picks >= the last checkpoint's mAP, 1/1 >= the start's" in text
