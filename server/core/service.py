@@ -221,7 +221,9 @@ class LookalikeService:
         )
         return result.key, result.replaced
 
-    def bulk_set(self, database: str, items: Iterable[BulkItem]) -> BulkResult:
+    def bulk_set(
+        self, database: str, items: Iterable[BulkItem], should_continue: Callable[[], bool] | None = None
+    ) -> BulkResult:
         """Register a stream of items; bad ones are reported, good ones land in stream order.
 
         Items are taken in chunks of ``BULK_CHUNK``: a chunk's images are decoded in parallel,
@@ -229,7 +231,9 @@ class LookalikeService:
         durable before the next chunk is read. When the stream breaks off (client cancel,
         network), every chunk committed before stays and nothing of the others is applied.
         The database is pinned at the first item: if it is deleted or re-created during the
-        stream, the stream fails with DATABASE_REPLACED.
+        stream, the stream fails with DATABASE_REPLACED. ``should_continue`` is asked before each
+        chunk is written: grpc may end a cancelled stream's iterator as if the client had
+        finished it, and the partial chunk it read must not be applied then.
         """
         check_database_name(database)
         result = BulkResult()
@@ -282,6 +286,7 @@ class LookalikeService:
                     [(chunk[i].group_id, chunk[i].intra_id, chunk[i].request_id, chunk[i].attributes) for i in good],
                     np.stack([vectors[i] for i in good]),
                     expect=pinned,
+                    should_continue=should_continue,
                 )
                 keys = {i: r.key for i, r in zip(good, results, strict=True)}
             for i, item in enumerate(chunk):

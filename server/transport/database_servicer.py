@@ -98,7 +98,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
                 )
 
         try:
-            result = self._service.bulk_set(database, items())
+            result = self._service.bulk_set(database, items(), should_continue=context.is_active)
         except grpc.RpcError:  # the client went away: committed chunks stay (see the proto)
             log.info("BulkSetImages stream for %r ended by the client before its summary", database)
             context.abort(grpc.StatusCode.CANCELLED, "the stream was cancelled; chunks committed before it stay")
