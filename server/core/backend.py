@@ -16,9 +16,30 @@ from typing import Any, Protocol
 
 import numpy as np
 from lookalike.server.core.database import Entry, Hit, Key
+from lookalike.server.core.errors import ErrorKind, LookalikeError, not_found
 
 # (group_id, intra_id or None for the next free one, request_id, attributes)
 SetRequest = tuple[str, int | None, str, dict[str, str] | None]
+
+
+def database_not_found(name: str) -> LookalikeError:
+    return not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+
+
+def database_exists(name: str) -> LookalikeError:
+    return LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+
+
+def database_replaced(name: str) -> LookalikeError:
+    return LookalikeError(
+        ErrorKind.FAILED_PRECONDITION, "DATABASE_REPLACED",
+        f"database {name!r} was deleted (and maybe re-created) during this stream; the items before "
+        "this point were registered in the old database",
+    )  # fmt: skip
+
+
+def write_cancelled() -> LookalikeError:
+    return LookalikeError(ErrorKind.UNAVAILABLE, "CANCELLED", "the call was cancelled; nothing was stored")
 
 
 @dataclass(frozen=True)

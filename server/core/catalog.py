@@ -15,7 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from lookalike.server.core.backend import SetRequest, SetResult, SnapshotInfo
+from lookalike.server.core.backend import (
+    SetRequest,
+    SetResult,
+    SnapshotInfo,
+    database_exists,
+    database_not_found,
+    database_replaced,
+    write_cancelled,
+)
 from lookalike.server.core.commands import (
     ClearDatabase,
     Command,
@@ -207,7 +215,7 @@ class Catalog:
     def _get_locked(self, name: str) -> Database:
         db = self._dbs.get(name)
         if db is None:
-            raise not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+            raise database_not_found(name)
         return db
 
     # -- databases -------------------------------------------------------------------------
@@ -219,7 +227,7 @@ class Catalog:
         self._require_ready()
         with self._write_lock:
             if name in self._dbs:
-                raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+                raise database_exists(name)
             seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, time.time(), storage))
         self._wait(seq)
         return db
@@ -229,7 +237,7 @@ class Catalog:
         self._require_ready()
         db = self._dbs.get(name)
         if db is None:
-            raise not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+            raise database_not_found(name)
         if usable:
             db.check_usable()
         return db
@@ -268,11 +276,7 @@ class Catalog:
         with self._write_lock:
             db = self._get_locked(name)
             if expect is not None and db is not expect:
-                raise LookalikeError(
-                    ErrorKind.FAILED_PRECONDITION, "DATABASE_REPLACED",
-                    f"database {name!r} was deleted (and maybe re-created) during this stream; the items before "
-                    "this point were registered in the old database",
-                )  # fmt: skip
+                raise database_replaced(name)
             db.check_usable()
             todo = []
             for k, (_, _, request_id, _) in enumerate(requests):
@@ -287,7 +291,7 @@ class Catalog:
                 for k, item, rep in zip(todo, cmd.items, replaced, strict=True):
                     results[k] = SetResult((item.group_id, item.intra_id), rep)
             elif todo:
-                raise LookalikeError(ErrorKind.UNAVAILABLE, "CANCELLED", "the call was cancelled; nothing was stored")
+                raise write_cancelled()
             else:
                 seq = 0
         if seq:
@@ -402,7 +406,7 @@ class Catalog:
         entries, _ = source.list(group_id=None, after=None, limit=source.size)
         with self._write_lock:
             if name in self._dbs:
-                raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+                raise database_exists(name)
             seq, db = self._commit(
                 CreateDatabase(name, self.dimension, self.model, source.create_time, source.storage)
             )

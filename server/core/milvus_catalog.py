@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from lookalike.server.core.backend import DatabaseHandle, SetRequest, SetResult, SnapshotInfo
+from lookalike.server.core.backend import (
+    DatabaseHandle,
+    SetRequest,
+    SetResult,
+    SnapshotInfo,
+    database_exists,
+    database_not_found,
+    database_replaced,
+    write_cancelled,
+)
 from lookalike.server.core.catalog import IMPORT_CHUNK, foreign_reason, read_export_for
 from lookalike.server.core.commands import SetImages, SetItem
 from lookalike.server.core.database import Database, Entry, Hit, Key
@@ -256,7 +265,7 @@ class MilvusCatalog:
         self._require_ready()
         db = self._find(name)
         if db is None:
-            raise not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+            raise database_not_found(name)
         if usable:
             db.check_usable()
         return db
@@ -276,7 +285,7 @@ class MilvusCatalog:
             )
         self._require_ready()
         if self._find(name) is not None:
-            raise LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+            raise database_exists(name)
         info = {
             "dimension": self.dimension, "model": self.model, "storage": "f32",
             "create_time": time.time() if create_time is None else create_time,
@@ -307,11 +316,7 @@ class MilvusCatalog:
         """Upsert images keyed by (group_id, intra_id); a request id already stored returns its key."""
         db = self.get(name)
         if expect is not None and expect != db:
-            raise LookalikeError(
-                ErrorKind.FAILED_PRECONDITION, "DATABASE_REPLACED",
-                f"database {name!r} was deleted (and maybe re-created) during this stream; the items before "
-                "this point were registered in the old database",
-            )  # fmt: skip
+            raise database_replaced(name)
         results: list[SetResult | None] = [None] * len(requests)
         ids = [r[2] for r in requests if r[2]]
         if ids:
@@ -327,7 +332,7 @@ class MilvusCatalog:
         keys = self._plan_keys(db, [requests[k] for k in todo])
         existing = self._existing(name, keys)
         if should_continue is not None and not should_continue():
-            raise LookalikeError(ErrorKind.UNAVAILABLE, "CANCELLED", "the call was cancelled; nothing was stored")
+            raise write_cancelled()
         now = time.time()
         rows = []
         for k, key in zip(todo, keys, strict=True):
