@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from databases import client_for, fresh_database
 from photos import PHOTO_NAMES, photo
 
 
@@ -27,21 +28,10 @@ def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def client(grpc_server: object) -> Iterator[object]:
-    from lookalike.client import LookalikeClient
-
-    with LookalikeClient(grpc_server.address) as c:  # type: ignore[attr-defined]
-        yield c
+    yield from client_for(grpc_server)
 
 
 @pytest.fixture
 def db_name(client: object, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database per test, deleted afterwards."""
-    import re
-
-    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:60]
-    client.create_database(name)  # type: ignore[attr-defined]
-    yield name
-    try:
-        client.delete_database(name)  # type: ignore[attr-defined]
-    except Exception:
-        pass
+    yield from fresh_database(client, request)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from databases import client_for, fresh_database
 from milvus_lite import MilvusLite
 
 DIM = 1280
@@ -56,24 +57,13 @@ def grpc_server(
 # backend under test (each parameter gets its own).
 @pytest.fixture(scope="session")
 def client(grpc_server: object) -> Iterator[object]:
-    from lookalike.client import LookalikeClient
-
-    with LookalikeClient(grpc_server.address) as c:  # type: ignore[attr-defined]
-        yield c
+    yield from client_for(grpc_server)
 
 
 @pytest.fixture
 def db_name(client: object, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database per test on the backend under test, deleted afterwards."""
-    import re
-
-    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:60]
-    client.create_database(name)  # type: ignore[attr-defined]
-    yield name
-    try:
-        client.delete_database(name)  # type: ignore[attr-defined]
-    except Exception:
-        pass
+    yield from fresh_database(client, request)
 
 
 @pytest.fixture(autouse=True)
