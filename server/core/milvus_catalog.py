@@ -329,8 +329,7 @@ class MilvusCatalog:
         todo = [k for k in range(len(requests)) if results[k] is None]
         if not todo:
             return [r for r in results if r is not None]
-        keys = self._plan_keys(db, [requests[k] for k in todo])
-        existing = self._existing(name, keys)
+        keys, existing = self._plan_keys(db, [requests[k] for k in todo])
         if should_continue is not None and not should_continue():
             raise write_cancelled()
         now = time.time()
@@ -350,11 +349,13 @@ class MilvusCatalog:
         expr = "pk in [" + ", ".join(literal(p) for p in pks) + "]"
         return {r["pk"] for r in self.guard(lambda: self.store.query(name, expr, ["pk"]))}
 
-    def _plan_keys(self, db: MilvusDatabase, requests: list[SetRequest]) -> list[Key]:
+    def _plan_keys(self, db: MilvusDatabase, requests: list[SetRequest]) -> tuple[list[Key], set[str]]:
         """Explicit keys as given; automatic ones in request order from this replica's leased blocks.
 
         An automatic id that already names an image (set explicitly, maybe through another
         replica) or that an explicit item of this batch names is skipped for the next one.
+        Returns the keys and those of them already stored (explicit keys: the upserts that
+        replace), from one existence query for the whole batch (more only on a collision).
         """
 
         def fresh(group_id: str) -> Key:
@@ -370,12 +371,15 @@ class MilvusCatalog:
                 auto.append(k)
                 keys.append(fresh(group_id))
         explicit = {row_key(*keys[k]) for k in range(len(keys)) if requests[k][1] is not None}
+        stored = self._existing(db.name, keys)
+        replaced = stored & explicit
         while auto:
-            used = self._existing(db.name, [keys[k] for k in auto]) | explicit
-            auto = [k for k in auto if row_key(*keys[k]) in used]
+            auto = [k for k in auto if row_key(*keys[k]) in stored | explicit]
             for k in auto:
                 keys[k] = fresh(keys[k][0])
-        return keys
+            if auto:
+                stored = self._existing(db.name, [keys[k] for k in auto])
+        return keys, replaced
 
     def delete_image(self, name: str, group_id: str, intra_id: int) -> None:
         db = self.get(name)
