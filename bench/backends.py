@@ -106,7 +106,7 @@ def main() -> None:
         lite = None
         uri = args.milvus_uri
         if uri is None:
-            from milvus_lite import MilvusLite  # tests/milvus_lite.py: the server the tests use
+            from milvus_server import MilvusLite  # tests/milvus_server.py: the server the tests use
 
             lite = MilvusLite(Path(tmp) / "milvus")
             uri = lite.uri

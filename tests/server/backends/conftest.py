@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from databases import client_for, fresh_database
-from milvus_lite import MilvusLite
+from milvus_server import MilvusLite
 
 DIM = 1280
 EXACT = ("exact", "milvus-flat")  # what SearchResponse.index says for an exact answer on each backend

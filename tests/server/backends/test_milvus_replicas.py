@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import unit_vectors
 from lookalike.client import ClientError, LookalikeClient
-from milvus_lite import MilvusLite
+from milvus_server import MilvusLite
 
 
 def start(data: Path, **options: object) -> object:
@@ -208,7 +208,7 @@ def test_a_replica_started_before_milvus_is_not_ready_until_milvus_answers(tmp_p
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from lookalike.server.app import create_server
     from lookalike.server.config import ServerConfig
-    from milvus_lite import free_port
+    from milvus_server import free_port
 
     port = free_port()
     config = ServerConfig(port=0, http_port=0, data_dir=tmp_path / "d", index="milvus",

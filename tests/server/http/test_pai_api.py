@@ -23,7 +23,7 @@ def pai(request, tmp_path_factory):
     """The gateway on each index backend: the PAI scripts must not notice which one holds the data."""
     from lookalike.server.app import create_server
     from lookalike.server.config import ServerConfig
-    from milvus_lite import MilvusLite
+    from milvus_server import MilvusLite
 
     options, milvus = {}, None
     if request.param == "milvus":
