@@ -149,7 +149,8 @@ def main() -> None:
     cmd = [str(REPO / ".venv/bin/lookalike"), "serve", "--model", str(model), "--data-dir", str(data_dir),
            "--port", str(port), "--hnsw-threshold", str(n), "--hnsw-dtype", args.hnsw_dtype,
            "--hnsw-expansion-search", str(args.ef),
-           "--snapshot-interval", "0", "--threads", str(args.threads)]  # fmt: skip
+           "--snapshot-interval", "0", "--threads", str(args.threads),
+           "--stream-idle-s", "3600"]  # a long run may be paused (SIGSTOP) to free the machine  # fmt: skip
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     rows: dict[str, Any] = {"n": n, "d": d, "storage": args.storage, "hnsw_dtype": args.hnsw_dtype,
@@ -268,6 +269,21 @@ def main() -> None:
         rebuilt = [line for line in open(work / "server-restart.log") if "HNSW graph of" in line]
         rows["restart"] = {"serving_s": round(time.perf_counter() - t2, 1), "first_search_index": r.index,
                            "graph_rebuilt": bool(rebuilt), "rss": status(server.pid)}  # fmt: skip
+        # Steady state after the restart: the same searches (cold pages first, then warm), then memory.
+        for name in ("search_cold", "search_warm"):
+            lat, got = [], []
+            with LookalikeClient(address) as c:
+                for q in queries:
+                    s0 = time.perf_counter()
+                    r = c.search("scale", vector=q.tolist(), top_k=k)
+                    lat.append(1000 * (time.perf_counter() - s0))
+                    got.append([int(h.key.group_id[1:]) * args.per_group + h.key.intra_id for h in r.hits])
+            rec = float(np.mean([len(set(g) & set(t.tolist())) / k for g, t in zip(got, truth, strict=True)]))
+            lat.sort()
+            rows["restart"][name] = {"p50_ms": round(statistics.median(lat), 3),
+                                     "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 3),
+                                     "recall_at_10": round(rec, 4), "index": r.index}  # fmt: skip
+        rows["restart"]["rss_after_search"] = status(server.pid)
         print(json.dumps({"restart": rows["restart"]}), flush=True)
     finally:
         server.send_signal(signal.SIGINT)

@@ -8,7 +8,8 @@ is measured alone while the other idles. Workloads, each at 1, 4 and 16 concurre
 - ``search``: Search by a 1600x1200 JPEG over ``--db-size`` registered vectors, top 10;
 - ``bulk``: BulkSetImages streams of ``--bulk-batch`` 640x480 JPEGs (throughput in images/s).
 
-The naive baseline is the same server code with batching off (max batch 1), full-size decoding
+The naive baseline is the same server code with batching off (max batch 1), one model call at a
+time (``--model-workers 1``, torch's threads over all cores), full-size decoding
 (no JPEG draft), decoding one image after another (no pool), and the model file run as loaded in
 fp32 (``--cpu-exec eager``), i.e. what a straightforward server would do. Also timed: ``lookalike add``
 of a folder of 640x480 JPEGs through the real CLI (issue target: >= 80 images/s). Prints a table with
@@ -251,7 +252,8 @@ def main() -> int:
         ("ours", {"naive": False, "config": dict(bench_limits)}),
         (
             "baseline",
-            {"naive": True, "config": {**bench_limits, "max_batch": 1, "batch_wait_ms": 0, "cpu_exec": "eager"}},
+            {"naive": True, "config": {**bench_limits, "max_batch": 1, "batch_wait_ms": 0, "cpu_exec": "eager",
+                                       "model_workers": 1}},
         ),
     ]
     for text in args.variant:

@@ -81,14 +81,14 @@ def make_oss(config: ServerConfig) -> OssClient:
     return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style or None)
 
 
-def apply_thread_budget(config: ServerConfig) -> dict[str, int]:
+def apply_thread_budget(config: ServerConfig, device: str) -> dict[str, int]:
     """Size torch's and the search kernels' pools from the one budget (the decode pool is sized by the embedder)."""
     import torch
 
-    budget = config.thread_budget
+    budget = config.thread_budget_for(device)
     torch.set_num_threads(budget["torch"])
     try:
-        torch.set_num_interop_threads(1)  # one model call at a time (the batcher): no inter-op parallelism to use
+        torch.set_num_interop_threads(1)  # the batcher's workers are the parallel model calls; none inside one
     except RuntimeError:  # already set, or torch already ran parallel work in this process
         pass
     try:
@@ -113,8 +113,8 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     while health says NOT_SERVING and data calls answer UNAVAILABLE / RECOVERING.
     """
     tokens = TokenSet(config.token, config.token_file)  # a bad token file stops start-up here
-    budget = apply_thread_budget(config)
     device = config.device or ("cuda" if _cuda_available() else "cpu")
+    budget = apply_thread_budget(config, device)
     embedder = Embedder(
         resolve_model(config),
         device=config.device,
@@ -126,6 +126,8 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         decode_budget_pixels=config.decode_budget_pixels,
         preprocess_threads=budget["preprocess"],
         cpu_exec=config.cpu_exec,
+        model_workers=budget["model_workers"],
+        model_threads=budget["torch"],
     )
     oss = make_oss(config)
     persistence = None
@@ -261,7 +263,7 @@ def serve(config: ServerConfig) -> int:
         "token" if running.grpc.tokens.enabled else "off",
         ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
         config.data_dir.resolve() if config.index == "builtin" else f"milvus {config.milvus_uri}",
-        f", root {config.root}" if config.root else "", config.fsync, config.thread_budget,
+        f", root {config.root}" if config.root else "", config.fsync, config.thread_budget_for(embedder.device),
         f"{endpoint.scheme}://{config.metrics_host or config.host}:{endpoint.port}/metrics" if endpoint else "off",
     )  # fmt: skip
     print("lookalike: ready", flush=True)

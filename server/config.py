@@ -20,7 +20,8 @@ DEFAULT_PORT = 50051
 DEFAULT_DATA_DIR = Path("./lookalike-data")
 FSYNC_MODES = ("always", "batch", "never")
 GPU_MAX_BATCH = 32
-CPU_MAX_BATCH = 4
+CPU_MAX_BATCH = 4  # one model worker over all cores
+CPU_MAX_BATCH_PER_WORKER = 1  # several single-threaded workers: each image its own call, in cache
 CPU_EXEC_CHOICES = ("auto", "eager", "channels_last", "frozen", "bf16_autocast", "bf16")  # server/core/model_exec.py
 
 
@@ -44,9 +45,9 @@ class ServerConfig:
     log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
     log_format: str = opt("text", "log lines as text, or json (one object a line)", choices=("text", "json"))
     # Work and limits.
-    max_batch: int | None = opt(None, "images per model call (the micro-batcher's batch); default 32 on a GPU, "
-                                "4 on CPU, where larger batches fall out of cache and run slower per image",
-                                min=1, max=4096)  # fmt: skip
+    max_batch: int | None = opt(None, "images per model call (the micro-batcher's batch); default 32 on a GPU; "
+                                "on CPU, where larger batches fall out of cache and run slower per image, 1 with "
+                                "several model workers and 4 with one", min=1, max=4096)  # fmt: skip
     max_inflight: int = opt(32, "unary calls served at once; beyond it RESOURCE_EXHAUSTED at once", min=1, max=4096)
     max_streams: int = opt(4, "BulkSetImages streams open at once; beyond it RESOURCE_EXHAUSTED", min=1, max=1024)
     stream_idle_s: float = opt(60.0, "a stream that sends nothing for this long is cancelled", min=0.1)
@@ -84,7 +85,11 @@ class ServerConfig:
     batch_wait_ms: float = opt(2.0, "once a batch has a request, wait at most this long for more", min=0.0, max=1000.0)
     threads: int = opt(0, "CPU threads for compute (model, decoding, search kernels); 0 = one per usable core",
                        min=0, max=1024)  # fmt: skip
-    torch_threads: int = opt(0, "model (torch intra-op) threads; 0 = --threads", min=0, max=1024)
+    model_workers: int = opt(0, "model calls run side by side; 0 = one per --threads on CPU (single-threaded "
+                             "calls in parallel beat one call over all cores: bench/model_exec.py --workers), "
+                             "1 on a GPU", min=0, max=256)  # fmt: skip
+    torch_threads: int = opt(0, "torch intra-op threads of each model call; 0 = --threads / --model-workers",
+                             min=0, max=1024)  # fmt: skip
     preprocess_threads: int = opt(0, "image decoding threads for batches and bulk streams; 0 = --threads",
                                   min=0, max=1024)  # fmt: skip
     kernel_threads: int = opt(0, "threads of one search kernel call; 0 = --threads", min=0, max=1024)
@@ -147,26 +152,44 @@ class ServerConfig:
         return self.fsync_interval_ms / 1000.0
 
     def model_batch(self, device: str) -> int:
-        """``--max-batch``, or the measured default for ``device`` (bench/serve.py)."""
+        """``--max-batch``, or the measured default for ``device`` (bench/serve.py, bench/model_exec.py)."""
         if self.max_batch is not None:
             return self.max_batch
-        return GPU_MAX_BATCH if device.startswith("cuda") else CPU_MAX_BATCH
+        if device.startswith("cuda"):
+            return GPU_MAX_BATCH
+        return CPU_MAX_BATCH_PER_WORKER if self.workers_for(device) > 1 else CPU_MAX_BATCH
 
     @property
     def batch_wait_s(self) -> float:
         return self.batch_wait_ms / 1000.0
 
-    @property
-    def thread_budget(self) -> dict[str, int]:
-        """Threads per part: each part defaults to the whole budget, since they rarely run at full load together."""
+    def workers_for(self, device: str) -> int:
+        """Model workers: ``--model-workers``, else one per thread of the budget on CPU and one on a GPU."""
+        if self.model_workers:
+            return self.model_workers
+        return 1 if device.startswith("cuda") else self._total_threads()
+
+    def _total_threads(self) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        total = self.threads or cores
+        return self.threads or cores
+
+    def thread_budget_for(self, device: str) -> dict[str, int]:
+        """Threads per part: each part defaults to the whole budget, since they rarely run at full load together;
+        the model's share is split between its workers."""
+        total = self._total_threads()
+        workers = self.workers_for(device)
         return {
-            "torch": self.torch_threads or total,
+            "model_workers": workers,
+            "torch": self.torch_threads or max(1, total // workers),
             "preprocess": self.preprocess_threads or total,
             "kernel": self.kernel_threads or total,
             "grpc": self.max_workers,
         }
+
+    @property
+    def thread_budget(self) -> dict[str, int]:
+        """The budget on the configured device (CPU when none is named)."""
+        return self.thread_budget_for(self.device or "cpu")
 
     @property
     def max_workers(self) -> int:

@@ -1,12 +1,14 @@
 """Micro-batching: concurrent requests share one model call.
 
-Each caller submits a stack of preprocessed images and blocks on a future; one worker
-thread drains the queue into batches of at most ``max_batch`` images, waiting at most
-``max_wait_s`` for more to arrive once it has one; a request larger than ``max_batch`` is run
-in slices of ``max_batch``. On a GPU this turns N small calls into one. On a CPU a batch's
-activations must stay in cache: there per-image cost rises with the batch (bench/serve.py
-measured 32-image calls several times slower per image than 4-image ones), so the CPU
-default is small.
+Each caller submits a stack of preprocessed images and blocks on a future; ``workers``
+threads drain the queue into batches of at most ``max_batch`` images, each waiting at most
+``max_wait_s`` for more to arrive once it has one; a request larger than ``max_batch`` is
+queued as slices of ``max_batch``, so several workers share it. On a GPU one worker turns N
+small calls into one. On a CPU a batch's activations must stay in cache: there per-image cost
+rises with the batch (bench/serve.py measured 32-image calls several times slower per image
+than 4-image ones), and several single-threaded model calls side by side beat one call spread
+over the same cores (bench/model_exec.py --workers: 1.5-3x on 2 cores), so the CPU default is
+small batches on one worker per core.
 
 A batch that fails is retried request by request, so one bad request fails only itself.
 ``close()`` lets the running batch finish, fails every request still queued with a clear
@@ -18,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 import numpy as np
 from lookalike.server.core.errors import ErrorKind, LookalikeError
@@ -58,11 +60,15 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_s: float = 0.002,
         name: str = "embedder-batcher",
+        workers: int = 1,
+        worker_init: Callable[[], object] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -72,8 +78,17 @@ class MicroBatcher:
         self._queued_images = 0
         self.model_calls = 0
         self.observers: list[BatchObserver] = []
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._worker_init = worker_init
+        self._threads = [
+            threading.Thread(target=self._loop, name=name if workers == 1 else f"{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     @property
     def queue_depth(self) -> int:
@@ -81,7 +96,8 @@ class MicroBatcher:
         return self._queued_images
 
     def call_in_worker(self, fn: Callable[[], object]) -> Future[object]:
-        """Run ``fn`` on the model thread, between batches: for thread-local settings (e.g. torch's JIT mode)."""
+        """Run ``fn`` on a model thread, between batches (with one worker: for thread-local settings such as
+        torch's JIT mode; with several, settings every worker needs belong in ``worker_init``)."""
         fut: Future[object] = Future()
         with self._lock:
             if self._closed:
@@ -91,7 +107,13 @@ class MicroBatcher:
         return fut
 
     def submit(self, items: np.ndarray) -> Future[np.ndarray]:
-        """Queue ``items`` ([n, ...]); the future resolves to the model's [n, D] output."""
+        """Queue ``items`` ([n, ...]); the future resolves to the model's [n, D] output.
+
+        More than ``max_batch`` items (with several workers) are queued as slices, so the workers
+        run them side by side; the future resolves when every slice has, or fails with the first error.
+        """
+        if self.workers > 1 and len(items) > self.max_batch:
+            return self._submit_sliced(items)
         fut: Future[np.ndarray] = Future()
         with self._lock:  # a request is either queued before close() drains, or refused
             if self._closed:
@@ -101,15 +123,53 @@ class MicroBatcher:
             self._queue.put((items, fut))
         return fut
 
+    def _submit_sliced(self, items: np.ndarray) -> Future[np.ndarray]:
+        whole: Future[np.ndarray] = Future()
+        parts: list[Future[np.ndarray]] = []
+        with self._lock:  # all slices are queued, or none
+            if self._closed:
+                whole.set_exception(BatcherClosed("the embedder is shutting down; retry on another server"))
+                return whole
+            for start in range(0, len(items), self.max_batch):
+                part: Future[np.ndarray] = Future()
+                parts.append(part)
+                self._queued_images += len(items[start : start + self.max_batch])
+                self._queue.put((items[start : start + self.max_batch], part))
+        remaining = [len(parts)]
+        done_lock = threading.Lock()
+
+        def settle(_: Future[np.ndarray]) -> None:
+            with done_lock:
+                remaining[0] -= 1
+                if remaining[0] or whole.done():
+                    return
+            failed = next((p for p in parts if p.cancelled() or p.exception() is not None), None)
+            if failed is not None:
+                whole.set_exception(failed.exception() if not failed.cancelled() else CancelledError())
+            elif whole.set_running_or_notify_cancel():
+                whole.set_result(np.concatenate([p.result() for p in parts]))
+
+        def cancel_parts(f: Future[np.ndarray]) -> None:
+            if f.cancelled():
+                for p in parts:
+                    p.cancel()
+
+        whole.add_done_callback(cancel_parts)
+        for p in parts:
+            p.add_done_callback(settle)
+        return whole
+
     def close(self, timeout: float = 10.0) -> None:
         """Refuse new requests, fail queued ones, wait for the running batch (at most ``timeout``)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._fail_queued()  # nothing can be queued any more: fail what waits, then stop the worker
-        self._queue.put(_STOP)
-        self._thread.join(timeout=timeout)
+        self._fail_queued()  # nothing can be queued any more: fail what waits, then stop the workers
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            t.join(timeout=timeout)
         self._fail_queued()
 
     def _fail_queued(self) -> None:
@@ -140,10 +200,11 @@ class MicroBatcher:
         return item
 
     def _loop(self) -> None:
+        if self._worker_init is not None:
+            self._worker_init()
         while True:
             first = self._take(True)
             if first is _STOP:
-                self._fail_queued()
                 return
             pending = [first]
             count = len(first[0])  # type: ignore[index]
@@ -160,7 +221,6 @@ class MicroBatcher:
                 count += len(nxt[0])  # type: ignore[index]
             self._run(pending)  # type: ignore[arg-type]
             if stop:
-                self._fail_queued()
                 return
 
     def _call(self, batch: np.ndarray, requests: int) -> np.ndarray:

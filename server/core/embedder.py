@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +46,8 @@ class Embedder:
         max_aspect_ratio: float = MAX_ASPECT_RATIO,
         decode_budget_pixels: int = 128_000_000,
         cpu_exec: str = "auto",
+        model_workers: int = 1,
+        model_threads: int | None = None,
     ) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         module, meta = load_embedder(model_path, device=self.device)
@@ -64,11 +65,15 @@ class Embedder:
         self.max_image_pixels = max_image_pixels
         self.max_aspect_ratio = max_aspect_ratio
         self._budget = PixelBudget(decode_budget_pixels)  # bounds decoded pixels in flight across threads
-        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=preprocess_threads or os.cpu_count() or 2, thread_name_prefix="preprocess"
         )
-        self._batcher = MicroBatcher(self._forward, max_batch=max_batch, max_wait_s=max_wait_s)
+        # Model calls run side by side on ``model_workers`` threads, each with ``model_threads`` torch
+        # threads (torch's thread count is per calling thread: each worker sets its own).
+        self._batcher = MicroBatcher(
+            self._forward, max_batch=max_batch, max_wait_s=max_wait_s, workers=model_workers,
+            worker_init=(lambda: torch.set_num_threads(model_threads)) if model_threads else None,
+        )  # fmt: skip
         probe = self._forward(np.zeros((1, 3, meta.input_size, meta.input_size), np.float32))
         if probe.shape != (1, meta.output_dim):
             raise LookalikeError(
@@ -98,8 +103,7 @@ class Embedder:
         return self._runner.mode
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            y = self._runner.run(batch).cpu().numpy()
+        y = self._runner.run(batch).cpu().numpy()  # TorchScript inference is safe from several threads
         if not np.isfinite(y).all():
             raise LookalikeError(ErrorKind.INTERNAL, "MODEL_OUTPUT_INVALID", "the model produced non-finite values")
         return l2_normalize(y)

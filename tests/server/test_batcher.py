@@ -149,3 +149,111 @@ def test_a_request_larger_than_max_batch_runs_in_slices():
     finally:
         batcher.close()
     assert model.calls == [4, 4, 2] and [s[0] for s in seen] == [4, 4, 2]
+
+
+# -- several workers --------------------------------------------------------------------------
+class BarrierModel(CountingModel):
+    """Each call waits until ``parties`` calls are inside the model at once (or fails after a timeout)."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=5)
+        self.threads: set[str] = set()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.threads.add(threading.current_thread().name)
+        self.barrier.wait()  # BrokenBarrierError if the calls do not overlap
+        return super().__call__(batch)
+
+
+def test_workers_run_model_calls_side_by_side():
+    model = BarrierModel(2)
+    batcher = MicroBatcher(model, max_batch=1, max_wait_s=0.0, workers=2, name="w")
+    try:
+        futs = [batcher.submit(np.full((1, 2), i, np.float32)) for i in range(2)]
+        outs = [f.result(timeout=10) for f in futs]
+    finally:
+        batcher.close()
+    assert [o[0, 0] for o in outs] == [0, 2]
+    assert model.threads == {"w-0", "w-1"}
+
+
+def test_one_worker_never_overlaps_model_calls():
+    model = BarrierModel(2)
+    model.barrier = threading.Barrier(2, timeout=0.3)
+    batcher = MicroBatcher(model, max_batch=1, max_wait_s=0.0, workers=1)
+    try:
+        futs = [batcher.submit(np.full((1, 2), i, np.float32)) for i in range(2)]
+        with pytest.raises(threading.BrokenBarrierError):
+            futs[0].result(timeout=10)
+    finally:
+        batcher.close()
+
+
+def test_a_large_request_is_shared_by_the_workers_and_equals_the_sequential_result():
+    model = CountingModel(delay_s=0.005)
+    rows = np.random.default_rng(0).standard_normal((37, 5)).astype(np.float32)
+    sequential = MicroBatcher(CountingModel(), max_batch=3, max_wait_s=0.0, workers=1)
+    batcher = MicroBatcher(model, max_batch=3, max_wait_s=0.0, workers=3)
+    try:
+        with ThreadPoolExecutor(4) as pool:  # concurrent callers, each a request larger than max_batch
+            outs = list(pool.map(lambda i: batcher.submit(rows[i:]).result(timeout=10), range(4)))
+        expected = [sequential.submit(rows[i:]).result(timeout=10) for i in range(4)]
+    finally:
+        batcher.close()
+        sequential.close()
+    for out, exp in zip(outs, expected, strict=True):
+        np.testing.assert_array_equal(out, exp)
+        np.testing.assert_array_equal(out[: len(out)], rows[37 - len(out) :] * 2)
+    assert max(model.calls) <= 3 and sum(model.calls) == sum(37 - i for i in range(4))
+
+
+def test_a_bad_slice_fails_its_request_only():
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=2, max_wait_s=0.0, workers=2)
+    try:
+        bad = np.ones((7, 2), np.float32)
+        bad[5, 1] = np.nan
+        good = np.ones((7, 2), np.float32)
+        fb, fg = batcher.submit(bad), batcher.submit(good)
+        with pytest.raises(ValueError, match="non-finite"):
+            fb.result(timeout=10)
+        np.testing.assert_array_equal(fg.result(timeout=10), good * 2)
+    finally:
+        batcher.close()
+
+
+def test_worker_init_runs_on_every_worker():
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def init() -> None:
+        with lock:
+            seen.append(threading.current_thread().name)
+
+    batcher = MicroBatcher(CountingModel(), workers=3, worker_init=init, name="m")
+    try:
+        batcher.submit(np.ones((1, 1), np.float32)).result(timeout=10)
+    finally:
+        batcher.close()
+    assert sorted(seen) == ["m-0", "m-1", "m-2"]
+
+
+def test_close_with_several_workers_stops_them_all_and_fails_what_waits():
+    model = CountingModel()
+    model.gate.clear()  # the running calls block until released
+    batcher = MicroBatcher(model, max_batch=1, max_wait_s=0.0, workers=2)
+    futs = [batcher.submit(np.ones((1, 1), np.float32)) for _ in range(6)]
+    time.sleep(0.2)  # two calls running, four queued
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.1)
+    model.gate.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert not any(t.is_alive() for t in batcher._threads)
+    done = [f for f in futs if f.exception(timeout=5) is None]
+    failed = [f for f in futs if f.exception(timeout=5) is not None]
+    assert len(done) == 2 and all(isinstance(f.exception(), BatcherClosed) for f in failed)
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(CountingModel(), workers=0)

@@ -23,7 +23,7 @@ def server(tmp_path_factory):
     from lookalike.server.config import ServerConfig
 
     config = ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("d"), persist=False, token=TOKEN, metrics_port=0,
-                          open_metrics=False, batch_wait_ms=20.0)  # fmt: skip
+                          open_metrics=False, batch_wait_ms=20.0, max_batch=4, model_workers=1)  # fmt: skip
     running = create_server(config)
     yield running
     running.stop(0)

@@ -126,3 +126,33 @@ def test_settings_offer_every_mode() -> None:
     assert set(CPU_EXEC_CHOICES) == set(model_exec.EXEC_CHOICES)
     with pytest.raises(ValueError, match="--cpu-exec"):
         ServerConfig(cpu_exec="fp8")
+
+
+def test_parallel_model_workers_give_the_sequential_vectors(jpegs: list[bytes]) -> None:
+    """Two single-threaded workers (the CPU default) embed concurrent requests exactly as one worker does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = Embedder(default_model_path(), device="cpu", max_batch=4, model_workers=1)
+    two = Embedder(default_model_path(), device="cpu", max_batch=1, model_workers=2, model_threads=1)
+    try:
+        assert two.batcher.workers == 2
+        assert two.batcher.call_in_worker(torch.get_num_threads).result(timeout=30) == 1
+        sequential = np.stack([one.embed([j])[0] for j in jpegs])
+        with ThreadPoolExecutor(4) as pool:  # single images and whole lists, at once
+            singles = list(pool.map(lambda j: two.embed([j])[0], jpegs))
+            together = two.embed(jpegs)
+    finally:
+        one.close()
+        two.close()
+    np.testing.assert_allclose(np.stack(singles), sequential, atol=2e-3)
+    np.testing.assert_allclose(together, sequential, atol=2e-3)
+    assert ((np.stack(singles) * sequential).sum(axis=1)).min() >= 0.9999
+
+
+def test_cpu_default_is_one_single_threaded_worker_per_core() -> None:
+    config = ServerConfig(threads=2)
+    assert config.workers_for("cpu") == 2 and config.thread_budget_for("cpu")["torch"] == 1
+    assert config.model_batch("cpu") == 1
+    assert config.workers_for("cuda") == 1 and config.model_batch("cuda") == 32
+    one = ServerConfig(threads=2, model_workers=1)
+    assert one.thread_budget_for("cpu")["torch"] == 2 and one.model_batch("cpu") == 4
