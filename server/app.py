@@ -163,7 +163,7 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         from lookalike.server.transport.http_gateway import HttpServer, PaiGateway, create_app
 
         gateway = PaiGateway(service, token=tokens if tokens.enabled else None,
-                             max_body_bytes=config.max_message_bytes, oss=oss)  # fmt: skip
+                             max_body_bytes=config.max_message_bytes, oss=oss, metrics=metrics)  # fmt: skip
         http = HttpServer(
             create_app(gateway), config.host, config.http_port,
             tls_cert=str(config.tls_cert) if config.tls_cert else None,

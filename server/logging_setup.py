@@ -1,11 +1,11 @@
 """The server's log lines: text for people, or JSON lines for log pipelines (``--log-format json``).
 
 A JSON line holds ``timestamp`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``, plus the
-request fields the gRPC interceptor attaches to its one line per call at debug (``request_id``,
-``rpc``, ``status``, ``latency_ms``) and ``exception`` when there is one. Secrets are kept out at
-the source (nothing logs metadata, tokens, keys or image bytes); as a second guard every line,
-in both formats, has ``Bearer``/``Basic`` credentials and ``ak_secret``/``access_key_secret``
-values masked.
+request fields of the one line per call at debug (``request_id``, ``rpc``, ``status``,
+``latency_ms``; ``http_status`` for the PAI JSON API) and ``exception`` when there is one.
+Secrets are kept out at the source (nothing logs metadata, tokens, keys or image bytes); as a
+second guard every line, in both formats, has ``Bearer``/``Basic`` credentials and
+``ak_secret``/``access_key_secret`` values masked.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import IO, Any
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes a caller may attach with ``extra=`` that the JSON line carries as fields.
-REQUEST_FIELDS = ("request_id", "rpc", "status", "latency_ms")
+REQUEST_FIELDS = ("request_id", "rpc", "status", "http_status", "latency_ms")
 _SECRETS = re.compile(
     r"(?i)((?:bearer|basic)\s+|(?:ak_secret|access_key_secret|secret_access_key|token)\W{0,3}[:=]\W{0,3})"
     r"[A-Za-z0-9+/=._~-]{4,}"

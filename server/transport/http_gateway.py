@@ -15,6 +15,7 @@ import binascii
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +26,12 @@ from fastapi.responses import JSONResponse
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.service import BulkItem, LookalikeService, Query
 from lookalike.server.transport.auth import TokenSet, token_matches
+from lookalike.server.transport.metrics import ServerMetrics
 
 from lookalike.oss import OssClient, OssCredentials, is_oss
 
 log = logging.getLogger(__name__)
+request_log = logging.getLogger("lookalike.requests")  # the same logger and fields as the gRPC calls
 
 HTTP_STATUS = {
     ErrorKind.INVALID_ARGUMENT: 400,
@@ -40,6 +43,7 @@ HTTP_STATUS = {
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.INTERNAL: 500,
 }
+STATUS_KIND = {status: kind for kind, status in HTTP_STATUS.items()}
 FUNCTIONS = (
     "init", "add", "delete", "get", "save", "load", "set", "db_set", "db_get", "db_delete", "db_search", "db_clean",
 )  # fmt: skip
@@ -83,9 +87,16 @@ class PaiGateway:
     """State of the PAI ``init`` call (OSS root and credentials, in memory only) and the handlers."""
 
     def __init__(
-        self, service: LookalikeService, *, token: str | TokenSet | None, max_body_bytes: int, oss: OssClient
+        self,
+        service: LookalikeService,
+        *,
+        token: str | TokenSet | None,
+        max_body_bytes: int,
+        oss: OssClient,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.token = token
         self.max_body_bytes = max_body_bytes
         self._oss = oss
@@ -307,7 +318,37 @@ class PaiGateway:
 
     # -- one request -----------------------------------------------------------------------
     def handle(self, raw: bytes, authorization: str | None, content_type: str | None) -> JSONResponse:
+        """One POST: the response, plus the request's metrics and (at debug) its log line, as for gRPC calls."""
         request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        method = ["pai"]  # named once the body says what it is: pai/match, pai/db_search, ...
+        response = self._handle(raw, authorization, content_type, request_id, method)
+        elapsed = time.perf_counter() - started
+        code = self._code(response)
+        name = "/".join(method)
+        if self.metrics is not None:
+            self.metrics.requests.labels(name, code).inc()
+            self.metrics.latency.labels(name, code).observe(elapsed)
+        if request_log.isEnabledFor(logging.DEBUG):
+            ms = round(elapsed * 1000, 2)
+            fields = {"request_id": request_id, "rpc": name, "status": code, "http_status": response.status_code,
+                      "latency_ms": ms}  # fmt: skip
+            request_log.debug("request id=%s method=%s code=%s http=%d ms=%.2f", request_id, name, code,
+                              response.status_code, ms, extra=fields)  # fmt: skip
+        return response
+
+    @staticmethod
+    def _code(response: JSONResponse) -> str:
+        """The status as the gRPC calls name it (OK, INVALID_ARGUMENT, ...), from the HTTP status."""
+        if response.status_code == 200:
+            return "OK"
+        if response.status_code == 413:
+            return ErrorKind.RESOURCE_EXHAUSTED.value
+        return STATUS_KIND.get(response.status_code, ErrorKind.INTERNAL).value
+
+    def _handle(
+        self, raw: bytes, authorization: str | None, content_type: str | None, request_id: str, method: list[str]
+    ) -> JSONResponse:
         try:
             if self.token is not None and not token_matches(authorization, self.token):
                 raise LookalikeError(ErrorKind.UNAUTHENTICATED, "TOKEN_INVALID",
@@ -332,8 +373,10 @@ class PaiGateway:
                 params = body.get("function_params") or {}
                 if not isinstance(name, str) or not isinstance(params, dict):
                     raise invalid("PARAM_INVALID", "function_name must be a string and function_params an object")
+                method.append(name if name in FUNCTIONS else "unknown")  # the metric label stays bounded
                 fields = self.retrieval(name, params)
             elif "imagea" in body or "imageb" in body:
+                method.append("match")
                 fields = self.match(body)
             else:
                 raise invalid("REQUEST_INVALID", "send {imagea, imageb} to match, or {function_name, function_params}")

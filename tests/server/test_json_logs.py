@@ -129,6 +129,10 @@ def test_one_line_per_request_with_id_rpc_status_and_latency(logged: tuple[list[
         assert isinstance(r["latency_ms"], float) and r["latency_ms"] >= 0
         assert len(r["request_id"]) >= 8
     assert len({r["request_id"] for r in requests}) == len(requests)  # one line per call, each its own id
+    pai = [(r["rpc"], r["status"], r["http_status"]) for r in requests if r["rpc"].startswith("pai")]
+    assert ("pai/match", "OK", 200) in pai, pai
+    assert [p for p in pai if p[0] == "pai/init"] == [("pai/init", "OK", 200)], pai
+    assert ("pai", "UNAUTHENTICATED", 401) in pai, pai  # refused before the body is read
 
 
 def test_no_token_key_or_image_bytes_in_any_line(logged: tuple[list[str], bytes]) -> None:

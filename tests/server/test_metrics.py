@@ -23,7 +23,8 @@ def server(tmp_path_factory):
     from lookalike.server.config import ServerConfig
 
     config = ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("d"), persist=False, token=TOKEN, metrics_port=0,
-                          open_metrics=False, batch_wait_ms=20.0, max_batch=4, model_workers=1)  # fmt: skip
+                          open_metrics=False, batch_wait_ms=20.0, max_batch=4, model_workers=1,
+                          http_port=0)  # fmt: skip
     running = create_server(config)
     yield running
     running.stop(0)
@@ -155,3 +156,28 @@ def test_one_debug_line_per_request_with_an_id_and_no_secrets(server, client, ph
     for secret in (TOKEN, "SECRET-PIXELS", "wrong-"):
         assert secret not in everything
     assert "authorization" not in everything.lower()
+
+
+def test_pai_json_calls_are_counted_per_function_and_status(server, photos):
+    import base64
+    import json
+
+    def post(body: dict[str, object], token: str = TOKEN) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/api/predict/svc",
+                                     data=json.dumps(body).encode(), headers={"Authorization": token})  # fmt: skip
+        try:
+            return urllib.request.urlopen(req, timeout=60).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    img = base64.b64encode(encode(photos["coffee"])).decode()
+    before = scrape(server)
+    assert post({"imagea": img, "imageb": img}) == 200
+    assert post({"function_name": "db_search", "function_params": {"database_name": "nope", "image": img}}) == 404
+    assert post({"function_name": "get"}, token="wrong") == 401
+    after = scrape(server)
+    delta = lambda name, **kw: value(after, name, **kw) - value(before, name, **kw)  # noqa: E731
+    assert delta("lookalike_requests_total", method="pai/match", code="OK") == 1
+    assert delta("lookalike_requests_total", method="pai/db_search", code="NOT_FOUND") == 1
+    assert delta("lookalike_requests_total", method="pai", code="UNAUTHENTICATED") == 1
+    assert delta("lookalike_request_seconds_count", method="pai/match", code="OK") == 1
