@@ -12,6 +12,9 @@ import numpy as np
 CHUNK_ROWS = 65536
 
 
+SMALL_TAKE = 64  # up to this many rows, take() copies row by row (re-rank candidates)
+
+
 class ChunkedRows:
     def __init__(self, dtype: np.dtype | type, width: int | None = None, chunk_rows: int = CHUNK_ROWS) -> None:
         self.dtype = np.dtype(dtype)
@@ -45,6 +48,11 @@ class ChunkedRows:
     def take(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         out = np.empty(self._shape(len(rows)), self.dtype)
+        if len(rows) <= SMALL_TAKE:  # a search's few candidates: row by row beats grouping them by chunk
+            chunks, per = self.chunks, self.chunk_rows
+            for i, row in enumerate(rows.tolist()):
+                out[i] = chunks[row // per][row % per]
+            return out
         chunk = rows // self.chunk_rows
         offset = rows % self.chunk_rows
         for c in np.unique(chunk):

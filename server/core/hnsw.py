@@ -91,7 +91,7 @@ class HnswIndex:
     def candidates(self, query: np.ndarray, count: int) -> np.ndarray:
         """Ids of about ``count`` approximate nearest neighbours."""
         with self._lock:
-            matches = self._index.search(query, count)
+            matches = self._index.search(query, count, threads=1)  # one query: no pool dispatch
         return np.asarray(matches.keys, dtype=np.int64)
 
     def save(self, path: str | None = None) -> tuple[Any, int]:
