@@ -404,3 +404,40 @@ def test_normalisation_equals_the_textbook_formula(mode):
         want = ((pixels / 255 - meta.mean) / meta.std).transpose(2, 0, 1)
     assert got.dtype == np.float32 and got.shape == (3, 64, 64) and got.flags.c_contiguous
     np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_draft_decoding_keeps_the_vectors_of_a_full_decode():
+    """The draft keeps twice the pixels the resize needs, so stored vectors stay comparable (no pipeline bump).
+
+    Decoding at exactly the needed scale moved 640x480 photos to cosine 0.9965; this asserts the
+    0.999 tolerance the model's execution modes keep, on photos at three sizes."""
+    from lookalike.server.core.default_model import default_model_path
+    from lookalike.server.core.embedder import Embedder
+
+    from tests.photos import PHOTO_NAMES, photo
+
+    embedder = Embedder(default_model_path(), device="cpu", max_batch=4, model_workers=1)
+    try:
+        drafted = embedder._draft_size
+        assert drafted == 2 * embedder.meta.input_size
+        for size in [(640, 480), (1600, 1200), (4000, 3000)]:
+            jpegs = []
+            for name in PHOTO_NAMES:
+                buf = io.BytesIO()
+                Image.fromarray(photo(name)).resize(size, Image.BICUBIC).save(buf, "JPEG", quality=90)
+                jpegs.append(buf.getvalue())
+            fast = embedder.embed(jpegs)
+            embedder._draft_size = None
+            try:
+                full = embedder.embed(jpegs)
+            finally:
+                embedder._draft_size = drafted
+            cosines = (fast * full).sum(axis=1)
+            assert cosines.min() >= 0.999, (size, cosines.round(5))
+            if size == (4000, 3000):  # and the draft happened: the decode was at most 1/4 of the pixels
+                from lookalike.server.core.images import decode_image
+
+                img = decode_image(jpegs[0], max_bytes=1 << 26, max_pixels=1 << 26, draft_size=drafted)
+                assert img.size == (1000, 750)
+    finally:
+        embedder.close()
