@@ -9,6 +9,8 @@ ratio to eager fp32 at the same batch size, and the lowest cosine against eager 
     flock /tmp/lookalike-bench.lock .venv/bin/python bench/model_exec.py [--batches 1,4,8] [--runs 5] [--json]
     # on a busy machine: CPU time per image on one thread (x cores = the ceiling)
     .venv/bin/python bench/model_exec.py --clock cpu --threads 1
+    # several model calls side by side (the server's --model-workers) against one call over all cores
+    flock /tmp/lookalike-bench.lock .venv/bin/python bench/model_exec.py --workers 1x2,2x1 --batches 1,2,4 --modes bf16
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def photo_batch(meta: Any) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="model file (default: the embedded EfficientNet-Lite0)")
-    ap.add_argument("--modes", default="eager,channels_last,frozen,bf16_autocast,bf16_all,bf16")
+    ap.add_argument("--modes", default=ap_default_modes())
     ap.add_argument("--batches", default="1,4,8,16")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per point (the median is reported)")
     ap.add_argument("--iters", type=int, default=5, help="model calls per timed run")
@@ -47,8 +49,14 @@ def main() -> int:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: images per second; cpu: images per CPU-second of this process (with --threads 1, "
                          "per core), which other jobs on a shared machine disturb far less")  # fmt: skip
+    ap.add_argument("--workers", default="",
+                    help="instead of the mode table: WORKERSxTHREADS,... concurrent model calls, each on THREADS "
+                         "torch threads (wall clock, --seconds each, --runs times interleaved)")  # fmt: skip
+    ap.add_argument("--seconds", type=float, default=4.0, help="--workers: seconds per timed run")
     ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
+    if args.workers:
+        return side_by_side(args)
 
     import torch
     from lookalike.server.core.default_model import default_model_path
@@ -105,6 +113,83 @@ def main() -> int:
                   f"{r['min_cosine_vs_eager']:.5f} |")  # fmt: skip
         print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     return 0
+
+
+def side_by_side(args: argparse.Namespace) -> int:
+    """Images/s of W concurrent model calls on T threads each (the server's --model-workers/--torch-threads)."""
+    import threading
+
+    import torch
+    from lookalike.server.core.default_model import default_model_path
+    from lookalike.server.core.model_exec import make_cpu_runner, resolve_cpu_mode
+
+    from lookalike.modelfile import load_embedder
+
+    module, meta = load_embedder(args.model or default_model_path())
+    photos = photo_batch(meta)
+    # the first of --modes, or what the server picks on this CPU (--cpu-exec auto)
+    mode = args.modes.split(",")[0] if args.modes != ap_default_modes() else resolve_cpu_mode("auto")
+    runner = make_cpu_runner(module.float(), mode)
+    shapes = [tuple(int(v) for v in w.split("x")) for w in args.workers.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    header = {"mode": mode, "cores": len(os.sched_getaffinity(0)), "photos": len(photos), "loadavg": os.getloadavg()}
+    print(json.dumps({"setup": header}) if args.json else " ".join(f"{k}={v}" for k, v in header.items()),
+          file=sys.stdout if args.json else sys.stderr, flush=True)  # fmt: skip
+
+    def measure(workers: int, threads: int, b: int) -> float:
+        batch = np.ascontiguousarray(np.resize(photos, (b, *photos.shape[1:])))
+        counts = [0] * workers
+        ready = threading.Barrier(workers + 1)
+        stop = [0.0]
+
+        def loop(i: int) -> None:
+            torch.set_num_threads(threads)  # per calling thread, as the server's workers set it
+            for _ in range(2):
+                runner.run(batch)
+            ready.wait()
+            while time.perf_counter() < stop[0]:
+                runner.run(batch)
+                counts[i] += b
+
+        pool = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+        for t in pool:
+            t.start()
+        stop[0] = time.perf_counter() + 3600
+        ready.wait()
+        began = time.perf_counter()
+        stop[0] = began + args.seconds
+        for t in pool:
+            t.join()
+        return sum(counts) / (time.perf_counter() - began)
+
+    results: dict[tuple[int, int, int], list[float]] = {}
+    for _ in range(args.runs):
+        for b in batches:
+            for w, t in shapes:  # interleaved, so a shared machine's load hits every shape alike
+                results.setdefault((w, t, b), []).append(measure(w, t, b))
+    best_single = max(statistics.median(v) for (w, _, _), v in results.items() if w == 1) if any(
+        w == 1 for w, _, _ in results) else None  # fmt: skip
+    rows = []
+    for (w, t, b), runs in results.items():
+        ips = statistics.median(runs)
+        rows.append({"workers": w, "threads_each": t, "batch": b, "mode": mode, "images_per_s": round(ips, 1),
+                     "x_best_one_worker": round(ips / best_single, 2) if best_single else None,
+                     "runs": [round(x, 1) for x in runs]})  # fmt: skip
+    for r in rows:
+        if args.json:
+            print(json.dumps(r), flush=True)
+    if not args.json:
+        print("| workers x threads | batch | images/s | x best single worker |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['workers']} x {r['threads_each']} | {r['batch']} | {r['images_per_s']} | "
+                  f"{r['x_best_one_worker']} |")  # fmt: skip
+        print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    return 0
+
+
+def ap_default_modes() -> str:
+    return "eager,channels_last,frozen,bf16_autocast,bf16_all,bf16"
 
 
 if __name__ == "__main__":
