@@ -66,7 +66,8 @@ class ServerConfig:
     hnsw_connectivity: int = opt(16, "HNSW graph degree (usearch connectivity)", min=2, max=256)
     hnsw_expansion_add: int = opt(128, "HNSW expansion while building", min=8, max=4096)
     hnsw_expansion_search: int = opt(200, "HNSW expansion while searching (recall against speed)", min=8, max=4096)
-    hnsw_dtype: str = opt("f16", "storage of the HNSW graph's vectors", choices=("f32", "f16", "i8"))
+    hnsw_dtype: str = opt("f16", "storage of the HNSW graph's vectors (bf16 and i8 have native dot products on "
+                          "CPUs with AVX-512 BF16 / VNNI)", choices=("f32", "f16", "bf16", "i8"))  # fmt: skip
     grace_s: float = opt(5.0, "seconds in-flight calls get to finish at shutdown", min=0.0)
     # Durability (README: "Where your data lives").
     persist: bool = opt(True, "keep databases on disk; --no-persist keeps them in memory only")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from lookalike.server.core.catalog import Catalog
 from lookalike.server.core.hnsw import HnswSettings
 
@@ -27,8 +28,9 @@ def wait_ready(db, timeout=120.0):
     raise AssertionError("the HNSW graph was not built in time")
 
 
-def test_hnsw_recall_deletes_upserts_and_fallbacks():
-    catalog = Catalog(DIM, {"name": "t", "digest": "x"}, hnsw=HnswSettings(threshold=5000))
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "i8"])
+def test_hnsw_recall_deletes_upserts_and_fallbacks(dtype: str):
+    catalog = Catalog(DIM, {"name": "t", "digest": "x"}, hnsw=HnswSettings(threshold=5000, dtype=dtype))
     catalog.create("d", storage="f32")  # the exact re-rank is checked to 1e-5
     vecs = clustered(20_000, 1)
     for start in range(0, 20_000, 4000):
@@ -36,6 +38,7 @@ def test_hnsw_recall_deletes_upserts_and_fallbacks():
         catalog.set_images("d", items, vecs[start : start + 4000])
     db = catalog.get("d")
     wait_ready(db)
+    assert db.hnsw.dtype == dtype  # the graph stores what the settings say
     queries = clustered(50, 2)
     recalls = []
     for q in queries:
