@@ -38,6 +38,7 @@ from lookalike.server.core.database import Database
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
 from lookalike.server.core.hnsw import HnswSettings
 from lookalike.server.core.index import STORAGE_DTYPES
+from lookalike.server.core.memory import release_free_memory
 from lookalike.server.core.persistence import Persistence, entry_bytes, read_export
 from lookalike.server.core.validation import check_database_name
 
@@ -376,7 +377,8 @@ class Catalog:
                 checkpoint_seq=seq,
             )
             self.last_checkpoint = info
-            return info
+        release_free_memory()  # rows moved to memory-mapped files: give the freed heap back
+        return info
 
     def snapshot_database(self, name: str) -> SnapshotInfo:
         self.get(name, usable=False)

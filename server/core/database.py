@@ -20,6 +20,7 @@ from lookalike.server.core.commands import SetImages, SetItem
 from lookalike.server.core.errors import ErrorKind, LookalikeError, not_found
 from lookalike.server.core.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.index import ExactIndex, Pinned
+from lookalike.server.core.memory import release_free_memory
 
 from lookalike import native
 
@@ -558,6 +559,7 @@ class Database:
             with self.lock:
                 graph.ready = True
                 self.snapshot_seq = -1  # the next snapshot saves the graph with the rows
+            release_free_memory()  # the build's scratch (float32 copies of every batch) goes back
             logging.getLogger(__name__).info("HNSW graph of %r ready: %d images in %.1fs", self.name, len(rows),
                                              time.monotonic() - started)  # fmt: skip
 
