@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Iterator
 
 import grpc
 from lookalike.server.core.errors import invalid
-from lookalike.server.core.service import BulkItem, LookalikeService
+from lookalike.server.core.service import BULK_CHUNK, BulkItem, LookalikeService
 from lookalike.server.core.validation import check_database_name, check_group_id, check_intra_id
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
@@ -17,6 +18,12 @@ from lookalike.v1 import database_service_pb2_grpc as pb_grpc
 from lookalike.v1 import types_pb2
 
 log = logging.getLogger(__name__)
+
+# grpc ends a stream's request iterator the same way for a client that finished and one that
+# cancelled (the cancellation is noted a moment later). Before a final partial chunk is applied,
+# the stream waits this long for a cancellation to show, so a cancelled upload's partial chunk
+# is never written. Full chunks need no wait: they are applied before the stream is read on.
+END_OF_STREAM_GRACE_S = 0.05
 
 
 def _content(request: pb.SetImageRequest | pb.BulkSetImagesRequest) -> tuple[bytes | None, list[float] | None]:
@@ -84,7 +91,9 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         database = check_database_name(first.database)
 
         def items() -> Iterator[BulkItem]:
+            count = 0
             for item in itertools.chain([first], request_iterator):
+                count += 1
                 image, vector = _content(item)
                 yield BulkItem(
                     group_id=item.group_id,
@@ -96,6 +105,10 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
                     request_id=item.request_id,
                     attributes=dict(item.attributes) or None,
                 )
+            if count % BULK_CHUNK:  # a partial chunk follows: was this end a cancellation?
+                deadline = time.monotonic() + END_OF_STREAM_GRACE_S
+                while context.is_active() and time.monotonic() < deadline:
+                    time.sleep(0.002)
 
         try:
             result = self._service.bulk_set(database, items(), should_continue=context.is_active)
