@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 
 import numpy as np
 from lookalike.server.core.errors import ErrorKind, LookalikeError
@@ -144,10 +144,13 @@ class MicroBatcher:
                 if remaining[0] or whole.done():
                     return
             failed = next((p for p in parts if p.cancelled() or p.exception() is not None), None)
-            if failed is not None:
-                whole.set_exception(failed.exception() if not failed.cancelled() else CancelledError())
-            elif whole.set_running_or_notify_cancel():
-                whole.set_result(np.concatenate([p.result() for p in parts]))
+            try:
+                if failed is not None:
+                    whole.set_exception(failed.exception() if not failed.cancelled() else CancelledError())
+                elif whole.set_running_or_notify_cancel():
+                    whole.set_result(np.concatenate([p.result() for p in parts]))
+            except InvalidStateError:  # the caller cancelled the whole meanwhile
+                pass
 
         def cancel_parts(f: Future[np.ndarray]) -> None:
             if f.cancelled():
