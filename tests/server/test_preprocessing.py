@@ -355,11 +355,12 @@ def test_new_files_default_to_the_measured_whole_image_policy():
 
 
 @pytest.mark.parametrize(
-    ("mode", "decoded"), [("stretch", (320, 240)), ("letterbox", (320, 240)), (LEGACY_RESIZE_MODE, (640, 480))]
+    ("mode", "decoded"), [("stretch", (600, 450)), ("letterbox", (600, 450)), (LEGACY_RESIZE_MODE, (1200, 900))]
 )
 def test_embedder_decodes_jpegs_at_the_scale_its_resize_mode_needs(tmp_path: Path, monkeypatch, mode, decoded):
-    """A 640x480 JPEG for a 224 px model: stretch and letterbox need 224 on both sides (1/2 scale is
-    320x240, 4x fewer pixels to decode and resize); the centre crop needs its 256 shorter side (full size)."""
+    """A 2400x1800 JPEG for a 224 px model, decoded keeping twice what the resize needs: stretch and
+    letterbox need 2 x 224 on both sides (1/4 scale, 600x450: 16x fewer pixels to decode and resize);
+    the centre crop needs 2 x 256 on its shorter side (1/2 scale, 1200x900)."""
     from lookalike.server.core import embedder as embedder_module
 
     meta = EmbedderMeta(model_name="means", output_dim=3, input_size=224, resize_size=256, resize_mode=mode)
@@ -374,7 +375,7 @@ def test_embedder_decodes_jpegs_at_the_scale_its_resize_mode_needs(tmp_path: Pat
 
     monkeypatch.setattr(embedder_module, "decode_image", spy)
     buf = io.BytesIO()
-    _photo().resize((640, 480)).save(buf, "JPEG", quality=90)
+    _photo().resize((2400, 1800)).save(buf, "JPEG", quality=90)
     embedder = embedder_module.Embedder(path, device="cpu")
     try:
         embedder.embed([buf.getvalue()])
