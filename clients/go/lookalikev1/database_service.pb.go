@@ -39,7 +39,7 @@ type Database struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// The model whose vectors it holds (name and a digest of its weights and preprocessing).
 	Model string `protobuf:"bytes,7,opt,name=model,proto3" json:"model,omitempty"`
-	// How its vectors are stored: "f32", "f16" or "bf16".
+	// How its vectors are stored: "f32", "f16", "bf16" or "i8".
 	Storage       string `protobuf:"bytes,8,opt,name=storage,proto3" json:"storage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -210,7 +210,9 @@ type CreateDatabaseRequest struct {
 	// The new database's name.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// How vectors are stored: "f32" (default, exact), "f16" or "bf16" (half the memory and
-	// bytes scanned; scores differ from f32 by about 1e-3).
+	// bytes scanned; scores differ from f32 by about 1e-3), or "i8" (int8 with a scale per
+	// vector: a quarter of the memory; the best candidates re-ranked exactly from a float32
+	// copy kept on disk, so scores are exact).
 	Storage       string `protobuf:"bytes,2,opt,name=storage,proto3" json:"storage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
