@@ -146,6 +146,7 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         connectivity=config.hnsw_connectivity,
         expansion_add=config.hnsw_expansion_add,
         expansion_search=config.hnsw_expansion_search,
+        rerank_factor=config.hnsw_rerank,
         dtype=config.hnsw_dtype,
     )
     service = LookalikeService(embedder, persistence, limits=Limits.from_config(config), hnsw=hnsw,

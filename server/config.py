@@ -66,6 +66,8 @@ class ServerConfig:
     hnsw_connectivity: int = opt(16, "HNSW graph degree (usearch connectivity)", min=2, max=256)
     hnsw_expansion_add: int = opt(128, "HNSW expansion while building", min=8, max=4096)
     hnsw_expansion_search: int = opt(200, "HNSW expansion while searching (recall against speed)", min=8, max=4096)
+    hnsw_rerank: int = opt(4, "HNSW candidates per result re-scored exactly (more: recall where the graph's "
+                           "compact vectors blur near neighbours)", min=1, max=100)  # fmt: skip
     hnsw_dtype: str = opt("f16", "storage of the HNSW graph's vectors (bf16 and i8 have native dot products on "
                           "CPUs with AVX-512 BF16 / VNNI)", choices=("f32", "f16", "bf16", "i8"))  # fmt: skip
     grace_s: float = opt(5.0, "seconds in-flight calls get to finish at shutdown", min=0.0)
