@@ -101,6 +101,35 @@ def exact_truth(data: Data, queries: np.ndarray, k: int) -> np.ndarray:
     return best_i
 
 
+def timed_searches(address: str, queries: np.ndarray, truth: np.ndarray, per_group: int, warmup: int = 0) -> dict:
+    """Top-10 Search by vector over gRPC for every query: p50/p99 ms, recall@10 against ``truth``, the tier."""
+    from lookalike.client import LookalikeClient
+
+    k = truth.shape[1]
+    lat, got = [], []
+    with LookalikeClient(address, timeout=600) as c:
+        for q in queries[:warmup]:
+            c.search("scale", vector=q.tolist(), top_k=k)
+        for q in queries:
+            s0 = time.perf_counter()
+            r = c.search("scale", vector=q.tolist(), top_k=k)
+            lat.append(1000 * (time.perf_counter() - s0))
+            got.append([int(h.key.group_id[1:]) * per_group + h.key.intra_id for h in r.hits])
+    rec = float(np.mean([len(set(g) & set(t.tolist())) / k for g, t in zip(got, truth, strict=True)]))
+    lat.sort()
+    return {"p50_ms": round(statistics.median(lat), 3), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 3),
+            "recall_at_10": round(rec, 4), "index": r.index}  # fmt: skip
+
+
+def stop_server(server: subprocess.Popen, timeout: float) -> None:
+    """SIGINT (a clean shutdown, final snapshot included), then a kill after ``timeout``."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def export_model(path: Path, d: int) -> Path:
     import torch
     from lookalike.trainer.export import export_embedder
@@ -229,20 +258,7 @@ def main() -> None:
         if done < n:
             data = Data(done, d)  # truth over what was registered
         truth = exact_truth(data, queries, k)
-        lat, got = [], []
-        with LookalikeClient(address) as c:
-            for q in queries[:20]:
-                c.search("scale", vector=q.tolist(), top_k=k)
-            for q in queries:
-                s0 = time.perf_counter()
-                r = c.search("scale", vector=q.tolist(), top_k=k)
-                lat.append(1000 * (time.perf_counter() - s0))
-                got.append([int(h.key.group_id[1:]) * args.per_group + h.key.intra_id for h in r.hits])
-        rec = float(np.mean([len(set(g) & set(t.tolist())) / k for g, t in zip(got, truth, strict=True)]))
-        lat.sort()
-        p99 = lat[int(0.99 * (len(lat) - 1))]
-        rows["search"] = {"ef": args.ef, "p50_ms": round(statistics.median(lat), 3), "p99_ms": round(p99, 3),
-                          "recall_at_10": round(rec, 4)}  # fmt: skip
+        rows["search"] = {"ef": args.ef, **timed_searches(address, queries, truth, args.per_group, warmup=20)}
         rows["load_end"] = os.getloadavg()[0]
         st = rows["rss_built"]
         rows["per_image"] = {
@@ -271,26 +287,11 @@ def main() -> None:
                            "graph_rebuilt": bool(rebuilt), "rss": status(server.pid)}  # fmt: skip
         # Steady state after the restart: the same searches (cold pages first, then warm), then memory.
         for name in ("search_cold", "search_warm"):
-            lat, got = [], []
-            with LookalikeClient(address) as c:
-                for q in queries:
-                    s0 = time.perf_counter()
-                    r = c.search("scale", vector=q.tolist(), top_k=k)
-                    lat.append(1000 * (time.perf_counter() - s0))
-                    got.append([int(h.key.group_id[1:]) * args.per_group + h.key.intra_id for h in r.hits])
-            rec = float(np.mean([len(set(g) & set(t.tolist())) / k for g, t in zip(got, truth, strict=True)]))
-            lat.sort()
-            rows["restart"][name] = {"p50_ms": round(statistics.median(lat), 3),
-                                     "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 3),
-                                     "recall_at_10": round(rec, 4), "index": r.index}  # fmt: skip
+            rows["restart"][name] = timed_searches(address, queries, truth, args.per_group)
         rows["restart"]["rss_after_search"] = status(server.pid)
         print(json.dumps({"restart": rows["restart"]}), flush=True)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, 120)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import REPO, Data, exact_truth, free_port, status
+from scale import REPO, Data, exact_truth, free_port, status, stop_server, timed_searches
 
 
 def main() -> None:
@@ -73,25 +71,10 @@ def main() -> None:
             row["serving_s"] = round(time.perf_counter() - t0, 1)
             row["index"] = r.index
             for name in ("cold", "warm"):
-                lat, got = [], []
-                with LookalikeClient(address, timeout=600) as c:
-                    for q in queries:
-                        s0 = time.perf_counter()
-                        r = c.search("scale", vector=q.tolist(), top_k=10)
-                        lat.append(1000 * (time.perf_counter() - s0))
-                        got.append([int(h.key.group_id[1:]) * args.per_group + h.key.intra_id for h in r.hits])
-                rec = float(np.mean([len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)]))
-                lat.sort()
-                p99 = lat[int(0.99 * (len(lat) - 1))]
-                row[name] = {"p50_ms": round(statistics.median(lat), 3), "p99_ms": round(p99, 3),
-                             "recall_at_10": round(rec, 4), "index": r.index}  # fmt: skip
+                row[name] = timed_searches(address, queries, truth, args.per_group)
             row["rss"] = status(server.pid)
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server, 300)
         print(json.dumps(row) if args.json else json.dumps(row, indent=1), flush=True)
 
 
