@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+DEFAULT_MODES = "eager,channels_last,frozen,bf16_autocast,bf16_all,bf16"
+
 
 def photo_batch(meta: Any) -> np.ndarray:
     """The test photos, preprocessed exactly as the server does."""
@@ -41,7 +43,7 @@ def photo_batch(meta: Any) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="model file (default: the embedded EfficientNet-Lite0)")
-    ap.add_argument("--modes", default=ap_default_modes())
+    ap.add_argument("--modes", default=DEFAULT_MODES)
     ap.add_argument("--batches", default="1,4,8,16")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per point (the median is reported)")
     ap.add_argument("--iters", type=int, default=5, help="model calls per timed run")
@@ -128,7 +130,7 @@ def side_by_side(args: argparse.Namespace) -> int:
     module, meta = load_embedder(args.model or default_model_path())
     photos = photo_batch(meta)
     # the first of --modes, or what the server picks on this CPU (--cpu-exec auto)
-    mode = args.modes.split(",")[0] if args.modes != ap_default_modes() else resolve_cpu_mode("auto")
+    mode = args.modes.split(",")[0] if args.modes != DEFAULT_MODES else resolve_cpu_mode("auto")
     runner = make_cpu_runner(module.float(), mode)
     shapes = [tuple(int(v) for v in w.split("x")) for w in args.workers.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -167,8 +169,8 @@ def side_by_side(args: argparse.Namespace) -> int:
         for b in batches:
             for w, t in shapes:  # interleaved, so a shared machine's load hits every shape alike
                 results.setdefault((w, t, b), []).append(measure(w, t, b))
-    best_single = max(statistics.median(v) for (w, _, _), v in results.items() if w == 1) if any(
-        w == 1 for w, _, _ in results) else None  # fmt: skip
+    single = [statistics.median(v) for (w, _, _), v in results.items() if w == 1]
+    best_single = max(single) if single else None
     rows = []
     for (w, t, b), runs in results.items():
         ips = statistics.median(runs)
@@ -186,10 +188,6 @@ def side_by_side(args: argparse.Namespace) -> int:
                   f"{r['x_best_one_worker']} |")  # fmt: skip
         print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     return 0
-
-
-def ap_default_modes() -> str:
-    return "eager,channels_last,frozen,bf16_autocast,bf16_all,bf16"
 
 
 if __name__ == "__main__":
