@@ -70,7 +70,7 @@ class TrainSection:
     epochs: int = 80
     batch_size: int = 64  # per process and micro-batch
     checkpoint_every: int = 10  # epochs between checkpoints + exports (the last epoch always gets one)
-    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (GPU only)
+    precision: str = "auto"  # auto: bf16/fp16 on GPU, bf16 on a CPU with native bf16, else fp32 | fp32 | bf16 | fp16
     seed: int = 0
     resume: str = "auto"  # auto: continue from output_dir/last.pth if present | never | a checkpoint path
     stop_after_epoch: int | None = None  # end this run early (checkpoint kept), e.g. for time-sliced queues

@@ -89,12 +89,24 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """``None`` for fp32; bf16/fp16 where the device supports them, else ``ValueError``."""
+    """``None`` for fp32; bf16/fp16 where the device supports them, else ``ValueError``.
+
+    ``auto`` is bf16 (fp16 without bf16) on a GPU, bf16 on a CPU with native bf16, and fp32 on
+    other CPUs. On the project's 2-core AVX-512 BF16 machine, bf16 made a 224 px EfficientNet-Lite0
+    forward and backward of 32 images 1.4x faster and the fine-tune's first 4 steps 1.8x (45 s
+    instead of 83 s; trainer/CONFIG.md).
+    """
     if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if precision == "fp32":
         return None
     if precision == "fp16" and device.type != "cuda":

@@ -96,9 +96,14 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine() -> None:
     assert lr_at(50, **{**kw, "schedule": "constant"}) == 1e-3
 
 
-def test_mixed_precision_is_used_only_where_supported() -> None:
+def test_mixed_precision_is_used_only_where_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert autocast_dtype("auto", cpu) is None  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert autocast_dtype("auto", cpu) == torch.bfloat16
+    assert autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         autocast_dtype("fp16", cpu)
