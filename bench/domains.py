@@ -146,25 +146,43 @@ def _labelled_by_export(folder: Path) -> dict[str, float]:
     return out
 
 
+def _current_score(entry: dict[str, Any]) -> dict[str, Any]:
+    """A check logged by an older trainer (scored by the copies' mAP, no jackknife) under today's score."""
+    if entry.get("jackknife"):
+        return entry
+    return entry | {"score": -(entry["alignment"] + entry["uniformity"])}
+
+
 def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
     """How often each rule picks a checkpoint whose labelled mAP is >= the last one's (and >= the start's).
 
-    Rules: ``latest within noise`` (the trainer's: the latest check within ``tolerance_se`` paired SE
-    of the top score), ``top score`` (the highest copies' mAP), ``last`` (always the last checkpoint).
+    Rules: ``latest within noise`` (the trainer's: the latest check that keeps its copies within
+    ``tolerance_se`` paired SE of the top score), ``top score`` (the highest ``-(alignment +
+    uniformity)`` that keeps its copies), ``top copies' mAP`` (the score of earlier versions),
+    ``last`` (always the last checkpoint). Older logs are re-scored (:func:`_current_score`).
     Runs whose checkpoints were not all evaluated (``eval --all-checkpoints``) are skipped.
     """
     from lookalike.trainer.selfcheck import SelfCheckLog
 
-    rules = {"latest within noise": [], "top score": [], "last": []}
-    lines = ["| run | checks (labelled mAP) | latest within noise | top score | last |", "|---|---|---|---|---|"]
+    rules = {"latest within noise": [], "top score": [], "top copies' mAP": [], "last": []}
+    agree: dict[str, list[bool]] = {"score": [], "mAP": []}  # moved with labelled mAP from start to last
+    lines = [
+        "| run | checks: score (labelled mAP) | latest within noise | top score | top copies' mAP | last |",
+        "|---|---|---|---|---|---|",
+    ]
     for work in works:
         for folder in sorted(p for p in work.iterdir() if (p / "eval.json").is_file()):
             log = SelfCheckLog.load(folder / "finetune", tolerance_se)
+            log.entries = [_current_score(e) for e in log.entries]
             labelled = _labelled_by_export(folder)
             if len(log.entries) < 2 or any(e["export"] not in labelled for e in log.entries):
                 continue
             last, start = log.entries[-1], log.entries[0]
-            picks = {"latest within noise": log.best, "top score": log.top, "last": last}
+            by_map = max(log.entries, key=lambda e: (e["mAP"], -e["epoch"]))
+            picks = {"latest within noise": log.best, "top score": log.top, "top copies' mAP": by_map, "last": last}
+            gain = labelled[last["export"]] - labelled[start["export"]]
+            for signal in agree:
+                agree[signal].append((last[signal] - start[signal]) * gain > 0)
             cells = []
             for rule, pick in picks.items():
                 ok = labelled[pick["export"]] >= labelled[last["export"]] - 1e-12
@@ -179,6 +197,9 @@ def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
         f"{rule}: {sum(a for a, _ in v)}/{len(v)} picks >= the last checkpoint's mAP, "
         f"{sum(b for _, b in v)}/{len(v)} >= the start's"
         for rule, v in rules.items()
+    ] + [
+        f"{name} moved with labelled mAP from the start to the last checkpoint: {sum(v)}/{len(v)} runs"
+        for name, v in (("score", agree["score"]), ("copies' mAP", agree["mAP"]))
     ]
     return "\n".join(lines + [""] + summary)
 

@@ -171,7 +171,13 @@ def test_self_check_metrics_match_a_naive_computation() -> None:
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     assert 0 < got["recall@1"] < 1, "the case must exercise misses"
-    assert got["score"] == pytest.approx(want["mAP"])  # best_export.pt is picked by the copies' mAP
+    assert got["score"] == pytest.approx(-(want["alignment"] + want["uniformity"]))  # Wang & Isola, negated
+    assert sum(got["hit"]) == round(want["recall@1"] * n)
+    # The jackknife entry i is the whole computation with original i and its copies removed.
+    for i in (0, 5, n - 1):
+        keep = owner != i
+        rest = _naive_check(np.delete(o, i, axis=0), c[keep], np.where(owner[keep] > i, owner[keep] - 1, owner[keep]))
+        assert got["jackknife"][i] == pytest.approx(-(rest["alignment"] + rest["uniformity"]), abs=1e-6), i
 
 
 def test_check_set_alters_copies_and_holdout_is_a_slice() -> None:
@@ -224,3 +230,6 @@ def test_finetune_on_a_few_dozen_images_reports_its_self_check_against_the_start
     best = SelfCheckLog.load(out).best  # the latest check within noise of the top score
     assert best is not None and (out / BEST_EXPORT).read_bytes() == (out / best["export"]).read_bytes()
     assert all(0 <= e["recall@1"] <= 1 and 0 <= e["mAP"] <= 1 for e in log)
+    for e in log:  # the score and what its noise and guard are computed from, per held-out image
+        assert e["score"] == pytest.approx(-(e["alignment"] + e["uniformity"]))
+        assert len(e["jackknife"]) == len(e["hit"]) == len(e["ap"]) == len(log[0]["ap"]) >= 8

@@ -13,7 +13,15 @@ from lookalike.trainer.config import load_config
 from lookalike.trainer.eval import domains
 from lookalike.trainer.loop import train
 from lookalike.trainer.models.backbones import backbone_stages, create_backbone, freeze_early_stages
-from lookalike.trainer.selfcheck import BEST_EXPORT, TRANSFORMS, SelfCheckLog, altered_copy, within_noise
+from lookalike.trainer.selfcheck import (
+    BEST_EXPORT,
+    TRANSFORMS,
+    SelfCheckLog,
+    altered_copy,
+    keeps_copies,
+    paired_jackknife_se,
+    within_noise,
+)
 from PIL import Image
 
 # ----------------------------------------------------------------------------- frozen early stages
@@ -66,19 +74,37 @@ def test_negative_trainable_stages_is_refused() -> None:
 # ----------------------------------------------------------------------------- the self-check's pick
 
 
-def _entry(epoch: int, ap: list[float]) -> dict:
-    m = float(np.mean(ap))
-    return {"epoch": epoch, "step": epoch, "export": f"e{epoch}.pt", "score": m, "mAP": m, "recall@1": 1.0, "ap": ap}
+def _entry(epoch: int, loo: list[float], hit: list[int] | None = None) -> dict:
+    """A check whose score is the mean of its leave-one-out scores (close to how the jackknife behaves)."""
+    m = float(np.mean(loo))
+    hit = hit if hit is not None else [1] * len(loo)
+    return {"epoch": epoch, "step": epoch, "export": f"e{epoch}.pt", "score": m, "mAP": 0.8,
+            "recall@1": float(np.mean(hit)), "alignment": 0.5, "uniformity": -0.5 - m,
+            "jackknife": loo, "hit": hit}  # fmt: skip
 
 
-def test_within_noise_uses_the_paired_standard_error() -> None:
-    top = _entry(1, [0.9, 0.8, 0.7, 0.6])
-    tie = _entry(2, [0.91, 0.78, 0.69, 0.61])  # differences +0.01 -0.02 -0.01 +0.01: mean -0.0025, se 0.0075
-    worse = _entry(3, [0.8, 0.7, 0.6, 0.5])  # -0.1 on every image: se 0, clearly below
+def test_within_noise_uses_the_paired_jackknife_standard_error() -> None:
+    top = _entry(1, [1.9, 1.8, 1.7, 1.6])
+    tie = _entry(2, [1.91, 1.78, 1.69, 1.61])  # differences +0.01 -0.02 -0.01 +0.01: mean -0.0025
+    worse = _entry(3, [1.8, 1.7, 1.6, 1.5])  # -0.1 on every replicate: se 0, clearly below
+    se = paired_jackknife_se(tie["jackknife"], top["jackknife"])
+    d = np.array([0.01, -0.02, -0.01, 0.01])
+    assert se == pytest.approx(np.sqrt(3 / 4 * ((d - d.mean()) ** 2).sum()))  # the textbook jackknife
     assert within_noise(tie, top, 1.0) and not within_noise(worse, top, 1.0)
     assert not within_noise(tie, top, 0.0)  # no tolerance: strictly the top
-    old = {"epoch": 4, "export": "e4.pt", "score": 0.7}  # a log line from before per-image APs: by score
-    assert not within_noise(old, top, 1.0) and within_noise(top | {"ap": None}, top, 1.0)
+    old = {"epoch": 4, "export": "e4.pt", "score": 1.6}  # a log line from before the jackknife: by score
+    assert not within_noise(old, top, 1.0) and within_noise(top | {"jackknife": None}, top, 1.0)
+
+
+def test_the_guard_counts_lost_copies_against_their_noise() -> None:
+    start = _entry(0, [1.0] * 40)
+    one_lost = _entry(1, [1.0] * 40, hit=[0] + [1] * 39)
+    two_lost = _entry(2, [1.0] * 40, hit=[0, 0] + [1] * 38)
+    swapped = _entry(3, [1.0] * 40, hit=[0, 0] + [1] * 38)
+    start_misses = _entry(0, [1.0] * 40, hit=[1, 1, 0, 0] + [1] * 36)
+    assert keeps_copies(one_lost, start, 1.0) and not keeps_copies(two_lost, start, 1.0)
+    assert keeps_copies(swapped, start_misses, 1.0)  # two lost, two found: the same recall@1
+    assert not keeps_copies({"recall@1": 0.9}, {"recall@1": 0.95}, 1.0)  # older logs: by recall@1
 
 
 def _log(tmp_path: Path, entries: list[dict]) -> SelfCheckLog:
@@ -92,7 +118,7 @@ def _log(tmp_path: Path, entries: list[dict]) -> SelfCheckLog:
 
 def test_best_export_is_the_latest_check_within_noise_of_the_top(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    base = rng.uniform(0.5, 0.9, size=40)
+    base = rng.uniform(1.5, 1.9, size=40)
     start = _entry(0, list(base))
     peak = _entry(1, list(base + 0.02))
     wobble = np.where(np.arange(40) % 2 == 0, 0.01, -0.012)  # mean -0.001: a hair below the peak, in the noise
@@ -106,18 +132,28 @@ def test_best_export_is_the_latest_check_within_noise_of_the_top(tmp_path: Path)
     assert "beats its start" in log.verdict()
 
 
+def test_a_spread_out_checkpoint_that_loses_its_copies_is_never_served(tmp_path: Path) -> None:
+    """Random features spread best of all: the guard, not the score, must keep them out."""
+    base = np.linspace(1.6, 1.9, 20)
+    scattered = _entry(1, list(base + 0.5), hit=[0] * 10 + [1] * 10)  # far higher score, half the copies lost
+    log = _log(tmp_path, [_entry(0, list(base)), scattered])
+    assert log.best["epoch"] == 0 and log.top["epoch"] == 0
+    assert (tmp_path / BEST_EXPORT).read_bytes() == b"e0.pt"
+    assert "did NOT beat its starting model" in log.verdict()
+
+
 def test_start_is_served_when_every_checkpoint_is_clearly_worse(tmp_path: Path) -> None:
-    base = list(np.linspace(0.6, 0.9, 20))
+    base = list(np.linspace(1.6, 1.9, 20))
     log = _log(tmp_path, [_entry(0, base), _entry(1, [a - 0.05 for a in base]), _entry(2, [a - 0.1 for a in base])])
     assert log.best["epoch"] == 0 and (tmp_path / BEST_EXPORT).read_bytes() == b"e0.pt"
     assert "did NOT beat its starting model" in log.verdict()
     reloaded = SelfCheckLog.load(tmp_path)
     assert [e["epoch"] for e in reloaded.entries] == [0, 1, 2] and reloaded.best["epoch"] == 0
-    assert json.loads((tmp_path / "selfcheck.jsonl").read_text().splitlines()[0])["ap"] == base
+    assert json.loads((tmp_path / "selfcheck.jsonl").read_text().splitlines()[0])["jackknife"] == base
 
 
 def test_a_tie_below_the_start_is_said_plainly(tmp_path: Path) -> None:
-    base = np.linspace(0.6, 0.9, 20)
+    base = np.linspace(1.6, 1.9, 20)
     wobble = np.where(np.arange(20) % 2 == 0, 0.01, -0.012)  # mean -0.001, well inside one standard error
     log = _log(tmp_path, [_entry(0, list(base)), _entry(1, list(base + wobble))])
     assert log.best["epoch"] == 1
@@ -215,14 +251,28 @@ def test_bench_tracking_counts_picks_against_the_labelled_map(tmp_path: Path) ->
     folder = tmp_path / "work" / "set"
     run = folder / "finetune"
     run.mkdir(parents=True)
-    base = list(np.linspace(0.6, 0.9, 20))
+    base = list(np.linspace(1.6, 1.9, 20))
     checks = [("start_export.pt", 0, base), ("epoch_1_export.pt", 1, [a - 0.05 for a in base])]  # clearly worse
     with (run / "selfcheck.jsonl").open("w") as fh:
-        for name, epoch, ap in checks:
-            entry = {"epoch": epoch, "step": epoch, "export": name, "score": float(np.mean(ap)), "ap": ap}
-            fh.write(json.dumps(entry) + "\n")
+        for name, epoch, loo in checks:
+            fh.write(json.dumps({**_entry(epoch, loo), "export": name, "mAP": 0.9 - 0.1 * epoch}) + "\n")
+    old_log = folder.parent / "old" / "finetune"  # a log of an older version: scored by the copies' mAP
+    old_log.mkdir(parents=True)
+    with (old_log / "selfcheck.jsonl").open("w") as fh:
+        for name, epoch, align, unif, copies_map in (("start_export.pt", 0, 0.56, -2.38, 0.85),
+                                                      ("epoch_1_export.pt", 1, 0.63, -2.49, 0.81)):  # fmt: skip
+            fh.write(json.dumps({"epoch": epoch, "step": epoch, "export": name, "score": copies_map, "mAP": copies_map,
+                                 "recall@1": 1.0, "alignment": align, "uniformity": unif}) + "\n")  # fmt: skip
+    old_eval = {"default": {"spec": "default", "mAP": 0.2275},
+                "fine-tune": {"spec": str(old_log / "epoch_1_export.pt"), "mAP": 0.2476}}  # fmt: skip
+    (old_log.parent / "eval.json").write_text(json.dumps(old_eval))
     labelled = {"default": ("default", 0.20), "fine-tune": (str(run / "epoch_1_export.pt"), 0.25)}
     (folder / "eval.json").write_text(json.dumps({k: {"spec": s, "mAP": m} for k, (s, m) in labelled.items()}))
     text = bench.tracking([tmp_path / "work"])
-    assert "latest within noise: 0/1 picks >= the last checkpoint's mAP, 1/1 >= the start's" in text
-    assert "last: 1/1 picks >= the last checkpoint's mAP, 1/1 >= the start's" in text
+    # set: the trainer serves the start (0.20), below the last checkpoint (0.25); old: re-scored as
+    # -(alignment + uniformity), 1.82 -> 1.86, it serves the last checkpoint, which the copies' mAP did not.
+    assert "latest within noise: 1/2 picks >= the last checkpoint's mAP, 2/2 >= the start's" in text
+    assert "top copies' mAP: 0/2 picks >= the last checkpoint's mAP, 2/2 >= the start's" in text
+    assert "last: 2/2 picks >= the last checkpoint's mAP, 2/2 >= the start's" in text
+    assert "score moved with labelled mAP from the start to the last checkpoint: 1/2 runs" in text
+    assert "copies' mAP moved with labelled mAP from the start to the last checkpoint: 0/2 runs" in text
