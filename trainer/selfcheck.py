@@ -203,7 +203,7 @@ def keeps_copies(entry: dict[str, Any], start: dict[str, Any] | None, tolerance_
     return float(d.mean()) >= -tolerance_se * se - 1e-9  # one lost of n: mean -1/n, se 1/n
 
 
-def run_check(model_file: str | Path, check: CheckSet, batch_size: int = 64) -> dict[str, float]:
+def run_check(model_file: str | Path, check: CheckSet, batch_size: int = 64) -> dict[str, Any]:
     """Embed ``check`` with a model file, as the server would, and return :func:`check_metrics`."""
     from lookalike.trainer.eval.embedders import ModelFileEmbedder
 
