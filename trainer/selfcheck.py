@@ -27,10 +27,11 @@ held-out images are never trained on.
 
 Which model ``best_export.pt`` is: among checks that pass the guard, the **latest** whose score
 is within noise of the best score (``tolerance_se`` standard errors of the paired difference,
-estimated by the jackknife over held-out images), the start included. A few dozen held-out images
-cannot separate checkpoints a few thousandths apart, and later checkpoints were better at
-kind-level retrieval more often than not; a checkpoint clearly below the best is never picked,
-and when every checkpoint is clearly below the start (or loses its copies), the start is.
+estimated by the jackknife over held-out images) and clearly above the start's; if none is, the
+start. A few dozen held-out images cannot separate checkpoints a few thousandths apart, and later
+checkpoints were better at kind-level retrieval more often than not; a checkpoint clearly below
+the best is never picked, and one that only ties the start is not served either (a 5x learning
+rate on Twemoji tied the start's score at -1.15 labelled mAP, trainer/CONFIG.md).
 """
 
 from __future__ import annotations
@@ -242,11 +243,26 @@ class SelfCheckLog:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The model to serve: the latest eligible check within noise of :attr:`top` (module docstring)."""
-        top = self.top
+        """The model to serve: the latest eligible check within noise of :attr:`top` and clearly above
+        the start, else the start (module docstring)."""
+        top, start = self.top, self.start
         if top is None:
             return None
-        return next(e for e in reversed(self.eligible) if within_noise(e, top, self.tolerance_se))
+        tol = self.tolerance_se
+        for e in reversed(self.eligible):
+            if e is start:
+                return e
+            if within_noise(e, top, tol) and (start is None or not within_noise(start, e, tol)):
+                return e
+        return start
+
+    def ties_start(self) -> dict[str, Any] | None:
+        """The latest checkpoint within noise of the start when the start is served, else ``None``."""
+        start = self.start
+        if start is None or self.best is not start:
+            return None
+        return next((e for e in reversed(self.eligible) if e is not start and within_noise(e, start, self.tolerance_se)
+                     and within_noise(start, e, self.tolerance_se)), None)  # fmt: skip
 
     def add(self, epoch: int, step: int, export: Path, metrics: dict[str, Any]) -> bool:
         """Record one check; ``best_export.pt`` follows :attr:`best`. Returns whether ``export`` is now it."""
@@ -278,21 +294,22 @@ class SelfCheckLog:
 
         lines = [f"self-check on held-out images: start {fmt(start)}; last (epoch {last['epoch']}) {fmt(last)}"]
         gain = best["score"] - start["score"]
-        if best["epoch"] == 0:
+        tie = self.ties_start()
+        if best is start and tie is not None:
+            lines.append(
+                f"self-check: the fine-tune did NOT clearly beat its start: epoch {tie['epoch']} is within its noise "
+                f"({tie['score'] - start['score']:+.3f} score; held-out images too few to tell them apart); "
+                f"serve the start: {self.out / START_EXPORT} (best_export.pt is that same model)"
+            )
+        elif best is start:
             lines.append(
                 "self-check: the fine-tune did NOT beat its starting model (every checkpoint clearly below it, "
                 f"or finding fewer copies); serve the start: {self.out / START_EXPORT} "
                 "(best_export.pt is that same model)"
             )
-        elif gain > 0:
+        else:
             lines.append(
                 f"self-check: the fine-tune beats its start by {gain:+.3f} score at epoch {best['epoch']} "
                 f"({fmt(best)}); serve {self.out / BEST_EXPORT}"
-            )
-        else:
-            lines.append(
-                f"self-check: the fine-tune did NOT beat its start on the self-check ({gain:+.3f} score at epoch "
-                f"{best['epoch']}), but is within its noise (held-out images too few to tell them apart); "
-                f"best_export.pt is that checkpoint; the start is {self.out / START_EXPORT}"
             )
         return "\n".join(lines)

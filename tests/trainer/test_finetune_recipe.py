@@ -74,22 +74,23 @@ def test_negative_trainable_stages_is_refused() -> None:
 # ----------------------------------------------------------------------------- the self-check's pick
 
 
-def _entry(epoch: int, loo: list[float], hit: list[int] | None = None) -> dict:
-    """A check whose score is the mean of its leave-one-out scores (close to how the jackknife behaves)."""
-    m = float(np.mean(loo))
-    hit = hit if hit is not None else [1] * len(loo)
+def _entry(epoch: int, per_image: list[float], hit: list[int] | None = None) -> dict:
+    """A check whose score is the mean of per-image values, with their leave-one-out means as the jackknife."""
+    v = np.asarray(per_image, dtype=np.float64)
+    m = float(v.mean())
+    hit = hit if hit is not None else [1] * len(v)
     return {"epoch": epoch, "step": epoch, "export": f"e{epoch}.pt", "score": m, "mAP": 0.8,
             "recall@1": float(np.mean(hit)), "alignment": 0.5, "uniformity": -0.5 - m,
-            "jackknife": loo, "hit": hit}  # fmt: skip
+            "jackknife": list((v.sum() - v) / (len(v) - 1)), "hit": hit}  # fmt: skip
 
 
 def test_within_noise_uses_the_paired_jackknife_standard_error() -> None:
     top = _entry(1, [1.9, 1.8, 1.7, 1.6])
-    tie = _entry(2, [1.91, 1.78, 1.69, 1.61])  # differences +0.01 -0.02 -0.01 +0.01: mean -0.0025
-    worse = _entry(3, [1.8, 1.7, 1.6, 1.5])  # -0.1 on every replicate: se 0, clearly below
-    se = paired_jackknife_se(tie["jackknife"], top["jackknife"])
+    tie = _entry(2, [1.91, 1.78, 1.69, 1.61])  # differences +0.01 -0.02 -0.01 +0.01: mean -0.0025, se 0.0075
+    worse = _entry(3, [1.8, 1.7, 1.6, 1.5])  # -0.1 on every image: se 0, clearly below
     d = np.array([0.01, -0.02, -0.01, 0.01])
-    assert se == pytest.approx(np.sqrt(3 / 4 * ((d - d.mean()) ** 2).sum()))  # the textbook jackknife
+    # The jackknife of a mean is the textbook standard error of the mean.
+    assert paired_jackknife_se(tie["jackknife"], top["jackknife"]) == pytest.approx(d.std(ddof=1) / 2)
     assert within_noise(tie, top, 1.0) and not within_noise(worse, top, 1.0)
     assert not within_noise(tie, top, 0.0)  # no tolerance: strictly the top
     old = {"epoch": 4, "export": "e4.pt", "score": 1.6}  # a log line from before the jackknife: by score
@@ -149,15 +150,23 @@ def test_start_is_served_when_every_checkpoint_is_clearly_worse(tmp_path: Path) 
     assert "did NOT beat its starting model" in log.verdict()
     reloaded = SelfCheckLog.load(tmp_path)
     assert [e["epoch"] for e in reloaded.entries] == [0, 1, 2] and reloaded.best["epoch"] == 0
-    assert json.loads((tmp_path / "selfcheck.jsonl").read_text().splitlines()[0])["jackknife"] == base
+    first = json.loads((tmp_path / "selfcheck.jsonl").read_text().splitlines()[0])
+    assert first["jackknife"] == _entry(0, base)["jackknife"]
 
 
-def test_a_tie_below_the_start_is_said_plainly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shift", [-0.001, 0.001])
+def test_a_checkpoint_that_only_ties_the_start_is_not_served(tmp_path: Path, shift: float) -> None:
+    """A tie is no evidence of a gain: a 5x learning rate tied the start's score at -1.15 labelled mAP."""
     base = np.linspace(1.6, 1.9, 20)
-    wobble = np.where(np.arange(20) % 2 == 0, 0.01, -0.012)  # mean -0.001, well inside one standard error
+    wobble = np.where(np.arange(20) % 2 == 0, 0.011, -0.011) + shift  # well inside one standard error
     log = _log(tmp_path, [_entry(0, list(base)), _entry(1, list(base + wobble))])
-    assert log.best["epoch"] == 1
-    assert "did NOT beat its start on the self-check" in log.verdict() and "within its noise" in log.verdict()
+    assert log.best["epoch"] == 0 and (tmp_path / BEST_EXPORT).read_bytes() == b"e0.pt"
+    assert log.ties_start()["epoch"] == 1
+    assert "did NOT clearly beat its start: epoch 1 is within its noise" in log.verdict()
+    clear = _entry(2, list(base + 0.02))  # then a checkpoint clearly above the start is served
+    (tmp_path / "e2.pt").write_bytes(b"e2.pt")
+    log.add(2, 2, tmp_path / "e2.pt", {k: v for k, v in clear.items() if k not in ("epoch", "step", "export")})
+    assert log.best["epoch"] == 2 and log.ties_start() is None and "beats its start" in log.verdict()
 
 
 def test_combo_copy_stacks_crop_colour_rescale_and_jpeg() -> None:
