@@ -89,12 +89,6 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """``None`` for fp32; bf16/fp16 where the device supports them, else ``ValueError``.
 
@@ -106,7 +100,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
+        from lookalike.server.core.model_exec import native_bf16  # the server's own test, one for both
+
+        return torch.bfloat16 if native_bf16() else None
     if precision == "fp32":
         return None
     if precision == "fp16" and device.type != "cuda":

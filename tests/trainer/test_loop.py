@@ -98,10 +98,11 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine() -> None:
 
 def test_mixed_precision_is_used_only_where_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    from lookalike.server.core import model_exec
+
+    monkeypatch.setattr(model_exec, "native_bf16", lambda: False)
     assert autocast_dtype("auto", cpu) is None  # emulated bf16 is slower than fp32
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(model_exec, "native_bf16", lambda: True)
     assert autocast_dtype("auto", cpu) == torch.bfloat16
     assert autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
