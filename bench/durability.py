@@ -17,6 +17,7 @@ import argparse
 import gc
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -152,10 +153,11 @@ def main() -> None:
         import logging
 
         import boto3
-        from moto.server import ThreadedMotoServer
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from moto_s3 import s3_only_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        srv = s3_only_server()
         srv.start()
         host, port = srv.get_host_and_port()
         endpoint = f"http://{host}:{port}"

@@ -14,6 +14,7 @@ from lookalike.trainer.data.images import UnreadableImage, load_image
 from lookalike.trainer.data.oss import OssReader, split_oss
 from lookalike.trainer.data.skips import SkipLog
 from lookalike.trainer.data.sources import ListSource, list_folder, open_source, read_image_list
+from moto_s3 import S3
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 CROPS = [(32, 2, (0.2, 1.0)), (16, 3, (0.05, 0.2))]  # SwAV-like: 2 global + 3 local crops
@@ -128,16 +129,9 @@ def test_oss_images_are_read_through_oss2_and_missing_keys_are_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """oss2 against a real S3-protocol server on loopback (moto), path-style."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = S3("imgs")
     try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="ak", aws_secret_access_key="sk",
-                          region_name="us-east-1")  # fmt: skip
-        s3.create_bucket(Bucket="imgs")
+        endpoint, s3 = server.endpoint, server.client
         photo = write_image_folder(tmp_path, 1)[0]
         s3.put_object(Bucket="imgs", Key="catalogue/p0.jpg", Body=photo.read_bytes())
         s3.put_object(Bucket="imgs", Key="lists/train.txt", Body=b"catalogue/p0.jpg\ncatalogue/gone.jpg\n")
