@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SCHEME = "oss://"
+# Statuses a store answers when it is briefly overloaded or restarting; the request is sent again.
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 # oss2 logs every request's headers, the signed Authorization header (with the access key id)
 # included, at DEBUG: keep it at WARNING so `--log-level debug` never prints credentials.
 logging.getLogger("oss2").setLevel(logging.WARNING)
+logger = logging.getLogger(__name__)
 
 
 def is_oss(ref: str) -> bool:
@@ -92,7 +96,13 @@ class OssClient:
         *,
         path_style: bool | None = None,
         timeout_s: float = 30.0,
+        retries: int = 2,
+        retry_backoff_s: float = 0.2,
     ) -> None:
+        if retries < 0 or retry_backoff_s < 0:
+            raise ValueError(f"OSS retries ({retries}) and their backoff ({retry_backoff_s}s) must be >= 0")
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
         self.endpoint = endpoint or os.environ.get("OSS_ENDPOINT")
         self._credentials = credentials
         if path_style is None:
@@ -131,21 +141,31 @@ class OssClient:
         return bucket
 
     def _call(self, what: str, ref: str, fn: Any) -> Any:
+        """``fn`` with errors mapped; a 5xx answer is sent again ``retries`` times (every call here is idempotent).
+
+        A dropped connection is not retried here: log shipping backs off for longer and writes go on locally.
+        """
         import oss2
         import requests
 
-        try:
-            return fn()
-        except oss2.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(f"{ref} does not exist") from exc
-        except oss2.exceptions.OssError as exc:
-            # OssError's text carries request ids, never the secret; keep only status and code.
-            status, code = getattr(exc, "status", "?"), getattr(exc, "code", "")
-            if status == -2 or isinstance(exc, oss2.exceptions.RequestError):
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except oss2.exceptions.NoSuchKey as exc:
+                raise FileNotFoundError(f"{ref} does not exist") from exc
+            except oss2.exceptions.OssError as exc:
+                # OssError's text carries request ids, never the secret; keep only status and code.
+                status, code = getattr(exc, "status", "?"), getattr(exc, "code", "")
+                if status == -2 or isinstance(exc, oss2.exceptions.RequestError):
+                    raise ConnectionError(f"{what} {ref}: OSS endpoint unreachable") from None
+                if status not in TRANSIENT_STATUSES or attempt == self.retries:
+                    tries = f" (after {attempt + 1} tries)" if attempt else ""
+                    raise OSError(f"{what} {ref}: OSS error {status} {code}{tries}") from None
+                logger.warning("%s %s: OSS answered %s, retry %d of %d", what, ref, status, attempt + 1, self.retries)
+                time.sleep(self.retry_backoff_s * 2**attempt)
+            except requests.RequestException:
                 raise ConnectionError(f"{what} {ref}: OSS endpoint unreachable") from None
-            raise OSError(f"{what} {ref}: OSS error {status} {code}") from None
-        except requests.RequestException:
-            raise ConnectionError(f"{what} {ref}: OSS endpoint unreachable") from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         """Whole object, or the inclusive ``byte_range`` of it."""

@@ -78,7 +78,8 @@ def resolve_model(config: ServerConfig) -> Path:
 
 def make_oss(config: ServerConfig) -> OssClient:
     credentials = OssCredentials.from_env(config.oss_credentials_file)
-    return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style or None)
+    return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style or None,
+                     retries=config.oss_retries)  # fmt: skip
 
 
 def apply_thread_budget(config: ServerConfig, device: str) -> dict[str, int]:

@@ -81,6 +81,8 @@ class ServerConfig:
     oss_endpoint: str | None = opt(None, "OSS endpoint URL", env="OSS_ENDPOINT")
     oss_credentials_file: Path | None = opt(None, "file of OSS_ACCESS_KEY_ID=... / OSS_ACCESS_KEY_SECRET=... lines")
     oss_path_style: bool = opt(False, "path-style OSS URLs (S3-protocol test servers)", env="OSS_PATH_STYLE")
+    oss_retries: int = opt(2, "times an OSS request answered 500/502/503/504 is sent again (backoff 0.2 s, doubling)",
+                           min=0, max=10)  # fmt: skip
     ship_interval_s: float = opt(1.0, "seconds between log uploads to the OSS root", min=0.01,
                                  flag="--ship-interval")  # fmt: skip
     repair: bool = opt(False, "start despite a damaged log or snapshot: drop the damage and log what went")

@@ -159,7 +159,7 @@ class PaiGateway:
                 if endpoint and "://" not in endpoint:
                     endpoint = "https://" + endpoint
                 self._oss = OssClient(endpoint or self._oss.endpoint, OssCredentials(str(key_id), str(secret)),
-                                      path_style=self._oss.path_style)  # fmt: skip
+                                      path_style=self._oss.path_style, retries=self._oss.retries)  # fmt: skip
         with self._lock:
             self._root = (root.rstrip("/") + "/") if root else None
         return {"info": "init db success."}

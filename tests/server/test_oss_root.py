@@ -76,7 +76,9 @@ def test_a_fresh_machine_restores_every_database_from_the_oss_root(tmp_path, s3,
         wait_shipped(a)
     a.stop(0, snapshot=False)  # the machine is lost: no final snapshot
 
+    s3.fail_next(503, 500)  # the store is briefly overloaded as the new machine starts: retried, not fatal
     b = start(tmp_path / "b", **oss_config(s3))  # an empty disk, the same root
+    assert not s3.faults and sum("OSS answered 50" in r.getMessage() for r in caplog.records) == 2
     try:
         with LookalikeClient(b.address) as c:
             after = {d.name: state(c, d.name) for d in c.list_databases()}
