@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from imagefolder import write_image_folder
 from lookalike.trainer.config import load_config
-from lookalike.trainer.loop import adapt_to_dataset, loader_workers, train
+from lookalike.trainer.loop import SchedulePlan, adapt_to_dataset, loader_workers, train
 from lookalike.trainer.methods import moco as moco_module
 from lookalike.trainer.methods.registry import build_method
 from lookalike.trainer.selfcheck import (
@@ -195,7 +195,15 @@ def test_check_set_alters_copies_and_holdout_is_a_slice() -> None:
 # ----------------------------------------------------------------------------- runs
 
 
-def test_max_minutes_stops_cleanly_with_a_valid_export(folder: Path, tmp_path: Path) -> None:
+def test_max_minutes_stops_cleanly_with_a_valid_export(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline stops a run whose schedule outlasts the budget (steps that got slower after the fit).
+
+    Without the fit the 200-epoch schedule cannot end in 1.2 s; with it the run could end on its own
+    just before the clock, which is not the path under test.
+    """
+    monkeypatch.setattr(SchedulePlan, "fit_to_budget", lambda self, done, seconds_per_step: None)
     out = tmp_path / "budget"
     cfg = load_config(["tiny"], [f"data.source={folder}", f"train.output_dir={out}", "train.epochs=200",
                                  "train.max_minutes=0.02", "train.checkpoint_every=1000"])  # fmt: skip
