@@ -3,7 +3,10 @@
 One TorchScript file, with its preprocessing contract stored inside it as ``lookalike.json``
 (``torch.jit.save(..., _extra_files=...)``), so a model can never be served with the wrong
 resize or normalisation. The module maps a float batch ``[N, 3, S, S]`` (RGB, already
-normalised with ``mean``/``std``) to ``[N, D]``; the server L2-normalises the output.
+normalised with ``mean``/``std``) to ``[N, D]``; the server L2-normalises the output
+(:func:`output_vectors`). A file may carry a domain ``center``: the mean of its L2-normalised
+vectors over the user's own images, subtracted before a second normalisation. It lives in the
+metadata, not the graph, so the server's bf16 and fp16 execution never rounds it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class EmbedderMeta:
     precision: str = "fp32"
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    center: tuple[float, ...] | None = None  # subtracted from the L2-normalised output (output_vectors)
 
     def __post_init__(self) -> None:
         if self.output_dim <= 0:
@@ -71,6 +75,15 @@ class EmbedderMeta:
             raise ModelFileError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ModelFileError("mean and std must be three numbers each, std > 0")
+        if self.center is not None:
+            c = np.asarray(self.center, dtype=np.float64)
+            if c.shape != (self.output_dim,) or not np.isfinite(c).all():
+                raise ModelFileError(f"center must be {self.output_dim} finite numbers (output_dim), got {c.shape[0]}")
+            if not float(np.linalg.norm(c)) < 1.0 - 1e-6:
+                raise ModelFileError(
+                    f"center has norm {np.linalg.norm(c):.6f}; the mean of unit vectors must have norm < 1 "
+                    "(a norm of 1 means every image embedded alike, and nothing would be left after subtracting it)"
+                )
         if self.format_version != FORMAT_VERSION:
             raise ModelFileError(
                 f"model file format {self.format_version} is not supported by this Lookalike "
@@ -78,7 +91,10 @@ class EmbedderMeta:
             )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        raw = dataclasses.asdict(self)
+        if raw["center"] is None:
+            del raw["center"]  # files without a centre stay readable by servers that predate it
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> EmbedderMeta:
@@ -96,9 +112,30 @@ class EmbedderMeta:
             raw["mean"] = tuple(float(v) for v in raw.get("mean", cls.mean))
             raw["std"] = tuple(float(v) for v in raw.get("std", cls.std))
             raw.setdefault("resize_mode", LEGACY_RESIZE_MODE)  # an old file keeps meaning what it meant
+            if raw.get("center") is not None:
+                raw["center"] = tuple(float(v) for v in raw["center"])
             return cls(**raw)
         except TypeError as exc:
             raise ModelFileError(f"{META_FILE} is incomplete: {exc}") from exc
+
+
+def output_vectors(features: np.ndarray, meta: EmbedderMeta) -> np.ndarray:
+    """The model's ``[N, D]`` output as served: L2-normalised; minus ``meta.center`` and normalised again."""
+    y = np.asarray(features, dtype=np.float32)
+    y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+    if meta.center is not None:
+        y = y - np.asarray(meta.center, dtype=np.float32)
+        y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+    return y.astype(np.float32, copy=False)
+
+
+def with_center(path: str | Path, center: np.ndarray | None) -> EmbedderMeta:
+    """Rewrite a model file's metadata with ``center`` (``None`` removes it); the weights are untouched."""
+    module, meta = load_embedder(path)
+    c = None if center is None else tuple(float(v) for v in np.asarray(center, dtype=np.float64).ravel())
+    meta = dataclasses.replace(meta, center=c)
+    save_embedder(module, path, meta)
+    return meta
 
 
 @contextlib.contextmanager

@@ -91,6 +91,9 @@ class ExportConfig:
     fp16: bool = False  # export half-precision weights (PAI: "evtorch model 开启半精度")
     input_size: int | None = None  # default: method.image_size
     resize_size: int | None = None  # default: input_size * 256 / 224 (resize shorter side, centre crop)
+    # Domain centre (trainer/center.py): each export subtracts the mean of its vectors over this many of
+    # the training images; 0 = off. The fine-tune config sets 256.
+    center_images: int = 0
 
 
 @dataclass
@@ -143,6 +146,7 @@ class Config:
             "optim.min_lr": self.optim.min_lr,
             "optim.warmup_epochs": self.optim.warmup_epochs,
             "optim.backbone_lr_scale": self.optim.backbone_lr_scale,
+            "export.center_images": self.export.center_images,
         }.items():
             if value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")

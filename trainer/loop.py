@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from lookalike.trainer import dist
+from lookalike.trainer.center import CenterSet, center_export
 from lookalike.trainer.checkpoint import (
     LAST,
     TrainState,
@@ -340,6 +341,7 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
     if is_main:
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")  # the values actually used
     check = _check_set(cfg, source, held) if is_main else None
+    centre = CenterSet.draw(train_source, cfg.export.center_images, cfg.train.seed) if is_main else None
     method.to(device)
     sync_bn = cfg.train.sync_bn == "true" or (
         cfg.train.sync_bn == "auto" and device.type == "cuda" and not getattr(method, "shuffle_bn", False)
@@ -382,6 +384,7 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
         f"batch {cfg.train.batch_size}x{accumulate}x{world}, {plan.steps_per_epoch} steps/epoch x {plan.epochs} "
         f"epochs = {plan.total_steps} steps (warmup {plan.warmup_steps}), {loader.num_workers} loader worker(s), "
         f"precision {_PRECISION_NAMES[amp_dtype]}"
+        + (f", each export centred on {len(centre.indices)} of the images (export.center_images)" if centre else "")
     )
 
     result = TrainResult(out, state)
@@ -389,7 +392,7 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
         result.selfcheck = SelfCheckLog.load(out, cfg.selfcheck.tolerance_se)
         if result.selfcheck.start is None:
             began = time.monotonic()
-            path = _export(cfg, method, out / START_EXPORT, state, "start")
+            path = _export(cfg, method, out / START_EXPORT, state, "start", centre)
             metrics = run_check(path, check)
             plan.check_seconds = time.monotonic() - began
             result.selfcheck.add(0, 0, path, metrics)
@@ -407,7 +410,8 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
         result.history.append(stats)
         timed_out = _time_up(plan)
         if is_main:
-            _after_epoch(cfg, method, optimizer, scaler, state, stats, out, result, plan, check, final=timed_out)
+            _after_epoch(cfg, method, optimizer, scaler, state, stats, out, result, plan, check, centre,
+                         final=timed_out)  # fmt: skip
         if timed_out:
             result.stopped_by_time = True
             break
@@ -535,11 +539,14 @@ def _fmt_check(m: dict[str, float]) -> str:
     )
 
 
-def _export(cfg: Config, method: nn.Module, path: Path, state: TrainState, tag: str) -> Path:
+def _export(
+    cfg: Config, method: nn.Module, path: Path, state: TrainState, tag: str, centre: CenterSet | None = None
+) -> Path:
+    """The embedder file of ``method`` now; with ``centre``, its domain centre stored in it (trainer/center.py)."""
     from lookalike.trainer.export import export_embedder
 
     input_size = cfg.export.input_size or cfg.method.image_size
-    return export_embedder(
+    path = export_embedder(
         without_sync_batchnorm(method.embedder()),
         path,
         input_size=input_size,
@@ -550,6 +557,9 @@ def _export(cfg: Config, method: nn.Module, path: Path, state: TrainState, tag: 
         fp16=cfg.export.fp16,
         extra={"method": method.name, "backbone": backbone_name(cfg), "epoch": state.epoch, "step": state.step},
     )
+    if centre is not None:
+        center_export(path, centre)
+    return path
 
 
 def _resume_path(cfg: Config, out: Path) -> Path | None:
@@ -698,6 +708,7 @@ def _after_epoch(
     result: TrainResult,
     plan: SchedulePlan,
     check: CheckSet | None,
+    centre: CenterSet | None,
     final: bool = False,
 ) -> None:
     """Main process only: log line, ``last.pth``, and the periodic checkpoint + export + self-check."""
@@ -716,7 +727,7 @@ def _after_epoch(
             out / epoch_checkpoint_name(state.epoch),
             method=method, optimizer=optimizer, scaler=scaler, state=state, config=config,
         )  # fmt: skip
-        path = _export(cfg, method, out / epoch_export_name(state.epoch), state, f"epoch_{state.epoch}")
+        path = _export(cfg, method, out / epoch_export_name(state.epoch), state, f"epoch_{state.epoch}", centre)
         result.exports.append(path)
         _log(f"saved {epoch_checkpoint_name(state.epoch)} and {path.name}")
         if check is not None and result.selfcheck is not None:

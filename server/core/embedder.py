@@ -22,17 +22,12 @@ from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.core.images import MAX_ASPECT_RATIO, PixelBudget, decode_image
 from lookalike.server.core.model_exec import prepare as prepare_runner
 
-from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess
+from lookalike.modelfile import EmbedderMeta, load_embedder, output_vectors, preprocess
 
 log = logging.getLogger(__name__)
 
 
 DRAFT_MARGIN = 2  # JPEG draft decoding keeps this many times the pixels the resize needs
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
 class Embedder:
@@ -111,7 +106,7 @@ class Embedder:
         y = self._runner.run(batch).cpu().numpy()  # TorchScript inference is safe from several threads
         if not np.isfinite(y).all():
             raise LookalikeError(ErrorKind.INTERNAL, "MODEL_OUTPUT_INVALID", "the model produced non-finite values")
-        return l2_normalize(y)
+        return output_vectors(y, self.meta)  # L2-normalised, minus the file's domain centre if it has one
 
     def prepare(self, data: bytes, *, field: str = "image") -> np.ndarray:
         """Decode and preprocess one encoded image -> [3, S, S] float32."""

@@ -1,8 +1,9 @@
 """Which model produced a database's vectors: name, dimension, preprocessing and a weights digest.
 
-The digest covers the weights and the preprocessing metadata, not the file bytes, so the
-default model converted on another machine (a fresh server restoring from OSS) is the same
-model, while a fine-tune, another input size or another crop policy is not.
+The digest covers the weights, the preprocessing metadata and the domain centre subtracted from
+the output, not the file bytes, so the default model converted on another machine (a fresh server
+restoring from OSS) is the same model, while a fine-tune, another input size, another crop policy or
+the same weights with another centre is not.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+
+import numpy as np
 
 
 def model_identity(module: Any, meta: Any) -> dict[str, Any]:
@@ -28,6 +31,10 @@ def model_identity(module: Any, meta: Any) -> dict[str, Any]:
     else:
         preprocessing = {k: v for k, v in json.loads(meta.to_json()).items() if k not in ("model_name", "extra")}
     digest.update(json.dumps(preprocessing, sort_keys=True).encode())
+    center = getattr(meta, "center", None)
+    if center is not None:
+        digest.update(b"center")
+        digest.update(np.asarray(center, dtype=np.float64).tobytes())
     return {
         "name": meta.model_name,
         "dimension": int(meta.output_dim),

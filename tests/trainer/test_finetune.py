@@ -25,7 +25,7 @@ from lookalike.trainer.selfcheck import (
 from lookalike.trainer.train_cli import main
 from PIL import Image
 
-from lookalike.modelfile import load_embedder, preprocess, quiet_torchscript
+from lookalike.modelfile import load_embedder, preprocess, quiet_torchscript, read_meta
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +231,10 @@ def test_finetune_on_a_few_dozen_images_reports_its_self_check_against_the_start
     text = capsys.readouterr().out
     assert "method.options.K 4096 -> 0" in text and "train.batch_size 64 -> 16" in text
     assert "self-check at the start" in text
+    assert "each export centred on 32 of the images" in text  # 40 photos, 8 held out: every training image
+    for export in out.glob("*export.pt"):  # the start's and every checkpoint's, best_export.pt included
+        center = read_meta(export).center
+        assert center is not None and 0.3 < float(np.linalg.norm(center)) < 1.0, export.name
     verdicts = ("the fine-tune beats its start", "did NOT beat its starting model", "within its noise")
     assert any(v in text for v in verdicts)
     log = [json.loads(line) for line in (out / "selfcheck.jsonl").read_text().splitlines()]

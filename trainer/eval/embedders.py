@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess
+from lookalike.modelfile import EmbedderMeta, load_embedder, output_vectors, preprocess
 
 PIXELS = "pixels"
 DEFAULT = "default"
@@ -80,7 +80,7 @@ class ModelFileEmbedder:
                 batch = np.stack(list(pool.map(self._prep, images[start : start + self.batch_size])))
                 x = torch.from_numpy(batch).to(self.device)  # [B, 3, S, S]
                 out.append(self.module(x).float().cpu().numpy())  # [B, D]
-        return _normalise(np.concatenate(out))
+        return output_vectors(np.concatenate(out), self.meta)  # as the server: with the file's domain centre
 
 
 def default_model_file(cache_dir: Path | None = None) -> Path:
