@@ -8,6 +8,8 @@ the README's command fine-tunes the served model on them, and every model is sco
 (leave-one-out mAP, 1-NN accuracy, recall@5 at the served 224 px):
 
 - ``default``: the served model (EfficientNet-Lite0, ImageNet), what a user has before training;
+- ``start``: the trainer's start export: the served weights with the set's domain centre alone
+  (``export.center_images``, trainer/center.py), no training;
 - ``fine-tune``: the last export of ``lookalike train --config finetune`` (default settings);
 - ``best``: ``best_export.pt``, picked by the unlabelled self-check (the start included);
 - ``epoch_N``: every checkpoint, beside its self-check score, to show whether the signal tracks mAP.
@@ -57,8 +59,12 @@ def train(work: Path, name: str, max_minutes: float, extra: list[str]) -> None:
 
 
 def _models(run: Path, all_checkpoints: bool) -> list[tuple[str, str]]:
+    from lookalike.modelfile import read_meta
+
     exports = sorted(run.glob("epoch_*_export.pt"), key=lambda p: int(p.name.split("_")[1]))
     models = [("default", "default")]
+    if (run / "start_export.pt").is_file() and read_meta(run / "start_export.pt").center is not None:
+        models.append(("start", str(run / "start_export.pt")))  # the served model with the domain centre alone
     if exports:
         models.append(("fine-tune", str(exports[-1])))
     if (run / "best_export.pt").is_file():
@@ -120,8 +126,8 @@ def table(work: Path, json_out: Path | None) -> str:
                 best = _chosen(folder / "finetune")
                 check = best
                 label = f"best ({best['export'].removesuffix('_export.pt')})" if best else label
-            if label == "default":
-                check = checks.get("start_export.pt")  # the same weights, exported by the trainer
+            if label == "start" or (label == "default" and "start" not in results):
+                check = checks.get("start_export.pt")  # the trainer's export of the served weights
             score = "" if check is None else f"{check['score']:.3f}"
             lines.append(
                 f"| {folder.name} | {label} | {100 * r['mAP']:.2f} | {100 * r['knn@1']:.2f} | "
@@ -135,13 +141,13 @@ def table(work: Path, json_out: Path | None) -> str:
 
 
 def _labelled_by_export(folder: Path) -> dict[str, float]:
-    """Labelled mAP of each export of a run folder (``start_export.pt`` scored as the served default)."""
+    """Labelled mAP of each export of a run folder (without a centred ``start`` row, the start is the default)."""
     results = json.loads((folder / "eval.json").read_text())
     out = {}
     for label, r in results.items():
-        if label == "default":
+        if label == "default" and "start" not in results:
             out["start_export.pt"] = r["mAP"]
-        elif label != "best":
+        elif label not in ("best", "default"):
             out[Path(r.get("spec", "")).name] = r["mAP"]
     return out
 
