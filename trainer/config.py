@@ -92,7 +92,7 @@ class ExportConfig:
     input_size: int | None = None  # default: method.image_size
     resize_size: int | None = None  # default: input_size * 256 / 224 (resize shorter side, centre crop)
     # Domain centre (trainer/center.py): each export subtracts the mean of its vectors over this many of
-    # the training images; 0 = off. The fine-tune config sets 256.
+    # the training images; 0 = off. The fine-tune config sets 128.
     center_images: int = 0
 
 

@@ -205,10 +205,15 @@ def keeps_copies(entry: dict[str, Any], start: dict[str, Any] | None, tolerance_
 
 
 def run_check(model_file: str | Path, check: CheckSet, batch_size: int = 64) -> dict[str, Any]:
-    """Embed ``check`` with a model file, as the server would, and return :func:`check_metrics`."""
+    """Embed ``check`` with a model file, as the server would but without its domain centre; :func:`check_metrics`.
+
+    Plain vectors: the score was validated on them (trainer/CONFIG.md, "Third pass"). On centred vectors
+    it missed the fine-tune's gain on Noto (every checkpoint scored 0.03-0.08 below the centred start,
+    "Fourth pass"); the centre is added to whichever export is served, the start included.
+    """
     from lookalike.trainer.eval.embedders import ModelFileEmbedder
 
-    embedder = ModelFileEmbedder(model_file, batch_size=batch_size, threads=2)
+    embedder = ModelFileEmbedder(model_file, batch_size=batch_size, threads=2, plain=True)
     return check_metrics(embedder.embed(check.originals), embedder.embed(check.copies), check.owner)
 
 

@@ -72,3 +72,15 @@ def test_fewer_than_two_readable_images_leave_the_file_plain(tmp_path: Path, mod
         p.write_bytes(b"not an image")
     assert center_export(model_file, CenterSet(open_source(str(tmp_path / "imgs")), [0, 1, 2])) == 0
     assert load_embedder(model_file)[1].center is None
+
+
+def test_the_self_check_scores_plain_vectors_whatever_the_centre(tmp_path: Path, model_file: Path) -> None:
+    from lookalike.trainer.selfcheck import make_check_set, run_check
+
+    paths = write_image_folder(tmp_path / "imgs", 8)
+    check = make_check_set([Image.open(p).convert("RGB") for p in paths], views=2)
+    plain = run_check(model_file, check)
+    assert center_export(model_file, CenterSet(open_source(str(tmp_path / "imgs")), list(range(8)))) == 8
+    assert run_check(model_file, check)["score"] == pytest.approx(plain["score"], abs=1e-9)
+    centred = ModelFileEmbedder(model_file).embed(check.originals)
+    assert not np.allclose(centred, ModelFileEmbedder(model_file, plain=True).embed(check.originals), atol=1e-3)

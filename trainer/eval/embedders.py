@@ -7,6 +7,7 @@ does, so an evaluation number is the number the deployed model would get.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,10 +61,16 @@ class PixelEmbedder:
 
 
 class ModelFileEmbedder:
-    """A Lookalike model file, preprocessed as the server does, batched, on CPU or GPU."""
+    """A Lookalike model file, preprocessed as the server does, batched, on CPU or GPU.
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", batch_size: int = 128, threads: int = 4) -> None:
+    ``plain=True`` leaves out the file's domain centre (the self-check ranks encoders on plain vectors).
+    """
+
+    def __init__(
+        self, path: str | Path, *, device: str = "cpu", batch_size: int = 128, threads: int = 4, plain: bool = False
+    ) -> None:
         module, meta = load_embedder(path, device=device)
+        self.output_meta = dataclasses.replace(meta, center=None) if plain else meta
         if meta.precision == "fp16" and device == "cpu":
             module = module.float()  # half kernels are slow or missing on CPU; the module casts inside
         self.module, self.meta = module, meta
@@ -80,7 +87,7 @@ class ModelFileEmbedder:
                 batch = np.stack(list(pool.map(self._prep, images[start : start + self.batch_size])))
                 x = torch.from_numpy(batch).to(self.device)  # [B, 3, S, S]
                 out.append(self.module(x).float().cpu().numpy())  # [B, D]
-        return output_vectors(np.concatenate(out), self.meta)  # as the server: with the file's domain centre
+        return output_vectors(np.concatenate(out), self.output_meta)  # as the server: with the file's domain centre
 
 
 def default_model_file(cache_dir: Path | None = None) -> Path:
