@@ -126,6 +126,9 @@ def table(work: Path, json_out: Path | None) -> str:
                 best = _chosen(folder / "finetune")
                 check = best
                 label = f"best ({best['export'].removesuffix('_export.pt')})" if best else label
+                # The trainer's rule applied to the log now (a run trained under an earlier rule kept another file).
+                same = [x for x in results.values() if best and Path(x.get("spec", "")).name == best["export"]]
+                r = same[0] if same else r
             if label == "start" or (label == "default" and "start" not in results):
                 check = checks.get("start_export.pt")  # the trainer's export of the served weights
             score = "" if check is None else f"{check['score']:.3f}"
@@ -159,22 +162,37 @@ def _current_score(entry: dict[str, Any]) -> dict[str, Any]:
     return entry | {"score": -(entry["alignment"] + entry["uniformity"])}
 
 
+def _latest_within_noise(log: Any) -> dict[str, Any] | None:
+    """The third pass's pick: the latest eligible check within noise of the top, clearly above the start."""
+    from lookalike.trainer.selfcheck import within_noise
+
+    top, start, tol = log.top, log.start, log.tolerance_se
+    for e in reversed(log.eligible):
+        if e is start or (within_noise(e, top, tol) and (start is None or not within_noise(start, e, tol))):
+            return e
+    return start
+
+
 def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
     """How often each rule picks a checkpoint whose labelled mAP is >= the last one's (and >= the start's).
 
-    Rules: ``latest within noise`` (the trainer's: the latest check that keeps its copies within
-    ``tolerance_se`` paired SE of the top score), ``top score`` (the highest ``-(alignment +
-    uniformity)`` that keeps its copies), ``top copies' mAP`` (the score of earlier versions),
-    ``last`` (always the last checkpoint). Older logs are re-scored (:func:`_current_score`).
+    Rules: ``trainer's pick`` (``SelfCheckLog.best``: the last check when it keeps its copies and is
+    clearly above the start, else the next rule), ``latest within noise`` (the third pass's pick: the
+    latest check that keeps its copies within ``tolerance_se`` paired SE of the top score), ``top
+    score`` (the highest ``-(alignment + uniformity)`` that keeps its copies), ``top copies' mAP``
+    (the score of earlier versions), ``last`` (always the last checkpoint). Older logs are re-scored
+    (:func:`_current_score`).
     Runs whose checkpoints were not all evaluated (``eval --all-checkpoints``) are skipped.
     """
     from lookalike.trainer.selfcheck import SelfCheckLog
 
-    rules = {"latest within noise": [], "top score": [], "top copies' mAP": [], "last": []}
+    rules: dict[str, list[tuple[bool, bool]]] = {"trainer's pick": [], "latest within noise": [], "top score": [],
+                                                 "top copies' mAP": [], "last": []}  # fmt: skip
     agree: dict[str, list[bool]] = {"score": [], "mAP": []}  # moved with labelled mAP from start to last
     lines = [
-        "| run | checks: score (labelled mAP) | latest within noise | top score | top copies' mAP | last |",
-        "|---|---|---|---|---|---|",
+        "| run | checks: score (labelled mAP) | trainer's pick | latest within noise | top score | top copies' mAP "
+        "| last |",
+        "|---|---|---|---|---|---|---|",
     ]
     for work in works:
         for folder in sorted(p for p in work.iterdir() if (p / "eval.json").is_file()):
@@ -185,7 +203,8 @@ def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
                 continue
             last, start = log.entries[-1], log.entries[0]
             by_map = max(log.entries, key=lambda e: (e["mAP"], -e["epoch"]))
-            picks = {"latest within noise": log.best, "top score": log.top, "top copies' mAP": by_map, "last": last}
+            picks = {"trainer's pick": log.best, "latest within noise": _latest_within_noise(log),
+                     "top score": log.top, "top copies' mAP": by_map, "last": last}  # fmt: skip
             gain = labelled[last["export"]] - labelled[start["export"]]
             for signal in agree:
                 agree[signal].append((last[signal] - start[signal]) * gain > 0)

@@ -78,7 +78,7 @@ class EmbedderMeta:
         if self.center is not None:
             c = np.asarray(self.center, dtype=np.float64)
             if c.shape != (self.output_dim,) or not np.isfinite(c).all():
-                raise ModelFileError(f"center must be {self.output_dim} finite numbers (output_dim), got {c.shape[0]}")
+                raise ModelFileError(f"center must be {self.output_dim} finite numbers (output_dim), got {c.size}")
             if not float(np.linalg.norm(c)) < 1.0 - 1e-6:
                 raise ModelFileError(
                     f"center has norm {np.linalg.norm(c):.6f}; the mean of unit vectors must have norm < 1 "

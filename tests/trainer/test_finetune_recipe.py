@@ -133,6 +133,24 @@ def test_best_export_is_the_latest_check_within_noise_of_the_top(tmp_path: Path)
     assert "beats its start" in log.verdict()
 
 
+def test_the_last_check_is_served_when_it_is_clearly_above_the_start(tmp_path: Path) -> None:
+    """The score does not rank one run's checkpoints (it prefers the early, most spread ones), but it does
+    tell whether the fine-tune moved away from the start: the last checkpoint is served when it did."""
+    base = np.linspace(1.6, 1.9, 30)
+    start, early_top, later = _entry(0, list(base)), _entry(1, list(base + 0.12)), _entry(2, list(base + 0.05))
+    log = _log(tmp_path, [start, early_top, later])
+    assert log.top["epoch"] == 1 and not within_noise(later, early_top, 1.0)  # clearly below the top
+    assert log.best["epoch"] == 2 and (tmp_path / BEST_EXPORT).read_bytes() == b"e2.pt"
+    wobble = np.where(np.arange(30) % 2 == 0, 0.011, -0.011)
+    for epoch, values, hit in ((3, base + wobble, None), (4, base + 0.2, [0] * 5 + [1] * 25)):
+        e = _entry(epoch, list(values), hit)  # 3 only ties the start; 4 scores high but loses 5 copies
+        (tmp_path / e["export"]).write_bytes(e["export"].encode())
+        metrics = {k: v for k, v in e.items() if k not in ("epoch", "step", "export")}
+        log.add(epoch, epoch, tmp_path / e["export"], metrics)
+        assert log.best["epoch"] == 1, epoch  # back to the latest check within noise of the top
+    assert (tmp_path / BEST_EXPORT).read_bytes() == b"e1.pt"
+
+
 def test_a_spread_out_checkpoint_that_loses_its_copies_is_never_served(tmp_path: Path) -> None:
     """Random features spread best of all: the guard, not the score, must keep them out."""
     base = np.linspace(1.6, 1.9, 20)
