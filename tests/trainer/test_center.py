@@ -84,3 +84,11 @@ def test_the_self_check_scores_plain_vectors_whatever_the_centre(tmp_path: Path,
     assert run_check(model_file, check)["score"] == pytest.approx(plain["score"], abs=1e-9)
     centred = ModelFileEmbedder(model_file).embed(check.originals)
     assert not np.allclose(centred, ModelFileEmbedder(model_file, plain=True).embed(check.originals), atol=1e-3)
+
+
+def test_a_negative_centre_count_is_refused_naming_the_option() -> None:
+    from lookalike.trainer.config import load_config
+
+    with pytest.raises(ValueError, match=r"export.center_images must be >= 0, got -1"):
+        load_config(["finetune"], ["export.center_images=-1"]).validate()
+    assert load_config(["finetune"], []).export.center_images == 128
