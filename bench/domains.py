@@ -162,17 +162,6 @@ def _current_score(entry: dict[str, Any]) -> dict[str, Any]:
     return entry | {"score": -(entry["alignment"] + entry["uniformity"])}
 
 
-def _latest_within_noise(log: Any) -> dict[str, Any] | None:
-    """The third pass's pick: the latest eligible check within noise of the top, clearly above the start."""
-    from lookalike.trainer.selfcheck import within_noise
-
-    top, start, tol = log.top, log.start, log.tolerance_se
-    for e in reversed(log.eligible):
-        if e is start or (within_noise(e, top, tol) and (start is None or not within_noise(start, e, tol))):
-            return e
-    return start
-
-
 def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
     """How often each rule picks a checkpoint whose labelled mAP is >= the last one's (and >= the start's).
 
@@ -203,7 +192,7 @@ def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
                 continue
             last, start = log.entries[-1], log.entries[0]
             by_map = max(log.entries, key=lambda e: (e["mAP"], -e["epoch"]))
-            picks = {"trainer's pick": log.best, "latest within noise": _latest_within_noise(log),
+            picks = {"trainer's pick": log.best, "latest within noise": log.latest_within_noise,
                      "top score": log.top, "top copies' mAP": by_map, "last": last}  # fmt: skip
             gain = labelled[last["export"]] - labelled[start["export"]]
             for signal in agree:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import threading
@@ -90,6 +91,11 @@ class EmbedderMeta:
                 f"(expects {FORMAT_VERSION}); re-export the model with this version's trainer"
             )
 
+    @functools.cached_property
+    def center_vector(self) -> np.ndarray | None:
+        """``center`` as float32, converted once (the server subtracts it from every batch)."""
+        return None if self.center is None else np.asarray(self.center, dtype=np.float32)
+
     def to_json(self) -> str:
         raw = dataclasses.asdict(self)
         if raw["center"] is None:
@@ -123,8 +129,8 @@ def output_vectors(features: np.ndarray, meta: EmbedderMeta) -> np.ndarray:
     """The model's ``[N, D]`` output as served: L2-normalised; minus ``meta.center`` and normalised again."""
     y = np.asarray(features, dtype=np.float32)
     y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
-    if meta.center is not None:
-        y = y - np.asarray(meta.center, dtype=np.float32)
+    if meta.center_vector is not None:
+        y = y - meta.center_vector
         y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
     return y.astype(np.float32, copy=False)
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from lookalike.trainer.data.images import UnreadableImage
-from lookalike.trainer.data.sources import ImageSource
+from lookalike.trainer.data.sources import ImageSource, load_readable
 
-from lookalike.modelfile import load_embedder, with_center
+from lookalike.modelfile import with_center
 
 
 @dataclass
@@ -42,13 +41,7 @@ class CenterSet:
         return cls(source, sorted(int(i) for i in picked))
 
     def images(self) -> list:
-        out = []
-        for i in self.indices:
-            try:
-                out.append(self.source.load(i))
-            except UnreadableImage:
-                continue
-        return out
+        return load_readable(self.source, self.indices)
 
 
 def domain_center(model_file: str | Path, images: list, batch_size: int = 64) -> np.ndarray:
@@ -71,8 +64,5 @@ def center_export(model_file: str | Path, centre: CenterSet) -> int:
     images = centre.images()
     if len(images) < 2:
         return 0
-    _, meta = load_embedder(model_file)
-    if meta.center is not None:
-        return len(images)  # already centred (a resumed run re-exporting the same file)
-    with_center(model_file, domain_center(model_file, images))
+    with_center(model_file, domain_center(model_file, images))  # a fresh export: plain, as domain_center needs
     return len(images)

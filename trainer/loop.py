@@ -37,7 +37,7 @@ from lookalike.trainer.config import Config
 from lookalike.trainer.data.augment import AugmentOptions, MultiCropAugment
 from lookalike.trainer.data.dataset import ViewsDataset, collate_views
 from lookalike.trainer.data.skips import SkipLog
-from lookalike.trainer.data.sources import ImageSource, SubsetSource, open_source
+from lookalike.trainer.data.sources import ImageSource, SubsetSource, load_readable, open_source
 from lookalike.trainer.selfcheck import (
     START_EXPORT,
     CheckSet,
@@ -519,14 +519,7 @@ def _plan_schedule(cfg: Config, steps_per_epoch: int) -> SchedulePlan:
 
 def _check_set(cfg: Config, source: ImageSource, held: list[int]) -> CheckSet | None:
     """The held-out images (unreadable ones skipped) and their altered copies, or None."""
-    from lookalike.trainer.data.images import UnreadableImage
-
-    images = []
-    for i in held:
-        try:
-            images.append(source.load(i))
-        except UnreadableImage:
-            continue
+    images = load_readable(source, held)
     if len(images) < 2:
         return None
     return make_check_set(images, cfg.selfcheck.views, seed=cfg.train.seed)

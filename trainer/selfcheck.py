@@ -249,25 +249,30 @@ class SelfCheckLog:
         """The eligible check with the highest score (the earliest of equals)."""
         return max(self.eligible, key=lambda e: (e["score"], -e["epoch"]), default=None)
 
+    def beats_start(self, entry: dict[str, Any]) -> bool:
+        """``entry`` keeps its copies and its score is clearly above the start's (not within its noise)."""
+        start = self.start
+        if entry is start:
+            return False
+        tol = self.tolerance_se
+        return keeps_copies(entry, start, tol) and (start is None or not within_noise(start, entry, tol))
+
     @property
-    def best(self) -> dict[str, Any] | None:
-        """The model to serve (module docstring): the latest check when it keeps its copies and is clearly
-        above the start; else the latest eligible check within noise of :attr:`top` and clearly above the
-        start; else the start."""
-        top, start = self.top, self.start
+    def latest_within_noise(self) -> dict[str, Any] | None:
+        """The latest check that beats the start and is within noise of :attr:`top`, else the start."""
+        top = self.top
         if top is None:
             return None
-        tol = self.tolerance_se
-        last = self.entries[-1]
-        clearly_up = start is None or not within_noise(start, last, tol)
-        if last is not start and keeps_copies(last, start, tol) and clearly_up:
-            return last
-        for e in reversed(self.eligible):
-            if e is start:
-                return e
-            if within_noise(e, top, tol) and (start is None or not within_noise(start, e, tol)):
-                return e
-        return start
+        return next((e for e in reversed(self.eligible) if self.beats_start(e)
+                     and within_noise(e, top, self.tolerance_se)), self.start)  # fmt: skip
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The model to serve (module docstring): the last check when it beats the start, else
+        :attr:`latest_within_noise`."""
+        if self.entries and self.beats_start(self.entries[-1]):
+            return self.entries[-1]
+        return self.latest_within_noise
 
     def ties_start(self) -> dict[str, Any] | None:
         """The latest checkpoint within noise of the start when the start is served, else ``None``."""

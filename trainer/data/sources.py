@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from lookalike.trainer.data.images import load_image, read_bytes
+from lookalike.trainer.data.images import UnreadableImage, load_image, read_bytes
 from lookalike.trainer.data.oss import OssReader, is_oss
 from PIL import Image
 
@@ -28,6 +28,17 @@ class ImageSource(Protocol):
     def ref(self, index: int) -> str: ...
 
     def load(self, index: int) -> Image.Image: ...
+
+
+def load_readable(source: ImageSource, indices: list[int]) -> list[Image.Image]:
+    """The images of ``source`` at ``indices``, unreadable ones skipped (the self-check's and the centre's sets)."""
+    images = []
+    for i in indices:
+        try:
+            images.append(source.load(i))
+        except UnreadableImage:
+            continue
+    return images
 
 
 def join_root(root: str | None, entry: str) -> str:

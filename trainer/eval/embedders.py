@@ -87,7 +87,7 @@ class ModelFileEmbedder:
                 batch = np.stack(list(pool.map(self._prep, images[start : start + self.batch_size])))
                 x = torch.from_numpy(batch).to(self.device)  # [B, 3, S, S]
                 out.append(self.module(x).float().cpu().numpy())  # [B, D]
-        return output_vectors(np.concatenate(out), self.output_meta)  # as the server: with the file's domain centre
+        return output_vectors(np.concatenate(out), self.output_meta)  # as the server (the centre unless plain)
 
 
 def default_model_file(cache_dir: Path | None = None) -> Path:
