@@ -83,9 +83,9 @@ def main() -> None:
     parser.add_argument("--milvus-uri", default=None, help="a running Milvus (default: start milvus-lite here)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from lookalike.server.core.catalog import Catalog
-    from lookalike.server.core.hnsw import HnswSettings
-    from lookalike.server.core.milvus_catalog import MilvusCatalog, MilvusIndexSettings
+    from lookalike.server.core.backends.builtin.catalog import Catalog
+    from lookalike.server.core.backends.builtin.hnsw import HnswSettings
+    from lookalike.server.core.backends.milvus.catalog import MilvusCatalog, MilvusIndexSettings
     from lookalike.server.storage.milvus_store import MilvusStore
 
     out = Out(args.json)

@@ -81,8 +81,8 @@ def registration(mode: str, runs: int, seconds: float, clients: int, bulk_n: int
 
 
 def snapshot_cycle(n: int, d: int, root: str | None = None, endpoint: str | None = None) -> dict:
-    from lookalike.server.core.catalog import Catalog
-    from lookalike.server.core.persistence import Persistence
+    from lookalike.server.core.backends.builtin.catalog import Catalog
+    from lookalike.server.core.backends.builtin.persistence import Persistence
 
     from lookalike.oss import OssClient
 

@@ -121,10 +121,10 @@ def main() -> None:
 
 def ours(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, dtype: str) -> None:
     """The server's tier: a Database whose graph the server's background build makes."""
-    from lookalike.server.core import hnsw as hnsw_module
-    from lookalike.server.core.commands import SetImages, SetItem
-    from lookalike.server.core.database import Database
-    from lookalike.server.core.hnsw import HnswSettings
+    from lookalike.server.core.backends.builtin import hnsw as hnsw_module
+    from lookalike.server.core.backends.builtin.commands import SetImages, SetItem
+    from lookalike.server.core.backends.builtin.database import Database
+    from lookalike.server.core.backends.builtin.hnsw import HnswSettings
 
     n, d = x.shape
     k = truth.shape[1]

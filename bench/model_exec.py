@@ -1,7 +1,7 @@
 """CPU model execution modes, measured on this machine: eager, channels_last, frozen, bf16 (autocast / frozen).
 
 Times the default model (EfficientNet-Lite0, 224 px) or ``--model FILE`` through the server's own runners
-(``lookalike.server.core.model_exec``) on real photos (the test photos of ``tests/photos.py``), at
+(``lookalike.server.core.embedding.model_exec``) on real photos (the test photos of ``tests/photos.py``), at
 several batch sizes, ``--runs`` timed runs of ``--iters`` calls each; reports the median images/s, the
 ratio to eager fp32 at the same batch size, and the lowest cosine against eager fp32 over the photos
 (issue 11 asks >= 0.999). The model-only images/s is also the ceiling of the whole server on this CPU.
@@ -61,8 +61,8 @@ def main() -> int:
         return side_by_side(args)
 
     import torch
-    from lookalike.server.core.default_model import default_model_path
-    from lookalike.server.core.model_exec import cosine_rows, make_cpu_runner, native_bf16
+    from lookalike.server.core.embedding.default_model import default_model_path
+    from lookalike.server.core.embedding.model_exec import cosine_rows, make_cpu_runner, native_bf16
 
     from lookalike.modelfile import load_embedder
 
@@ -122,8 +122,8 @@ def side_by_side(args: argparse.Namespace) -> int:
     import threading
 
     import torch
-    from lookalike.server.core.default_model import default_model_path
-    from lookalike.server.core.model_exec import make_cpu_runner, resolve_cpu_mode
+    from lookalike.server.core.embedding.default_model import default_model_path
+    from lookalike.server.core.embedding.model_exec import make_cpu_runner, resolve_cpu_mode
 
     from lookalike.modelfile import load_embedder
 

@@ -52,7 +52,7 @@ def model_path(work: Path, mode: str) -> Path:
 
 def write_models(work: Path) -> list[Path]:
     """The default model's weights under each resize mode (only the metadata differs)."""
-    from lookalike.server.core.default_model import default_model_path
+    from lookalike.server.core.embedding.default_model import default_model_path
 
     from lookalike.modelfile import load_embedder, save_embedder
 

@@ -43,8 +43,8 @@ BULK_SIZE = (640, 480)
 # -- the server side (a child process) -------------------------------------------------------
 def make_naive(embedder: Any) -> None:
     """Turn a running embedder into the naive baseline: full-size decode, no decode pool (batching off by config)."""
+    from lookalike.server.core.embedding.images import decode_image
     from lookalike.server.core.errors import LookalikeError
-    from lookalike.server.core.images import decode_image
 
     from lookalike.modelfile import preprocess
 

@@ -92,8 +92,8 @@ def embed_all(cache: Path, size: float) -> tuple[np.ndarray, np.ndarray]:
     if cache.exists():
         z = np.load(cache)
         return z["gallery"], z["queries"]
-    from lookalike.server.core.default_model import default_model_path
-    from lookalike.server.core.embedder import Embedder
+    from lookalike.server.core.embedding.default_model import default_model_path
+    from lookalike.server.core.embedding.embedder import Embedder
 
     rng = random.Random(0)
     pics = photos()

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve", help="run the gRPC server", description="Run the server. Every option is also an environment "
-        "variable (named in its help); flags win. The token comes from LOOKALIKE_TOKEN only.",
+        "variable (named in its help); flags win. Secrets (the token, OSS keys) come from the environment only.",
     )  # fmt: skip
     ServerConfig.add_arguments(p)
     p.set_defaults(func=cmd_serve)

@@ -4,10 +4,13 @@ Only put, get (whole or a byte range), head and delete are used: S3-protocol tes
 (moto) and some OSS-compatible stores do not answer oss2's list and multipart calls, so
 callers name every object they need (a manifest) instead of listing.
 
-Credentials come from the environment (``OSS_ACCESS_KEY_ID``, ``OSS_ACCESS_KEY_SECRET``), from
-a credentials file, or from the caller; they never go into a config file, a message, or a repr.
-``OSS_ENDPOINT`` (e.g. ``https://oss-cn-hangzhou-internal.aliyuncs.com``) names the endpoint;
-``OSS_PATH_STYLE=1`` is for S3-protocol servers that only speak path-style URLs.
+``OssClient`` takes its endpoint, credentials and URL style as arguments and reads nothing from the
+environment: the server passes its ``ServerConfig`` values (``server/app.py`` ``make_oss``), so a flag
+such as ``--no-oss-path-style`` always wins. The CLI and the trainer, which have no settings object
+for OSS, use ``OssClient.from_env`` / ``OssReader``: ``OSS_ENDPOINT`` (e.g.
+``https://oss-cn-hangzhou-internal.aliyuncs.com``) names the endpoint, ``OSS_PATH_STYLE=1`` is for
+S3-protocol servers that only speak path-style URLs, and the keys come from ``OSS_ACCESS_KEY_ID`` /
+``OSS_ACCESS_KEY_SECRET``. Credentials never go into a config file, a message, or a repr.
 """
 
 from __future__ import annotations
@@ -15,11 +18,21 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SCHEME = "oss://"
+# The variables, read by the server's settings (server/config.py) and by ``from_env`` below.
+ENDPOINT_ENV = "OSS_ENDPOINT"
+PATH_STYLE_ENV = "OSS_PATH_STYLE"
+KEY_ID_ENV = "OSS_ACCESS_KEY_ID"
+SECRET_ENV = "OSS_ACCESS_KEY_SECRET"
+# Defaults of every OssClient; the server's --oss-retries defaults to DEFAULT_RETRIES.
+DEFAULT_RETRIES = 2
+DEFAULT_RETRY_BACKOFF_S = 0.2
+DEFAULT_TIMEOUT_S = 30.0
 # Statuses a store answers when it is briefly overloaded or restarting; the request is sent again.
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 # oss2 logs every request's headers, the signed Authorization header (with the access key id)
@@ -69,47 +82,74 @@ class OssCredentials:
         return "OssCredentials(<hidden>)"
 
     @classmethod
-    def from_env(cls, credentials_file: str | Path | None = None) -> OssCredentials | None:
-        """Environment first, then a file of ``OSS_ACCESS_KEY_ID=...`` / ``OSS_ACCESS_KEY_SECRET=...`` lines."""
-        key_id = os.environ.get("OSS_ACCESS_KEY_ID")
-        secret = os.environ.get("OSS_ACCESS_KEY_SECRET")
+    def find(
+        cls, key_id: str | None = None, secret: str | None = None, credentials_file: str | Path | None = None
+    ) -> OssCredentials | None:
+        """The given keys, else a file of ``OSS_ACCESS_KEY_ID=...`` / ``OSS_ACCESS_KEY_SECRET=...`` lines."""
         if (not key_id or not secret) and credentials_file:
             values: dict[str, str] = {}
             for line in Path(credentials_file).read_text().splitlines():
                 name, sep, value = line.partition("=")
                 if sep:
                     values[name.strip()] = value.strip()
-            key_id = key_id or values.get("OSS_ACCESS_KEY_ID")
-            secret = secret or values.get("OSS_ACCESS_KEY_SECRET")
+            key_id = key_id or values.get(KEY_ID_ENV)
+            secret = secret or values.get(SECRET_ENV)
         if not key_id or not secret:
             return None
         return cls(key_id, secret)
 
+    @classmethod
+    def from_env(
+        cls, credentials_file: str | Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> OssCredentials | None:
+        """For the CLI and the trainer: the environment's keys first, then ``credentials_file``."""
+        env = os.environ if environ is None else environ
+        return cls.find(env.get(KEY_ID_ENV), env.get(SECRET_ENV), credentials_file)
+
 
 class OssClient:
-    """oss2 buckets opened lazily per name; errors become OSError/FileNotFoundError without secrets."""
+    """oss2 buckets opened lazily per name; errors become OSError/FileNotFoundError without secrets.
+
+    Everything comes from the arguments, never the environment (``from_env`` is the door for that).
+    """
 
     def __init__(
         self,
         endpoint: str | None = None,
         credentials: OssCredentials | None = None,
         *,
-        path_style: bool | None = None,
-        timeout_s: float = 30.0,
-        retries: int = 2,
-        retry_backoff_s: float = 0.2,
+        path_style: bool = False,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
     ) -> None:
         if retries < 0 or retry_backoff_s < 0:
             raise ValueError(f"OSS retries ({retries}) and their backoff ({retry_backoff_s}s) must be >= 0")
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
-        self.endpoint = endpoint or os.environ.get("OSS_ENDPOINT")
+        self.endpoint = endpoint
         self._credentials = credentials
-        if path_style is None:
-            path_style = os.environ.get("OSS_PATH_STYLE", "") not in ("", "0", "false")
         self.path_style = path_style
         self.timeout_s = timeout_s
         self._buckets: dict[str, Any] = {}
+
+    @classmethod
+    def from_env(
+        cls,
+        endpoint: str | None = None,
+        credentials: OssCredentials | None = None,
+        *,
+        path_style: bool | None = None,
+        environ: Mapping[str, str] | None = None,
+        **kw: Any,
+    ) -> OssClient:
+        """For the CLI and the trainer: what is not given comes from ``OSS_ENDPOINT``, ``OSS_PATH_STYLE`` and
+        ``OSS_ACCESS_KEY_ID`` / ``OSS_ACCESS_KEY_SECRET``. The server never calls this (its values are settings)."""
+        env = os.environ if environ is None else environ
+        if path_style is None:
+            path_style = env.get(PATH_STYLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        return cls(endpoint or env.get(ENDPOINT_ENV) or None, credentials or OssCredentials.from_env(environ=env),
+                   path_style=path_style, **kw)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"OssClient(endpoint={self.endpoint!r})"
@@ -123,11 +163,11 @@ class OssClient:
             return bucket
         import oss2
 
-        credentials = self._credentials or OssCredentials.from_env()
+        credentials = self._credentials
         if credentials is None or not self.endpoint:
             raise ValueError(
-                "OSS access needs OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET and OSS_ENDPOINT "
-                "in the environment (or --oss-endpoint and a credentials file); credentials are never "
+                f"OSS access needs {KEY_ID_ENV}, {SECRET_ENV} and {ENDPOINT_ENV} "
+                "in the environment (or --oss-endpoint and --oss-credentials-file); credentials are never "
                 "read from config files"
             )
         bucket = oss2.Bucket(
@@ -212,5 +252,5 @@ class OssReader:
     def read(self, ref: str, byte_range: tuple[int, int] | None = None) -> bytes:
         """Whole object, or the inclusive ``byte_range`` of it. Raises ``OSError`` on failure."""
         if self._client is None:
-            self._client = OssClient(self.endpoint, path_style=self.path_style)
+            self._client = OssClient.from_env(self.endpoint, path_style=self.path_style)
         return self._client.read(ref, byte_range)

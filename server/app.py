@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.server.config import ServerConfig
-from lookalike.server.core.embedder import Embedder
+from lookalike.server.core.backends.builtin.catalog import Catalog
+from lookalike.server.core.backends.builtin.hnsw import HnswSettings
+from lookalike.server.core.backends.builtin.persistence import Persistence
+from lookalike.server.core.embedding.embedder import Embedder
 from lookalike.server.core.errors import LookalikeError
-from lookalike.server.core.hnsw import HnswSettings
-from lookalike.server.core.persistence import Persistence
 from lookalike.server.core.service import Limits, LookalikeService
+from lookalike.server.storage.dir_lock import DataDirLock
 from lookalike.server.transport.auth import TokenSet
 from lookalike.server.transport.grpc_server import GrpcServer
 from lookalike.server.transport.metrics import MetricsEndpoint, ServerMetrics
@@ -36,6 +38,7 @@ class RunningServer:
     stopping: threading.Event
     recovery_error: list[BaseException]
     http: Any = None  # the PAI-compatible HTTP gateway, when --http-port is set
+    lock: DataDirLock | None = None  # the data directory, held for the server's life
     metrics: ServerMetrics | None = None
     metrics_endpoint: MetricsEndpoint | None = None
 
@@ -64,21 +67,25 @@ class RunningServer:
         self.grpc.stop(grace)
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
-        self.service.catalog.close(snapshot=snapshot)
-        self.service.embedder.close()
+        self.service.close(snapshot=snapshot)
+        if self.lock is not None:
+            self.lock.release()
 
 
 def resolve_model(config: ServerConfig) -> Path:
     if config.model is not None:
         return config.model
-    from lookalike.server.core.default_model import default_model_path
+    from lookalike.server.core.embedding.default_model import default_model_path
 
-    return default_model_path()
+    return default_model_path(config.cache_dir)
 
 
 def make_oss(config: ServerConfig) -> OssClient:
-    credentials = OssCredentials.from_env(config.oss_credentials_file)
-    return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style or None,
+    """The server's OSS client, from its settings alone (the keys: ``OSS_ACCESS_KEY_*``, else the credentials file);
+    every value is passed, so nothing falls back to the environment and a flag such as --no-oss-path-style wins."""
+    credentials = OssCredentials.find(config.oss_access_key_id, config.oss_access_key_secret,
+                                      config.oss_credentials_file)  # fmt: skip
+    return OssClient(config.oss_endpoint, credentials, path_style=config.oss_path_style,
                      retries=config.oss_retries)  # fmt: skip
 
 
@@ -111,8 +118,21 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     """Build and start a server; ``config.port == 0`` picks a free port (tests).
 
     With ``wait`` the call returns after recovery; otherwise recovery runs in the background
-    while health says NOT_SERVING and data calls answer UNAVAILABLE / RECOVERING.
+    while health says NOT_SERVING and data calls answer UNAVAILABLE / RECOVERING. The data
+    directory is locked first (a second server on it stops here, naming the first one's PID).
     """
+    lock = DataDirLock(config.data_dir).acquire() if config.persist and config.index == "builtin" else None
+    try:
+        running = _start(config, wait=wait)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    running.lock = lock
+    return running
+
+
+def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
     tokens = TokenSet(config.token, config.token_file)  # a bad token file stops start-up here
     device = config.device or ("cuda" if _cuda_available() else "cpu")
     budget = apply_thread_budget(config, device)
@@ -150,14 +170,15 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         rerank_factor=config.hnsw_rerank,
         dtype=config.hnsw_dtype,
     )
-    service = LookalikeService(embedder, persistence, limits=Limits.from_config(config), hnsw=hnsw,
-                               backend=milvus_backend(config))  # fmt: skip
+    backend = milvus_backend(config) or (
+        lambda dimension, model: Catalog(dimension, model, persistence, hnsw=hnsw, retry_window=config.retry_window)
+    )
+    service = LookalikeService(embedder, backend, Limits.from_config(config), oss=oss)
     metrics = ServerMetrics()
     metrics.watch_embedder(embedder)
-    metrics.watch_catalog(service.catalog)
+    metrics.watch_databases(service)
     metrics.watch_gpu()
-    server = GrpcServer(service, host=config.host, port=config.port, token=tokens, limits=config, oss=oss,
-                        metrics=metrics)  # fmt: skip
+    server = GrpcServer(service, host=config.host, port=config.port, token=tokens, limits=config, metrics=metrics)
     endpoint = start_metrics(config, metrics, tokens)
     server.start()
     http = None
@@ -178,16 +199,15 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
 
     def recover() -> None:
         try:
-            if config.index == "milvus":
-                service.catalog.recover()  # waits for Milvus; health stays NOT_SERVING until it answers
+            if config.index == "milvus" or persistence is not None:
+                service.recover()  # Milvus: waits for it; health stays NOT_SERVING until it answers
             if persistence is not None:
-                service.catalog.recover()
                 if persistence.remote is not None:  # the first upload now, so shipping can start at once
                     try:
-                        service.catalog.checkpoint()
+                        service.checkpoint()
                     except LookalikeError as err:
                         log.warning("first snapshot upload: %s", err.message)
-                persistence.start_shipping(lambda: service.catalog.checkpoint())
+                persistence.start_shipping(service.checkpoint)
             server.set_serving(True)
         except BaseException as exc:  # start-up must say why it could not serve
             running.recovery_error.append(exc)
@@ -197,7 +217,7 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
         if persistence is not None and config.snapshot_interval_s > 0:
             while not running.stopping.wait(config.snapshot_interval_s):
                 try:
-                    info = service.catalog.checkpoint()
+                    info = service.checkpoint()
                     log.info("snapshot at log record %d: %d images, %d bytes", info.checkpoint_seq,
                              info.image_count, info.size_bytes)  # fmt: skip
                 except LookalikeError as err:
@@ -219,7 +239,7 @@ def milvus_backend(config: ServerConfig) -> Any:
     """A factory of the Milvus backend with --index milvus, else None (the built-in store)."""
     if config.index != "milvus":
         return None
-    from lookalike.server.core.milvus_catalog import MilvusCatalog, MilvusIndexSettings
+    from lookalike.server.core.backends.milvus.catalog import MilvusCatalog, MilvusIndexSettings
     from lookalike.server.storage.milvus_store import MilvusStore
 
     assert config.milvus_uri is not None
@@ -228,7 +248,8 @@ def milvus_backend(config: ServerConfig) -> Any:
                         consistency=config.milvus_consistency)  # fmt: skip
     index = MilvusIndexSettings(config.milvus_index, config.milvus_metric, config.hnsw_connectivity,
                                 config.hnsw_expansion_add, config.hnsw_expansion_search)  # fmt: skip
-    return lambda dimension, model: MilvusCatalog(dimension, model, store, index=index)
+    return lambda dimension, model: MilvusCatalog(dimension, model, store, index=index,
+                                                  retry_window=config.retry_window)  # fmt: skip
 
 
 def start_metrics(config: ServerConfig, metrics: ServerMetrics, tokens: TokenSet) -> MetricsEndpoint | None:

@@ -3,7 +3,10 @@
 Precedence: command-line flag, then ``LOOKALIKE_<NAME>`` (or the option's named variable),
 then the default below. ``lookalike serve --help`` lists every option with its default and
 variable; a bad value stops start-up with one line that names the option and what it accepts.
-The shared token comes only from ``LOOKALIKE_TOKEN`` (a flag would show it in ``ps``).
+Secrets with no flag (a flag would show them in ``ps``) come only from the environment: the shared
+token from ``LOOKALIKE_TOKEN``, OSS keys from ``OSS_ACCESS_KEY_ID`` / ``OSS_ACCESS_KEY_SECRET`` (or
+``--oss-credentials-file``). Nothing else of the server reads the environment: values go down from here
+as arguments, and defaults come from ``server/defaults.py`` (and ``lookalike/oss.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lookalike.server import defaults as d
+from lookalike.server.defaults import (
+    CPU_EXEC_CHOICES,
+    CPU_MAX_BATCH,
+    CPU_MAX_BATCH_PER_WORKER,
+    FSYNC_MODES,
+    GPU_MAX_BATCH,
+)
+
+from lookalike import oss
+
+__all__ = ["CPU_EXEC_CHOICES", "CPU_MAX_BATCH", "CPU_MAX_BATCH_PER_WORKER", "DEFAULT_DATA_DIR", "DEFAULT_PORT",
+           "FSYNC_MODES", "GPU_MAX_BATCH", "ServerConfig"]  # fmt: skip
+
+# Defaults of the settings only this object uses; every other default lives in server/defaults.py
+# (the core's constructors use it too) or lookalike/oss.py (shared with the CLI and the trainer).
 DEFAULT_PORT = 50051
 DEFAULT_DATA_DIR = Path("./lookalike-data")
-FSYNC_MODES = ("always", "batch", "never")
-GPU_MAX_BATCH = 32
-CPU_MAX_BATCH = 4  # one model worker over all cores
-CPU_MAX_BATCH_PER_WORKER = 1  # several single-threaded workers: each image its own call, in cache
-CPU_EXEC_CHOICES = ("auto", "eager", "channels_last", "frozen", "bf16_autocast", "bf16")  # server/core/model_exec.py
 
 
 def opt(
@@ -40,54 +54,64 @@ class ServerConfig:
                                 min=0, max=65535)  # fmt: skip
     data_dir: Path = opt(DEFAULT_DATA_DIR, "where the write-ahead log and snapshots live")
     model: Path | None = opt(None, "embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)")
+    cache_dir: Path | None = opt(None, "where the default model is converted once and cached, under models/ "
+                                 "(none: $XDG_CACHE_HOME/lookalike, else ~/.cache/lookalike)")  # fmt: skip
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
     token: str | None = field(default=None, repr=False, metadata={"env_only": "LOOKALIKE_TOKEN"})
     log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
     log_format: str = opt("text", "log lines as text, or json (one object a line)", choices=("text", "json"))
     # Work and limits.
-    max_batch: int | None = opt(None, "images per model call (the micro-batcher's batch); default 32 on a GPU; "
-                                "on CPU, where larger batches fall out of cache and run slower per image, 1 with "
-                                "several model workers and 4 with one", min=1, max=4096)  # fmt: skip
+    max_batch: int | None = opt(None, f"images per model call (the micro-batcher's batch); default {GPU_MAX_BATCH} on "
+                                "a GPU; on CPU, where larger batches fall out of cache and run slower per image, "
+                                f"{CPU_MAX_BATCH_PER_WORKER} with several model workers and {CPU_MAX_BATCH} with one",
+                                min=1, max=4096)  # fmt: skip
     max_inflight: int = opt(32, "unary calls served at once; beyond it RESOURCE_EXHAUSTED at once", min=1, max=4096)
     max_streams: int = opt(4, "BulkSetImages streams open at once; beyond it RESOURCE_EXHAUSTED", min=1, max=1024)
     stream_idle_s: float = opt(60.0, "a stream that sends nothing for this long is cancelled", min=0.1)
-    max_stream_items: int = opt(1_000_000, "items in one BulkSetImages stream", min=1)
+    max_stream_items: int = opt(d.MAX_STREAM_ITEMS, "items in one BulkSetImages stream", min=1)
     max_message_bytes: int = opt(64 << 20, "largest request message", min=1 << 16, max=1 << 30)
-    max_image_bytes: int = opt(32 << 20, "largest encoded image", min=1024)
-    max_image_pixels: int = opt(64_000_000, "largest image (width x height) decoded", min=1)
-    max_aspect_ratio: float = opt(20.0, "longest side over shortest side of an image, beyond it IMAGE_SHAPE_INVALID",
-                                  min=1.0)  # fmt: skip
-    decode_budget_pixels: int = opt(128_000_000, "decoded pixels in flight across threads (bounds memory)",
+    max_image_bytes: int = opt(d.MAX_IMAGE_BYTES, "largest encoded image", min=1024)
+    max_image_pixels: int = opt(d.MAX_IMAGE_PIXELS, "largest image (width x height) decoded", min=1)
+    max_aspect_ratio: float = opt(d.MAX_ASPECT_RATIO, "longest side over shortest side of an image, beyond it "
+                                  "IMAGE_SHAPE_INVALID", min=1.0)  # fmt: skip
+    decode_budget_pixels: int = opt(d.DECODE_BUDGET_PIXELS, "decoded pixels in flight across threads (bounds memory)",
                                     min=1_000_000)  # fmt: skip
-    max_top_k: int = opt(1000, "largest top_k of a search", min=1, max=100_000)
-    max_embed_images: int = opt(256, "images in one Embed call", min=1, max=100_000)
-    hnsw_threshold: int = opt(100_000, "live images from which a database also gets an HNSW graph; 0 = exact only",
-                              min=0)  # fmt: skip
-    hnsw_connectivity: int = opt(16, "HNSW graph degree (usearch connectivity)", min=2, max=256)
-    hnsw_expansion_add: int = opt(128, "HNSW expansion while building", min=8, max=4096)
-    hnsw_expansion_search: int = opt(200, "HNSW expansion while searching (recall against speed)", min=8, max=4096)
-    hnsw_rerank: int = opt(4, "HNSW candidates per result re-scored exactly (more: recall where the graph's "
-                           "compact vectors blur near neighbours)", min=1, max=100)  # fmt: skip
-    hnsw_dtype: str = opt("f16", "storage of the HNSW graph's vectors (bf16 and i8 have native dot products on "
-                          "CPUs with AVX-512 BF16 / VNNI)", choices=("f32", "f16", "bf16", "i8"))  # fmt: skip
-    grace_s: float = opt(5.0, "seconds in-flight calls get to finish at shutdown", min=0.0)
+    max_top_k: int = opt(d.MAX_TOP_K, "largest top_k of a search", min=1, max=100_000)
+    max_embed_images: int = opt(d.MAX_EMBED_IMAGES, "images in one Embed call", min=1, max=100_000)
+    hnsw_threshold: int = opt(d.HNSW_THRESHOLD, "live images from which a database also gets an HNSW graph; "
+                              "0 = exact only", min=0)  # fmt: skip
+    hnsw_connectivity: int = opt(d.HNSW_CONNECTIVITY, "HNSW graph degree (usearch connectivity)", min=2, max=256)
+    hnsw_expansion_add: int = opt(d.HNSW_EXPANSION_ADD, "HNSW expansion while building", min=8, max=4096)
+    hnsw_expansion_search: int = opt(d.HNSW_EXPANSION_SEARCH, "HNSW expansion while searching (recall against speed)",
+                                     min=8, max=4096)  # fmt: skip
+    hnsw_rerank: int = opt(d.HNSW_RERANK, "HNSW candidates per result re-scored exactly (more: recall where the "
+                           "graph's compact vectors blur near neighbours)", min=1, max=100)  # fmt: skip
+    hnsw_dtype: str = opt(d.HNSW_DTYPE, "storage of the HNSW graph's vectors (bf16 and i8 have native dot products "
+                          "on CPUs with AVX-512 BF16 / VNNI)", choices=d.HNSW_DTYPES)  # fmt: skip
+    grace_s: float = opt(d.GRACE_S, "seconds in-flight calls get to finish at shutdown", min=0.0)
+    retry_window: int = opt(d.RETRY_WINDOW, "request ids remembered per database, so a retried write is applied once "
+                            "(forgotten early when the image they wrote is deleted)", min=1)  # fmt: skip
     # Durability (README: "Where your data lives").
     persist: bool = opt(True, "keep databases on disk; --no-persist keeps them in memory only")
-    fsync: str = opt("batch", "when an acknowledged write reaches the disk", choices=FSYNC_MODES)
-    fsync_interval_ms: float = opt(5.0, "batch mode: fsync the log at least this often", min=0.1)
+    fsync: str = opt(d.FSYNC, "when an acknowledged write reaches the disk", choices=FSYNC_MODES)
+    fsync_interval_ms: float = opt(d.FSYNC_INTERVAL_MS, "batch mode: fsync the log at least this often", min=0.1)
     snapshot_interval_s: float = opt(600.0, "seconds between automatic snapshots; 0 = on request and at shutdown",
                                      min=0.0, flag="--snapshot-interval")  # fmt: skip
     root: str | None = opt(None, "oss://bucket/prefix/: mirror snapshots and ship the log there")
-    oss_endpoint: str | None = opt(None, "OSS endpoint URL", env="OSS_ENDPOINT")
-    oss_credentials_file: Path | None = opt(None, "file of OSS_ACCESS_KEY_ID=... / OSS_ACCESS_KEY_SECRET=... lines")
-    oss_path_style: bool = opt(False, "path-style OSS URLs (S3-protocol test servers)", env="OSS_PATH_STYLE")
-    oss_retries: int = opt(2, "times an OSS request answered 500/502/503/504 is sent again (backoff 0.2 s, doubling)",
-                           min=0, max=10)  # fmt: skip
-    ship_interval_s: float = opt(1.0, "seconds between log uploads to the OSS root", min=0.01,
+    oss_endpoint: str | None = opt(None, "OSS endpoint URL", env=oss.ENDPOINT_ENV)
+    oss_access_key_id: str | None = field(default=None, repr=False, metadata={"env_only": oss.KEY_ID_ENV})
+    oss_access_key_secret: str | None = field(default=None, repr=False, metadata={"env_only": oss.SECRET_ENV})
+    oss_credentials_file: Path | None = opt(None, f"file of {oss.KEY_ID_ENV}=... / {oss.SECRET_ENV}=... lines, read "
+                                            f"when {oss.KEY_ID_ENV} / {oss.SECRET_ENV} are not set")  # fmt: skip
+    oss_path_style: bool = opt(False, "path-style OSS URLs (S3-protocol test servers)", env=oss.PATH_STYLE_ENV)
+    oss_retries: int = opt(oss.DEFAULT_RETRIES, "times an OSS request answered 500/502/503/504 is sent again "
+                           f"(backoff {oss.DEFAULT_RETRY_BACKOFF_S:g} s, doubling)", min=0, max=10)  # fmt: skip
+    ship_interval_s: float = opt(d.SHIP_INTERVAL_S, "seconds between log uploads to the OSS root", min=0.01,
                                  flag="--ship-interval")  # fmt: skip
     repair: bool = opt(False, "start despite a damaged log or snapshot: drop the damage and log what went")
     # Throughput: micro-batching and one thread budget (README: "Serving performance").
-    batch_wait_ms: float = opt(2.0, "once a batch has a request, wait at most this long for more", min=0.0, max=1000.0)
+    batch_wait_ms: float = opt(d.BATCH_WAIT_MS, "once a batch has a request, wait at most this long for more",
+                               min=0.0, max=1000.0)  # fmt: skip
     threads: int = opt(0, "CPU threads for compute (model, decoding, search kernels); 0 = one per usable core",
                        min=0, max=1024)  # fmt: skip
     model_workers: int = opt(0, "model calls run side by side; 0 = one per --threads on CPU (single-threaded "
@@ -98,7 +122,7 @@ class ServerConfig:
     preprocess_threads: int = opt(0, "image decoding threads for batches and bulk streams; 0 = --threads",
                                   min=0, max=1024)  # fmt: skip
     kernel_threads: int = opt(0, "threads of one search kernel call; 0 = --threads", min=0, max=1024)
-    cpu_exec: str = opt("auto", "how the model runs on CPU (bench/model_exec.py): auto = bf16 where the CPU has "
+    cpu_exec: str = opt(d.CPU_EXEC, "how the model runs on CPU (bench/model_exec.py): auto = bf16 where the CPU has "
                         "native bf16 (AVX-512 BF16/AMX), else frozen", choices=CPU_EXEC_CHOICES)  # fmt: skip
     # Safety: tokens and TLS (README: "Securing a server").
     token_file: Path | None = opt(None, "file of accepted tokens, one per line (# comments); re-read when it "
@@ -119,15 +143,16 @@ class ServerConfig:
     milvus_token: str | None = opt(None, "Milvus token (user:password or API key); prefer the environment variable",
                                    secret=True)  # fmt: skip
     milvus_db: str = opt("", "Milvus database (empty: Milvus' default database)")
-    milvus_prefix: str = opt("lookalike_", "prefix of the Milvus collections this service owns")
-    milvus_index: str = opt("HNSW", "Milvus index of each collection: FLAT (exact), HNSW, or AUTOINDEX",
-                            choices=("FLAT", "HNSW", "AUTOINDEX"))  # fmt: skip
-    milvus_metric: str = opt("IP", "Milvus metric of new collections; vectors are unit length, so IP and COSINE "
-                             "both rank by cosine", choices=("IP", "COSINE"))  # fmt: skip
-    milvus_consistency: str = opt("Strong", "Milvus consistency level of reads (Strong: every replica sees "
+    milvus_prefix: str = opt(d.MILVUS_PREFIX, "prefix of the Milvus collections this service owns")
+    milvus_index: str = opt(d.MILVUS_INDEX, "Milvus index of each collection: FLAT (exact), HNSW, or AUTOINDEX",
+                            choices=d.MILVUS_INDEX_TYPES)  # fmt: skip
+    milvus_metric: str = opt(d.MILVUS_METRIC, "Milvus metric of new collections; vectors are unit length, so IP and "
+                             "COSINE both rank by cosine", choices=("IP", "COSINE"))  # fmt: skip
+    milvus_consistency: str = opt(d.MILVUS_CONSISTENCY, "Milvus consistency level of reads (Strong: every replica sees "
                                   "every acknowledged write)",
                                   choices=("Strong", "Bounded", "Session", "Eventually"))  # fmt: skip
-    milvus_timeout_s: float = opt(10.0, "seconds a Milvus call may take before UNAVAILABLE", min=0.1, max=600.0)
+    milvus_timeout_s: float = opt(d.MILVUS_TIMEOUT_S, "seconds a Milvus call may take before UNAVAILABLE",
+                                  min=0.1, max=600.0)  # fmt: skip
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -175,8 +200,7 @@ class ServerConfig:
         return 1 if device.startswith("cuda") else self._total_threads()
 
     def _total_threads(self) -> int:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return self.threads or cores
+        return self.threads or d.usable_cores()
 
     def thread_budget_for(self, device: str) -> dict[str, int]:
         """Threads per part: each part defaults to the whole budget, since they rarely run at full load together;
@@ -204,6 +228,9 @@ class ServerConfig:
     # -- flags and environment -------------------------------------------------------------
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        env_only = [f.metadata["env_only"] for f in dataclasses.fields(cls) if "env_only" in f.metadata]
+        note = f"Read from the environment only (never a flag, which `ps` would show): {', '.join(env_only)}."
+        parser.epilog = f"{parser.epilog} {note}" if parser.epilog else note
         for f in dataclasses.fields(cls):
             if "env_only" in f.metadata:
                 continue

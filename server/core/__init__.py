@@ -1,1 +1,9 @@
-"""Embedding, databases and search: everything the service does, without any transport."""
+"""The core: everything the server does, without any wire.
+
+Owns ``service.py`` (the one door: every operation of every transport is one method there,
+validated there once), ``errors.py`` (``LookalikeError``: a kind, a stable reason, a message),
+``validation.py`` (names, ids, vectors, attributes, locations) and ``paging.py``.
+Sub-packages: ``embedding/`` (images to vectors) and ``backends/`` (where databases live).
+May import: ``lookalike.modelfile``, ``lookalike.native``, ``server.storage``. Never grpc or
+the HTTP framework; never ``server.transport``.
+"""

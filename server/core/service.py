@@ -1,145 +1,105 @@
-"""What every transport needs: the embedder, the databases and the limits, in one place.
+"""The one door into the core: every operation of every wire is one method here, validated here once.
 
-Transports (gRPC now, the PAI-compatible HTTP gateway later) translate their wire
-messages into these calls, so behaviour and errors are the same on every wire.
+Transports (the gRPC servicers, the PAI-compatible HTTP gateway, the CLI through gRPC)
+translate their wire messages into these calls and never reach past them: no transport
+imports a backend or touches ``catalog``. So the same mistake gets the same code, reason and
+message on every wire, and a fix to a rule lands in one place.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
 import numpy as np
-from lookalike.server.core.backend import DatabaseHandle, IndexBackend
-from lookalike.server.core.catalog import Catalog
-from lookalike.server.core.database import Entry, Hit, Key
-from lookalike.server.core.embedder import Embedder
+from lookalike.server.core.backends.api import (
+    DatabaseHandle,
+    Entry,
+    Hit,
+    IndexBackend,
+    Key,
+    SnapshotInfo,
+    group_not_found,
+    read_export_for,
+)
+from lookalike.server.core.calls import (
+    BULK_CHUNK,
+    DEFAULT_TOP_K,
+    MAX_CLIENT_REF_ECHO,
+    BulkFailure,
+    BulkItem,
+    BulkResult,
+    Limits,
+    Query,
+    check_request_id,
+    similarity,
+)
+from lookalike.server.core.embedding.embedder import Embedder
+from lookalike.server.core.embedding.model_identity import model_identity
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
-from lookalike.server.core.hnsw import HnswSettings
-from lookalike.server.core.model_identity import model_identity
 from lookalike.server.core.paging import decode_token, encode_token, page_size
-from lookalike.server.core.persistence import Persistence
 from lookalike.server.core.validation import (
+    LOAD_PREFIX,
     check_attributes,
     check_database_name,
     check_group_id,
     check_intra_id,
+    check_location,
     check_vector,
 )
 
-BULK_CHUNK = 32
-DEFAULT_TOP_K = 10
-MAX_REQUEST_ID_LEN = 128
-MAX_CLIENT_REF_ECHO = 256
-SUMMARY_BUDGET_BYTES = 4 << 20  # failures and keys listed in a bulk summary, so it always fits a message
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one call may ask for; each is a server setting (``lookalike serve --help``)."""
-
-    max_top_k: int = 1000
-    max_embed_images: int = 256
-    max_stream_items: int = 1_000_000
-
-    @classmethod
-    def from_config(cls, config: object) -> Limits:
-        return cls(**{f: getattr(config, f) for f in ("max_top_k", "max_embed_images", "max_stream_items")})
-
-
-@dataclass(frozen=True)
-class Query:
-    """Exactly one of image / vector / registered."""
-
-    image: bytes | None = None
-    vector: Sequence[float] | None = None
-    registered: Key | None = None
-
-
-@dataclass(frozen=True)
-class BulkItem:
-    group_id: str
-    intra_id: int | None
-    image: bytes | None = None
-    vector: Sequence[float] | None = None
-    client_ref: str = ""
-    database: str = ""  # empty, or must repeat the stream's database
-    request_id: str = ""
-    attributes: dict[str, str] | None = None
-
-
-@dataclass
-class BulkFailure:
-    index: int
-    client_ref: str
-    reason: str
-    message: str
-
-
-@dataclass
-class BulkResult:
-    """What a stream did; counts only what is durable. Lists are cut to a byte budget."""
-
-    received: int = 0
-    succeeded: int = 0
-    keys: list[Key] = field(default_factory=list)
-    failures: list[BulkFailure] = field(default_factory=list)
-    failed: int = 0
-    keys_truncated: bool = False
-    failures_truncated: bool = False
-    _budget: int = SUMMARY_BUDGET_BYTES
-
-    def add_key(self, key: Key) -> None:
-        self.succeeded += 1
-        cost = len(key[0]) + 16
-        if self.keys_truncated or cost > self._budget:
-            self.keys_truncated = True
-            return
-        self._budget -= cost
-        self.keys.append(key)
-
-    def add_failure(self, failure: BulkFailure) -> None:
-        self.failed += 1
-        cost = len(failure.client_ref) + len(failure.message) + len(failure.reason) + 16
-        if self.failures_truncated or cost > self._budget:
-            self.failures_truncated = True
-            return
-        self._budget -= cost
-        self.failures.append(failure)
-
-
-def similarity(cosine: float) -> float:
-    """The [0, 1] similarity of the API: cosine clipped at 0 (opposite and unrelated look alike: not at all)."""
-    return max(0.0, min(1.0, cosine))
-
-
-def check_request_id(request_id: str) -> str:
-    if len(request_id) > MAX_REQUEST_ID_LEN or not request_id.isprintable():
-        raise invalid(
-            "REQUEST_ID_INVALID", f"request_id must be at most {MAX_REQUEST_ID_LEN} printable characters (e.g. a UUID)"
-        )
-    return request_id
-
-
+__all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "Entry", "Hit", "Key", "Limits",
+           "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
+log = logging.getLogger(__name__)
 class LookalikeService:
+    """Matching, embedding, and every database operation, on whichever backend holds the databases."""
+
     def __init__(
         self,
         embedder: Embedder,
-        persistence: Persistence | None = None,
+        backend: Callable[[int, dict[str, Any]], IndexBackend],
         limits: Limits | None = None,
-        hnsw: HnswSettings | None = None,
-        backend: Callable[[int, dict[str, Any]], IndexBackend] | None = None,
+        *,
+        oss: Any = None,
     ) -> None:
-        """``backend`` builds the index backend from (dimension, model identity); default: the built-in store."""
+        """``backend`` builds the index backend from (dimension, model identity); ``oss`` reads oss:// locations."""
         self.embedder = embedder
         self.limits = limits or Limits()
         self.model = model_identity(embedder.module, embedder.meta)
-        self.catalog: IndexBackend = (
-            backend(embedder.dimension, self.model) if backend is not None
-            else Catalog(embedder.dimension, self.model, persistence, hnsw=hnsw)
-        )  # fmt: skip
+        self.catalog: IndexBackend = backend(embedder.dimension, self.model)
+        self.oss = oss
+
+    # -- life ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True once the databases are loaded (or the index backend answers)."""
+        return self.catalog.ready.is_set()
+
+    @property
+    def model_name(self) -> str:
+        return self.embedder.model_name
+
+    @property
+    def dimension(self) -> int:
+        return self.embedder.dimension
+
+    def recover(self) -> None:
+        """Load the databases; a load interrupted by a crash is dropped (the live database never changed)."""
+        self.catalog.recover()
+        for db in self.catalog.list():
+            if db.name.startswith(LOAD_PREFIX):
+                log.warning("dropping %r: a load that did not finish before the server stopped", db.name)
+                self.catalog.delete(db.name)
+
+    def checkpoint(self) -> SnapshotInfo:
+        return self.catalog.checkpoint()
+
+    def close(self, *, snapshot: bool = True) -> None:
+        self.catalog.close(snapshot=snapshot)
+        self.embedder.close()
 
     # -- matching --------------------------------------------------------------------------
     def match(self, image_a: bytes, image_b: bytes) -> tuple[float, float]:
@@ -161,16 +121,76 @@ class LookalikeService:
         return self.embedder.embed(images)
 
     # -- databases -------------------------------------------------------------------------
+    def create_database(self, name: str, storage: str = "") -> DatabaseHandle:
+        return self.catalog.create(check_database_name(name), storage)
+
+    def get_database(self, name: str) -> DatabaseHandle:
+        """A database's description; one of another model is described too (``check_usable`` says why not served)."""
+        return self.catalog.get(check_database_name(name), usable=False)
+
+    def all_databases(self) -> list[DatabaseHandle]:
+        return [db for db in self.catalog.list() if not db.name.startswith(LOAD_PREFIX)]
+
     def list_databases(self, size: int, token: str) -> tuple[list[DatabaseHandle], str]:
         size = page_size(size)
         after = decode_token(token)
         if after is not None and not isinstance(after, str):
             raise invalid("PAGE_TOKEN_INVALID", "page_token is not one this server issued")
-        dbs = [db for db in self.catalog.list() if after is None or db.name > after]
+        dbs = [db for db in self.all_databases() if after is None or db.name > after]
         page = dbs[:size]
         return page, (encode_token(page[-1].name) if len(dbs) > size else "")
 
+    def delete_database(self, name: str) -> None:
+        self.catalog.delete(check_database_name(name))
+
+    def clear_database(self, name: str) -> int:
+        """Removes every image, keeps the database; returns how many were removed."""
+        return self.catalog.clear(check_database_name(name))
+
+    def snapshot_database(self, name: str) -> SnapshotInfo:
+        return self.catalog.snapshot_database(check_database_name(name))
+
+    def export_database(self, name: str, destination: str, *, oss: Any = None) -> SnapshotInfo:
+        """``oss``: the client for oss:// locations when not the server's own (PAI ``init``)."""
+        check_database_name(name)
+        return self.catalog.export(name, check_location(destination, "destination"), oss or self.oss)
+
+    def import_database(self, name: str, source: str, *, oss: Any = None) -> DatabaseHandle:
+        """A new database from an export; an existing name is refused (``load`` replaces one)."""
+        check_database_name(name)
+        exported = read_export_for(check_location(source, "source"), oss or self.oss, self.model, self.dimension)
+        return self.catalog.import_(name, exported)
+
+    def load_database(self, name: str, source: str, *, oss: Any = None) -> DatabaseHandle:
+        """Replace ``name`` with an export, atomically: the live database changes only if the whole load worked.
+
+        The export is read and verified (checksums, model) first, imported under a temporary
+        name, then swapped in with one logged step. Any failure before the swap leaves the live
+        database exactly as it was and removes the partial copy.
+        """
+        check_database_name(name)
+        exported = read_export_for(check_location(source, "source"), oss or self.oss, self.model, self.dimension)
+        staging = f"{LOAD_PREFIX}{secrets.token_hex(4)}-{name}"
+        try:
+            self.catalog.import_(staging, exported)
+            loaded = self.catalog.get(staging, usable=False)
+            if loaded.size != exported.size:
+                raise LookalikeError(
+                    ErrorKind.INTERNAL, "LOAD_INCOMPLETE",
+                    f"the load read {exported.size} images but stored {loaded.size}; {name!r} was not changed",
+                )  # fmt: skip
+            return self.catalog.replace(name, staging)
+        except BaseException:
+            try:
+                self.catalog.delete(staging)
+            except LookalikeError:
+                pass  # never created, or already swapped in
+            raise
+
     def list_images(self, database: str, group_id: str | None, size: int, token: str) -> tuple[list[Entry], str]:
+        check_database_name(database)
+        if group_id is not None:
+            check_group_id(group_id)
         db = self.catalog.get(database)
         size = page_size(size)
         cursor = decode_token(token)
@@ -184,10 +204,39 @@ class LookalikeService:
         token = encode_token([entries[-1].group_id, entries[-1].intra_id]) if more and entries else ""
         return entries, token
 
+    def group_images(self, database: str, group_id: str) -> list[Entry]:
+        """Every image of a group, however many (read a page at a time); NOT_FOUND for an empty group."""
+        check_database_name(database)
+        check_group_id(group_id)
+        db = self.catalog.get(database)
+        out: list[Entry] = []
+        after: Key | None = None
+        while True:
+            page, more = db.list(group_id=group_id, after=after, limit=1000)
+            out.extend(page)
+            if not more or not page:
+                break
+            after = (page[-1].group_id, page[-1].intra_id)
+        if not out:
+            raise group_not_found(database, group_id)
+        return out
+
     def get_image(self, database: str, group_id: str, intra_id: int) -> Entry:
+        check_database_name(database)
         check_group_id(group_id)
         check_intra_id(intra_id)
         return self.catalog.get(database).get(group_id, intra_id)
+
+    def delete_image(self, database: str, group_id: str, intra_id: int) -> None:
+        check_database_name(database)
+        check_group_id(group_id)
+        check_intra_id(intra_id)
+        self.catalog.delete_image(database, group_id, intra_id)
+
+    def delete_group(self, database: str, group_id: str) -> int:
+        check_database_name(database)
+        check_group_id(group_id)
+        return self.catalog.delete_group(database, group_id)
 
     # -- registration ----------------------------------------------------------------------
     def vector_for(self, dimension: int, image: bytes | None, vector: Sequence[float] | None) -> np.ndarray:
@@ -209,6 +258,7 @@ class LookalikeService:
         attributes: dict[str, str] | None = None,
         should_continue: Callable[[], bool] | None = None,
     ) -> tuple[Key, bool]:
+        check_database_name(database)
         db = self.catalog.get(database)
         check_group_id(group_id)
         check_request_id(request_id)
@@ -317,6 +367,7 @@ class LookalikeService:
 
         Returns (hits best first, images compared, the index that answered: "exact" or "hnsw").
         """
+        check_database_name(database)
         db = self.catalog.get(database)
         if where:
             check_attributes(where)

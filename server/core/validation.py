@@ -24,6 +24,17 @@ def check_database_name(name: str) -> str:
     return name
 
 
+LOAD_PREFIX = "~load-"  # a database being loaded: ~load-<8 hex>-<name>; no client name can start with "~"
+LOAD_NAME = re.compile(r"[0-9a-f]{8}-" + DATABASE_NAME.pattern)
+
+
+def check_stored_name(name: str) -> str:
+    """A client's database name, or the internal name of a load in progress (backends accept both)."""
+    if name.startswith(LOAD_PREFIX) and LOAD_NAME.fullmatch(name[len(LOAD_PREFIX) :]):
+        return name
+    return check_database_name(name)
+
+
 def check_group_id(group_id: str) -> str:
     if not group_id:
         raise invalid("GROUP_ID_INVALID", "group_id is empty; name the group (e.g. a product id)")
@@ -89,3 +100,21 @@ def check_attributes(attributes: dict[str, str] | None) -> dict[str, str]:
     if total > MAX_ATTRIBUTES_BYTES:
         raise invalid("ATTRIBUTES_INVALID", f"attributes take {total} bytes; the limit is {MAX_ATTRIBUTES_BYTES}")
     return dict(attributes)
+
+
+MAX_LOCATION_LEN = 1024
+
+
+def check_location(location: str, field: str) -> str:
+    """A server-side directory or oss://bucket/prefix/; never anything with control characters."""
+    if not location or not location.isprintable() or len(location) > MAX_LOCATION_LEN:
+        raise invalid(
+            "DESTINATION_INVALID",
+            f"{field} must be a local directory on the server or oss://bucket/prefix/ "
+            f"(at most {MAX_LOCATION_LEN} characters)",
+        )
+    if location.startswith("oss://"):
+        bucket = location[len("oss://") :].split("/", 1)[0]
+        if not bucket:
+            raise invalid("DESTINATION_INVALID", f"{field} {location!r} names no bucket; use oss://bucket/prefix/")
+    return location

@@ -117,5 +117,5 @@ def fsync_dir(path: Path) -> None:
 def open_store(location: str, oss: OssClient | None = None) -> BlobStore:
     """``oss://bucket/prefix/`` or a local directory."""
     if location.startswith("oss://"):
-        return OssBlobStore(location, oss or OssClient())
+        return OssBlobStore(location, oss or OssClient.from_env())  # the server always passes its own
     return LocalBlobStore(location)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
+from lookalike.server import defaults
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +37,7 @@ def tame_pymilvus_logging() -> None:
     logging.getLogger("pymilvus.client.connection_manager").setLevel(logging.ERROR)
     logging.getLogger("pymilvus.decorators").setLevel(logging.ERROR)
     logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(lambda r: "mvccTs" not in r.getMessage())
+
 
 KEY_SEPARATOR = "\x1f"  # below every printable character: key order = (group_id, intra_id) order
 META_DIM = 2  # Milvus wants a vector field in every collection; the catalog's is a placeholder
@@ -76,8 +78,8 @@ def after_key(group_id: str, intra_id: int) -> str:
 
 
 def collection_name(prefix: str, database: str) -> str:
-    """Injective mapping of a database name ([A-Za-z0-9_-]) onto Milvus' [A-Za-z0-9_]."""
-    return prefix + database.replace("_", "_5f").replace("-", "_2d")
+    """Injective mapping of a collection id ([A-Za-z0-9_~-]) onto Milvus' [A-Za-z0-9_]."""
+    return prefix + database.replace("_", "_5f").replace("-", "_2d").replace("~", "_7e")
 
 
 class MilvusStore:
@@ -89,9 +91,9 @@ class MilvusStore:
         *,
         token: str = "",
         db_name: str = "",
-        prefix: str = "lookalike_",
-        timeout_s: float = 10.0,
-        consistency: str = "Strong",
+        prefix: str = defaults.MILVUS_PREFIX,
+        timeout_s: float = defaults.MILVUS_TIMEOUT_S,
+        consistency: str = defaults.MILVUS_CONSISTENCY,
     ) -> None:
         self.uri = uri
         self._token = token
@@ -159,9 +161,6 @@ class MilvusStore:
             except Exception:  # a broken connection may fail to close; it is dropped anyway
                 pass
 
-    def ping(self) -> None:
-        self.call(lambda c: c.list_collections(timeout=self.timeout_s))
-
     # -- the catalog collection (databases and id leases) ------------------------------------
     def ensure_catalog(self) -> None:
         from pymilvus import DataType, MilvusClient
@@ -191,6 +190,19 @@ class MilvusStore:
     def meta_rows(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
         return self.call(lambda c: c.query(self.meta, filter=expr, output_fields=fields, timeout=self.timeout_s,
                                            consistency_level=self.consistency), self.meta)  # fmt: skip
+
+    def meta_scan(self, expr: str, fields: list[str], batch: int = 1000) -> Iterable[list[dict[str, Any]]]:
+        """Catalog rows matching ``expr``, a batch at a time (the retry window's trimming)."""
+        it = self.call(
+            lambda c: c.query_iterator(self.meta, batch_size=batch, filter=expr, output_fields=fields,
+                                       timeout=self.timeout_s, consistency_level=self.consistency),
+            self.meta,
+        )  # fmt: skip
+        try:
+            while rows := self.call(lambda _c: list(it.next())):
+                yield rows
+        finally:
+            it.close()
 
     def delete_meta(self, expr: str) -> None:
         self.call(lambda c: c.delete(self.meta, filter=expr, timeout=self.timeout_s), self.meta)

@@ -114,4 +114,3 @@ def get_manifest(store: BlobStore, name: str) -> dict[str, Any] | None:
     if not ok:
         raise CorruptionError(where, 0, "manifest checksum mismatch")
     return json.loads(text)
-

@@ -10,9 +10,12 @@ Durability per ``fsync`` mode, for a record whose ``append`` + ``wait_durable`` 
   process) and fsynced within ``fsync_interval_s``; a power loss can lose that window.
 - ``never``: written to the operating system; the kernel flushes it when it likes (~30 s).
 
-A torn tail (a crash in the middle of a record) is cut off with a warning. Damage followed by
-valid records is corruption: start-up stops with the file and offset, unless ``repair`` is set,
-which drops the damaged bytes and logs exactly which offsets and sequence numbers went.
+A torn tail, the only thing a crash can leave (an incomplete final frame: a short header or a
+short payload, or zeros a file system left after a power loss), is cut off with a warning.
+Anything else that fails its checks is damage, at the end of the log as in its middle: a
+complete final frame whose checksum fails may be an acknowledged write (``--fsync always``
+promised it), so start-up stops with the file and offset, unless ``repair`` is set, which moves
+the damaged bytes to ``<segment>.damaged`` beside the log and logs which offsets went.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import crc32c
+from lookalike.server import defaults
 from lookalike.server.storage.blobs import fsync_dir
 from lookalike.server.storage.segments import CorruptionError
 
 log = logging.getLogger(__name__)
 HEADER = struct.Struct("<IIQ")
 MAX_RECORD = 1 << 30
-FSYNC_MODES = ("always", "batch", "never")
+FSYNC_MODES = defaults.FSYNC_MODES
 
 
 def frame_crc(seq: int, payload: bytes | memoryview) -> int:
@@ -60,6 +64,29 @@ def _frame_at(data: memoryview, off: int) -> tuple[int, int] | None:
     return seq, length
 
 
+def _torn(data: memoryview, off: int) -> bool:
+    """Whether the bytes from ``off`` are what an interrupted append leaves: an incomplete frame, or zeros."""
+    rest = len(data) - off
+    if rest < HEADER.size:
+        return True
+    length, _, _ = HEADER.unpack_from(data, off)
+    if length <= MAX_RECORD and HEADER.size + length > rest:
+        return True
+    return not any(data[off:])  # a file system's zero fill after a power loss: nothing was written there
+
+
+def _keep_damaged(path: Path, off: int, data: memoryview) -> Path:
+    """Append damaged bytes to ``<segment>.damaged`` (with their offset), durably, before they leave the log."""
+    aside = path.with_name(path.name + ".damaged")
+    with open(aside, "ab") as f:
+        f.write(struct.pack("<QQ", off, len(data)))
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+    return aside
+
+
 def iter_frames(data: bytes | memoryview, where: str) -> Iterator[tuple[int, bytes]]:
     """Every frame of a complete buffer (a shipped piece); any damage is an error."""
     view = memoryview(data)
@@ -84,8 +111,8 @@ class WriteAheadLog:
         self,
         directory: str | Path,
         *,
-        fsync: str = "batch",
-        fsync_interval_s: float = 0.005,
+        fsync: str = defaults.FSYNC,
+        fsync_interval_s: float = defaults.FSYNC_INTERVAL_MS / 1000.0,
         segment_bytes: int = 64 << 20,
     ) -> None:
         if fsync not in FSYNC_MODES:
@@ -128,7 +155,7 @@ class WriteAheadLog:
                     off += HEADER.size + length
                     continue
                 resume = self._next_valid(data, off + 1, last_seq)
-                if resume is None and is_last:
+                if resume is None and is_last and _torn(data, off):
                     msg = f"{path}: torn tail at byte offset {off} ({len(data) - off} bytes) cut off"
                     log.warning("write-ahead log %s", msg)
                     self.report.truncated.append(msg)
@@ -138,14 +165,23 @@ class WriteAheadLog:
                     break
                 what = "invalid record" if frame is None else f"sequence {frame[0]} where {last_seq + 1} was expected"
                 if not repair:
+                    where = "valid records follow" if resume is not None else "a complete record fails its checks"
                     raise CorruptionError(
-                        str(path), off, f"{what}; valid records follow, so this is damage, not a torn tail "
-                        "(start with --repair to drop the damaged bytes)"
+                        str(path),
+                        off,
+                        f"{what}; {where}, so this is damage, not a torn tail "
+                        "(start with --repair to move the damaged bytes aside to a .damaged file)",
                     )
                 stop = resume if resume is not None else len(data)
-                msg = f"{path}: dropped bytes {off}-{stop} ({what}) after sequence {last_seq}"
+                aside = _keep_damaged(path, off, data[off:stop])
+                msg = f"{path}: moved bytes {off}-{stop} ({what}) after sequence {last_seq} to {aside}"
                 log.error("repair: %s", msg)
                 self.report.dropped.append(msg)
+                if resume is None:  # damage at the end: the bytes are kept aside, the log ends before them
+                    with open(path, "r+b") as f:
+                        f.truncate(off)
+                        os.fsync(f.fileno())
+                    break
                 off = stop
         self._next = last_seq + 1
         if segments:

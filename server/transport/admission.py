@@ -36,7 +36,8 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None, max_bytes: int
         if len(data) > max_bytes:
             return Undecodable(
                 LookalikeError(
-                    ErrorKind.RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE",
+                    ErrorKind.RESOURCE_EXHAUSTED,
+                    "MESSAGE_TOO_LARGE",
                     f"the request is {len(data)} bytes, over the server limit of {max_bytes} (--max-message-bytes); "
                     "send fewer or smaller images per message",
                 )  # fmt: skip
@@ -46,7 +47,8 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None, max_bytes: int
         except Exception as exc:  # protobuf's DecodeError, or a UnicodeDecodeError on a string field
             return Undecodable(
                 LookalikeError(
-                    ErrorKind.INVALID_ARGUMENT, "REQUEST_UNDECODABLE",
+                    ErrorKind.INVALID_ARGUMENT,
+                    "REQUEST_UNDECODABLE",
                     f"the request could not be parsed ({type(exc).__name__}); send strings as valid UTF-8 and "
                     "the message as the .proto defines it",
                 )  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
-from lookalike.server.core.database import Database, Entry
+from lookalike.server.core.service import DatabaseHandle, Entry
 from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import types_pb2
 
@@ -19,7 +19,7 @@ def vector(values: np.ndarray) -> types_pb2.Vector:
     return types_pb2.Vector(values=values.tolist())
 
 
-def database(db: Database) -> db_pb.Database:
+def database(db: DatabaseHandle) -> db_pb.Database:
     return db_pb.Database(
         name=db.name,
         dimension=db.dimension,

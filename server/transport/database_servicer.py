@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 from lookalike.server.core.errors import invalid
 from lookalike.server.core.service import BULK_CHUNK, BulkItem, LookalikeService
-from lookalike.server.core.validation import check_database_name, check_group_id, check_intra_id
+from lookalike.server.core.validation import check_database_name
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
 from lookalike.v1 import database_service_pb2 as pb
@@ -36,20 +36,20 @@ def _content(request: pb.SetImageRequest | pb.BulkSetImagesRequest) -> tuple[byt
 
 
 class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
-    def __init__(self, service: LookalikeService, oss: object = None) -> None:
+    def __init__(self, service: LookalikeService) -> None:
         self._service = service
-        self._dbs = service.catalog
-        self._oss = oss
 
     @grpc_errors
     def CreateDatabase(
         self, request: pb.CreateDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.CreateDatabaseResponse:
-        return pb.CreateDatabaseResponse(database=convert.database(self._dbs.create(request.name, request.storage)))
+        return pb.CreateDatabaseResponse(
+            database=convert.database(self._service.create_database(request.name, request.storage))
+        )
 
     @grpc_errors
     def GetDatabase(self, request: pb.GetDatabaseRequest, context: grpc.ServicerContext) -> pb.GetDatabaseResponse:
-        return pb.GetDatabaseResponse(database=convert.database(self._dbs.get(request.name, usable=False)))
+        return pb.GetDatabaseResponse(database=convert.database(self._service.get_database(request.name)))
 
     @grpc_errors
     def ListDatabases(
@@ -62,7 +62,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     def DeleteDatabase(
         self, request: pb.DeleteDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.DeleteDatabaseResponse:
-        self._dbs.delete(request.name)
+        self._service.delete_database(request.name)
         return pb.DeleteDatabaseResponse()
 
     @grpc_errors
@@ -144,20 +144,18 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
 
     @grpc_errors
     def DeleteImage(self, request: pb.DeleteImageRequest, context: grpc.ServicerContext) -> pb.DeleteImageResponse:
-        check_group_id(request.key.group_id)
-        check_intra_id(request.key.intra_id)
-        self._dbs.delete_image(request.database, request.key.group_id, request.key.intra_id)
+        self._service.delete_image(request.database, request.key.group_id, request.key.intra_id)
         return pb.DeleteImageResponse()
 
     @grpc_errors
     def DeleteGroup(self, request: pb.DeleteGroupRequest, context: grpc.ServicerContext) -> pb.DeleteGroupResponse:
-        return pb.DeleteGroupResponse(deleted_count=self._dbs.delete_group(request.database, request.group_id))
+        return pb.DeleteGroupResponse(deleted_count=self._service.delete_group(request.database, request.group_id))
 
     @grpc_errors
     def SnapshotDatabase(
         self, request: pb.SnapshotDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.SnapshotDatabaseResponse:
-        info = self._dbs.snapshot_database(request.name)
+        info = self._service.snapshot_database(request.name)
         return pb.SnapshotDatabaseResponse(
             snapshot_time=convert.timestamp(info.time), size_bytes=info.size_bytes, image_count=info.image_count
         )
@@ -166,30 +164,14 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     def ExportDatabase(
         self, request: pb.ExportDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.ExportDatabaseResponse:
-        destination = check_location(request.destination, "destination")
-        info = self._dbs.export(request.name, destination, self._oss)
+        info = self._service.export_database(request.name, request.destination)
         return pb.ExportDatabaseResponse(
-            destination=destination, size_bytes=info.size_bytes, image_count=info.image_count
+            destination=request.destination, size_bytes=info.size_bytes, image_count=info.image_count
         )
 
     @grpc_errors
     def ImportDatabase(
         self, request: pb.ImportDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.ImportDatabaseResponse:
-        source = check_location(request.source, "source")
-        db = self._dbs.import_(request.name, source, self._oss)
+        db = self._service.import_database(request.name, request.source)
         return pb.ImportDatabaseResponse(database=convert.database(db))
-
-
-def check_location(location: str, field: str) -> str:
-    """A local directory or oss://bucket/prefix/; never anything with control characters."""
-    if not location or not location.isprintable() or len(location) > 1024:
-        raise invalid(
-            "DESTINATION_INVALID",
-            f"{field} must be a local directory on the server or oss://bucket/prefix/ (at most 1024 characters)",
-        )
-    if location.startswith("oss://"):
-        bucket = location[len("oss://") :].split("/", 1)[0]
-        if not bucket:
-            raise invalid("DESTINATION_INVALID", f"{field} {location!r} names no bucket; use oss://bucket/prefix/")
-    return location

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from lookalike.server.core.cancellation import call_scope
+from lookalike.server.core.embedding.cancellation import call_scope
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 
 log = logging.getLogger(__name__)

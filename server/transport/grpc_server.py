@@ -47,7 +47,6 @@ class GrpcServer:
         port: int,
         token: str | None | TokenSet,
         limits: ServerConfig,
-        oss: object = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
         admission = AdmissionInterceptor(
@@ -70,26 +69,30 @@ class GrpcServer:
                 # past this one gRPC refuses it itself (RESOURCE_EXHAUSTED without details).
                 ("grpc.max_receive_message_length", limits.max_message_bytes + MESSAGE_SLACK),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
+                # one server per port: without this a second server binds the same port and takes half the calls
+                ("grpc.so_reuseport", 0),
             ],
         )
         match_service_pb2_grpc.add_MatchServiceServicer_to_server(MatchServicer(service), self.server)
-        database_service_pb2_grpc.add_DatabaseServiceServicer_to_server(DatabaseServicer(service, oss), self.server)
+        database_service_pb2_grpc.add_DatabaseServiceServicer_to_server(DatabaseServicer(service), self.server)
         search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{host}:{port}"
         if limits.tls_cert is not None and limits.tls_key is not None:
             from lookalike.server.transport.tls import server_credentials
 
             creds = server_credentials(limits.tls_cert, limits.tls_key, limits.tls_client_ca)
-            self.port = self.server.add_secure_port(address, creds)
         else:
-            self.port = self.server.add_insecure_port(address)
+            creds = None
+        try:
+            self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {host}:{port}; is another server running there?")
+            raise OSError(f"could not bind {host}:{port}: the port is in use (another server?); stop it or pick "
+                          "another --port (0 picks a free one)")  # fmt: skip
         self.set_serving(False)
 
     def start(self) -> None:

@@ -136,7 +136,7 @@ class PaiGateway:
         a = self.image_bytes(body.get("imagea"), "imagea")
         b = self.image_bytes(body.get("imageb"), "imageb")
         similarity, cosine = self.service.match(a, b)
-        return {"similarity": similarity, "cosine": cosine, "model": self.service.embedder.model_name}
+        return {"similarity": similarity, "cosine": cosine, "model": self.service.model_name}
 
     def retrieval(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         handler: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(self, f"fn_{name}", None)
@@ -173,7 +173,7 @@ class PaiGateway:
     def fn_add(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
         dims = self.param(p, "feature_dim_dict", dict, required=False) or {}
-        served = self.service.embedder.dimension
+        served = self.service.dimension
         for key, dim in dims.items():
             if dim != served:
                 raise invalid(
@@ -184,41 +184,35 @@ class PaiGateway:
         for key, metric in (self.param(p, "feature_distance_dict", dict, required=False) or {}).items():
             if str(metric).lower() not in ("cosine", "inner_product", "ip"):
                 raise invalid("PARAM_INVALID", f"feature_distance_dict[{key!r}]: only 'Cosine' is supported")
-        self.service.catalog.create(name)
+        self.service.create_database(name)
         return {"name": name, "info": f"add database {name} success."}
 
     def fn_delete(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
-        self.service.catalog.delete(name)
+        self.service.delete_database(name)
         return {"info": f"delete database {name} success."}
 
     def fn_get(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str, required=False)
-        dbs = [self.service.catalog.get(name, usable=False)] if name else self.service.catalog.list()
+        dbs = [self.service.get_database(name)] if name else self.service.all_databases()
         return {"db_dict": {db.name: {"size": db.size, "groups": db.group_count, "dimension": db.dimension}
                             for db in dbs}}  # fmt: skip
 
     def _names(self, p: dict[str, Any]) -> list[str]:
         name = self.param(p, "database_name", str, required=False)
-        return [name] if name else [db.name for db in self.service.catalog.list()]
+        return [name] if name else [db.name for db in self.service.all_databases()]
 
     def fn_save(self, p: dict[str, Any]) -> dict[str, Any]:
         saved = {}
         for name in self._names(p):
-            info = self.service.catalog.export(name, self._location(name), self._oss)
+            info = self.service.export_database(name, self._location(name), oss=self._oss)
             saved[name] = info.image_count
         return {"saved": saved, "info": "save db success."}
 
     def fn_load(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
-        location = self._location(name)
-        try:
-            self.service.catalog.get(name, usable=False)
-            self.service.catalog.delete(name)  # PAI's load replaces the in-memory copy with the saved one
-        except LookalikeError as err:
-            if err.reason != "DATABASE_NOT_FOUND":
-                raise
-        db = self.service.catalog.import_(name, location, self._oss)
+        # PAI's load replaces the served copy with the saved one: atomically, a failed load changes nothing
+        db = self.service.load_database(name, self._location(name), oss=self._oss)
         return {"loaded": {name: db.size}, "info": "load db success."}
 
     def fn_db_set(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -286,11 +280,7 @@ class PaiGateway:
         if intra_id is not None:
             entries = [self.service.get_image(name, group_id, intra_id)]
         else:
-            entries, _ = self.service.catalog.get(name).list(group_id=group_id, after=None, limit=10_000)
-            if not entries:
-                raise LookalikeError(
-                    ErrorKind.NOT_FOUND, "GROUP_NOT_FOUND", f"database {name!r} has no group {group_id!r}"
-                )
+            entries = self.service.group_images(name, group_id)
         return {"entries": [{"group_id": e.group_id, "intra_id": e.intra_id, "update_time": e.update_time}
                             for e in entries]}  # fmt: skip
 
@@ -299,9 +289,9 @@ class PaiGateway:
         group_id = str(self.param(p, "group_id", (str, int)))
         intra_id = self.param(p, "intra_id", int, required=False)
         if intra_id is not None:
-            self.service.catalog.delete_image(name, group_id, intra_id)
+            self.service.delete_image(name, group_id, intra_id)
             return {"deleted": 1}
-        return {"deleted": self.service.catalog.delete_group(name, group_id)}
+        return {"deleted": self.service.delete_group(name, group_id)}
 
     def fn_db_search(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
@@ -314,7 +304,7 @@ class PaiGateway:
 
     def fn_db_clean(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
-        return {"cleaned": self.service.catalog.clear(name)}
+        return {"cleaned": self.service.clear_database(name)}
 
     # -- one request -----------------------------------------------------------------------
     def handle(self, raw: bytes, authorization: str | None, content_type: str | None) -> JSONResponse:
@@ -401,7 +391,7 @@ def create_app(gateway: PaiGateway) -> FastAPI:
 
     async def healthz() -> JSONResponse:
         """For load balancers: 200 once the databases are loaded (or the index backend answers), else 503."""
-        ready = gateway.service.catalog.ready.is_set()
+        ready = gateway.service.ready
         return JSONResponse({"status": "SERVING" if ready else "NOT_SERVING"}, status_code=200 if ready else 503)
 
     extra = {"requestBody": {"content": {"application/json": {"schema": REQUEST_SCHEMA}}, "required": True}}

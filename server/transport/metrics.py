@@ -100,8 +100,9 @@ class ServerMetrics:
 
         embedder.prepare = counted_prepare  # prepare_many and embed call self.prepare, so every path counts
 
-    def watch_catalog(self, catalog: Any) -> None:
-        self.registry.register(_CatalogCollector(catalog))
+    def watch_databases(self, service: Any) -> None:
+        """Database sizes, read through the service at scrape time."""
+        self.registry.register(_DatabaseCollector(service))
 
     def watch_gpu(self) -> None:
         try:
@@ -112,9 +113,9 @@ class ServerMetrics:
             self.registry.register(_GpuCollector(torch))
 
 
-class _CatalogCollector:
-    def __init__(self, catalog: Any) -> None:
-        self.catalog = catalog
+class _DatabaseCollector:
+    def __init__(self, service: Any) -> None:
+        self.service = service
 
     def describe(self) -> list[Any]:
         return []  # sizes are read at scrape time only
@@ -124,7 +125,7 @@ class _CatalogCollector:
         groups = GaugeMetricFamily("lookalike_database_groups", "groups per database", labels=["database"])
         count = GaugeMetricFamily("lookalike_databases", "databases on this server")
         try:
-            dbs = self.catalog.list()
+            dbs = self.service.all_databases()
         except LookalikeError:  # still recovering: no sizes yet
             dbs = []
         for db in dbs:

@@ -47,16 +47,3 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"TLS files --tls-cert {cert} / --tls-key {key} could not be loaded: {exc}") from None
     return context
-
-
-def channel_credentials(
-    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
-) -> grpc.ChannelCredentials:
-    """Client credentials: trust ``ca`` (default: the system roots); present ``cert``/``key`` for mutual TLS."""
-    if (cert is None) != (key is None):
-        raise ValueError("--tls-cert and --tls-key go together: give both (PEM files) or neither")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "--tls-ca") if ca is not None else None,
-        private_key=_read(key, "--tls-key") if key is not None else None,
-        certificate_chain=_read(cert, "--tls-cert") if cert is not None else None,
-    )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from durability_helpers import start
 from lookalike.client import ClientError, LookalikeClient
-from lookalike.server.core.model_identity import model_identity
+from lookalike.server.core.embedding.model_identity import model_identity
 from photos import PHOTO_NAMES, encode, photo
 
 from lookalike.modelfile import EmbedderMeta, load_embedder, preprocess, save_embedder, with_center

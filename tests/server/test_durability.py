@@ -206,7 +206,7 @@ def test_a_snapshot_compacts_retired_rows_and_the_restart_matches(tmp_path):
 def test_the_same_weights_with_another_preprocessing_refuse_the_database_and_say_why(tmp_path):
     import dataclasses
 
-    from lookalike.server.core.default_model import default_model_path
+    from lookalike.server.core.embedding.default_model import default_model_path
 
     from lookalike.modelfile import load_embedder, save_embedder
 

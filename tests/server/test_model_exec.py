@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from lookalike.server.config import CPU_EXEC_CHOICES, ServerConfig
-from lookalike.server.core import model_exec
-from lookalike.server.core.default_model import default_model_path
-from lookalike.server.core.embedder import Embedder
+from lookalike.server.core.embedding import model_exec
+from lookalike.server.core.embedding.default_model import default_model_path
+from lookalike.server.core.embedding.embedder import Embedder
 
 from tests.photos import PHOTO_NAMES, encode, photo
 
@@ -94,14 +94,15 @@ def test_mixed_bf16_graph_keeps_a_quarter_of_the_convolutions_in_fp32() -> None:
 
 
 def test_bf16_falls_back_to_frozen_fp32_without_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOOKALIKE_ASSUME_NO_BF16", "1")
-    assert not model_exec.native_bf16()
+    detect = model_exec.native_bf16
+    monkeypatch.setattr(model_exec, "native_bf16", lambda: False)
     assert model_exec.resolve_cpu_mode("auto") == "frozen"
     assert model_exec.resolve_cpu_mode("bf16") == "frozen"
     assert model_exec.resolve_cpu_mode("bf16_autocast") == "frozen"
     assert model_exec.resolve_cpu_mode("channels_last") == "channels_last"
-    monkeypatch.delenv("LOOKALIKE_ASSUME_NO_BF16")
+    monkeypatch.setattr(model_exec, "native_bf16", detect)
     monkeypatch.setattr(model_exec, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
+    assert not model_exec.native_bf16()
     assert model_exec.resolve_cpu_mode("auto") == "frozen"
 
 

@@ -31,18 +31,18 @@ def s3(monkeypatch):
 
 
 def oss_config(s3, **extra):
-    return {"root": s3.root, "oss_endpoint": s3.endpoint, "oss_path_style": True,
-            "ship_interval_s": 0.2, **extra}  # fmt: skip
+    return {"root": s3.root, "oss_endpoint": s3.endpoint, "oss_path_style": True, "oss_access_key_id": KEY_ID,
+            "oss_access_key_secret": SECRET, "ship_interval_s": 0.2, **extra}  # fmt: skip
 
 
 def restore_keys(data, s3, model) -> set:
     """What a fresh machine would restore from the root, without writing to the root."""
-    from lookalike.server.core.catalog import Catalog
-    from lookalike.server.core.persistence import Persistence
+    from lookalike.server.core.backends.builtin.catalog import Catalog
+    from lookalike.server.core.backends.builtin.persistence import Persistence
 
-    from lookalike.oss import OssClient
+    from lookalike.oss import OssClient, OssCredentials
 
-    p = Persistence(data, root=s3.root, oss=OssClient(s3.endpoint, path_style=True))
+    p = Persistence(data, root=s3.root, oss=OssClient(s3.endpoint, OssCredentials(KEY_ID, SECRET), path_style=True))
     catalog = Catalog(1280, model, p)
     catalog.recover()
     entries, _ = catalog.get("shop").list(group_id=None, after=None, limit=10**6)
@@ -54,10 +54,10 @@ def wait_shipped(server, timeout=20.0):
     p = server.service.catalog.persistence
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if p._shipped >= p.wal.last_seq:
+        if p.mirror.shipped >= p.wal.last_seq:
             return
         time.sleep(0.05)
-    raise AssertionError(f"log not shipped: {p._shipped} < {p.wal.last_seq} ({p.ship_error})")
+    raise AssertionError(f"log not shipped: {p.mirror.shipped} < {p.wal.last_seq} ({p.ship_error})")
 
 
 def test_a_fresh_machine_restores_every_database_from_the_oss_root(tmp_path, s3, caplog):

@@ -1,7 +1,7 @@
 """Preprocessing and decoding against naive references: resize modes, pixel modes, EXIF, limits, memory.
 
 No server here: the functions the server and the trainer share (``lookalike.modelfile``) and the
-server's decoder (``lookalike.server.core.images``), each checked against a slow, obvious version.
+server's decoder (``lookalike.server.core.embedding.images``), each checked against a slow, obvious version.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def test_trainer_loader_applies_exif_orientation():
 
 
 def test_server_decoder_applies_exif_orientation_and_survives_broken_exif():
-    from lookalike.server.core.images import decode_image
+    from lookalike.server.core.embedding.images import decode_image
 
     upright = _photo("astronaut").resize((120, 160))
     data = _exif_jpeg(upright.transpose(Image.Transpose.ROTATE_270), 8)
@@ -186,8 +186,8 @@ def test_server_decoder_applies_exif_orientation_and_survives_broken_exif():
 
 
 def test_limits_are_checked_from_the_header_with_the_servers_numbers():
+    from lookalike.server.core.embedding.images import decode_image
     from lookalike.server.core.errors import LookalikeError
-    from lookalike.server.core.images import decode_image
 
     def png(w: int, h: int) -> bytes:
         buf = io.BytesIO()
@@ -204,7 +204,7 @@ def test_limits_are_checked_from_the_header_with_the_servers_numbers():
 
 
 def test_jpeg_is_decoded_at_reduced_scale_when_the_model_needs_less():
-    from lookalike.server.core.images import decode_image
+    from lookalike.server.core.embedding.images import decode_image
 
     buf = io.BytesIO()
     _photo().resize((2400, 1600)).save(buf, "JPEG")
@@ -214,7 +214,7 @@ def test_jpeg_is_decoded_at_reduced_scale_when_the_model_needs_less():
 
 def test_pixel_budget_bounds_concurrent_decodes():
     """Eight threads decoding 1 MP images under a 2.5 MP budget: never more than 2 at once."""
-    from lookalike.server.core.images import PixelBudget, decode_image
+    from lookalike.server.core.embedding.images import PixelBudget, decode_image
 
     buf = io.BytesIO()
     _photo().resize((1000, 1000)).save(buf, "PNG")
@@ -243,7 +243,7 @@ def test_memory_is_returned_after_large_concurrent_decodes():
         from concurrent.futures import ThreadPoolExecutor
         import numpy as np
         from PIL import Image
-        from lookalike.server.core.images import decode_image
+        from lookalike.server.core.embedding.images import decode_image
 
         def rss():
             return int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20
@@ -323,7 +323,7 @@ def test_default_model_cache_name_follows_its_preprocessing():
     """Changing the shipped resize policy must not silently reuse a cache built under the old one."""
     import dataclasses
 
-    from lookalike.server.core.default_model import cache_file_name, default_meta
+    from lookalike.server.core.embedding.default_model import cache_file_name, default_meta
 
     meta = default_meta()
     names = {cache_file_name(dataclasses.replace(meta, resize_mode=m)) for m in ("shorter_then_center_crop", "stretch")}
@@ -345,7 +345,7 @@ def test_preprocessing_mismatch_names_the_difference_and_the_way_forward():
 
 def test_new_files_default_to_the_measured_whole_image_policy():
     """The measured winner (bench/PREPROCESSING.md) for new files; the missing key keeps its old meaning."""
-    from lookalike.server.core.default_model import default_meta
+    from lookalike.server.core.embedding.default_model import default_meta
 
     assert EmbedderMeta(model_name="n", output_dim=2).resize_mode == "stretch"
     assert default_meta().resize_mode == "stretch"
@@ -361,7 +361,7 @@ def test_embedder_decodes_jpegs_at_the_scale_its_resize_mode_needs(tmp_path: Pat
     """A 2400x1800 JPEG for a 224 px model, decoded keeping twice what the resize needs: stretch and
     letterbox need 2 x 224 on both sides (1/4 scale, 600x450: 16x fewer pixels to decode and resize);
     the centre crop needs 2 x 256 on its shorter side (1/2 scale, 1200x900)."""
-    from lookalike.server.core import embedder as embedder_module
+    from lookalike.server.core.embedding import embedder as embedder_module
 
     meta = EmbedderMeta(model_name="means", output_dim=3, input_size=224, resize_size=256, resize_mode=mode)
     path = save_embedder(_channel_means(), tmp_path / "m.pt", meta)
@@ -412,8 +412,8 @@ def test_draft_decoding_keeps_the_vectors_of_a_full_decode():
 
     Decoding at exactly the needed scale moved 640x480 photos to cosine 0.9965; this asserts the
     0.999 tolerance the model's execution modes keep, on photos at three sizes."""
-    from lookalike.server.core.default_model import default_model_path
-    from lookalike.server.core.embedder import Embedder
+    from lookalike.server.core.embedding.default_model import default_model_path
+    from lookalike.server.core.embedding.embedder import Embedder
 
     from tests.photos import PHOTO_NAMES, photo
 
@@ -436,7 +436,7 @@ def test_draft_decoding_keeps_the_vectors_of_a_full_decode():
             cosines = (fast * full).sum(axis=1)
             assert cosines.min() >= 0.999, (size, cosines.round(5))
             if size == (4000, 3000):  # and the draft happened: the decode was at most 1/4 of the pixels
-                from lookalike.server.core.images import decode_image
+                from lookalike.server.core.embedding.images import decode_image
 
                 img = decode_image(jpegs[0], max_bytes=1 << 26, max_pixels=1 << 26, draft_size=drafted)
                 assert img.size == (1000, 750)

@@ -98,7 +98,7 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine() -> None:
 
 def test_mixed_precision_is_used_only_where_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    from lookalike.server.core import model_exec
+    from lookalike.server.core.embedding import model_exec
 
     monkeypatch.setattr(model_exec, "native_bf16", lambda: False)
     assert autocast_dtype("auto", cpu) is None  # emulated bf16 is slower than fp32
@@ -233,7 +233,7 @@ def _readme_train_command() -> list[str]:
 @pytest.mark.slow
 def test_readme_finetune_command_adapts_the_packaged_model(folder: Path, tmp_path: Path) -> None:
     """The README's fine-tune command (shrunk to two steps) starts from the served default weights."""
-    from lookalike.server.core.default_model import default_model_path
+    from lookalike.server.core.embedding.default_model import default_model_path
 
     argv = _readme_train_command()
     assert "--config" in argv, argv

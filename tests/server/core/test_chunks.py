@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lookalike.server.core.chunks import SMALL_TAKE, ChunkedRows
+from lookalike.server.core.backends.builtin.chunks import SMALL_TAKE, ChunkedRows
 
 
 @pytest.mark.parametrize("count", [0, 1, SMALL_TAKE - 1, SMALL_TAKE, SMALL_TAKE + 1, 500])

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
-from lookalike.server.core.catalog import Catalog
-from lookalike.server.core.hnsw import HnswSettings
+from lookalike.server.core.backends.builtin.catalog import Catalog
+from lookalike.server.core.backends.builtin.hnsw import HnswSettings
 
 DIM = 64
 

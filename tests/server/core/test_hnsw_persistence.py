@@ -1,20 +1,22 @@
 """The HNSW graph is saved with the snapshots and loaded at start-up instead of being rebuilt.
 
-After a restart the graph answers at once (no build counted), with the deletes and upserts
-logged after the snapshot replayed into it, and the results equal those before the restart.
-A graph that does not match (ahead of the surviving log, or damaged) is rebuilt instead.
+After a restart the graph read from the snapshot is the one that answers, at once (no graph is
+built), with the deletes and upserts logged after the snapshot replayed into it, and the results
+equal those before the restart. A graph that does not match (ahead of the surviving log, or
+damaged) is rebuilt instead.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
-from lookalike.server.core import hnsw
-from lookalike.server.core.catalog import Catalog
-from lookalike.server.core.hnsw import HnswSettings
-from lookalike.server.core.persistence import MANIFEST, Persistence
+import pytest
+from lookalike.server.core.backends.builtin.catalog import Catalog
+from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
+from lookalike.server.core.backends.builtin.persistence import MANIFEST, Persistence
 from lookalike.server.storage.segments import get_manifest, put_manifest
 
 DIM = 64
@@ -36,6 +38,21 @@ def wait_ready(db, timeout: float = 120.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the HNSW graph was not built in time")
+
+
+@pytest.fixture
+def graphs_read(monkeypatch: pytest.MonkeyPatch) -> list[HnswIndex]:
+    """Every graph start-up reads from a snapshot file, in order."""
+    read: list[HnswIndex] = []
+    load = HnswIndex.load
+
+    def spy(cls: type[HnswIndex], *args: object, **kwargs: object) -> HnswIndex:
+        graph = load(*args, **kwargs)
+        read.append(graph)
+        return graph
+
+    monkeypatch.setattr(HnswIndex, "load", classmethod(spy))
+    return read
 
 
 def open_catalog(path: Path) -> Catalog:
@@ -66,7 +83,7 @@ def build_and_snapshot(path: Path) -> tuple[Catalog, np.ndarray]:
     return catalog, vecs
 
 
-def test_graph_loaded_at_start_up_with_later_writes_replayed(tmp_path: Path):
+def test_graph_loaded_at_start_up_with_later_writes_replayed(tmp_path: Path, graphs_read: list[HnswIndex]):
     catalog, vecs = build_and_snapshot(tmp_path)
     queries = clustered(30, 2)
     q = queries[0]
@@ -79,17 +96,19 @@ def test_graph_loaded_at_start_up_with_later_writes_replayed(tmp_path: Path):
     assert (top.group_id, top.intra_id) not in {h[:2] for h in before[0]}
     catalog.close(snapshot=False)
 
-    builds = hnsw.builds
     catalog = open_catalog(tmp_path)
     db = catalog.get("d")
-    assert db.hnsw is not None and db.hnsw.ready  # answering at once, not building
+    assert len(graphs_read) == 1
+    assert db.hnsw is graphs_read[0] and db.hnsw.ready  # the saved graph answers at once, nothing was built
     assert results(db, queries) == before
-    assert hnsw.builds == builds  # nothing was rebuilt
+    assert db.hnsw is graphs_read[0]
     assert len(db.hnsw) == db.size  # replayed into the graph: deleted key gone, new keys in
     catalog.close(snapshot=False)
 
 
-def test_a_graph_ahead_of_the_log_or_damaged_is_rebuilt(tmp_path: Path):
+def test_a_graph_ahead_of_the_log_or_damaged_is_rebuilt(
+    tmp_path: Path, graphs_read: list[HnswIndex], caplog: pytest.LogCaptureFixture
+):
     catalog, _ = build_and_snapshot(tmp_path)
     queries = clustered(20, 3)
     before = results(catalog.get("d"), queries)
@@ -99,10 +118,13 @@ def test_a_graph_ahead_of_the_log_or_damaged_is_rebuilt(tmp_path: Path):
     manifest = get_manifest(store, MANIFEST)
     manifest["databases"]["d"]["hnsw"]["seq"] = 10**9  # saved after log records that did not survive
     put_manifest(store, MANIFEST, manifest)
-    builds = hnsw.builds
+    caplog.set_level(logging.WARNING)
     catalog = open_catalog(tmp_path)
-    assert hnsw.builds == builds + 1
-    wait_ready(catalog.get("d"))
+    db = catalog.get("d")
+    assert len(graphs_read) == 1  # read, then dropped: a new graph is being built
+    assert db.hnsw is not None and db.hnsw is not graphs_read[0]
+    assert any("dropped (it saw log record 1000000000" in r.getMessage() for r in caplog.records)
+    wait_ready(db)
     recall = np.mean([len({h[:2] for h in a} & {h[:2] for h in b}) / 10
                       for a, b in zip(results(catalog.get("d"), queries), before, strict=True)])  # fmt: skip
     assert recall >= 0.95
@@ -113,8 +135,12 @@ def test_a_graph_ahead_of_the_log_or_damaged_is_rebuilt(tmp_path: Path):
     data = bytearray(graph_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     graph_file.write_bytes(bytes(data))
-    builds = hnsw.builds
+    graphs_read.clear()
+    caplog.clear()
     catalog = open_catalog(tmp_path)  # the damage is reported, the graph rebuilt, the database served
-    assert hnsw.builds == builds + 1
-    wait_ready(catalog.get("d"))
+    db = catalog.get("d")
+    assert graphs_read == []  # the damaged file gave no graph
+    assert any("HNSW graph of 'd' is unreadable" in r.getMessage() for r in caplog.records)
+    assert db.hnsw is not None  # a new one is being built
+    wait_ready(db)
     catalog.close(snapshot=False)

@@ -5,13 +5,14 @@ snapshot round trips, and its memory per image."""
 from __future__ import annotations
 
 import numpy as np
-from lookalike.server.core.commands import SetImages, SetItem
-from lookalike.server.core.database import Database, _Members
+from lookalike.server.core.backends.builtin.commands import SetImages, SetItem
+from lookalike.server.core.backends.builtin.database import Database
+from lookalike.server.core.backends.builtin.records import Members
 
 
 def test_members_against_a_dict_model():
     rng = np.random.default_rng(0)
-    m = _Members()
+    m = Members()
     m.MERGE = 7  # merge often: every path through recent changes, merged arrays and both
     model: dict[tuple[int, int], int] = {}
     row = 0
@@ -38,13 +39,13 @@ def test_members_against_a_dict_model():
     assert sorted(m.items()) == sorted((g, i, pos[r]) for (g, i), r in model.items())
     groups = np.array([g for g, _ in model], np.int64)
     intras = np.array([i for _, i in model], np.int64)
-    rebuilt = _Members.from_rows(groups, intras, np.array(list(model.values()), np.int64))
+    rebuilt = Members.from_rows(groups, intras, np.array(list(model.values()), np.int64))
     assert sorted(rebuilt.items()) == sorted((g, i, r) for (g, i), r in model.items())
     assert rebuilt.groups == m.groups
 
 
 def test_database_keys_survive_merges_compaction_and_snapshot(monkeypatch):
-    monkeypatch.setattr(_Members, "MERGE", 5)
+    monkeypatch.setattr(Members, "MERGE", 5)
     db = Database("d", 4)
     rng = np.random.default_rng(1)
     model: dict[tuple[str, int], np.ndarray] = {}

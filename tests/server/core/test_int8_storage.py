@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lookalike.server.core.catalog import Catalog
-from lookalike.server.core.persistence import Persistence
+from lookalike.server.core.backends.builtin.catalog import Catalog
+from lookalike.server.core.backends.builtin.persistence import Persistence
 
 DIM = 96
 MODEL = {"name": "t", "digest": "x"}

@@ -6,7 +6,7 @@ import platform
 
 import numpy as np
 import pytest
-from lookalike.server.core.memory import release_free_memory
+from lookalike.server.core.backends.builtin.memory import release_free_memory
 
 
 def rss_anon() -> int:

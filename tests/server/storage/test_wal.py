@@ -114,3 +114,37 @@ def test_always_mode_shares_fsyncs_between_concurrent_writers(tmp_path, monkeypa
     assert wal._synced == 400
     assert len(calls) < 400  # group commit: fewer fsyncs than acknowledged writes
     wal.close()
+
+
+@pytest.mark.parametrize("where", ["payload", "header-crc"])
+def test_a_flipped_byte_in_the_last_complete_record_is_damage_not_a_torn_tail(tmp_path, where):
+    """The last record is whole, so it may have been acknowledged (fsync always): never cut it silently."""
+    write(tmp_path, [bytes([i]) * 40 for i in range(5)], fsync="always")
+    (seg,) = WriteAheadLog(tmp_path).segments()
+    data = bytearray(seg.read_bytes())
+    last = 4 * (HEADER.size + 40)
+    data[last + (HEADER.size + 7 if where == "payload" else 5)] ^= 0x01
+    seg.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError) as err:
+        list(WriteAheadLog(tmp_path).scan())
+    assert err.value.offset == last and "--repair" in str(err.value)
+    assert seg.read_bytes() == bytes(data)  # nothing was cut
+    wal = WriteAheadLog(tmp_path)
+    assert [s for s, _ in wal.scan(repair=True)] == [1, 2, 3, 4]
+    aside = seg.with_name(seg.name + ".damaged")
+    kept = aside.read_bytes()
+    assert kept[16:] == bytes(data[last:])  # the damaged record, kept beside the log (after offset and length)
+    assert int.from_bytes(kept[:8], "little") == last
+    assert seg.stat().st_size == last
+    wal.open()
+    assert wal.append(b"next") == 5
+
+
+def test_zeros_after_the_last_record_are_a_torn_tail(tmp_path):
+    """A file system may leave zeros where an interrupted append was going: nothing was written there."""
+    write(tmp_path, [b"a" * 50, b"b" * 50])
+    (seg,) = WriteAheadLog(tmp_path).segments()
+    seg.write_bytes(seg.read_bytes() + bytes(4096))
+    wal = WriteAheadLog(tmp_path)
+    assert [s for s, _ in wal.scan()] == [1, 2]
+    assert wal.report.truncated and seg.stat().st_size == 2 * (HEADER.size + 50)

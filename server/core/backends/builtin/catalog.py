@@ -10,86 +10,45 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from lookalike.server.core.backend import (
+from lookalike.server.core.backends.api import (
+    ExportedDatabase,
     SetRequest,
     SetResult,
     SnapshotInfo,
     database_exists,
     database_not_found,
     database_replaced,
+    foreign_reason,
+    not_ready,
     write_cancelled,
 )
-from lookalike.server.core.commands import (
+from lookalike.server.core.backends.builtin.commands import (
     ClearDatabase,
     Command,
     CreateDatabase,
     DeleteGroup,
     DeleteImage,
     DropDatabase,
+    ReplaceDatabase,
     SetImages,
     SetItem,
 )
-from lookalike.server.core.database import Database
-from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
-from lookalike.server.core.hnsw import HnswSettings
-from lookalike.server.core.index import STORAGE_DTYPES
-from lookalike.server.core.memory import release_free_memory
-from lookalike.server.core.persistence import Persistence, entry_bytes, read_export
-from lookalike.server.core.validation import check_database_name
+from lookalike.server.core.backends.builtin.database import Database
+from lookalike.server.core.backends.builtin.hnsw import HnswSettings
+from lookalike.server.core.backends.builtin.index import STORAGE_DTYPES
+from lookalike.server.core.backends.builtin.memory import release_free_memory
+from lookalike.server.core.backends.builtin.persistence import Persistence
+from lookalike.server.core.backends.builtin.requests import RequestWindow
+from lookalike.server.core.backends.builtin.snapshot_files import entry_bytes
+from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
+from lookalike.server.core.validation import check_stored_name
 
 log = logging.getLogger(__name__)
-IMPORT_CHUNK = 4096
 COMPACT_MIN_DEAD = 4096  # compact at a snapshot when retired rows exceed this and the live rows
-
-
-def describe_model(model: dict[str, Any]) -> str:
-    digest = str(model.get("digest", "?"))[:12]
-    return f"{model.get('name', '?')} (dimension {model.get('dimension', '?')}, digest {digest})"
-
-
-def foreign_reason(
-    name: str, stored: dict[str, Any], dimension: int, model: dict[str, Any], server_dimension: int
-) -> str | None:
-    """Why a database of model ``stored`` must not be served by a server running ``model``, or None."""
-    if stored.get("digest") == model.get("digest") and dimension == server_dimension:
-        return None
-    from lookalike.modelfile import preprocessing_mismatch
-
-    differs = preprocessing_mismatch(stored.get("preprocessing", {}), model.get("preprocessing", {}),
-                                     f"database {name!r}")  # fmt: skip
-    if differs and stored.get("name") == model.get("name"):  # same weights' name, new pipeline
-        return differs
-    return (
-        f"database {name!r} holds vectors of model {describe_model(stored)}, but this server runs "
-        f"{describe_model(model)}; vectors of two models must not be mixed. Serve it with its model "
-        "(lookalike serve --model FILE), or export its images and register them again under this model"
-    )
-
-
-def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: int) -> Database:
-    """An export read and checked for import on a server running ``model`` (either backend)."""
-    from lookalike.server.storage.segments import CorruptionError
-
-    try:
-        source = read_export(location, oss)
-    except FileNotFoundError as exc:
-        raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
-    except CorruptionError as exc:
-        raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise LookalikeError(ErrorKind.UNAVAILABLE, "IMPORT_FAILED", f"could not read {location}: {exc}") from None
-    if source.model.get("digest") != model.get("digest") or source.dimension != dimension:
-        raise LookalikeError(
-            ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
-            f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
-            f"{describe_model(model)}; import it on a server started with that model",
-        )  # fmt: skip
-    return source
 
 
 class Catalog:
@@ -101,7 +60,7 @@ class Catalog:
         model: dict[str, Any],
         persistence: Persistence | None = None,
         *,
-        dedupe_entries: int = 100_000,
+        retry_window: int | None = None,
         hnsw: HnswSettings | None = None,
     ) -> None:
         self.hnsw = hnsw
@@ -112,8 +71,8 @@ class Catalog:
         self._write_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         self._dbs: dict[str, Database] = {}
-        self._dedupe: OrderedDict[str, tuple[str, int, int, bool]] = OrderedDict()
-        self._dedupe_entries = dedupe_entries
+        self._requests: dict[str, RequestWindow] = {}  # database -> its retry window
+        self._retry_window = retry_window
         self._seq = 0  # in-memory sequence when there is no log
         self.last_checkpoint: SnapshotInfo | None = None
         if persistence is None:
@@ -131,8 +90,9 @@ class Catalog:
             self._check_model(db)
             db.hnsw_settings = self.hnsw
             self._dbs[db.name] = db
-        for entry in loaded.dedupe:
-            self._remember(*entry)
+        for db_name, request_id, group_id, intra_id, replaced in loaded.dedupe:
+            if db_name in self._dbs:
+                self._window(db_name).remember(request_id, (group_id, int(intra_id)), bool(replaced))
         replayed = 0
         for seq, cmd in p.records(loaded.checkpoint_seq):
             try:
@@ -175,23 +135,30 @@ class Catalog:
             db.hnsw_settings = self.hnsw
             self._check_model(db)
             self._dbs[cmd.db] = db
+            self._requests.pop(cmd.db, None)
             return db
         if isinstance(cmd, DropDatabase):
+            self._requests.pop(cmd.db, None)
             return self._dbs.pop(cmd.db)
+        if isinstance(cmd, ReplaceDatabase):
+            return self._apply_replace(cmd, seq)
         db = self._dbs.get(cmd.db)
         if db is None:
-            raise not_found("DATABASE_NOT_FOUND", f"database {cmd.db!r} does not exist")
+            raise database_not_found(cmd.db)
         if isinstance(cmd, SetImages):
             replaced = db.apply_set(cmd, seq)
+            window = self._window(cmd.db)
             for item, rep in zip(cmd.items, replaced, strict=True):
-                if item.request_id:
-                    self._remember(cmd.db, item.request_id, item.group_id, item.intra_id, rep)
+                window.remember(item.request_id, (item.group_id, item.intra_id), rep)
             return replaced
         if isinstance(cmd, DeleteImage):
+            self._window(cmd.db).forget_key((cmd.group_id, cmd.intra_id))
             return db.apply_delete(cmd.group_id, cmd.intra_id, seq)
         if isinstance(cmd, DeleteGroup):
+            self._window(cmd.db).forget_group(cmd.group_id)
             return db.apply_delete_group(cmd.group_id, seq)
         if isinstance(cmd, ClearDatabase):
+            self._requests.pop(cmd.db, None)
             return db.apply_clear(seq)
         raise TypeError(f"not a command: {cmd!r}")
 
@@ -200,18 +167,32 @@ class Catalog:
         seq = self._log(cmd)
         return seq, self._apply(cmd, seq)
 
-    def _remember(self, db: str, request_id: str, group_id: str, intra_id: int, replaced: bool) -> None:
-        key = f"{db}\0{request_id}"
-        self._dedupe[key] = (group_id, intra_id, replaced)  # type: ignore[assignment]
-        self._dedupe.move_to_end(key)
-        while len(self._dedupe) > self._dedupe_entries:
-            self._dedupe.popitem(last=False)
+    def _window(self, name: str) -> RequestWindow:
+        window = self._requests.get(name)
+        if window is None:
+            window = self._requests[name] = RequestWindow(
+                *(() if self._retry_window is None else (self._retry_window,))
+            )
+        return window
+
+    def _apply_replace(self, cmd: ReplaceDatabase, seq: int) -> Database:
+        """``cmd.source`` takes the name ``cmd.db``; whatever had that name is dropped."""
+        db = self._dbs.pop(cmd.source, None)
+        if db is None:
+            raise database_not_found(cmd.source)
+        self._dbs.pop(cmd.db, None)
+        self._requests.pop(cmd.db, None)
+        self._requests.pop(cmd.source, None)
+        with db.lock:
+            db.name = cmd.db
+            db.snapshot_seq = -1  # its files are named by the database name: written anew
+            db.applied_seq = seq
+        self._dbs[cmd.db] = db
+        return db
 
     def _require_ready(self) -> None:
         if not self.ready.is_set():
-            raise LookalikeError(
-                ErrorKind.UNAVAILABLE, "RECOVERING", "the server is loading its databases; retry in a few seconds"
-            )
+            raise not_ready("RECOVERING", "the server is loading its databases; retry in a few seconds")
 
     def _get_locked(self, name: str) -> Database:
         db = self._dbs.get(name)
@@ -220,8 +201,8 @@ class Catalog:
         return db
 
     # -- databases -------------------------------------------------------------------------
-    def create(self, name: str, storage: str = "") -> Database:
-        check_database_name(name)
+    def create(self, name: str, storage: str = "", *, create_time: float | None = None) -> Database:
+        check_stored_name(name)
         storage = storage or "f32"
         if storage not in STORAGE_DTYPES:
             raise invalid("STORAGE_INVALID", f"storage {storage!r} is not one of {', '.join(STORAGE_DTYPES)}")
@@ -229,12 +210,13 @@ class Catalog:
         with self._write_lock:
             if name in self._dbs:
                 raise database_exists(name)
-            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, time.time(), storage))
+            when = time.time() if create_time is None else create_time
+            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, when, storage))
         self._wait(seq)
         return db
 
     def get(self, name: str, *, usable: bool = True) -> Database:
-        check_database_name(name)
+        check_stored_name(name)
         self._require_ready()
         db = self._dbs.get(name)
         if db is None:
@@ -249,7 +231,7 @@ class Catalog:
             return [self._dbs[n] for n in sorted(self._dbs)]
 
     def delete(self, name: str) -> None:
-        check_database_name(name)
+        check_stored_name(name)
         self._require_ready()
         with self._write_lock:
             self._get_locked(name)
@@ -280,10 +262,11 @@ class Catalog:
                 raise database_replaced(name)
             db.check_usable()
             todo = []
+            window = self._window(name)
             for k, (_, _, request_id, _) in enumerate(requests):
-                seen = self._dedupe.get(f"{name}\0{request_id}") if request_id else None
+                seen = window.get(request_id)
                 if seen is not None:
-                    results[k] = SetResult((seen[0], seen[1]), bool(seen[2]))
+                    results[k] = seen
                 else:
                     todo.append(k)
             if todo and (should_continue is None or should_continue()):
@@ -350,7 +333,11 @@ class Catalog:
                     clean = db.snapshot_seq == db.applied_seq and entry is not None
                     same = entry is not None and int(entry["meta"]["incarnation"]) == db.incarnation
                     views[name] = None if clean and same else db.snapshot_view()
-                dedupe = [[k.split("\0", 1)[0], k.split("\0", 1)[1], *v] for k, v in self._dedupe.items()]
+                dedupe = [
+                    [db_name, request_id, r.key[0], r.key[1], r.replaced]
+                    for db_name, window in self._requests.items()
+                    for request_id, r in window.items()
+                ]
                 p.wal.rotate()
             try:
                 manifest = p.checkpoint(seq, views, dedupe)
@@ -401,26 +388,32 @@ class Catalog:
             ) from None
         return SnapshotInfo(time.time(), entry_bytes(entry), int(entry["meta"]["size"]), db.applied_seq)
 
-    def import_(self, name: str, location: str, oss: Any = None) -> Database:
-        check_database_name(name)
+    def import_(self, name: str, source: ExportedDatabase) -> Database:
+        """A new database holding an export's rows (already read and checked by the service)."""
+        check_stored_name(name)
         self._require_ready()
-        source = read_export_for(location, oss, self.model, self.dimension)
-        entries, _ = source.list(group_id=None, after=None, limit=source.size)
         with self._write_lock:
             if name in self._dbs:
                 raise database_exists(name)
-            seq, db = self._commit(
-                CreateDatabase(name, self.dimension, self.model, source.create_time, source.storage)
-            )
-            for start in range(0, len(entries), IMPORT_CHUNK):
-                part = entries[start : start + IMPORT_CHUNK]
-                items = tuple(
-                    SetItem(e.group_id, e.intra_id, db.next_image_id + i, "", e.attributes or None)
-                    for i, e in enumerate(part)
-                )
+            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, source.create_time, source.storage))
+        for part in source.entries():  # a chunk per step: writers and searches go on between them
+            with self._write_lock:
+                if self._dbs.get(name) is not db:
+                    raise database_replaced(name)
+                items = tuple(SetItem(e.group_id, e.intra_id, db.next_image_id + i, "", e.attributes or None)
+                              for i, e in enumerate(part))  # fmt: skip
                 cmd = SetImages(name, items, np.stack([e.vector for e in part]), time.time(),
                                 tuple(e.update_time for e in part))  # fmt: skip
                 seq, _ = self._commit(cmd)
+        self._wait(seq)
+        return db
+
+    def replace(self, name: str, loaded: str) -> Database:
+        check_stored_name(name)
+        self._require_ready()
+        with self._write_lock:
+            self._get_locked(loaded)
+            seq, db = self._commit(ReplaceDatabase(name, loaded))
         self._wait(seq)
         return db
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lookalike.server.core.errors import LookalikeError, invalid
+from lookalike.server.defaults import DECODE_BUDGET_PIXELS, MAX_ASPECT_RATIO
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from lookalike.modelfile import to_rgb, upright
@@ -31,11 +32,6 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 Image.init()  # register every plugin now, so the format list below is complete
 ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN)
 
-# Longest side over shortest side. Panoramas reach about 10:1; beyond this the image is a strip
-# whose resized copy is mostly interpolation (and, unbounded, exhausted memory).
-MAX_ASPECT_RATIO = 20.0
-# Pixels decoded at once across all threads (about 4 bytes each while decoding, 3 after).
-DEFAULT_DECODE_BUDGET_PIXELS = 128_000_000
 # Decodes at least this large hand their freed memory back to the system afterwards.
 TRIM_AFTER_PIXELS = 4_000_000
 
@@ -70,7 +66,7 @@ class PixelBudget:
                 self._cond.notify_all()
 
 
-DECODE_BUDGET = PixelBudget(DEFAULT_DECODE_BUDGET_PIXELS)
+DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
 
 
 def _load_malloc_trim() -> object | None:

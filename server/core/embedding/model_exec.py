@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from lookalike.server.defaults import CPU_EXEC_CHOICES
 
 from lookalike.modelfile import quiet_torchscript
 
 log = logging.getLogger(__name__)
 
-CPU_MODES = ("eager", "channels_last", "frozen", "bf16_autocast", "bf16")
-EXEC_CHOICES = ("auto", *CPU_MODES)
+EXEC_CHOICES = CPU_EXEC_CHOICES  # "auto", then every mode (the --cpu-exec setting's choices)
+CPU_MODES = tuple(m for m in EXEC_CHOICES if m != "auto")
 MIN_COSINE = 0.999
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -50,9 +50,10 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16() -> bool:
-    """True where bfloat16 matrix maths runs in hardware (AVX-512 BF16 or AMX), not emulated."""
-    if os.environ.get("LOOKALIKE_ASSUME_NO_BF16"):  # tests and benchmarks of the fallback
-        return False
+    """True where bfloat16 matrix maths runs in hardware (AVX-512 BF16 or AMX), not emulated.
+
+    Read from the CPU alone; to serve without bf16 on such a CPU, the setting is ``--cpu-exec frozen``
+    (tests of the fallback patch this function or ``cpu_flags``)."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):  # e.g. "AVX2", "DEFAULT"
         return False
     return bool(cpu_flags() & set(_BF16_FLAGS))

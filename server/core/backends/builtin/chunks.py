@@ -71,10 +71,6 @@ class ChunkedRows:
             out.append(chunk[: min(self.chunk_rows, n - start)])
         return out
 
-    def concat(self, n: int | None = None) -> np.ndarray:
-        views = self.views(n)
-        return np.concatenate(views) if views else np.zeros(self._shape(0), self.dtype)
-
     @classmethod
     def from_chunks(cls, arrays: list[np.ndarray], n: int, dtype: np.dtype | type, width: int | None = None,
                     chunk_rows: int = CHUNK_ROWS) -> ChunkedRows:  # fmt: skip

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from lookalike.server.core.chunks import CHUNK_ROWS, ChunkedRows
+from lookalike.server.core.backends.builtin.chunks import CHUNK_ROWS, ChunkedRows
 
 from lookalike import native
 

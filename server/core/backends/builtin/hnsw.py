@@ -22,20 +22,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from lookalike.server import defaults
 
 log = logging.getLogger(__name__)
-
-builds = 0  # graphs built from rows in this process (tests check a loaded graph was not rebuilt)
 
 
 @dataclass(frozen=True)
 class HnswSettings:
-    threshold: int = 100_000  # live images from which a database gets a graph; 0 = never
-    connectivity: int = 16
-    expansion_add: int = 128
-    expansion_search: int = 200  # recall@10 >= 0.95 on clustered data needs ~200 (64 gave 0.78)
-    dtype: str = "f16"
-    rerank_factor: int = 4  # candidates fetched per result, re-scored exactly
+    threshold: int = defaults.HNSW_THRESHOLD  # live images from which a database gets a graph; 0 = never
+    connectivity: int = defaults.HNSW_CONNECTIVITY
+    expansion_add: int = defaults.HNSW_EXPANSION_ADD
+    expansion_search: int = defaults.HNSW_EXPANSION_SEARCH
+    dtype: str = defaults.HNSW_DTYPE
+    rerank_factor: int = defaults.HNSW_RERANK  # candidates fetched per result, re-scored exactly
 
 
 class HnswIndex:

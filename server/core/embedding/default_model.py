@@ -83,10 +83,10 @@ def build_default_model(path: Path) -> Path:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("LOOKALIKE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lookalike"
-    )
-    return Path(base)
+    """``$XDG_CACHE_HOME/lookalike``, else ``~/.cache/lookalike``: where the model goes when no cache directory is
+    given. The server's is the setting ``--cache-dir`` (``LOOKALIKE_CACHE_DIR``), passed in by ``server/app.py``;
+    ``XDG_CACHE_HOME`` is the platform's convention for the fallback, like ``HOME``, not a Lookalike setting."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "lookalike"
 
 
 def cache_file_name(meta: EmbedderMeta) -> str:
@@ -97,7 +97,7 @@ def cache_file_name(meta: EmbedderMeta) -> str:
 
 
 def default_model_path(cache_dir: Path | None = None) -> Path:
-    """Return the cached default model file, building it on first use.
+    """The default model file in ``cache_dir`` (none: ``default_cache_dir()``), built on first use.
 
     The name hashes everything the file depends on, its preprocessing included, so a cache
     written by a version with another resize policy is never silently reused.

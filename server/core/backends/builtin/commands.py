@@ -69,7 +69,15 @@ class ClearDatabase:
     db: str
 
 
-Command = CreateDatabase | DropDatabase | SetImages | DeleteImage | DeleteGroup | ClearDatabase
+@dataclass(frozen=True)
+class ReplaceDatabase:
+    """Database ``source`` (a load, complete and verified) takes the name ``db``: one step, one record."""
+
+    db: str
+    source: str
+
+
+Command = CreateDatabase | DropDatabase | SetImages | DeleteImage | DeleteGroup | ClearDatabase | ReplaceDatabase
 
 
 def encode(cmd: Command) -> bytes:
@@ -99,6 +107,8 @@ def encode(cmd: Command) -> bytes:
         head = {"op": "delgroup", "db": cmd.db, "g": cmd.group_id}
     elif isinstance(cmd, ClearDatabase):
         head = {"op": "clear", "db": cmd.db}
+    elif isinstance(cmd, ReplaceDatabase):
+        head = {"op": "replace", "db": cmd.db, "source": cmd.source}
     else:  # pragma: no cover - exhaustive
         raise TypeError(f"not a command: {cmd!r}")
     text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
@@ -126,4 +136,6 @@ def decode(data: bytes) -> Command:
         return DeleteGroup(head["db"], head["g"])
     if op == "clear":
         return ClearDatabase(head["db"])
+    if op == "replace":
+        return ReplaceDatabase(head["db"], head["source"])
     raise ValueError(f"unknown command {op!r} in the log")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, InvalidStateError
 
 import numpy as np
+from lookalike.server import defaults
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 
 _STOP = object()
@@ -57,8 +58,8 @@ class MicroBatcher:
         self,
         run_batch: Callable[[np.ndarray], np.ndarray],
         *,
-        max_batch: int = 32,
-        max_wait_s: float = 0.002,
+        max_batch: int = defaults.GPU_MAX_BATCH,
+        max_wait_s: float = defaults.BATCH_WAIT_MS / 1000.0,
         name: str = "embedder-batcher",
         workers: int = 1,
         worker_init: Callable[[], object] | None = None,

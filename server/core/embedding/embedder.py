@@ -2,25 +2,34 @@
 
 Images are decoded and preprocessed on the calling threads, then batched into one
 ``torch.inference_mode()`` call on CUDA when present, else CPU, in the execution mode chosen by
-``lookalike.server.core.model_exec`` (``--cpu-exec``; bf16 where the CPU computes it natively).
+``lookalike.server.core.embedding.model_exec`` (``--cpu-exec``; bf16 where the CPU computes it natively).
 Outputs are L2-normalised float32 so that inner product is cosine similarity.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from lookalike.server.core.batcher import MicroBatcher
-from lookalike.server.core.cancellation import track
+from lookalike.server.core.embedding.batcher import MicroBatcher
+from lookalike.server.core.embedding.cancellation import track
+from lookalike.server.core.embedding.images import PixelBudget, decode_image
+from lookalike.server.core.embedding.model_exec import prepare as prepare_runner
 from lookalike.server.core.errors import ErrorKind, LookalikeError
-from lookalike.server.core.images import MAX_ASPECT_RATIO, PixelBudget, decode_image
-from lookalike.server.core.model_exec import prepare as prepare_runner
+from lookalike.server.defaults import (
+    BATCH_WAIT_MS,
+    CPU_EXEC,
+    DECODE_BUDGET_PIXELS,
+    GPU_MAX_BATCH,
+    MAX_ASPECT_RATIO,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    usable_cores,
+)
 
 from lookalike.modelfile import EmbedderMeta, load_embedder, output_vectors, preprocess
 
@@ -36,14 +45,14 @@ class Embedder:
         model_path: str | Path,
         *,
         device: str | None = None,
-        max_batch: int = 32,
-        max_wait_s: float = 0.002,
-        max_image_bytes: int = 32 << 20,
-        max_image_pixels: int = 64_000_000,
+        max_batch: int = GPU_MAX_BATCH,
+        max_wait_s: float = BATCH_WAIT_MS / 1000.0,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         preprocess_threads: int | None = None,
         max_aspect_ratio: float = MAX_ASPECT_RATIO,
-        decode_budget_pixels: int = 128_000_000,
-        cpu_exec: str = "auto",
+        decode_budget_pixels: int = DECODE_BUDGET_PIXELS,
+        cpu_exec: str = CPU_EXEC,
         model_workers: int = 1,
         model_threads: int | None = None,
     ) -> None:
@@ -66,7 +75,7 @@ class Embedder:
         self.max_aspect_ratio = max_aspect_ratio
         self._budget = PixelBudget(decode_budget_pixels)  # bounds decoded pixels in flight across threads
         self._pool = ThreadPoolExecutor(
-            max_workers=preprocess_threads or os.cpu_count() or 2, thread_name_prefix="preprocess"
+            max_workers=preprocess_threads or usable_cores(), thread_name_prefix="preprocess"
         )
         # Model calls run side by side on ``model_workers`` threads, each with ``model_threads`` torch
         # threads (torch's thread count is per calling thread: each worker sets its own).

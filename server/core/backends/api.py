@@ -1,0 +1,327 @@
+"""The backend contract: what the service needs from wherever databases live, and what both share.
+
+Two implementations: the built-in store (``builtin/``: native exact scan + HNSW, WAL and
+snapshots on this machine) and Milvus (``milvus/``: vectors and records in Milvus
+collections, so any number of stateless replicas can serve them). The service talks only to
+these protocols. Everything both backends must agree on lives here once: the value types,
+the errors (one builder each, so reasons and messages never drift), the model-identity rule,
+the retry window of request ids, and the export reader, so an export moves both ways.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from lookalike.server import defaults
+from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
+
+Key = tuple[str, int]
+# (group_id, intra_id or None for the next free one, request_id, attributes)
+SetRequest = tuple[str, int | None, str, dict[str, str] | None]
+
+RETRY_WINDOW = defaults.RETRY_WINDOW  # request ids remembered per database (the most recent ones), on both backends
+IMPORT_CHUNK = 4096  # rows written per step of an import
+
+
+@dataclass(frozen=True)
+class Hit:
+    group_id: str
+    intra_id: int
+    score: float
+    attributes: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    group_id: str
+    intra_id: int
+    update_time: float
+    vector: np.ndarray
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SetResult:
+    key: Key
+    replaced: bool
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    time: float
+    size_bytes: int
+    image_count: int
+    checkpoint_seq: int
+
+
+# -- errors both backends raise ---------------------------------------------------------------
+def database_not_found(name: str) -> LookalikeError:
+    return not_found("DATABASE_NOT_FOUND", f"database {name!r} does not exist; create it first (CreateDatabase)")
+
+
+def database_exists(name: str) -> LookalikeError:
+    return LookalikeError(ErrorKind.ALREADY_EXISTS, "DATABASE_EXISTS", f"database {name!r} already exists")
+
+
+def database_replaced(name: str) -> LookalikeError:
+    return LookalikeError(
+        ErrorKind.FAILED_PRECONDITION, "DATABASE_REPLACED",
+        f"database {name!r} was deleted (and maybe re-created) during this stream; the items before "
+        "this point were registered in the old database",
+    )  # fmt: skip
+
+
+def image_not_found(name: str, group_id: str, intra_id: int) -> LookalikeError:
+    return not_found("IMAGE_NOT_FOUND", f"database {name!r} has no image group_id={group_id!r} intra_id={intra_id}")
+
+
+def group_not_found(name: str, group_id: str) -> LookalikeError:
+    return not_found("GROUP_NOT_FOUND", f"database {name!r} has no group {group_id!r}")
+
+
+def intra_ids_exhausted(name: str, group_id: str) -> LookalikeError:
+    return LookalikeError(
+        ErrorKind.FAILED_PRECONDITION, "INTRA_ID_EXHAUSTED",
+        f"group {group_id!r} of database {name!r} has used every automatic intra_id (the largest is 2**53 - 1); "
+        "set intra_id explicitly, or use another group",
+    )  # fmt: skip
+
+
+def write_cancelled() -> LookalikeError:
+    return LookalikeError(ErrorKind.UNAVAILABLE, "CANCELLED", "the call was cancelled; nothing was stored")
+
+
+def model_mismatch(reason: str) -> LookalikeError:
+    return LookalikeError(ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH", reason)
+
+
+def not_ready(reason: str, message: str) -> LookalikeError:
+    return LookalikeError(ErrorKind.UNAVAILABLE, reason, message)
+
+
+def check_usable(foreign: str | None) -> None:
+    """A database of another model is listed but never searched or written."""
+    if foreign is not None:
+        raise model_mismatch(foreign)
+
+
+# -- the model-identity rule ------------------------------------------------------------------
+def describe_model(model: dict[str, Any]) -> str:
+    digest = str(model.get("digest", "?"))[:12]
+    return f"{model.get('name', '?')} (dimension {model.get('dimension', '?')}, digest {digest})"
+
+
+def foreign_reason(
+    name: str, stored: dict[str, Any], dimension: int, model: dict[str, Any], server_dimension: int
+) -> str | None:
+    """Why a database of model ``stored`` must not be served by a server running ``model``, or None."""
+    if stored.get("digest") == model.get("digest") and dimension == server_dimension:
+        return None
+    from lookalike.modelfile import preprocessing_mismatch
+
+    differs = preprocessing_mismatch(stored.get("preprocessing", {}), model.get("preprocessing", {}),
+                                     f"database {name!r}")  # fmt: skip
+    if differs and stored.get("name") == model.get("name"):  # same weights' name, new pipeline
+        return differs
+    return (
+        f"database {name!r} holds vectors of model {describe_model(stored)}, but this server runs "
+        f"{describe_model(model)}; vectors of two models must not be mixed. Serve it with its model "
+        "(lookalike serve --model FILE), or export its images and register them again under this model"
+    )
+
+
+# -- exports ----------------------------------------------------------------------------------
+@dataclass
+class ExportedDatabase:
+    """An export as read back: its model, layout and rows, whatever backend wrote it."""
+
+    model: dict[str, Any]
+    dimension: int
+    create_time: float
+    storage: str
+    size: int
+    entries: Callable[[], Iterator[list[Entry]]]  # the rows, a chunk at a time, in key order
+
+
+def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: int) -> ExportedDatabase:
+    """An export read, verified (every file's checksums) and checked for import on a server running ``model``."""
+    from lookalike.server.core.backends.builtin.snapshot_files import RecordInvalid, read_export
+    from lookalike.server.storage.segments import CorruptionError
+
+    try:
+        source = read_export(location, oss)
+    except RecordInvalid as exc:
+        raise invalid(
+            "EXPORT_RECORD_INVALID", f"record {exc.position} is invalid: {exc.why}; nothing was imported",
+            record=str(exc.position),
+        ) from None
+    except FileNotFoundError as exc:
+        raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
+    except CorruptionError as exc:
+        raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise invalid("EXPORT_UNREADABLE", f"could not read {location} as an export: {exc}") from None
+    if source.model.get("digest") != model.get("digest") or source.dimension != dimension:
+        raise LookalikeError(
+            ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
+            f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
+            f"{describe_model(model)}; import it on a server started with that model",
+        )  # fmt: skip
+
+    try:
+        rows, _ = source.list(group_id=None, after=None, limit=source.size)
+    except Exception as exc:  # a hand-edited export can hold anything; never an INTERNAL later
+        raise invalid(
+            "EXPORT_RECORD_INVALID", f"the export's records cannot be read ({exc}); nothing was imported"
+        ) from None
+    for position, entry in enumerate(rows):
+        check_record(position, entry, dimension)
+
+    def entries() -> Iterator[list[Entry]]:
+        for start in range(0, len(rows), IMPORT_CHUNK):
+            yield rows[start : start + IMPORT_CHUNK]
+
+    return ExportedDatabase(source.model, source.dimension, source.create_time, source.storage, source.size, entries)
+
+
+def write_export_entries(
+    name: str,
+    dimension: int,
+    model: dict[str, Any],
+    create_time: float,
+    batches: Iterator[list[Entry]],
+    location: str,
+    oss: Any,
+) -> tuple[int, int]:
+    """Write rows as an export (the one format both backends read); returns (bytes, images).
+
+    Raises ``LookalikeError`` when the location cannot be written.
+    """
+    from lookalike.server.core.backends.builtin.snapshot_files import export_entries
+
+    try:
+        return export_entries(name, dimension, model, create_time, batches, location, oss)
+    except (OSError, ValueError) as exc:
+        raise export_failed(location, exc) from None
+
+
+def export_failed(location: str, exc: BaseException) -> LookalikeError:
+    return LookalikeError(ErrorKind.UNAVAILABLE, "EXPORT_FAILED", f"could not write the export to {location}: {exc}")
+
+
+def check_record(position: int, entry: Entry, dimension: int) -> None:
+    """An imported record passes the checks a SetImage would: keys, attributes, a finite unit vector."""
+    from lookalike.server.core.validation import check_attributes, check_group_id, check_intra_id
+
+    try:
+        if not isinstance(entry.group_id, str) or not isinstance(entry.intra_id, int):
+            raise invalid("KEY_INVALID", "group_id must be a string and intra_id an integer")
+        check_group_id(entry.group_id)
+        check_intra_id(entry.intra_id)
+        check_attributes(entry.attributes)
+        vector = np.asarray(entry.vector, np.float32)
+        norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else float("nan")
+        if vector.shape != (dimension,) or not abs(norm - 1.0) < 1e-3:
+            raise invalid("VECTOR_INVALID", f"the vector is not a finite unit vector of dimension {dimension}")
+    except LookalikeError as err:
+        raise invalid(
+            "EXPORT_RECORD_INVALID",
+            f"record {position} (group_id={str(entry.group_id)[:80]!r}, intra_id={entry.intra_id}) is invalid: "
+            f"{err.message} ({err.reason}); nothing was imported",
+            record=str(position), record_reason=err.reason,
+        ) from None
+
+
+# -- the protocols ----------------------------------------------------------------------------
+class DatabaseHandle(Protocol):
+    """One database as readers see it: identity, sizes, lookups, listing and search."""
+
+    name: str
+    dimension: int
+    metric: str
+    model: dict[str, Any]
+    storage: str
+    create_time: float
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def group_count(self) -> int: ...
+
+    def check_usable(self) -> None: ...
+
+    def get(self, group_id: str, intra_id: int) -> Entry: ...
+
+    def list(self, *, group_id: str | None, after: Key | None, limit: int) -> tuple[list[Entry], bool]: ...
+
+    def search_tier(
+        self,
+        query: np.ndarray,
+        top_k: int,
+        *,
+        one_per_group: bool = False,
+        min_score: float | None = None,
+        exclude: Key | None = None,
+        where: dict[str, str] | None = None,
+        group_prefix: str = "",
+        with_attributes: bool = True,
+    ) -> tuple[list[Hit], int, str]: ...
+
+
+class IndexBackend(Protocol):
+    """Every mutation and lookup of databases; errors are ``LookalikeError`` with stable reasons.
+
+    Shared semantics (pinned by ``tests/server/backends/``): a request id seen before in the
+    same database returns its first result (key and ``replaced``) and changes nothing; the
+    most recent ``RETRY_WINDOW`` ids per database are remembered, and an id is forgotten when
+    the image it wrote is deleted (image, group, clear) or its database is deleted.
+    """
+
+    ready: threading.Event
+    dimension: int
+    model: dict[str, Any]
+
+    def recover(self) -> None: ...
+
+    def create(self, name: str, storage: str = "") -> DatabaseHandle: ...
+
+    def get(self, name: str, *, usable: bool = True) -> DatabaseHandle: ...
+
+    def list(self) -> list[DatabaseHandle]: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def set_images(
+        self,
+        name: str,
+        requests: list[SetRequest],
+        vectors: np.ndarray,
+        *,
+        expect: DatabaseHandle | None = None,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> list[SetResult]: ...
+
+    def delete_image(self, name: str, group_id: str, intra_id: int) -> None: ...
+
+    def delete_group(self, name: str, group_id: str) -> int: ...
+
+    def clear(self, name: str) -> int: ...
+
+    def checkpoint(self, *, push: bool = True) -> SnapshotInfo: ...
+
+    def snapshot_database(self, name: str) -> SnapshotInfo: ...
+
+    def export(self, name: str, location: str, oss: Any = None) -> SnapshotInfo: ...
+
+    def import_(self, name: str, source: ExportedDatabase) -> DatabaseHandle: ...
+
+    def replace(self, name: str, loaded: str) -> DatabaseHandle:
+        """Database ``loaded`` takes the name ``name`` (dropping what had it) in one durable step."""
+        ...
+
+    def close(self, *, snapshot: bool = True) -> None: ...

@@ -1,0 +1,107 @@
+"""What one call to the service carries and returns: limits, queries, bulk items and summaries.
+
+Plain values, shared by the service and every transport (a transport builds these from its
+wire messages and turns the results back into them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lookalike.server import defaults
+from lookalike.server.core.backends.api import Key
+from lookalike.server.core.errors import invalid
+
+BULK_CHUNK = 32
+DEFAULT_TOP_K = 10
+MAX_REQUEST_ID_LEN = 128
+MAX_CLIENT_REF_ECHO = 256
+SUMMARY_BUDGET_BYTES = 4 << 20  # failures and keys listed in a bulk summary, so it always fits a message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one call may ask for; each is a server setting (``lookalike serve --help``)."""
+
+    max_top_k: int = defaults.MAX_TOP_K
+    max_embed_images: int = defaults.MAX_EMBED_IMAGES
+    max_stream_items: int = defaults.MAX_STREAM_ITEMS
+
+    @classmethod
+    def from_config(cls, config: object) -> Limits:
+        return cls(**{f: getattr(config, f) for f in ("max_top_k", "max_embed_images", "max_stream_items")})
+
+
+@dataclass(frozen=True)
+class Query:
+    """Exactly one of image / vector / registered."""
+
+    image: bytes | None = None
+    vector: Sequence[float] | None = None
+    registered: Key | None = None
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    group_id: str
+    intra_id: int | None
+    image: bytes | None = None
+    vector: Sequence[float] | None = None
+    client_ref: str = ""
+    database: str = ""  # empty, or must repeat the stream's database
+    request_id: str = ""
+    attributes: dict[str, str] | None = None
+
+
+@dataclass
+class BulkFailure:
+    index: int
+    client_ref: str
+    reason: str
+    message: str
+
+
+@dataclass
+class BulkResult:
+    """What a stream did; counts only what is durable. Lists are cut to a byte budget."""
+
+    received: int = 0
+    succeeded: int = 0
+    keys: list[Key] = field(default_factory=list)
+    failures: list[BulkFailure] = field(default_factory=list)
+    failed: int = 0
+    keys_truncated: bool = False
+    failures_truncated: bool = False
+    _budget: int = SUMMARY_BUDGET_BYTES
+
+    def add_key(self, key: Key) -> None:
+        self.succeeded += 1
+        cost = len(key[0]) + 16
+        if self.keys_truncated or cost > self._budget:
+            self.keys_truncated = True
+            return
+        self._budget -= cost
+        self.keys.append(key)
+
+    def add_failure(self, failure: BulkFailure) -> None:
+        self.failed += 1
+        cost = len(failure.client_ref) + len(failure.message) + len(failure.reason) + 16
+        if self.failures_truncated or cost > self._budget:
+            self.failures_truncated = True
+            return
+        self._budget -= cost
+        self.failures.append(failure)
+
+
+def similarity(cosine: float) -> float:
+    """The [0, 1] similarity of the API: cosine clipped at 0 (opposite and unrelated look alike: not at all)."""
+    return max(0.0, min(1.0, cosine))
+
+
+def check_request_id(request_id: str) -> str:
+    if len(request_id) > MAX_REQUEST_ID_LEN or not request_id.isprintable():
+        raise invalid(
+            "REQUEST_ID_INVALID", f"request_id must be at most {MAX_REQUEST_ID_LEN} printable characters (e.g. a UUID)"
+        )
+    return request_id

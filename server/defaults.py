@@ -1,0 +1,70 @@
+"""The default of every server setting that code below the settings also uses, written once.
+
+Plain constants and no imports beyond the standard library, so every layer may read it: ``server/config.py``
+turns them into flags, environment variables and ``lookalike serve --help`` text, and the core and storage
+modules use them as their constructors' defaults (tests and benchmarks build those without a
+``ServerConfig``; the core never imports ``server/config.py``). It stays this small because every
+``lookalike`` command, client ones included, builds the serve parser (``lookalike/cli.py``), so the
+settings must not pull in torch, Pillow or usearch.
+
+OSS defaults live in ``lookalike/oss.py``, the client the trainer and the CLI share.
+"""
+
+from __future__ import annotations
+
+import os
+
+# -- images (server/core/embedding/images.py, embedder.py) --------------------------------------
+MAX_IMAGE_BYTES = 32 << 20  # largest encoded image
+MAX_IMAGE_PIXELS = 64_000_000  # largest image (width x height) decoded
+# Longest side over shortest side. Panoramas reach about 10:1; beyond this the image is a strip
+# whose resized copy is mostly interpolation (and, unbounded, exhausted memory).
+MAX_ASPECT_RATIO = 20.0
+# Pixels decoded at once across all threads (about 4 bytes each while decoding, 3 after).
+DECODE_BUDGET_PIXELS = 128_000_000
+
+# -- model calls (server/core/embedding/embedder.py, batcher.py, model_exec.py) -----------------
+GPU_MAX_BATCH = 32
+CPU_MAX_BATCH = 4  # one model worker over all cores
+CPU_MAX_BATCH_PER_WORKER = 1  # several single-threaded workers: each image its own call, in cache
+BATCH_WAIT_MS = 2.0  # once a batch has a request, wait at most this long for more
+CPU_EXEC = "auto"
+CPU_EXEC_CHOICES = ("auto", "eager", "channels_last", "frozen", "bf16_autocast", "bf16")
+
+# -- what one call may ask for (server/core/service.py Limits) ----------------------------------
+MAX_TOP_K = 1000
+MAX_EMBED_IMAGES = 256
+MAX_STREAM_ITEMS = 1_000_000
+RETRY_WINDOW = 100_000  # request ids remembered per database, so a retried write is applied once
+
+# -- HNSW graphs (server/core/backends/builtin/hnsw.py; Milvus' HNSW index takes the same) -------
+HNSW_THRESHOLD = 100_000  # live images from which a database gets a graph; 0 = never
+HNSW_CONNECTIVITY = 16
+HNSW_EXPANSION_ADD = 128
+HNSW_EXPANSION_SEARCH = 200  # recall@10 >= 0.95 on clustered data needs ~200 (64 gave 0.78)
+HNSW_RERANK = 4  # candidates fetched per result, re-scored exactly
+HNSW_DTYPE = "f16"
+HNSW_DTYPES = ("f32", "f16", "bf16", "i8")
+
+# -- Milvus (server/core/backends/milvus/catalog.py, server/storage/milvus_store.py) -------------
+MILVUS_INDEX = "HNSW"
+MILVUS_INDEX_TYPES = ("FLAT", "HNSW", "AUTOINDEX")
+MILVUS_METRIC = "IP"  # vectors are unit length: IP and COSINE both rank by cosine; IP skips a normalisation
+MILVUS_PREFIX = "lookalike_"
+MILVUS_CONSISTENCY = "Strong"
+MILVUS_TIMEOUT_S = 10.0
+
+# -- durability (server/core/backends/builtin/persistence.py, server/storage/wal.py) -------------
+FSYNC = "batch"
+FSYNC_MODES = ("always", "batch", "never")
+FSYNC_INTERVAL_MS = 5.0
+SHIP_INTERVAL_S = 1.0
+GRACE_S = 5.0  # seconds in-flight calls get to finish at shutdown
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset): every ``0 =``
+    thread count's default."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
