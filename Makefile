@@ -40,7 +40,7 @@ test-python: $(STAMP) tools
 test: lint test-cpp test-python
 
 bench: $(STAMP)
-	$(BIN)/python bench/topk_bench.py
+	@$(BIN)/python bench/harness.py --list
 
 clean:
 	rm -rf build .tools $(VENV)

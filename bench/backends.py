@@ -8,7 +8,7 @@ a FLAT and an HNSW collection) this measures, through the backend interface the 
 - search latency p50 / p99 over ``--queries`` single queries (k = ``--k``), medians of ``--runs``,
 - recall@k against an exact float64 numpy ground truth.
 
-Data: clustered unit vectors (n/1000 centres, spread 0.6, as ``hnsw_bench.py``). Milvus is
+Data: clustered unit vectors (``harness.clustered``: n/1000 centres, spread 0.6, as ``hnsw_bench.py``). Milvus is
 ``milvus-lite server`` on loopback unless ``--milvus-uri`` names a real one; milvus-lite is a
 single-process Python server meant for tests, so its numbers say nothing about a Milvus cluster.
 
@@ -18,16 +18,15 @@ single-process Python server meant for tests, so its numbers say nothing about a
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
-from hnsw_bench import Out, clustered, recall
+from harness import Results, recall
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 MODEL = {"name": "bench", "digest": "bench", "dimension": 0, "preprocessing": {}}
 
 
@@ -50,7 +49,7 @@ def search(backend: Any, name: str, queries: np.ndarray, k: int) -> tuple[list[f
     return lat, np.asarray(ids), tier
 
 
-def measure(out: Out, label: str, backend: Any, name: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+def measure(out: Results, label: str, backend: Any, name: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray,
             args: argparse.Namespace, wait_tier: str = "", runs: int = 0) -> None:  # fmt: skip
     backend.create(name)
     rate = insert(backend, name, x, args.batch)
@@ -61,8 +60,9 @@ def measure(out: Out, label: str, backend: Any, name: str, x: np.ndarray, querie
     p50s, p99s, recalls, tier = [], [], [], ""
     for _ in range(runs or args.runs):
         lat, ids, tier = search(backend, name, queries, args.k)
-        p50s.append(float(np.percentile(lat, 50)) * 1e3)
-        p99s.append(float(np.percentile(lat, 99)) * 1e3)
+        p50, p99 = harness.p50_p99(lat)
+        p50s.append(p50)
+        p99s.append(p99)
         recalls.append(recall(ids, truth))
     out.add(backend=label, tier=tier, n=len(x), d=x.shape[1], k=args.k, queries=len(queries), insert_per_s=round(rate),
             p50_ms=round(float(np.median(p50s)), 3), p99_ms=round(float(np.median(p99s)), 3),
@@ -71,7 +71,7 @@ def measure(out: Out, label: str, backend: Any, name: str, x: np.ndarray, querie
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.arguments(__doc__)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--d", type=int, default=384)
     parser.add_argument("--k", type=int, default=10)
@@ -81,20 +81,15 @@ def main() -> None:
     parser.add_argument("--milvus-queries", type=int, default=20,
                         help="queries (first N) and one run for Milvus: milvus-lite takes seconds per search at 100k")
     parser.add_argument("--milvus-uri", default=None, help="a running Milvus (default: start milvus-lite here)")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from lookalike.server.core.backends.builtin.catalog import Catalog
     from lookalike.server.core.backends.builtin.hnsw import HnswSettings
     from lookalike.server.core.backends.milvus.catalog import MilvusCatalog, MilvusIndexSettings
     from lookalike.server.storage.milvus_store import MilvusStore
 
-    out = Out(args.json)
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((max(16, args.n // 1000), args.d), np.float32)
-    x = clustered(rng, args.n, args.d, centres, 0.6)
-    queries = clustered(rng, args.queries, args.d, centres, 0.6)
-    scores = queries.astype(np.float64) @ x.astype(np.float64).T
-    truth = np.argsort(-scores, axis=1, kind="stable")[:, : args.k]
+    out = Results(args, show=harness.key_values, with_load=True)
+    x, queries = harness.clustered_set(args.n, args.d, args.queries)
+    truth = harness.exact_topk(x, queries, args.k)
     model = {**MODEL, "dimension": args.d}
 
     exact = Catalog(args.d, model, hnsw=HnswSettings(threshold=0))
@@ -106,9 +101,7 @@ def main() -> None:
         lite = None
         uri = args.milvus_uri
         if uri is None:
-            from milvus_server import MilvusLite  # tests/milvus_server.py: the server the tests use
-
-            lite = MilvusLite(Path(tmp) / "milvus")
+            lite = harness.from_tests("milvus_server").MilvusLite(Path(tmp) / "milvus")  # the tests' own server
             uri = lite.uri
         try:
             for index in ("FLAT", "HNSW"):

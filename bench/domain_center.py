@@ -14,10 +14,9 @@ labels (leave-one-out mAP at 224 px), then again after transforms fitted without
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
 
+import harness
 import numpy as np
 
 SETS = ("emoji-google", "emoji-twitter", "icons-tabler")
@@ -60,11 +59,11 @@ def study(name: str, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.arguments(__doc__)
     ap.add_argument("--model", default="default", help="model file or 'default' (its centre, if any, is left out)")
     ap.add_argument("--set", action="append", choices=SETS, help="repeat; default: all three")
-    ap.add_argument("--json", action="store_true", help="one JSON object per set")
     args = ap.parse_args(argv)
+    out = harness.Results(args)
     from lookalike.trainer.eval.domains import load_domain
     from lookalike.trainer.eval.embedders import DEFAULT, ModelFileEmbedder, default_model_file
 
@@ -73,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.set or SETS:
         gallery, _ = load_domain(name)
         row = study(name, embedder.embed(gallery.images).astype(np.float64), np.asarray(gallery.labels))
-        if args.json:
-            print(json.dumps({"set": name, "model": args.model, "n": len(gallery.images), "mAP": row}), flush=True)
-        else:
+        out.add({"set": name, "model": args.model, "n": len(gallery.images), "mAP": row})
+        if out.table:
             print(f"{name} ({len(gallery.images)} images, {args.model}): "
                   + " | ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)  # fmt: skip
     return 0

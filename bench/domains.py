@@ -18,13 +18,12 @@ Stages (each prints the exact command it runs)::
 
     python bench/domains.py train --work runs/domains --set emoji-google --max-minutes 15
     python bench/domains.py eval  --work runs/domains --set emoji-google [--all-checkpoints]
-    python bench/domains.py table --work runs/domains [--json runs/domains/table.json]
+    python bench/domains.py table --work runs/domains [--out runs/domains/table.jsonl]
     python bench/domains.py tracking --work runs/domains [--work runs/other]  # does the self-check pick well?
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -108,17 +107,17 @@ def _chosen(run: Path) -> dict[str, Any] | None:
     return SelfCheckLog.load(run).best
 
 
-def table(work: Path, json_out: Path | None) -> str:
+def table(work: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The Markdown table of every evaluated set under ``work``, and its rows (one per set and model)."""
     lines = [
         "| set | model | mAP | 1-NN | recall@5 | Δ mAP vs default | self-check score |",
         "|---|---|---|---|---|---|---|",
     ]
-    summary: dict[str, Any] = {}
+    rows = []
     for folder in sorted(p for p in work.iterdir() if (p / "eval.json").is_file()):
         results = json.loads((folder / "eval.json").read_text())
         checks = _selfcheck(folder / "finetune")
         base = results["default"]["mAP"]
-        summary[folder.name] = {}
         for label, r in results.items():
             spec = Path(r.get("spec", ""))
             check = checks.get(spec.name) if spec.name != "best_export.pt" else None
@@ -136,11 +135,8 @@ def table(work: Path, json_out: Path | None) -> str:
                 f"| {folder.name} | {label} | {100 * r['mAP']:.2f} | {100 * r['knn@1']:.2f} | "
                 f"{100 * r['recall@5']:.2f} | {100 * (r['mAP'] - base):+.2f} | {score} |"
             )
-            summary[folder.name][label] = {k: r[k] for k in METRICS} | {"selfcheck": None if check is None else check}
-    text = "\n".join(lines)
-    if json_out is not None:
-        json_out.write_text(json.dumps(summary, indent=2) + "\n")
-    return text
+            rows.append({"set": folder.name, "model": label, **{k: r[k] for k in METRICS}, "selfcheck": check})
+    return "\n".join(lines), rows
 
 
 def _labelled_by_export(folder: Path) -> dict[str, float]:
@@ -219,7 +215,9 @@ def tracking(works: list[Path], tolerance_se: float = 1.0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    import harness  # here, not at the top: tests/trainer/test_finetune_recipe.py loads this file for tracking()
+
+    p = harness.arguments(__doc__)
     p.add_argument("stage", choices=("train", "eval", "table", "tracking"))
     p.add_argument(
         "--work",
@@ -231,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="name", choices=TRAINABLE, default="emoji-google")
     p.add_argument("--max-minutes", type=float, default=15.0, help="time budget of the fine-tune (0: none)")
     p.add_argument("--all-checkpoints", action="store_true", help="also evaluate every checkpoint")
-    p.add_argument("--json", type=Path, default=None, help="table stage: write the numbers here")
     p.add_argument("overrides", nargs="*", help="train stage: extra key=value overrides")
-    args = p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)  # --json / --out: the table stage's rows
     works = args.work or [Path("runs/domains")]
     args.work = works[0]
     if args.stage == "tracking":
@@ -244,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "eval":
         evaluate(args.work, args.name, args.all_checkpoints)
     else:
-        print(table(args.work, args.json))
+        text, rows = table(args.work)
+        out = harness.Results(args)
+        for row in rows:
+            out.add(row)
+        out.print_table(text)
     return 0
 
 

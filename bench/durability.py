@@ -13,87 +13,71 @@
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
+import harness
+from harness import unit_vectors
 
 DIM = 1280
 
 
-def unit(n: int, d: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def registration(mode: str, runs: int, seconds: float, clients: int, bulk_n: int) -> list[dict]:
     from lookalike.client import LookalikeClient
-    from lookalike.server.app import create_server
-    from lookalike.server.config import ServerConfig
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = ServerConfig(port=0, data_dir=Path(tmp), snapshot_interval_s=0.0, persist=mode != "memory",
-                           fsync=mode if mode != "memory" else "batch")  # fmt: skip
-        server = create_server(cfg)
-        try:
-            vecs = unit(4096, DIM, 1).tolist()
-            single, bulk = [], []
-            for run in range(runs):
+    single, bulk = [], []
+    vecs = unit_vectors(1, 4096, DIM).tolist()
+    memory = mode == "memory"
+    with harness.server(snapshot_interval_s=0.0, persist=not memory, fsync="batch" if memory else mode) as server:
+        for run in range(runs):
+            with LookalikeClient(server.address) as c:
+                c.create_database(f"r{run}")
+            counts = [0] * clients
+            stop = threading.Event()
+
+            def work(w: int, run: int = run, counts: list[int] = counts, stop: threading.Event = stop) -> None:
                 with LookalikeClient(server.address) as c:
-                    c.create_database(f"r{run}")
-                counts = [0] * clients
-                stop = threading.Event()
+                    while not stop.is_set():
+                        c.set_image(f"r{run}", f"w{w}", vector=vecs[counts[w] % 4096])
+                        counts[w] += 1
 
-                def work(w: int, run: int = run, counts: list[int] = counts, stop: threading.Event = stop) -> None:
-                    with LookalikeClient(server.address) as c:
-                        while not stop.is_set():
-                            c.set_image(f"r{run}", f"w{w}", vector=vecs[counts[w] % 4096])
-                            counts[w] += 1
-
-                threads = [threading.Thread(target=work, args=(w,)) for w in range(clients)]
+            threads = [threading.Thread(target=work, args=(w,)) for w in range(clients)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            time.sleep(seconds)
+            stop.set()
+            for t in threads:
+                t.join()
+            single.append(sum(counts) / (time.perf_counter() - t0))
+            with LookalikeClient(server.address) as c:
                 t0 = time.perf_counter()
-                for t in threads:
-                    t.start()
-                time.sleep(seconds)
-                stop.set()
-                for t in threads:
-                    t.join()
-                single.append(sum(counts) / (time.perf_counter() - t0))
-                with LookalikeClient(server.address) as c:
-                    t0 = time.perf_counter()
-                    summary = c.bulk_set(f"r{run}", [("bulk", None, vecs[i % 4096], "") for i in range(bulk_n)])
-                    bulk.append(summary.succeeded_count / (time.perf_counter() - t0))
-            rows.append({"bench": "register", "fsync": mode, "call": "SetImage", "clients": clients,
-                         "per_s": statistics.median(single), "runs": single})  # fmt: skip
-            rows.append({"bench": "register", "fsync": mode, "call": "BulkSetImages", "clients": 1,
-                         "per_s": statistics.median(bulk), "runs": bulk})  # fmt: skip
-        finally:
-            server.stop(0, snapshot=False)
-    return rows
+                summary = c.bulk_set(f"r{run}", [("bulk", None, vecs[i % 4096], "") for i in range(bulk_n)])
+                bulk.append(summary.succeeded_count / (time.perf_counter() - t0))
+    return [{"bench": "register", "fsync": mode, "call": "SetImage", "clients": clients,
+             "per_s": statistics.median(single), "runs": single},
+            {"bench": "register", "fsync": mode, "call": "BulkSetImages", "clients": 1,
+             "per_s": statistics.median(bulk), "runs": bulk}]  # fmt: skip
 
 
 def snapshot_cycle(n: int, d: int, root: str | None = None, endpoint: str | None = None) -> dict:
     from lookalike.server.core.backends.builtin.catalog import Catalog
     from lookalike.server.core.backends.builtin.persistence import Persistence
 
-    from lookalike.oss import OssClient
+    from lookalike.oss import OssClient, OssCredentials
 
     model = {"name": "bench", "dimension": d, "digest": "bench"}
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        oss = OssClient(endpoint, path_style=True) if root else None
+        oss = OssClient(endpoint, OssCredentials("bench", "bench"), path_style=True) if root else None
         p = Persistence(Path(tmp) / "a", root=root, oss=oss, fsync="never")
         cat = Catalog(d, model, p)
         cat.recover()
         cat.create("big")
-        chunk = unit(8192, d, 7)
+        chunk = unit_vectors(7, 8192, d)
         t0 = time.perf_counter()
         for start in range(0, n, len(chunk)):
             m = min(len(chunk), n - start)
@@ -121,7 +105,7 @@ def snapshot_cycle(n: int, d: int, root: str | None = None, endpoint: str | None
         loaded.recover()
         startup_s = time.perf_counter() - t0
         assert loaded.get("big").size == n
-        q = unit(1, d, 3)[0]
+        q = unit_vectors(3, 1, d)[0]
         t0 = time.perf_counter()
         loaded.get("big").search(q, 10)
         first_search_ms = (time.perf_counter() - t0) * 1e3
@@ -133,47 +117,40 @@ def snapshot_cycle(n: int, d: int, root: str | None = None, endpoint: str | None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
+    ap = harness.arguments(__doc__)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4.0, help="per SetImage run")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--bulk", type=int, default=4000, help="vectors per BulkSetImages run")
-    ap.add_argument("--modes", nargs="+", default=["memory", "never", "batch", "always"])
+    ap.add_argument("--modes", nargs="*", default=["memory", "never", "batch", "always"])
     ap.add_argument("--sizes", nargs="*", default=["1000000x384", "1000000x1280"], help="NxD for snapshots")
     ap.add_argument("--oss-size", default="100000x384", help="NxD through moto; '' to skip")
     args = ap.parse_args()
-    rows = []
+    out = harness.Results(args)
     for mode in args.modes:
-        rows += registration(mode, args.runs, args.seconds, args.clients, args.bulk)
+        for row in registration(mode, args.runs, args.seconds, args.clients, args.bulk):
+            out.add(row)
     for size in args.sizes:
         n, d = (int(x) for x in size.split("x"))
-        rows.append(snapshot_cycle(n, d))
+        out.add(snapshot_cycle(n, d))
     if args.oss_size:
         import logging
 
         import boto3
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from moto_s3 import s3_only_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        srv = s3_only_server()
+        srv = harness.from_tests("moto_s3").s3_only_server()  # the tests' S3 server
         srv.start()
         host, port = srv.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        import os
-
-        os.environ.setdefault("OSS_ACCESS_KEY_ID", "bench")
-        os.environ.setdefault("OSS_ACCESS_KEY_SECRET", "bench")
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",
                      region_name="us-east-1").create_bucket(Bucket="bench")  # fmt: skip
         n, d = (int(x) for x in args.oss_size.split("x"))
-        rows.append(snapshot_cycle(n, d, root="oss://bench/lookalike/", endpoint=endpoint))
+        out.add(snapshot_cycle(n, d, root="oss://bench/lookalike/", endpoint=endpoint))
         srv.stop()
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
+    if out.json:
         return
+    rows = out.rows
     base = {r["call"]: r["per_s"] for r in rows if r["bench"] == "register" and r["fsync"] == "memory"}
     print(f"{'fsync':8} {'call':14} {'per s':>10} {'vs in-memory':>13}")
     for r in rows:

@@ -13,7 +13,7 @@ Stages (each prints and runs the exact ``lookalike`` command it stands for)::
     python bench/fashion_mnist.py train    --work runs/fmnist --run scratch
     python bench/fashion_mnist.py train    --work runs/fmnist --run finetune
     python bench/fashion_mnist.py eval     --work runs/fmnist --protocol full
-    python bench/fashion_mnist.py table    --work runs/fmnist     # markdown table -> WORK/fashion_mnist.md
+    python bench/fashion_mnist.py table    --work runs/fmnist     # markdown table -> WORK/fashion_mnist.md [--json]
 
 The scratch run uses a CIFAR-style ResNet-18 (3x3 stem, no max-pool, width 32) registered
 here with timm as ``lookalike_small_resnet18``: timm's ImageNet ResNets shrink a 32 px input to
@@ -23,13 +23,13 @@ therefore run in this process (after the registration) through ``lookalike.train
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -172,7 +172,7 @@ def stage_eval(work: Path, protocol: str, models: list[str], extra: list[str]) -
     return rc
 
 
-def stage_table(work: Path) -> int:
+def stage_table(work: Path, out: harness.Results) -> int:
     rows = []
     for path in sorted((work / "eval").glob("*.json")):
         protocol, _, tag = path.stem.partition("-")
@@ -186,6 +186,7 @@ def stage_table(work: Path) -> int:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for protocol, tag, r in rows:
         dup = r.get("near_dup", {})
+        out.add({"protocol": protocol, "tag": tag, **r})
 
         def pct(v: float | None) -> str:
             return "" if v is None else f"{100 * v:.2f}"
@@ -198,12 +199,12 @@ def stage_table(work: Path) -> int:
         )
     table = "\n".join(lines) + "\n"
     (work / "fashion_mnist.md").write_text(table)
-    print(table)
+    out.print_table(table)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.arguments(__doc__)  # --json / --out: the table stage's rows
     p.add_argument("stage", choices=["data", "train", "eval", "table"])
     p.add_argument("--work", type=Path, default=Path("runs/fmnist"), help="working folder (never committed)")
     p.add_argument("--run", choices=sorted(CONFIGS), help="train: which configuration")
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return stage_train(args.work, args.run, args.name, args.data, args.rest)
     if args.stage == "eval":
         return stage_eval(args.work, args.protocol, args.models.split(","), args.rest)
-    return stage_table(args.work)
+    return stage_table(args.work, harness.Results(args))
 
 
 if __name__ == "__main__":

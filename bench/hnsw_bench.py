@@ -1,7 +1,7 @@
 """HNSW benchmark: the server's HNSW tier (usearch, ``ip`` metric, f16) beside FAISS IndexHNSWFlat.
 
-Same clustered, L2-normalised data for both, in one run (default 1M x 384; the generator of
-``topk_bench.py``: n/1000 centres, spread 0.6). Rows (``--json`` prints one JSON object per row):
+Same clustered, L2-normalised data for both, in one run (default 1M x 384; ``harness.clustered``: n/1000
+centres, spread 0.6). Rows (``--json`` prints them as JSON lines, ``--out PATH`` writes them to PATH):
 
 - ``build`` rows: build seconds, vectors/s, memory (the index's own bytes and the process's
   resident-memory growth while building).
@@ -24,56 +24,15 @@ the fastest setting of each method reaching ``--target-recall`` and QPS ratios b
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import sys
 import time
 from typing import Any
 
+import harness
 import numpy as np
+from harness import Results, recall
 
 from lookalike import native
-
-
-def clustered(rng: np.random.Generator, rows: int, d: int, centres: np.ndarray, spread: float) -> np.ndarray:
-    out = np.empty((rows, d), np.float32)
-    for a in range(0, rows, 65536):
-        b = min(rows, a + 65536)
-        x = centres[rng.integers(0, centres.shape[0], b - a)] + spread * rng.standard_normal((b - a, d), np.float32)
-        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    return float(
-        np.mean([len(set(a.tolist()) & set(b.tolist())) / truth.shape[1] for a, b in zip(ids, truth, strict=True)])
-    )
-
-
-class Out:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, **r: Any) -> None:
-        r["load"] = round(os.getloadavg()[0], 2)
-        self.rows.append(r)
-        if self.as_json:
-            print(json.dumps(r), flush=True)
-        else:
-            print("  ".join(f"{k}={v}" for k, v in r.items()), flush=True)
-
-    def say(self, text: str) -> None:
-        print(("# " if self.as_json else "") + text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
 
 
 def batch1(search: Any, queries: np.ndarray) -> tuple[float, float, float, np.ndarray]:
@@ -85,12 +44,11 @@ def batch1(search: Any, queries: np.ndarray) -> tuple[float, float, float, np.nd
         t = time.perf_counter()
         ids.append(search(q))
         times.append(time.perf_counter() - t)
-    ms = sorted(1000 * t for t in times)
-    return len(queries) / sum(times), statistics.median(ms), ms[int(0.99 * (len(ms) - 1))], np.stack(ids)
+    return len(queries) / sum(times), *harness.p50_p99(times), np.stack(ids)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.arguments(__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=384)
     ap.add_argument("--queries", type=int, default=1000)
@@ -100,17 +58,13 @@ def main() -> None:
     ap.add_argument("--target-recall", type=float, default=0.97)
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--dtype", nargs="+", default=["f16"], help="graph storage(s) of our tier: f16, f32, bf16, i8")
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    out = Out(args.json)
+    out = Results(args, show=harness.key_values, with_load=True)
     n, d, k = args.n, args.d, args.k
     native.set_threads(args.threads)
     out.say(f"n={n} d={d} k={k} threads={args.threads} cpus={os.cpu_count()} load {os.getloadavg()}")
 
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((max(16, n // 1000), d), np.float32)
-    x = clustered(rng, n, d, centres, 0.6)
-    queries = clustered(rng, args.queries, d, centres, 0.6)
+    x, queries = harness.clustered_set(n, d, args.queries)
     _, truth = native.topk(x, queries, k)
 
     for dtype in args.dtype:
@@ -119,9 +73,10 @@ def main() -> None:
     summary(out, args)
 
 
-def ours(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, dtype: str) -> None:
+def ours(
+    out: Results, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, dtype: str
+) -> None:
     """The server's tier: a Database whose graph the server's background build makes."""
-    from lookalike.server.core.backends.builtin import hnsw as hnsw_module
     from lookalike.server.core.backends.builtin.commands import SetImages, SetItem
     from lookalike.server.core.backends.builtin.database import Database
     from lookalike.server.core.backends.builtin.hnsw import HnswSettings
@@ -131,7 +86,7 @@ def ours(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray,
     settings = HnswSettings(threshold=1, dtype=dtype)
     db = Database("bench", d, storage="f16")
     db.hnsw_settings = settings
-    base = rss()
+    base = harness.rss()
     step = 100_000
     for a in range(0, n, step):  # the vectors as the server stores them (f16 rows + bookkeeping)
         items = tuple(SetItem(f"g{i}", 0, i, "", None) for i in range(a, min(n, a + step)))
@@ -140,20 +95,20 @@ def ours(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray,
             db.hnsw = None  # build once over everything below, not from the first slice
             settings_off = HnswSettings(threshold=0)
             db.hnsw_settings = settings_off
-    stored = rss() - base
+    stored = harness.rss() - base
     db.hnsw_settings = settings
     t0 = time.perf_counter()
     with db.lock:
         db._maybe_build_graph()
     graph = db.hnsw
-    assert graph is not None and hnsw_module.builds >= 1
+    assert graph is not None, "no graph was started"
     while not graph.ready:
         time.sleep(0.05)
     build_s = time.perf_counter() - t0
     index = graph._index
     out.add(method="lookalike_hnsw", kind="build", n=n, d=d, dtype=dtype, connectivity=settings.connectivity,
             expansion_add=settings.expansion_add, build_s=round(build_s, 1), build_rate=round(n / build_s),
-            index_bytes=int(index.memory_usage), rss_growth=rss() - base, exact_store_rss=stored)  # fmt: skip
+            index_bytes=int(index.memory_usage), rss_growth=harness.rss() - base, exact_store_rss=stored)  # fmt: skip
 
     for ef in args.ef:
         graph.configure(HnswSettings(threshold=1, expansion_search=ef, dtype=dtype))
@@ -181,14 +136,14 @@ def ours(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray,
     db.hnsw = None  # free the graph before the next one
 
 
-def faiss_rows(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> None:
+def faiss_rows(out: Results, args: argparse.Namespace, x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> None:
     n, d = x.shape
     k = truth.shape[1]
     if not args.skip_faiss:
         import faiss
 
         faiss.omp_set_num_threads(args.threads)
-        base = rss()
+        base = harness.rss()
         t0 = time.perf_counter()
         fi = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
         fi.hnsw.efConstruction = 128
@@ -196,7 +151,7 @@ def faiss_rows(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.nd
         build_s = time.perf_counter() - t0
         out.add(method="faiss_hnsw_flat", kind="build", n=n, d=d, dtype="f32", connectivity=16, expansion_add=128,
                 build_s=round(build_s, 1), build_rate=round(n / build_s),
-                index_bytes=int(faiss.serialize_index(fi).size), rss_growth=rss() - base)  # fmt: skip
+                index_bytes=int(faiss.serialize_index(fi).size), rss_growth=harness.rss() - base)  # fmt: skip
         for ef in args.ef:
             fi.hnsw.efSearch = ef
             faiss.omp_set_num_threads(1)
@@ -214,7 +169,7 @@ def faiss_rows(out: Out, args: argparse.Namespace, x: np.ndarray, queries: np.nd
                     recall_at_10=round(recall(ids, truth), 4), recall_b1000=round(recall(bids, truth), 4))  # fmt: skip
 
 
-def summary(out: Out, args: argparse.Namespace) -> None:
+def summary(out: Results, args: argparse.Namespace) -> None:
     best: dict[str, dict[str, Any]] = {}
     for r in out.rows:
         name = r["method"] + (f"_{r['dtype']}" if r["method"] == "lookalike_hnsw" else "")

@@ -12,60 +12,19 @@ the limits, RESOURCE_EXHAUSTED above them), and the server's resident memory sam
 
 from __future__ import annotations
 
-import argparse
 import collections
-import io
-import json
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
+import harness
 import numpy as np
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def photos() -> list[bytes]:
-    import skimage.data
-    from PIL import Image
-
-    out = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket"):
-        buf = io.BytesIO()
-        Image.fromarray(getattr(skimage.data, name)()[..., :3]).save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-def start_server(data: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "lookalike", "serve", "--port", "0", "--data-dir", data,
-           "--max-inflight", str(args.max_inflight), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    address = ""
-    for line in proc.stdout:
-        if "listening on" in line:
-            address = "127.0.0.1:" + line.rsplit(":", 1)[1].strip()
-        if "ready" in line:
-            return proc, address
-    raise RuntimeError("server did not start")
 
 
 def run_level(address: str, pid: int, clients: int, seconds: float, images: list[bytes], max_requests: int) -> dict:
     from lookalike.client import ClientError, LookalikeClient
 
-    rng = np.random.default_rng(clients)
-    vectors = rng.standard_normal((256, 1280)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    vec_lists = [v.tolist() for v in vectors]
+    vec_lists = harness.unit_vectors(clients, 256, 1280).tolist()
     latencies: list[float] = []
     outcomes: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
@@ -103,9 +62,12 @@ def run_level(address: str, pid: int, clients: int, seconds: float, images: list
                         latencies.append(elapsed)
                 n += 1
 
+    def rss_mb() -> float:
+        return harness.rss(pid) / 2**20
+
     def sample() -> None:
         while not stop.wait(0.2):
-            rss.append(rss_mb(pid))
+            rss.append(rss_mb())
 
     threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
     sampler = threading.Thread(target=sample)
@@ -121,54 +83,52 @@ def run_level(address: str, pid: int, clients: int, seconds: float, images: list
         t.join()
     sampler.join()
     wall = time.perf_counter() - t0
-    lat = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
+    p50, p99 = harness.p50_p99(latencies)
     return {
         "clients": clients,
         "requests": sum(outcomes.values()),
         "ok_per_s": len(latencies) / wall,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
+        "p50_ms": p50,
+        "p99_ms": p99,
         "outcomes": dict(outcomes),
-        "rss_start_mb": rss[0] if rss else rss_mb(pid),
-        "rss_peak_mb": max(rss) if rss else rss_mb(pid),
-        "rss_end_mb": rss_mb(pid),
+        "rss_start_mb": rss[0] if rss else rss_mb(),
+        "rss_peak_mb": max(rss) if rss else rss_mb(),
+        "rss_end_mb": rss_mb(),
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.arguments(__doc__)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--seconds", type=float, default=30.0, help="per level")
     ap.add_argument("--max-requests", type=int, default=200_000, help="per level, a hard bound")
     ap.add_argument("--max-inflight", type=int, default=16, help="the server's --max-inflight")
     ap.add_argument("--preload", type=int, default=20_000, help="vectors registered before the run")
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from lookalike.client import LookalikeClient
 
-    images = photos()
-    with tempfile.TemporaryDirectory() as data:
-        proc, address = start_server(data, args)
-        try:
-            with LookalikeClient(address) as c:
-                c.create_database("load")
-                rng = np.random.default_rng(0)
-                for start in range(0, args.preload, 2000):
-                    v = rng.standard_normal((2000, 1280)).astype(np.float32)
-                    c.bulk_set("load", [(f"g{(start + i) % 500}", None, row.tolist(), "") for i, row in enumerate(v)])
-            rows = [run_level(address, proc.pid, n, args.seconds, images, args.max_requests) for n in args.levels]
-        finally:
-            proc.terminate()
-            proc.wait(60)
-    for row in rows:
-        row["max_inflight"] = args.max_inflight
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
+    out = harness.Results(args)
+    images = [harness.jpeg(a) for a in harness.photos(("chelsea", "coffee", "astronaut", "rocket"))]
+    with (
+        tempfile.TemporaryDirectory() as data,
+        harness.ServeProcess(
+            "--data-dir", data, "--max-inflight", str(args.max_inflight), "--log-level", "warning"
+        ) as server,
+    ):
+        with LookalikeClient(server.address) as c:
+            c.create_database("load")
+            rng = np.random.default_rng(0)
+            for start in range(0, args.preload, 2000):
+                v = rng.standard_normal((2000, 1280)).astype(np.float32)
+                c.bulk_set("load", [(f"g{(start + i) % 500}", None, row.tolist(), "") for i, row in enumerate(v)])
+        for n in args.levels:
+            row = run_level(server.address, server.pid, n, args.seconds, images, args.max_requests)
+            out.add(row, max_inflight=args.max_inflight)
+    if out.json:
         return
     print(f"server --max-inflight {args.max_inflight}; mix: 50% search, 20% match, 20% set vector, 10% set photo")
     print(f"{'clients':>7} {'req':>7} {'ok/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'RSS MB start/peak/end':>22}  outcomes")
-    for r in rows:
+    for r in out.rows:
         mem = f"{r['rss_start_mb']:.0f}/{r['rss_peak_mb']:.0f}/{r['rss_end_mb']:.0f}"
         print(f"{r['clients']:>7} {r['requests']:>7} {r['ok_per_s']:7.1f} {r['p50_ms']:7.1f} {r['p99_ms']:8.1f} "
               f"{mem:>22}  {r['outcomes']}")  # fmt: skip

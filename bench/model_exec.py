@@ -16,7 +16,6 @@ ratio to eager fp32 at the same batch size, and the lowest cosine against eager 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,22 +25,25 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import harness
+except ModuleNotFoundError:  # imported as bench.model_exec (tests/server/test_model_exec.py), not run
+    from bench import harness
+
 DEFAULT_MODES = "eager,channels_last,frozen,bf16_autocast,bf16_all,bf16"
 
 
 def photo_batch(meta: Any) -> np.ndarray:
-    """The test photos, preprocessed exactly as the server does."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    """The test photos (``tests/photos.py``), preprocessed exactly as the server does."""
     from PIL import Image
 
     from lookalike.modelfile import preprocess
-    from tests.photos import PHOTO_NAMES, photo
 
-    return np.stack([preprocess(Image.fromarray(photo(name)), meta) for name in PHOTO_NAMES])
+    return np.stack([preprocess(Image.fromarray(arr), meta) for arr in harness.test_photos()])
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.arguments(__doc__)
     ap.add_argument("--model", type=Path, help="model file (default: the embedded EfficientNet-Lite0)")
     ap.add_argument("--modes", default=DEFAULT_MODES)
     ap.add_argument("--batches", default="1,4,8,16")
@@ -55,10 +57,10 @@ def main() -> int:
                     help="instead of the mode table: WORKERSxTHREADS,... concurrent model calls, each on THREADS "
                          "torch threads (wall clock, --seconds each, --runs times interleaved)")  # fmt: skip
     ap.add_argument("--seconds", type=float, default=4.0, help="--workers: seconds per timed run")
-    ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
+    out = harness.Results(args)
     if args.workers:
-        return side_by_side(args)
+        return side_by_side(args, out)
 
     import torch
     from lookalike.server.core.embedding.default_model import default_model_path
@@ -80,11 +82,7 @@ def main() -> int:
     header = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
               "threads": threads, "clock": args.clock, "torch": torch.__version__, "model": meta.model_name,
               "input_size": meta.input_size, "photos": len(photos), "loadavg": os.getloadavg()}  # fmt: skip
-    if args.json:
-        print(json.dumps({"setup": header}), flush=True)
-    else:
-        print(" ".join(f"{k}={v}" for k, v in header.items()), file=sys.stderr)
-    rows = []
+    setup(out, header)
     for b in (int(x) for x in args.batches.split(",")):
         batch = np.ascontiguousarray(np.resize(photos, (b, *photos.shape[1:])))
         per_mode: dict[str, list[float]] = {m: [] for m in modes}
@@ -100,24 +98,31 @@ def main() -> int:
         base = statistics.median(per_mode["eager"]) if "eager" in per_mode else None
         for m in modes:
             ips = statistics.median(per_mode[m])
-            row = {"mode": m, "batch": b, "images_per_s": round(ips, 1), "ms_per_call": round(1000 * b / ips, 2),
-                   "x_eager": round(ips / base, 2) if base else None, "min_cosine_vs_eager": round(cosine[m], 6),
-                   "passes_numerics": cosine[m] >= 0.999, "runs": [round(x, 1) for x in per_mode[m]]}  # fmt: skip
-            rows.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
-    if not args.json:
-        unit = "images/s" if args.clock == "wall" else "images/CPU-s"
-        print(f"| mode | batch | {unit} | ms/call | x eager fp32 | min cosine vs fp32 |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['mode']} | {r['batch']} | {r['images_per_s']} | {r['ms_per_call']} | {r['x_eager']} | "
-                  f"{r['min_cosine_vs_eager']:.5f} |")  # fmt: skip
+            out.add({"mode": m, "batch": b, "images_per_s": round(ips, 1), "ms_per_call": round(1000 * b / ips, 2),
+                     "x_eager": round(ips / base, 2) if base else None, "min_cosine_vs_eager": round(cosine[m], 6),
+                     "passes_numerics": cosine[m] >= 0.999, "runs": [round(x, 1) for x in per_mode[m]]})  # fmt: skip
+    unit = "images/s" if args.clock == "wall" else "images/CPU-s"
+    head = ["mode", "batch", unit, "ms/call", "x eager fp32", "min cosine vs fp32"]
+    return table(out, head, ([r["mode"], r["batch"], r["images_per_s"], r["ms_per_call"], r["x_eager"],
+                              f"{r['min_cosine_vs_eager']:.5f}"] for r in out.rows[1:]))  # fmt: skip
+
+
+def setup(out: harness.Results, header: dict[str, Any]) -> None:
+    """The first row: what was measured on what (in table mode, a line on stderr)."""
+    out.add(setup=header)
+    if out.table:
+        print(" ".join(f"{k}={v}" for k, v in header.items()), file=sys.stderr, flush=True)
+
+
+def table(out: harness.Results, head: list[str], rows: Any) -> int:
+    """The Markdown table (without --json), then the load average on stderr."""
+    out.print_table(harness.markdown(head, rows))
+    if out.table:
         print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     return 0
 
 
-def side_by_side(args: argparse.Namespace) -> int:
+def side_by_side(args: argparse.Namespace, out: harness.Results) -> int:
     """Images/s of W concurrent model calls on T threads each (the server's --model-workers/--torch-threads)."""
     import threading
 
@@ -134,9 +139,8 @@ def side_by_side(args: argparse.Namespace) -> int:
     runner = make_cpu_runner(module.float(), mode)
     shapes = [tuple(int(v) for v in w.split("x")) for w in args.workers.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    header = {"mode": mode, "cores": len(os.sched_getaffinity(0)), "photos": len(photos), "loadavg": os.getloadavg()}
-    print(json.dumps({"setup": header}) if args.json else " ".join(f"{k}={v}" for k, v in header.items()),
-          file=sys.stdout if args.json else sys.stderr, flush=True)  # fmt: skip
+    setup(out, {"mode": mode, "cores": len(os.sched_getaffinity(0)), "photos": len(photos),
+                "loadavg": os.getloadavg()})  # fmt: skip
 
     def measure(workers: int, threads: int, b: int) -> float:
         batch = np.ascontiguousarray(np.resize(photos, (b, *photos.shape[1:])))
@@ -171,23 +175,14 @@ def side_by_side(args: argparse.Namespace) -> int:
                 results.setdefault((w, t, b), []).append(measure(w, t, b))
     single = [statistics.median(v) for (w, _, _), v in results.items() if w == 1]
     best_single = max(single) if single else None
-    rows = []
     for (w, t, b), runs in results.items():
         ips = statistics.median(runs)
-        rows.append({"workers": w, "threads_each": t, "batch": b, "mode": mode, "images_per_s": round(ips, 1),
-                     "x_best_one_worker": round(ips / best_single, 2) if best_single else None,
-                     "runs": [round(x, 1) for x in runs]})  # fmt: skip
-    for r in rows:
-        if args.json:
-            print(json.dumps(r), flush=True)
-    if not args.json:
-        print("| workers x threads | batch | images/s | x best single worker |")
-        print("|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['workers']} x {r['threads_each']} | {r['batch']} | {r['images_per_s']} | "
-                  f"{r['x_best_one_worker']} |")  # fmt: skip
-        print(f"load average after: {os.getloadavg()}", file=sys.stderr)
-    return 0
+        out.add({"workers": w, "threads_each": t, "batch": b, "mode": mode, "images_per_s": round(ips, 1),
+                 "x_best_one_worker": round(ips / best_single, 2) if best_single else None,
+                 "runs": [round(x, 1) for x in runs]})  # fmt: skip
+    head = ["workers x threads", "batch", "images/s", "x best single worker"]
+    return table(out, head, ([f"{r['workers']} x {r['threads_each']}", r["batch"], r["images_per_s"],
+                              r["x_best_one_worker"]] for r in out.rows[1:]))  # fmt: skip
 
 
 if __name__ == "__main__":

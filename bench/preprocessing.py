@@ -16,7 +16,7 @@ Stages::
 
     python bench/preprocessing.py models   --work WORK      # WORK/{crop,stretch,letterbox}.pt
     python bench/preprocessing.py eval     --work WORK -- --data fashion-mnist --gallery-limit 5000 ...
-    python bench/preprocessing.py near-dup --work WORK --seeds 0,1 --json WORK/near_dup.json
+    python bench/preprocessing.py near-dup --work WORK --seeds 0,1 --out WORK/near_dup.json
     python bench/preprocessing.py table    --work WORK      # markdown from WORK/*.json, ratios vs crop
 
 Run it niced on a shared machine (``nice -n 10``); every stage is bounded by its arguments.
@@ -24,21 +24,21 @@ Run it niced on a shared machine (``nice -n 10``); every stage is bounded by its
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 from PIL import Image
 
 MODES = {"crop": "shorter_then_center_crop", "stretch": "stretch", "letterbox": "letterbox"}
-MATE_PHOTOS = Path("/usr/share/backgrounds/mate/nature")
 SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
     "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
@@ -69,24 +69,11 @@ def write_models(work: Path) -> list[Path]:
 
 
 def source_photos(max_side: int = 800) -> list[tuple[str, Image.Image]]:
-    """Real photos available offline, RGB, longer side at most ``max_side``."""
-    import skimage.data
-
-    out = []
-    for name in SKIMAGE_PHOTOS:
-        arr = getattr(skimage.data, name)()
-        out.append((name, Image.fromarray(arr).convert("RGB")))
-    out.append(("motorcycle", Image.fromarray(skimage.data.stereo_motorcycle()[0]).convert("RGB")))
-    if MATE_PHOTOS.is_dir():
-        for path in sorted(MATE_PHOTOS.glob("*.jpg")):
-            with Image.open(path) as img:
-                img.draft("RGB", (max_side, max_side))
-                out.append((path.stem, img.convert("RGB")))
-    for i, (name, img) in enumerate(out):
-        if max(img.size) > max_side:
-            s = max_side / max(img.size)
-            out[i] = (name, img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC))
-    return out
+    """Real photos available offline (scikit-image's, Debian ``mate-backgrounds`` where installed), RGB, longer
+    side at most ``max_side``."""
+    out = [(name, harness.fit(Image.fromarray(harness.photo(name)), max_side)) for name in SKIMAGE_PHOTOS]
+    out.append(("motorcycle", harness.fit(Image.fromarray(harness.photo("stereo_motorcycle")), max_side)))
+    return out + harness.mate_photos(max_side)
 
 
 def tiles(photos: list[tuple[str, Image.Image]]) -> list[tuple[str, Image.Image]]:
@@ -119,7 +106,8 @@ def near_dup_transforms() -> dict[str, Any]:
     return {"crop": crop, "rescale": rescale, "aspect": aspect, "jpeg": jpeg, "jitter": color_jitter, "all": combined}
 
 
-def run_near_dup(work: Path, seeds: list[int], modes: list[str], ks: list[int], threads: int) -> dict[str, Any]:
+def run_near_dup(work: Path, seeds: list[int], modes: list[str], ks: list[int], threads: int,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     import torch
     from lookalike.trainer.eval.embedders import open_embedder
     from lookalike.trainer.eval.metrics import duplicate_recall
@@ -158,7 +146,7 @@ def run_near_dup(work: Path, seeds: list[int], modes: list[str], ks: list[int], 
             per[name] = {k: float(np.mean([h[k] for h in hits])) for k in hits[0]}
         per["mean"] = {k: float(np.mean([per[t][k] for t in NEAR_DUP_TRANSFORMS])) for k in per["crop"]}
         result["modes"][mode] = {"near_dup": per, "embed_seconds": round(time.perf_counter() - start, 1)}
-        print(f"{mode}: " + ", ".join(f"{t} {100 * v['recall@1']:.1f}" for t, v in per.items()), flush=True)
+        say(f"{mode}: " + ", ".join(f"{t} {100 * v['recall@1']:.1f}" for t, v in per.items()))
     return result
 
 
@@ -215,14 +203,13 @@ def eval_table(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.arguments(__doc__)  # --json / --out: the near-dup result, the table stage's Markdown
     p.add_argument("stage", choices=["models", "eval", "near-dup", "table"])
     p.add_argument("--work", type=Path, default=Path("runs/preprocessing"))
     p.add_argument("--modes", default="crop,stretch,letterbox", help="subset of crop,stretch,letterbox")
     p.add_argument("--seeds", default="0", help="near-dup: comma-separated seeds (copies per seed)")
     p.add_argument("--ks", default="1,5", help="near-dup: recall@k values")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=None, help="write the results (near-dup, table) as JSON")
     args, rest = p.parse_known_args(argv)  # eval: the arguments after -- go to lookalike eval
     if rest and args.stage != "eval":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -242,24 +229,25 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "near-dup":
         seeds = [int(s) for s in args.seeds.split(",")]
         ks = [int(k) for k in args.ks.split(",")]
-        res = run_near_dup(args.work, seeds, modes, ks, args.threads)
-        print(json.dumps(res["protocol"]))
-        print(near_dup_table(res))
-        if args.json:
-            args.json.write_text(json.dumps(res, indent=2) + "\n")
+        out = harness.Results(args)
+        res = run_near_dup(args.work, seeds, modes, ks, args.threads, say=out.say)
+        out.add(res)
+        out.print_table(json.dumps(res["protocol"]) + "\n" + near_dup_table(res))
     else:
         parts, near = [], []
         for path in sorted(args.work.glob("*.json")):
             raw = json.loads(path.read_text())
+            if "modes" not in raw and "results" not in raw:
+                continue  # not a result (e.g. this stage's own --out)
             if "modes" in raw:
                 near.append(raw)
             parts.append(f"### {path.stem}\n\n" + (near_dup_table(raw) if "modes" in raw else eval_table(path)))
         if len(near) > 1:
             parts.append("### near-duplicates, all seeds\n\n" + near_dup_table(merge_near_dup(near)))
         text = "\n\n".join(parts)
-        print(text)
-        if args.json:
-            args.json.write_text(json.dumps({"markdown": text}) + "\n")
+        out = harness.Results(args)
+        out.add(markdown=text)
+        out.print_table(text)
     return 0
 
 

@@ -22,7 +22,6 @@ ours/baseline ratios; ``--json`` prints one object per measurement instead. The 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 
 MATCH_SIZE = (1600, 1200)
@@ -69,16 +69,12 @@ def make_naive(embedder: Any) -> None:
 def serve_child(spec: dict[str, Any]) -> int:
     import dataclasses
 
-    from lookalike.server.app import create_server
-    from lookalike.server.config import ServerConfig
+    from lookalike.server.config import ServerConfig, _convert  # the same parsing as flags and variables
 
     fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
-    from lookalike.server.config import _convert  # the same parsing as flags and variables
-
     overrides = {k: _convert(fields[k], str(v), k) for k, v in spec["config"].items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        config = ServerConfig(port=0, data_dir=Path(tmp), persist=False, **overrides)
-        running = create_server(config)
+    threads = ServerConfig(port=0, persist=False, **overrides).thread_budget
+    with harness.server(persist=False, **overrides) as running:
         if spec.get("naive"):
             make_naive(running.service.embedder)
         if spec.get("jit_optimize") is False:  # torch's JIT: no shape specialisation on the model thread
@@ -87,31 +83,12 @@ def serve_child(spec: dict[str, Any]) -> int:
             running.service.embedder.batcher.call_in_worker(
                 lambda: torch._C._set_graph_executor_optimize(False)
             ).result()
-        print(json.dumps({"port": running.port, "threads": config.thread_budget}), flush=True)
+        print(json.dumps({"port": running.port, "threads": threads}), flush=True)
         sys.stdin.read()  # until the parent closes our stdin
-        running.stop(0)
     return 0
 
 
 # -- the client side ---------------------------------------------------------------------------
-def jpeg(arr: np.ndarray, size: tuple[int, int], quality: int = 90) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).resize(size, Image.BICUBIC).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def photos() -> list[np.ndarray]:
-    import skimage.data
-
-    out = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket", "cat"):
-        arr = getattr(skimage.data, name)()
-        out.append(np.ascontiguousarray(np.stack([arr] * 3, -1) if arr.ndim == 2 else arr[..., :3]))
-    return out
-
-
 class Server:
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
         self.name = name
@@ -182,15 +159,15 @@ def run_load(
     for th in threads:
         th.join()
     window = min(time.perf_counter(), stop_at[0]) - began
-    lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    p50, p99 = harness.p50_p99(latencies)
     return {
         "calls": len(latencies),
         "items": items[0],
         "seconds": round(window, 3),
         "calls_per_s": round(len(latencies) / window, 2),
         "items_per_s": round(items[0] / window, 2),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
     }
@@ -227,7 +204,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.arguments(__doc__)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring each point")
@@ -242,7 +219,6 @@ def main() -> int:
         default=[],
         help="extra server NAME:key=value,... (ServerConfig fields; naive=1 for the baseline's shortcuts)",
     )
-    ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
     if args.serve:
         return serve_child(json.loads(args.serve))
@@ -263,16 +239,15 @@ def main() -> int:
     clients = [int(c) for c in args.clients.split(",")]
     workloads = args.workloads.split(",")
 
-    arrays = photos()
-    big = [jpeg(a, MATCH_SIZE) for a in arrays]
-    small = [jpeg(a, BULK_SIZE) for a in arrays]
+    arrays = harness.photos(("chelsea", "coffee", "astronaut", "rocket", "cat"))
+    big = [harness.jpeg(a, MATCH_SIZE) for a in arrays]
+    small = [harness.jpeg(a, BULK_SIZE) for a in arrays]
+    out = harness.Results(args)
     rows: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any]) -> None:
-        rows.append(row)
-        if args.json:
-            print(json.dumps(row), flush=True)
-        else:
+        rows.append(out.add(row))
+        if out.table:  # progress; the table follows at the end
             print(f"# {row['server']:>10} {row['workload']:>8} x{row.get('clients', '-'):<3} "
                   f"{row.get('items_per_s')}/s p50 {row.get('p50_ms')} ms", file=sys.stderr, flush=True)  # fmt: skip
 
@@ -280,19 +255,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "cli-images"
-        folder.mkdir()
+        harness.jpeg_folder(folder, args.cli_images, arrays, BULK_SIZE)
         rng = np.random.default_rng(0)
-        for i in range(args.cli_images):
-            arr = arrays[i % len(arrays)]
-            shift = rng.integers(0, 40, 2)
-            (folder / f"img{i:05d}.jpg").write_bytes(jpeg(np.roll(arr, tuple(shift), (0, 1)), BULK_SIZE))
         servers = [Server(name, spec) for name, spec in variants]  # all up, each measured alone in turn
         try:
             for server in servers:
                 with LookalikeClient(server.address) as c:
                     dim = c.create_database("search").dimension
-                    vecs = rng.standard_normal((args.db_size, dim)).astype(np.float32)
-                    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+                    vecs = harness.unit_vectors(rng, args.db_size, dim)
                     for s in range(0, args.db_size, 2000):
                         part = range(s, min(s + 2000, args.db_size))
                         c.bulk_set("search", ((f"g{i}", None, vecs[i].tolist(), "") for i in part))
@@ -332,16 +302,13 @@ def main() -> int:
             if "p50_ms" in r and b.get("p50_ms"):
                 ratio["p50_ratio"] = round(r["p50_ms"] / b["p50_ms"], 2)
             table.append(ratio)
-            if args.json:
-                print(json.dumps({"ratio_vs_baseline": ratio}), flush=True)
-    if not args.json:
-        print("| server | workload | clients | items/s | p50 ms | p99 ms | x baseline (throughput) | errors |")
-        print("|---|---|---|---|---|---|---|---|")
-        ratios = {(t["server"], t["workload"], t["clients"]): t["throughput_ratio"] for t in table}
-        for r in rows:
-            ratio = ratios.get((r["server"], r["workload"], r.get("clients")), "")
-            print(f"| {r['server']} | {r['workload']} | {r.get('clients', '-')} | {r['items_per_s']} | "
-                  f"{r.get('p50_ms', '-')} | {r.get('p99_ms', '-')} | {ratio} | {r.get('errors', 0)} |")  # fmt: skip
+            out.add(ratio_vs_baseline=ratio)
+    ratios = {(t["server"], t["workload"], t["clients"]): t["throughput_ratio"] for t in table}
+    head = ["server", "workload", "clients", "items/s", "p50 ms", "p99 ms", "x baseline (throughput)", "errors"]
+    out.print_table(harness.markdown(head, ([r["server"], r["workload"], r.get("clients", "-"), r["items_per_s"],
+                                             r.get("p50_ms", "-"), r.get("p99_ms", "-"),
+                                             ratios.get((r["server"], r["workload"], r.get("clients")), ""),
+                                             r.get("errors", 0)] for r in rows)))  # fmt: skip
     return 0
 
 

@@ -20,15 +20,14 @@ returned image whose exact score equals the 10th best (a tie, not an error).
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import io
-import json
 import random
 import sys
 from pathlib import Path
 
+import harness
 import numpy as np
+from harness import encode
 from PIL import Image, ImageEnhance
 
 from lookalike import native
@@ -37,21 +36,15 @@ EMOJI = Path.home() / ".cache/lookalike/datasets/node_modules"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def png(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
-    out = io.BytesIO()
-    img.save(out, fmt, **kw)
-    return out.getvalue()
-
-
 def fmnist(name: str, count: int) -> list[bytes]:
     raw = gzip.open(FMNIST / f"{name}-images-idx3-ubyte.gz").read()[16:]
     pixels = np.frombuffer(raw, np.uint8).reshape(-1, 28, 28)[:count]
-    return [png(Image.fromarray(p).convert("RGB")) for p in pixels]
+    return [encode(Image.fromarray(p).convert("RGB"), "PNG") for p in pixels]
 
 
 def folder(path: Path, count: int) -> list[bytes]:
     files = sorted(path.glob("*.png"))[:count]
-    return [png(Image.open(f).convert("RGB")) for f in files]
+    return [encode(Image.open(f).convert("RGB"), "PNG") for f in files]
 
 
 def crops(img: Image.Image, count: int, rng: random.Random) -> list[bytes]:
@@ -64,28 +57,13 @@ def crops(img: Image.Image, count: int, rng: random.Random) -> list[bytes]:
         c = img.crop((x, y, x + cw, y + ch)).resize((int(cw * rng.uniform(0.5, 1.0)), int(ch * rng.uniform(0.5, 1.0))))
         c = ImageEnhance.Color(c).enhance(rng.uniform(0.7, 1.3))
         c = ImageEnhance.Brightness(c).enhance(rng.uniform(0.8, 1.2))
-        out.append(png(c, "JPEG", quality=rng.randint(50, 90)))
+        out.append(harness.jpeg(c, quality=rng.randint(50, 90)))
     return out
 
 
-def photos() -> list[Image.Image]:
-    from skimage import data
-
-    names = ["astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "hubble_deep_field", "immunohistochemistry",
-             "motorcycle", "retina", "page", "text", "moon", "horse", "logo", "colorwheel", "brick", "grass",
-             "gravel", "rough_wall", "clock", "coins", "eagle"]  # fmt: skip
-    out = []
-    for name in names:
-        try:
-            a = getattr(data, name)()
-        except Exception:  # a photo missing from this scikit-image build
-            continue
-        a = a[0] if isinstance(a, tuple) else a
-        a = np.asarray(a)
-        if a.dtype != np.uint8:
-            a = (255 * (a.astype(np.float32) / max(float(a.max()), 1e-6))).astype(np.uint8)
-        out.append(Image.fromarray(a).convert("RGB"))
-    return out
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "hubble_deep_field", "immunohistochemistry",
+          "motorcycle", "retina", "page", "text", "moon", "horse", "logo", "colorwheel", "brick", "grass", "gravel",
+          "rough_wall", "clock", "coins", "eagle")  # fmt: skip
 
 
 def embed_all(cache: Path, size: float) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +74,7 @@ def embed_all(cache: Path, size: float) -> tuple[np.ndarray, np.ndarray]:
     from lookalike.server.core.embedding.embedder import Embedder
 
     rng = random.Random(0)
-    pics = photos()
+    pics = [Image.fromarray(a) for a in harness.photos(PHOTOS, skip_missing=True)]
 
     def c(count: int) -> int:
         return max(1, round(count * size))
@@ -105,7 +83,7 @@ def embed_all(cache: Path, size: float) -> tuple[np.ndarray, np.ndarray]:
     gallery += folder(EMOJI / "@tabler/icons-png/icons/outline", c(3000))
     queries = fmnist("train", c(500)) + folder(EMOJI / "emoji-datasource-twitter/img/twitter/64", c(500))
     for p in pics:
-        gallery.append(png(p))
+        gallery.append(encode(p, "PNG"))
         gallery += crops(p, c(20), rng)
         queries += crops(p, c(5), rng)
     embedder = Embedder(default_model_path())
@@ -122,19 +100,20 @@ def embed_all(cache: Path, size: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.arguments(__doc__)
     ap.add_argument("--cache", type=Path, default=Path("runs/storage_recall.npz"))
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--size", type=float, default=1.0, help="scales the image counts")
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    gallery, queries = embed_all(args.cache, args.size)
     k = args.k
-    g64 = gallery.astype(np.float64)
-    exact = queries.astype(np.float64) @ g64.T
+    out = harness.Results(args, show=lambda r: (
+        f"{r['storage']:>14}  recall@{k} {r['recall_at_k']:.5f}  with ties {r['recall_ties']:.5f}  "
+        f"worst query {r['min_recall']:.2f}  same order {r['same_order']:.4f}  "
+        f"({r['gallery']} x {r['d']}, {r['queries']} queries)"))  # fmt: skip
+    gallery, queries = embed_all(args.cache, args.size)
+    exact = queries.astype(np.float64) @ gallery.astype(np.float64).T
     truth = np.argsort(-exact, axis=1, kind="stable")[:, :k]
     kth = np.take_along_axis(exact, truth[:, -1:], axis=1)[:, 0]
-    rows = []
     variants = [("f32", {}), ("f16", {}), ("bf16", {}), ("i8", {"rerank": 4}), ("i8", {"rerank": 0})]
     for storage, opt in variants:
         if storage == "f32":
@@ -149,20 +128,13 @@ def main() -> None:
                 _, ids = native.topk_reranked(q8, queries, k, full=gallery, candidates=opt["rerank"] * k, scales=scales)
             else:
                 _, ids = native.topk(q8, queries, k, scales=scales)
-        hit = [len(set(truth[i]) & set(ids[i])) / k for i in range(len(queries))]
+        hit = harness.recall_per_query(ids, truth)
         tie = [np.mean(exact[i, ids[i]] >= kth[i] - 1e-7) for i in range(len(queries))]
         same = float(np.mean([list(ids[i]) == list(truth[i]) for i in range(len(queries))]))
         name = storage + ("+rerank4k" if opt.get("rerank") else ("-norerank" if storage == "i8" else ""))
-        rows.append({"storage": name, "gallery": len(gallery), "queries": len(queries), "d": gallery.shape[1],
-                     "k": k, "recall_at_k": round(float(np.mean(hit)), 5), "recall_ties": round(float(np.mean(tie)), 5),
-                     "min_recall": round(float(np.min(hit)), 3), "same_order": round(same, 4)})  # fmt: skip
-    for r in rows:
-        if args.json:
-            print(json.dumps(r))
-        else:
-            print(f"{r['storage']:>14}  recall@{k} {r['recall_at_k']:.5f}  with ties {r['recall_ties']:.5f}  "
-                  f"worst query {r['min_recall']:.2f}  same order {r['same_order']:.4f}  "
-                  f"({r['gallery']} x {r['d']}, {r['queries']} queries)")  # fmt: skip
+        out.add({"storage": name, "gallery": len(gallery), "queries": len(queries), "d": gallery.shape[1],
+                 "k": k, "recall_at_k": round(float(np.mean(hit)), 5), "recall_ties": round(float(np.mean(tie)), 5),
+                 "min_recall": round(float(np.min(hit)), 3), "same_order": round(same, 4)})  # fmt: skip
 
 
 if __name__ == "__main__":

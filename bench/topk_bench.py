@@ -1,8 +1,8 @@
 """Exact top-k benchmark: lookalike.native in every storage type, beside the machine's ceilings
 and its peers (numpy, FAISS flat and scalar quantizers, usearch exact), all in one process.
 
-Rows (``--json PATH`` writes them as JSON lines, one object per row; ``--json -`` prints them
-to stdout instead of the table), each with ``method``, ``storage``, ``n``, ``d``, ``m``, ``k``,
+Rows (``--out PATH`` writes them as JSON lines, one object per row, beside the table; ``--json``
+prints them to stdout instead of the table), each with ``method``, ``storage``, ``n``, ``d``, ``m``, ``k``,
 ``qps``, ``recall_at_k``, ``gbps``, ``gflops`` (and ``ms``, ``ms_min``, ``runs``):
 
 - ``read_ceiling``: a multithreaded streaming read of the float32 database's bytes in C++
@@ -26,7 +26,8 @@ disturbed by other processes on a shared machine. ``gbps`` = bytes of the stored
 (scales included) / median time; ``gflops`` = 2 n d m / median time.
 
     python bench/topk_bench.py                                    # the default grid
-    python bench/topk_bench.py --n 1000000 --d 384 --m 1 64 --storage f32 f16 bf16 i8 --json out.jsonl
+    python bench/topk_bench.py --n 1000000 --d 384 --m 1 64 --storage f32 f16 bf16 i8 --out out.jsonl
+    python bench/topk_bench.py --markdown out.jsonl              # an --out file as ext/README.md's table
     python bench/topk_bench.py --threads 2 ...                    # every library on 2 threads
 
 Ratios printed after each block: every storage's QPS vs lookalike f32 and vs FAISS's quantizer of
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -46,24 +46,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import harness
 import numpy as np
+from harness import Results, Row, recall
 
 from lookalike import native
 
 Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-Row = dict[str, Any]
 STORAGES = ("f32", "f16", "bf16", "i8")
-
-
-def clustered(rng: np.random.Generator, rows: int, d: int, centres: np.ndarray, spread: float) -> np.ndarray:
-    """Unit vectors around random centres, built in slices (bounded temporary memory)."""
-    out = np.empty((rows, d), np.float32)
-    step = 65536
-    for a in range(0, rows, step):
-        b = min(rows, a + step)
-        x = centres[rng.integers(0, centres.shape[0], b - a)] + spread * rng.standard_normal((b - a, d), np.float32)
-        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
 
 
 def timed(fn: Callable[[], Any], runs: int) -> tuple[list[float], Any]:
@@ -81,11 +71,6 @@ def timed(fn: Callable[[], Any], runs: int) -> tuple[list[float], Any]:
         fn()
         times.append(time.perf_counter() - start)
     return times, out
-
-
-def recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(a.tolist()) & set(b.tolist()) - {-1}) for a, b in zip(ids, truth, strict=True))
-    return hits / max(1, int((truth >= 0).sum()))
 
 
 def row(method: str, storage: str | None, n: int | None, d: int | None, m: int | None, k: int | None, **kw: Any) -> Row:
@@ -192,34 +177,13 @@ def sgemm_ceiling(runs: int) -> Row:
     )
 
 
-class Printer:
-    def __init__(self, json_path: str | None) -> None:
-        self.table = json_path != "-"
-        self.file = None if json_path in (None, "-") else open(json_path, "w")
-        self.rows: list[Row] = []
+def table_line(r: Row) -> str:
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
 
-    def say(self, text: str) -> None:
-        print(text if self.table else f"# {text}", file=sys.stdout if self.table else sys.stderr, flush=True)
-
-    def add(self, r: Row) -> None:
-        self.rows.append(r)
-        line = json.dumps(r)
-        if self.file:
-            self.file.write(line + "\n")
-            self.file.flush()
-        if not self.table:
-            print(line, flush=True)
-            return
-
-        def f(v: Any, fmt: str) -> str:
-            return "-" if v is None else format(v, fmt)
-
-        print(
-            f"{f(r['n'], '>8')} {f(r['d'], '>5')} {f(r['m'], '>4')}  {r['method']:<17} {f(r['storage'], '<5')} "
+    return (f"{f(r['n'], '>8')} {f(r['d'], '>5')} {f(r['m'], '>4')}  {r['method']:<17} {f(r['storage'], '<5')} "
             f"{f(r['qps'], '>10.1f')} {f(r.get('ms'), '>9.2f')} {f(r['gbps'], '>7.1f')} {f(r['gflops'], '>7.1f')} "
-            f"{f(r['recall_at_k'], '>7.3f')}",
-            flush=True,
-        )
+            f"{f(r['recall_at_k'], '>7.3f')}")  # fmt: skip
 
 
 def find(rows: list[Row], method: str, storage: str | None = None, m: int | None = None) -> Row | None:
@@ -229,7 +193,7 @@ def find(rows: list[Row], method: str, storage: str | None = None, m: int | None
     return None
 
 
-def ratios(out: Printer, block: list[Row], ceilings: dict[str, float]) -> None:
+def ratios(out: Results, block: list[Row], ceilings: dict[str, float]) -> None:
     """The issue's targets as ratios within this (n, d, m) block, from each cell's best run (the
     least disturbed by other processes on a shared machine; medians are in the rows)."""
     f32 = find(block, "lookalike", "f32")
@@ -270,7 +234,7 @@ def stored(x: np.ndarray, storage: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def paired(
-    out: Printer,
+    out: Results,
     args: argparse.Namespace,
     n: int,
     d: int,
@@ -340,9 +304,9 @@ def paired(
 
 
 def markdown(path: str) -> None:
-    """Prints a JSON-lines result file as the Markdown table of ext/README.md (QPS, with GB/s for
+    """Prints an ``--out`` file (JSON lines) as the Markdown table of ext/README.md (QPS, with GB/s for
     m = 1 and GFLOP/s otherwise, recall@k in brackets when below 1)."""
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = harness.read_rows(path)
     ceil = {(r["n"], r["d"]): r["gbps"] for r in rows if r["method"] == "read_ceiling"}
     sgemm = next((r["gflops"] for r in rows if r["method"] == "sgemm_ceiling"), None)
     cols = [
@@ -381,7 +345,7 @@ def markdown(path: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.arguments(__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000], help="database sizes")
     parser.add_argument("--d", type=int, nargs="+", default=[384, 1280], help="dimensions")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 64], help="queries per call")
@@ -397,13 +361,12 @@ def main() -> None:
         help="peers to run (numpy faiss_flat faiss_sq usearch_exact); none: --peers none",
     )
     parser.add_argument("--groups", type=int, default=8, help="one-per-group rows: about n / GROUPS groups (0: off)")
-    parser.add_argument("--json", help="write the rows as JSON lines to this file ('-': stdout, no table)")
     parser.add_argument(
         "--paired",
         action="store_true",
         help="only the round-robin target pairs (ceilings, storage types, one-per-group), --runs rounds",
     )
-    parser.add_argument("--markdown", metavar="JSONL", help="print a --json result file as a Markdown table, then exit")
+    parser.add_argument("--markdown", metavar="JSONL", help="print an --out result file as a Markdown table, then exit")
     args = parser.parse_args()
     if args.markdown:
         markdown(args.markdown)
@@ -416,7 +379,7 @@ def main() -> None:
         native.set_threads(args.threads)
     peers = set(args.peers) - {"none"}
 
-    out = Printer(args.json)
+    out = Results(args, show=table_line)
     out.say(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, numpy {np.__version__}, "
         f"simd {native.simd_level()}, k={args.k}, threads={args.threads or native.get_threads()}, "
@@ -437,9 +400,9 @@ def main() -> None:
     for n in args.n:
         for d in args.d:
             rng = np.random.default_rng(n + d)
-            centres = rng.standard_normal((max(16, n // 1000), d), np.float32)
-            x = clustered(rng, n, d, centres, 0.6)
-            queries = {m: clustered(rng, m, d, centres, 0.6) for m in args.m}
+            centres = harness.centres(rng, n, d)
+            x = harness.clustered(rng, n, d, centres)
+            queries = {m: harness.clustered(rng, m, d, centres) for m in args.m}
             groups = rng.integers(0, max(1, n // args.groups), n) if args.groups else None
             if args.paired:
                 paired(out, args, n, d, x, queries, groups)
