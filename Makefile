@@ -26,6 +26,7 @@ tools:
 
 lint: $(STAMP) tools
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	scripts/lint-proto.sh
 	scripts/gen-go.sh --check
 

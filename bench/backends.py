@@ -78,8 +78,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--milvus-queries", type=int, default=20,
-                        help="queries (first N) and one run for Milvus: milvus-lite takes seconds per search at 100k")
+    parser.add_argument(
+        "--milvus-queries",
+        type=int,
+        default=20,
+        help="queries (first N) and one run for Milvus: milvus-lite takes seconds per search at 100k",
+    )
     parser.add_argument("--milvus-uri", default=None, help="a running Milvus (default: start milvus-lite here)")
     args = parser.parse_args()
     from lookalike.server.core.backends.builtin.catalog import Catalog

@@ -228,8 +228,10 @@ def main() -> int:
         ("ours", {"naive": False, "config": dict(bench_limits)}),
         (
             "baseline",
-            {"naive": True, "config": {**bench_limits, "max_batch": 1, "batch_wait_ms": 0, "cpu_exec": "eager",
-                                       "model_workers": 1}},
+            {
+                "naive": True,
+                "config": {**bench_limits, "max_batch": 1, "batch_wait_ms": 0, "cpu_exec": "eager", "model_workers": 1},
+            },
         ),
     ]
     for text in args.variant:

@@ -295,10 +295,3 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
     for text in overrides or []:
         _merge(cfg, parse_override(text))
     return cfg
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. inside a checkpoint)."""
-    cfg = Config()
-    _merge(cfg, data)
-    return cfg

@@ -101,7 +101,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        from lookalike.server.core.model_exec import native_bf16  # the server's own test, one for both
+        from lookalike.server.core.embedding.model_exec import native_bf16  # the server's own test, one for both
 
         return torch.bfloat16 if native_bf16() else None
     if precision == "fp32":

@@ -54,6 +54,8 @@ from lookalike.server.core.validation import (
 __all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "Entry", "Hit", "Key", "Limits",
            "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
 log = logging.getLogger(__name__)
+
+
 class LookalikeService:
     """Matching, embedding, and every database operation, on whichever backend holds the databases."""
 

@@ -17,6 +17,7 @@ def test_async_client_matches_the_blocking_client(grpc_server, client, db_name):
 
     async def scenario():
         async with AsyncLookalikeClient(grpc_server.address) as ac:
+
             async def items():
                 for i, v in enumerate(vecs[:30]):
                     yield (f"g{i % 4}", None, v.tolist(), f"r{i}", {"n": str(i)})

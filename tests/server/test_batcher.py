@@ -1,4 +1,8 @@
-"""The micro-batcher batches, isolates a bad request, and shuts down without leaving callers waiting."""
+"""The micro-batcher batches, isolates a bad request, and shuts down without leaving callers waiting.
+
+No test sleeps to let the worker get somewhere: the model says when a call is inside it and
+holds it at a gate until released, so what is running and what is queued is known.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +12,73 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from lookalike.server.core.batcher import BatcherClosed, MicroBatcher
+from lookalike.server.core.embedding.batcher import BatcherClosed, MicroBatcher
 
 
 class CountingModel:
-    """Doubles its input; counts calls and batch sizes; refuses rows holding NaN like a strict model."""
+    """Doubles its input; counts calls and batch sizes; refuses rows holding NaN like a strict model.
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    Each call is counted as it enters, then waits at ``gate`` (open unless a test closes it);
+    ``wait_inside(n)`` returns once ``n`` calls are inside at the same time.
+    """
+
+    def __init__(self) -> None:
         self.calls: list[int] = []
-        self.delay_s = delay_s
         self.gate = threading.Event()
         self.gate.set()
+        self._inside = 0
+        self._changed = threading.Condition()
+
+    def wait_inside(self, n: int, timeout: float = 10.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._inside == n, timeout), f"{self._inside} calls inside, not {n}"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        self.gate.wait(10)
-        self.calls.append(len(batch))
-        if np.isnan(batch).any():
-            raise ValueError("non-finite input")
-        time.sleep(self.delay_s)
-        return batch * 2
+        with self._changed:
+            self.calls.append(len(batch))
+            self._inside += 1
+            self._changed.notify_all()
+        try:
+            self.gate.wait(10)
+            if np.isnan(batch).any():
+                raise ValueError("non-finite input")
+            return batch * 2
+        finally:
+            with self._changed:
+                self._inside -= 1
+                self._changed.notify_all()
 
 
 def test_concurrent_requests_share_model_calls():
-    model = CountingModel(delay_s=0.01)
+    model = CountingModel()
+    model.gate.clear()  # the first model call is held until every request is queued
     batcher = MicroBatcher(model, max_batch=16, max_wait_s=0.05)
     seen: list[tuple[int, int]] = []
     batcher.observers.append(lambda images, requests: seen.append((images, requests)))
+    submitted = threading.Barrier(32 + 1)
+
+    def call(row: np.ndarray) -> np.ndarray:
+        future = batcher.submit(row)
+        submitted.wait(10)
+        return future.result(timeout=10)
+
     try:
         rows = [np.full((1, 3), i, np.float32) for i in range(32)]
         with ThreadPoolExecutor(32) as pool:
-            outs = list(pool.map(lambda r: batcher.submit(r).result(timeout=10), rows))
+            results = pool.map(call, rows)
+            submitted.wait(10)  # all 32 submitted
+            model.wait_inside(1)
+            first = model.calls[0]
+            assert batcher.queue_depth == 32 - first  # the rest wait for the model
+            model.gate.set()
+            outs = list(results)
     finally:
+        model.gate.set()
         batcher.close()
     for i, out in enumerate(outs):  # each caller gets its own rows back, in place
         np.testing.assert_array_equal(out, np.full((1, 3), 2 * i, np.float32))
-    assert sum(model.calls) == 32
-    assert len(model.calls) <= 8, f"32 concurrent requests took {len(model.calls)} model calls"
-    assert max(model.calls) <= 16  # max_batch holds
+    rest = 32 - first
+    assert model.calls == [first] + [16] * (rest // 16) + ([rest % 16] if rest % 16 else [])  # the queued share calls
     assert [s[0] for s in seen] == model.calls and sum(s[1] for s in seen) == 32
 
 
@@ -64,11 +98,12 @@ def test_one_bad_request_fails_only_itself():
     model.gate.clear()  # hold the worker so every request lands in one batch
     batcher = MicroBatcher(model, max_batch=64, max_wait_s=0.2)
     try:
-        first = batcher.submit(np.zeros((1, 3), np.float32))  # taken at once; the worker then waits on the gate
-        time.sleep(0.05)
+        first = batcher.submit(np.zeros((1, 3), np.float32))
+        model.wait_inside(1)  # the worker holds `first` at the gate; what follows queues behind it
         good = [batcher.submit(np.full((2, 3), i, np.float32)) for i in range(5)]
         bad = batcher.submit(np.array([[1.0, np.nan, 0.0]], np.float32))
         wrong_shape = batcher.submit(np.zeros((1, 4), np.float32))  # cannot even be concatenated
+        assert batcher.queue_depth == 5 * 2 + 1 + 1
         model.gate.set()
         first.result(timeout=10)
         for i, f in enumerate(good):
@@ -85,7 +120,7 @@ def test_close_fails_pending_requests_and_does_not_hang():
     model.gate.clear()
     batcher = MicroBatcher(model, max_batch=1, max_wait_s=0.0)
     running = batcher.submit(np.ones((1, 2), np.float32))
-    time.sleep(0.05)  # the worker holds `running` at the gate
+    model.wait_inside(1)  # the worker holds `running` at the gate
     queued = [batcher.submit(np.ones((1, 2), np.float32)) for _ in range(5)]
     assert batcher.queue_depth == 5
     closer = threading.Thread(target=batcher.close)
@@ -109,7 +144,7 @@ def test_close_with_a_stuck_model_returns_and_fails_the_queue():
     model.gate.clear()  # never released before close: the model is stuck
     batcher = MicroBatcher(model, max_batch=1, max_wait_s=0.0)
     batcher.submit(np.ones((1, 2), np.float32))
-    time.sleep(0.05)
+    model.wait_inside(1)
     queued = batcher.submit(np.ones((1, 2), np.float32))
     started = time.monotonic()
     batcher.close(timeout=0.5)
@@ -191,7 +226,7 @@ def test_one_worker_never_overlaps_model_calls():
 
 
 def test_a_large_request_is_shared_by_the_workers_and_equals_the_sequential_result():
-    model = CountingModel(delay_s=0.005)
+    model = CountingModel()
     rows = np.random.default_rng(0).standard_normal((37, 5)).astype(np.float32)
     sequential = MicroBatcher(CountingModel(), max_batch=3, max_wait_s=0.0, workers=1)
     batcher = MicroBatcher(model, max_batch=3, max_wait_s=0.0, workers=3)
@@ -244,16 +279,18 @@ def test_close_with_several_workers_stops_them_all_and_fails_what_waits():
     model.gate.clear()  # the running calls block until released
     batcher = MicroBatcher(model, max_batch=1, max_wait_s=0.0, workers=2)
     futs = [batcher.submit(np.ones((1, 1), np.float32)) for _ in range(6)]
-    time.sleep(0.2)  # two calls running, four queued
+    model.wait_inside(2)  # two calls running (the first two), four queued
+    assert batcher.queue_depth == 4
     closer = threading.Thread(target=batcher.close)
     closer.start()
-    time.sleep(0.1)
+    for f in futs[2:]:  # failed by close() while the running calls are still held
+        assert isinstance(f.exception(timeout=5), BatcherClosed)
+    assert not futs[0].done() and not futs[1].done()
     model.gate.set()
     closer.join(10)
     assert not closer.is_alive()
     assert not any(t.is_alive() for t in batcher._threads)
-    done = [f for f in futs if f.exception(timeout=5) is None]
-    failed = [f for f in futs if f.exception(timeout=5) is not None]
-    assert len(done) == 2 and all(isinstance(f.exception(), BatcherClosed) for f in failed)
+    for f in futs[:2]:  # the running calls finished, not lost
+        np.testing.assert_array_equal(f.result(timeout=5), np.full((1, 1), 2, np.float32))
     with pytest.raises(ValueError, match="workers"):
         MicroBatcher(CountingModel(), workers=0)

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from durability_helpers import naive_top, state, unit_vectors
-from lookalike.client import LookalikeClient
+from lookalike.client import ClientError, LookalikeClient
 from photos import encode, photo
 
 pytestmark = pytest.mark.slow
 CHUNK = 32
+SERVER_GONE = {"UNAVAILABLE", "CANCELLED"}  # what a call in flight (or after) sees when the server is killed
 
 
 def launch(data: Path, log: Path) -> tuple[subprocess.Popen, str]:
@@ -50,48 +51,65 @@ def launch(data: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 class Writer(threading.Thread):
-    """Registers into its own groups; remembers what was acknowledged and what was sent."""
+    """Registers into its own groups; remembers what was acknowledged and what was sent.
 
-    def __init__(self, address: str, worker: int, image: bytes) -> None:
+    It runs until its first failed call. ``failure`` keeps whatever ended it unless that was the
+    server going away after ``killed`` was set: a failed check, an error before the kill, or any
+    other exception reaches the test through it.
+    """
+
+    def __init__(self, address: str, worker: int, image: bytes, killed: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.address, self.worker, self.image = address, worker, image
+        self.address, self.worker, self.image, self.killed = address, worker, image, killed
         self.acked: dict[tuple[str, int], np.ndarray | None] = {}
         self.sent: set[tuple[str, int]] = set()
         self.streams: list[list[tuple[str, int]]] = []  # keys of each bulk stream, in order
         self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.ended_by_kill = False
 
     def run(self) -> None:
+        try:
+            self.write()
+        except ClientError as err:
+            if self.killed.is_set() and err.code in SERVER_GONE:
+                self.ended_by_kill = True  # whatever was acknowledged before is what counts
+            else:
+                self.failure = err
+        except BaseException as exc:
+            self.failure = exc
+
+    def write(self) -> None:
         rng = np.random.default_rng(self.worker)
         n = 0
-        try:
-            with LookalikeClient(self.address, timeout=30) as c:
-                while not self.stop.is_set():
-                    n += 1
-                    group = f"w{self.worker}-{n % 13}"
-                    kind = rng.integers(0, 10)
-                    if kind < 6:
-                        key = (group, n)
-                        vec = unit_vectors(1, int(rng.integers(1 << 30)))[0]
-                        self.sent.add(key)
-                        c.set_image("crash", group, intra_id=n, vector=vec.tolist(), request_id=f"{self.worker}-{n}")
-                        self.acked[key] = vec
-                    elif kind < 7:
-                        key = (group, n)
-                        self.sent.add(key)
-                        c.set_image("crash", group, intra_id=n, image=self.image)
-                        self.acked[key] = None
-                    else:
-                        size = int(rng.integers(20, 100))
-                        vecs = unit_vectors(size, int(rng.integers(1 << 30)))
-                        keys = [(f"bulk{self.worker}-{n}", i) for i in range(size)]
-                        self.sent.update(keys)
-                        self.streams.append(keys)
-                        items = [(k[0], k[1], v.tolist(), "") for k, v in zip(keys, vecs, strict=True)]
-                        summary = c.bulk_set("crash", items)
-                        assert summary.succeeded_count == size
-                        self.acked.update(zip(keys, vecs, strict=True))
-        except Exception:
-            pass  # the server died under us: whatever was acknowledged before is what counts
+        with LookalikeClient(self.address, timeout=30) as c:
+            while not self.stop.is_set():
+                n += 1
+                group = f"w{self.worker}-{n % 13}"
+                kind = rng.integers(0, 10)
+                if kind < 6:
+                    key = (group, n)
+                    vec = unit_vectors(1, int(rng.integers(1 << 30)))[0]
+                    self.sent.add(key)
+                    c.set_image("crash", group, intra_id=n, vector=vec.tolist(), request_id=f"{self.worker}-{n}")
+                    self.acked[key] = vec
+                elif kind < 7:
+                    key = (group, n)
+                    self.sent.add(key)
+                    c.set_image("crash", group, intra_id=n, image=self.image)
+                    self.acked[key] = None
+                else:
+                    size = int(rng.integers(20, 100))
+                    vecs = unit_vectors(size, int(rng.integers(1 << 30)))
+                    keys = [(f"bulk{self.worker}-{n}", i) for i in range(size)]
+                    self.sent.update(keys)
+                    self.streams.append(keys)
+                    items = [(k[0], k[1], v.tolist(), "") for k, v in zip(keys, vecs, strict=True)]
+                    summary = c.bulk_set("crash", items)
+                    assert summary.succeeded_count == size, (
+                        f"bulk stream of {size}: {summary.succeeded_count} registered, failures {summary.failures[:3]}"
+                    )
+                    self.acked.update(zip(keys, vecs, strict=True))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -102,15 +120,21 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path, seed):
     proc, address = launch(data, log)
     with LookalikeClient(address) as c:
         c.create_database("crash")
-    writers = [Writer(address, w, image) for w in range(3)]
+    killed = threading.Event()
+    writers = [Writer(address, w, image, killed) for w in range(3)]
     for w in writers:
         w.start()
-    time.sleep(random.uniform(2.0, 6.0))
+    time.sleep(random.uniform(2.0, 6.0))  # a random moment of the writes to kill at, not synchronisation
+    killed.set()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for w in writers:
         w.stop.set()
         w.join(60)
+    for w in writers:
+        assert not w.is_alive(), f"writer {w.worker} did not stop"
+        if w.failure is not None:
+            raise AssertionError(f"writer {w.worker} failed") from w.failure
     acked = {k: v for w in writers for k, v in w.acked.items()}
     sent = set().union(*(w.sent for w in writers))
     assert len(acked) > 50, "the writers did not get going before the kill"

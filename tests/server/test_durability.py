@@ -116,6 +116,7 @@ def test_a_damaged_snapshot_stops_start_up_and_repair_drops_it(tmp_path, caplog)
         populate(c)
         kept = state(c, "shop")
     server.stop(0)
+    assert len(kept) == 100 + 150 - 30 + 1 - 1  # the snapshot about to be damaged holds data
     vec_file = sorted((data / "snapshots" / "dbs").glob("shop-*/vec-*"))[0]
     raw = bytearray(vec_file.read_bytes())
     raw[5 * (4 << 20) // 4 if len(raw) > (5 << 20) else 4096] ^= 0x10
@@ -126,12 +127,24 @@ def test_a_damaged_snapshot_stops_start_up_and_repair_drops_it(tmp_path, caplog)
     caplog.set_level(logging.ERROR)
     server = start(data, repair=True)
     try:
-        assert "dropped database 'shop'" in caplog.text
+        said = [r.getMessage() for r in caplog.records if "repair: dropped database 'shop'" in r.getMessage()]
+        assert len(said) == 1 and str(vec_file) in said[0], caplog.text  # which database, and which file
         with LookalikeClient(server.address) as c:
             assert [d.name for d in c.list_databases()] == ["empty"]
+            # none of the damaged copy is served: not its description, its images, nor search results from it
+            calls = (
+                lambda: c.get_database("shop"),
+                lambda: c.get_image("shop", "photo", 0, include_vector=True),
+                lambda: c.search("shop", vector=kept[("photo", 0)].tolist(), top_k=5),
+            )
+            for call in calls:
+                with pytest.raises(ClientError) as err:
+                    call()
+                assert err.value.reason == "DATABASE_NOT_FOUND"
+            c.create_database("shop")  # the name is free again, and nothing of the damaged copy comes back in it
+            assert c.get_database("shop").image_count == 0 and c.list_images("shop") == []
     finally:
         server.stop(0, snapshot=False)
-    assert kept  # the damaged copy held data: repair said so instead of serving wrong vectors
 
 
 def test_a_server_with_another_model_refuses_the_database(tmp_path):

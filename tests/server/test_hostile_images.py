@@ -112,13 +112,22 @@ def test_exif_rotation_matches_upright_not_the_stored_pixels(client):
 
 
 def test_server_keeps_serving_after_the_corpus(client, corpus, photos):
-    """Every case in one Embed call, then a plain Match still gives the same answer as before."""
+    """Every case in an Embed call with a good image: refused with its reason (the whole call) or
+    embedded with it; then a plain Match still gives the same answer as before."""
     a, b = encode(Image.fromarray(photos["chelsea"]), "JPEG"), encode(Image.fromarray(photos["coffee"]), "JPEG")
     before = client.match(a, b).similarity
+    alone = _vector(client, a)
     for case in corpus.values():
-        try:
-            client.embed([case.data, a])
-        except ClientError as e:
-            assert e.code == "INVALID_ARGUMENT" and e.reason == case.reason
+        if case.reason is None:
+            out = client.embed([case.data, a])
+            assert len(out.embeddings) == 2, case.name
+            np.testing.assert_allclose(out.embeddings[1].values, alone, atol=1e-4, err_msg=case.name)
+        else:
+            try:
+                client.embed([case.data, a])
+            except ClientError as e:
+                assert (e.code, e.reason, e.metadata.get("index")) == ("INVALID_ARGUMENT", case.reason, "0"), case.name
+            else:
+                pytest.fail(f"{case.name} was accepted; it should be refused with {case.reason}")
     assert client.match(a, b).similarity == pytest.approx(before, abs=1e-6)
     assert client.match(a, a).similarity == pytest.approx(1.0, abs=1e-4)

@@ -45,7 +45,8 @@ CLIENT_OF_A_GRPC_SERVICE = {"storage/milvus_store.py"}
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in FILES if not rel(p).startswith("transport/") and rel(p) not in CLIENT_OF_A_GRPC_SERVICE],
+    "path",
+    [p for p in FILES if not rel(p).startswith("transport/") and rel(p) not in CLIENT_OF_A_GRPC_SERVICE],
     ids=rel,
 )
 def test_only_transport_imports_the_wire(path):

@@ -187,4 +187,7 @@ def test_embed_errors_name_the_index_the_proto_promises(client):
     with pytest.raises(ClientError) as e:
         client.embed([good, good, good, b"junk", good])
     assert (e.value.reason, e.value.metadata.get("index"), e.value.metadata.get("field")) == (
-        "IMAGE_UNDECODABLE", "3", "images")
+        "IMAGE_UNDECODABLE",
+        "3",
+        "images",
+    )

@@ -187,13 +187,73 @@ def test_a_checkpoint_that_only_ties_the_start_is_not_served(tmp_path: Path, shi
     assert log.best["epoch"] == 2 and log.ties_start() is None and "beats its start" in log.verdict()
 
 
-def test_combo_copy_stacks_crop_colour_rescale_and_jpeg() -> None:
-    assert "combo" in TRANSFORMS
-    rng = np.random.default_rng(0)
-    x = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
-    image = Image.fromarray(x)
-    out = altered_copy(image, "combo", rng)
-    assert out.mode == "RGB" and out.size != image.size and out.size[0] * out.size[1] <= 0.6 * 64 * 64 + 64
+# Each altered copy is compared with the part of the original it shows, found by normalised
+# cross-correlation of the luminance (unchanged by a crop, rescaling or JPEG, and by colour jitter
+# but for a scale and offset), so the checks hold whatever the transforms draw.
+def _luminance(a: np.ndarray) -> np.ndarray:
+    return a @ np.array([0.299, 0.587, 0.114])
+
+
+def _sharpness(a: np.ndarray) -> float:
+    """Steps between neighbouring pixels over the contrast: the fine detail a lower resolution loses
+    (brightness and contrast changes scale both alike)."""
+    y = _luminance(a)
+    return float((np.abs(np.diff(y, axis=0)).mean() + np.abs(np.diff(y, axis=1)).mean()) / y.std())
+
+
+def _blockiness(a: np.ndarray) -> float:
+    """Steps across the 8x8 JPEG block edges over steps elsewhere: about 1 for a photo, above with JPEG blocking."""
+    y = _luminance(a)
+    ratios = []
+    for steps in (np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0)).T):
+        edge = (np.arange(steps.shape[1]) + 1) % 8 == 0
+        ratios.append(steps[:, edge].mean() / steps[:, ~edge].mean())
+    return float(np.mean(ratios))
+
+
+def _colour_stats(a: np.ndarray) -> np.ndarray:
+    """Brightness, contrast and saturation."""
+    y = _luminance(a)
+    return np.array([y.mean(), y.std(), (a.max(axis=2) - a.min(axis=2)).mean()])
+
+
+@pytest.fixture(scope="module")
+def scene() -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(skimage.data.astronaut()).resize((192, 192), Image.LANCZOS)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", TRANSFORMS)
+def test_each_altered_copy_does_what_its_name_says(scene: Image.Image, kind: str, seed: int) -> None:
+    from skimage.feature import match_template
+
+    assert set(TRANSFORMS) == {"crop", "rescale", "jpeg", "colour", "combo"}
+    out = altered_copy(scene, kind, np.random.default_rng(seed))
+    assert out.mode == "RGB"
+    copy, whole = np.asarray(out, np.float64), np.asarray(scene, np.float64)
+    h, w = copy.shape[:2]
+    fit = match_template(_luminance(whole), _luminance(copy))
+    top, left = np.unravel_index(int(np.argmax(fit)), fit.shape)
+    assert fit.max() > 0.9, "the copy shows a part of the original"
+    view = whole[top : top + h, left : left + w]  # that part, un-augmented
+    area = h * w / (whole.shape[0] * whole.shape[1])
+    shift = np.abs(_colour_stats(copy) / _colour_stats(view) - 1)  # relative change of each
+
+    if kind == "crop":  # a smaller field of view, pixels untouched
+        assert 0.2 <= area <= 0.55 and np.array_equal(copy, view)
+        return
+    assert area <= (0.65 if kind == "combo" else 0.85), "every copy is of a crop"
+    blocky, sharper = _blockiness(copy) - _blockiness(view), _sharpness(copy) / _sharpness(view)
+    if kind == "rescale":  # fewer pixels' worth of detail at the same size; brightness, saturation kept, no blocking
+        assert sharper < 0.75 and shift[[0, 2]].max() < 0.05 and blocky < 0.1
+    elif kind == "jpeg":  # block artefacts and changed pixels; detail and colours otherwise kept
+        assert blocky > 0.15 and np.abs(copy - view).mean() > 3 and 0.85 < sharper < 1.15 and shift.max() < 0.05
+    elif kind == "colour":  # brightness, contrast or saturation moved; the same picture, as sharp, no blocking
+        assert fit.max() > 0.98 and shift.max() > 0.1 and 0.85 < sharper < 1.15 and abs(blocky) < 0.05
+    else:  # combo: all of it at once (brightness or saturation moved: the blur alone lowers the contrast)
+        assert blocky > 0.15 and sharper < 0.75 and shift[[0, 2]].max() > 0.1
 
 
 # ----------------------------------------------------------------------------- the icon set

@@ -98,7 +98,7 @@ def default_model_file(cache_dir: Path | None = None) -> Path:
     EfficientNet-Lite0 with the same packaged weights.
     """
     try:
-        from lookalike.server.core.default_model import default_model_path
+        from lookalike.server.core.embedding.default_model import default_model_path
     except ImportError:
         default_model_path = None
     if default_model_path is not None:

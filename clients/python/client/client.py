@@ -278,9 +278,7 @@ class LookalikeClient:
         return self.db_stub.SetImage(req, **self._kw())
 
     @_rpc
-    def bulk_set(
-        self, database: str, items: Iterable[tuple[Any, ...]]
-    ) -> db_pb.BulkSetImagesResponse:
+    def bulk_set(self, database: str, items: Iterable[tuple[Any, ...]]) -> db_pb.BulkSetImagesResponse:
         """Stream ``(group_id, intra_id or None, image bytes or a vector, client_ref[, attributes[, request_id]])``."""
 
         def requests() -> Iterator[db_pb.BulkSetImagesRequest]:

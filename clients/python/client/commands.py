@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from google.protobuf.json_format import MessageToDict
 from lookalike.client.client import ClientError, LookalikeClient
 
 DEFAULT_SERVER = "localhost:50051"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -86,17 +84,6 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> None:
 
 def _dict(msg: Any) -> dict[str, Any]:
     return MessageToDict(msg, preserving_proto_field_name=True)
-
-
-def iter_image_files(paths: list[str]) -> Iterator[Path]:
-    """Files as given; folders walked (sorted) for files with an image suffix."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            yield p
-        else:
-            raise SystemExit(f"lookalike: {p} does not exist")
 
 
 def cmd_match(args: argparse.Namespace) -> int:
@@ -177,8 +164,9 @@ def cmd_add(args: argparse.Namespace) -> int:
             "skipped": s.skipped,
             "images_per_s": rate,
             "keys": [{"groupId": g, "intraId": str(i)} for g, i in s.keys],
-            "failures": [{"client_ref": f["source"], "reason": f["reason"], "message": f["message"]}
-                         for f in s.failures],  # fmt: skip
+            "failures": [
+                {"client_ref": f["source"], "reason": f["reason"], "message": f["message"]} for f in s.failures
+            ],
         },
         "\n".join(human),
     )

@@ -156,7 +156,8 @@ def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: i
         source = read_export(location, oss)
     except RecordInvalid as exc:
         raise invalid(
-            "EXPORT_RECORD_INVALID", f"record {exc.position} is invalid: {exc.why}; nothing was imported",
+            "EXPORT_RECORD_INVALID",
+            f"record {exc.position} is invalid: {exc.why}; nothing was imported",
             record=str(exc.position),
         ) from None
     except FileNotFoundError as exc:
@@ -232,7 +233,8 @@ def check_record(position: int, entry: Entry, dimension: int) -> None:
             "EXPORT_RECORD_INVALID",
             f"record {position} (group_id={str(entry.group_id)[:80]!r}, intra_id={entry.intra_id}) is invalid: "
             f"{err.message} ({err.reason}); nothing was imported",
-            record=str(position), record_reason=err.reason,
+            record=str(position),
+            record_reason=err.reason,
         ) from None
 
 

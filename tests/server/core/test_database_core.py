@@ -1,28 +1,37 @@
-"""Databases through the catalog's write path (in memory) against a naive dict + numpy model."""
+"""Databases through the catalog's write path (in memory, or on a data directory where it
+compacts at snapshots) against a naive dict + numpy model."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
-from lookalike.server.core.catalog import Catalog
+from lookalike.server.core.backends.builtin.catalog import COMPACT_MIN_DEAD, Catalog
+from lookalike.server.core.backends.builtin.persistence import Persistence
 from lookalike.server.core.errors import LookalikeError
 
 DIM = 8
+MODEL = {"name": "test", "digest": "x"}
 
 
 class Db:
-    """One database of an in-memory catalog, with the old one-call-per-write surface."""
+    """One database of a catalog (in memory unless ``data_dir``), with the old one-call-per-write surface."""
 
-    def __init__(self, name: str = "t", chunk_rows: int | None = None) -> None:
-        self.catalog = Catalog(DIM, {"name": "test", "digest": "x"})
+    def __init__(self, name: str = "t", chunk_rows: int | None = None, data_dir: Path | None = None) -> None:
+        persistence = Persistence(data_dir, fsync="never") if data_dir is not None else None
+        self.catalog = Catalog(DIM, MODEL, persistence)
+        if persistence is not None:
+            self.catalog.recover()
         self.name = name
         self.db = self.catalog.create(name)
         if chunk_rows is not None:  # small chunks: searches and snapshots cross chunk boundaries
-            from lookalike.server.core.database import Database
+            from lookalike.server.core.backends.builtin.database import Database
 
-            self.db = self.catalog._dbs[name] = Database(name, DIM, model=self.db.model, chunk_rows=chunk_rows)
+            old = self.db
+            self.db = self.catalog._dbs[name] = Database(name, DIM, model=old.model, chunk_rows=chunk_rows)
+            self.db.incarnation = self.db.applied_seq = old.incarnation
 
     def set(self, group_id, intra_id, v):
         (r,) = self.catalog.set_images(self.name, [(group_id, intra_id, "", None)], np.asarray(v, np.float32)[None])
@@ -59,11 +68,21 @@ def naive_search(model: dict, q: np.ndarray, k: int, *, one_per_group: bool = Fa
     return out
 
 
-def test_random_churn_across_chunks_matches_naive_model():
+def check_searches(db, model: dict, q: np.ndarray) -> None:
+    for kwargs in ({}, {"one_per_group": True}, {"min_score": 0.5}):
+        hits, searched = db.search(q, 20, **kwargs)
+        assert searched == len(model)
+        assert [(h.group_id, h.intra_id) for h in hits] == naive_search(model, q, 20, **kwargs)
+
+
+def test_random_churn_across_chunks_matches_naive_model(tmp_path: Path):
+    """Churn on a data directory with a snapshot every 5,000 writes: the snapshots compact
+    (retired rows past COMPACT_MIN_DEAD and the live rows), and answers stay right across it."""
     rng = np.random.default_rng(1)
-    db = Db(chunk_rows=1024)
+    db = Db(chunk_rows=1024, data_dir=tmp_path)
     model: dict[tuple[str, int], np.ndarray] = {}
-    sets = 0
+    rows = 0  # rows the database should hold: one per write, back to the live ones at each compaction
+    compactions = 0
     for step in range(30_000):  # enough deletes/overwrites to compact several times
         key = (f"g{rng.integers(0, 300)}", int(rng.integers(0, 8)))
         if model and rng.random() < 0.3:
@@ -74,18 +93,35 @@ def test_random_churn_across_chunks_matches_naive_model():
             v = unit(rng)
             db.set(key[0], key[1], v)
             model[key] = v
-            sets += 1
+            rows += 1
         if step % 5000 == 4999:
             q = unit(rng)
-            for kwargs in ({}, {"one_per_group": True}, {"min_score": 0.5}):
-                hits, searched = db.search(q, 20, **kwargs)
-                assert searched == len(model)
-                assert [(h.group_id, h.intra_id) for h in hits] == naive_search(model, q, 20, **kwargs)
-    assert db.rows == sets  # every write appended a row; rows never moved
+            check_searches(db, model, q)
+            assert db.rows == rows  # every write appended a row
+            due = db.dead_rows > max(COMPACT_MIN_DEAD, db.size)
+            layout = db.layout
+            db.catalog.checkpoint()
+            assert (db.layout == layout + 1) == due  # compacted exactly when due
+            if due:
+                compactions += 1
+                rows = len(model)
+                assert db.rows == db.size == len(model) and db.dead_rows == 0  # the retired rows are gone
+            check_searches(db, model, q)  # the same answers from the moved rows
+    assert compactions >= 2
     assert db.size == len(model)
     assert db.group_count == len({g for g, _ in model})
     for key, v in list(model.items())[:50]:
         np.testing.assert_array_equal(db.get(*key).vector, v)
+    db.catalog.close(snapshot=False)
+
+    reopened = Catalog(DIM, MODEL, Persistence(tmp_path, fsync="never"))  # the compacted snapshot, read back
+    reopened.recover()
+    again = reopened.get("t")
+    assert again.size == len(model) and again.rows == rows  # the rows as the last snapshot left them
+    check_searches(again, model, unit(rng))
+    for key, v in model.items():
+        np.testing.assert_array_equal(again.get(*key).vector, v)
+    reopened.close(snapshot=False)
 
 
 def test_one_per_group_finds_groups_beyond_the_first_candidate_pool():

@@ -105,10 +105,16 @@ def test_the_retrieval_scripts_in_order(pai):
         ({"function_name": "nope"}, 400, "FUNCTION_UNKNOWN"),
         ({"function_name": "add", "function_params": {}}, 400, "PARAM_MISSING"),
         ({"function_name": "add", "function_params": {"database_name": 5}}, 400, "PARAM_INVALID"),
-        ({"function_name": "db_search", "function_params": {"database_name": "x", "image": "%%%"}}, 400,
-         "BASE64_INVALID"),
-        ({"function_name": "db_search", "function_params": {"database_name": "nodb", "image": b64(b"junk")}}, 404,
-         "DATABASE_NOT_FOUND"),
+        (
+            {"function_name": "db_search", "function_params": {"database_name": "x", "image": "%%%"}},
+            400,
+            "BASE64_INVALID",
+        ),
+        (
+            {"function_name": "db_search", "function_params": {"database_name": "nodb", "image": b64(b"junk")}},
+            404,
+            "DATABASE_NOT_FOUND",
+        ),
         ({"imagea": b64(b"not an image"), "imageb": b64(b"junk")}, 400, "IMAGE_UNDECODABLE"),
         ({"hello": 1}, 400, "REQUEST_INVALID"),
     ],
@@ -142,9 +148,9 @@ def test_fuzzed_requests_never_get_a_5xx(pai):
     _, url = pai
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.floats(allow_nan=False),
                         st.text(max_size=20))  # fmt: skip
+    keys = "database_name group_id intra_id image search_topk feature_dim_dict backend root_path oss_io_config"
     params = st.dictionaries(
-        st.sampled_from(["database_name", "group_id", "intra_id", "image", "search_topk", "feature_dim_dict",
-                         "backend", "root_path", "oss_io_config"]),  # fmt: skip
+        st.sampled_from(keys.split()),
         st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.text(max_size=5), scalars, max_size=3)),
         max_size=5,
     )
