@@ -8,7 +8,6 @@ message on every wire, and a fix to a rule lands in one place.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
@@ -53,7 +52,6 @@ from lookalike.server.core.validation import (
 
 __all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "Entry", "Hit", "Key", "Limits",
            "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
-log = logging.getLogger(__name__)
 
 
 class LookalikeService:
@@ -89,12 +87,8 @@ class LookalikeService:
         return self.embedder.dimension
 
     def recover(self) -> None:
-        """Load the databases; a load interrupted by a crash is dropped (the live database never changed)."""
+        """Load the databases (the built-in store drops a load a crash interrupted; the live database never changed)."""
         self.catalog.recover()
-        for db in self.catalog.list():
-            if db.name.startswith(LOAD_PREFIX):
-                log.warning("dropping %r: a load that did not finish before the server stopped", db.name)
-                self.catalog.delete(db.name)
 
     def checkpoint(self) -> SnapshotInfo:
         return self.catalog.checkpoint()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -193,16 +193,7 @@ class MilvusStore:
 
     def meta_scan(self, expr: str, fields: list[str], batch: int = 1000) -> Iterable[list[dict[str, Any]]]:
         """Catalog rows matching ``expr``, a batch at a time (the retry window's trimming)."""
-        it = self.call(
-            lambda c: c.query_iterator(self.meta, batch_size=batch, filter=expr, output_fields=fields,
-                                       timeout=self.timeout_s, consistency_level=self.consistency),
-            self.meta,
-        )  # fmt: skip
-        try:
-            while rows := self.call(lambda _c: list(it.next())):
-                yield rows
-        finally:
-            it.close()
+        return self._iterate(self.meta, expr, fields, batch)
 
     def delete_meta(self, expr: str) -> None:
         self.call(lambda c: c.delete(self.meta, filter=expr, timeout=self.timeout_s), self.meta)
@@ -272,10 +263,12 @@ class MilvusStore:
 
     def scan(self, name: str, fields: list[str], batch: int = 1000) -> Iterable[list[dict[str, Any]]]:
         """Every row, in key order, a batch at a time (exports)."""
-        coll = collection_name(self.prefix, name)
+        return self._iterate(collection_name(self.prefix, name), "", fields, batch)
+
+    def _iterate(self, coll: str, expr: str, fields: list[str], batch: int) -> Iterator[list[dict[str, Any]]]:
         it = self.call(
-            lambda c: c.query_iterator(coll, batch_size=batch, filter="", output_fields=fields, timeout=self.timeout_s,
-                                       consistency_level=self.consistency),
+            lambda c: c.query_iterator(coll, batch_size=batch, filter=expr, output_fields=fields,
+                                       timeout=self.timeout_s, consistency_level=self.consistency),
             coll,
         )  # fmt: skip
         try:

@@ -72,7 +72,7 @@ def _torn(data: memoryview, off: int) -> bool:
     length, _, _ = HEADER.unpack_from(data, off)
     if length <= MAX_RECORD and HEADER.size + length > rest:
         return True
-    return not any(data[off:])  # a file system's zero fill after a power loss: nothing was written there
+    return bytes(data[off:]).count(0) == rest  # a file system's zero fill after a power loss: nothing was written there
 
 
 def _keep_damaged(path: Path, off: int, data: memoryview) -> Path:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from lookalike.server import defaults
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
+from lookalike.server.core.validation import check_attributes, check_group_id, check_intra_id
 
 Key = tuple[str, int]
 # (group_id, intra_id or None for the next free one, request_id, attributes)
@@ -216,8 +217,6 @@ def export_failed(location: str, exc: BaseException) -> LookalikeError:
 
 def check_record(position: int, entry: Entry, dimension: int) -> None:
     """An imported record passes the checks a SetImage would: keys, attributes, a finite unit vector."""
-    from lookalike.server.core.validation import check_attributes, check_group_id, check_intra_id
-
     try:
         if not isinstance(entry.group_id, str) or not isinstance(entry.intra_id, int):
             raise invalid("KEY_INVALID", "group_id must be a string and intra_id an integer")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from lookalike.server.core.backends.api import (
+    RETRY_WINDOW,
     ExportedDatabase,
     SetRequest,
     SetResult,
@@ -22,6 +23,7 @@ from lookalike.server.core.backends.api import (
     database_exists,
     database_not_found,
     database_replaced,
+    export_failed,
     foreign_reason,
     not_ready,
     write_cancelled,
@@ -43,9 +45,9 @@ from lookalike.server.core.backends.builtin.index import STORAGE_DTYPES
 from lookalike.server.core.backends.builtin.memory import release_free_memory
 from lookalike.server.core.backends.builtin.persistence import Persistence
 from lookalike.server.core.backends.builtin.requests import RequestWindow
-from lookalike.server.core.backends.builtin.snapshot_files import entry_bytes
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
-from lookalike.server.core.validation import check_stored_name
+from lookalike.server.core.validation import LOAD_PREFIX, check_stored_name
+from lookalike.server.storage.shipping import entry_bytes
 
 log = logging.getLogger(__name__)
 COMPACT_MIN_DEAD = 4096  # compact at a snapshot when retired rows exceed this and the live rows
@@ -60,7 +62,7 @@ class Catalog:
         model: dict[str, Any],
         persistence: Persistence | None = None,
         *,
-        retry_window: int | None = None,
+        retry_window: int = RETRY_WINDOW,
         hnsw: HnswSettings | None = None,
     ) -> None:
         self.hnsw = hnsw
@@ -102,6 +104,9 @@ class Catalog:
             replayed += 1
         p.open(loaded.checkpoint_seq)
         self._seq = p.wal.last_seq
+        for name in [n for n in self._dbs if n.startswith(LOAD_PREFIX)]:  # this process owns them: none is running
+            log.warning("dropping %r: a load that did not finish before the server stopped", name)
+            self._wait(self._commit(DropDatabase(name))[0])
         for db in self._dbs.values():  # large databases get their HNSW graph rebuilt in the background
             with db.lock:
                 db._maybe_build_graph()
@@ -170,9 +175,7 @@ class Catalog:
     def _window(self, name: str) -> RequestWindow:
         window = self._requests.get(name)
         if window is None:
-            window = self._requests[name] = RequestWindow(
-                *(() if self._retry_window is None else (self._retry_window,))
-            )
+            window = self._requests[name] = RequestWindow(self._retry_window)
         return window
 
     def _apply_replace(self, cmd: ReplaceDatabase, seq: int) -> Database:
@@ -201,7 +204,7 @@ class Catalog:
         return db
 
     # -- databases -------------------------------------------------------------------------
-    def create(self, name: str, storage: str = "", *, create_time: float | None = None) -> Database:
+    def create(self, name: str, storage: str = "") -> Database:
         check_stored_name(name)
         storage = storage or "f32"
         if storage not in STORAGE_DTYPES:
@@ -210,8 +213,7 @@ class Catalog:
         with self._write_lock:
             if name in self._dbs:
                 raise database_exists(name)
-            when = time.time() if create_time is None else create_time
-            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, when, storage))
+            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, time.time(), storage))
         self._wait(seq)
         return db
 
@@ -383,9 +385,7 @@ class Catalog:
         try:
             entry = self.persistence.export(view, location, oss)
         except (OSError, ValueError) as exc:
-            raise LookalikeError(
-                ErrorKind.UNAVAILABLE, "EXPORT_FAILED", f"could not write the export to {location}: {exc}"
-            ) from None
+            raise export_failed(location, exc) from None
         return SnapshotInfo(time.time(), entry_bytes(entry), int(entry["meta"]["size"]), db.applied_seq)
 
     def import_(self, name: str, source: ExportedDatabase) -> Database:

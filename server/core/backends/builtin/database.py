@@ -96,8 +96,7 @@ class Database(DatabaseSearch, DatabaseSnapshots):
         return self._intra.n
 
     def check_usable(self) -> None:
-        if self.foreign is not None:
-            check_usable(self.foreign)
+        check_usable(self.foreign)
 
     def _row(self, group_id: str, intra_id: int) -> int:
         g = self._groups.number.get(group_id)

@@ -32,7 +32,7 @@ from lookalike.server.storage.segments import (
     put_json,
     put_manifest,
 )
-from lookalike.server.storage.shipping import entry_bytes, entry_files
+from lookalike.server.storage.shipping import entry_bytes
 
 from lookalike.oss import OssClient
 
@@ -41,8 +41,6 @@ EXPORT_MANIFEST = "lookalike-export.json"
 PER_ROW = {"ids": np.int64, "group": np.int32, "intra": np.int64, "time": np.float64}
 ROW_DTYPES = {**PER_ROW, "scale": np.float32}  # "scale": i8 databases only
 FORMAT = 1
-
-__all__ = ["entry_bytes", "entry_files", "read_entry", "read_export", "write_export", "write_view"]
 
 
 def put_graph(store: BlobStore, name: str, graph: HnswIndex) -> tuple[FileRef, int]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from lookalike.server import defaults
 from lookalike.server.core.backends.api import (
+    RETRY_WINDOW,
     DatabaseHandle,
     Entry,
     ExportedDatabase,
@@ -42,7 +43,7 @@ from lookalike.server.core.backends.milvus.database import MilvusDatabase, unava
 from lookalike.server.core.backends.milvus.intra_leases import IntraIdLeases
 from lookalike.server.core.backends.milvus.requests import MilvusRequestWindow
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
-from lookalike.server.core.validation import MAX_INTRA_ID, check_stored_name
+from lookalike.server.core.validation import LOAD_PREFIX, MAX_INTRA_ID, check_stored_name
 from lookalike.server.storage.milvus_store import (
     ROW_FIELDS,
     MilvusRejected,
@@ -84,14 +85,14 @@ class MilvusCatalog:
         *,
         index: MilvusIndexSettings | None = None,
         lease_block: int = 64,
-        retry_window: int | None = None,
+        retry_window: int = RETRY_WINDOW,
     ) -> None:
         self.dimension = dimension
         self.model = model
         self.store = store
         self.index = index or MilvusIndexSettings()
         self.leases = IntraIdLeases(store, lease_block)
-        self.requests = MilvusRequestWindow(store, self.guard, *(() if retry_window is None else (retry_window,)))
+        self.requests = MilvusRequestWindow(store, self.guard, retry_window)
         self.ready = threading.Event()
         self._closed = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
@@ -119,6 +120,8 @@ class MilvusCatalog:
                 self.store.ensure_catalog()
                 names = [r["db"] for r in self.store.meta_rows('kind == "database"', ["db"])]
                 log.info("index backend: %s, %d databases", self.store.description, len(names))
+                for name in (n for n in names if n.startswith(LOAD_PREFIX)):  # another replica may be loading it
+                    log.warning("%r is a load in progress, or one a replica left unfinished; it is not served", name)
                 self.ready.set()
                 return
             except MilvusUnavailable as exc:
