@@ -125,3 +125,15 @@ def test_a_loaded_copy_takes_the_name_in_one_step(make):
     assert (hits[0].group_id, hits[0].intra_id) == ("new", 1)
     catalog.delete("live")
     assert catalog.list() == []
+
+
+def test_automatic_intra_ids_stop_at_the_largest_id_the_api_accepts(make):
+    catalog = make()
+    catalog.create("d")
+    last = 2**53 - 1
+    assert put(catalog, "d", "g", last, "", 1).key == ("g", last)
+    with pytest.raises(Exception) as err:
+        put(catalog, "d", "g", None, "", 2)  # 2**53 would be refused by GetImage and DeleteImage
+    assert (getattr(err.value, "reason", ""), err.value.kind.value) == ("INTRA_ID_EXHAUSTED", "FAILED_PRECONDITION")
+    assert catalog.get("d").size == 1
+    assert put(catalog, "d", "other", None, "", 3).key == ("other", 0)  # other groups go on
