@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lookalike.trainer.selfcheck import MIN_GAIN
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -77,6 +78,10 @@ class TrainSection:
     steps_per_epoch: int | None = None  # cap optimizer steps per epoch (quick runs); null: whole dataset
     steps: int | None = None  # total optimizer steps (the schedule's length); epochs follow. null: train.epochs
     max_minutes: float | None = None  # time budget: stop cleanly (checkpoint + export) when it runs out
+    # Fewest steps worth starting a budgeted run for; null: the schedule's warmup (before it ends the
+    # learning rate never reaches optim.lr). A budget that fits fewer is refused before training.
+    min_steps: int | None = None
+    allow_short: bool = False  # train even when --max-minutes fits fewer than train.min_steps (--allow-short)
     adapt: bool = True  # fit batch, queue and checkpoints to the dataset size (printed), instead of failing
     freeze_bn_stats: bool = False  # keep the backbone's BatchNorm statistics (fine-tuning a pretrained model)
     trainable_stages: int | None = None  # fine-tuning: only the backbone's last N stages (+ its head) train; null: all
@@ -105,6 +110,8 @@ class SelfCheckConfig:
     max_images: int = 200  # at most this many held out (the check's cost)
     views: int = 5  # altered copies per held-out image (crop, rescale, JPEG, colour, all of them at once)
     tolerance_se: float = 1.0  # best_export.pt: the latest check within this many standard errors of the top
+    # Score differences up to this are a tie whatever the standard error says (selfcheck.MIN_GAIN explains why).
+    min_gain: float = MIN_GAIN
 
 
 @dataclass
@@ -163,6 +170,10 @@ class Config:
                 raise ValueError(f"selfcheck.{key} must be > 0, got {getattr(self.selfcheck, key)}")
         if self.selfcheck.tolerance_se < 0:
             raise ValueError(f"selfcheck.tolerance_se must be >= 0, got {self.selfcheck.tolerance_se}")
+        if self.selfcheck.min_gain < 0:
+            raise ValueError(
+                f"selfcheck.min_gain must be >= 0 (0: the standard error alone), got {self.selfcheck.min_gain}"
+            )
         if self.train.trainable_stages is not None and self.train.trainable_stages < 0:
             raise ValueError(
                 f"train.trainable_stages must be >= 0 or null (all train), got {self.train.trainable_stages}"
@@ -171,7 +182,7 @@ class Config:
             raise ValueError(f"train.max_minutes must be > 0 or null, got {self.train.max_minutes}")
         if self.optim.warmup_steps is not None and self.optim.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0 or null, got {self.optim.warmup_steps}")
-        for key in ("stop_after_epoch", "steps_per_epoch", "steps"):
+        for key in ("stop_after_epoch", "steps_per_epoch", "steps", "min_steps"):
             value = getattr(self.train, key)
             if value is not None and value <= 0:
                 raise ValueError(f"train.{key} must be > 0 or null, got {value}")
@@ -280,6 +291,20 @@ def resolve_config_path(name: str) -> Path:
         return packaged
     available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     raise ValueError(f"config {name!r} is neither a file nor a packaged config {available}")
+
+
+def shipped_configs() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` of every config in ``trainer/configs/``, read from its first line.
+
+    The first line of each shipped YAML is a ``# ...`` summary, so ``lookalike train --help`` lists
+    exactly what is shipped; a file without one shows a note saying so (and fails the tests).
+    """
+    out = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+        summary = first.lstrip("#").strip() if first.startswith("#") else ""
+        out.append((path.stem, summary or "(no description: start the file with a '# ...' line)"))
+    return out
 
 
 def load_config(files: list[str] | None = None, overrides: list[str] | None = None) -> Config:

@@ -378,42 +378,79 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
             "lower optim.accumulate or train.batch_size"
         )
     plan = _plan_schedule(cfg, steps_per_epoch)
-    _log(
-        f"training {method.name} ({backbone_name(cfg)}) on {len(loader.dataset)} images "
-        f"({len(held)} held out for the self-check), {world} process(es) on {device}, "
-        f"batch {cfg.train.batch_size}x{accumulate}x{world}, {plan.steps_per_epoch} steps/epoch x {plan.epochs} "
-        f"epochs = {plan.total_steps} steps (warmup {plan.warmup_steps}), {loader.num_workers} loader worker(s), "
-        f"precision {_PRECISION_NAMES[amp_dtype]}"
-        + (f", each export centred on {len(centre.indices)} of the images (export.center_images)" if centre else "")
-    )
+    budget = cfg.train.max_minutes is not None and state.step < plan.total_steps
+    probe = _probe_step_seconds(cfg, method, loader, device, amp_dtype) if budget else 0.0
 
     result = TrainResult(out, state)
     if is_main and check is not None:
-        result.selfcheck = SelfCheckLog.load(out, cfg.selfcheck.tolerance_se)
-        if result.selfcheck.start is None:
+        result.selfcheck = SelfCheckLog.load(out, cfg.selfcheck.tolerance_se, cfg.selfcheck.min_gain)
+        start = result.selfcheck.start
+        if start is None:
             began = time.monotonic()
             path = _export(cfg, method, out / START_EXPORT, state, "start", centre)
             metrics = run_check(path, check)
             plan.check_seconds = time.monotonic() - began
-            result.selfcheck.add(0, 0, path, metrics)
+            result.selfcheck.add(0, 0, path, {**metrics, "seconds": round(plan.check_seconds, 3)})
             _log(f"self-check at the start: {_fmt_check(metrics)} ({plan.check_seconds:.0f}s)")
+        else:  # resumed: the start's check is logged, with its time (runs of older versions: unknown)
+            plan.check_seconds = float(start.get("seconds", 0.0))
+    seconds_per_step = 0.0
     if cfg.train.max_minutes is not None:
         plan.deadline = run_start + 60 * cfg.train.max_minutes
-        measured = torch.tensor([plan.check_seconds], dtype=torch.float64)
-        dist.all_reduce_sum(measured)  # every process plans with rank 0's measurement
-        plan.check_seconds = float(measured.item())
+        measured = torch.tensor([plan.check_seconds, probe, time.monotonic() - run_start], dtype=torch.float64)
+        if not is_main:
+            measured.zero_()
+        dist.all_reduce_sum(measured)  # every process plans with rank 0's measurements
+        plan.check_seconds, probe, elapsed = (float(v) for v in measured.tolist())
+        if budget:
+            seconds_per_step = probe * PROBE_MARGIN
+            _refuse_short_budget(cfg, plan, state.step, seconds_per_step, elapsed)
+            plan.fit_to_budget(state.step, seconds_per_step)
+            plan.sync_from_rank0()
+    capped = (
+        f"; capped by --max-minutes {cfg.train.max_minutes:g} from {plan.configured_steps}"
+        if plan.total_steps < plan.configured_steps
+        else ""
+    )
+    eta = f", ETA {_duration(plan.eta(state.step, seconds_per_step))}" if seconds_per_step > 0 else ""
+    _log(
+        f"training {method.name} ({backbone_name(cfg)}) on {len(loader.dataset)} images "
+        f"({len(held)} held out for the self-check), {world} process(es) on {device}, "
+        f"batch {cfg.train.batch_size}x{accumulate}x{world}, {plan.steps_per_epoch} steps/epoch x {plan.epochs} "
+        f"epochs = {plan.total_steps} steps (warmup {plan.warmup_steps}{capped}), {loader.num_workers} loader "
+        f"worker(s), precision {_PRECISION_NAMES[amp_dtype]}"
+        + (f", each export centred on {len(centre.indices)} of the images (export.center_images)" if centre else "")
+        + eta
+    )
+    if seconds_per_step > 0:
+        _log(
+            f"time budget: {probe:.2f}s/step timed on one batch (+{PROBE_MARGIN - 1:.0%} spare), "
+            f"{plan.check_seconds:.0f}s per self-check x {plan.checks} (a checkpoint every {plan.checkpoint_every} "
+            "epoch(s)); re-fitted on the first steps if they differ"
+        )
     stop = cfg.train.stop_after_epoch
+    timed_from: tuple[float, int] | None = None  # (clock, step) at the end of the run's first epoch
+    checking = 0.0  # seconds of checkpoints' exports and self-checks since then (budgeted apart)
     while state.epoch < plan.epochs and (stop is None or state.epoch < stop):
         sampler.set_epoch(state.epoch)
         stats = _run_epoch(cfg, model, method, loader, optimizer, scaler, state, device, amp_dtype, plan)
         state.epoch += 1
         result.history.append(stats)
         timed_out = _time_up(plan)
+        if plan.deadline is not None and not timed_out:
+            if timed_from is None:  # the first epoch pays the loader's start-up and first-call set-up
+                timed_from = (time.monotonic(), state.step)
+            elif state.step > timed_from[1]:
+                rate = (time.monotonic() - timed_from[0] - checking) / (state.step - timed_from[1])
+                note = plan.shorten_to_fit(state.step, state.epoch, rate)
+                plan.sync_from_rank0()
+                if note is not None:
+                    _log(note)
         if is_main:
-            _after_epoch(cfg, method, optimizer, scaler, state, stats, out, result, plan, check, centre,
-                         final=timed_out)  # fmt: skip
+            checking += _after_epoch(cfg, method, optimizer, scaler, state, stats, out, result, plan, check, centre,
+                                     final=timed_out)  # fmt: skip
         if timed_out:
-            result.stopped_by_time = True
+            result.stopped_by_time = state.step < plan.total_steps  # else the plan ended right on the clock
             break
     if result.stopped_by_time:
         _log(
@@ -429,9 +466,18 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
     return result
 
 
+# The probe times one batch; the plan keeps this much spare for what it cannot see (the loader's
+# start-up, the per-epoch last.pth, a busier machine): a step estimated at 1 s is planned at 1.1 s.
+PROBE_MARGIN = 1.1
+
+
 @dataclass
 class SchedulePlan:
-    """Steps per epoch, epochs and the lr schedule's length; shrunk to fit a time budget once measured."""
+    """Steps per epoch, epochs and the lr schedule's length; fitted to a time budget once a step is timed.
+
+    ``configured_*`` keep the schedule the config asked for: a fit never goes beyond it, and a later,
+    better measurement may lengthen a fit back towards it.
+    """
 
     steps_per_epoch: int
     epochs: int
@@ -441,7 +487,18 @@ class SchedulePlan:
     adapt_checkpoints: bool = False  # respread checkpoints (about 10) when the schedule is shortened
     deadline: float | None = None
     check_seconds: float = 0.0  # one checkpoint's export + self-check, measured at the start
-    fitted: bool = False
+    fitted: bool = False  # refitted on the run's own measured steps (once)
+    checks: int = 0  # self-checked checkpoints the fit planned for (0: not fitted)
+    configured_steps: int = 0
+    configured_epochs: int = 0
+    configured_warmup: int = 0
+    configured_every: int = 0
+
+    def __post_init__(self) -> None:
+        self.configured_steps = self.configured_steps or self.total_steps
+        self.configured_epochs = self.configured_epochs or self.epochs
+        self.configured_warmup = self.configured_warmup or self.warmup_steps
+        self.configured_every = self.configured_every or self.checkpoint_every
 
     def out_of_time(self) -> bool:
         """Time to stop stepping: the budget less the closing checkpoint's export and self-check."""
@@ -451,37 +508,83 @@ class SchedulePlan:
         """Under torchrun every process follows rank 0's fitted schedule (same steps, same epochs)."""
         if dist.world_size() == 1 or self.deadline is None:
             return
-        values = torch.tensor([self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every])
+        values = torch.tensor([self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every, self.checks])
         dist.broadcast(values, src=0)
-        self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every = (int(v) for v in values.tolist())
+        self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every, self.checks = (
+            int(v) for v in values.tolist()
+        )
 
     def checkpoints_in(self, epochs: int) -> int:
-        return max(1, min(epochs, 10) if self.adapt_checkpoints else math.ceil(epochs / self.checkpoint_every))
+        if self.adapt_checkpoints:
+            return max(1, min(epochs, 10))
+        return max(1, math.ceil(epochs / self.configured_every))
 
-    def fit_to_budget(self, done: int, seconds_per_step: float) -> str | None:
-        """After measuring a step's time: shorten the schedule so the cosine ends by the deadline."""
-        if self.deadline is None or self.fitted or seconds_per_step <= 0:
-            return None
-        self.fitted = True
-        left = self.deadline - time.monotonic()
-        affordable = done + max(1, int(left / seconds_per_step))
-        epochs = max(1, math.ceil(affordable / self.steps_per_epoch))
-        checks = self.checkpoints_in(epochs)
+    def affordable(self, left: float, done: int, seconds_per_step: float) -> tuple[int, int]:
+        """``(steps in all, self-checks)`` that ``left`` seconds allow after ``done`` steps, at most the config's.
+
+        The checkpoints' self-checks come out of the time first (at most a quarter of it when they are
+        respread); the steps may be ``done`` itself when not one more fits.
+        """
+        steps = done + max(0, int(left / seconds_per_step))
+        checks = self.checkpoints_in(max(1, math.ceil(min(steps, self.configured_steps) / self.steps_per_epoch)))
         if self.adapt_checkpoints and self.check_seconds > 0:  # self-checks take at most a quarter of the time left
             checks = max(1, min(checks, int(0.25 * left / self.check_seconds)))
-        left -= self.check_seconds * checks  # the checkpoints' self-checks
-        affordable = done + max(1, int(left / seconds_per_step))
-        if affordable >= self.total_steps:
+        steps = done + max(0, int((left - self.check_seconds * checks) / seconds_per_step))
+        return min(steps, self.configured_steps), checks
+
+    def eta(self, done: int, seconds_per_step: float) -> float:
+        """Seconds left for the steps after ``done`` and the planned self-checks."""
+        return max(0, self.total_steps - done) * seconds_per_step + self.check_seconds * self.checks
+
+    def shorten_to_fit(self, done: int, done_epochs: int, seconds_per_step: float) -> str | None:
+        """At an epoch's end: when the rest of the plan no longer fits the deadline at the rate the run's
+        steps actually took (per-epoch writes included), shorten it so the printed plan stays the one that
+        runs, instead of being cut off by the clock. Returns a note when it did."""
+        if self.deadline is None or done >= self.total_steps or seconds_per_step <= 0:
             return None
-        self.total_steps = affordable
-        self.epochs = max(1, math.ceil(affordable / self.steps_per_epoch))
-        self.warmup_steps = min(self.warmup_steps, max(1, affordable // 10))
-        if self.adapt_checkpoints:
-            self.checkpoint_every = max(1, math.ceil(self.epochs / checks))
+        per = seconds_per_step * PROBE_MARGIN
+        checks = sum(1 for e in range(done_epochs + 1, self.epochs + 1) if e % self.checkpoint_every == 0)
+        checks += self.epochs % self.checkpoint_every != 0  # the last epoch always gets one
+        left = self.deadline - time.monotonic()
+        if (self.total_steps - done) * per + checks * self.check_seconds <= left:
+            return None
+        steps = done + max(0, int((left - checks * self.check_seconds) / per))
+        self.total_steps = min(steps, self.total_steps)
+        self.epochs = done_epochs + math.ceil((self.total_steps - done) / self.steps_per_epoch)
+        self.warmup_steps = min(self.warmup_steps, self.total_steps)
+        self.checks = checks
         return (
-            f"time budget: {seconds_per_step:.1f}s/step leaves room for {affordable} steps; "
-            f"schedule shortened to {affordable} steps ({self.epochs} epochs, warmup {self.warmup_steps}, "
-            f"a checkpoint every {self.checkpoint_every} epoch(s))"
+            f"time budget: the steps took {seconds_per_step:.2f}s each (epochs' writes included), more than planned; "
+            f"schedule shortened to {self.total_steps} steps ({self.epochs} epochs), ETA "
+            f"{_duration(self.eta(done, per))}"
+        )
+
+    def fit_to_budget(self, done: int, seconds_per_step: float) -> str | None:
+        """Fit the schedule (cosine included) so it ends by the deadline at ``seconds_per_step``.
+
+        Called before training with a timed probe's estimate and again on the run's own steps; the
+        second call may shorten or lengthen the first (never past the config's schedule). Returns a
+        note when the plan changed.
+        """
+        if self.deadline is None or seconds_per_step <= 0:
+            return None
+        steps, checks = self.affordable(self.deadline - time.monotonic(), done, seconds_per_step)
+        steps = max(steps, done + 1)
+        if steps >= self.configured_steps:
+            new = (self.configured_steps, self.configured_epochs, self.configured_warmup, self.configured_every)
+        else:
+            epochs = max(1, math.ceil(steps / self.steps_per_epoch))
+            every = max(1, math.ceil(epochs / checks)) if self.adapt_checkpoints else self.configured_every
+            new = (steps, epochs, min(self.configured_warmup, max(1, steps // 10)), every)
+        self.checks = math.ceil(new[1] / new[3])  # every `every` epochs, and the last
+        if new == (self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every):
+            return None
+        self.total_steps, self.epochs, self.warmup_steps, self.checkpoint_every = new
+        capped = "" if steps >= self.configured_steps else f" of the {self.configured_steps} configured"
+        return (
+            f"time budget: {seconds_per_step:.2f}s/step leaves room for {self.total_steps} steps{capped}; "
+            f"schedule fitted to {self.total_steps} steps ({self.epochs} epochs, warmup {self.warmup_steps}, "
+            f"a checkpoint every {self.checkpoint_every} epoch(s)), ETA {_duration(self.eta(done, seconds_per_step))}"
         )
 
 
@@ -492,6 +595,99 @@ def _time_up(plan: SchedulePlan) -> bool:
     flag = torch.tensor([1.0 if plan.out_of_time() else 0.0], dtype=torch.float64)
     dist.all_reduce_sum(flag)
     return bool(flag.item() > 0)
+
+
+class BudgetTooShort(ValueError):
+    """``--max-minutes`` fits fewer than ``train.min_steps`` steps (``lookalike train`` exits 2)."""
+
+
+def _probe_step_seconds(
+    cfg: Config, method: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None
+) -> float:
+    """Seconds of one optimizer step, timed on a copy of the model before training starts.
+
+    A copy, so the probe changes neither the weights, the queue, the BatchNorm statistics nor the
+    random state: a refused budget leaves the model untouched, and an accepted one trains exactly as
+    without a budget. One forward and backward of a real batch (the first pass includes one-time
+    set-up, so it errs long; a cheap one is timed twice) plus the time to load and augment it, divided
+    over the loader's workers as they overlap the compute. On this 2-core CPU the first pass of the tiny
+    config took 2.0 s and the second 0.4 s, as the run's own steps.
+    """
+    dataset = loader.dataset
+    began = time.perf_counter()
+    samples = [dataset[(0, i % len(dataset))] for i in range(cfg.train.batch_size)]
+    batch = collate_views(samples)
+    load = time.perf_counter() - began
+    probe = copy.deepcopy(method).train()
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+
+    def once(probe: nn.Module) -> float:
+        start = time.perf_counter()
+        views = [v.to(device, non_blocking=True) for v in batch[0]]
+        kwargs = {"index": batch[2].to(device)} if len(batch) == 3 else {}
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = probe(views, **kwargs)["loss"]
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    with torch.random.fork_rng(devices=devices):
+        compute = once(probe)
+        if compute < max(5.0, 0.02 * 60 * (cfg.train.max_minutes or 0)):  # cheap: again, past the set-up
+            compute = once(probe)
+    del probe
+    workers = loader.num_workers
+    micro = compute + load if workers == 0 else max(compute, load / workers)
+    return micro * cfg.optim.accumulate
+
+
+def min_useful_steps(cfg: Config, plan: SchedulePlan) -> int:
+    """``train.min_steps``, or (null) the schedule's warmup: before it ends the lr never reaches ``optim.lr``."""
+    steps = cfg.train.min_steps if cfg.train.min_steps is not None else plan.configured_warmup
+    return min(max(1, steps), plan.configured_steps)
+
+
+def budget_minutes(plan: SchedulePlan, done: int, needed: int, seconds_per_step: float, elapsed: float) -> int:
+    """The fewest whole minutes (10% spare) in which ``needed`` more steps and their self-checks fit.
+
+    ``elapsed``: the set-up before the first step (model, data, the start's self-check).
+    """
+    for minutes in range(1, 60 * 24 * 366):
+        left = minutes * 60 - elapsed
+        if left > 0 and plan.affordable(left, done, seconds_per_step)[0] - done >= needed:
+            return math.ceil(minutes * 1.1)
+    return 60 * 24 * 366
+
+
+def _refuse_short_budget(cfg: Config, plan: SchedulePlan, done: int, seconds_per_step: float, elapsed: float) -> None:
+    """Raise :class:`BudgetTooShort` (or, with ``train.allow_short``, warn) when the budget fits too few steps."""
+    needed = min_useful_steps(cfg, plan) - done
+    if needed <= 0 or plan.deadline is None:
+        return
+    left = 60 * (cfg.train.max_minutes or 0) - elapsed
+    fit = max(0, plan.affordable(left, done, seconds_per_step)[0] - done)
+    if fit >= needed:
+        return
+    if cfg.train.min_steps is not None:
+        rule = "train.min_steps"
+    else:
+        rule = f"the warmup, optim.warmup_{'steps' if cfg.optim.warmup_steps is not None else 'epochs'}; "
+        rule += "train.min_steps=N changes it"
+    minutes = budget_minutes(plan, done, needed, seconds_per_step, elapsed)
+    text = (
+        f"--max-minutes {cfg.train.max_minutes:g} is too short for a useful run: {fit} training step(s) fit, and "
+        f"at least {needed} are needed ({rule}). Estimated {seconds_per_step:.2f}s per step (one batch timed on "
+        f"a copy of the model, +{PROBE_MARGIN - 1:.0%} spare), {plan.check_seconds:.0f}s per self-check, "
+        f"{elapsed:.0f}s of set-up. "
+        f"--max-minutes {minutes} would be enough"
+    )
+    if not cfg.train.allow_short:
+        raise BudgetTooShort(f"{text}: run again with it, or add --allow-short to train this short anyway")
+    _log(f"warning: {text}; training anyway (--allow-short)")
 
 
 def _plan_schedule(cfg: Config, steps_per_epoch: int) -> SchedulePlan:
@@ -512,7 +708,7 @@ def _plan_schedule(cfg: Config, steps_per_epoch: int) -> SchedulePlan:
     if adapt:
         warmup = min(warmup, max(1, total // 10))
         every = max(1, round(epochs / 10))
-        if every != t.checkpoint_every:
+        if every != t.checkpoint_every and t.max_minutes is None:  # with a budget: once fitted
             _log(f"adapted to the dataset: a checkpoint every {every} epoch(s) ({epochs} epochs)")
     return SchedulePlan(steps_per_epoch, epochs, total, min(warmup, total), every, adapt)
 
@@ -652,11 +848,13 @@ def _run_epoch(
         per_step = (now - start) / done
         if done == 1:
             first_done = now
-        if done == min(3, steps_per_epoch):  # steady-state step time, past the loader's start-up
-            note = plan.fit_to_budget(state.step, (now - first_done) / (done - 1) if done > 1 else per_step)
+        if done == min(3, steps_per_epoch) and not plan.fitted:  # steady state, past the loader's start-up
+            plan.fitted = True
+            measured = (now - first_done) / (done - 1) if done > 1 else per_step
+            note = plan.fit_to_budget(state.step, measured * PROBE_MARGIN)  # spare for the epochs' writes
             plan.sync_from_rank0()
             if note is not None:
-                _log(note)
+                _log(note.replace("time budget:", "time budget, measured on the first steps:"))
         bar.update(1)
         eta = _duration(per_step * max(0, plan.total_steps - state.step))
         bar.set_postfix(loss=f"{sums['loss'] / done:.4f}", lr=f"{lr:.2e}", eta=eta)
@@ -703,8 +901,11 @@ def _after_epoch(
     check: CheckSet | None,
     centre: CenterSet | None,
     final: bool = False,
-) -> None:
-    """Main process only: log line, ``last.pth``, and the periodic checkpoint + export + self-check."""
+) -> float:
+    """Main process only: log line, ``last.pth``, and the periodic checkpoint + export + self-check.
+
+    Returns the seconds the periodic part took (the time budget counts it apart from the steps).
+    """
     extras = " ".join(f"{k} {v:.4f}" for k, v in stats.items() if k not in _STAT_KEYS)
     eta = _duration(stats["seconds"] / max(1, stats["steps"]) * max(0, plan.total_steps - state.step))
     _log(
@@ -716,6 +917,7 @@ def _after_epoch(
     config = cfg.to_dict()
     save_checkpoint(out / LAST, method=method, optimizer=optimizer, scaler=scaler, state=state, config=config)
     if final or state.epoch % plan.checkpoint_every == 0 or state.epoch == plan.epochs:
+        began = time.monotonic()
         save_checkpoint(
             out / epoch_checkpoint_name(state.epoch),
             method=method, optimizer=optimizer, scaler=scaler, state=state, config=config,
@@ -727,8 +929,11 @@ def _after_epoch(
             metrics = run_check(path, check)
             best = result.selfcheck.add(state.epoch, state.step, path, metrics)
             start = result.selfcheck.start
-            delta = "" if start is None else f" ({metrics['score'] - start['score']:+.3f} vs start)"
+            noise = result.selfcheck.noise(result.selfcheck.entries[-1])
+            delta = "" if start is None else f" ({metrics['score'] - start['score']:+.3f} vs start, noise ±{noise:.3f})"
             _log(f"self-check epoch {state.epoch}: {_fmt_check(metrics)}{delta}{' best so far' if best else ''}")
+        return time.monotonic() - began
+    return 0.0
 
 
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

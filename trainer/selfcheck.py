@@ -35,6 +35,12 @@ one run (it prefers the early, most spread ones: its top was at or above the las
 labelled mAP in 8 of 15, the last-if-clearly-above-the-start rule in 12 of 15, never below the
 start; trainer/CONFIG.md, "Fourth pass"). One that only ties the start is not served (a 5x learning
 rate on Twemoji tied the start's score at -1.15 labelled mAP).
+
+"Within noise" is a difference of at most ``max(tolerance_se x paired SE, min_gain)``: the jackknife
+measures how much the choice of held-out images moves a difference, not whether a difference is big
+enough to mean anything. A model two steps away from its start moves every image's score by about the
+same hair (+0.002 with a far smaller SE, reported as a gain by the SE alone); ``min_gain``
+(:data:`MIN_GAIN`) makes that a tie, and the start is served.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ START_EXPORT = "start_export.pt"
 BEST_EXPORT = "best_export.pt"
 LOG = "selfcheck.jsonl"
 TRANSFORMS = ("crop", "rescale", "jpeg", "colour", "combo")
+# Score differences up to this are ties (selfcheck.min_gain). Twice the +0.005 tie of the 5x-lr Twemoji
+# run (trainer/CONFIG.md), and a fraction of the moves of fine-tunes that changed labelled mAP (0.05-0.3).
+MIN_GAIN = 0.01
 
 
 @dataclass
@@ -177,17 +186,22 @@ def paired_jackknife_se(a: list[float], b: list[float]) -> float:
     return float(np.sqrt((n - 1) / n * ((d - d.mean()) ** 2).sum())) if n > 1 else 0.0
 
 
-def within_noise(entry: dict[str, Any], top: dict[str, Any], tolerance_se: float) -> bool:
-    """``entry``'s score is not clearly below ``top``'s: the difference >= -tolerance x its paired SE.
+def noise_band(entry: dict[str, Any], other: dict[str, Any], tolerance_se: float, min_gain: float = 0.0) -> float:
+    """How far apart two checks' scores may be and still tie: ``max(tolerance x paired SE, min_gain)``.
 
-    Entries without leave-one-out scores (logs of older versions) compare by score alone.
+    Entries without leave-one-out scores (logs of older versions) have no SE: ``min_gain`` alone.
     """
+    a, b = entry.get("jackknife"), other.get("jackknife")
+    if entry is other or not a or not b or len(a) != len(b):
+        return min_gain
+    return max(tolerance_se * paired_jackknife_se(a, b), min_gain)
+
+
+def within_noise(entry: dict[str, Any], top: dict[str, Any], tolerance_se: float, min_gain: float = 0.0) -> bool:
+    """``entry``'s score is not clearly below ``top``'s: the difference >= -:func:`noise_band`."""
     if entry is top:
         return True
-    a, b = entry.get("jackknife"), top.get("jackknife")
-    if not a or not b or len(a) != len(b):
-        return entry["score"] >= top["score"]
-    return entry["score"] - top["score"] >= -tolerance_se * paired_jackknife_se(a, b)
+    return entry["score"] - top["score"] >= -noise_band(entry, top, tolerance_se, min_gain)
 
 
 def keeps_copies(entry: dict[str, Any], start: dict[str, Any] | None, tolerance_se: float) -> bool:
@@ -227,12 +241,21 @@ class SelfCheckLog:
     out: Path
     entries: list[dict[str, Any]] = field(default_factory=list)
     tolerance_se: float = 1.0  # how many paired standard errors below the top score still count as a tie
+    min_gain: float = MIN_GAIN  # score differences up to this are ties whatever the standard error
 
     @classmethod
-    def load(cls, out: Path, tolerance_se: float = 1.0) -> SelfCheckLog:
+    def load(cls, out: Path, tolerance_se: float = 1.0, min_gain: float = MIN_GAIN) -> SelfCheckLog:
         path = out / LOG
         entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-        return cls(out, entries, tolerance_se)
+        return cls(out, entries, tolerance_se, min_gain)
+
+    def _ties(self, entry: dict[str, Any], top: dict[str, Any]) -> bool:
+        return within_noise(entry, top, self.tolerance_se, self.min_gain)
+
+    def noise(self, entry: dict[str, Any]) -> float:
+        """The noise band of ``entry``'s difference to the start (0 without a start)."""
+        start = self.start
+        return 0.0 if start is None else noise_band(entry, start, self.tolerance_se, self.min_gain)
 
     @property
     def start(self) -> dict[str, Any] | None:
@@ -255,7 +278,7 @@ class SelfCheckLog:
         if entry is start:
             return False
         tol = self.tolerance_se
-        return keeps_copies(entry, start, tol) and (start is None or not within_noise(start, entry, tol))
+        return keeps_copies(entry, start, tol) and (start is None or not self._ties(start, entry))
 
     @property
     def latest_within_noise(self) -> dict[str, Any] | None:
@@ -263,8 +286,8 @@ class SelfCheckLog:
         top = self.top
         if top is None:
             return None
-        return next((e for e in reversed(self.eligible) if self.beats_start(e)
-                     and within_noise(e, top, self.tolerance_se)), self.start)  # fmt: skip
+        return next((e for e in reversed(self.eligible) if self.beats_start(e) and self._ties(e, top)),
+                    self.start)  # fmt: skip
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -279,8 +302,8 @@ class SelfCheckLog:
         start = self.start
         if start is None or self.best is not start:
             return None
-        return next((e for e in reversed(self.eligible) if e is not start and within_noise(e, start, self.tolerance_se)
-                     and within_noise(start, e, self.tolerance_se)), None)  # fmt: skip
+        return next((e for e in reversed(self.eligible) if e is not start and self._ties(e, start)
+                     and self._ties(start, e)), None)  # fmt: skip
 
     def add(self, epoch: int, step: int, export: Path, metrics: dict[str, Any]) -> bool:
         """Record one check; ``best_export.pt`` follows :attr:`best`. Returns whether ``export`` is now it."""
@@ -315,9 +338,9 @@ class SelfCheckLog:
         tie = self.ties_start()
         if best is start and tie is not None:
             lines.append(
-                f"self-check: the fine-tune did NOT clearly beat its start: epoch {tie['epoch']} is within its noise "
-                f"({tie['score'] - start['score']:+.3f} score; held-out images too few to tell them apart); "
-                f"serve the start: {self.out / START_EXPORT} (best_export.pt is that same model)"
+                f"self-check: tie: the fine-tune is within the self-check's noise (±{self.noise(tie):.3f}) of its "
+                f"start (epoch {tie['epoch']}: {tie['score'] - start['score']:+.3f} score), so it did NOT clearly beat "
+                f"it; serving the start model: {self.out / START_EXPORT} (best_export.pt = start)"
             )
         elif best is start:
             lines.append(
@@ -327,7 +350,7 @@ class SelfCheckLog:
             )
         else:
             lines.append(
-                f"self-check: the fine-tune beats its start by {gain:+.3f} score at epoch {best['epoch']} "
-                f"({fmt(best)}); serve {self.out / BEST_EXPORT}"
+                f"self-check: the fine-tune beats its start by {gain:+.3f} score (noise ±{self.noise(best):.3f}) at "
+                f"epoch {best['epoch']} ({fmt(best)}); serve {self.out / BEST_EXPORT}"
             )
         return "\n".join(lines)

@@ -180,7 +180,8 @@ def test_a_checkpoint_that_only_ties_the_start_is_not_served(tmp_path: Path, shi
     log = _log(tmp_path, [_entry(0, list(base)), _entry(1, list(base + wobble))])
     assert log.best["epoch"] == 0 and (tmp_path / BEST_EXPORT).read_bytes() == b"e0.pt"
     assert log.ties_start()["epoch"] == 1
-    assert "did NOT clearly beat its start: epoch 1 is within its noise" in log.verdict()
+    assert "tie: the fine-tune is within the self-check's noise (±" in log.verdict()
+    assert "of its start (epoch 1: " in log.verdict() and "(best_export.pt = start)" in log.verdict()
     clear = _entry(2, list(base + 0.02))  # then a checkpoint clearly above the start is served
     (tmp_path / "e2.pt").write_bytes(b"e2.pt")
     log.add(2, 2, tmp_path / "e2.pt", {k: v for k, v in clear.items() if k not in ("epoch", "step", "export")})
