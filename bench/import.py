@@ -41,7 +41,7 @@ def main() -> None:
                    server.address, "--json"]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True)
             elapsed = time.perf_counter() - t
-            assert json.loads(proc.stdout)["succeeded"] == args.n, proc.stderr
+            assert json.loads(proc.stdout)["registered"] == args.n, proc.stderr
             cli.append(args.n / elapsed)
             with LookalikeClient(server.address) as c:
                 t = time.perf_counter()

@@ -183,7 +183,7 @@ def cli_bulk(address: str, folder: Path) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "lookalike", "add", "--db", db, "--json", str(folder)], env=env,
                           capture_output=True, text=True)  # fmt: skip
     elapsed = time.perf_counter() - began
-    ok = json.loads(proc.stdout)["succeeded"] if proc.returncode == 0 else 0
+    ok = json.loads(proc.stdout)["registered"] if proc.returncode == 0 else 0
     return {"items": n, "succeeded": ok, "seconds": round(elapsed, 2), "items_per_s": round(ok / elapsed, 1)}
 
 

@@ -73,6 +73,20 @@ def split_root(ref: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+class OssStatusError(OSError):
+    """OSS answered with an error status (``status``); the text names the status and the store's error code only."""
+
+    def __init__(self, message: str, status: int | str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _safe_code(code: object) -> str:
+    """An OSS error code (``AccessDenied``): a short identifier, never more of what the remote end sent."""
+    text = str(code or "")
+    return text if text.isalnum() and len(text) <= 64 else ""
+
+
 @dataclass(frozen=True)
 class OssCredentials:
     key_id: str = field(repr=False)
@@ -154,6 +168,11 @@ class OssClient:
     def __repr__(self) -> str:
         return f"OssClient(endpoint={self.endpoint!r})"
 
+    @property
+    def configured(self) -> bool:
+        """An endpoint and credentials are set: oss:// access can work."""
+        return bool(self.endpoint) and self._credentials is not None
+
     def __getstate__(self) -> dict[str, Any]:  # picklable into DataLoader workers, without open buckets
         return {**self.__dict__, "_buckets": {}}
 
@@ -194,13 +213,15 @@ class OssClient:
             except oss2.exceptions.NoSuchKey as exc:
                 raise FileNotFoundError(f"{ref} does not exist") from exc
             except oss2.exceptions.OssError as exc:
-                # OssError's text carries request ids, never the secret; keep only status and code.
-                status, code = getattr(exc, "status", "?"), getattr(exc, "code", "")
+                # OssError's text carries request ids and what the store sent: keep the status (the code: log only).
+                status, code = getattr(exc, "status", "?"), _safe_code(getattr(exc, "code", ""))
                 if status == -2 or isinstance(exc, oss2.exceptions.RequestError):
                     raise ConnectionError(f"{what} {ref}: OSS endpoint unreachable") from None
                 if status not in TRANSIENT_STATUSES or attempt == self.retries:
                     tries = f" (after {attempt + 1} tries)" if attempt else ""
-                    raise OSError(f"{what} {ref}: OSS error {status} {code}{tries}") from None
+                    if code:  # the store's code is for the operator's log; callers see the status only
+                        logger.warning("%s %s: OSS answered %s %s", what, ref, status, code)
+                    raise OssStatusError(f"{what} {ref}: OSS error {status}{tries}", status) from None
                 logger.warning("%s %s: OSS answered %s, retry %d of %d", what, ref, status, attempt + 1, self.retries)
                 time.sleep(self.retry_backoff_s * 2**attempt)
             except requests.RequestException:

@@ -173,7 +173,7 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
     backend = milvus_backend(config) or (
         lambda dimension, model: Catalog(dimension, model, persistence, hnsw=hnsw, retry_window=config.retry_window)
     )
-    service = LookalikeService(embedder, backend, Limits.from_config(config), oss=oss)
+    service = LookalikeService(embedder, backend, Limits.from_config(config), oss=oss, boundaries=config.boundaries())
     metrics = ServerMetrics()
     metrics.watch_embedder(embedder)
     metrics.watch_databases(service)
@@ -183,12 +183,15 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
     server.start()
     http = None
     if config.http_port is not None:
-        from lookalike.server.transport.http_gateway import HttpServer, PaiGateway, create_app
+        from lookalike.server.transport.http_gateway import PaiGateway
+        from lookalike.server.transport.http_server import HttpLimits, HttpServer, create_app
 
         gateway = PaiGateway(service, token=tokens if tokens.enabled else None,
-                             max_body_bytes=config.max_message_bytes, oss=oss, metrics=metrics)  # fmt: skip
+                             max_body_bytes=config.max_message_bytes, oss=oss, metrics=metrics,
+                             shared_init=config.pai_init_shared)  # fmt: skip
+        http_limits = HttpLimits.from_config(config)
         http = HttpServer(
-            create_app(gateway), config.host, config.http_port,
+            create_app(gateway, http_limits), config.host, config.http_port, limits=http_limits,
             tls_cert=str(config.tls_cert) if config.tls_cert else None,
             tls_key=str(config.tls_key) if config.tls_key else None,
             tls_client_ca=str(config.tls_client_ca) if config.tls_client_ca else None,
@@ -243,7 +246,7 @@ def milvus_backend(config: ServerConfig) -> Any:
     from lookalike.server.storage.milvus_store import MilvusStore
 
     assert config.milvus_uri is not None
-    store = MilvusStore(config.milvus_uri, token=config.milvus_token or "", db_name=config.milvus_db,
+    store = MilvusStore(config.milvus_uri, token=config.milvus_secret(), db_name=config.milvus_db,
                         prefix=config.milvus_prefix, timeout_s=config.milvus_timeout_s,
                         consistency=config.milvus_consistency)  # fmt: skip
     index = MilvusIndexSettings(config.milvus_index, config.milvus_metric, config.hnsw_connectivity,
@@ -267,9 +270,12 @@ def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain in-flight calls for ``grace_s`` seconds and snapshot."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     running = create_server(config, wait=False)
-    print(f"lookalike: listening on {config.host}:{running.port}", flush=True)
+    # The last word is the address to pass to --server (https:// when clients need TLS to talk to it).
+    scheme = "https://" if config.tls_cert is not None else ""
+    print(f"lookalike: listening on {scheme}{config.host}:{running.port}", flush=True)
     if running.http_port is not None:
-        print(f"lookalike: PAI-compatible HTTP API on http://{config.host}:{running.http_port}/", flush=True)
+        http = f"{scheme or 'http://'}{config.host}:{running.http_port}/"
+        print(f"lookalike: PAI-compatible HTTP API on {http}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

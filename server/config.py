@@ -5,8 +5,9 @@ then the default below. ``lookalike serve --help`` lists every option with its d
 variable; a bad value stops start-up with one line that names the option and what it accepts.
 Secrets with no flag (a flag would show them in ``ps``) come only from the environment: the shared
 token from ``LOOKALIKE_TOKEN``, OSS keys from ``OSS_ACCESS_KEY_ID`` / ``OSS_ACCESS_KEY_SECRET`` (or
-``--oss-credentials-file``). Nothing else of the server reads the environment: values go down from here
-as arguments, and defaults come from ``server/defaults.py`` (and ``lookalike/oss.py``).
+``--oss-credentials-file``), the Milvus token from ``LOOKALIKE_MILVUS_TOKEN`` (or ``--milvus-token-file``);
+their flags are refused with where to put the value. Nothing else of the server reads the environment: values go
+down from here as arguments, and defaults come from ``server/defaults.py`` (and ``lookalike/oss.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.server import defaults as d
+from lookalike.server.core.locations import Boundaries
 from lookalike.server.defaults import (
     CPU_EXEC_CHOICES,
     CPU_MAX_BATCH,
@@ -37,6 +39,7 @@ __all__ = ["CPU_EXEC_CHOICES", "CPU_MAX_BATCH", "CPU_MAX_BATCH_PER_WORKER", "DEF
 # (the core's constructors use it too) or lookalike/oss.py (shared with the CLI and the trainer).
 DEFAULT_PORT = 50051
 DEFAULT_DATA_DIR = Path("./lookalike-data")
+REFUSED = "refused_flag__"  # the dest of a secret's refused flag
 
 
 def opt(
@@ -52,7 +55,16 @@ class ServerConfig:
     port: int = opt(DEFAULT_PORT, "gRPC port; 0 picks a free one", min=0, max=65535)
     http_port: int | None = opt(None, "serve the PAI-EAS compatible JSON API on this port too (off when unset)",
                                 min=0, max=65535)  # fmt: skip
+    http_header_timeout_s: float = opt(d.HTTP_HEADER_TIMEOUT_S, "HTTP port: a request's line and headers must "
+                                       "arrive within this, else the connection is closed", min=0.1)  # fmt: skip
+    http_body_timeout_s: float = opt(d.HTTP_BODY_TIMEOUT_S, "HTTP port: a request's body must arrive within this "
+                                     "(from its headers), else 408 and the connection is closed", min=0.1)  # fmt: skip
+    http_max_connections: int = opt(d.HTTP_MAX_CONNECTIONS, "HTTP port: connections open at once, beyond it 503 and "
+                                    "closed; 0 = a quarter of the file descriptor limit", min=0)  # fmt: skip
     data_dir: Path = opt(DEFAULT_DATA_DIR, "where the write-ahead log and snapshots live")
+    export_root: Path | None = opt(None, "the only directory exports, imports and PAI local roots may use; "
+                                   "a relative location is taken relative to it (default: <data-dir>/exports)",
+                                   )  # fmt: skip
     model: Path | None = opt(None, "embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)")
     cache_dir: Path | None = opt(None, "where the default model is converted once and cached, under models/ "
                                  "(none: $XDG_CACHE_HOME/lookalike, else ~/.cache/lookalike)")  # fmt: skip
@@ -67,8 +79,14 @@ class ServerConfig:
                                 min=1, max=4096)  # fmt: skip
     max_inflight: int = opt(32, "unary calls served at once; beyond it RESOURCE_EXHAUSTED at once", min=1, max=4096)
     max_streams: int = opt(4, "BulkSetImages streams open at once; beyond it RESOURCE_EXHAUSTED", min=1, max=1024)
-    stream_idle_s: float = opt(60.0, "a stream that sends nothing for this long is cancelled", min=0.1)
+    stream_idle_s: float = opt(60.0, "a stream that sends nothing for this long is cancelled (health Watch and "
+                               "reflection streams too)", min=0.1)  # fmt: skip
+    max_open_streams: int = opt(d.MAX_OPEN_STREAMS, "health Watch and reflection streams (open without a token) at "
+                                "once; beyond it RESOURCE_EXHAUSTED (Health.Check is never refused)",
+                                min=1, max=1024)  # fmt: skip
     max_stream_items: int = opt(d.MAX_STREAM_ITEMS, "items in one BulkSetImages stream", min=1)
+    max_list_items: int = opt(d.MAX_LIST_ITEMS, "lines of one image list (PAI set filelist); a longer list is "
+                              "refused before any image is read", min=1)  # fmt: skip
     max_message_bytes: int = opt(64 << 20, "largest request message", min=1 << 16, max=1 << 30)
     max_image_bytes: int = opt(d.MAX_IMAGE_BYTES, "largest encoded image", min=1024)
     max_image_pixels: int = opt(d.MAX_IMAGE_PIXELS, "largest image (width x height) decoded", min=1)
@@ -99,6 +117,12 @@ class ServerConfig:
                                      min=0.0, flag="--snapshot-interval")  # fmt: skip
     root: str | None = opt(None, "oss://bucket/prefix/: mirror snapshots and ship the log there")
     oss_endpoint: str | None = opt(None, "OSS endpoint URL", env=oss.ENDPOINT_ENV)
+    oss_allow: str | None = opt(None, "comma-separated oss://bucket/prefix/ list: the only places oss:// "
+                                "exports, imports, PAI roots and images may use (default: --root, if set; else none)",
+                                )  # fmt: skip
+    oss_endpoint_allow: str | None = opt(None, "comma-separated OSS endpoints a request (PAI init hosts) may name, "
+                                         "besides --oss-endpoint; a * host (https://*.aliyuncs.com) matches only "
+                                         "public addresses, so list loopback or private ones exactly")  # fmt: skip
     oss_access_key_id: str | None = field(default=None, repr=False, metadata={"env_only": oss.KEY_ID_ENV})
     oss_access_key_secret: str | None = field(default=None, repr=False, metadata={"env_only": oss.SECRET_ENV})
     oss_credentials_file: Path | None = opt(None, f"file of {oss.KEY_ID_ENV}=... / {oss.SECRET_ENV}=... lines, read "
@@ -127,8 +151,11 @@ class ServerConfig:
     # Safety: tokens and TLS (README: "Securing a server").
     token_file: Path | None = opt(None, "file of accepted tokens, one per line (# comments); re-read when it "
                                   "changes, so tokens rotate without a restart; adds to LOOKALIKE_TOKEN")  # fmt: skip
+    pai_init_shared: bool = opt(False, "without tokens, PAI init sets one OSS root and credentials for every client "
+                                "(single-tenant; with tokens, init applies to the caller's token only)")  # fmt: skip
     open_health: bool = opt(True, "health checks and reflection answer without a token (probes, grpcurl)")
-    open_metrics: bool = opt(True, "the metrics endpoint answers without a token (else 'Authorization: Bearer')")
+    open_metrics: bool = opt(False, "the metrics endpoint answers without a token; by default it needs one "
+                             "('Authorization: Bearer', or the basic-auth password) when tokens are set")  # fmt: skip
     tls_cert: Path | None = opt(None, "PEM certificate chain: serve gRPC (and metrics) over TLS; needs --tls-key")
     tls_key: Path | None = opt(None, "PEM private key of --tls-cert")
     tls_client_ca: Path | None = opt(None, "PEM CA bundle: require client certificates signed by it (mutual TLS)")
@@ -140,8 +167,9 @@ class ServerConfig:
     index: str = opt("builtin", "index backend: builtin (this machine: WAL + snapshots) or milvus (shared by "
                      "replicas)", choices=("builtin", "milvus"))  # fmt: skip
     milvus_uri: str | None = opt(None, "Milvus address with --index milvus, e.g. http://milvus:19530")
-    milvus_token: str | None = opt(None, "Milvus token (user:password or API key); prefer the environment variable",
-                                   secret=True)  # fmt: skip
+    milvus_token: str | None = field(default=None, repr=False, metadata={"env_only": "LOOKALIKE_MILVUS_TOKEN"})
+    milvus_token_file: Path | None = opt(None, "file holding the Milvus token (user:password or API key), read when "
+                                         "LOOKALIKE_MILVUS_TOKEN is not set")  # fmt: skip
     milvus_db: str = opt("", "Milvus database (empty: Milvus' default database)")
     milvus_prefix: str = opt(d.MILVUS_PREFIX, "prefix of the Milvus collections this service owns")
     milvus_index: str = opt(d.MILVUS_INDEX, "Milvus index of each collection: FLAT (exact), HNSW, or AUTOINDEX",
@@ -176,6 +204,24 @@ class ServerConfig:
             raise ValueError(f"--milvus-prefix must be letters, digits or '_' (at most 32), not {self.milvus_prefix!r}")
         if self.root is not None and not self.root.startswith("oss://"):
             raise ValueError(f"--root must be oss://bucket/prefix/ (local data lives in --data-dir), not {self.root!r}")
+        try:
+            self.boundaries()
+        except ValueError as exc:
+            raise ValueError(f"--oss-allow / --oss-endpoint-allow: {exc}") from None
+
+    def boundaries(self) -> Boundaries:
+        """Where a request may make the server read, write and connect (``server/core/locations.py``)."""
+        root = self.export_root if self.export_root is not None else self.data_dir / "exports"
+        allow = self.oss_allow if self.oss_allow is not None else self.root
+        return Boundaries.build(root, allow, self.oss_endpoint, self.oss_endpoint_allow)
+
+    def milvus_secret(self) -> str:
+        """The Milvus token: ``LOOKALIKE_MILVUS_TOKEN``, else the first line of ``--milvus-token-file``."""
+        if self.milvus_token:
+            return self.milvus_token
+        if self.milvus_token_file is not None:
+            return (self.milvus_token_file.read_text().strip().splitlines() or [""])[0].strip()
+        return ""
 
     @property
     def fsync_interval_s(self) -> float:
@@ -222,8 +268,9 @@ class ServerConfig:
 
     @property
     def max_workers(self) -> int:
-        """gRPC threads: every admitted call has one, and a few stay free for health checks and refusals."""
-        return self.max_inflight + self.max_streams + 4
+        """gRPC threads: every admitted call has one (health and reflection streams included), and a few stay
+        free for Health.Check and refusals."""
+        return self.max_inflight + self.max_streams + self.max_open_streams + d.SPARE_GRPC_THREADS
 
     # -- flags and environment -------------------------------------------------------------
     @classmethod
@@ -232,7 +279,8 @@ class ServerConfig:
         note = f"Read from the environment only (never a flag, which `ps` would show): {', '.join(env_only)}."
         parser.epilog = f"{parser.epilog} {note}" if parser.epilog else note
         for f in dataclasses.fields(cls):
-            if "env_only" in f.metadata:
+            if "env_only" in f.metadata:  # the flag is refused with where to put the value
+                parser.add_argument(_flag(f), dest=REFUSED + f.name, default=None, help=argparse.SUPPRESS)
                 continue
             env = _env(f)
             default = f.default
@@ -255,6 +303,11 @@ class ServerConfig:
     ) -> ServerConfig:
         """Flags over environment over defaults; raises ValueError naming the option on a bad value."""
         environ = dict(os.environ if environ is None else environ)
+        for f in dataclasses.fields(cls):
+            if "env_only" in f.metadata and getattr(args, REFUSED + f.name, None) is not None:
+                file = f" or --{f.name.replace('_', '-')}-file" if f.name == "milvus_token" else ""
+                raise ValueError(f"{_flag(f)} is not accepted as a flag (`ps` would show it to every user): set "
+                                 f"{f.metadata['env_only']} in the environment{file} instead")  # fmt: skip
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if "env_only" in f.metadata:

@@ -36,6 +36,7 @@ MAX_TOP_K = 1000
 MAX_EMBED_IMAGES = 256
 MAX_STREAM_ITEMS = 1_000_000
 RETRY_WINDOW = 100_000  # request ids remembered per database, so a retried write is applied once
+MAX_LIST_ITEMS = 100_000  # lines of one image list (PAI set filelist), refused up front beyond it
 
 # -- HNSW graphs (server/core/backends/builtin/hnsw.py; Milvus' HNSW index takes the same) -------
 HNSW_THRESHOLD = 100_000  # live images from which a database gets a graph; 0 = never
@@ -60,6 +61,14 @@ FSYNC_MODES = ("always", "batch", "never")
 FSYNC_INTERVAL_MS = 5.0
 SHIP_INTERVAL_S = 1.0
 GRACE_S = 5.0  # seconds in-flight calls get to finish at shutdown
+
+# -- ports (server/transport/: admission.py, http_server.py, metrics.py) ------------------------
+MAX_OPEN_STREAMS = 8  # health Watch + reflection streams (no token needed) at once
+SPARE_GRPC_THREADS = 4  # gRPC threads beyond every limit: Health.Check and refusals run on them
+HTTP_HEADER_TIMEOUT_S = 10.0  # a connection's request line and headers must arrive within this
+HTTP_BODY_TIMEOUT_S = 60.0  # a request body must arrive within this (from its headers)
+HTTP_KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+HTTP_MAX_CONNECTIONS = 0  # 0 = a quarter of the process' file descriptor limit
 
 
 def usable_cores() -> int:

@@ -6,14 +6,18 @@ wire messages and turns the results back into them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
+import numpy as np
 from lookalike.server import defaults
-from lookalike.server.core.backends.api import Key
+from lookalike.server.core.backends.api import Key, SetRequest, content_digest, request_fingerprint
 from lookalike.server.core.errors import invalid
+from lookalike.server.core.validation import DIGEST_ATTRIBUTE
 
 BULK_CHUNK = 32
+BULK_CHUNK_BYTES = 64 << 20  # image bytes of one chunk: a chunk of big images is cut short
 DEFAULT_TOP_K = 10
 MAX_REQUEST_ID_LEN = 128
 MAX_CLIENT_REF_ECHO = 256
@@ -27,10 +31,13 @@ class Limits:
     max_top_k: int = defaults.MAX_TOP_K
     max_embed_images: int = defaults.MAX_EMBED_IMAGES
     max_stream_items: int = defaults.MAX_STREAM_ITEMS
+    max_list_items: int = defaults.MAX_LIST_ITEMS
 
     @classmethod
     def from_config(cls, config: object) -> Limits:
-        return cls(**{f: getattr(config, f) for f in ("max_top_k", "max_embed_images", "max_stream_items")})
+        return cls(
+            **{f: getattr(config, f) for f in ("max_top_k", "max_embed_images", "max_stream_items", "max_list_items")}
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class BulkResult:
 
     received: int = 0
     succeeded: int = 0
+    replayed: int = 0  # of the succeeded: retries answered from the retry window, stored nothing again
     keys: list[Key] = field(default_factory=list)
     failures: list[BulkFailure] = field(default_factory=list)
     failed: int = 0
@@ -75,8 +83,9 @@ class BulkResult:
     failures_truncated: bool = False
     _budget: int = SUMMARY_BUDGET_BYTES
 
-    def add_key(self, key: Key) -> None:
+    def add_key(self, key: Key, *, replayed: bool = False) -> None:
         self.succeeded += 1
+        self.replayed += replayed
         cost = len(key[0]) + 16
         if self.keys_truncated or cost > self._budget:
             self.keys_truncated = True
@@ -105,3 +114,35 @@ def check_request_id(request_id: str) -> str:
             "REQUEST_ID_INVALID", f"request_id must be at most {MAX_REQUEST_ID_LEN} printable characters (e.g. a UUID)"
         )
     return request_id
+
+
+def take_chunk(stream: Iterator[BulkItem]) -> list[BulkItem]:
+    """The next items of a stream: ``BULK_CHUNK`` of them, fewer once they hold ``BULK_CHUNK_BYTES`` of images."""
+    chunk: list[BulkItem] = []
+    held = 0
+    for item in islice(stream, BULK_CHUNK):
+        chunk.append(item)
+        held += len(item.image or b"")
+        if held >= BULK_CHUNK_BYTES:
+            break
+    return chunk
+
+
+def set_request(
+    group_id: str,
+    intra_id: int | None,
+    request_id: str,
+    attributes: dict[str, str] | None,
+    image: bytes | None,
+    vector: Sequence[float] | None,
+) -> SetRequest:
+    """A write as the backends take it: an image's bytes digest kept as ``lookalike.sha256`` (so a
+    client can tell which files are already registered), and the fingerprint of what was asked."""
+    digest = ""
+    if image is not None:
+        digest = content_digest(image)
+        attributes = {**(attributes or {}), DIGEST_ATTRIBUTE: digest}
+    elif request_id:
+        digest = content_digest(np.asarray(vector, dtype="<f4").tobytes())
+    return SetRequest(group_id, intra_id, request_id, attributes or None,
+                      request_fingerprint(group_id, intra_id, digest) if request_id else "")  # fmt: skip

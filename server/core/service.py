@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from lookalike.server.core.backends.api import (
     Hit,
     IndexBackend,
     Key,
+    SetResult,
     SnapshotInfo,
     group_not_found,
     read_export_for,
@@ -34,19 +34,22 @@ from lookalike.server.core.calls import (
     Limits,
     Query,
     check_request_id,
+    set_request,
     similarity,
+    take_chunk,
 )
 from lookalike.server.core.embedding.embedder import Embedder
 from lookalike.server.core.embedding.model_identity import model_identity
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
+from lookalike.server.core.locations import Boundaries, oss_failure, oss_not_configured
 from lookalike.server.core.paging import decode_token, encode_token, page_size
 from lookalike.server.core.validation import (
     LOAD_PREFIX,
     check_attributes,
     check_database_name,
     check_group_id,
+    check_group_prefix,
     check_intra_id,
-    check_location,
     check_vector,
 )
 
@@ -64,8 +67,11 @@ class LookalikeService:
         limits: Limits | None = None,
         *,
         oss: Any = None,
+        boundaries: Boundaries | None = None,
     ) -> None:
-        """``backend`` builds the index backend from (dimension, model identity); ``oss`` reads oss:// locations."""
+        """``backend`` builds the index backend from (dimension, model identity); ``oss`` reads oss:// locations;
+        ``boundaries`` says where a request may read, write and connect (none given: no location is allowed)."""
+        self.boundaries = boundaries or Boundaries()
         self.embedder = embedder
         self.limits = limits or Limits()
         self.model = model_identity(embedder.module, embedder.meta)
@@ -146,15 +152,48 @@ class LookalikeService:
     def snapshot_database(self, name: str) -> SnapshotInfo:
         return self.catalog.snapshot_database(check_database_name(name))
 
+    # -- where a request may read and write (server/core/locations.py) ----------------------
+    def location(self, location: str, field: str, *, oss: Any = None, create: bool = False) -> str:
+        """A local location under the export root (as an absolute path) or an allowed ``oss://`` prefix."""
+        remote = isinstance(location, str) and location.startswith("oss://")
+        if remote and not getattr(oss or self.oss, "configured", False):
+            raise oss_not_configured(field)
+        return self.boundaries.location(location, field, create=create and not remote)
+
+    def check_endpoint(self, endpoint: str, field: str) -> str:
+        """An OSS endpoint a request names, if the operator allowed it (its normalised URL)."""
+        return self.boundaries.check_endpoint(endpoint, field)
+
+    def read_oss(self, ref: str, field: str, *, oss: Any = None, max_bytes: int | None = None) -> bytes:
+        """An ``oss://`` object (an image, a list) under an allowed prefix; at most ``max_bytes`` (default: an
+        image's largest)."""
+        client = oss or self.oss
+        if not getattr(client, "configured", False):
+            raise oss_not_configured(field)
+        self.boundaries.oss_object(ref, field)
+        limit = self.embedder.max_image_bytes if max_bytes is None else max_bytes
+        try:
+            data = client.read(ref, (0, limit))  # one byte over the limit tells a larger object
+        except FileNotFoundError:
+            raise invalid("IMAGE_NOT_FOUND", f"{field}: the object does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise oss_failure(exc, field) from None
+        if len(data) > limit:
+            raise invalid("OBJECT_TOO_LARGE", f"{field} is over {limit} bytes")
+        return data
+
     def export_database(self, name: str, destination: str, *, oss: Any = None) -> SnapshotInfo:
         """``oss``: the client for oss:// locations when not the server's own (PAI ``init``)."""
         check_database_name(name)
-        return self.catalog.export(name, check_location(destination, "destination"), oss or self.oss)
+        self.catalog.get(name, usable=False)  # no folder is made for a database that is not there
+        return self.catalog.export(name, self.location(destination, "destination", oss=oss, create=True),
+                                   oss or self.oss)  # fmt: skip
 
     def import_database(self, name: str, source: str, *, oss: Any = None) -> DatabaseHandle:
         """A new database from an export; an existing name is refused (``load`` replaces one)."""
         check_database_name(name)
-        exported = read_export_for(check_location(source, "source"), oss or self.oss, self.model, self.dimension)
+        exported = read_export_for(self.location(source, "source", oss=oss), oss or self.oss, self.model,
+                                   self.dimension)  # fmt: skip
         return self.catalog.import_(name, exported)
 
     def load_database(self, name: str, source: str, *, oss: Any = None) -> DatabaseHandle:
@@ -165,7 +204,8 @@ class LookalikeService:
         database exactly as it was and removes the partial copy.
         """
         check_database_name(name)
-        exported = read_export_for(check_location(source, "source"), oss or self.oss, self.model, self.dimension)
+        exported = read_export_for(self.location(source, "source", oss=oss), oss or self.oss, self.model,
+                                   self.dimension)  # fmt: skip
         staging = f"{LOAD_PREFIX}{secrets.token_hex(4)}-{name}"
         try:
             self.catalog.import_(staging, exported)
@@ -253,7 +293,7 @@ class LookalikeService:
         request_id: str = "",
         attributes: dict[str, str] | None = None,
         should_continue: Callable[[], bool] | None = None,
-    ) -> tuple[Key, bool]:
+    ) -> SetResult:
         check_database_name(database)
         db = self.catalog.get(database)
         check_group_id(group_id)
@@ -263,9 +303,12 @@ class LookalikeService:
             check_intra_id(intra_id)
         vec = self.vector_for(db.dimension, image, vector)  # validate everything before logging anything
         (result,) = self.catalog.set_images(
-            database, [(group_id, intra_id, request_id, attributes)], vec[np.newaxis], should_continue=should_continue
-        )
-        return result.key, result.replaced
+            database, [set_request(group_id, intra_id, request_id, attributes, image, vector)], vec[np.newaxis],
+            should_continue=should_continue,
+        )  # fmt: skip
+        if isinstance(result, LookalikeError):
+            raise result
+        return result
 
     def bulk_set(
         self, database: str, items: Iterable[BulkItem], should_continue: Callable[[], bool] | None = None
@@ -285,7 +328,7 @@ class LookalikeService:
         result = BulkResult()
         stream: Iterator[BulkItem] = iter(items)
         pinned = self.catalog.get(database)
-        while chunk := list(islice(stream, BULK_CHUNK)):
+        while chunk := take_chunk(stream):
             if result.received + len(chunk) > self.limits.max_stream_items:
                 raise LookalikeError(
                     ErrorKind.RESOURCE_EXHAUSTED, "TOO_MANY_ITEMS",
@@ -325,19 +368,24 @@ class LookalikeService:
                 for (i, _), vec in zip(ok, self.embedder.embed_prepared([p for _, p in ok]), strict=True):
                     vectors[i] = vec
             good = [i for i in range(len(chunk)) if i not in errors]
-            keys: dict[int, Key] = {}
+            keys: dict[int, SetResult] = {}
             if good:
                 results = self.catalog.set_images(
                     database,
-                    [(chunk[i].group_id, chunk[i].intra_id, chunk[i].request_id, chunk[i].attributes) for i in good],
+                    [set_request(c.group_id, c.intra_id, c.request_id, c.attributes, c.image, c.vector)
+                     for c in (chunk[i] for i in good)],
                     np.stack([vectors[i] for i in good]),
                     expect=pinned,
                     should_continue=should_continue,
-                )
-                keys = {i: r.key for i, r in zip(good, results, strict=True)}
+                )  # fmt: skip
+                for i, r in zip(good, results, strict=True):
+                    if isinstance(r, LookalikeError):
+                        errors[i] = r
+                    else:
+                        keys[i] = r
             for i, item in enumerate(chunk):
                 if i in keys:
-                    result.add_key(keys[i])
+                    result.add_key(keys[i].key, replayed=keys[i].replayed)
                 else:
                     err = errors[i]
                     ref = item.client_ref[:MAX_CLIENT_REF_ECHO]
@@ -345,6 +393,13 @@ class LookalikeService:
         if result.received == 0:
             raise invalid("STREAM_EMPTY", "the stream carried no items; send at least one")
         return result
+
+    def register_list(self, database: str, filelist: str, *, oss: Any = None) -> Any:
+        """Register the images an ``oss://`` image list names, streamed in chunks (``core/image_lists.py``)."""
+        from lookalike.server.core.image_lists import register_list
+
+        check_database_name(database)
+        return register_list(self, database, filelist, oss=oss)
 
     # -- search ----------------------------------------------------------------------------
     def search(
@@ -366,7 +421,8 @@ class LookalikeService:
         check_database_name(database)
         db = self.catalog.get(database)
         if where:
-            check_attributes(where)
+            check_attributes(where, system=True)
+        check_group_prefix(group_prefix)
         max_top_k = self.limits.max_top_k
         if top_k < 0 or top_k > max_top_k:
             raise invalid("TOP_K_INVALID", f"top_k {top_k} is out of range; use 1-{max_top_k} (0 = {DEFAULT_TOP_K})")

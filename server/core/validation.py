@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from lookalike.server.core.errors import invalid
+from lookalike.server.core.locations import MAX_LOCATION_LEN as MAX_LOCATION_LEN  # the PAI schema reads it
 
 DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 MAX_GROUP_ID_LEN = 256
@@ -77,14 +78,34 @@ MAX_ATTRIBUTE_VALUE = 1024
 MAX_ATTRIBUTES_BYTES = 8192
 
 
-def check_attributes(attributes: dict[str, str] | None) -> dict[str, str]:
-    """A small string map (source, url, title, category, ...), bounded so it never bloats a record."""
+SYSTEM_PREFIX = "lookalike."  # attribute keys the server sets; a client cannot
+DIGEST_ATTRIBUTE = SYSTEM_PREFIX + "sha256"  # the sha256 of the image bytes an image was registered from
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_attributes(attributes: dict[str, str] | None, *, system: bool = False) -> dict[str, str]:
+    """A small string map (source, url, title, category, ...), bounded so it never bloats a record.
+
+    Keys starting with ``lookalike.`` are the server's (``system=True`` where stored records
+    are read back or filtered on); they do not count against the client's limits.
+    """
     if not attributes:
         return {}
-    if len(attributes) > MAX_ATTRIBUTES:
-        raise invalid("ATTRIBUTES_INVALID", f"{len(attributes)} attributes; the limit is {MAX_ATTRIBUTES}")
-    total = 0
+    own = {}
     for key, value in attributes.items():
+        if isinstance(key, str) and key.startswith(SYSTEM_PREFIX):
+            if not system:
+                raise invalid("ATTRIBUTES_INVALID", f"attribute keys starting with {SYSTEM_PREFIX!r} are set by the "
+                              f"server ({key[:40]!r}); choose another key")  # fmt: skip
+            if key != DIGEST_ATTRIBUTE or not isinstance(value, str) or not SHA256_HEX.fullmatch(value):
+                raise invalid("ATTRIBUTES_INVALID", f"system attribute {key[:40]!r} is unknown or malformed; the "
+                              f"server sets only {DIGEST_ATTRIBUTE!r} (64 lowercase hex digits)")  # fmt: skip
+        else:
+            own[key] = value
+    if len(own) > MAX_ATTRIBUTES:
+        raise invalid("ATTRIBUTES_INVALID", f"{len(own)} attributes; the limit is {MAX_ATTRIBUTES}")
+    total = 0
+    for key, value in own.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise invalid("ATTRIBUTES_INVALID", "attribute keys and values must be strings")
         if not key or len(key) > MAX_ATTRIBUTE_KEY or not key.isprintable():
@@ -102,19 +123,14 @@ def check_attributes(attributes: dict[str, str] | None) -> dict[str, str]:
     return dict(attributes)
 
 
-MAX_LOCATION_LEN = 1024
+def check_group_prefix(prefix: str) -> str:
+    """A search's ``group_id_prefix``: no longer than a group id may be (empty: every group)."""
+    if len(prefix) > MAX_GROUP_ID_LEN:
+        raise invalid("GROUP_ID_PREFIX_INVALID",
+                      f"group_id_prefix is {len(prefix)} characters; the limit is {MAX_GROUP_ID_LEN}")  # fmt: skip
+    if prefix and not prefix.isprintable():
+        raise invalid("GROUP_ID_PREFIX_INVALID", "group_id_prefix contains control characters; use printable text")
+    return prefix
 
 
-def check_location(location: str, field: str) -> str:
-    """A server-side directory or oss://bucket/prefix/; never anything with control characters."""
-    if not location or not location.isprintable() or len(location) > MAX_LOCATION_LEN:
-        raise invalid(
-            "DESTINATION_INVALID",
-            f"{field} must be a local directory on the server or oss://bucket/prefix/ "
-            f"(at most {MAX_LOCATION_LEN} characters)",
-        )
-    if location.startswith("oss://"):
-        bucket = location[len("oss://") :].split("/", 1)[0]
-        if not bucket:
-            raise invalid("DESTINATION_INVALID", f"{field} {location!r} names no bucket; use oss://bucket/prefix/")
-    return location
+# Where locations (exports, imports, PAI roots) are checked: server/core/locations.py.

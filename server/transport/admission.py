@@ -3,8 +3,13 @@
 The synchronous gRPC server gives every call a thread until it returns, so sixteen idle
 BulkSetImages streams used to take every thread and the server stopped answering, health
 checks included. Here unary calls and streams have separate bounded capacity; a call over
-its limit gets RESOURCE_EXHAUSTED at once (no unbounded queue), health and reflection are
-never limited, and the thread pool is sized so an admitted call always finds a thread.
+its limit gets RESOURCE_EXHAUSTED at once (no unbounded queue), and the thread pool is sized
+so an admitted call always finds a thread.
+
+Health and reflection need no token, so their streams (health ``Watch``, reflection's
+``ServerReflectionInfo``) get a small share of their own (``--max-open-streams``): beyond it
+RESOURCE_EXHAUSTED, and one idle for ``--stream-idle-s`` is cancelled. ``Health.Check`` (unary,
+answered at once) is never refused; the pool keeps a few threads spare for it and for refusals.
 """
 
 from __future__ import annotations
@@ -66,11 +71,25 @@ def _refusal(reason: str, message: str) -> grpc.Status:
 
 
 class AdmissionInterceptor(grpc.ServerInterceptor):
-    def __init__(self, *, max_inflight: int, max_streams: int, stream_idle_s: float, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_inflight: int,
+        max_streams: int,
+        stream_idle_s: float,
+        max_message_bytes: int,
+        max_open_streams: int = 8,
+    ) -> None:
         self.max_message_bytes = max_message_bytes
         self._unary = threading.BoundedSemaphore(max_inflight)
         self._streams = threading.BoundedSemaphore(max_streams)
+        self._open_streams = threading.BoundedSemaphore(max_open_streams)
         self.stream_idle_s = stream_idle_s
+        self._too_many_open_streams = _refusal(
+            "TOO_MANY_STREAMS",
+            f"{max_open_streams} health Watch / reflection streams are open (--max-open-streams); close one or "
+            "use Health.Check",
+        )
         self._busy = _refusal(
             "TOO_MANY_REQUESTS",
             f"the server is serving its limit of {max_inflight} calls (--max-inflight); retry with backoff",
@@ -84,8 +103,12 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
     ) -> Any:
         handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES):
+        if handler is None:
             return handler
+        if details.method.startswith(OPEN_PREFIXES):
+            if handler.response_streaming or handler.request_streaming:
+                return self._wrap_open_stream(handler)
+            return handler  # Health.Check: answered at once on a spare thread
         if handler.request_streaming:
             return self._wrap_stream(handler)
         if handler.unary_unary is None:
@@ -138,6 +161,40 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
             request_deserializer=safe_deserializer(handler.request_deserializer, self.max_message_bytes),
             response_serializer=handler.response_serializer,
         )
+
+    def _wrap_open_stream(self, handler: Any) -> Any:
+        """Health Watch (unary-stream) and reflection (stream-stream): a bounded share, idle ones cancelled.
+
+        Idle means: the client sent nothing (reflection) and the server had nothing to send (Watch)
+        for ``--stream-idle-s``."""
+        sem, refusal, idle_s = self._open_streams, self._too_many_open_streams, self.stream_idle_s
+        kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+
+        def admitted(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            if not sem.acquire(blocking=False):
+                context.abort_with_status(refusal)
+            watch = IdleWatch(context, idle_s)
+            try:
+                source = watch.wrap(request) if handler.request_streaming else request
+                inner = handler.stream_stream if handler.request_streaming else handler.unary_stream
+                responses = iter(inner(source, context))
+                while True:
+                    watch.waiting = not handler.request_streaming  # Watch: idle while nothing is sent
+                    watch.last = time.monotonic()
+                    try:
+                        item = next(responses)
+                    except StopIteration:
+                        return
+                    finally:
+                        watch.waiting = False
+                    yield item
+            finally:
+                watch.close()
+                sem.release()
+
+        if handler.request_streaming:
+            return grpc.stream_stream_rpc_method_handler(admitted, **kw)
+        return grpc.unary_stream_rpc_method_handler(admitted, **kw)
 
 
 class IdleWatch:

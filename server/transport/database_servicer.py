@@ -69,7 +69,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     def SetImage(self, request: pb.SetImageRequest, context: grpc.ServicerContext) -> pb.SetImageResponse:
         image, vector = _content(request)
         intra_id = request.intra_id if request.HasField("intra_id") else None
-        (group_id, intra), replaced = self._service.set_image(
+        result = self._service.set_image(
             request.database,
             request.group_id,
             intra_id,
@@ -79,7 +79,9 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
             attributes=dict(request.attributes),
             should_continue=context.is_active,
         )
-        return pb.SetImageResponse(key=types_pb2.ImageKey(group_id=group_id, intra_id=intra), replaced=replaced)
+        (group_id, intra) = result.key
+        return pb.SetImageResponse(key=types_pb2.ImageKey(group_id=group_id, intra_id=intra),
+                                   replaced=result.replaced, replayed=result.replayed)  # fmt: skip
 
     @grpc_errors
     def BulkSetImages(
@@ -118,6 +120,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         return pb.BulkSetImagesResponse(
             received_count=result.received,
             succeeded_count=result.succeeded,
+            replayed_count=result.replayed,
             failed_count=result.failed,
             failures=[
                 pb.BulkSetFailure(index=f.index, client_ref=f.client_ref, reason=f.reason, message=f.message)

@@ -1,7 +1,8 @@
 """The gRPC server: the three services, health (NOT_SERVING until recovery ends) and reflection.
 
 Interceptors, outermost first: observability (every call counted, timed and logged, refusals
-included), token auth (when tokens are configured), admission control. TLS when the settings
+included), token auth (when tokens are configured), admission control (health and reflection
+streams included: they need no token, so they get a bounded share of the thread pool). TLS when the settings
 name a certificate and key (mutual TLS with a client CA).
 """
 
@@ -54,6 +55,7 @@ class GrpcServer:
             max_streams=limits.max_streams,
             stream_idle_s=limits.stream_idle_s,
             max_message_bytes=limits.max_message_bytes,
+            max_open_streams=limits.max_open_streams,
         )
         self.tokens = token if isinstance(token, TokenSet) else TokenSet(token)
         interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(metrics)]

@@ -6,27 +6,29 @@ with ``{"imagea", "imageb"}`` (matching) or ``{"function_name", "function_params
 (retrieval). Every answer is the PAI envelope: ``request_id``, ``success``, ``status``,
 ``info``, ``error_code``, ``error_msg`` plus the function's fields. Bad requests get a 4xx
 with a stable ``error_code`` and a message that says what to fix; never a 500 with internals.
+The function names and the OpenAPI document (``/openapi.json``) come from ``pai_schema.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
-from lookalike.server.core.service import BulkItem, LookalikeService, Query
+from lookalike.server.core.service import LookalikeService, Query
 from lookalike.server.transport.auth import TokenSet, token_matches
 from lookalike.server.transport.metrics import ServerMetrics
+from lookalike.server.transport.pai_schema import FUNCTIONS
 
 from lookalike.oss import OssClient, OssCredentials, is_oss
 
@@ -36,6 +38,7 @@ request_log = logging.getLogger("lookalike.requests")  # the same logger and fie
 HTTP_STATUS = {
     ErrorKind.INVALID_ARGUMENT: 400,
     ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.PERMISSION_DENIED: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.ALREADY_EXISTS: 409,
     ErrorKind.FAILED_PRECONDITION: 412,
@@ -44,31 +47,17 @@ HTTP_STATUS = {
     ErrorKind.INTERNAL: 500,
 }
 STATUS_KIND = {status: kind for kind, status in HTTP_STATUS.items()}
-FUNCTIONS = (
-    "init", "add", "delete", "get", "save", "load", "set", "db_set", "db_get", "db_delete", "db_search", "db_clean",
-)  # fmt: skip
-REQUEST_SCHEMA = {
-    "oneOf": [
-        {
-            "type": "object",
-            "title": "Image matching",
-            "required": ["imagea", "imageb"],
-            "properties": {
-                "imagea": {"type": "string", "format": "byte"},
-                "imageb": {"type": "string", "format": "byte"},
-            },
-        },
-        {
-            "type": "object",
-            "title": "Retrieval",
-            "required": ["function_name"],
-            "properties": {
-                "function_name": {"type": "string", "enum": list(FUNCTIONS)},
-                "function_params": {"type": "object"},
-            },
-        },
-    ]
-}
+
+
+MAX_PAI_SESSIONS = 1024  # tokens whose init is remembered; the least recently initialised is forgotten first
+
+
+def caller_key(authorization: str | None) -> str:
+    """A hash of the token the caller sent (raw or ``Bearer``): the key of its ``init``; the token is not kept."""
+    sent = (authorization or "").strip()
+    if sent.lower().startswith("bearer "):
+        sent = sent[7:].strip()
+    return hashlib.sha256(sent.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def envelope(request_id: str, **fields: Any) -> dict[str, Any]:
@@ -94,13 +83,18 @@ class PaiGateway:
         max_body_bytes: int,
         oss: OssClient,
         metrics: ServerMetrics | None = None,
+        shared_init: bool = False,
     ) -> None:
+        """``shared_init``: without tokens, one ``init`` applies to every client (single-tenant); with tokens,
+        ``init``'s root and credentials belong to the caller's token, and other tokens never see them."""
         self.service = service
         self.metrics = metrics
         self.token = token
         self.max_body_bytes = max_body_bytes
+        self.shared_init = shared_init
         self._oss = oss
-        self._root: str | None = None
+        self._sessions: OrderedDict[str, tuple[str | None, OssClient]] = OrderedDict()  # caller -> (root, client)
+        self._caller = threading.local()  # the hash of the token of the request this thread serves
         self._lock = threading.Lock()
 
     # -- parameters ------------------------------------------------------------------------
@@ -119,13 +113,8 @@ class PaiGateway:
     def image_bytes(self, value: Any, name: str) -> bytes:
         if not isinstance(value, str) or not value:
             raise invalid("PARAM_INVALID", f"{name} must be a base64 string or an oss:// path")
-        if is_oss(value):
-            try:
-                return self._oss.read(value)
-            except FileNotFoundError:
-                raise invalid("IMAGE_NOT_FOUND", f"{name}: {value} does not exist") from None
-            except (OSError, ValueError) as exc:
-                raise LookalikeError(ErrorKind.UNAVAILABLE, "OSS_UNAVAILABLE", f"{name}: {exc}") from None
+        if is_oss(value):  # never a local path or a URL: only allowed oss:// prefixes, through the service
+            return self.service.read_oss(value, name, oss=self._session()[1])
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
@@ -149,26 +138,48 @@ class PaiGateway:
         root = self.param(p, "root_path", str, required=False)
         if backend not in ("oss", "local"):
             raise invalid("PARAM_INVALID", f"backend must be 'oss' or 'local', not {backend!r}")
+        if self.token is None and not self.shared_init:
+            raise LookalikeError(
+                ErrorKind.FAILED_PRECONDITION, "INIT_NOT_SHARED",
+                "init would set the OSS root and credentials of every client of this server, which has no token: "
+                "start it with a token (LOOKALIKE_TOKEN or --token-file; init then applies to the caller's token), "
+                "or with --pai-init-shared for a single-tenant server",
+            )  # fmt: skip
+        client = self._oss
         if backend == "oss":
             if not root or not is_oss(root):
                 raise invalid("PARAM_INVALID", "backend 'oss' needs root_path oss://bucket/prefix/")
             cfg = self.param(p, "oss_io_config", dict, required=False) or {}
             key_id, secret, hosts = cfg.get("ak_id"), cfg.get("ak_secret"), cfg.get("hosts")
             if key_id and secret:
-                endpoint = hosts if isinstance(hosts, str) else None
-                if endpoint and "://" not in endpoint:
-                    endpoint = "https://" + endpoint
-                self._oss = OssClient(endpoint or self._oss.endpoint, OssCredentials(str(key_id), str(secret)),
-                                      path_style=self._oss.path_style, retries=self._oss.retries)  # fmt: skip
+                endpoint = self._oss.endpoint
+                if isinstance(hosts, str) and hosts:  # only an endpoint the operator allowed (never a scan)
+                    endpoint = self.service.check_endpoint(hosts, "function_params.oss_io_config.hosts")
+                client = OssClient(endpoint, OssCredentials(str(key_id), str(secret)), path_style=self._oss.path_style,
+                                   retries=self._oss.retries)  # fmt: skip
+        if root:
+            root = self.service.location(root, "function_params.root_path", oss=client).rstrip("/") + "/"
         with self._lock:
-            self._root = (root.rstrip("/") + "/") if root else None
+            self._sessions[self._caller_key()] = (root or None, client)
+            self._sessions.move_to_end(self._caller_key())
+            while len(self._sessions) > MAX_PAI_SESSIONS:
+                self._sessions.popitem(last=False)
         return {"info": "init db success."}
 
+    def _caller_key(self) -> str:
+        return getattr(self._caller, "key", "")
+
+    def _session(self) -> tuple[str | None, OssClient]:
+        """The caller's ``init``: (root, OSS client); before one, no root and the server's own client."""
+        with self._lock:
+            return self._sessions.get(self._caller_key(), (None, self._oss))
+
     def _location(self, db: str) -> str:
-        if self._root is None:
+        root = self._session()[0]
+        if root is None:
             raise LookalikeError(ErrorKind.FAILED_PRECONDITION, "NOT_INITIALIZED",
                                  "call init with a root_path first: save and load read and write there")  # fmt: skip
-        return f"{self._root}{db}/"
+        return f"{root}{db}/"
 
     def fn_add(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
@@ -205,14 +216,14 @@ class PaiGateway:
     def fn_save(self, p: dict[str, Any]) -> dict[str, Any]:
         saved = {}
         for name in self._names(p):
-            info = self.service.export_database(name, self._location(name), oss=self._oss)
+            info = self.service.export_database(name, self._location(name), oss=self._session()[1])
             saved[name] = info.image_count
         return {"saved": saved, "info": "save db success."}
 
     def fn_load(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
         # PAI's load replaces the served copy with the saved one: atomically, a failed load changes nothing
-        db = self.service.load_database(name, self._location(name), oss=self._oss)
+        db = self.service.load_database(name, self._location(name), oss=self._session()[1])
         return {"loaded": {name: db.size}, "info": "load db success."}
 
     def fn_db_set(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -227,51 +238,23 @@ class PaiGateway:
                 attributes[key] = value
         if isinstance(p.get("image"), str) and is_oss(p["image"]):
             attributes.setdefault("source", p["image"])
-        (group, intra), replaced = self.service.set_image(name, str(group_id), intra_id, image, None,
-                                                          attributes=attributes)  # fmt: skip
-        return {"group_id": group, "intra_id": intra, "replaced": replaced}
+        result = self.service.set_image(name, str(group_id), intra_id, image, None, attributes=attributes)
+        return {"group_id": result.key[0], "intra_id": result.key[1], "replaced": result.replaced}
 
     def fn_set(self, p: dict[str, Any]) -> dict[str, Any]:
         """The old-style bulk ``set``: an oss:// image list, ``path[,group_id[,intra_id]]`` per line.
 
-        Only oss:// lists and images: a request never makes the server read its own files.
+        Only oss:// lists and images under allowed prefixes: a request never makes the server read its own
+        files. Registered a chunk at a time as the images are read; a failed line is named by its number.
         """
         name = self.param(p, "database_name", str)
         filelist = self.param(p, "filelist", str)
         if not is_oss(filelist):
             raise invalid("PARAM_INVALID", "filelist must be an oss://bucket/path of an image list")
-        try:
-            text = self._oss.read(filelist).decode("utf-8")
-        except FileNotFoundError:
-            raise LookalikeError(ErrorKind.NOT_FOUND, "FILELIST_NOT_FOUND", f"{filelist} does not exist") from None
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise LookalikeError(ErrorKind.UNAVAILABLE, "OSS_UNAVAILABLE", f"filelist: {exc}") from None
-        base = filelist.rsplit("/", 1)[0] + "/"
-        items: list[BulkItem] = []
-        failures = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = [x.strip() for x in line.replace("\t", ",").split(",")]
-            path = parts[0] if is_oss(parts[0]) else base + parts[0].lstrip("/")
-            group = parts[1] if len(parts) > 1 and parts[1] else path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-            try:
-                intra = int(parts[2]) if len(parts) > 2 and parts[2] else None
-                image = self._oss.read(path)
-            except ValueError:
-                failures.append({"line": number, "source": path, "error_code": "INTRA_ID_INVALID"})
-                continue
-            except OSError:
-                failures.append({"line": number, "source": path, "error_code": "IMAGE_NOT_FOUND"})
-                continue
-            items.append(BulkItem(group, intra, image=image, client_ref=path, attributes={"source": path}))
-        result = self.service.bulk_set(name, items) if items else None
-        if result is not None:
-            failures += [{"source": f.client_ref, "error_code": f.reason, "error_msg": f.message}
-                         for f in result.failures]  # fmt: skip
-        return {"succeeded": result.succeeded if result else 0, "failed": len(failures), "failures": failures,
-                "keys": [{"group_id": g, "intra_id": i} for g, i in (result.keys if result else [])]}  # fmt: skip
+        done = self.service.register_list(name, filelist, oss=self._session()[1])
+        failures = [{"line": f.line, "error_code": f.reason, "error_msg": f.message} for f in done.failures]
+        return {"succeeded": done.result.succeeded, "failed": done.failed, "failures": failures,
+                "keys": [{"group_id": g, "intra_id": i} for g, i in done.result.keys]}  # fmt: skip
 
     def fn_db_get(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
@@ -310,6 +293,7 @@ class PaiGateway:
     def handle(self, raw: bytes, authorization: str | None, content_type: str | None) -> JSONResponse:
         """One POST: the response, plus the request's metrics and (at debug) its log line, as for gRPC calls."""
         request_id = uuid.uuid4().hex
+        self._caller.key = caller_key(authorization) if self.token is not None else ""  # whose init applies
         started = time.perf_counter()
         method = ["pai"]  # named once the body says what it is: pai/match, pai/db_search, ...
         response = self._handle(raw, authorization, content_type, request_id, method)
@@ -379,74 +363,4 @@ class PaiGateway:
             return failure(request_id, internal)
 
 
-def create_app(gateway: PaiGateway) -> FastAPI:
-    app = FastAPI(title="Lookalike PAI-EAS compatible API", version="1",
-                  description="Image matching and retrieval, compatible with the PAI-EAS JSON scripts.")  # fmt: skip
-
-    async def predict(request: Request) -> JSONResponse:
-        raw = await request.body()
-        return await run_in_threadpool(
-            gateway.handle, raw, request.headers.get("authorization"), request.headers.get("content-type")
-        )
-
-    async def healthz() -> JSONResponse:
-        """For load balancers: 200 once the databases are loaded (or the index backend answers), else 503."""
-        ready = gateway.service.ready
-        return JSONResponse({"status": "SERVING" if ready else "NOT_SERVING"}, status_code=200 if ready else 503)
-
-    extra = {"requestBody": {"content": {"application/json": {"schema": REQUEST_SCHEMA}}, "required": True}}
-    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Readiness (200 serving, 503 not yet)")
-    app.add_api_route("/", predict, methods=["POST"], openapi_extra=extra, summary="Match or retrieval")
-    app.add_api_route("/api/predict/{service_name}", predict, methods=["POST"], openapi_extra=extra,
-                      summary="Match or retrieval (the PAI-EAS URL path)")  # fmt: skip
-    return app
-
-
-class HttpServer:
-    """uvicorn in a thread of the serving process; HTTPS (and client certificates) with the gRPC TLS files."""
-
-    def __init__(
-        self,
-        app: FastAPI,
-        host: str,
-        port: int,
-        *,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-        tls_client_ca: str | None = None,
-    ) -> None:
-        import socket
-
-        import uvicorn
-
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self._sock.listen(1024)  # connections queue from now on, before uvicorn's loop is up
-        self.port = self._sock.getsockname()[1]
-        tls: dict[str, Any] = {}
-        if tls_cert is not None:
-            import ssl
-
-            tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
-            if tls_client_ca is not None:
-                tls |= {"ssl_ca_certs": tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **tls))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True,
-                                        name="http")  # fmt: skip
-
-    def start(self, timeout: float = 30.0) -> None:
-        import time
-
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
-
-
-__all__ = ["HttpServer", "PaiGateway", "create_app"]
+__all__ = ["PaiGateway"]

@@ -2,7 +2,9 @@
 
 Every series lives in the server's own registry (two servers in one process do not mix).
 Exposed on ``--metrics-port`` (off by default) at ``/metrics``; over TLS when the gRPC port
-is, and behind the token unless ``--open-metrics``:
+is (each handshake on the connection's own thread, with a deadline: a silent client blocks no one),
+and, when tokens are set, behind the token (``Authorization: Bearer`` or the basic-auth password)
+unless ``--open-metrics``; at most ``MAX_CONNECTIONS`` connections at once:
 
 - ``lookalike_requests_total{method,code}`` and ``lookalike_request_seconds{method,code}``: every
   call, including those refused by auth or admission control;
@@ -24,6 +26,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import ssl
 import threading
 import time
 import uuid
@@ -240,11 +243,54 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
 
 
 # -- the HTTP endpoint ----------------------------------------------------------------------
+MAX_CONNECTIONS = 32  # a scrape is one short request; more at once is not Prometheus
+CONNECTION_TIMEOUT_S = 10.0  # the TLS handshake, the request and the answer each must progress within this
+
+
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection, at most ``MAX_CONNECTIONS``; TLS is set up on that thread, never in accept."""
+
     daemon_threads = True
+    ssl_context: ssl.SSLContext | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the limit: closed at once
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(CONNECTION_TIMEOUT_S)
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            secure = self.ssl_context.wrap_socket(request, server_side=True)  # the handshake, on this thread
+        except (OSError, ValueError):  # not TLS, a bad certificate, or silent past the deadline
+            return
+        try:
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT_S
+
     def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news; never log headers
         pass
 
@@ -288,7 +334,7 @@ class MetricsEndpoint:
         if tls is not None:
             from lookalike.server.transport.tls import server_ssl_context
 
-            self.httpd.socket = server_ssl_context(*tls).wrap_socket(self.httpd.socket, server_side=True)
+            self.httpd.ssl_context = server_ssl_context(*tls)  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self.scheme = "https" if tls is not None else "http"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)

@@ -33,7 +33,18 @@ def served_data_dir(proc: subprocess.Popen) -> Path:
 def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("serve-data")
     proc = subprocess.Popen(
-        [*LOOKALIKE, "serve", "--port", "0", "--data-dir", str(data), "--log-level", "warning"],
+        [
+            *LOOKALIKE,
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+            "--log-level",
+            "warning",
+            "--export-root",
+            str(tmp_path_factory.getbasetemp()),
+        ],  # exports go to each test's tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -66,9 +77,9 @@ def test_serve_add_folder_search_match_and_graceful_stop(served, tmp_path):
     added = run("add", "--db", "shop", str(folder), *srv, check=False)
     assert added.returncode == 3  # one failure is reported, the rest registered
     summary = json.loads(added.stdout)
-    assert summary["succeeded"] == 4 and summary["failed"] == 1
+    assert summary["registered"] == 4 and summary["failed"] == 1
     assert summary["failures"][0]["reason"] == "IMAGE_UNDECODABLE"
-    assert summary["failures"][0]["client_ref"].endswith("broken.png")
+    assert summary["failures"][0]["source"].endswith("broken.png")
 
     hits = json.loads(run("search", "--db", "shop", str(query), "--top-k", "2", *srv).stdout)["hits"]
     assert [h["group_id"] for h in hits][0] == "rocket" and len(hits) == 2

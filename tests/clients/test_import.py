@@ -19,12 +19,12 @@ def add(address: str, *args: str) -> tuple[int, dict]:
 
 def test_labelled_folders_lists_resume_and_failures(grpc_server, client, db_name, tmp_path):
     address = grpc_server.address
-    for label, names in {"cats": ["chelsea", "cat"], "space": ["rocket", "hubble_deep_field"]}.items():
+    for label, names in {"cats": ["chelsea", "astronaut"], "space": ["rocket", "hubble_deep_field"]}.items():
         (tmp_path / "shop" / label).mkdir(parents=True)
         for n in names:
             (tmp_path / "shop" / label / f"{n}.jpg").write_bytes(encode(photo(n)))
     rc, out = add(address, "--db", db_name, "--group-from", "parent", str(tmp_path / "shop"))
-    assert rc == 0 and out["succeeded"] == 4 and out["images_per_s"] > 0
+    assert rc == 0 and out["registered"] == 4 and out["images_per_s"] > 0
     groups = sorted({i.key.group_id for i in client.list_images(db_name)})
     assert groups == ["cats", "space"]
     stored = {i.attributes["source"] for i in client.list_images(db_name)}
@@ -38,7 +38,7 @@ def test_labelled_folders_lists_resume_and_failures(grpc_server, client, db_name
     (tmp_path / "extra" / "list.txt").write_text("# product photos\ncoffee.jpg,sku-1,5\ncrop.jpg,sku-1\nbad.jpg\n"
                                                  "gone.jpg,sku-2\n")  # fmt: skip
     rc, out = add(address, "--db", db_name, str(tmp_path / "extra" / "list.txt"))
-    assert rc == 3 and out["succeeded"] == 2 and out["failed"] == 2
+    assert rc == 3 and out["registered"] == 2 and out["failed"] == 2
     assert {f["reason"] for f in out["failures"]} == {"IMAGE_UNDECODABLE", "UNREADABLE"}
     assert sorted((i.key.intra_id) for i in client.list_images(db_name, group_id="sku-1")) == [5, 6]
 
@@ -47,4 +47,4 @@ def test_labelled_folders_lists_resume_and_failures(grpc_server, client, db_name
     rc, out = add(address, "--db", db_name, "--group-from", "parent", str(tmp_path / "shop"))
     assert rc == 0 and client.get_database(db_name).image_count == before
     rc, out = add(address, "--db", db_name, "--resume", "--group-from", "parent", str(tmp_path / "shop"))
-    assert rc == 0 and out["skipped"] == 4 and out["succeeded"] == 0
+    assert rc == 0 and out["already_present"] == 4 and out["registered"] == 0

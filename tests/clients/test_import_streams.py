@@ -28,7 +28,8 @@ class FakeClient:
             self.active += 1
             self.most = max(self.most, self.active)
             keys = []
-            for group, intra, *_ in items:  # numbered on arrival, like the server's write path
+            for item in items:  # numbered on arrival, like the server's write path
+                group, intra = item.group_id, item.intra_id
                 if intra is None:
                     intra = self.next_id.get(group, 0)
                 self.next_id[group] = max(self.next_id.get(group, 0), intra + 1)
@@ -36,7 +37,10 @@ class FakeClient:
         time.sleep(0.05)  # the server at work; a second stream may arrive meanwhile
         with self.lock:
             self.active -= 1
-        return SimpleNamespace(succeeded_count=len(items), keys=keys, failures=[])
+        return SimpleNamespace(succeeded_count=len(items), replayed_count=0, keys=keys, failures=[])
+
+    def get_database(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(create_time=SimpleNamespace(seconds=1, nanos=0))
 
 
 def _files(tmp_path: Path, n: int) -> list[Path]:
@@ -53,7 +57,7 @@ def test_distinct_groups_go_out_two_streams_at_a_time_and_merge_in_order(tmp_pat
     client = FakeClient()
     s = run_import(client, "db", [Source(str(p), p.stem) for p in files], batch=4)  # type: ignore[arg-type]
     assert client.most == 2
-    assert s.succeeded == 40 and [g for g, _ in s.keys] == [p.stem for p in files]
+    assert s.registered == 40 and [g for g, _ in s.keys] == [p.stem for p in files]
 
 
 def test_one_group_waits_so_automatic_ids_follow_the_sources(tmp_path: Path) -> None:
@@ -76,4 +80,4 @@ def test_unreadable_files_are_failures_not_crashes(tmp_path: Path) -> None:
     client = FakeClient()
     srcs = [Source(str(p), p.stem) for p in files] + [Source(str(tmp_path / "gone.jpg"), "gone")]
     s = run_import(client, "db", srcs, batch=4, in_flight=2)  # type: ignore[arg-type]
-    assert s.succeeded == 6 and [f["source"] for f in s.failures] == [str(tmp_path / "gone.jpg")]
+    assert s.registered == 6 and [f["source"] for f in s.failures] == [str(tmp_path / "gone.jpg")]

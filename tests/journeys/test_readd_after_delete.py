@@ -7,31 +7,24 @@ deleting and re-creating the database.
 
 from __future__ import annotations
 
-from cli import run, serving
+from cli import picture, run, serving, stored_keys
 from lookalike.client import LookalikeClient
-from photos import encode, photo
-
-
-def keys(address: str, db: str) -> list[tuple[str, int]]:
-    with LookalikeClient(address) as c:
-        return [(i.key.group_id, i.key.intra_id) for i in c.list_images(db)]
 
 
 def test_add_after_deleting_the_image_and_after_recreating_the_database(tmp_path):
-    picture = tmp_path / "x.jpg"
-    picture.write_bytes(encode(photo("chelsea")))
+    x = picture(tmp_path)
     with serving(tmp_path / "data") as (_, address):
         srv = ("--server", address)
         assert run("db", "create", "d", *srv).returncode == 0
-        assert "registered 1 of 1" in run("add", "--db", "d", "--group", "a", str(picture), *srv).stdout
-        assert keys(address, "d") == [("a", 0)]
+        assert "registered 1 of 1" in run("add", "--db", "d", "--group", "a", str(x), *srv).stdout
+        assert stored_keys(address, "d") == [("a", 0)]
         with LookalikeClient(address) as c:
             c.delete_image("d", "a", 0)
-        assert keys(address, "d") == []
-        again = run("add", "--db", "d", "--group", "a", str(picture), *srv)
+        assert stored_keys(address, "d") == []
+        again = run("add", "--db", "d", "--group", "a", str(x), *srv)
         assert "registered 1 of 1" in again.stdout
-        assert keys(address, "d") == [("a", 0)]  # stored, not taken for a retry of the first add
+        assert stored_keys(address, "d") == [("a", 0)]  # stored, not taken for a retry of the first add
         assert run("db", "delete", "d", *srv).returncode == 0
         assert run("db", "create", "d", *srv).returncode == 0
-        assert "registered 1 of 1" in run("add", "--db", "d", "--group", "a", str(picture), *srv).stdout
-        assert keys(address, "d") == [("a", 0)]
+        assert "registered 1 of 1" in run("add", "--db", "d", "--group", "a", str(x), *srv).stdout
+        assert stored_keys(address, "d") == [("a", 0)]

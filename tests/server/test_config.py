@@ -33,7 +33,12 @@ COMPANIONS = {
     "tls_client_ca": ["--tls-cert", "/pem/cert.pem", "--tls-key", "/pem/key.pem"],
 }
 # Options whose values have a shape of their own: (environment's value, flag's value).
-SPECIAL = {"root": ("oss://env-bucket/a/", "oss://flag-bucket/b/"), "milvus_prefix": ("env_", "flag_")}
+SPECIAL = {
+    "root": ("oss://env-bucket/a/", "oss://flag-bucket/b/"),
+    "milvus_prefix": ("env_", "flag_"),
+    "oss_allow": ("oss://env-bucket/a/", "oss://flag-bucket/b/,oss://c/"),
+    "oss_endpoint_allow": ("https://oss.example.com", "http://127.0.0.1:9000,https://*.example.com"),
+}
 
 
 def parser() -> argparse.ArgumentParser:

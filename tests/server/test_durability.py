@@ -78,7 +78,7 @@ def test_a_restart_replays_the_log_then_loads_the_snapshot(tmp_path):
 
 
 def test_export_then_import_gives_an_identical_database_and_damage_is_named(tmp_path):
-    server = start(tmp_path / "data")
+    server = start(tmp_path / "data", export_root=tmp_path)
     try:
         with LookalikeClient(server.address) as c:
             populate(c)

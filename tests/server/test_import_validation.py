@@ -20,7 +20,12 @@ def served(tmp_path_factory, photos):
     from lookalike.server.app import create_server
     from lookalike.server.config import ServerConfig
 
-    config = ServerConfig(port=0, snapshot_interval_s=0, data_dir=tmp_path_factory.mktemp("import-data"))
+    config = ServerConfig(
+        port=0,
+        snapshot_interval_s=0,
+        data_dir=tmp_path_factory.mktemp("import-data"),
+        export_root=tmp_path_factory.getbasetemp(),
+    )  # exports go to each test's tmp_path
     running = create_server(config)
     with LookalikeClient(running.address) as c:
         c.create_database("src")

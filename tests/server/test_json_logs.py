@@ -64,7 +64,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], bytes]:
                LOOKALIKE_LOG_FORMAT="json")  # fmt: skip
     log_path = tmp / "server.log"
     cmd = [sys.executable, "-m", "lookalike", "serve", "--port", str(port), "--http-port", str(http_port),
-           "--data-dir", str(tmp / "data"), "--log-level", "debug"]  # fmt: skip
+           "--data-dir", str(tmp / "data"), "--log-level", "debug",  # and the PAI init below, allowed:
+           "--oss-allow", "oss://b/prefix/", "--oss-endpoint-allow", "127.0.0.1:9"]  # fmt: skip
     image = encode(photo("astronaut"), quality=90)
     other = encode(photo("coffee"), quality=90)
     with open(log_path, "w") as err:

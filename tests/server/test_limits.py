@@ -168,7 +168,7 @@ def test_cli_reports_bad_settings_in_one_line_and_client_commands_ignore_server_
                             text=True, timeout=60)  # fmt: skip
     assert client.returncode == 4 and "Traceback" not in client.stderr  # unreachable, not a crash
     serve = subprocess.run([*lookalike, "serve"], env=env, capture_output=True, text=True, timeout=60)
-    assert serve.returncode == 2 and serve.stderr.strip().count("\n") == 0
+    assert serve.returncode == 64 and serve.stderr.strip().count("\n") == 0  # a usage error (EX_USAGE)
     assert "LOOKALIKE_PORT='abc' is not a valid int for --port" in serve.stderr
     helptext = subprocess.run([*lookalike, "serve", "--help"], capture_output=True, text=True, timeout=60).stdout
     import dataclasses

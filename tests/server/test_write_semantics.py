@@ -63,8 +63,11 @@ def test_a_retried_request_id_returns_the_first_result_and_stores_nothing_again(
     v = unit_vectors(5, 22)
     first = client.set_image(db_name, "g", vector=v[0].tolist(), request_id="req-1")
     assert (first.key.group_id, first.key.intra_id, first.replaced) == ("g", 0, False)
-    again = client.set_image(db_name, "g", vector=v[1].tolist(), request_id="req-1")  # a retry (its content ignored)
-    assert again == first
+    again = client.set_image(db_name, "g", vector=v[0].tolist(), request_id="req-1")  # a retry
+    assert (again.key, again.replaced, again.replayed) == (first.key, first.replaced, True)
+    with pytest.raises(ClientError) as err:  # the same id for other content is not a retry
+        client.set_image(db_name, "g", vector=v[1].tolist(), request_id="req-1")
+    assert err.value.reason == "REQUEST_ID_REUSED"
     assert client.get_database(db_name).image_count == 1
     np.testing.assert_allclose(stored_vector(client, db_name, "g", 0), v[0], rtol=1e-5, atol=1e-6)
 
@@ -72,7 +75,7 @@ def test_a_retried_request_id_returns_the_first_result_and_stores_nothing_again(
     assert (upsert.key.intra_id, upsert.replaced) == (0, True)
     client.set_image(db_name, "g", intra_id=0, vector=v[3].tolist())  # a later write, no request_id
     retry = client.set_image(db_name, "g", intra_id=0, vector=v[2].tolist(), request_id="req-2")
-    assert retry == upsert  # the first answer, replaced included
+    assert (retry.key, retry.replaced, retry.replayed) == (upsert.key, True, True)  # the first answer
     np.testing.assert_allclose(stored_vector(client, db_name, "g", 0), v[3], rtol=1e-5, atol=1e-6)  # not re-applied
 
     other = client.set_image(db_name, "g", vector=v[4].tolist(), request_id="req-3")  # a new id is a new write
@@ -90,6 +93,7 @@ def test_a_retried_bulk_stream_returns_the_same_keys_and_stores_each_item_once(c
     more = [("g", None, v[i].tolist(), f"r{i}", None, f"bulk-{i}") for i in range(CHUNK + 5, CHUNK + 8)]
     retry = client.bulk_set(db_name, items + more)
     assert (retry.received_count, retry.succeeded_count, retry.failed_count) == (CHUNK + 8, CHUNK + 8, 0)
+    assert retry.replayed_count == CHUNK + 5  # the resent items stored nothing again
     assert keys_of(retry.keys) == [("g", i) for i in range(CHUNK + 8)]  # the first keys, then new ones
     assert client.get_database(db_name).image_count == CHUNK + 8
     for i in (0, CHUNK + 4, CHUNK + 7):

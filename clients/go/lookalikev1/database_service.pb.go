@@ -612,7 +612,10 @@ type SetImageRequest struct {
 	Content isSetImageRequest_Content `protobuf_oneof:"content"`
 	// Optional, at most 128 printable characters (e.g. a UUID): a retry with the same
 	// request_id returns the first call's result and stores nothing again, so a call whose
-	// answer was lost (DEADLINE_EXCEEDED, a dropped connection) can be retried safely.
+	// answer was lost (DEADLINE_EXCEEDED, a dropped connection) can be retried safely. A request
+	// id names one request: reused with another group_id, intra_id or content it is refused
+	// (ALREADY_EXISTS, reason REQUEST_ID_REUSED). Deleting the image it wrote (or its group or
+	// database) forgets it, so the same request id then writes again.
 	RequestId string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Attributes stored with the image and returned with it and with search hits: at most 32,
 	// keys 1-64 printable characters, values up to 1024 characters, 8 KiB in all.
@@ -736,7 +739,11 @@ type SetImageResponse struct {
 	// The identity assigned.
 	Key *ImageKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// True when an existing image with this key was replaced.
-	Replaced      bool `protobuf:"varint,2,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	Replaced bool `protobuf:"varint,2,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	// True when request_id matched an earlier write: this is that write's result, and nothing
+	// was stored again. (The same request_id with another key or content is refused with
+	// ALREADY_EXISTS / REQUEST_ID_REUSED.)
+	Replayed      bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -781,6 +788,13 @@ func (x *SetImageResponse) GetKey() *ImageKey {
 func (x *SetImageResponse) GetReplaced() bool {
 	if x != nil {
 		return x.Replaced
+	}
+	return false
+}
+
+func (x *SetImageResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
 	}
 	return false
 }
@@ -1015,6 +1029,10 @@ type BulkSetImagesResponse struct {
 	Keys []*ImageKey `protobuf:"bytes,5,rep,name=keys,proto3" json:"keys,omitempty"`
 	// True when failures lists only the first failures (the summary is kept under 4 MiB).
 	FailuresTruncated bool `protobuf:"varint,6,opt,name=failures_truncated,json=failuresTruncated,proto3" json:"failures_truncated,omitempty"`
+	// Of the succeeded items, those whose request_id matched an earlier write: they return
+	// that write's key and stored nothing again (succeeded_count - replayed_count is what this
+	// stream newly stored).
+	ReplayedCount int64 `protobuf:"varint,8,opt,name=replayed_count,json=replayedCount,proto3" json:"replayed_count,omitempty"`
 	// True when keys lists only the first keys (the summary is kept under 4 MiB).
 	KeysTruncated bool `protobuf:"varint,7,opt,name=keys_truncated,json=keysTruncated,proto3" json:"keys_truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1091,6 +1109,13 @@ func (x *BulkSetImagesResponse) GetFailuresTruncated() bool {
 		return x.FailuresTruncated
 	}
 	return false
+}
+
+func (x *BulkSetImagesResponse) GetReplayedCount() int64 {
+	if x != nil {
+		return x.ReplayedCount
+	}
+	return 0
 }
 
 func (x *BulkSetImagesResponse) GetKeysTruncated() bool {
@@ -1923,10 +1948,11 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\acontentB\v\n" +
-	"\t_intra_id\"X\n" +
+	"\t_intra_id\"t\n" +
 	"\x10SetImageResponse\x12(\n" +
 	"\x03key\x18\x01 \x01(\v2\x16.lookalike.v1.ImageKeyR\x03key\x12\x1a\n" +
-	"\breplaced\x18\x02 \x01(\bR\breplaced\"\xb3\x03\n" +
+	"\breplaced\x18\x02 \x01(\bR\breplaced\x12\x1a\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xb3\x03\n" +
 	"\x14BulkSetImagesRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x1e\n" +
@@ -1950,7 +1976,7 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\n" +
 	"client_ref\x18\x02 \x01(\tR\tclientRef\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xc6\x02\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xed\x02\n" +
 	"\x15BulkSetImagesResponse\x12%\n" +
 	"\x0ereceived_count\x18\x01 \x01(\x03R\rreceivedCount\x12'\n" +
 	"\x0fsucceeded_count\x18\x02 \x01(\x03R\x0esucceededCount\x12!\n" +
@@ -1958,6 +1984,7 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\bfailures\x18\x04 \x03(\v2\x1c.lookalike.v1.BulkSetFailureR\bfailures\x12*\n" +
 	"\x04keys\x18\x05 \x03(\v2\x16.lookalike.v1.ImageKeyR\x04keys\x12-\n" +
 	"\x12failures_truncated\x18\x06 \x01(\bR\x11failuresTruncated\x12%\n" +
+	"\x0ereplayed_count\x18\b \x01(\x03R\rreplayedCount\x12%\n" +
 	"\x0ekeys_truncated\x18\a \x01(\bR\rkeysTruncated\"~\n" +
 	"\x0fGetImageRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12(\n" +

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 from lookalike.client.client import (
+    BulkItem,
     ClientError,
     _image,
     bulk_request,
@@ -38,7 +39,7 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         try:
             return await method(self, *args, **kwargs)
         except grpc.aio.AioRpcError as err:
-            raise ClientError.from_rpc_error(err, self.address) from None
+            raise ClientError.from_rpc_error(err, self.address, tls=self.tls, client_cert=self.client_cert) from None
 
     return wrapper
 
@@ -58,7 +59,9 @@ class AsyncLookalikeClient:
         self.timeout = timeout
         self._metadata = (("authorization", token),) if token else ()
         options = channel_options(address)
-        if tls_ca is not None or tls_cert is not None:
+        self.tls = tls_ca is not None or tls_cert is not None
+        self.client_cert = tls_cert is not None
+        if self.tls:
             self._channel = grpc.aio.secure_channel(address, tls_credentials(tls_ca, tls_cert, tls_key), options)
         else:
             self._channel = grpc.aio.insecure_channel(address, options=options)
@@ -119,8 +122,13 @@ class AsyncLookalikeClient:
 
     @_rpc
     async def bulk_set(
-        self, database: str, items: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]
+        self,
+        database: str,
+        items: Iterable[BulkItem | tuple[Any, ...]] | AsyncIterable[BulkItem | tuple[Any, ...]],
     ) -> db_pb.BulkSetImagesResponse:
+        """As the blocking client's ``bulk_set``: :class:`BulkItem` s (or the older tuples), also from an async
+        iterable."""
+
         async def requests() -> AsyncIterator[db_pb.BulkSetImagesRequest]:
             i = 0
             if isinstance(items, AsyncIterable):
@@ -157,4 +165,4 @@ class AsyncLookalikeClient:
         return await self.search_stub.Search(search_request(database, **kwargs), **self._kw())
 
 
-__all__ = ["AsyncLookalikeClient", "ClientError"]
+__all__ = ["AsyncLookalikeClient", "BulkItem", "ClientError"]

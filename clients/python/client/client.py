@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +35,10 @@ class ClientError(Exception):
         return f"{self.code} {self.reason}: {self.message}"
 
     @classmethod
-    def from_rpc_error(cls, err: grpc.RpcError, address: str) -> ClientError:
+    def from_rpc_error(
+        cls, err: grpc.RpcError, address: str, *, tls: bool | None = None, client_cert: bool = False
+    ) -> ClientError:
+        """``tls``: whether the channel spoke TLS (None: unknown), so a TLS mismatch can be named."""
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
         if status is not None:
@@ -44,7 +47,11 @@ class ClientError(Exception):
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
                     return cls(code.name, info.reason, status.message, dict(info.metadata))
+        details = (err.details() if hasattr(err, "details") else str(err)) or ""
         if code == grpc.StatusCode.UNAVAILABLE:
+            mismatch = tls_mismatch(details, address, tls=tls, client_cert=client_cert)
+            if mismatch is not None:
+                return cls(code.name, *mismatch)
             return cls(
                 code.name,
                 "SERVER_UNREACHABLE",
@@ -53,8 +60,44 @@ class ClientError(Exception):
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return cls(code.name, "DEADLINE_EXCEEDED", f"the server at {address} did not answer in time")
-        details = err.details() if hasattr(err, "details") else str(err)
         return cls(code.name, code.name, details or code.name)
+
+
+# Reasons of a connection that failed before any call reached the server (the CLI exits 4 on these).
+CONNECT_REASONS = frozenset({"SERVER_UNREACHABLE", "TLS_REQUIRED", "TLS_NOT_OFFERED", "TLS_UNTRUSTED",
+                             "TLS_CLIENT_CERT_REQUIRED"})  # fmt: skip
+
+
+def tls_mismatch(details: str, address: str, *, tls: bool | None, client_cert: bool = False) -> tuple[str, str] | None:
+    """(reason, message) when gRPC's connect error shows the two ends disagree about TLS, else None.
+
+    gRPC reports all of these as UNAVAILABLE "failed to connect to all addresses", which the CLI
+    used to print as "no server there"; the server is there, the client just needs other flags.
+    """
+    text = details.lower()
+    if tls is None or not any(m in text for m in ("failed to connect", "handshake", "socket closed")):
+        return None
+    if tls and "wrong_version_number" in text:  # our TLS hello was answered in plaintext HTTP/2
+        return "TLS_NOT_OFFERED", (
+            f"the server at {address} does not use TLS, but this client does: drop --tls / --tls-ca "
+            "(and LOOKALIKE_TLS / LOOKALIKE_TLS_CA), or start the server with --tls-cert and --tls-key"
+        )
+    if tls and "certificate_verify_failed" in text:
+        return "TLS_UNTRUSTED", (
+            f"the server at {address} uses TLS with a certificate this client does not trust: pass --tls-ca "
+            "with the PEM of the CA that signed it"
+        )
+    if tls and not client_cert and "socket closed" in text:  # the handshake went through, then it hung up
+        return "TLS_CLIENT_CERT_REQUIRED", (
+            f"the server at {address} closed the TLS connection: it may require a client certificate; "
+            "pass --tls-cert and --tls-key"
+        )
+    if not tls and "socket closed" in text:  # a TLS server drops a plaintext client's HTTP/2 preface
+        return "TLS_REQUIRED", (
+            f"the server at {address} closed the connection at once, as a TLS server does with a plaintext "
+            "client: add --tls-ca CA.pem (the CA that signed its certificate), or --tls to trust the system CAs"
+        )
+    return None
 
 
 T = TypeVar("T")
@@ -66,7 +109,7 @@ def _rpc(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(self, *args, **kwargs)
         except grpc.RpcError as err:
-            raise ClientError.from_rpc_error(err, self.address) from None
+            raise ClientError.from_rpc_error(err, self.address, tls=self.tls, client_cert=self.client_cert) from None
 
     return wrapper
 
@@ -96,18 +139,49 @@ def set_image_request(
     return req
 
 
-def bulk_request(database: str, index: int, item: tuple[Any, ...]) -> db_pb.BulkSetImagesRequest:
-    """One stream message from ``(group_id, intra_id or None, image bytes or vector, client_ref[, attributes[,
-    request_id]])``; the database is named in the first message only."""
-    group_id, intra_id, content, ref, *rest = item
+@dataclass(frozen=True)
+class BulkItem:
+    """One image of a ``bulk_set`` stream, with named fields: ``image`` (encoded bytes) or ``vector``.
+
+    ``client_ref`` comes back in the summary's failures, so a failure can be traced to its input;
+    ``request_id`` makes a retried stream store the item once.
+    """
+
+    group_id: str
+    _: KW_ONLY
+    image: bytes | None = None
+    vector: Sequence[float] | None = None
+    intra_id: int | None = None
+    client_ref: str = ""
+    attributes: dict[str, str] | None = None
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.vector is None):
+            raise ValueError(f"BulkItem {self.group_id!r}: give exactly one of image= (encoded bytes) or vector=")
+
+    @classmethod
+    def from_tuple(cls, item: tuple[Any, ...]) -> BulkItem:
+        """The older form ``(group_id, intra_id, image bytes or vector, client_ref[, attributes[, request_id]])``."""
+        group_id, intra_id, content, ref, *rest = item
+        content_kw: dict[str, Any] = {"image": content} if isinstance(content, bytes) else {"vector": content}
+        return cls(group_id, intra_id=intra_id, client_ref=ref, attributes=rest[0] if rest else None,
+                   request_id=rest[1] if len(rest) > 1 else "", **content_kw)  # fmt: skip
+
+
+def bulk_request(database: str, index: int, item: BulkItem | tuple[Any, ...]) -> db_pb.BulkSetImagesRequest:
+    """One stream message from a :class:`BulkItem` (or its older tuple form); the database is named in the first
+    message only."""
+    if not isinstance(item, BulkItem):
+        item = BulkItem.from_tuple(tuple(item))
     req = db_pb.BulkSetImagesRequest(
-        database=database if index == 0 else "", group_id=group_id, intra_id=intra_id, client_ref=ref,
-        attributes=rest[0] if rest else None, request_id=rest[1] if len(rest) > 1 else "",
+        database=database if index == 0 else "", group_id=item.group_id, intra_id=item.intra_id,
+        client_ref=item.client_ref, attributes=item.attributes, request_id=item.request_id,
     )  # fmt: skip
-    if isinstance(content, bytes):
-        req.image.content = content
-    else:
-        req.vector.values.extend(content)
+    if item.image is not None:
+        req.image.content = item.image
+    elif item.vector is not None:
+        req.vector.values.extend(item.vector)
     return req
 
 
@@ -200,7 +274,9 @@ class LookalikeClient:
         self.timeout = timeout
         self._metadata = (("authorization", token),) if token else ()
         options = channel_options(address, tls_server_name)
-        if tls or tls_ca is not None or tls_cert is not None:
+        self.tls = bool(tls or tls_ca is not None or tls_cert is not None)
+        self.client_cert = tls_cert is not None
+        if self.tls:
             self._channel = grpc.secure_channel(address, tls_credentials(tls_ca, tls_cert, tls_key), options=options)
         else:
             self._channel = grpc.insecure_channel(address, options=options)
@@ -278,8 +354,9 @@ class LookalikeClient:
         return self.db_stub.SetImage(req, **self._kw())
 
     @_rpc
-    def bulk_set(self, database: str, items: Iterable[tuple[Any, ...]]) -> db_pb.BulkSetImagesResponse:
-        """Stream ``(group_id, intra_id or None, image bytes or a vector, client_ref[, attributes[, request_id]])``."""
+    def bulk_set(self, database: str, items: Iterable[BulkItem | tuple[Any, ...]]) -> db_pb.BulkSetImagesResponse:
+        """Stream :class:`BulkItem` s (``BulkItem("sku-1", image=data, client_ref=path)``); the older tuples
+        ``(group_id, intra_id, image bytes or vector, client_ref[, attributes[, request_id]])`` still work."""
 
         def requests() -> Iterator[db_pb.BulkSetImagesRequest]:
             for i, item in enumerate(items):

@@ -7,23 +7,34 @@ second; ``--json`` prints machine-readable output for scripts.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from lookalike.client.client import ClientError, LookalikeClient
+from google.protobuf.message import Message
+from lookalike.client.client import CONNECT_REASONS, ClientError, LookalikeClient
 
 DEFAULT_SERVER = "localhost:50051"
+EXIT_REFUSED = 2  # the server answered with an error
+EXIT_PARTIAL = 3  # `add` registered some images, not all
+EXIT_UNREACHABLE = 4  # no server, or the client and the server disagree about TLS
+EXIT_USAGE = 64  # EX_USAGE: the command line itself is wrong
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+
+
+class UsageError(Exception):
+    """A command line that argparse accepts but that cannot work (exit 64, like argparse's own errors here)."""
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=os.environ.get("LOOKALIKE_SERVER", DEFAULT_SERVER),
-        help="HOST:PORT of the server (env LOOKALIKE_SERVER; default %(default)s)",
+        help="HOST:PORT of the server, or https://HOST:PORT for TLS (env LOOKALIKE_SERVER; default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default %(default)s)")
@@ -60,8 +71,11 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def _client(args: argparse.Namespace) -> LookalikeClient:
     tls = getattr(args, "tls", False) or os.environ.get("LOOKALIKE_TLS", "").lower() in ("1", "true", "yes", "on")
+    server = args.server
+    if server.startswith("https://"):  # as `lookalike serve` prints its address when it uses TLS
+        server, tls = server.removeprefix("https://").rstrip("/"), True
     return LookalikeClient(
-        args.server,
+        server,
         token=_token(args),
         timeout=args.timeout,
         tls=tls,
@@ -79,11 +93,41 @@ def _read(path: str) -> bytes:
 
 
 def _print(args: argparse.Namespace, data: Any, human: str) -> None:
-    print(json.dumps(data, indent=None if args.json else 2) if args.json else human)
+    print(json.dumps(data) if args.json else human)
 
 
-def _dict(msg: Any) -> dict[str, Any]:
-    return MessageToDict(msg, preserving_proto_field_name=True)
+def to_json(msg: Message) -> Any:
+    """A message as JSON-ready data, the same way for every command: snake_case keys, every field (zero
+    values too), int64 as numbers and Timestamps as ISO-8601 strings.
+
+    ``MessageToDict`` follows the proto3 JSON mapping instead, which writes int64 as strings
+    (``"image_count": "7"``) and drops zero values, so scripts had to special-case both.
+    """
+    if msg.DESCRIPTOR.full_name == "google.protobuf.Timestamp":
+        return msg.ToJsonString()  # type: ignore[attr-defined]
+    out: dict[str, Any] = {}
+    for fd in msg.DESCRIPTOR.fields:
+        value = getattr(msg, fd.name)
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            out[fd.name] = {k: _field_json(value_fd, v) for k, v in value.items()}
+        elif fd.is_repeated:
+            out[fd.name] = [_field_json(fd, v) for v in value]
+        elif fd.has_presence and not msg.HasField(fd.name):
+            out[fd.name] = None
+        else:
+            out[fd.name] = _field_json(fd, value)
+    return out
+
+
+def _field_json(fd: Any, value: Any) -> Any:
+    if fd.message_type is not None:
+        return to_json(value)
+    if fd.enum_type is not None:
+        return fd.enum_type.values_by_number[value].name if value in fd.enum_type.values_by_number else value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
 
 
 def cmd_match(args: argparse.Namespace) -> int:
@@ -101,7 +145,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if args.action == "list":
             dbs = c.list_databases()
-            rows = [_dict(d) for d in dbs]
+            rows = [to_json(d) for d in dbs]
             human = (
                 "\n".join(f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}" for d in dbs)
                 or "(no databases)"
@@ -109,29 +153,29 @@ def cmd_db(args: argparse.Namespace) -> int:
             _print(args, rows, human)
             return 0
         if not args.name:
-            raise SystemExit(f"lookalike: db {args.action} needs a database NAME")
+            raise UsageError(f"db {args.action} needs a database NAME: `lookalike db {args.action} NAME`")
         if args.action == "create":
             d = c.create_database(args.name, storage=args.storage or "")
-            _print(args, _dict(d), f"created database {d.name} (dim {d.dimension}, {d.metric}, {d.storage})")
+            _print(args, to_json(d), f"created database {d.name} (dim {d.dimension}, {d.metric}, {d.storage})")
         elif args.action == "get":
             d = c.get_database(args.name)
-            _print(args, _dict(d), f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}")
+            _print(args, to_json(d), f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}")
         elif args.action == "delete":
             c.delete_database(args.name)
             _print(args, {"deleted": args.name}, f"deleted database {args.name}")
         elif args.action == "snapshot":
             r = c.snapshot_database(args.name)
-            _print(args, _dict(r), f"snapshot of {args.name}: {r.image_count} images, {r.size_bytes} bytes, durable")
+            _print(args, to_json(r), f"snapshot of {args.name}: {r.image_count} images, {r.size_bytes} bytes, durable")
         elif args.action in ("export", "import"):
             if not args.location:
-                raise SystemExit(f"lookalike: db {args.action} needs NAME and a LOCATION (directory or oss://...)")
+                raise UsageError(f"db {args.action} needs NAME and a LOCATION (a directory on the server or oss://...)")
             if args.action == "export":
                 r = c.export_database(args.name, args.location)
-                _print(args, _dict(r), f"exported {args.name}: {r.image_count} images, {r.size_bytes} bytes "
+                _print(args, to_json(r), f"exported {args.name}: {r.image_count} images, {r.size_bytes} bytes "
                        f"to {r.destination}")  # fmt: skip
             else:
                 d = c.import_database(args.name, args.location)
-                _print(args, _dict(d), f"imported {d.name}: {d.image_count} images from {args.location}")
+                _print(args, to_json(d), f"imported {d.name}: {d.image_count} images from {args.location}")
     return 0
 
 
@@ -143,34 +187,56 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise SystemExit("lookalike: no image files found in the given paths")
     if args.intra_id is not None:
         if len(found) != 1:
-            raise SystemExit("lookalike: --intra-id applies to one image; omit it to number images automatically")
+            raise UsageError("--intra-id applies to one image; omit it to number images automatically")
         found = [importer.Source(found[0].ref, found[0].group_id, args.intra_id)]
     with _client(args) as c:
+        c.get_database(args.db)  # a missing database is one clear error, not one failure per image
         update, close = importer.progress_bar(len(found), quiet=args.json or args.quiet)
         try:
             s = importer.run_import(c, args.db, found, batch=args.batch, in_flight=args.in_flight,
                                     retries=args.retries, resume=args.resume, progress=update)  # fmt: skip
+        except importer.ImportInterrupted as stop:
+            close()
+            done = stop.summary
+            if args.json:
+                print(json.dumps({**_add_json(done), "interrupted": True}))
+            there = f" ({done.already_present} already present)" if done.already_present else ""
+            print(f"lookalike: interrupted: {done.registered} of {done.received} registered{there}; "
+                  "re-run with --resume to add the rest", file=sys.stderr)  # fmt: skip
+            return EXIT_INTERRUPTED
         finally:
             close()
-    rate = (s.succeeded / s.seconds) if s.seconds > 0 else 0.0
-    human = [f"registered {s.succeeded} of {s.received} images ({rate:.1f} images/s)"
-             + (f", {s.skipped} already registered (--resume)" if s.skipped else "")]  # fmt: skip
-    human += [f"  failed {f['source']}: {f['reason']}: {f['message']}" for f in s.failures]
-    _print(
-        args,
-        {
-            "succeeded": s.succeeded,
-            "failed": len(s.failures),
-            "skipped": s.skipped,
-            "images_per_s": rate,
-            "keys": [{"groupId": g, "intraId": str(i)} for g, i in s.keys],
-            "failures": [
-                {"client_ref": f["source"], "reason": f["reason"], "message": f["message"]} for f in s.failures
-            ],
-        },
-        "\n".join(human),
-    )
-    return 0 if not s.failures else 3
+    _print(args, _add_json(s), _add_human(s))
+    return 0 if not s.failures else EXIT_PARTIAL
+
+
+def _rate(s: Any) -> float:
+    """Newly registered images per second (what the server embedded and stored)."""
+    return s.registered / s.seconds if s.seconds > 0 else 0.0
+
+
+def _add_human(s: Any) -> str:
+    """``registered 12 of 300 images (288 already present) (41.2 images/s)``, then one line per failure."""
+    line = f"registered {s.registered} of {s.received} images"
+    if s.already_present:
+        line += f" ({s.already_present} already present)"
+    if s.failures:
+        line += f", {len(s.failures)} failed"
+    if s.registered:
+        line += f" ({_rate(s):.1f} images/s)"
+    return "\n".join([line] + [f"  failed {f['source']}: {f['reason']}: {f['message']}" for f in s.failures])
+
+
+def _add_json(s: Any) -> dict[str, Any]:
+    return {
+        "received": s.received,
+        "registered": s.registered,
+        "already_present": s.already_present,
+        "failed": len(s.failures),
+        "images_per_s": _rate(s),
+        "keys": [{"group_id": g, "intra_id": int(i)} for g, i in s.keys],
+        "failures": [{"source": f["source"], "reason": f["reason"], "message": f["message"]} for f in s.failures],
+    }
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -182,8 +248,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             one_per_group=args.one_per_group,
             min_score=args.min_score,
         )
-    hits = [{"group_id": h.key.group_id, "intra_id": h.key.intra_id, "score": h.score} for h in r.hits]
-    human = "\n".join(f"{i + 1}\t{h['score']:.4f}\t{h['group_id']}\t{h['intra_id']}" for i, h in enumerate(hits))
+    hits = [
+        {
+            "group_id": h.key.group_id,
+            "intra_id": h.key.intra_id,
+            "score": h.score,
+            "source": h.attributes.get("source"),
+            "attributes": dict(h.attributes),
+        }
+        for h in r.hits
+    ]
+    human = "\n".join(
+        f"{i + 1}\t{h['score']:.4f}\t{h['group_id']}\t{h['intra_id']}\t{h['source'] or '-'}" for i, h in enumerate(hits)
+    )
     _print(args, {"hits": hits, "searched_count": r.searched_count}, human or "(no hits)")
     return 0
 
@@ -198,7 +275,9 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("db", help="create, list, get, delete, snapshot, export or import databases")
     p.add_argument("action", choices=["create", "list", "get", "delete", "snapshot", "export", "import"])
     p.add_argument("name", nargs="?")
-    p.add_argument("location", nargs="?", help="export/import: a directory on the server, or oss://bucket/prefix/")
+    p.add_argument("location", nargs="?",
+                   help="export/import: a directory under the server's --export-root (relative paths are taken "
+                   "from it), or oss://bucket/prefix/ under the server's --oss-allow")  # fmt: skip
     p.add_argument("--storage", choices=["f32", "f16", "bf16", "i8"], help="create: how vectors are stored")
     add_client_options(p)
     p.set_defaults(func=cmd_db)
@@ -230,11 +309,31 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
+def explain(err: ClientError, args: argparse.Namespace) -> ClientError:
+    """The error in the CLI's words: the server names RPCs ("CreateDatabase"), a person types commands."""
+    if err.reason == "DATABASE_NOT_FOUND":
+        name = getattr(args, "db", None) or getattr(args, "name", None) or err.metadata.get("database", "NAME")
+        if args.command in ("add", "search"):
+            message = f"database {name!r} does not exist: create it with `lookalike db create {shlex.quote(name)}`"
+        else:  # get, delete, snapshot, export of a database that is not there: nothing to create
+            message = f"database {name!r} does not exist (`lookalike db list` shows the databases there are)"
+        return ClientError(err.code, err.reason, message, err.metadata)
+    return err
+
+
 def run_client_command(args: argparse.Namespace) -> int:
+    """Run one client command; every failure becomes one line on stderr and an exit code, never a traceback."""
     try:
         return args.func(args)
-    except ClientError as err:
+    except ClientError as raw:
+        err = explain(raw, args)
         if getattr(args, "json", False):
             print(json.dumps({"error": {"code": err.code, "reason": err.reason, "message": err.message}}))
         print(f"lookalike: {err}", file=sys.stderr)
-        return 2 if err.reason != "SERVER_UNREACHABLE" else 4
+        return EXIT_UNREACHABLE if err.reason in CONNECT_REASONS else EXIT_REFUSED
+    except UsageError as err:
+        print(f"lookalike: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"lookalike: interrupted: {args.command} stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED

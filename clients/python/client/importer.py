@@ -1,10 +1,15 @@
 """Bulk import for ``lookalike add``: files, folders, image lists and oss:// objects.
 
 Sources become ``(source, group_id, intra_id)`` items; files are read by a few threads with a
-bounded number of images in flight, sent in BulkSetImages streams of ``batch`` items, each
-item carrying a request id derived from (database, source) so a stream retried after a
-transient failure (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) stores nothing twice.
-The source path is stored as the ``source`` attribute; ``--resume`` skips sources already there.
+bounded number of images in flight, sent in BulkSetImages streams of ``batch`` items. Each item
+carries a request id made from what it asks for, not how its path is spelled: the database's
+incarnation (its create time), the group, the intra_id (or "auto") and the sha256 of the bytes.
+So a stream retried after a transient failure (UNAVAILABLE, RESOURCE_EXHAUSTED,
+DEADLINE_EXCEEDED) stores nothing twice, the same file added to another group is a new image,
+and a re-run answers "already present" for what the server still remembers. ``--resume`` goes
+by content too: the server keeps each image's digest as the ``lookalike.sha256`` attribute, and
+an image whose group already holds those bytes is skipped, however its folder was spelled.
+The resolved path is stored as the ``source`` attribute.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lookalike.client.client import ClientError, LookalikeClient
+from lookalike.client.client import BulkItem, ClientError, LookalikeClient
 
 from lookalike.oss import OssReader, is_oss
 
@@ -37,12 +42,25 @@ class Source:
 
 @dataclass
 class ImportSummary:
+    """What an import did: ``registered`` images newly stored, ``already_present`` ones that were
+    there before (found by ``--resume``, or a retry the server answered from its retry window),
+    ``failures`` with their reasons; ``keys`` of every image now there, in source order."""
+
     received: int = 0
-    succeeded: int = 0
-    skipped: int = 0
+    registered: int = 0
+    already_present: int = 0
     keys: list[tuple[str, int]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+class ImportInterrupted(Exception):
+    """Ctrl-C during an import; ``summary`` holds what was finished before it (every stream sent
+    before the interrupt is either wholly registered or not at all)."""
+
+    def __init__(self, summary: ImportSummary) -> None:
+        super().__init__(f"{summary.registered} of {summary.received} registered")
+        self.summary = summary
 
 
 def _group_of(ref: str, group_from: str) -> str:
@@ -50,9 +68,18 @@ def _group_of(ref: str, group_from: str) -> str:
     return path.parent.name if group_from == "parent" and path.parent.name else path.stem
 
 
-def read_list(ref: str, oss: OssReader, group_from: str) -> Iterator[Source]:
-    """PAI-style image list: ``path[,group_id[,intra_id]]`` per line (commas or tabs); '#' comments."""
+MAX_LIST_ITEMS = 1_000_000  # entries of one image list: the server's default --max-stream-items
+
+
+def read_list(ref: str, oss: OssReader, group_from: str, max_items: int = MAX_LIST_ITEMS) -> Iterator[Source]:
+    """PAI-style image list: ``path[,group_id[,intra_id]]`` per line (commas or tabs); '#' comments.
+
+    A list of more than ``max_items`` entries is refused before any image is read (split it).
+    """
     text = oss.read(ref).decode() if is_oss(ref) else Path(ref).read_text()
+    entries = sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+    if entries > max_items:
+        raise SystemExit(f"lookalike: {ref} has {entries} entries; one list may have at most {max_items}: split it")
     base = ref.rsplit("/", 1)[0] + "/" if is_oss(ref) else str(Path(ref).parent) + "/"
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -98,13 +125,39 @@ def sources(inputs: list[str], *, group: str | None = None, group_from: str = "n
             yield Source(s.ref, group or s.group_id, s.intra_id) if group else s
 
 
-def request_id(database: str, ref: str) -> str:
-    return "import-" + hashlib.sha256(f"{database}\0{ref}".encode()).hexdigest()[:40]
+DIGEST_ATTRIBUTE = "lookalike.sha256"  # set by the server on every image registered from its bytes
 
 
-def registered_sources(client: LookalikeClient, database: str) -> set[str]:
+def request_id(incarnation: str, group_id: str, intra_id: int | None, digest: str) -> str:
+    """One id per (database incarnation, group, intra_id or "auto", content): a retry, never a spelling."""
+    intra = "auto" if intra_id is None else str(intra_id)
+    return "import-" + hashlib.sha256(f"{incarnation}\0{group_id}\0{intra}\0{digest}".encode()).hexdigest()[:40]
+
+
+def incarnation(client: LookalikeClient, database: str) -> str:
+    """Which database of this name: its create time (a re-created database is another one).
+
+    Raises ClientError DATABASE_NOT_FOUND before anything is read when the database is missing.
+    """
+    created = client.get_database(database).create_time
+    return f"{database}@{created.seconds}.{created.nanos:09d}"
+
+
+def present_images(client: LookalikeClient, database: str) -> set[tuple[str, str]]:
+    """(group_id, sha256) of every image the database holds (for ``--resume``)."""
     images = client.list_images(database, page_size=1000)
-    return {img.attributes["source"] for img in images if "source" in img.attributes}
+    return {
+        (img.key.group_id, img.attributes[DIGEST_ATTRIBUTE]) for img in images if DIGEST_ATTRIBUTE in img.attributes
+    }
+
+
+def _source_attribute(ref: str) -> str:
+    if is_oss(ref):
+        return ref
+    try:
+        return str(Path(ref).resolve())
+    except OSError:
+        return ref
 
 
 def run_import(
@@ -131,26 +184,21 @@ def run_import(
     oss = oss or OssReader()
     summary = ImportSummary()
     started = time.monotonic()
-    done = registered_sources(client, database) if resume else set()
-    todo = []
-    for s in items:
-        summary.received += 1
-        if s.ref in done:
-            summary.skipped += 1
-        else:
-            todo.append(s)
-    if progress is not None and summary.skipped:
-        progress(summary.skipped)
+    database_at = incarnation(client, database)
+    present = present_images(client, database) if resume else set()
+    todo = list(items)
+    summary.received = len(todo)
 
-    def load(s: Source) -> bytes | Exception:
+    def load(s: Source) -> tuple[bytes, str] | Exception:
         try:
-            return oss.read(s.ref) if is_oss(s.ref) else Path(s.ref).read_bytes()
+            data = oss.read(s.ref) if is_oss(s.ref) else Path(s.ref).read_bytes()
         except (OSError, ValueError) as exc:
             return exc
+        return data, hashlib.sha256(data).hexdigest()
 
     def send(part: list[tuple[Source, Any]]) -> ImportSummary:
         result = ImportSummary()
-        _send(client, database, part, result, retries)
+        _send(client, database, database_at, part, present, result, retries)
         if progress is not None:
             progress(len(part))
         return result
@@ -160,46 +208,72 @@ def run_import(
 
     pending: deque[tuple[Future[ImportSummary], set[str]]] = deque()
 
-    def merge_oldest() -> None:
-        fut, _ = pending.popleft()
-        r = fut.result()
-        summary.succeeded += r.succeeded
+    def merge(r: ImportSummary) -> None:
+        summary.registered += r.registered
+        summary.already_present += r.already_present
         summary.keys += r.keys
         summary.failures += r.failures
 
-    with (
-        ThreadPoolExecutor(workers, thread_name_prefix="read") as pool,
-        ThreadPoolExecutor(max(1, streams), thread_name_prefix="send") as senders,
-    ):
-        reads: dict[int, Future[bytes | Exception]] = {}
+    reads_pool = ThreadPoolExecutor(workers, thread_name_prefix="read")
+    senders = ThreadPoolExecutor(max(1, streams), thread_name_prefix="send")
+    try:
+        reads: dict[int, Future[tuple[bytes, str] | Exception]] = {}
         next_read = 0
         for b in range(0, len(todo), batch):
             while next_read < len(todo) and next_read < b + batch + in_flight:  # at most in_flight read ahead
-                reads[next_read] = pool.submit(load, todo[next_read])
+                reads[next_read] = reads_pool.submit(load, todo[next_read])
                 next_read += 1
             part = [(todo[i], reads.pop(i).result()) for i in range(b, min(b + batch, len(todo)))]
             groups = numbered(part)
             while pending and (len(pending) >= max(1, streams) or any(groups & g for _, g in pending)):
-                merge_oldest()
+                merge(pending.popleft()[0].result())
             pending.append((senders.submit(send, part), groups))
         while pending:
-            merge_oldest()
+            merge(pending.popleft()[0].result())
+    except KeyboardInterrupt:
+        # Ctrl-C: read and send nothing more; the streams already sent finish (at most ``streams``
+        # of ``batch`` images), so the count below is exact. A second Ctrl-C abandons them.
+        reads_pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            while pending:
+                fut = pending.popleft()[0]
+                if not fut.cancel():
+                    merge(fut.result())
+        except KeyboardInterrupt:
+            pass
+        senders.shutdown(wait=False, cancel_futures=True)
+        summary.seconds = time.monotonic() - started
+        raise ImportInterrupted(summary) from None
+    finally:
+        reads_pool.shutdown(wait=False, cancel_futures=True)
+        senders.shutdown(wait=True)
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _send(client: LookalikeClient, database: str, part: list[tuple[Source, Any]], summary: ImportSummary,
-          retries: int) -> None:  # fmt: skip
+def _send(
+    client: LookalikeClient,
+    database: str,
+    database_at: str,
+    part: list[tuple[Source, Any]],
+    present: set[tuple[str, str]],
+    summary: ImportSummary,
+    retries: int,
+) -> None:
     sendable = []
     for s, content in part:
         if isinstance(content, Exception):
             summary.failures.append({"source": s.ref, "reason": "UNREADABLE", "message": str(content)})
+        elif (s.group_id, content[1]) in present:
+            summary.already_present += 1
         else:
             sendable.append((s, content))
     if not sendable:
         return
-    items = [(s.group_id, s.intra_id, content, s.ref, {"source": s.ref}, request_id(database, s.ref))
-             for s, content in sendable]  # fmt: skip
+    items = [BulkItem(s.group_id, image=data, intra_id=s.intra_id, client_ref=s.ref,
+                      attributes={"source": _source_attribute(s.ref)},
+                      request_id=request_id(database_at, s.group_id, s.intra_id, digest))
+             for s, (data, digest) in sendable]  # fmt: skip
     for attempt in range(retries + 1):
         try:
             r = client.bulk_set(database, items)
@@ -210,7 +284,8 @@ def _send(client: LookalikeClient, database: str, part: list[tuple[Source, Any]]
                     summary.failures.append({"source": s.ref, "reason": err.reason, "message": err.message})
                 return
             time.sleep(min(8.0, 0.25 * 2**attempt))
-    summary.succeeded += r.succeeded_count
+    summary.registered += r.succeeded_count - r.replayed_count
+    summary.already_present += r.replayed_count
     summary.keys += [(k.group_id, k.intra_id) for k in r.keys]
     for f in r.failures:
         summary.failures.append({"source": f.client_ref, "reason": f.reason, "message": f.message})

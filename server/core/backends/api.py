@@ -10,10 +10,11 @@ the retry window of request ids, and the export reader, so an export moves both 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from lookalike.server import defaults
@@ -21,8 +22,17 @@ from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not
 from lookalike.server.core.validation import check_attributes, check_group_id, check_intra_id
 
 Key = tuple[str, int]
-# (group_id, intra_id or None for the next free one, request_id, attributes)
-SetRequest = tuple[str, int | None, str, dict[str, str] | None]
+
+
+class SetRequest(NamedTuple):
+    """One image to store; ``fingerprint`` says what was asked (see ``request_fingerprint``)."""
+
+    group_id: str
+    intra_id: int | None  # None: the next free one in the group
+    request_id: str = ""
+    attributes: dict[str, str] | None = None
+    fingerprint: str = ""
+
 
 RETRY_WINDOW = defaults.RETRY_WINDOW  # request ids remembered per database (the most recent ones), on both backends
 IMPORT_CHUNK = 4096  # rows written per step of an import
@@ -49,6 +59,40 @@ class Entry:
 class SetResult:
     key: Key
     replaced: bool
+    replayed: bool = False  # the request id was seen before: this is the first call's result, nothing stored
+
+
+# -- request ids (AIP-155) ---------------------------------------------------------------------
+def content_digest(data: bytes) -> str:
+    """The sha256 of what a write sent (image bytes, or a vector's float32 bytes)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def request_fingerprint(group_id: str, intra_id: int | None, content: str) -> str:
+    """What a write asked for, compactly: the group, the intra_id (or "auto") and the content digest.
+
+    A request id names one request: a retry must ask for the same key and send the same bytes.
+    Attributes are left out, so a retry whose labels were spelled another way is still a retry.
+    """
+    group = hashlib.sha256(group_id.encode()).hexdigest()[:16]
+    return f"{group}:{'auto' if intra_id is None else intra_id}:{content[:32]}"
+
+
+_FINGERPRINT_PARTS = ("group_id", "intra_id", "content")
+
+
+def request_id_reused(request_id: str, first: str, now: str) -> LookalikeError | None:
+    """None when ``now`` asks for what ``first`` asked (or either is unknown), else REQUEST_ID_REUSED."""
+    if not first or not now or first == now:
+        return None
+    a, b = first.split(":"), now.split(":")
+    differs = [name for name, x, y in zip(_FINGERPRINT_PARTS, a, b, strict=False) if x != y] or ["content"]
+    return LookalikeError(
+        ErrorKind.ALREADY_EXISTS, "REQUEST_ID_REUSED",
+        f"request_id {request_id[:64]!r} was used by an earlier write with a different {' and '.join(differs)}; "
+        "a request id names one request: resend that request unchanged to get its result, or use a new "
+        "request id for a new write",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,6 +101,55 @@ class SnapshotInfo:
     size_bytes: int
     image_count: int
     checkpoint_seq: int
+
+
+@dataclass
+class RetryPlan:
+    """How one set call meets the retry window: what is answered from it, what is written.
+
+    An id seen before answers with its first result (``replayed``) or, asked for something
+    else, REQUEST_ID_REUSED; an id repeated inside the call is written once and the repeats
+    answer with that write's result. Both backends use this, so they agree exactly.
+    """
+
+    requests: list[SetRequest]
+    answers: dict[int, SetResult | LookalikeError] = field(default_factory=dict)
+    todo: list[int] = field(default_factory=list)
+    repeats: dict[int, int] = field(default_factory=dict)  # position -> position of its first in the call
+
+    @classmethod
+    def make(cls, requests: list[SetRequest], seen: dict[str, tuple[SetResult, str]]) -> RetryPlan:
+        requests = [r if isinstance(r, SetRequest) else SetRequest(*r) for r in requests]  # plain tuples too
+        plan = cls(requests)
+        first: dict[str, int] = {}
+        for k, r in enumerate(requests):
+            rid = r.request_id
+            if rid and rid in seen:
+                result, fingerprint = seen[rid]
+                plan.answers[k] = request_id_reused(rid, fingerprint, r.fingerprint) or replace(result, replayed=True)
+            elif rid and rid in first:
+                err = request_id_reused(rid, requests[first[rid]].fingerprint, r.fingerprint)
+                if err is not None:
+                    plan.answers[k] = err
+                else:
+                    plan.repeats[k] = first[rid]
+            else:
+                if rid:
+                    first[rid] = k
+                plan.todo.append(k)
+        return plan
+
+    def settle(self, written: dict[int, SetResult]) -> list[SetResult | LookalikeError]:
+        """One answer per request, in order, once ``todo`` is written."""
+        out: list[SetResult | LookalikeError] = []
+        for k in range(len(self.requests)):
+            if k in written:
+                out.append(written[k])
+            elif k in self.repeats:
+                out.append(replace(written[self.repeats[k]], replayed=True))
+            else:
+                out.append(self.answers[k])
+        return out
 
 
 # -- errors both backends raise ---------------------------------------------------------------
@@ -165,6 +258,9 @@ def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: i
         raise not_found("EXPORT_NOT_FOUND", str(exc)) from None
     except CorruptionError as exc:
         raise invalid("EXPORT_CORRUPT", f"the export is damaged: {exc}") from None
+    except ConnectionError:
+        raise LookalikeError(ErrorKind.UNAVAILABLE, "OSS_UNREACHABLE",
+                             f"could not read {location}: the OSS endpoint could not be reached") from None  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise invalid("EXPORT_UNREADABLE", f"could not read {location} as an export: {exc}") from None
     if source.model.get("digest") != model.get("digest") or source.dimension != dimension:
@@ -212,6 +308,18 @@ def write_export_entries(
 
 
 def export_failed(location: str, exc: BaseException) -> LookalikeError:
+    """Permanent causes (a file in the way, no permission, OSS refused) are FAILED_PRECONDITION; the rest retryable."""
+    if isinstance(exc, (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError)):
+        return LookalikeError(ErrorKind.FAILED_PRECONDITION, "DESTINATION_INVALID",
+                              f"could not write the export to {location}: a file is in the way, or it is not "
+                              "writable by the server")  # fmt: skip
+    status = getattr(exc, "status", None)
+    if isinstance(exc, ValueError) or (isinstance(status, int) and 400 <= status < 500):
+        return LookalikeError(ErrorKind.FAILED_PRECONDITION, "EXPORT_FAILED",
+                              f"could not write the export to {location}: {exc}")  # fmt: skip
+    if isinstance(exc, ConnectionError):
+        return LookalikeError(ErrorKind.UNAVAILABLE, "OSS_UNREACHABLE",
+                              f"could not write the export to {location}: OSS was not reached")  # fmt: skip
     return LookalikeError(ErrorKind.UNAVAILABLE, "EXPORT_FAILED", f"could not write the export to {location}: {exc}")
 
 
@@ -222,7 +330,7 @@ def check_record(position: int, entry: Entry, dimension: int) -> None:
             raise invalid("KEY_INVALID", "group_id must be a string and intra_id an integer")
         check_group_id(entry.group_id)
         check_intra_id(entry.intra_id)
-        check_attributes(entry.attributes)
+        check_attributes(entry.attributes, system=True)
         vector = np.asarray(entry.vector, np.float32)
         norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else float("nan")
         if vector.shape != (dimension,) or not abs(norm - 1.0) < 1e-3:
@@ -278,7 +386,8 @@ class IndexBackend(Protocol):
     """Every mutation and lookup of databases; errors are ``LookalikeError`` with stable reasons.
 
     Shared semantics (pinned by ``tests/server/backends/``): a request id seen before in the
-    same database returns its first result (key and ``replaced``) and changes nothing; the
+    same database returns its first result (key and ``replaced``, marked ``replayed``) and
+    changes nothing, or REQUEST_ID_REUSED when it asks for another key or content; the
     most recent ``RETRY_WINDOW`` ids per database are remembered, and an id is forgotten when
     the image it wrote is deleted (image, group, clear) or its database is deleted.
     """
@@ -305,7 +414,9 @@ class IndexBackend(Protocol):
         *,
         expect: DatabaseHandle | None = None,
         should_continue: Callable[[], bool] | None = None,
-    ) -> list[SetResult]: ...
+    ) -> list[SetResult | LookalikeError]:
+        """One answer per request: its result, or REQUEST_ID_REUSED (nothing else is refused per item)."""
+        ...
 
     def delete_image(self, name: str, group_id: str, intra_id: int) -> None: ...
 

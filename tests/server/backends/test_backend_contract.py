@@ -13,7 +13,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from lookalike.server.core.backends.api import Entry, ExportedDatabase
+from lookalike.server.core.backends.api import (
+    Entry,
+    ExportedDatabase,
+    SetRequest,
+    content_digest,
+    request_fingerprint,
+)
+from lookalike.server.core.errors import LookalikeError
 
 DIM = 16
 MODEL = {"name": "contract", "digest": "c0ffee"}
@@ -51,8 +58,17 @@ def make(backend: str, request: pytest.FixtureRequest) -> Iterator[object]:
         catalog.close(snapshot=False)
 
 
+def request(group: str, intra: int | None, request_id: str, seed: int) -> SetRequest:
+    """A write of vector ``seed``; its fingerprint stands for (group, intra, content) as the service makes it."""
+    return SetRequest(
+        group, intra, request_id, None, request_fingerprint(group, intra, content_digest(vec(seed).tobytes()))
+    )
+
+
 def put(catalog, db: str, group: str, intra: int | None, request_id: str, seed: int):
-    (result,) = catalog.set_images(db, [(group, intra, request_id, None)], vec(seed))
+    (result,) = catalog.set_images(db, [request(group, intra, request_id, seed)], vec(seed))
+    if isinstance(result, LookalikeError):
+        raise result
     return result
 
 
@@ -62,12 +78,48 @@ def test_a_retry_returns_the_first_result_with_its_replaced_flag(make):
     assert put(catalog, "d", "g", 0, "first", 1).replaced is False
     second = put(catalog, "d", "g", 0, "second", 2)
     assert (second.key, second.replaced) == (("g", 0), True)
-    retried = put(catalog, "d", "g", 0, "second", 3)  # the answer was lost; the client sends it again
-    assert (retried.key, retried.replaced) == (("g", 0), True)
+    assert second.replayed is False
+    retried = put(catalog, "d", "g", 0, "second", 2)  # the answer was lost; the client sends it again
+    assert (retried.key, retried.replaced, retried.replayed) == (("g", 0), True, True)
+    put(catalog, "d", "g", 1, "third", 5)  # a write in between must not disturb the retry
+    assert put(catalog, "d", "g", 0, "second", 2).replayed
     stored = catalog.get("d").get("g", 0).vector
-    assert np.allclose(stored, vec(2)[0], atol=1e-6)  # the retry changed nothing
+    assert np.allclose(stored, vec(2)[0], atol=1e-6)  # the retries changed nothing
     auto = put(catalog, "d", "g", None, "auto", 4)
-    assert put(catalog, "d", "g", None, "auto", 4).key == auto.key
+    again = put(catalog, "d", "g", None, "auto", 4)
+    assert (again.key, again.replayed) == (auto.key, True)
+    assert catalog.get("d").size == 3
+
+
+@pytest.mark.parametrize(
+    ("other", "named"),
+    [(("g", 0, 2), "content"), (("h", 0, 1), "group_id"), (("g", 1, 1), "intra_id"), (("g", None, 1), "intra_id")],
+)
+def test_a_request_id_reused_for_another_request_is_refused(make, other, named):
+    catalog = make()
+    catalog.create("d")
+    put(catalog, "d", "g", 0, "rid", 1)
+    group, intra, seed = other
+    with pytest.raises(LookalikeError) as err:
+        put(catalog, "d", group, intra, "rid", seed)
+    assert (err.value.reason, err.value.kind.value) == ("REQUEST_ID_REUSED", "ALREADY_EXISTS")
+    assert named in err.value.message and "'rid'" in err.value.message
+    assert catalog.get("d").size == 1  # nothing stored
+    assert np.allclose(catalog.get("d").get("g", 0).vector, vec(1)[0], atol=1e-6)
+    assert put(catalog, "d", "g", 0, "rid", 1).replayed  # the first request itself is still a retry
+
+
+def test_a_request_id_repeated_in_one_call_is_written_once(make):
+    catalog = make()
+    catalog.create("d")
+    items = [request("g", None, "a", 1), request("g", None, "a", 1), request("g", None, "b", 2),
+             request("g", None, "b", 3)]  # fmt: skip
+    vectors = np.concatenate([vec(1), vec(1), vec(2), vec(3)])
+    first, repeat, other, reused = catalog.set_images("d", items, vectors)
+    assert (first.key, first.replayed) == (("g", 0), False)
+    assert (repeat.key, repeat.replayed) == (("g", 0), True)
+    assert other.key == ("g", 1)
+    assert isinstance(reused, LookalikeError) and reused.reason == "REQUEST_ID_REUSED"
     assert catalog.get("d").size == 2
 
 
@@ -100,7 +152,7 @@ def test_a_delete_ends_the_window_of_what_it_deleted(make, how):
     again = put(catalog, "d", "g", None, "rid", 1)  # a re-add after the delete is stored, not taken for a retry
     catalog.get("d").get(*again.key)
     if how == "image":  # ids of images that were not deleted stay
-        assert put(catalog, "d", "keep", 0, "kept", 10).key == ("keep", 0)
+        assert put(catalog, "d", "keep", 0, "kept", 9).replayed
         assert np.allclose(catalog.get("d").get("keep", 0).vector, vec(9)[0], atol=1e-6)
 
 

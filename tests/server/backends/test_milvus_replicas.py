@@ -168,8 +168,8 @@ def state(client: LookalikeClient, name: str) -> dict[tuple[str, int], tuple[dic
 
 
 def test_export_from_the_built_in_store_imports_into_milvus_and_back(milvus, tmp_path):
-    builtin = start(tmp_path / "builtin")
-    on_m = on_milvus(milvus.uri, tmp_path / "m", prefix="mig_")
+    builtin = start(tmp_path / "builtin", export_root=tmp_path)
+    on_m = on_milvus(milvus.uri, tmp_path / "m", prefix="mig_", export_root=tmp_path)
     b, m = LookalikeClient(builtin.address), LookalikeClient(on_m.address)  # type: ignore[attr-defined]
     try:
         b.create_database("catalogue")

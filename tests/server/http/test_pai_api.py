@@ -63,7 +63,7 @@ def test_img_match_script(pai):
 def test_the_retrieval_scripts_in_order(pai):
     server, url = pai
     db = "tongxin_demo"
-    assert retrieval(url, "init", backend="local", root_path="/tmp/unused")[1]["info"] == "init db success."
+    assert retrieval(url, "init", backend="local", root_path="unused")[1]["info"] == "init db success."
     status, body = retrieval(url, "add", database_name=db, feature_dim_dict={"feature": 384},
                              feature_distance_dict={"feature": "Cosine"})  # fmt: skip
     assert status == 400 and body["error_code"] == "DIMENSION_MISMATCH" and "1280" in body["error_msg"]
@@ -177,7 +177,8 @@ def test_oss_paths_and_save_load_through_the_oss_root(tmp_path, monkeypatch):
     s3.put_object(Bucket="tongxin-lly", Key=f"{prefix}/img/010.jpg", Body=encode(photo("coffee")))
     monkeypatch.setenv("OSS_PATH_STYLE", "1")
     server = create_server(ServerConfig(port=0, http_port=0, snapshot_interval_s=0, data_dir=tmp_path / "d",
-                                        oss_path_style=True))  # fmt: skip
+                                        oss_path_style=True, pai_init_shared=True, oss_endpoint_allow=endpoint,
+                                        oss_allow=f"oss://tongxin-lly/{prefix}/"))  # fmt: skip
     url = f"http://127.0.0.1:{server.http_port}/"
     status, body = retrieval(url, "save", database_name="x")
     assert (status, body["error_code"]) == (412, "NOT_INITIALIZED")  # save/load need init's root first

@@ -28,7 +28,8 @@ def pai(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("load-data")
     root = tmp_path_factory.mktemp("load-root")
-    server = create_server(ServerConfig(port=0, http_port=0, snapshot_interval_s=0, data_dir=data))
+    server = create_server(ServerConfig(port=0, http_port=0, snapshot_interval_s=0, data_dir=data, export_root=root,
+                                        pai_init_shared=True))  # fmt: skip
     url = f"http://127.0.0.1:{server.http_port}/api/predict/load"
     yield server, url, root
     server.stop(0)
@@ -122,7 +123,7 @@ def test_a_load_interrupted_by_a_crash_is_dropped_at_the_next_start(tmp_path):
     from lookalike.server.config import ServerConfig
     from lookalike.server.core.backends.api import read_export_for
 
-    config = ServerConfig(port=0, snapshot_interval_s=0, data_dir=tmp_path / "data")
+    config = ServerConfig(port=0, snapshot_interval_s=0, data_dir=tmp_path / "data", export_root=tmp_path)
     server = create_server(config)
     service = server.service
     service.create_database("d")

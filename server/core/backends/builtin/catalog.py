@@ -17,6 +17,7 @@ import numpy as np
 from lookalike.server.core.backends.api import (
     RETRY_WINDOW,
     ExportedDatabase,
+    RetryPlan,
     SetRequest,
     SetResult,
     SnapshotInfo,
@@ -92,9 +93,10 @@ class Catalog:
             self._check_model(db)
             db.hnsw_settings = self.hnsw
             self._dbs[db.name] = db
-        for db_name, request_id, group_id, intra_id, replaced in loaded.dedupe:
+        for db_name, request_id, group_id, intra_id, replaced, *fingerprint in loaded.dedupe:
             if db_name in self._dbs:
-                self._window(db_name).remember(request_id, (group_id, int(intra_id)), bool(replaced))
+                self._window(db_name).remember(request_id, (group_id, int(intra_id)), bool(replaced),
+                                               fingerprint[0] if fingerprint else "")  # fmt: skip
         replayed = 0
         for seq, cmd in p.records(loaded.checkpoint_seq):
             try:
@@ -154,7 +156,7 @@ class Catalog:
             replaced = db.apply_set(cmd, seq)
             window = self._window(cmd.db)
             for item, rep in zip(cmd.items, replaced, strict=True):
-                window.remember(item.request_id, (item.group_id, item.intra_id), rep)
+                window.remember(item.request_id, (item.group_id, item.intra_id), rep, item.fingerprint)
             return replaced
         if isinstance(cmd, DeleteImage):
             self._window(cmd.db).forget_key((cmd.group_id, cmd.intra_id))
@@ -249,40 +251,32 @@ class Catalog:
         *,
         expect: object = None,
         should_continue: Callable[[], bool] | None = None,
-    ) -> list[SetResult]:
-        """Upsert images as one command; ``requests`` are (group_id, intra_id or None, request_id, attributes).
+    ) -> list[SetResult | LookalikeError]:
+        """Upsert images as one command.
 
-        A request id seen before (per database) returns its first result and changes nothing,
-        so a client may retry a call whose answer it never got. ``expect`` pins the database
-        incarnation a stream started with.
+        A request id seen before (per database) answers with its first result and changes
+        nothing, so a client may retry a call whose answer it never got (``RetryPlan``).
+        ``expect`` pins the database incarnation a stream started with.
         """
         self._require_ready()
-        results: list[SetResult | None] = [None] * len(requests)
         with self._write_lock:
             db = self._get_locked(name)
             if expect is not None and db is not expect:
                 raise database_replaced(name)
             db.check_usable()
-            todo = []
-            window = self._window(name)
-            for k, (_, _, request_id, _) in enumerate(requests):
-                seen = window.get(request_id)
-                if seen is not None:
-                    results[k] = seen
-                else:
-                    todo.append(k)
-            if todo and (should_continue is None or should_continue()):
-                cmd = db.plan_set([requests[k] for k in todo], vectors[todo], time.time())
+            plan = RetryPlan.make(requests, self._window(name).seen([r[2] for r in requests]))
+            written: dict[int, SetResult] = {}
+            seq = 0
+            if plan.todo and (should_continue is None or should_continue()):
+                cmd = db.plan_set([plan.requests[k] for k in plan.todo], vectors[plan.todo], time.time())
                 seq, replaced = self._commit(cmd)
-                for k, item, rep in zip(todo, cmd.items, replaced, strict=True):
-                    results[k] = SetResult((item.group_id, item.intra_id), rep)
-            elif todo:
+                for k, item, rep in zip(plan.todo, cmd.items, replaced, strict=True):
+                    written[k] = SetResult((item.group_id, item.intra_id), rep)
+            elif plan.todo:
                 raise write_cancelled()
-            else:
-                seq = 0
         if seq:
             self._wait(seq)
-        return [r for r in results if r is not None]
+        return plan.settle(written)
 
     def delete_image(self, name: str, group_id: str, intra_id: int) -> None:
         self._require_ready()
@@ -336,9 +330,9 @@ class Catalog:
                     same = entry is not None and int(entry["meta"]["incarnation"]) == db.incarnation
                     views[name] = None if clean and same else db.snapshot_view()
                 dedupe = [
-                    [db_name, request_id, r.key[0], r.key[1], r.replaced]
+                    [db_name, request_id, r.key[0], r.key[1], r.replaced, fingerprint]
                     for db_name, window in self._requests.items()
-                    for request_id, r in window.items()
+                    for request_id, r, fingerprint in window.items()
                 ]
                 p.wal.rotate()
             try:

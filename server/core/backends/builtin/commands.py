@@ -38,6 +38,7 @@ class SetItem:
     image_id: int  # the stable internal id
     request_id: str = ""
     attributes: dict[str, str] | None = None
+    fingerprint: str = ""  # what the request asked for, so a reused request id is told apart from a retry
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,13 @@ def encode(cmd: Command) -> bytes:
             "db": cmd.db,
             "t": cmd.time,
             "items": [
-                [i.group_id, i.intra_id, i.image_id, i.request_id, *([i.attributes] if i.attributes else [])]
+                [
+                    i.group_id,
+                    i.intra_id,
+                    i.image_id,
+                    i.request_id,
+                    *([i.attributes or {}, i.fingerprint] if i.fingerprint else [i.attributes] if i.attributes else []),
+                ]
                 for i in cmd.items
             ],
             "dim": int(cmd.vectors.shape[1]),
@@ -125,7 +132,15 @@ def decode(data: bytes) -> Command:
         return DropDatabase(head["db"])
     if op == "set":
         items = tuple(
-            SetItem(it[0], int(it[1]), int(it[2]), it[3], it[4] if len(it) > 4 else None) for it in head["items"]
+            SetItem(
+                it[0],
+                int(it[1]),
+                int(it[2]),
+                it[3],
+                (it[4] or None) if len(it) > 4 else None,
+                it[5] if len(it) > 5 else "",
+            )
+            for it in head["items"]
         )
         vectors = np.frombuffer(data, dtype="<f4", offset=_LEN.size + n).reshape(len(items), int(head["dim"]))
         times = tuple(float(t) for t in head["times"]) if "times" in head else None

@@ -16,6 +16,7 @@ import numpy as np
 from lookalike.server.core.backends.api import (
     Entry,
     Key,
+    SetRequest,
     check_usable,
     group_not_found,
     image_not_found,
@@ -142,14 +143,12 @@ class Database(DatabaseSearch, DatabaseSnapshots):
             return [self._entry(self._row(g, i)) for g, i in page], start + limit < len(keys)
 
     # -- planning (under the catalog's write lock, before logging) ---------------------------
-    def plan_set(
-        self, requests: list[tuple[str, int | None, str, dict[str, str] | None]], vectors: np.ndarray, now: float
-    ) -> SetImages:
+    def plan_set(self, requests: list[SetRequest], vectors: np.ndarray, now: float) -> SetImages:
         """Choose intra ids (next in group when None) and internal ids for a set command."""
         pending: dict[str, int] = {}  # group -> next intra_id after the items planned so far
         items = []
         with self.lock:
-            for k, (group_id, intra_id, request_id, attributes) in enumerate(requests):
+            for k, (group_id, intra_id, request_id, attributes, fingerprint) in enumerate(requests):
                 if group_id not in pending:
                     g = self._groups.number.get(group_id)
                     has = g is not None and self._groups.members.count(g) > 0
@@ -159,7 +158,8 @@ class Database(DatabaseSearch, DatabaseSnapshots):
                     if intra_id >= MAX_INTRA_ID:
                         raise intra_ids_exhausted(self.name, group_id)
                 pending[group_id] = max(pending[group_id], intra_id + 1)
-                items.append(SetItem(group_id, intra_id, self.next_image_id + k, request_id, attributes or None))
+                items.append(SetItem(group_id, intra_id, self.next_image_id + k, request_id, attributes or None,
+                                     fingerprint))  # fmt: skip
         return SetImages(self.name, tuple(items), vectors, now)
 
     # -- applying (commands already logged) --------------------------------------------------

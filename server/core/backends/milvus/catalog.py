@@ -27,6 +27,7 @@ from lookalike.server.core.backends.api import (
     Entry,
     ExportedDatabase,
     Key,
+    RetryPlan,
     SetRequest,
     SetResult,
     SnapshotInfo,
@@ -217,34 +218,34 @@ class MilvusCatalog:
         *,
         expect: object = None,
         should_continue: Callable[[], bool] | None = None,
-    ) -> list[SetResult]:
-        """Upsert images keyed by (group_id, intra_id); a request id in the retry window returns its first result."""
+    ) -> list[SetResult | LookalikeError]:
+        """Upsert images keyed by (group_id, intra_id); a request id in the retry window answers
+        with its first result (``RetryPlan``)."""
         db = self.get(name)
         if expect is not None and expect != db:
             raise database_replaced(name)
-        results: list[SetResult | None] = [None] * len(requests)
         seen = self.requests.seen(db.incarnation, sorted({r[2] for r in requests if r[2]}))
-        for k, (_, _, request_id, _) in enumerate(requests):
-            if request_id in seen:
-                results[k] = seen[request_id]
-        todo = [k for k in range(len(requests)) if results[k] is None]
-        if not todo:
-            return [r for r in results if r is not None]
-        keys, existing = self._plan_keys(db, [requests[k] for k in todo])
+        plan = RetryPlan.make(requests, seen)
+        requests = plan.requests
+        if not plan.todo:
+            return plan.settle({})
+        keys, existing = self._plan_keys(db, [requests[k] for k in plan.todo])
         if should_continue is not None and not should_continue():
             raise write_cancelled()
         now = time.time()
         rows = []
-        for k, key in zip(todo, keys, strict=True):
-            group_id, _, request_id, attributes = requests[k]
+        written: dict[int, SetResult] = {}
+        for k, key in zip(plan.todo, keys, strict=True):
+            r = requests[k]
             rows.append({"pk": row_key(*key), "group_id": key[0], "intra_id": key[1], "update_time": now,
-                         "request_id": request_id, "attributes": dict(attributes or {}),
+                         "request_id": r.request_id, "attributes": dict(r.attributes or {}),
                          "vector": vectors[k].astype(np.float32).tolist()})  # fmt: skip
-            results[k] = SetResult(key, row_key(*key) in existing)
+            written[k] = SetResult(key, row_key(*key) in existing)
         self.guard(lambda: self.store.upsert(db.collection, rows))
-        self.requests.remember(db.incarnation, [(requests[k][2], results[k]) for k in todo])  # type: ignore[misc]
+        self.requests.remember(db.incarnation, [(requests[k].request_id, written[k], requests[k].fingerprint)
+                                                for k in plan.todo])  # fmt: skip
         self.group_counts.pop(db.incarnation, None)
-        return [r for r in results if r is not None]
+        return plan.settle(written)
 
     def _existing(self, collection: str, keys: list[Key]) -> set[str]:
         pks = sorted({row_key(*k) for k in keys})
@@ -268,7 +269,7 @@ class MilvusCatalog:
 
         keys: list[Key] = []
         auto: list[int] = []
-        for k, (group_id, intra_id, _, _) in enumerate(requests):
+        for k, (group_id, intra_id, *_) in enumerate(requests):
             if intra_id is not None:
                 self.leases.saw_explicit(db.incarnation, group_id, intra_id)
                 keys.append((group_id, intra_id))

@@ -36,7 +36,8 @@ class MilvusRequestWindow:
         self._recorded: dict[str, int] = {}  # incarnation -> ids recorded by this replica since the last count
         self._lock = threading.Lock()
 
-    def seen(self, incarnation: str, request_ids: list[str]) -> dict[str, SetResult]:
+    def seen(self, incarnation: str, request_ids: list[str]) -> dict[str, tuple[SetResult, str]]:
+        """(first result, fingerprint) of each id in the window."""
         if not request_ids:
             return {}
         expr = "pk in [" + ", ".join(literal(_pk(incarnation, r)) for r in request_ids) + "]"
@@ -45,18 +46,20 @@ class MilvusRequestWindow:
         for row in rows:
             info = row["info"]
             request_id = row["pk"].split(KEY_SEPARATOR, 2)[2]
-            found[request_id] = SetResult((str(info["g"]), int(info["i"])), bool(info["replaced"]))
+            result = SetResult((str(info["g"]), int(info["i"])), bool(info["replaced"]))
+            found[request_id] = (result, str(info.get("f", "")))
         return found
 
-    def remember(self, incarnation: str, results: list[tuple[str, SetResult]]) -> None:
+    def remember(self, incarnation: str, results: list[tuple[str, SetResult, str]]) -> None:
+        """Record (request id, result, fingerprint) of each write."""
         rows = []
         now = time.time_ns()
-        for n, (request_id, result) in enumerate(results):
+        for n, (request_id, result, fingerprint) in enumerate(results):
             if request_id:
                 g, i = result.key
                 rows.append({"pk": _pk(incarnation, request_id), "kind": "request", "db": incarnation,
                              "grp": row_key(g, i), "block": now + n,
-                             "info": {"g": g, "i": i, "replaced": result.replaced}})  # fmt: skip
+                             "info": {"g": g, "i": i, "replaced": result.replaced, "f": fingerprint}})  # fmt: skip
         if not rows:
             return
         self.guard(lambda: self.store.put_meta(rows))
