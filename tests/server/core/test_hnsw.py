@@ -59,8 +59,11 @@ def test_hnsw_recall_deletes_upserts_and_fallbacks(dtype: str):
     catalog.set_images("d", [("g5", 5, "", None)], q[None])  # an upsert: the new vector answers at once
     hits, _, tier = db.search_tier(q, 3)
     assert tier == "hnsw" and (hits[0].group_id, hits[0].intra_id) == ("g5", 5) and hits[0].score > 0.999
-    for kwargs in ({"one_per_group": True}, {"where": {"half": "1"}}, {"group_prefix": "g1"}):
-        assert db.search_tier(q, 5, **kwargs)[2] == "exact"  # masks and groups stay with the exact scan
+    assert db.search_tier(q, 5, one_per_group=True)[2] == "exact"  # groups stay with the exact scan
+    hits, _, tier = db.search_tier(q, 5, where={"half": "1"})  # filters check the graph's candidates
+    assert tier == "hnsw" and len(hits) == 5 and all(h.attributes == {"half": "1"} for h in hits)
+    hits, _, tier = db.search_tier(q, 5, group_prefix="g1")
+    assert tier == "hnsw" and len(hits) == 5 and all(h.group_id.startswith("g1") for h in hits)
     db.compact()  # ids stay, rows move: the graph keeps answering right
     hits, _, tier = db.search_tier(q, 3)
     assert tier == "hnsw" and (hits[0].group_id, hits[0].intra_id) == ("g5", 5)

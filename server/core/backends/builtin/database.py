@@ -24,6 +24,7 @@ from lookalike.server.core.backends.api import (
 )
 from lookalike.server.core.backends.builtin.chunks import CHUNK_ROWS, ChunkedRows
 from lookalike.server.core.backends.builtin.commands import SetImages, SetItem
+from lookalike.server.core.backends.builtin.filters import FilterIndex
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.backends.builtin.index import ExactIndex
 from lookalike.server.core.backends.builtin.records import Groups, grown
@@ -58,6 +59,7 @@ class Database(DatabaseSearch, DatabaseSnapshots):
         self._time = ChunkedRows(np.float64, None, chunk_rows)
         self._live = np.zeros(0, np.uint8)
         self._attrs: dict[int, dict[str, str]] = {}  # row -> attributes, for live rows that have any
+        self._filters = FilterIndex()  # attribute key -> value code by row, for keys searches filter on
         # Small per-row columns, contiguous (the kernel and bisections want one array; growth is cheap):
         self._ids_flat = np.zeros(0, np.int64)  # image id by row, ascending, so id -> row is a bisection
         self._group_flat = np.zeros(0, np.int32)  # group number by row (one-per-group scans read it as is)
@@ -195,6 +197,7 @@ class Database(DatabaseSearch, DatabaseSnapshots):
                 self._groups.next_intra[g] = max(self._groups.next_intra[g], item.intra_id + 1)
                 replaced.append(old is not None)
             self._live = live
+            self._filters.appended(first, [item.attributes for item in cmd.items])
             self.next_image_id = max(self.next_image_id, max(i.image_id for i in cmd.items) + 1)
             self._sorted = None
             self.applied_seq = seq
@@ -248,6 +251,7 @@ class Database(DatabaseSearch, DatabaseSnapshots):
             n = self._size
             self._live = np.zeros_like(self._live)
             self._attrs.clear()
+            self._filters.cleared()
             self.hnsw = None
             self._groups.members.clear()
             self._groups.next_intra = [0] * len(self._groups.names)
@@ -290,6 +294,7 @@ class Database(DatabaseSearch, DatabaseSnapshots):
             attrs = {int(np.searchsorted(rows, r)): a for r, a in self._attrs.items() if r < n and old_live[r]}
             self.index.pinned, self._intra, self._time = index_rows, intra, times
             self._live, self._attrs = live, attrs
+            self._filters.compacted(rows)
             ids_flat = np.zeros(len(live), np.int64)
             ids_flat[: len(rows)] = self._ids_flat[rows]
             group_flat = np.zeros(len(live), np.int32)

@@ -12,11 +12,17 @@ from typing import Any
 
 import numpy as np
 from lookalike.server.core.backends.api import Hit, Key
+from lookalike.server.core.backends.builtin.filters import mask_of
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex
 from lookalike.server.core.backends.builtin.index import ExactIndex, Pinned
 from lookalike.server.core.backends.builtin.memory import release_free_memory
 
 from lookalike import native
+
+SUBSET_ROWS = 65536  # a filter keeping at most this many rows (and at most 1/SUBSET_SHARE of all)...
+SUBSET_SHARE = 16  # ...is answered by scoring those rows alone, not by a scan of every row
+SUBSET_BLOCK = 8192  # rows scored at a time there (scratch of 12 MiB at d=384)
+FILTER_CANDIDATES = 4096  # most graph candidates a filtered HNSW search fetches; beyond, the exact scan
 
 
 class DatabaseSearch:
@@ -42,60 +48,98 @@ class DatabaseSearch:
         """Top-k by cosine among the rows that pass the filter (a row mask for the kernel).
 
         ``where`` is an equality filter on attributes, ``group_prefix`` a prefix of group_id.
-        Plain top-k on a database with a ready HNSW graph goes there (candidates re-ranked
-        exactly); everything else is an exact scan. Returns (hits, images compared, index).
+        Under the lock only references are taken (the filter columns, the live mask, the pinned
+        rows); the mask is computed and the search runs outside it, so writers never wait for
+        a search. Plain top-k on a database with a ready HNSW graph goes there (candidates
+        re-ranked exactly); a filter goes there too unless it keeps few rows (those are scored
+        directly) or the graph's candidates hold fewer than k passing rows (then the exact scan
+        with the mask answers). Returns (hits, images compared, index).
         """
+        if where:  # the first filter on a key builds its column (outside the lock)
+            self._filters.ensure(where, self.lock, lambda: (self._attrs, self._intra.n))
         with self.lock:
             n = self._intra.n
             live = self._live[:n]
-            searched = self._size
-            if where or group_prefix:
-                live = self._filter_mask(live, where or {}, group_prefix)
-                searched = int(np.count_nonzero(live))
+            searched = total = self._size
+            terms = self._filters.terms(where, n) if where else []
+            names, named = self._groups.names, len(self._groups.names)
+            excluded = None
             if exclude is not None:
                 g = self._groups.number.get(exclude[0])
-                row = self._groups.members.get(g, exclude[1]) if g is not None else None
-                if row is not None and live[row]:
-                    live = live.copy()
-                    live[row] = 0
-                    searched -= 1
-            names = self._groups.names
+                excluded = self._groups.members.get(g, exclude[1]) if g is not None else None
             group_rows = self._group_flat[:n]  # a view: rows below n never change
-            groups = group_rows if one_per_group else None
             attrs, intra_rows, index_rows = self._attrs, self._intra, self.index.pin()
-            graph = self.hnsw if self.hnsw is not None and self.hnsw.ready else None
-            if one_per_group or where or group_prefix:
-                graph = None
+            graph = self.hnsw if self.hnsw is not None and self.hnsw.ready and not one_per_group else None
             ids_flat = self._ids_flat[:n]
+        if terms is None:  # a value no row holds
+            return [], 0, "exact"
+        filtered = bool(where or group_prefix)
+        if filtered:
+            live = filter_mask(live, terms, group_prefix, names[:named], group_rows)
+            searched = int(np.count_nonzero(live))
+        if excluded is not None and live[excluded]:
+            live = live.copy() if not filtered else live  # never change the database's own mask
+            live[excluded] = 0
+            searched -= 1
         if searched <= 0:
             return [], 0, "exact"
         k = min(top_k, searched)
-        tier = "exact"
-        if graph is not None:
-            scores, rows = self._graph_search(graph, query, k, live, ids_flat, index_rows, self.index)
-            tier = "hnsw"
-        else:
-            scores, rows = self.index.search(query, k, live, n, groups, rows=index_rows)
+        groups = group_rows if one_per_group else None
+        tier, found = "exact", None
+        if filtered and searched <= min(SUBSET_ROWS, n // SUBSET_SHARE):
+            found = self._subset_search(query, k, live, groups, index_rows)
+        elif graph is not None:
+            want = max(k * graph.settings.rerank_factor, k + 16)
+            if filtered:  # as many more candidates as the filter drops
+                want = -(-want * total // searched)
+            if want <= FILTER_CANDIDATES or not filtered:
+                found = self._graph_search(graph, query, k, want, live, ids_flat, index_rows, self.index)
+                tier = "hnsw"
+                if filtered and len(found[1]) < k:
+                    found, tier = None, "exact"
+        scores, rows = found if found is not None else self.index.search(query, k, live, n, groups, rows=index_rows)
         hits = []
         for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
             if min_score is not None and score < min_score:
                 break
-            found = attrs.get(row) if with_attributes else None
-            hits.append(Hit(names[int(group_rows[row])], int(intra_rows[row]), score, dict(found) if found else None))
+            found_attrs = attrs.get(row) if with_attributes else None
+            hits.append(Hit(names[int(group_rows[row])], int(intra_rows[row]), score,
+                            dict(found_attrs) if found_attrs else None))  # fmt: skip
         return hits, searched, tier
+
+    def _subset_search(
+        self, query: np.ndarray, k: int, mask: np.ndarray, groups: np.ndarray | None, pinned: Pinned
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of the few rows a filter keeps, scored directly (exact, as the scan would: i8 from
+        the float32 copy): reading them costs a fraction of scanning every row."""
+        rows = np.flatnonzero(mask)
+        scores = np.empty(len(rows), np.float32)
+        for a in range(0, len(rows), SUBSET_BLOCK):  # bounded scratch per search
+            scores[a : a + SUBSET_BLOCK] = self.index.take(rows[a : a + SUBSET_BLOCK], pinned) @ query
+        if groups is None and len(scores) > 4 * k:  # the best k (ties at the edge kept), then ordered
+            edge = np.partition(scores, len(scores) - k)[len(scores) - k]
+            keep = scores >= edge
+            rows, scores = rows[keep], scores[keep]
+        order = np.lexsort((rows, -scores))  # best first, ties by lower row, as the kernel orders them
+        if groups is not None:
+            _, first = np.unique(groups[rows[order]], return_index=True)
+            order = order[np.sort(first)]
+        order = order[:k]
+        return scores[order], rows[order]
 
     @staticmethod
     def _graph_search(
         graph: HnswIndex,
         query: np.ndarray,
         k: int,
+        count: int,
         live: np.ndarray,
         ids_flat: np.ndarray,
         rows: Pinned,
         index: ExactIndex,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """HNSW candidates, checked against the live mask, re-scored exactly from the float32 rows."""
-        ids = graph.candidates(query, max(k * graph.settings.rerank_factor, k + 16))
+        """``count`` HNSW candidates, checked against the mask, re-scored exactly from the float32 rows."""
+        ids = graph.candidates(query, count)
         ids = ids[ids >= 0]
         pos = np.searchsorted(ids_flat, ids)
         pos = np.minimum(pos, len(ids_flat) - 1)
@@ -156,18 +200,15 @@ class DatabaseSearch:
 
         threading.Thread(target=build, name=f"hnsw-{self.name}", daemon=True).start()
 
-    def _filter_mask(self, live: np.ndarray, where: dict[str, str], group_prefix: str) -> np.ndarray:
-        """Live rows whose attributes equal ``where`` and whose group starts with ``group_prefix``."""
-        mask = np.zeros(len(live), np.uint8)
-        if where:
-            rows = [r for r, a in self._attrs.items() if all(a.get(k) == v for k, v in where.items())]
-            if group_prefix:
-                names = self._groups.names
-                rows = [r for r in rows if names[int(self._group_flat[r])].startswith(group_prefix)]
-            mask[rows] = 1
-        else:
-            names = self._groups.names
-            chosen = np.zeros(len(names) + 1, bool)
-            chosen[[g for g, name in enumerate(names) if name.startswith(group_prefix)]] = True
-            mask = chosen[self._group_flat[: len(live)]].astype(np.uint8)
-        return mask & live
+
+def filter_mask(
+    live: np.ndarray, terms: list[tuple[np.ndarray, int]], group_prefix: str, names: list[str], group_rows: np.ndarray
+) -> np.ndarray:
+    """Live rows whose attribute codes match ``terms`` and whose group starts with ``group_prefix``:
+    vectorised over rows, and per group (not per row) for the prefix."""
+    mask = mask_of(terms, live)
+    if group_prefix:
+        chosen = np.zeros(len(names) + 1, bool)
+        chosen[[g for g, name in enumerate(names) if name.startswith(group_prefix)]] = True
+        mask &= chosen[group_rows]
+    return mask
