@@ -14,7 +14,7 @@ import socket
 import time
 
 import pytest
-from serving import Served, serving
+from served import Served, serving
 
 TOKEN = "bodies-t0ken"
 GIB = 1 << 30

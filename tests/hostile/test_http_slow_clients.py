@@ -20,7 +20,7 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from photos import encode, photo
-from serving import Served, serving
+from served import Served, serving
 
 TIMEOUT_S = 2.0  # --http-body-timeout-s and --http-header-timeout-s below
 INFLIGHT = 4

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from lookalike.server.transport.pai_schema import FUNCTIONS, RESPONSES, PaiRequest
 from moto_s3 import S3
 from photos import crop, encode, photo
+from served import serving
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TOKEN = "curl-journey-token"
@@ -98,32 +98,11 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory, s3: S3, exports: Path) -> Iterator[str]:
     """``lookalike serve --http-port 0`` with a token, as a user runs it; yields the HTTP base URL."""
-    data = tmp_path_factory.mktemp("pai-curl")
-    env = {**os.environ, "LOOKALIKE_TOKEN": TOKEN, "OSS_PATH_STYLE": "1"}
     # As the README says to start it: the bucket and the endpoint its OSS init names are allowed.
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", "--port", "0", "--http-port", "0",
-                             "--data-dir", str(data / "data"), "--log-level", "warning", "--snapshot-interval", "0",
-                             "--export-root", str(exports), "--oss-allow", f"oss://{BUCKET}/",
-                             "--oss-endpoint-allow", s3.endpoint],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        url = None
-        for line in proc.stdout:
-            if "PAI-compatible HTTP API on " in line:
-                url = line.rsplit(" ", 1)[1].strip().rstrip("/")
-            if "ready" in line:
-                break
-        if url is None:
-            proc.kill()
-            raise AssertionError(f"no HTTP API: {proc.stderr.read() if proc.stderr else ''}")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(tmp_path_factory.mktemp("pai-curl"), "--export-root", str(exports), "--oss-allow",
+                 f"oss://{BUCKET}/", "--oss-endpoint-allow", s3.endpoint, token=TOKEN,
+                 env={"OSS_PATH_STYLE": "1"}) as served:  # fmt: skip
+        yield served.http_url
 
 
 def test_the_section_sets_the_address_and_covers_every_function():

@@ -1,4 +1,4 @@
-"""``lookalike serve`` as a subprocess for the port tests: its pid (RSS, descriptors), ports and log file."""
+"""``lookalike serve`` as a subprocess with every port on: its pid (RSS, descriptors), ports and log file."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ class Served:
     metrics_port: int
     log: Path
 
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.grpc.rsplit(':', 1)[0]}:{self.http_port}"
+
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -39,9 +43,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(folder: Path, *extra: str, token: str | None = None, nofile: int | None = None) -> Iterator[Served]:
-    """A server on free ports (gRPC, HTTP, metrics), JSON logs to ``folder/server.log``; stopped afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+def serving(folder: Path, *extra: str, token: str | None = None, nofile: int | None = None,
+            env: dict[str, str] | None = None) -> Iterator[Served]:  # fmt: skip
+    """A server on free ports (gRPC, HTTP, metrics), JSON logs to ``folder/server.log``; stopped afterwards.
+
+    It sees none of this process' ``LOOKALIKE_*`` variables, only ``token`` and ``env``.
+    """
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}, **(env or {})}
     if token:
         env["LOOKALIKE_TOKEN"] = token
 
