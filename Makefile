@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 SOURCES := Makefile pyproject.toml CMakeLists.txt $(shell find ext/include ext/binding.cpp proto -type f 2>/dev/null)
 ARGS ?=
 
-.PHONY: install serve test test-python test-cpp lint tools bench clean
+.PHONY: install serve test test-python test-cpp lint tools datasets bench clean
 
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
@@ -24,6 +24,9 @@ serve: $(STAMP)
 tools:
 	scripts/install-tools.sh
 
+datasets:
+	scripts/install-datasets.sh
+
 lint: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -35,8 +38,8 @@ test-cpp:
 	cmake --build build/ext-tests -j2
 	ctest --test-dir build/ext-tests --output-on-failure
 
-test-python: $(STAMP) tools
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m pytest $(ARGS)
+test-python: $(STAMP) tools datasets
+	PATH="$(CURDIR)/.tools/bin:$$PATH" LOOKALIKE_DATASETS_DIR="$(CURDIR)/.datasets" $(BIN)/python -m pytest $(ARGS)
 
 test: lint test-cpp test-python
 
@@ -44,4 +47,4 @@ bench: $(STAMP)
 	@$(BIN)/python bench/harness.py --list
 
 clean:
-	rm -rf build .tools $(VENV)
+	rm -rf build .tools .datasets $(VENV)
