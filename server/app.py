@@ -191,7 +191,7 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
                              shared_init=config.pai_init_shared)  # fmt: skip
         http_limits = HttpLimits.from_config(config)
         http = HttpServer(
-            create_app(gateway, http_limits), config.host, config.http_port, limits=http_limits,
+            create_app(gateway, http_limits, server.slots), config.host, config.http_port, limits=http_limits,
             tls_cert=str(config.tls_cert) if config.tls_cert else None,
             tls_key=str(config.tls_key) if config.tls_key else None,
             tls_client_ca=str(config.tls_client_ca) if config.tls_client_ca else None,

@@ -77,7 +77,8 @@ class ServerConfig:
                                 "a GPU; on CPU, where larger batches fall out of cache and run slower per image, "
                                 f"{CPU_MAX_BATCH_PER_WORKER} with several model workers and {CPU_MAX_BATCH} with one",
                                 min=1, max=4096)  # fmt: skip
-    max_inflight: int = opt(32, "unary calls served at once; beyond it RESOURCE_EXHAUSTED at once", min=1, max=4096)
+    max_inflight: int = opt(32, "calls served at once, gRPC unary and HTTP together; beyond it RESOURCE_EXHAUSTED "
+                            "(HTTP 429) at once", min=1, max=4096)  # fmt: skip
     max_streams: int = opt(4, "BulkSetImages streams open at once; beyond it RESOURCE_EXHAUSTED", min=1, max=1024)
     stream_idle_s: float = opt(60.0, "a stream that sends nothing for this long is cancelled (health Watch and "
                                "reflection streams too)", min=0.1)  # fmt: skip

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.transport.auth import OPEN_PREFIXES
+from lookalike.server.transport.call_slots import CallSlots
 from lookalike.server.transport.errors import to_status
 
 
@@ -79,9 +80,10 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         stream_idle_s: float,
         max_message_bytes: int,
         max_open_streams: int = 8,
+        slots: CallSlots | None = None,
     ) -> None:
         self.max_message_bytes = max_message_bytes
-        self._unary = threading.BoundedSemaphore(max_inflight)
+        self.slots = slots or CallSlots(max_inflight)
         self._streams = threading.BoundedSemaphore(max_streams)
         self._open_streams = threading.BoundedSemaphore(max_open_streams)
         self.stream_idle_s = stream_idle_s
@@ -117,17 +119,17 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
 
     def _wrap_unary(self, handler: Any) -> Any:
         inner = handler.unary_unary
-        sem, refusal = self._unary, self._busy
+        slots, refusal = self.slots, self._busy
 
         def admitted(request: Any, context: grpc.ServicerContext) -> Any:
             if isinstance(request, Undecodable):
                 _undecodable(context, request)
-            if not sem.acquire(blocking=False):
+            if not slots.take():
                 context.abort_with_status(refusal)
             try:
                 return inner(request, context)
             finally:
-                sem.release()
+                slots.give_back()
 
         return grpc.unary_unary_rpc_method_handler(
             admitted,

@@ -17,6 +17,7 @@ from lookalike.server.config import ServerConfig
 from lookalike.server.core.service import LookalikeService
 from lookalike.server.transport.admission import AdmissionInterceptor
 from lookalike.server.transport.auth import TokenAuthInterceptor, TokenSet
+from lookalike.server.transport.call_slots import CallSlots
 from lookalike.server.transport.database_servicer import DatabaseServicer
 from lookalike.server.transport.match_servicer import MatchServicer
 from lookalike.server.transport.metrics import ObservabilityInterceptor, ServerMetrics
@@ -50,8 +51,10 @@ class GrpcServer:
         limits: ServerConfig,
         metrics: ServerMetrics | None = None,
     ) -> None:
+        self.slots = CallSlots(limits.max_inflight)  # shared with the HTTP port
         admission = AdmissionInterceptor(
             max_inflight=limits.max_inflight,
+            slots=self.slots,
             max_streams=limits.max_streams,
             stream_idle_s=limits.stream_idle_s,
             max_message_bytes=limits.max_message_bytes,

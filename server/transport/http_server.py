@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from lookalike.server import defaults as d
 from lookalike.server.transport.auth import token_matches
+from lookalike.server.transport.call_slots import CallSlots
 from lookalike.server.transport.http_gateway import PaiGateway
 from lookalike.server.transport.http_limits import (
     BodyRefused,
@@ -64,11 +65,12 @@ def refusal(gateway: PaiGateway, status: int, reason: str, message: str, **heade
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
-def create_app(gateway: PaiGateway, limits: HttpLimits | None = None) -> FastAPI:
+def create_app(gateway: PaiGateway, limits: HttpLimits | None = None, slots: CallSlots | None = None) -> FastAPI:
+    """The PAI app; ``slots`` are the server's call slots (shared with gRPC), else its own."""
     limits = limits or HttpLimits()
+    slots = slots or CallSlots(limits.max_inflight)
     app = FastAPI(title="Lookalike PAI-EAS compatible API", version="1",
                   description="Image matching and retrieval, compatible with the PAI-EAS JSON scripts.")  # fmt: skip
-    inflight = [0]  # calls admitted on this port; the event loop is one thread, so a plain counter
     pool: list[Any] = []  # the call threads' limiter, made in the event loop on first use
 
     async def predict(request: Request) -> Response:
@@ -82,11 +84,10 @@ def create_app(gateway: PaiGateway, limits: HttpLimits | None = None) -> FastAPI
         if length is not None and length.strip().isdigit() and int(length) > gateway.max_body_bytes:
             return refusal(gateway, 413, "MESSAGE_TOO_LARGE", f"the body is {int(length)} bytes, over the limit of "
                            f"{gateway.max_body_bytes} (--max-message-bytes)")  # fmt: skip
-        if inflight[0] >= limits.max_inflight:
+        if not slots.take():
             return refusal(gateway, 429, "TOO_MANY_REQUESTS", f"the server is serving its limit of "
-                           f"{limits.max_inflight} calls (--max-inflight); retry with backoff",
+                           f"{slots.limit} calls (--max-inflight); retry with backoff",
                            **{"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
-        inflight[0] += 1
         try:
             try:
                 raw = await read_body(request.receive, max_bytes=gateway.max_body_bytes,
@@ -99,7 +100,7 @@ def create_app(gateway: PaiGateway, limits: HttpLimits | None = None) -> FastAPI
                 pool.append(anyio.CapacityLimiter(limits.max_inflight))
             return await anyio.to_thread.run_sync(gateway.handle, raw, authorization, content_type, limiter=pool[0])
         finally:
-            inflight[0] -= 1
+            slots.give_back()
 
     async def healthz() -> JSONResponse:
         """For load balancers: 200 once the databases are loaded (or the index backend answers), else 503."""
