@@ -75,15 +75,14 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
     def __init__(
         self,
         *,
-        max_inflight: int,
+        slots: CallSlots,
         max_streams: int,
         stream_idle_s: float,
         max_message_bytes: int,
         max_open_streams: int = 8,
-        slots: CallSlots | None = None,
     ) -> None:
         self.max_message_bytes = max_message_bytes
-        self.slots = slots or CallSlots(max_inflight)
+        self.slots = slots  # shared with the HTTP port: one --max-inflight for the server
         self._streams = threading.BoundedSemaphore(max_streams)
         self._open_streams = threading.BoundedSemaphore(max_open_streams)
         self.stream_idle_s = stream_idle_s
@@ -94,7 +93,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         )
         self._busy = _refusal(
             "TOO_MANY_REQUESTS",
-            f"the server is serving its limit of {max_inflight} calls (--max-inflight); retry with backoff",
+            f"the server is serving its limit of {slots.limit} calls (--max-inflight); retry with backoff",
         )
         self._too_many_streams = _refusal(
             "TOO_MANY_STREAMS",

@@ -53,7 +53,6 @@ class GrpcServer:
     ) -> None:
         self.slots = CallSlots(limits.max_inflight)  # shared with the HTTP port
         admission = AdmissionInterceptor(
-            max_inflight=limits.max_inflight,
             slots=self.slots,
             max_streams=limits.max_streams,
             stream_idle_s=limits.stream_idle_s,

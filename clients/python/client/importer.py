@@ -232,7 +232,8 @@ def run_import(
             merge(pending.popleft()[0].result())
     except KeyboardInterrupt:
         # Ctrl-C: read and send nothing more; the streams already sent finish (at most ``streams``
-        # of ``batch`` images), so the count below is exact. A second Ctrl-C abandons them.
+        # of ``batch`` images) and are counted, so the count is exact. A second Ctrl-C stops the
+        # counting there (those streams still finish before the process ends).
         reads_pool.shutdown(wait=False, cancel_futures=True)
         try:
             while pending:
@@ -241,13 +242,11 @@ def run_import(
                     merge(fut.result())
         except KeyboardInterrupt:
             pass
-        senders.shutdown(wait=False, cancel_futures=True)
-        summary.seconds = time.monotonic() - started
         raise ImportInterrupted(summary) from None
     finally:
         reads_pool.shutdown(wait=False, cancel_futures=True)
-        senders.shutdown(wait=True)
-    summary.seconds = time.monotonic() - started
+        senders.shutdown(wait=True, cancel_futures=True)
+        summary.seconds = time.monotonic() - started
     return summary
 
 

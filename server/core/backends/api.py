@@ -118,9 +118,13 @@ class RetryPlan:
     repeats: dict[int, int] = field(default_factory=dict)  # position -> position of its first in the call
 
     @classmethod
-    def make(cls, requests: list[SetRequest], seen: dict[str, tuple[SetResult, str]]) -> RetryPlan:
+    def make(
+        cls, requests: list[SetRequest], lookup: Callable[[list[str]], dict[str, tuple[SetResult, str]]]
+    ) -> RetryPlan:
+        """``lookup(ids)`` is the window's (first result, fingerprint) of each id it holds."""
         requests = [r if isinstance(r, SetRequest) else SetRequest(*r) for r in requests]  # plain tuples too
         plan = cls(requests)
+        seen = lookup(sorted({r.request_id for r in requests if r.request_id}))
         first: dict[str, int] = {}
         for k, r in enumerate(requests):
             rid = r.request_id

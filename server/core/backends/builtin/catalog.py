@@ -264,7 +264,7 @@ class Catalog:
             if expect is not None and db is not expect:
                 raise database_replaced(name)
             db.check_usable()
-            plan = RetryPlan.make(requests, self._window(name).seen([r[2] for r in requests]))
+            plan = RetryPlan.make(requests, self._window(name).seen)
             written: dict[int, SetResult] = {}
             seq = 0
             if plan.todo and (should_continue is None or should_continue()):

@@ -24,7 +24,7 @@ class RequestWindow:
         return len(self._seen)
 
     def seen(self, request_ids: list[str]) -> dict[str, tuple[SetResult, str]]:
-        return {r: self._seen[r] for r in request_ids if r and r in self._seen}
+        return {r: self._seen[r] for r in request_ids if r in self._seen}
 
     def remember(self, request_id: str, key: Key, replaced: bool, fingerprint: str = "") -> None:
         if not request_id:

@@ -224,8 +224,7 @@ class MilvusCatalog:
         db = self.get(name)
         if expect is not None and expect != db:
             raise database_replaced(name)
-        seen = self.requests.seen(db.incarnation, sorted({r[2] for r in requests if r[2]}))
-        plan = RetryPlan.make(requests, seen)
+        plan = RetryPlan.make(requests, lambda ids: self.requests.seen(db.incarnation, ids))
         requests = plan.requests
         if not plan.todo:
             return plan.settle({})
