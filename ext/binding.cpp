@@ -5,11 +5,13 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "lookalike/range_join.hpp"
 #include "lookalike/simd.hpp"
 #include "lookalike/stream.hpp"
 #include "lookalike/thread_pool.hpp"
@@ -171,15 +173,12 @@ void run_topk(const Call& call, const float* q, std::size_t m, std::size_t k, fl
   lookalike::topk_chunks(chunks.data(), chunks.size(), call.d, q, m, k, s, ids, call.options);
 }
 
-py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int64_t k,
-               const std::optional<std::int64_t>& n_opt, const py::handle& live_obj, const py::handle& groups_obj,
-               bool one_per_group, std::int64_t threads, const std::optional<std::string>& simd,
-               const py::handle& scales_obj) {
+// The arguments topk and range_join share, validated: db chunks limited to the first n rows,
+// int8 scales, the live mask, threads and the SIMD level. `keep` holds the arrays pointed into.
+Call make_call(const std::vector<py::array>& chunks, lookalike::Storage storage, const py::array& queries,
+               const std::optional<std::int64_t>& n_opt, const py::handle& live_obj, std::int64_t threads,
+               const py::handle& scales_obj, std::vector<py::array>& keep, py::ssize_t* n_out) {
   Call call;
-  const std::vector<py::array> chunks = as_chunks(db_obj);
-  const lookalike::Storage storage = storage_of(chunks[0]);
-  const py::array queries = as_matrix_f32(queries_obj, "queries");
-  if (k < 0) throw py::value_error("k must be >= 0, got " + std::to_string(k));
   if (threads < 0) {
     throw py::value_error("threads must be >= 0 (0 = the thread budget, see set_threads), got " +
                           std::to_string(threads));
@@ -199,6 +198,7 @@ py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int
     }
     n = *n_opt;
   }
+  *n_out = n;
   // Chunks limited to the first n rows.
   py::ssize_t left = n;
   for (const py::array& a : chunks) {
@@ -209,7 +209,6 @@ py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int
   }
 
   // int8: scales, one float32 per row: one array over all rows, or one per chunk.
-  std::vector<py::array> keep;
   if (storage == lookalike::Storage::i8) {
     const std::string what = "one float32 scale per int8 row (see lookalike.native.quantize_int8)";
     if (scales_obj.is_none()) throw py::type_error("int8 db needs scales: " + what);
@@ -244,6 +243,21 @@ py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int
                              "dtype=np.uint8)"));
     call.options.live = static_cast<const std::uint8_t*>(keep.back().data());
   }
+  call.options.threads = static_cast<std::size_t>(threads);
+  return call;
+}
+
+py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int64_t k,
+               const std::optional<std::int64_t>& n_opt, const py::handle& live_obj, const py::handle& groups_obj,
+               bool one_per_group, std::int64_t threads, const std::optional<std::string>& simd,
+               const py::handle& scales_obj) {
+  const std::vector<py::array> chunks = as_chunks(db_obj);
+  const lookalike::Storage storage = storage_of(chunks[0]);
+  const py::array queries = as_matrix_f32(queries_obj, "queries");
+  if (k < 0) throw py::value_error("k must be >= 0, got " + std::to_string(k));
+  std::vector<py::array> keep;
+  py::ssize_t n = 0;
+  Call call = make_call(chunks, storage, queries, n_opt, live_obj, threads, scales_obj, keep, &n);
   if (one_per_group) {
     if (groups_obj.is_none()) throw py::value_error("one_per_group=True needs groups: one int32/int64 id per row");
     keep.push_back(as_vector(groups_obj, "groups", n, {py::dtype::of<std::int64_t>(), py::dtype::of<std::int32_t>()},
@@ -257,7 +271,6 @@ py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int
   } else if (!groups_obj.is_none()) {
     throw py::value_error("groups is only used with one_per_group=True; pass both, or neither");
   }
-  call.options.threads = static_cast<std::size_t>(threads);
   call.options.simd = as_level(simd);
 
   const auto m = static_cast<std::size_t>(queries.shape(0));
@@ -274,6 +287,75 @@ py::tuple topk(const py::handle& db_obj, const py::handle& queries_obj, std::int
     case lookalike::Storage::i8: run_topk<std::int8_t>(call, q, m, kk, s, i); break;
   }
   return py::make_tuple(std::move(scores), std::move(ids));
+}
+
+// A 1-D numpy array that takes over a vector's buffer (no copy): the capsule frees it.
+template <class T>
+py::array_t<T> adopt(std::vector<T>&& v) {
+  auto* owned = new std::vector<T>(std::move(v));
+  py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>({static_cast<py::ssize_t>(owned->size())}, {static_cast<py::ssize_t>(sizeof(T))},
+                        owned->data(), free_when_done);
+}
+
+template <class DbT>
+lookalike::RangeJoinResult run_range_join(const Call& call, const float* q, std::size_t m, float threshold,
+                                          const lookalike::RangeJoinOptions& options) {
+  std::vector<lookalike::Chunk<DbT>> chunks;
+  for (std::size_t c = 0; c < call.arrays.size(); ++c) {
+    chunks.push_back({static_cast<const DbT*>(call.arrays[c].data()), call.rows[c],
+                      call.scales.empty() ? nullptr : call.scales[c]});
+  }
+  py::gil_scoped_release release;
+  return lookalike::range_join_chunks(chunks.data(), chunks.size(), call.d, q, m, threshold, options);
+}
+
+py::tuple range_join(const py::handle& db_obj, const py::handle& queries_obj, double threshold,
+                     const std::optional<std::int64_t>& n_opt, const py::handle& live_obj,
+                     const py::handle& min_row_obj, std::int64_t max_pairs, std::int64_t threads,
+                     const std::optional<std::string>& simd, const py::handle& scales_obj, bool prune) {
+  const std::vector<py::array> chunks = as_chunks(db_obj);
+  const lookalike::Storage storage = storage_of(chunks[0]);
+  const py::array queries = as_matrix_f32(queries_obj, "queries");
+  if (!std::isfinite(threshold)) {
+    throw py::value_error("threshold must be a finite number (a cosine, e.g. 0.95), got " + std::to_string(threshold));
+  }
+  if (max_pairs < 0) {
+    throw py::value_error("max_pairs must be >= 0 (the most pairs one call may return), got " +
+                          std::to_string(max_pairs));
+  }
+  std::vector<py::array> keep;
+  py::ssize_t n = 0;
+  Call call = make_call(chunks, storage, queries, n_opt, live_obj, threads, scales_obj, keep, &n);
+  const auto m = static_cast<std::size_t>(queries.shape(0));
+  lookalike::RangeJoinOptions options;
+  options.live = call.options.live;
+  options.threads = call.options.threads;
+  options.max_pairs = static_cast<std::size_t>(max_pairs);
+  options.simd = as_level(simd);
+  options.prune = prune;
+  if (!min_row_obj.is_none()) {
+    const std::string what = "one int64 per query: only rows > min_row[i] are reported for query i";
+    py::array a = as_vector(min_row_obj, "min_row", 0, {py::dtype::of<std::int64_t>()},
+                            what + "; try np.ascontiguousarray(min_row, dtype=np.int64)");
+    if (static_cast<std::size_t>(a.shape(0)) != m) {
+      throw py::value_error("min_row must have one entry per query (" + std::to_string(m) + "), got shape " +
+                            shape_str(a) + "; " + what);
+    }
+    keep.push_back(a);
+    options.min_row = static_cast<const std::int64_t*>(a.data());
+  }
+  const auto* q = static_cast<const float*>(queries.data());
+  const auto t = static_cast<float>(threshold);
+  lookalike::RangeJoinResult r;
+  switch (storage) {
+    case lookalike::Storage::f32: r = run_range_join<float>(call, q, m, t, options); break;
+    case lookalike::Storage::f16: r = run_range_join<lookalike::f16>(call, q, m, t, options); break;
+    case lookalike::Storage::bf16: r = run_range_join<lookalike::bf16>(call, q, m, t, options); break;
+    case lookalike::Storage::i8: r = run_range_join<std::int8_t>(call, q, m, t, options); break;
+  }
+  (void)n;
+  return py::make_tuple(adopt(std::move(r.queries)), adopt(std::move(r.rows)), adopt(std::move(r.scores)));
 }
 
 std::uint64_t stream_read(const py::handle& obj, std::int64_t threads, const std::optional<std::string>& simd) {
@@ -306,6 +388,18 @@ n: rows used (the first n of the concatenation; default all). live: uint8/bool [
 groups + one_per_group: int32/int64 [>= n]; the best row of each of the k best groups.
 scales: int8 only; float32 [>= n] or one array per chunk. Returns (scores float32 [m, k],
 ids int64 [m, k]) with global row ids, padded with -inf / -1. The GIL is released.)doc");
+
+  mod.def("range_join", &range_join, py::arg("db"), py::arg("queries"), py::arg("threshold"), py::kw_only(),
+          py::arg("n") = py::none(), py::arg("live") = py::none(), py::arg("min_row") = py::none(),
+          py::arg("max_pairs") = static_cast<std::int64_t>(lookalike::kDefaultMaxPairs), py::arg("threads") = 0,
+          py::arg("simd") = py::none(), py::arg("scales") = py::none(), py::arg("prune") = true,
+          R"doc(Every (query, row) pair with inner product >= threshold; see lookalike.native.range_join.
+
+db, n, live, threads, simd, scales: as topk. queries: float32 [m, d]. threshold: finite float.
+min_row: int64 [m] or None; only rows > min_row[i] are reported for query i (rows <= min(min_row)
+are not read). max_pairs: more qualifying pairs raise ValueError (std::length_error). prune:
+stop scoring tiles that cannot reach the threshold (exact; False scores every pair). Returns
+(query_idx int64 [p], rows int64 [p], scores float32 [p]) sorted by (query, row). The GIL is released.)doc");
 
   mod.def("stream_read", &stream_read, py::arg("array"), py::kw_only(), py::arg("threads") = 0,
           py::arg("simd") = py::none(),

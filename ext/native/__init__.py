@@ -4,6 +4,8 @@
 inner product (cosine similarity, since Lookalike stores L2-normalised vectors), best first,
 as ``(scores float32, ids int64)``. Ties go to the lower row number; when fewer than ``k``
 rows qualify the rest is padding: score ``-inf``, id ``-1`` (the faiss convention).
+``range_join(db, queries, threshold)`` returns every (query, row) pair scoring at least the
+threshold instead (the kernel of a duplicate search, see its docstring).
 
 Storage: the database may be float32, float16 (half the bytes), bfloat16 (half the bytes;
 numpy has no bfloat16, so it is passed as ``uint16`` bit patterns, see ``to_bfloat16``) or
@@ -38,6 +40,7 @@ __all__ = [
     "from_bfloat16",
     "get_threads",
     "quantize_int8",
+    "range_join",
     "rerank",
     "set_threads",
     "simd_level",
@@ -51,6 +54,7 @@ __all__ = [
 Array = npt.NDArray[np.generic]
 Db = Array | Sequence[Array]
 Result = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
+Pairs = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 _STORAGE = {
     np.dtype(np.float32): "f32",
@@ -128,6 +132,74 @@ def topk(
         threads=threads,
         simd=simd,
         scales=scales,
+    )
+
+
+def range_join(
+    db: Db,
+    queries: npt.NDArray[np.float32],
+    threshold: float,
+    *,
+    n: int | None = None,
+    live: npt.NDArray[np.uint8] | npt.NDArray[np.bool_] | None = None,
+    min_row: npt.NDArray[np.int64] | None = None,
+    max_pairs: int = 10_000_000,
+    threads: int = 0,
+    simd: str | None = None,
+    scales: npt.NDArray[np.float32] | Sequence[npt.NDArray[np.float32]] | None = None,
+    prune: bool = True,
+) -> Pairs:
+    """Every (query, row) pair whose inner product is at least ``threshold`` (a threshold join).
+
+    The building block of a duplicate search (a self-join): pass a block of the database's own
+    rows as ``queries`` and ``min_row = their row numbers``, and each unordered pair comes out
+    once (rows above the query's own). Rows at or below ``min_row.min()`` are never read, so a
+    block near the end of the database costs only the rows after it.
+
+    Args:
+        db, n, live, threads, simd, scales: as in ``topk`` (storage types, chunks, the valid
+            rows, the mask of live rows, jobs, SIMD level, int8 scales).
+        queries: float32 ``[m, d]`` or a single query ``[d]``, C-contiguous.
+        threshold: a finite float; pairs scoring ``>= threshold`` are returned (NaN scores never).
+        min_row: optional int64 ``[m]``: only rows ``> min_row[i]`` are reported for query ``i``
+            (a negative value: every row).
+        max_pairs: the most pairs one call may return; more raise ``ValueError`` with the count
+            (raise the threshold or pass fewer queries per call). Memory stays bounded meanwhile.
+        prune: skip the rest of a tile of pairs once none of them can reach the threshold (a
+            Cauchy-Schwarz bound on the dimensions not yet summed, with a margin for float
+            rounding). Exact: the result is the same with ``False``, which scores every pair in
+            full (the dense rate). How much it saves depends on the data: most on unrelated rows
+            and a high threshold, nothing when most pairs score near the threshold.
+
+    Returns:
+        ``(query_idx, rows, scores)``: int64, int64, float32 arrays of the same length, sorted
+        by query index, then row. ``query_idx`` indexes ``queries``; ``rows`` are global row
+        numbers. Scores are float32 dot products summed in one fixed order (they may differ from
+        ``topk``'s in the last bits; int8: ``<q, scale * row>``, an approximation, re-score the
+        pairs that matter from a float32 copy); results do not depend on ``threads``, chunking,
+        ``prune`` or the other queries of the call.
+
+    Raises:
+        TypeError: an input is not a numpy array of a supported dtype.
+        ValueError: wrong shape or layout, dimension mismatch, a non-finite threshold,
+            ``min_row`` not one int64 per query, negative ``threads`` / ``max_pairs``, ``n`` out
+            of range, an unsupported SIMD level, or more than ``max_pairs`` qualifying pairs.
+    """
+    if isinstance(queries, np.ndarray) and queries.ndim == 1:
+        queries = queries[np.newaxis, :]
+    db = [_as_bits(c) for c in db] if isinstance(db, list | tuple) else _as_bits(db)
+    return _native.range_join(
+        db,
+        queries,
+        threshold,
+        n=n,
+        live=live,
+        min_row=min_row,
+        max_pairs=max_pairs,
+        threads=threads,
+        simd=simd,
+        scales=scales,
+        prune=prune,
     )
 
 
