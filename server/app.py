@@ -17,6 +17,7 @@ from lookalike.server.config import ServerConfig
 from lookalike.server.core.backends.builtin.catalog import Catalog
 from lookalike.server.core.backends.builtin.hnsw import HnswSettings
 from lookalike.server.core.backends.builtin.persistence import Persistence
+from lookalike.server.core.dedup.finder import DedupSettings
 from lookalike.server.core.embedding.embedder import Embedder
 from lookalike.server.core.errors import LookalikeError
 from lookalike.server.core.service import Limits, LookalikeService
@@ -173,7 +174,13 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
     backend = milvus_backend(config) or (
         lambda dimension, model: Catalog(dimension, model, persistence, hnsw=hnsw, retry_window=config.retry_window)
     )
-    service = LookalikeService(embedder, backend, Limits.from_config(config), oss=oss, boundaries=config.boundaries())
+    dedup = DedupSettings(exact_max_images=config.dedup_exact_max_images, block_seconds=config.dedup_block_seconds,
+                          max_pairs=config.dedup_max_pairs)  # fmt: skip
+    service = LookalikeService(
+        embedder, backend, Limits.from_config(config), oss=oss, boundaries=config.boundaries(),
+        operations_root=config.data_dir / "operations" if persistence is not None else None, dedup=dedup,
+        max_operations=config.max_operations,
+    )  # fmt: skip
     metrics = ServerMetrics()
     metrics.watch_embedder(embedder)
     metrics.watch_databases(service)

@@ -107,6 +107,14 @@ class ServerConfig:
                            "graph's compact vectors blur near neighbours)", min=1, max=100)  # fmt: skip
     hnsw_dtype: str = opt(d.HNSW_DTYPE, "storage of the HNSW graph's vectors (bf16 and i8 have native dot products "
                           "on CPUs with AVX-512 BF16 / VNNI)", choices=d.HNSW_DTYPES)  # fmt: skip
+    dedup_exact_max_images: int = opt(d.DEDUP_EXACT_MAX_IMAGES, "FindDuplicates compares every pair of images up to "
+                                      "this many; above, each image's HNSW neighbours", min=0)  # fmt: skip
+    dedup_block_seconds: float = opt(d.DEDUP_BLOCK_SECONDS, "FindDuplicates works in blocks of about this many "
+                                     "seconds (checkpointed after each)", min=0.01, max=60.0)  # fmt: skip
+    dedup_max_pairs: int = opt(d.DEDUP_MAX_PAIRS, "pairs a FindDuplicates job may find before it stops and asks "
+                               "for a higher threshold", min=1)  # fmt: skip
+    max_operations: int = opt(d.MAX_OPERATIONS, "long-running operations (FindDuplicates) running at once",
+                              min=1, max=64)  # fmt: skip
     grace_s: float = opt(d.GRACE_S, "seconds in-flight calls get to finish at shutdown", min=0.0)
     retry_window: int = opt(d.RETRY_WINDOW, "request ids remembered per database, so a retried write is applied once "
                             "(forgotten early when the image they wrote is deleted)", min=1)  # fmt: skip

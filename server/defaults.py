@@ -55,6 +55,13 @@ MILVUS_PREFIX = "lookalike_"
 MILVUS_CONSISTENCY = "Strong"
 MILVUS_TIMEOUT_S = 10.0
 
+# -- duplicates and operations (server/core/dedup/finder.py, server/core/operations.py) ----------
+DEDUP_EXACT_MAX_IMAGES = 5_000_000  # up to this many images the self-join compares every pair; above, HNSW neighbours
+DEDUP_GRAPH_NEIGHBOURS = 32  # HNSW neighbours checked per image above that size
+DEDUP_BLOCK_SECONDS = 0.25  # one block of a duplicate job takes about this long (the longest it holds the CPU)
+DEDUP_MAX_PAIRS = 50_000_000  # pairs a job may find (600 MB of checkpoints); beyond, the threshold is too low
+MAX_OPERATIONS = 2  # long-running operations (FindDuplicates) running at once
+
 # -- durability (server/core/backends/builtin/persistence.py, server/storage/wal.py) -------------
 FSYNC = "batch"
 FSYNC_MODES = ("always", "batch", "never")

@@ -6,6 +6,7 @@ wire messages and turns the results back into them).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -14,7 +15,7 @@ import numpy as np
 from lookalike.server import defaults
 from lookalike.server.core.backends.api import Key, SetRequest, content_digest, request_fingerprint
 from lookalike.server.core.errors import invalid
-from lookalike.server.core.validation import DIGEST_ATTRIBUTE
+from lookalike.server.core.validation import DIGEST_ATTRIBUTE, IMAGE_SIZE, SIZE_ATTRIBUTE
 
 BULK_CHUNK = 32
 BULK_CHUNK_BYTES = 64 << 20  # image bytes of one chunk: a chunk of big images is cut short
@@ -50,6 +51,15 @@ class Query:
 
 
 @dataclass(frozen=True)
+class DuplicateSpec:
+    """A write's duplicate check as asked: ``if_duplicate`` ALLOW, SKIP or REJECT, by tier or threshold."""
+
+    if_duplicate: str = "ALLOW"
+    tier: str = ""
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
 class BulkItem:
     group_id: str
     intra_id: int | None
@@ -59,6 +69,7 @@ class BulkItem:
     database: str = ""  # empty, or must repeat the stream's database
     request_id: str = ""
     attributes: dict[str, str] | None = None
+    duplicates: DuplicateSpec | None = None
 
 
 @dataclass
@@ -67,6 +78,14 @@ class BulkFailure:
     client_ref: str
     reason: str
     message: str
+
+
+@dataclass
+class BulkSkipped:
+    index: int
+    client_ref: str
+    existing: Key
+    score: float
 
 
 @dataclass
@@ -81,6 +100,8 @@ class BulkResult:
     failed: int = 0
     keys_truncated: bool = False
     failures_truncated: bool = False
+    skipped_count: int = 0  # of the succeeded: duplicates the check skipped (stored nothing)
+    skipped: list[BulkSkipped] = field(default_factory=list)
     _budget: int = SUMMARY_BUDGET_BYTES
 
     def add_key(self, key: Key, *, replayed: bool = False) -> None:
@@ -92,6 +113,16 @@ class BulkResult:
             return
         self._budget -= cost
         self.keys.append(key)
+
+    def add_skipped(self, skipped: BulkSkipped) -> None:
+        """A duplicate the check skipped (its existing key went into ``keys``)."""
+        self.skipped_count += 1
+        cost = len(skipped.client_ref) + len(skipped.existing[0]) + 24
+        if self.keys_truncated or cost > self._budget:
+            self.keys_truncated = True
+            return
+        self._budget -= cost
+        self.skipped.append(skipped)
 
     def add_failure(self, failure: BulkFailure) -> None:
         self.failed += 1
@@ -128,6 +159,19 @@ def take_chunk(stream: Iterator[BulkItem]) -> list[BulkItem]:
     return chunk
 
 
+def image_size(image: bytes) -> dict[str, str]:
+    """``lookalike.size`` of an image ("WIDTHxHEIGHT", from its header only), or nothing if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            width, height = img.size
+    except Exception:  # the embedder decoded it already; a header PIL cannot size just stays unsized
+        return {}
+    size = f"{width}x{height}"
+    return {SIZE_ATTRIBUTE: size} if IMAGE_SIZE.fullmatch(size) else {}
+
+
 def set_request(
     group_id: str,
     intra_id: int | None,
@@ -141,7 +185,7 @@ def set_request(
     digest = ""
     if image is not None:
         digest = content_digest(image)
-        attributes = {**(attributes or {}), DIGEST_ATTRIBUTE: digest}
+        attributes = {**(attributes or {}), DIGEST_ATTRIBUTE: digest, **image_size(image)}
     elif request_id:
         digest = content_digest(np.asarray(vector, dtype="<f4").tobytes())
     return SetRequest(group_id, intra_id, request_id, attributes or None,

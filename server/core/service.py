@@ -9,10 +9,12 @@ message on every wire, and a fix to a rule lands in one place.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lookalike.server import defaults
 from lookalike.server.core.backends.api import (
     DatabaseHandle,
     Entry,
@@ -21,27 +23,30 @@ from lookalike.server.core.backends.api import (
     Key,
     SetResult,
     SnapshotInfo,
+    describe_model,
     group_not_found,
     read_export_for,
 )
+from lookalike.server.core.backends.duplicates import DuplicateCheck
 from lookalike.server.core.calls import (
     BULK_CHUNK,
     DEFAULT_TOP_K,
-    MAX_CLIENT_REF_ECHO,
-    BulkFailure,
     BulkItem,
     BulkResult,
+    DuplicateSpec,
     Limits,
     Query,
     check_request_id,
     set_request,
     similarity,
-    take_chunk,
 )
+from lookalike.server.core.dedup import tiers
+from lookalike.server.core.dedup.finder import KIND, DedupSettings, DuplicateFinder
 from lookalike.server.core.embedding.embedder import Embedder
 from lookalike.server.core.embedding.model_identity import model_identity
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.locations import Boundaries, oss_failure, oss_not_configured
+from lookalike.server.core.operations import Operation, Operations
 from lookalike.server.core.paging import decode_token, encode_token, page_size
 from lookalike.server.core.validation import (
     LOAD_PREFIX,
@@ -53,7 +58,7 @@ from lookalike.server.core.validation import (
     check_vector,
 )
 
-__all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "Entry", "Hit", "Key", "Limits",
+__all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "DuplicateSpec", "Entry", "Hit", "Key", "Limits",
            "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
 
 
@@ -68,15 +73,22 @@ class LookalikeService:
         *,
         oss: Any = None,
         boundaries: Boundaries | None = None,
+        operations_root: Path | None = None,
+        dedup: DedupSettings | None = None,
+        max_operations: int = defaults.MAX_OPERATIONS,
     ) -> None:
         """``backend`` builds the index backend from (dimension, model identity); ``oss`` reads oss:// locations;
-        ``boundaries`` says where a request may read, write and connect (none given: no location is allowed)."""
+        ``boundaries`` says where a request may read, write and connect (none given: no location is allowed);
+        ``operations_root`` keeps long-running operations (none: a temporary folder, no resume)."""
         self.boundaries = boundaries or Boundaries()
         self.embedder = embedder
         self.limits = limits or Limits()
         self.model = model_identity(embedder.module, embedder.meta)
         self.catalog: IndexBackend = backend(embedder.dimension, self.model)
         self.oss = oss
+        self.duplicates = DuplicateFinder(self.catalog.get, self.model_tiers, dedup)
+        self.operations = Operations(operations_root, {KIND: self.duplicates.run}, max_operations)
+        self.duplicates.operations = self.operations
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -93,13 +105,16 @@ class LookalikeService:
         return self.embedder.dimension
 
     def recover(self) -> None:
-        """Load the databases (the built-in store drops a load a crash interrupted; the live database never changed)."""
+        """Load the databases (the built-in store drops a load a crash interrupted; the live database never
+        changed), then resume the operations that were running."""
         self.catalog.recover()
+        self.operations.recover()
 
     def checkpoint(self) -> SnapshotInfo:
         return self.catalog.checkpoint()
 
     def close(self, *, snapshot: bool = True) -> None:
+        self.operations.close()
         self.catalog.close(snapshot=snapshot)
         self.embedder.close()
 
@@ -293,7 +308,9 @@ class LookalikeService:
         request_id: str = "",
         attributes: dict[str, str] | None = None,
         should_continue: Callable[[], bool] | None = None,
+        duplicates: DuplicateSpec | None = None,
     ) -> SetResult:
+        """Upsert one image; ``duplicates`` SKIP answers with a stored duplicate's key (``duplicate_score`` set)."""
         check_database_name(database)
         db = self.catalog.get(database)
         check_group_id(group_id)
@@ -301,10 +318,11 @@ class LookalikeService:
         attributes = check_attributes(attributes)
         if intra_id is not None:
             check_intra_id(intra_id)
+        check = self.duplicate_check(duplicates)
         vec = self.vector_for(db.dimension, image, vector)  # validate everything before logging anything
         (result,) = self.catalog.set_images(
             database, [set_request(group_id, intra_id, request_id, attributes, image, vector)], vec[np.newaxis],
-            should_continue=should_continue,
+            should_continue=should_continue, duplicates=[check] if check else None,
         )  # fmt: skip
         if isinstance(result, LookalikeError):
             raise result
@@ -313,86 +331,10 @@ class LookalikeService:
     def bulk_set(
         self, database: str, items: Iterable[BulkItem], should_continue: Callable[[], bool] | None = None
     ) -> BulkResult:
-        """Register a stream of items; bad ones are reported, good ones land in stream order.
+        """Register a stream of items, a chunk at a time (``core/bulk.py``)."""
+        from lookalike.server.core.bulk import bulk_set
 
-        Items are taken in chunks of ``BULK_CHUNK``: a chunk's images are decoded in parallel,
-        embedded in one model call, and its good items are logged and applied as one command,
-        durable before the next chunk is read. When the stream breaks off (client cancel,
-        network), every chunk committed before stays and nothing of the others is applied.
-        The database is pinned at the first item: if it is deleted or re-created during the
-        stream, the stream fails with DATABASE_REPLACED. ``should_continue`` is asked before each
-        chunk is written: grpc may end a cancelled stream's iterator as if the client had
-        finished it, and the partial chunk it read must not be applied then.
-        """
-        check_database_name(database)
-        result = BulkResult()
-        stream: Iterator[BulkItem] = iter(items)
-        pinned = self.catalog.get(database)
-        while chunk := take_chunk(stream):
-            if result.received + len(chunk) > self.limits.max_stream_items:
-                raise LookalikeError(
-                    ErrorKind.RESOURCE_EXHAUSTED, "TOO_MANY_ITEMS",
-                    f"a stream may carry at most {self.limits.max_stream_items} items (--max-stream-items); the "
-                    f"first {result.succeeded} registered items stay; send the rest in a new stream",
-                )  # fmt: skip
-            base = result.received
-            result.received += len(chunk)
-            vectors: dict[int, np.ndarray] = {}
-            errors: dict[int, LookalikeError] = {}
-            to_embed: list[int] = []
-            for i, item in enumerate(chunk):
-                try:
-                    if item.database and item.database != database:
-                        raise invalid(
-                            "DATABASE_MISMATCH",
-                            f"item names database {item.database!r} but the stream is for {database!r}; "
-                            "use one stream per database",
-                        )
-                    check_group_id(item.group_id)
-                    check_request_id(item.request_id)
-                    check_attributes(item.attributes)
-                    if item.intra_id is not None:
-                        check_intra_id(item.intra_id)
-                    if item.vector is not None:
-                        vectors[i] = check_vector(item.vector, pinned.dimension)
-                    elif item.image is None:
-                        raise invalid("IMAGE_MISSING", "send an image (encoded bytes) or a vector to register")
-                    else:
-                        to_embed.append(i)
-                except LookalikeError as err:
-                    errors[i] = err
-            prepared = self.embedder.prepare_many([chunk[i].image or b"" for i in to_embed], field="image")
-            ok = [(i, p) for i, p in zip(to_embed, prepared, strict=True) if not isinstance(p, LookalikeError)]
-            errors.update((i, p) for i, p in zip(to_embed, prepared, strict=True) if isinstance(p, LookalikeError))
-            if ok:
-                for (i, _), vec in zip(ok, self.embedder.embed_prepared([p for _, p in ok]), strict=True):
-                    vectors[i] = vec
-            good = [i for i in range(len(chunk)) if i not in errors]
-            keys: dict[int, SetResult] = {}
-            if good:
-                results = self.catalog.set_images(
-                    database,
-                    [set_request(c.group_id, c.intra_id, c.request_id, c.attributes, c.image, c.vector)
-                     for c in (chunk[i] for i in good)],
-                    np.stack([vectors[i] for i in good]),
-                    expect=pinned,
-                    should_continue=should_continue,
-                )  # fmt: skip
-                for i, r in zip(good, results, strict=True):
-                    if isinstance(r, LookalikeError):
-                        errors[i] = r
-                    else:
-                        keys[i] = r
-            for i, item in enumerate(chunk):
-                if i in keys:
-                    result.add_key(keys[i].key, replayed=keys[i].replayed)
-                else:
-                    err = errors[i]
-                    ref = item.client_ref[:MAX_CLIENT_REF_ECHO]
-                    result.add_failure(BulkFailure(base + i, ref, err.reason, err.message))
-        if result.received == 0:
-            raise invalid("STREAM_EMPTY", "the stream carried no items; send at least one")
-        return result
+        return bulk_set(self, database, items, should_continue)
 
     def register_list(self, database: str, filelist: str, *, oss: Any = None) -> Any:
         """Register the images an ``oss://`` image list names, streamed in chunks (``core/image_lists.py``)."""
@@ -413,8 +355,10 @@ class LookalikeService:
         where: dict[str, str] | None = None,
         group_prefix: str = "",
         with_attributes: bool = True,
+        min_tier: str = "",
     ) -> tuple[list[Hit], int, str]:
-        """Top-k by image, vector or registered image; ``where`` filters on attributes, inside the scan.
+        """Top-k by image, vector or registered image; ``where`` filters on attributes, inside the scan;
+        ``min_tier`` drops hits below the model's calibrated tier (with ``min_score``, the stricter applies).
 
         Returns (hits best first, images compared, the index that answered: "exact" or "hnsw").
         """
@@ -429,6 +373,9 @@ class LookalikeService:
         top_k = top_k or DEFAULT_TOP_K
         if min_score is not None and not (np.isfinite(min_score) and -1.0 <= min_score <= 1.0):
             raise invalid("MIN_SCORE_INVALID", f"min_score {min_score} must be a number in [-1, 1]")
+        if min_tier:
+            floor = tiers.resolve(*self.model_tiers(), min_tier, None)[0]
+            min_score = floor if min_score is None else max(min_score, floor)
         exclude = None
         if query.registered is not None:
             group_id, intra_id = query.registered
@@ -444,3 +391,36 @@ class LookalikeService:
             vec, top_k, one_per_group=one_per_group, min_score=min_score, exclude=exclude, where=where,
             group_prefix=group_prefix, with_attributes=with_attributes,
         )  # fmt: skip
+
+    # -- duplicates, models, operations (core/dedup/, core/operations.py) ---------------------
+    def model_tiers(self) -> tuple[dict[str, float] | None, str]:
+        """The model's calibrated similarity tiers (None when its file has none) and its name."""
+        return getattr(self.embedder.meta, "tiers", None), self.model_name
+
+    def duplicate_check(self, spec: DuplicateSpec | None) -> DuplicateCheck | None:
+        """A write's duplicate check as the backends take it; None for ALLOW."""
+        if spec is None or spec.if_duplicate in ("", "ALLOW"):
+            return None
+        if spec.if_duplicate not in ("SKIP", "REJECT"):
+            raise invalid("DUPLICATE_POLICY_INVALID", f"if_duplicate {spec.if_duplicate!r}: use ALLOW, SKIP or REJECT")
+        threshold, _ = tiers.resolve(*self.model_tiers(), spec.tier, spec.threshold)
+        return DuplicateCheck(threshold, reject=spec.if_duplicate == "REJECT")
+
+    def find_duplicates(self, database: str, **options: Any) -> Operation:
+        """Start a FindDuplicates operation (options: tier, threshold, no_chaining, keeper, method)."""
+        request = self.duplicates.request(database, **options)
+        return self.operations.start(KIND, database, request)
+
+    def duplicate_clusters(self, operation: str, size: int, token: str) -> tuple[list[dict[str, Any]], str, int]:
+        return self.duplicates.clusters(operation, size, token)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The loaded model: name, identity, dimension, preprocessing, tiers, and the databases holding its vectors."""
+        meta = self.embedder.meta
+        calibration = getattr(meta, "calibration", None)
+        databases = [db.name for db in self.all_databases() if db.model == self.model]
+        preprocessing = {k: getattr(meta, k) for k in ("input_size", "resize_size", "resize_mode", "mean", "std",
+                                                       "precision")}  # fmt: skip
+        return [{"name": self.model_name, "identity": describe_model(self.model), "dimension": self.dimension,
+                 "preprocessing": preprocessing, "tiers": self.model_tiers()[0], "calibration": calibration,
+                 "databases": databases, "default": True}]  # fmt: skip

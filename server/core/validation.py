@@ -80,7 +80,10 @@ MAX_ATTRIBUTES_BYTES = 8192
 
 SYSTEM_PREFIX = "lookalike."  # attribute keys the server sets; a client cannot
 DIGEST_ATTRIBUTE = SYSTEM_PREFIX + "sha256"  # the sha256 of the image bytes an image was registered from
+SIZE_ATTRIBUTE = SYSTEM_PREFIX + "size"  # "WIDTHxHEIGHT" of that image (a duplicate cluster keeps the largest)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+IMAGE_SIZE = re.compile(r"[1-9][0-9]{0,5}x[1-9][0-9]{0,5}")
+SYSTEM_ATTRIBUTES = {DIGEST_ATTRIBUTE: SHA256_HEX, SIZE_ATTRIBUTE: IMAGE_SIZE}
 
 
 def check_attributes(attributes: dict[str, str] | None, *, system: bool = False) -> dict[str, str]:
@@ -97,9 +100,11 @@ def check_attributes(attributes: dict[str, str] | None, *, system: bool = False)
             if not system:
                 raise invalid("ATTRIBUTES_INVALID", f"attribute keys starting with {SYSTEM_PREFIX!r} are set by the "
                               f"server ({key[:40]!r}); choose another key")  # fmt: skip
-            if key != DIGEST_ATTRIBUTE or not isinstance(value, str) or not SHA256_HEX.fullmatch(value):
+            shape = SYSTEM_ATTRIBUTES.get(key)
+            if shape is None or not isinstance(value, str) or not shape.fullmatch(value):
                 raise invalid("ATTRIBUTES_INVALID", f"system attribute {key[:40]!r} is unknown or malformed; the "
-                              f"server sets only {DIGEST_ATTRIBUTE!r} (64 lowercase hex digits)")  # fmt: skip
+                              f"server sets only {DIGEST_ATTRIBUTE!r} (64 lowercase hex digits) and "
+                              f"{SIZE_ATTRIBUTE!r} (WIDTHxHEIGHT)")  # fmt: skip
         else:
             own[key] = value
     if len(own) > MAX_ATTRIBUTES:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 from lookalike.server.core.errors import invalid
-from lookalike.server.core.service import BULK_CHUNK, BulkItem, LookalikeService
+from lookalike.server.core.service import BULK_CHUNK, BulkItem, DuplicateSpec, LookalikeService
 from lookalike.server.core.validation import check_database_name
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
@@ -33,6 +33,16 @@ def _content(request: pb.SetImageRequest | pb.BulkSetImagesRequest) -> tuple[byt
     if which == "vector":
         return None, list(request.vector.values)
     return None, None
+
+
+def _duplicates(request: pb.SetImageRequest | pb.BulkSetImagesRequest) -> DuplicateSpec | None:
+    """The duplicate check a write asked for, or None (no check)."""
+    if not request.HasField("duplicates"):
+        return None
+    d = request.duplicates
+    policy = pb.DuplicatePolicy.Name(d.if_duplicate).removeprefix("DUPLICATE_POLICY_")
+    return DuplicateSpec("ALLOW" if policy == "UNSPECIFIED" else policy, d.tier,
+                         d.threshold if d.HasField("threshold") else None)  # fmt: skip
 
 
 class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
@@ -78,10 +88,13 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
             request_id=request.request_id,
             attributes=dict(request.attributes),
             should_continue=context.is_active,
+            duplicates=_duplicates(request),
         )
         (group_id, intra) = result.key
+        skipped = result.duplicate_score is not None
         return pb.SetImageResponse(key=types_pb2.ImageKey(group_id=group_id, intra_id=intra),
-                                   replaced=result.replaced, replayed=result.replayed)  # fmt: skip
+                                   replaced=result.replaced, replayed=result.replayed, skipped_duplicate=skipped,
+                                   duplicate_score=result.duplicate_score or 0.0)  # fmt: skip
 
     @grpc_errors
     def BulkSetImages(
@@ -106,6 +119,7 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
                     database=item.database,
                     request_id=item.request_id,
                     attributes=dict(item.attributes) or None,
+                    duplicates=_duplicates(item),
                 )
             if count % BULK_CHUNK:  # a partial chunk follows: was this end a cancellation?
                 deadline = time.monotonic() + END_OF_STREAM_GRACE_S
@@ -129,6 +143,16 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
             keys=[types_pb2.ImageKey(group_id=g, intra_id=i) for g, i in result.keys],
             failures_truncated=result.failures_truncated,
             keys_truncated=result.keys_truncated,
+            skipped_duplicate_count=result.skipped_count,
+            skipped_duplicates=[
+                pb.BulkSkippedDuplicate(
+                    index=s.index,
+                    client_ref=s.client_ref,
+                    score=s.score,
+                    existing=types_pb2.ImageKey(group_id=s.existing[0], intra_id=s.existing[1]),
+                )
+                for s in result.skipped
+            ],  # fmt: skip
         )
 
     @grpc_errors

@@ -1,4 +1,4 @@
-"""The gRPC server: the three services, health (NOT_SERVING until recovery ends) and reflection.
+"""The gRPC server: the services, health (NOT_SERVING until recovery ends) and reflection.
 
 Interceptors, outermost first: observability (every call counted, timed and logged, refusals
 included), token auth (when tokens are configured), admission control (health and reflection
@@ -19,14 +19,23 @@ from lookalike.server.transport.admission import AdmissionInterceptor
 from lookalike.server.transport.auth import TokenAuthInterceptor, TokenSet
 from lookalike.server.transport.call_slots import CallSlots
 from lookalike.server.transport.database_servicer import DatabaseServicer
+from lookalike.server.transport.duplicate_servicer import DuplicateServicer
 from lookalike.server.transport.match_servicer import MatchServicer
 from lookalike.server.transport.metrics import ObservabilityInterceptor, ServerMetrics
+from lookalike.server.transport.model_servicer import ModelServicer
+from lookalike.server.transport.operation_servicer import OperationServicer
 from lookalike.server.transport.search_servicer import SearchServicer
 from lookalike.v1 import (
     database_service_pb2,
     database_service_pb2_grpc,
+    duplicate_service_pb2,
+    duplicate_service_pb2_grpc,
     match_service_pb2,
     match_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    operation_service_pb2,
+    operation_service_pb2_grpc,
     search_service_pb2,
     search_service_pb2_grpc,
 )
@@ -37,6 +46,9 @@ SERVICE_NAMES = (
     match_service_pb2.DESCRIPTOR.services_by_name["MatchService"].full_name,
     database_service_pb2.DESCRIPTOR.services_by_name["DatabaseService"].full_name,
     search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
+    duplicate_service_pb2.DESCRIPTOR.services_by_name["DuplicateService"].full_name,
+    operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
 
 
@@ -80,6 +92,9 @@ class GrpcServer:
         match_service_pb2_grpc.add_MatchServiceServicer_to_server(MatchServicer(service), self.server)
         database_service_pb2_grpc.add_DatabaseServiceServicer_to_server(DatabaseServicer(service), self.server)
         search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), self.server)
+        duplicate_service_pb2_grpc.add_DuplicateServiceServicer_to_server(DuplicateServicer(service), self.server)
+        operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(service), self.server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

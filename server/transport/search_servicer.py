@@ -34,6 +34,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             where=dict(request.filter),
             group_prefix=request.group_id_prefix,
             with_attributes=not request.omit_attributes,
+            min_tier=request.min_tier,
         )
         return pb.SearchResponse(
             hits=[

@@ -18,7 +18,14 @@ from photos import crop, encode, photo
 pytestmark = pytest.mark.go
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("lookalike.v1.MatchService", "lookalike.v1.DatabaseService", "lookalike.v1.SearchService")
+SERVICES = (
+    "lookalike.v1.MatchService",
+    "lookalike.v1.DatabaseService",
+    "lookalike.v1.SearchService",
+    "lookalike.v1.DuplicateService",
+    "lookalike.v1.OperationService",
+    "lookalike.v1.ModelService",
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +74,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def test_reflection_lists_the_three_services(grpcurl, grpc_server):
+def test_reflection_lists_the_services(grpcurl, grpc_server):
     proc = call(grpcurl, grpc_server.address, "list")
     assert proc.returncode == 0, proc.stderr
     listed = set(proc.stdout.split())
@@ -161,3 +168,30 @@ def test_database_register_and_search(grpcurl, grpc_server):
     assert found["hits"][0]["key"]["group_id"] == "rocket"
     assert int(found["searched_count"]) == 3  # int64 travels as a JSON string
     call_ok(grpcurl, address, "lookalike.v1.DatabaseService/DeleteDatabase", data={"name": name})
+
+
+def test_find_duplicates_with_json(grpcurl, grpc_server, client):
+    """FindDuplicates, WaitOperation and ListDuplicateClusters as JSON over reflection."""
+    import numpy as np
+
+    db = f"grpcurl-dedup-{uuid.uuid4().hex[:8]}"
+    client.create_database(db)
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((20, 1280)).astype(np.float32)
+        x[19] = x[3] + 0.01 * rng.standard_normal(1280).astype(np.float32)  # a copy of image 3
+        for i, v in enumerate(x):
+            client.set_image(db, f"img{i}", vector=(v / np.linalg.norm(v)).tolist())
+        started = call_ok(grpcurl, grpc_server.address, "lookalike.v1.DuplicateService/FindDuplicates",
+                          data={"database": db, "threshold": 0.95})  # fmt: skip
+        name = started["operation"]["name"]
+        assert name.startswith("operations/")
+        done = call_ok(grpcurl, grpc_server.address, "lookalike.v1.OperationService/WaitOperation",
+                       data={"name": name, "timeoutSeconds": 30})["operation"]  # fmt: skip
+        assert done["state"] == "OPERATION_STATE_SUCCEEDED" and int(done["find_duplicates"]["cluster_count"]) == 1, done
+        page = call_ok(grpcurl, grpc_server.address, "lookalike.v1.DuplicateService/ListDuplicateClusters",
+                       data={"operation": name})  # fmt: skip
+        (cluster,) = page["clusters"]
+        assert sorted(m["key"]["group_id"] for m in cluster["members"]) == ["img19", "img3"]
+    finally:
+        client.delete_database(db)

@@ -22,6 +22,128 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What to do when an image being registered is a duplicate of one already stored.
+type DuplicatePolicy int32
+
+const (
+	// As ALLOW.
+	DuplicatePolicy_DUPLICATE_POLICY_UNSPECIFIED DuplicatePolicy = 0
+	// Store it anyway (no check).
+	DuplicatePolicy_DUPLICATE_POLICY_ALLOW DuplicatePolicy = 1
+	// Store nothing and answer with the existing image's key (duplicate_of).
+	DuplicatePolicy_DUPLICATE_POLICY_SKIP DuplicatePolicy = 2
+	// Refuse it: ALREADY_EXISTS / DUPLICATE_IMAGE, naming the existing key in the error's metadata.
+	DuplicatePolicy_DUPLICATE_POLICY_REJECT DuplicatePolicy = 3
+)
+
+// Enum value maps for DuplicatePolicy.
+var (
+	DuplicatePolicy_name = map[int32]string{
+		0: "DUPLICATE_POLICY_UNSPECIFIED",
+		1: "DUPLICATE_POLICY_ALLOW",
+		2: "DUPLICATE_POLICY_SKIP",
+		3: "DUPLICATE_POLICY_REJECT",
+	}
+	DuplicatePolicy_value = map[string]int32{
+		"DUPLICATE_POLICY_UNSPECIFIED": 0,
+		"DUPLICATE_POLICY_ALLOW":       1,
+		"DUPLICATE_POLICY_SKIP":        2,
+		"DUPLICATE_POLICY_REJECT":      3,
+	}
+)
+
+func (x DuplicatePolicy) Enum() *DuplicatePolicy {
+	p := new(DuplicatePolicy)
+	*p = x
+	return p
+}
+
+func (x DuplicatePolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DuplicatePolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_lookalike_v1_database_service_proto_enumTypes[0].Descriptor()
+}
+
+func (DuplicatePolicy) Type() protoreflect.EnumType {
+	return &file_lookalike_v1_database_service_proto_enumTypes[0]
+}
+
+func (x DuplicatePolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DuplicatePolicy.Descriptor instead.
+func (DuplicatePolicy) EnumDescriptor() ([]byte, []int) {
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{0}
+}
+
+// The duplicate check of one write: which images count as duplicates of the new one.
+type DuplicateCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SKIP or REJECT to check; ALLOW (or unset) stores without checking.
+	IfDuplicate DuplicatePolicy `protobuf:"varint,1,opt,name=if_duplicate,json=ifDuplicate,proto3,enum=lookalike.v1.DuplicatePolicy" json:"if_duplicate,omitempty"`
+	// The model's calibrated tier that counts as a duplicate ("duplicate", "near", "similar");
+	// empty means "duplicate".
+	Tier string `protobuf:"bytes,2,opt,name=tier,proto3" json:"tier,omitempty"`
+	// A cosine threshold instead of a tier.
+	Threshold     *float32 `protobuf:"fixed32,3,opt,name=threshold,proto3,oneof" json:"threshold,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DuplicateCheck) Reset() {
+	*x = DuplicateCheck{}
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DuplicateCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DuplicateCheck) ProtoMessage() {}
+
+func (x *DuplicateCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DuplicateCheck.ProtoReflect.Descriptor instead.
+func (*DuplicateCheck) Descriptor() ([]byte, []int) {
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DuplicateCheck) GetIfDuplicate() DuplicatePolicy {
+	if x != nil {
+		return x.IfDuplicate
+	}
+	return DuplicatePolicy_DUPLICATE_POLICY_UNSPECIFIED
+}
+
+func (x *DuplicateCheck) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
+}
+
+func (x *DuplicateCheck) GetThreshold() float32 {
+	if x != nil && x.Threshold != nil {
+		return *x.Threshold
+	}
+	return 0
+}
+
 // A database of registered images.
 type Database struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -47,7 +169,7 @@ type Database struct {
 
 func (x *Database) Reset() {
 	*x = Database{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[0]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -59,7 +181,7 @@ func (x *Database) String() string {
 func (*Database) ProtoMessage() {}
 
 func (x *Database) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[0]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -72,7 +194,7 @@ func (x *Database) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Database.ProtoReflect.Descriptor instead.
 func (*Database) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{0}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Database) GetName() string {
@@ -148,7 +270,7 @@ type RegisteredImage struct {
 
 func (x *RegisteredImage) Reset() {
 	*x = RegisteredImage{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[1]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -160,7 +282,7 @@ func (x *RegisteredImage) String() string {
 func (*RegisteredImage) ProtoMessage() {}
 
 func (x *RegisteredImage) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[1]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -173,7 +295,7 @@ func (x *RegisteredImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisteredImage.ProtoReflect.Descriptor instead.
 func (*RegisteredImage) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{1}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RegisteredImage) GetKey() *ImageKey {
@@ -220,7 +342,7 @@ type CreateDatabaseRequest struct {
 
 func (x *CreateDatabaseRequest) Reset() {
 	*x = CreateDatabaseRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[2]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -232,7 +354,7 @@ func (x *CreateDatabaseRequest) String() string {
 func (*CreateDatabaseRequest) ProtoMessage() {}
 
 func (x *CreateDatabaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[2]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -245,7 +367,7 @@ func (x *CreateDatabaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDatabaseRequest.ProtoReflect.Descriptor instead.
 func (*CreateDatabaseRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{2}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateDatabaseRequest) GetName() string {
@@ -273,7 +395,7 @@ type CreateDatabaseResponse struct {
 
 func (x *CreateDatabaseResponse) Reset() {
 	*x = CreateDatabaseResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[3]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +407,7 @@ func (x *CreateDatabaseResponse) String() string {
 func (*CreateDatabaseResponse) ProtoMessage() {}
 
 func (x *CreateDatabaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[3]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +420,7 @@ func (x *CreateDatabaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDatabaseResponse.ProtoReflect.Descriptor instead.
 func (*CreateDatabaseResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{3}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateDatabaseResponse) GetDatabase() *Database {
@@ -319,7 +441,7 @@ type GetDatabaseRequest struct {
 
 func (x *GetDatabaseRequest) Reset() {
 	*x = GetDatabaseRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[4]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +453,7 @@ func (x *GetDatabaseRequest) String() string {
 func (*GetDatabaseRequest) ProtoMessage() {}
 
 func (x *GetDatabaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[4]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +466,7 @@ func (x *GetDatabaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDatabaseRequest.ProtoReflect.Descriptor instead.
 func (*GetDatabaseRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{4}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetDatabaseRequest) GetName() string {
@@ -365,7 +487,7 @@ type GetDatabaseResponse struct {
 
 func (x *GetDatabaseResponse) Reset() {
 	*x = GetDatabaseResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[5]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +499,7 @@ func (x *GetDatabaseResponse) String() string {
 func (*GetDatabaseResponse) ProtoMessage() {}
 
 func (x *GetDatabaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[5]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +512,7 @@ func (x *GetDatabaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDatabaseResponse.ProtoReflect.Descriptor instead.
 func (*GetDatabaseResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{5}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetDatabaseResponse) GetDatabase() *Database {
@@ -413,7 +535,7 @@ type ListDatabasesRequest struct {
 
 func (x *ListDatabasesRequest) Reset() {
 	*x = ListDatabasesRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[6]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +547,7 @@ func (x *ListDatabasesRequest) String() string {
 func (*ListDatabasesRequest) ProtoMessage() {}
 
 func (x *ListDatabasesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[6]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +560,7 @@ func (x *ListDatabasesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDatabasesRequest.ProtoReflect.Descriptor instead.
 func (*ListDatabasesRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{6}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListDatabasesRequest) GetPageSize() int32 {
@@ -468,7 +590,7 @@ type ListDatabasesResponse struct {
 
 func (x *ListDatabasesResponse) Reset() {
 	*x = ListDatabasesResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[7]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +602,7 @@ func (x *ListDatabasesResponse) String() string {
 func (*ListDatabasesResponse) ProtoMessage() {}
 
 func (x *ListDatabasesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[7]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +615,7 @@ func (x *ListDatabasesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDatabasesResponse.ProtoReflect.Descriptor instead.
 func (*ListDatabasesResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{7}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListDatabasesResponse) GetDatabases() []*Database {
@@ -521,7 +643,7 @@ type DeleteDatabaseRequest struct {
 
 func (x *DeleteDatabaseRequest) Reset() {
 	*x = DeleteDatabaseRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[8]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +655,7 @@ func (x *DeleteDatabaseRequest) String() string {
 func (*DeleteDatabaseRequest) ProtoMessage() {}
 
 func (x *DeleteDatabaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[8]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +668,7 @@ func (x *DeleteDatabaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDatabaseRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDatabaseRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{8}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteDatabaseRequest) GetName() string {
@@ -565,7 +687,7 @@ type DeleteDatabaseResponse struct {
 
 func (x *DeleteDatabaseResponse) Reset() {
 	*x = DeleteDatabaseResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[9]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +699,7 @@ func (x *DeleteDatabaseResponse) String() string {
 func (*DeleteDatabaseResponse) ProtoMessage() {}
 
 func (x *DeleteDatabaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[9]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +712,7 @@ func (x *DeleteDatabaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDatabaseResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDatabaseResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{9}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{10}
 }
 
 // Request for SetImage.
@@ -620,14 +742,18 @@ type SetImageRequest struct {
 	// Attributes stored with the image and returned with it and with search hits: at most 32,
 	// keys 1-64 printable characters, values up to 1024 characters, 8 KiB in all.
 	// An upsert replaces the attributes with these.
-	Attributes    map[string]string `protobuf:"bytes,7,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Attributes map[string]string `protobuf:"bytes,7,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Check first whether the image (or vector) duplicates one already stored (or an earlier item
+	// of the same call): its best match at or above the tier's threshold, other than the key being
+	// written. The check and the write are one step: two writers of the same image cannot both pass.
+	Duplicates    *DuplicateCheck `protobuf:"bytes,8,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetImageRequest) Reset() {
 	*x = SetImageRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[10]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +765,7 @@ func (x *SetImageRequest) String() string {
 func (*SetImageRequest) ProtoMessage() {}
 
 func (x *SetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[10]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +778,7 @@ func (x *SetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetImageRequest.ProtoReflect.Descriptor instead.
 func (*SetImageRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{10}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetImageRequest) GetDatabase() string {
@@ -715,6 +841,13 @@ func (x *SetImageRequest) GetAttributes() map[string]string {
 	return nil
 }
 
+func (x *SetImageRequest) GetDuplicates() *DuplicateCheck {
+	if x != nil {
+		return x.Duplicates
+	}
+	return nil
+}
+
 type isSetImageRequest_Content interface {
 	isSetImageRequest_Content()
 }
@@ -743,14 +876,19 @@ type SetImageResponse struct {
 	// True when request_id matched an earlier write: this is that write's result, and nothing
 	// was stored again. (The same request_id with another key or content is refused with
 	// ALREADY_EXISTS / REQUEST_ID_REUSED.)
-	Replayed      bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Replayed bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	// Set when the duplicate check (SKIP) found an existing image: nothing was stored, and key
+	// is that image's key.
+	SkippedDuplicate bool `protobuf:"varint,4,opt,name=skipped_duplicate,json=skippedDuplicate,proto3" json:"skipped_duplicate,omitempty"`
+	// The similarity of the image to that existing one, when skipped_duplicate.
+	DuplicateScore float32 `protobuf:"fixed32,5,opt,name=duplicate_score,json=duplicateScore,proto3" json:"duplicate_score,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SetImageResponse) Reset() {
 	*x = SetImageResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[11]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +900,7 @@ func (x *SetImageResponse) String() string {
 func (*SetImageResponse) ProtoMessage() {}
 
 func (x *SetImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[11]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +913,7 @@ func (x *SetImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetImageResponse.ProtoReflect.Descriptor instead.
 func (*SetImageResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{11}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetImageResponse) GetKey() *ImageKey {
@@ -797,6 +935,20 @@ func (x *SetImageResponse) GetReplayed() bool {
 		return x.Replayed
 	}
 	return false
+}
+
+func (x *SetImageResponse) GetSkippedDuplicate() bool {
+	if x != nil {
+		return x.SkippedDuplicate
+	}
+	return false
+}
+
+func (x *SetImageResponse) GetDuplicateScore() float32 {
+	if x != nil {
+		return x.DuplicateScore
+	}
+	return 0
 }
 
 // One item of a BulkSetImages stream.
@@ -821,14 +973,16 @@ type BulkSetImagesRequest struct {
 	// Optional idempotency key of this item, as in SetImageRequest.request_id.
 	RequestId string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Attributes of this item, as in SetImageRequest.attributes.
-	Attributes    map[string]string `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Attributes map[string]string `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The duplicate check of this item, as in SetImageRequest.duplicates.
+	Duplicates    *DuplicateCheck `protobuf:"bytes,9,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BulkSetImagesRequest) Reset() {
 	*x = BulkSetImagesRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[12]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +994,7 @@ func (x *BulkSetImagesRequest) String() string {
 func (*BulkSetImagesRequest) ProtoMessage() {}
 
 func (x *BulkSetImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[12]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +1007,7 @@ func (x *BulkSetImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BulkSetImagesRequest.ProtoReflect.Descriptor instead.
 func (*BulkSetImagesRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{12}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BulkSetImagesRequest) GetDatabase() string {
@@ -923,6 +1077,13 @@ func (x *BulkSetImagesRequest) GetAttributes() map[string]string {
 	return nil
 }
 
+func (x *BulkSetImagesRequest) GetDuplicates() *DuplicateCheck {
+	if x != nil {
+		return x.Duplicates
+	}
+	return nil
+}
+
 type isBulkSetImagesRequest_Content interface {
 	isBulkSetImagesRequest_Content()
 }
@@ -941,6 +1102,79 @@ func (*BulkSetImagesRequest_Image) isBulkSetImagesRequest_Content() {}
 
 func (*BulkSetImagesRequest_Vector) isBulkSetImagesRequest_Content() {}
 
+// An item of a BulkSetImages stream that was a duplicate and was skipped.
+type BulkSkippedDuplicate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item's 0-based position in the stream.
+	Index int64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The item's client_ref.
+	ClientRef string `protobuf:"bytes,2,opt,name=client_ref,json=clientRef,proto3" json:"client_ref,omitempty"`
+	// The image already stored that it duplicates (also its entry in keys).
+	Existing *ImageKey `protobuf:"bytes,3,opt,name=existing,proto3" json:"existing,omitempty"`
+	// Their similarity.
+	Score         float32 `protobuf:"fixed32,4,opt,name=score,proto3" json:"score,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BulkSkippedDuplicate) Reset() {
+	*x = BulkSkippedDuplicate{}
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BulkSkippedDuplicate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BulkSkippedDuplicate) ProtoMessage() {}
+
+func (x *BulkSkippedDuplicate) ProtoReflect() protoreflect.Message {
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BulkSkippedDuplicate.ProtoReflect.Descriptor instead.
+func (*BulkSkippedDuplicate) Descriptor() ([]byte, []int) {
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BulkSkippedDuplicate) GetIndex() int64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BulkSkippedDuplicate) GetClientRef() string {
+	if x != nil {
+		return x.ClientRef
+	}
+	return ""
+}
+
+func (x *BulkSkippedDuplicate) GetExisting() *ImageKey {
+	if x != nil {
+		return x.Existing
+	}
+	return nil
+}
+
+func (x *BulkSkippedDuplicate) GetScore() float32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
 // Why one item of a BulkSetImages stream was not registered.
 type BulkSetFailure struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -958,7 +1192,7 @@ type BulkSetFailure struct {
 
 func (x *BulkSetFailure) Reset() {
 	*x = BulkSetFailure{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[13]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1204,7 @@ func (x *BulkSetFailure) String() string {
 func (*BulkSetFailure) ProtoMessage() {}
 
 func (x *BulkSetFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[13]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1217,7 @@ func (x *BulkSetFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BulkSetFailure.ProtoReflect.Descriptor instead.
 func (*BulkSetFailure) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{13}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BulkSetFailure) GetIndex() int64 {
@@ -1035,13 +1269,18 @@ type BulkSetImagesResponse struct {
 	ReplayedCount int64 `protobuf:"varint,8,opt,name=replayed_count,json=replayedCount,proto3" json:"replayed_count,omitempty"`
 	// True when keys lists only the first keys (the summary is kept under 4 MiB).
 	KeysTruncated bool `protobuf:"varint,7,opt,name=keys_truncated,json=keysTruncated,proto3" json:"keys_truncated,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Of the succeeded items, those the duplicate check (SKIP) skipped: their entry in keys is
+	// the existing image's key, and nothing was stored for them.
+	SkippedDuplicateCount int64 `protobuf:"varint,9,opt,name=skipped_duplicate_count,json=skippedDuplicateCount,proto3" json:"skipped_duplicate_count,omitempty"`
+	// The skipped items, in stream order (the first ones, under the same size cap).
+	SkippedDuplicates []*BulkSkippedDuplicate `protobuf:"bytes,10,rep,name=skipped_duplicates,json=skippedDuplicates,proto3" json:"skipped_duplicates,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *BulkSetImagesResponse) Reset() {
 	*x = BulkSetImagesResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[14]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1292,7 @@ func (x *BulkSetImagesResponse) String() string {
 func (*BulkSetImagesResponse) ProtoMessage() {}
 
 func (x *BulkSetImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[14]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1305,7 @@ func (x *BulkSetImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BulkSetImagesResponse.ProtoReflect.Descriptor instead.
 func (*BulkSetImagesResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{14}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BulkSetImagesResponse) GetReceivedCount() int64 {
@@ -1125,6 +1364,20 @@ func (x *BulkSetImagesResponse) GetKeysTruncated() bool {
 	return false
 }
 
+func (x *BulkSetImagesResponse) GetSkippedDuplicateCount() int64 {
+	if x != nil {
+		return x.SkippedDuplicateCount
+	}
+	return 0
+}
+
+func (x *BulkSetImagesResponse) GetSkippedDuplicates() []*BulkSkippedDuplicate {
+	if x != nil {
+		return x.SkippedDuplicates
+	}
+	return nil
+}
+
 // Request for GetImage.
 type GetImageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1140,7 +1393,7 @@ type GetImageRequest struct {
 
 func (x *GetImageRequest) Reset() {
 	*x = GetImageRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[15]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1405,7 @@ func (x *GetImageRequest) String() string {
 func (*GetImageRequest) ProtoMessage() {}
 
 func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[15]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1418,7 @@ func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageRequest.ProtoReflect.Descriptor instead.
 func (*GetImageRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{15}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetImageRequest) GetDatabase() string {
@@ -1200,7 +1453,7 @@ type GetImageResponse struct {
 
 func (x *GetImageResponse) Reset() {
 	*x = GetImageResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[16]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1465,7 @@ func (x *GetImageResponse) String() string {
 func (*GetImageResponse) ProtoMessage() {}
 
 func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[16]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1478,7 @@ func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageResponse.ProtoReflect.Descriptor instead.
 func (*GetImageResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{16}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetImageResponse) GetImage() *RegisteredImage {
@@ -1252,7 +1505,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[17]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1517,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[17]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1530,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{17}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListImagesRequest) GetDatabase() string {
@@ -1321,7 +1574,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[18]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1586,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[18]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1599,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{18}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListImagesResponse) GetImages() []*RegisteredImage {
@@ -1376,7 +1629,7 @@ type DeleteImageRequest struct {
 
 func (x *DeleteImageRequest) Reset() {
 	*x = DeleteImageRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[19]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1641,7 @@ func (x *DeleteImageRequest) String() string {
 func (*DeleteImageRequest) ProtoMessage() {}
 
 func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[19]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1654,7 @@ func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteImageRequest.ProtoReflect.Descriptor instead.
 func (*DeleteImageRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{19}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteImageRequest) GetDatabase() string {
@@ -1427,7 +1680,7 @@ type DeleteImageResponse struct {
 
 func (x *DeleteImageResponse) Reset() {
 	*x = DeleteImageResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[20]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1692,7 @@ func (x *DeleteImageResponse) String() string {
 func (*DeleteImageResponse) ProtoMessage() {}
 
 func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[20]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1705,7 @@ func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteImageResponse.ProtoReflect.Descriptor instead.
 func (*DeleteImageResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{20}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{22}
 }
 
 // Request for DeleteGroup.
@@ -1468,7 +1721,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[21]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1733,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[21]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1746,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{21}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteGroupRequest) GetDatabase() string {
@@ -1521,7 +1774,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[22]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1786,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[22]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1799,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{22}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteGroupResponse) GetDeletedCount() int64 {
@@ -1567,7 +1820,7 @@ type SnapshotDatabaseRequest struct {
 
 func (x *SnapshotDatabaseRequest) Reset() {
 	*x = SnapshotDatabaseRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[23]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1832,7 @@ func (x *SnapshotDatabaseRequest) String() string {
 func (*SnapshotDatabaseRequest) ProtoMessage() {}
 
 func (x *SnapshotDatabaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[23]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1845,7 @@ func (x *SnapshotDatabaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotDatabaseRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotDatabaseRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{23}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SnapshotDatabaseRequest) GetName() string {
@@ -1617,7 +1870,7 @@ type SnapshotDatabaseResponse struct {
 
 func (x *SnapshotDatabaseResponse) Reset() {
 	*x = SnapshotDatabaseResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[24]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1882,7 @@ func (x *SnapshotDatabaseResponse) String() string {
 func (*SnapshotDatabaseResponse) ProtoMessage() {}
 
 func (x *SnapshotDatabaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[24]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1895,7 @@ func (x *SnapshotDatabaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotDatabaseResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotDatabaseResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{24}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotDatabaseResponse) GetSnapshotTime() *timestamppb.Timestamp {
@@ -1679,7 +1932,7 @@ type ExportDatabaseRequest struct {
 
 func (x *ExportDatabaseRequest) Reset() {
 	*x = ExportDatabaseRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[25]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1944,7 @@ func (x *ExportDatabaseRequest) String() string {
 func (*ExportDatabaseRequest) ProtoMessage() {}
 
 func (x *ExportDatabaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[25]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1957,7 @@ func (x *ExportDatabaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportDatabaseRequest.ProtoReflect.Descriptor instead.
 func (*ExportDatabaseRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{25}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExportDatabaseRequest) GetName() string {
@@ -1736,7 +1989,7 @@ type ExportDatabaseResponse struct {
 
 func (x *ExportDatabaseResponse) Reset() {
 	*x = ExportDatabaseResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[26]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +2001,7 @@ func (x *ExportDatabaseResponse) String() string {
 func (*ExportDatabaseResponse) ProtoMessage() {}
 
 func (x *ExportDatabaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[26]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +2014,7 @@ func (x *ExportDatabaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportDatabaseResponse.ProtoReflect.Descriptor instead.
 func (*ExportDatabaseResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{26}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExportDatabaseResponse) GetDestination() string {
@@ -1798,7 +2051,7 @@ type ImportDatabaseRequest struct {
 
 func (x *ImportDatabaseRequest) Reset() {
 	*x = ImportDatabaseRequest{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[27]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +2063,7 @@ func (x *ImportDatabaseRequest) String() string {
 func (*ImportDatabaseRequest) ProtoMessage() {}
 
 func (x *ImportDatabaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[27]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +2076,7 @@ func (x *ImportDatabaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportDatabaseRequest.ProtoReflect.Descriptor instead.
 func (*ImportDatabaseRequest) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{27}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ImportDatabaseRequest) GetName() string {
@@ -1851,7 +2104,7 @@ type ImportDatabaseResponse struct {
 
 func (x *ImportDatabaseResponse) Reset() {
 	*x = ImportDatabaseResponse{}
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[28]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2116,7 @@ func (x *ImportDatabaseResponse) String() string {
 func (*ImportDatabaseResponse) ProtoMessage() {}
 
 func (x *ImportDatabaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lookalike_v1_database_service_proto_msgTypes[28]
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2129,7 @@ func (x *ImportDatabaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportDatabaseResponse.ProtoReflect.Descriptor instead.
 func (*ImportDatabaseResponse) Descriptor() ([]byte, []int) {
-	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{28}
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ImportDatabaseResponse) GetDatabase() *Database {
@@ -1890,7 +2143,13 @@ var File_lookalike_v1_database_service_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\n" +
-	"#lookalike/v1/database_service.proto\x12\flookalike.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lookalike/v1/types.proto\"\x83\x02\n" +
+	"#lookalike/v1/database_service.proto\x12\flookalike.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lookalike/v1/types.proto\"\x97\x01\n" +
+	"\x0eDuplicateCheck\x12@\n" +
+	"\fif_duplicate\x18\x01 \x01(\x0e2\x1d.lookalike.v1.DuplicatePolicyR\vifDuplicate\x12\x12\n" +
+	"\x04tier\x18\x02 \x01(\tR\x04tier\x12!\n" +
+	"\tthreshold\x18\x03 \x01(\x02H\x00R\tthreshold\x88\x01\x01B\f\n" +
+	"\n" +
+	"_threshold\"\x83\x02\n" +
 	"\bDatabase\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tdimension\x18\x02 \x01(\x05R\tdimension\x12\x16\n" +
@@ -1932,7 +2191,7 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"+\n" +
 	"\x15DeleteDatabaseRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
-	"\x16DeleteDatabaseResponse\"\x8a\x03\n" +
+	"\x16DeleteDatabaseResponse\"\xc8\x03\n" +
 	"\x0fSetImageRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x1e\n" +
@@ -1943,16 +2202,21 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"request_id\x18\x06 \x01(\tR\trequestId\x12M\n" +
 	"\n" +
 	"attributes\x18\a \x03(\v2-.lookalike.v1.SetImageRequest.AttributesEntryR\n" +
-	"attributes\x1a=\n" +
+	"attributes\x12<\n" +
+	"\n" +
+	"duplicates\x18\b \x01(\v2\x1c.lookalike.v1.DuplicateCheckR\n" +
+	"duplicates\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\acontentB\v\n" +
-	"\t_intra_id\"t\n" +
+	"\t_intra_id\"\xca\x01\n" +
 	"\x10SetImageResponse\x12(\n" +
 	"\x03key\x18\x01 \x01(\v2\x16.lookalike.v1.ImageKeyR\x03key\x12\x1a\n" +
 	"\breplaced\x18\x02 \x01(\bR\breplaced\x12\x1a\n" +
-	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xb3\x03\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\x12+\n" +
+	"\x11skipped_duplicate\x18\x04 \x01(\bR\x10skippedDuplicate\x12'\n" +
+	"\x0fduplicate_score\x18\x05 \x01(\x02R\x0eduplicateScore\"\xf1\x03\n" +
 	"\x14BulkSetImagesRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x1e\n" +
@@ -1965,18 +2229,27 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"request_id\x18\a \x01(\tR\trequestId\x12R\n" +
 	"\n" +
 	"attributes\x18\b \x03(\v22.lookalike.v1.BulkSetImagesRequest.AttributesEntryR\n" +
-	"attributes\x1a=\n" +
+	"attributes\x12<\n" +
+	"\n" +
+	"duplicates\x18\t \x01(\v2\x1c.lookalike.v1.DuplicateCheckR\n" +
+	"duplicates\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\acontentB\v\n" +
-	"\t_intra_id\"w\n" +
+	"\t_intra_id\"\x95\x01\n" +
+	"\x14BulkSkippedDuplicate\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x03R\x05index\x12\x1d\n" +
+	"\n" +
+	"client_ref\x18\x02 \x01(\tR\tclientRef\x122\n" +
+	"\bexisting\x18\x03 \x01(\v2\x16.lookalike.v1.ImageKeyR\bexisting\x12\x14\n" +
+	"\x05score\x18\x04 \x01(\x02R\x05score\"w\n" +
 	"\x0eBulkSetFailure\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x03R\x05index\x12\x1d\n" +
 	"\n" +
 	"client_ref\x18\x02 \x01(\tR\tclientRef\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xed\x02\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xf8\x03\n" +
 	"\x15BulkSetImagesResponse\x12%\n" +
 	"\x0ereceived_count\x18\x01 \x01(\x03R\rreceivedCount\x12'\n" +
 	"\x0fsucceeded_count\x18\x02 \x01(\x03R\x0esucceededCount\x12!\n" +
@@ -1985,7 +2258,10 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\x04keys\x18\x05 \x03(\v2\x16.lookalike.v1.ImageKeyR\x04keys\x12-\n" +
 	"\x12failures_truncated\x18\x06 \x01(\bR\x11failuresTruncated\x12%\n" +
 	"\x0ereplayed_count\x18\b \x01(\x03R\rreplayedCount\x12%\n" +
-	"\x0ekeys_truncated\x18\a \x01(\bR\rkeysTruncated\"~\n" +
+	"\x0ekeys_truncated\x18\a \x01(\bR\rkeysTruncated\x126\n" +
+	"\x17skipped_duplicate_count\x18\t \x01(\x03R\x15skippedDuplicateCount\x12Q\n" +
+	"\x12skipped_duplicates\x18\n" +
+	" \x03(\v2\".lookalike.v1.BulkSkippedDuplicateR\x11skippedDuplicates\"~\n" +
 	"\x0fGetImageRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12(\n" +
 	"\x03key\x18\x02 \x01(\v2\x16.lookalike.v1.ImageKeyR\x03key\x12%\n" +
@@ -2031,7 +2307,12 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\"L\n" +
 	"\x16ImportDatabaseResponse\x122\n" +
-	"\bdatabase\x18\x01 \x01(\v2\x16.lookalike.v1.DatabaseR\bdatabase2\x81\t\n" +
+	"\bdatabase\x18\x01 \x01(\v2\x16.lookalike.v1.DatabaseR\bdatabase*\x87\x01\n" +
+	"\x0fDuplicatePolicy\x12 \n" +
+	"\x1cDUPLICATE_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16DUPLICATE_POLICY_ALLOW\x10\x01\x12\x19\n" +
+	"\x15DUPLICATE_POLICY_SKIP\x10\x02\x12\x1b\n" +
+	"\x17DUPLICATE_POLICY_REJECT\x10\x032\x81\t\n" +
 	"\x0fDatabaseService\x12[\n" +
 	"\x0eCreateDatabase\x12#.lookalike.v1.CreateDatabaseRequest\x1a$.lookalike.v1.CreateDatabaseResponse\x12R\n" +
 	"\vGetDatabase\x12 .lookalike.v1.GetDatabaseRequest\x1a!.lookalike.v1.GetDatabaseResponse\x12X\n" +
@@ -2060,100 +2341,109 @@ func file_lookalike_v1_database_service_proto_rawDescGZIP() []byte {
 	return file_lookalike_v1_database_service_proto_rawDescData
 }
 
-var file_lookalike_v1_database_service_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_lookalike_v1_database_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_lookalike_v1_database_service_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_lookalike_v1_database_service_proto_goTypes = []any{
-	(*Database)(nil),                 // 0: lookalike.v1.Database
-	(*RegisteredImage)(nil),          // 1: lookalike.v1.RegisteredImage
-	(*CreateDatabaseRequest)(nil),    // 2: lookalike.v1.CreateDatabaseRequest
-	(*CreateDatabaseResponse)(nil),   // 3: lookalike.v1.CreateDatabaseResponse
-	(*GetDatabaseRequest)(nil),       // 4: lookalike.v1.GetDatabaseRequest
-	(*GetDatabaseResponse)(nil),      // 5: lookalike.v1.GetDatabaseResponse
-	(*ListDatabasesRequest)(nil),     // 6: lookalike.v1.ListDatabasesRequest
-	(*ListDatabasesResponse)(nil),    // 7: lookalike.v1.ListDatabasesResponse
-	(*DeleteDatabaseRequest)(nil),    // 8: lookalike.v1.DeleteDatabaseRequest
-	(*DeleteDatabaseResponse)(nil),   // 9: lookalike.v1.DeleteDatabaseResponse
-	(*SetImageRequest)(nil),          // 10: lookalike.v1.SetImageRequest
-	(*SetImageResponse)(nil),         // 11: lookalike.v1.SetImageResponse
-	(*BulkSetImagesRequest)(nil),     // 12: lookalike.v1.BulkSetImagesRequest
-	(*BulkSetFailure)(nil),           // 13: lookalike.v1.BulkSetFailure
-	(*BulkSetImagesResponse)(nil),    // 14: lookalike.v1.BulkSetImagesResponse
-	(*GetImageRequest)(nil),          // 15: lookalike.v1.GetImageRequest
-	(*GetImageResponse)(nil),         // 16: lookalike.v1.GetImageResponse
-	(*ListImagesRequest)(nil),        // 17: lookalike.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),       // 18: lookalike.v1.ListImagesResponse
-	(*DeleteImageRequest)(nil),       // 19: lookalike.v1.DeleteImageRequest
-	(*DeleteImageResponse)(nil),      // 20: lookalike.v1.DeleteImageResponse
-	(*DeleteGroupRequest)(nil),       // 21: lookalike.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 22: lookalike.v1.DeleteGroupResponse
-	(*SnapshotDatabaseRequest)(nil),  // 23: lookalike.v1.SnapshotDatabaseRequest
-	(*SnapshotDatabaseResponse)(nil), // 24: lookalike.v1.SnapshotDatabaseResponse
-	(*ExportDatabaseRequest)(nil),    // 25: lookalike.v1.ExportDatabaseRequest
-	(*ExportDatabaseResponse)(nil),   // 26: lookalike.v1.ExportDatabaseResponse
-	(*ImportDatabaseRequest)(nil),    // 27: lookalike.v1.ImportDatabaseRequest
-	(*ImportDatabaseResponse)(nil),   // 28: lookalike.v1.ImportDatabaseResponse
-	nil,                              // 29: lookalike.v1.RegisteredImage.AttributesEntry
-	nil,                              // 30: lookalike.v1.SetImageRequest.AttributesEntry
-	nil,                              // 31: lookalike.v1.BulkSetImagesRequest.AttributesEntry
-	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
-	(*ImageKey)(nil),                 // 33: lookalike.v1.ImageKey
-	(*Vector)(nil),                   // 34: lookalike.v1.Vector
-	(*Image)(nil),                    // 35: lookalike.v1.Image
+	(DuplicatePolicy)(0),             // 0: lookalike.v1.DuplicatePolicy
+	(*DuplicateCheck)(nil),           // 1: lookalike.v1.DuplicateCheck
+	(*Database)(nil),                 // 2: lookalike.v1.Database
+	(*RegisteredImage)(nil),          // 3: lookalike.v1.RegisteredImage
+	(*CreateDatabaseRequest)(nil),    // 4: lookalike.v1.CreateDatabaseRequest
+	(*CreateDatabaseResponse)(nil),   // 5: lookalike.v1.CreateDatabaseResponse
+	(*GetDatabaseRequest)(nil),       // 6: lookalike.v1.GetDatabaseRequest
+	(*GetDatabaseResponse)(nil),      // 7: lookalike.v1.GetDatabaseResponse
+	(*ListDatabasesRequest)(nil),     // 8: lookalike.v1.ListDatabasesRequest
+	(*ListDatabasesResponse)(nil),    // 9: lookalike.v1.ListDatabasesResponse
+	(*DeleteDatabaseRequest)(nil),    // 10: lookalike.v1.DeleteDatabaseRequest
+	(*DeleteDatabaseResponse)(nil),   // 11: lookalike.v1.DeleteDatabaseResponse
+	(*SetImageRequest)(nil),          // 12: lookalike.v1.SetImageRequest
+	(*SetImageResponse)(nil),         // 13: lookalike.v1.SetImageResponse
+	(*BulkSetImagesRequest)(nil),     // 14: lookalike.v1.BulkSetImagesRequest
+	(*BulkSkippedDuplicate)(nil),     // 15: lookalike.v1.BulkSkippedDuplicate
+	(*BulkSetFailure)(nil),           // 16: lookalike.v1.BulkSetFailure
+	(*BulkSetImagesResponse)(nil),    // 17: lookalike.v1.BulkSetImagesResponse
+	(*GetImageRequest)(nil),          // 18: lookalike.v1.GetImageRequest
+	(*GetImageResponse)(nil),         // 19: lookalike.v1.GetImageResponse
+	(*ListImagesRequest)(nil),        // 20: lookalike.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),       // 21: lookalike.v1.ListImagesResponse
+	(*DeleteImageRequest)(nil),       // 22: lookalike.v1.DeleteImageRequest
+	(*DeleteImageResponse)(nil),      // 23: lookalike.v1.DeleteImageResponse
+	(*DeleteGroupRequest)(nil),       // 24: lookalike.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 25: lookalike.v1.DeleteGroupResponse
+	(*SnapshotDatabaseRequest)(nil),  // 26: lookalike.v1.SnapshotDatabaseRequest
+	(*SnapshotDatabaseResponse)(nil), // 27: lookalike.v1.SnapshotDatabaseResponse
+	(*ExportDatabaseRequest)(nil),    // 28: lookalike.v1.ExportDatabaseRequest
+	(*ExportDatabaseResponse)(nil),   // 29: lookalike.v1.ExportDatabaseResponse
+	(*ImportDatabaseRequest)(nil),    // 30: lookalike.v1.ImportDatabaseRequest
+	(*ImportDatabaseResponse)(nil),   // 31: lookalike.v1.ImportDatabaseResponse
+	nil,                              // 32: lookalike.v1.RegisteredImage.AttributesEntry
+	nil,                              // 33: lookalike.v1.SetImageRequest.AttributesEntry
+	nil,                              // 34: lookalike.v1.BulkSetImagesRequest.AttributesEntry
+	(*timestamppb.Timestamp)(nil),    // 35: google.protobuf.Timestamp
+	(*ImageKey)(nil),                 // 36: lookalike.v1.ImageKey
+	(*Vector)(nil),                   // 37: lookalike.v1.Vector
+	(*Image)(nil),                    // 38: lookalike.v1.Image
 }
 var file_lookalike_v1_database_service_proto_depIdxs = []int32{
-	32, // 0: lookalike.v1.Database.create_time:type_name -> google.protobuf.Timestamp
-	33, // 1: lookalike.v1.RegisteredImage.key:type_name -> lookalike.v1.ImageKey
-	32, // 2: lookalike.v1.RegisteredImage.update_time:type_name -> google.protobuf.Timestamp
-	34, // 3: lookalike.v1.RegisteredImage.vector:type_name -> lookalike.v1.Vector
-	29, // 4: lookalike.v1.RegisteredImage.attributes:type_name -> lookalike.v1.RegisteredImage.AttributesEntry
-	0,  // 5: lookalike.v1.CreateDatabaseResponse.database:type_name -> lookalike.v1.Database
-	0,  // 6: lookalike.v1.GetDatabaseResponse.database:type_name -> lookalike.v1.Database
-	0,  // 7: lookalike.v1.ListDatabasesResponse.databases:type_name -> lookalike.v1.Database
-	35, // 8: lookalike.v1.SetImageRequest.image:type_name -> lookalike.v1.Image
-	34, // 9: lookalike.v1.SetImageRequest.vector:type_name -> lookalike.v1.Vector
-	30, // 10: lookalike.v1.SetImageRequest.attributes:type_name -> lookalike.v1.SetImageRequest.AttributesEntry
-	33, // 11: lookalike.v1.SetImageResponse.key:type_name -> lookalike.v1.ImageKey
-	35, // 12: lookalike.v1.BulkSetImagesRequest.image:type_name -> lookalike.v1.Image
-	34, // 13: lookalike.v1.BulkSetImagesRequest.vector:type_name -> lookalike.v1.Vector
-	31, // 14: lookalike.v1.BulkSetImagesRequest.attributes:type_name -> lookalike.v1.BulkSetImagesRequest.AttributesEntry
-	13, // 15: lookalike.v1.BulkSetImagesResponse.failures:type_name -> lookalike.v1.BulkSetFailure
-	33, // 16: lookalike.v1.BulkSetImagesResponse.keys:type_name -> lookalike.v1.ImageKey
-	33, // 17: lookalike.v1.GetImageRequest.key:type_name -> lookalike.v1.ImageKey
-	1,  // 18: lookalike.v1.GetImageResponse.image:type_name -> lookalike.v1.RegisteredImage
-	1,  // 19: lookalike.v1.ListImagesResponse.images:type_name -> lookalike.v1.RegisteredImage
-	33, // 20: lookalike.v1.DeleteImageRequest.key:type_name -> lookalike.v1.ImageKey
-	32, // 21: lookalike.v1.SnapshotDatabaseResponse.snapshot_time:type_name -> google.protobuf.Timestamp
-	0,  // 22: lookalike.v1.ImportDatabaseResponse.database:type_name -> lookalike.v1.Database
-	2,  // 23: lookalike.v1.DatabaseService.CreateDatabase:input_type -> lookalike.v1.CreateDatabaseRequest
-	4,  // 24: lookalike.v1.DatabaseService.GetDatabase:input_type -> lookalike.v1.GetDatabaseRequest
-	6,  // 25: lookalike.v1.DatabaseService.ListDatabases:input_type -> lookalike.v1.ListDatabasesRequest
-	8,  // 26: lookalike.v1.DatabaseService.DeleteDatabase:input_type -> lookalike.v1.DeleteDatabaseRequest
-	10, // 27: lookalike.v1.DatabaseService.SetImage:input_type -> lookalike.v1.SetImageRequest
-	12, // 28: lookalike.v1.DatabaseService.BulkSetImages:input_type -> lookalike.v1.BulkSetImagesRequest
-	15, // 29: lookalike.v1.DatabaseService.GetImage:input_type -> lookalike.v1.GetImageRequest
-	17, // 30: lookalike.v1.DatabaseService.ListImages:input_type -> lookalike.v1.ListImagesRequest
-	19, // 31: lookalike.v1.DatabaseService.DeleteImage:input_type -> lookalike.v1.DeleteImageRequest
-	21, // 32: lookalike.v1.DatabaseService.DeleteGroup:input_type -> lookalike.v1.DeleteGroupRequest
-	23, // 33: lookalike.v1.DatabaseService.SnapshotDatabase:input_type -> lookalike.v1.SnapshotDatabaseRequest
-	25, // 34: lookalike.v1.DatabaseService.ExportDatabase:input_type -> lookalike.v1.ExportDatabaseRequest
-	27, // 35: lookalike.v1.DatabaseService.ImportDatabase:input_type -> lookalike.v1.ImportDatabaseRequest
-	3,  // 36: lookalike.v1.DatabaseService.CreateDatabase:output_type -> lookalike.v1.CreateDatabaseResponse
-	5,  // 37: lookalike.v1.DatabaseService.GetDatabase:output_type -> lookalike.v1.GetDatabaseResponse
-	7,  // 38: lookalike.v1.DatabaseService.ListDatabases:output_type -> lookalike.v1.ListDatabasesResponse
-	9,  // 39: lookalike.v1.DatabaseService.DeleteDatabase:output_type -> lookalike.v1.DeleteDatabaseResponse
-	11, // 40: lookalike.v1.DatabaseService.SetImage:output_type -> lookalike.v1.SetImageResponse
-	14, // 41: lookalike.v1.DatabaseService.BulkSetImages:output_type -> lookalike.v1.BulkSetImagesResponse
-	16, // 42: lookalike.v1.DatabaseService.GetImage:output_type -> lookalike.v1.GetImageResponse
-	18, // 43: lookalike.v1.DatabaseService.ListImages:output_type -> lookalike.v1.ListImagesResponse
-	20, // 44: lookalike.v1.DatabaseService.DeleteImage:output_type -> lookalike.v1.DeleteImageResponse
-	22, // 45: lookalike.v1.DatabaseService.DeleteGroup:output_type -> lookalike.v1.DeleteGroupResponse
-	24, // 46: lookalike.v1.DatabaseService.SnapshotDatabase:output_type -> lookalike.v1.SnapshotDatabaseResponse
-	26, // 47: lookalike.v1.DatabaseService.ExportDatabase:output_type -> lookalike.v1.ExportDatabaseResponse
-	28, // 48: lookalike.v1.DatabaseService.ImportDatabase:output_type -> lookalike.v1.ImportDatabaseResponse
-	36, // [36:49] is the sub-list for method output_type
-	23, // [23:36] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	0,  // 0: lookalike.v1.DuplicateCheck.if_duplicate:type_name -> lookalike.v1.DuplicatePolicy
+	35, // 1: lookalike.v1.Database.create_time:type_name -> google.protobuf.Timestamp
+	36, // 2: lookalike.v1.RegisteredImage.key:type_name -> lookalike.v1.ImageKey
+	35, // 3: lookalike.v1.RegisteredImage.update_time:type_name -> google.protobuf.Timestamp
+	37, // 4: lookalike.v1.RegisteredImage.vector:type_name -> lookalike.v1.Vector
+	32, // 5: lookalike.v1.RegisteredImage.attributes:type_name -> lookalike.v1.RegisteredImage.AttributesEntry
+	2,  // 6: lookalike.v1.CreateDatabaseResponse.database:type_name -> lookalike.v1.Database
+	2,  // 7: lookalike.v1.GetDatabaseResponse.database:type_name -> lookalike.v1.Database
+	2,  // 8: lookalike.v1.ListDatabasesResponse.databases:type_name -> lookalike.v1.Database
+	38, // 9: lookalike.v1.SetImageRequest.image:type_name -> lookalike.v1.Image
+	37, // 10: lookalike.v1.SetImageRequest.vector:type_name -> lookalike.v1.Vector
+	33, // 11: lookalike.v1.SetImageRequest.attributes:type_name -> lookalike.v1.SetImageRequest.AttributesEntry
+	1,  // 12: lookalike.v1.SetImageRequest.duplicates:type_name -> lookalike.v1.DuplicateCheck
+	36, // 13: lookalike.v1.SetImageResponse.key:type_name -> lookalike.v1.ImageKey
+	38, // 14: lookalike.v1.BulkSetImagesRequest.image:type_name -> lookalike.v1.Image
+	37, // 15: lookalike.v1.BulkSetImagesRequest.vector:type_name -> lookalike.v1.Vector
+	34, // 16: lookalike.v1.BulkSetImagesRequest.attributes:type_name -> lookalike.v1.BulkSetImagesRequest.AttributesEntry
+	1,  // 17: lookalike.v1.BulkSetImagesRequest.duplicates:type_name -> lookalike.v1.DuplicateCheck
+	36, // 18: lookalike.v1.BulkSkippedDuplicate.existing:type_name -> lookalike.v1.ImageKey
+	16, // 19: lookalike.v1.BulkSetImagesResponse.failures:type_name -> lookalike.v1.BulkSetFailure
+	36, // 20: lookalike.v1.BulkSetImagesResponse.keys:type_name -> lookalike.v1.ImageKey
+	15, // 21: lookalike.v1.BulkSetImagesResponse.skipped_duplicates:type_name -> lookalike.v1.BulkSkippedDuplicate
+	36, // 22: lookalike.v1.GetImageRequest.key:type_name -> lookalike.v1.ImageKey
+	3,  // 23: lookalike.v1.GetImageResponse.image:type_name -> lookalike.v1.RegisteredImage
+	3,  // 24: lookalike.v1.ListImagesResponse.images:type_name -> lookalike.v1.RegisteredImage
+	36, // 25: lookalike.v1.DeleteImageRequest.key:type_name -> lookalike.v1.ImageKey
+	35, // 26: lookalike.v1.SnapshotDatabaseResponse.snapshot_time:type_name -> google.protobuf.Timestamp
+	2,  // 27: lookalike.v1.ImportDatabaseResponse.database:type_name -> lookalike.v1.Database
+	4,  // 28: lookalike.v1.DatabaseService.CreateDatabase:input_type -> lookalike.v1.CreateDatabaseRequest
+	6,  // 29: lookalike.v1.DatabaseService.GetDatabase:input_type -> lookalike.v1.GetDatabaseRequest
+	8,  // 30: lookalike.v1.DatabaseService.ListDatabases:input_type -> lookalike.v1.ListDatabasesRequest
+	10, // 31: lookalike.v1.DatabaseService.DeleteDatabase:input_type -> lookalike.v1.DeleteDatabaseRequest
+	12, // 32: lookalike.v1.DatabaseService.SetImage:input_type -> lookalike.v1.SetImageRequest
+	14, // 33: lookalike.v1.DatabaseService.BulkSetImages:input_type -> lookalike.v1.BulkSetImagesRequest
+	18, // 34: lookalike.v1.DatabaseService.GetImage:input_type -> lookalike.v1.GetImageRequest
+	20, // 35: lookalike.v1.DatabaseService.ListImages:input_type -> lookalike.v1.ListImagesRequest
+	22, // 36: lookalike.v1.DatabaseService.DeleteImage:input_type -> lookalike.v1.DeleteImageRequest
+	24, // 37: lookalike.v1.DatabaseService.DeleteGroup:input_type -> lookalike.v1.DeleteGroupRequest
+	26, // 38: lookalike.v1.DatabaseService.SnapshotDatabase:input_type -> lookalike.v1.SnapshotDatabaseRequest
+	28, // 39: lookalike.v1.DatabaseService.ExportDatabase:input_type -> lookalike.v1.ExportDatabaseRequest
+	30, // 40: lookalike.v1.DatabaseService.ImportDatabase:input_type -> lookalike.v1.ImportDatabaseRequest
+	5,  // 41: lookalike.v1.DatabaseService.CreateDatabase:output_type -> lookalike.v1.CreateDatabaseResponse
+	7,  // 42: lookalike.v1.DatabaseService.GetDatabase:output_type -> lookalike.v1.GetDatabaseResponse
+	9,  // 43: lookalike.v1.DatabaseService.ListDatabases:output_type -> lookalike.v1.ListDatabasesResponse
+	11, // 44: lookalike.v1.DatabaseService.DeleteDatabase:output_type -> lookalike.v1.DeleteDatabaseResponse
+	13, // 45: lookalike.v1.DatabaseService.SetImage:output_type -> lookalike.v1.SetImageResponse
+	17, // 46: lookalike.v1.DatabaseService.BulkSetImages:output_type -> lookalike.v1.BulkSetImagesResponse
+	19, // 47: lookalike.v1.DatabaseService.GetImage:output_type -> lookalike.v1.GetImageResponse
+	21, // 48: lookalike.v1.DatabaseService.ListImages:output_type -> lookalike.v1.ListImagesResponse
+	23, // 49: lookalike.v1.DatabaseService.DeleteImage:output_type -> lookalike.v1.DeleteImageResponse
+	25, // 50: lookalike.v1.DatabaseService.DeleteGroup:output_type -> lookalike.v1.DeleteGroupResponse
+	27, // 51: lookalike.v1.DatabaseService.SnapshotDatabase:output_type -> lookalike.v1.SnapshotDatabaseResponse
+	29, // 52: lookalike.v1.DatabaseService.ExportDatabase:output_type -> lookalike.v1.ExportDatabaseResponse
+	31, // 53: lookalike.v1.DatabaseService.ImportDatabase:output_type -> lookalike.v1.ImportDatabaseResponse
+	41, // [41:54] is the sub-list for method output_type
+	28, // [28:41] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_lookalike_v1_database_service_proto_init() }
@@ -2162,11 +2452,12 @@ func file_lookalike_v1_database_service_proto_init() {
 		return
 	}
 	file_lookalike_v1_types_proto_init()
-	file_lookalike_v1_database_service_proto_msgTypes[10].OneofWrappers = []any{
+	file_lookalike_v1_database_service_proto_msgTypes[0].OneofWrappers = []any{}
+	file_lookalike_v1_database_service_proto_msgTypes[11].OneofWrappers = []any{
 		(*SetImageRequest_Image)(nil),
 		(*SetImageRequest_Vector)(nil),
 	}
-	file_lookalike_v1_database_service_proto_msgTypes[12].OneofWrappers = []any{
+	file_lookalike_v1_database_service_proto_msgTypes[13].OneofWrappers = []any{
 		(*BulkSetImagesRequest_Image)(nil),
 		(*BulkSetImagesRequest_Vector)(nil),
 	}
@@ -2175,13 +2466,14 @@ func file_lookalike_v1_database_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lookalike_v1_database_service_proto_rawDesc), len(file_lookalike_v1_database_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   32,
+			NumEnums:      1,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_lookalike_v1_database_service_proto_goTypes,
 		DependencyIndexes: file_lookalike_v1_database_service_proto_depIdxs,
+		EnumInfos:         file_lookalike_v1_database_service_proto_enumTypes,
 		MessageInfos:      file_lookalike_v1_database_service_proto_msgTypes,
 	}.Build()
 	File_lookalike_v1_database_service_proto = out.File

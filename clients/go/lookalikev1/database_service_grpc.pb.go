@@ -76,6 +76,10 @@ type DatabaseServiceClient interface {
 	//	  IMAGE_MISSING, IMAGE_UNDECODABLE, IMAGE_TOO_LARGE, VECTOR_INVALID (non-finite or zero),
 	//	  ATTRIBUTES_INVALID, REQUEST_ID_INVALID.
 	//	INVALID_ARGUMENT / DIMENSION_MISMATCH: a vector whose length is not the database's dimension.
+	//	INVALID_ARGUMENT / TIER_INVALID, THRESHOLD_INVALID: a bad duplicate check.
+	//	FAILED_PRECONDITION / TIERS_UNKNOWN: a tier was named but the model has no calibrated tiers.
+	//	ALREADY_EXISTS / DUPLICATE_IMAGE: the check was REJECT and a duplicate is stored
+	//	  (metadata: group_id, intra_id, score of the existing image).
 	//	NOT_FOUND / DATABASE_NOT_FOUND.
 	SetImage(ctx context.Context, in *SetImageRequest, opts ...grpc.CallOption) (*SetImageResponse, error)
 	// Registers many images over one stream. Bad items are reported in the summary and
@@ -315,6 +319,10 @@ type DatabaseServiceServer interface {
 	//	  IMAGE_MISSING, IMAGE_UNDECODABLE, IMAGE_TOO_LARGE, VECTOR_INVALID (non-finite or zero),
 	//	  ATTRIBUTES_INVALID, REQUEST_ID_INVALID.
 	//	INVALID_ARGUMENT / DIMENSION_MISMATCH: a vector whose length is not the database's dimension.
+	//	INVALID_ARGUMENT / TIER_INVALID, THRESHOLD_INVALID: a bad duplicate check.
+	//	FAILED_PRECONDITION / TIERS_UNKNOWN: a tier was named but the model has no calibrated tiers.
+	//	ALREADY_EXISTS / DUPLICATE_IMAGE: the check was REJECT and a duplicate is stored
+	//	  (metadata: group_id, intra_id, score of the existing image).
 	//	NOT_FOUND / DATABASE_NOT_FOUND.
 	SetImage(context.Context, *SetImageRequest) (*SetImageResponse, error)
 	// Registers many images over one stream. Bad items are reported in the summary and

@@ -46,8 +46,11 @@ type SearchRequest struct {
 	GroupIdPrefix string `protobuf:"bytes,9,opt,name=group_id_prefix,json=groupIdPrefix,proto3" json:"group_id_prefix,omitempty"`
 	// Leave attributes out of the hits (less to send).
 	OmitAttributes bool `protobuf:"varint,10,opt,name=omit_attributes,json=omitAttributes,proto3" json:"omit_attributes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Drop hits below the model's calibrated tier: "duplicate", "near" or "similar" (the stricter
+	// of this and min_score applies).
+	MinTier       string `protobuf:"bytes,11,opt,name=min_tier,json=minTier,proto3" json:"min_tier,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SearchRequest) Reset() {
@@ -161,6 +164,13 @@ func (x *SearchRequest) GetOmitAttributes() bool {
 		return x.OmitAttributes
 	}
 	return false
+}
+
+func (x *SearchRequest) GetMinTier() string {
+	if x != nil {
+		return x.MinTier
+	}
+	return ""
 }
 
 type isSearchRequest_Query interface {
@@ -320,7 +330,7 @@ var File_lookalike_v1_search_service_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_search_service_proto_rawDesc = "" +
 	"\n" +
-	"!lookalike/v1/search_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"\x81\x04\n" +
+	"!lookalike/v1/search_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"\x9c\x04\n" +
 	"\rSearchRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12+\n" +
 	"\x05image\x18\x02 \x01(\v2\x13.lookalike.v1.ImageH\x00R\x05image\x12.\n" +
@@ -334,7 +344,8 @@ const file_lookalike_v1_search_service_proto_rawDesc = "" +
 	"\x06filter\x18\b \x03(\v2'.lookalike.v1.SearchRequest.FilterEntryR\x06filter\x12&\n" +
 	"\x0fgroup_id_prefix\x18\t \x01(\tR\rgroupIdPrefix\x12'\n" +
 	"\x0fomit_attributes\x18\n" +
-	" \x01(\bR\x0eomitAttributes\x1a9\n" +
+	" \x01(\bR\x0eomitAttributes\x12\x19\n" +
+	"\bmin_tier\x18\v \x01(\tR\aminTier\x1a9\n" +
 	"\vFilterEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\a\n" +

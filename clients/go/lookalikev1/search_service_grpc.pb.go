@@ -39,6 +39,7 @@ type SearchServiceClient interface {
 	//	INVALID_ARGUMENT / DIMENSION_MISMATCH, VECTOR_INVALID: a bad query vector.
 	//	INVALID_ARGUMENT / TOP_K_INVALID: top_k outside 1-1000 (0 means 10).
 	//	INVALID_ARGUMENT / MIN_SCORE_INVALID: min_score outside [-1, 1] or not finite.
+	//	INVALID_ARGUMENT / TIER_INVALID; FAILED_PRECONDITION / TIERS_UNKNOWN (the model has no calibrated tiers).
 	//	NOT_FOUND / DATABASE_NOT_FOUND; NOT_FOUND / IMAGE_NOT_FOUND for an unknown registered key.
 	//	UNAUTHENTICATED / TOKEN_INVALID.
 	Search(ctx context.Context, in *SearchRequest, opts ...grpc.CallOption) (*SearchResponse, error)
@@ -79,6 +80,7 @@ type SearchServiceServer interface {
 	//	INVALID_ARGUMENT / DIMENSION_MISMATCH, VECTOR_INVALID: a bad query vector.
 	//	INVALID_ARGUMENT / TOP_K_INVALID: top_k outside 1-1000 (0 means 10).
 	//	INVALID_ARGUMENT / MIN_SCORE_INVALID: min_score outside [-1, 1] or not finite.
+	//	INVALID_ARGUMENT / TIER_INVALID; FAILED_PRECONDITION / TIERS_UNKNOWN (the model has no calibrated tiers).
 	//	NOT_FOUND / DATABASE_NOT_FOUND; NOT_FOUND / IMAGE_NOT_FOUND for an unknown registered key.
 	//	UNAUTHENTICATED / TOKEN_INVALID.
 	Search(context.Context, *SearchRequest) (*SearchResponse, error)

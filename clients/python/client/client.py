@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from lookalike.client.duplicates import DuplicateCalls, duplicate_check
 from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import database_service_pb2_grpc as db_grpc
 from lookalike.v1 import match_service_pb2 as match_pb
@@ -127,11 +128,13 @@ def set_image_request(
     intra_id: int | None = None,
     request_id: str = "",
     attributes: dict[str, str] | None = None,
+    duplicates: db_pb.DuplicateCheck | None = None,
 ) -> db_pb.SetImageRequest:
     """The request of SetImage (shared by the blocking and the asyncio client)."""
     req = db_pb.SetImageRequest(
-        database=database, group_id=group_id, intra_id=intra_id, request_id=request_id, attributes=attributes
-    )
+        database=database, group_id=group_id, intra_id=intra_id, request_id=request_id, attributes=attributes,
+        duplicates=duplicates,
+    )  # fmt: skip
     if image is not None:
         req.image.content = image
     elif vector is not None:
@@ -155,6 +158,7 @@ class BulkItem:
     client_ref: str = ""
     attributes: dict[str, str] | None = None
     request_id: str = ""
+    duplicates: db_pb.DuplicateCheck | None = None  # client.duplicate_check("SKIP"): skip it if already stored
 
     def __post_init__(self) -> None:
         if (self.image is None) == (self.vector is None):
@@ -177,6 +181,7 @@ def bulk_request(database: str, index: int, item: BulkItem | tuple[Any, ...]) ->
     req = db_pb.BulkSetImagesRequest(
         database=database if index == 0 else "", group_id=item.group_id, intra_id=item.intra_id,
         client_ref=item.client_ref, attributes=item.attributes, request_id=item.request_id,
+        duplicates=item.duplicates,
     )  # fmt: skip
     if item.image is not None:
         req.image.content = item.image
@@ -197,10 +202,11 @@ def search_request(
     filter: dict[str, str] | None = None,
     group_id_prefix: str = "",
     omit_attributes: bool = False,
+    min_tier: str = "",
 ) -> search_pb.SearchRequest:
     req = search_pb.SearchRequest(
         database=database, top_k=top_k, one_per_group=one_per_group, min_score=min_score, filter=filter,
-        group_id_prefix=group_id_prefix, omit_attributes=omit_attributes,
+        group_id_prefix=group_id_prefix, omit_attributes=omit_attributes, min_tier=min_tier,
     )  # fmt: skip
     if image is not None:
         req.image.content = image
@@ -252,7 +258,7 @@ def channel_options(address: str, tls_server_name: str | None = None) -> list[tu
     return options
 
 
-class LookalikeClient:
+class LookalikeClient(DuplicateCalls):
     """A connection to one server, or to several replicas with a ``dns:///`` or ``ipv4:`` target.
 
     TLS when ``tls`` is set or any of ``tls_ca``/``tls_cert``/``tls_key`` is given.
@@ -347,10 +353,16 @@ class LookalikeClient:
         intra_id: int | None = None,
         request_id: str = "",
         attributes: dict[str, str] | None = None,
+        if_duplicate: str = "ALLOW",
+        duplicate_tier: str = "",
+        duplicate_threshold: float | None = None,
     ) -> db_pb.SetImageResponse:
-        """Upsert one image; pass a ``request_id`` (e.g. a UUID) to make retries of this call safe."""
+        """Upsert one image; pass a ``request_id`` (e.g. a UUID) to make retries of this call safe.
+        ``if_duplicate`` "SKIP" returns a stored duplicate's key instead of storing (``skipped_duplicate``),
+        "REJECT" raises ALREADY_EXISTS / DUPLICATE_IMAGE."""
+        check = duplicate_check(if_duplicate, duplicate_tier, duplicate_threshold)
         req = set_image_request(database, group_id, image=image, vector=vector, intra_id=intra_id,
-                                request_id=request_id, attributes=attributes)  # fmt: skip
+                                request_id=request_id, attributes=attributes, duplicates=check)  # fmt: skip
         return self.db_stub.SetImage(req, **self._kw())
 
     @_rpc
@@ -435,10 +447,31 @@ class LookalikeClient:
         filter: dict[str, str] | None = None,
         group_id_prefix: str = "",
         omit_attributes: bool = False,
+        min_tier: str = "",
     ) -> search_pb.SearchResponse:
-        """Top-k by image, vector or registered image; ``filter`` keeps images whose attributes equal it."""
+        """Top-k by image, vector or registered image; ``filter`` keeps images whose attributes equal it;
+        ``min_tier`` ("duplicate", "near", "similar") drops hits below the model's calibrated tier."""
         req = search_request(
             database, image=image, vector=vector, registered=registered, top_k=top_k, one_per_group=one_per_group,
             min_score=min_score, filter=filter, group_id_prefix=group_id_prefix, omit_attributes=omit_attributes,
+            min_tier=min_tier,
         )  # fmt: skip
         return self.search_stub.Search(req, **self._kw())
+
+
+def _rpc_iter(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    @functools.wraps(method)
+    def wrapper(self: LookalikeClient, *args: Any, **kwargs: Any) -> Iterator[T]:
+        try:
+            yield from method(self, *args, **kwargs)
+        except grpc.RpcError as err:
+            raise ClientError.from_rpc_error(err, self.address, tls=self.tls, client_cert=self.client_cert) from None
+
+    return wrapper
+
+
+# The duplicate, operation and model calls (client/duplicates.py) turn gRPC errors into ClientError too.
+for _name in ("find_duplicates", "get_operation", "wait_operation", "cancel_operation", "delete_operation",
+              "list_operations", "list_models"):  # fmt: skip
+    setattr(LookalikeClient, _name, _rpc(getattr(DuplicateCalls, _name)))
+LookalikeClient.duplicate_clusters = _rpc_iter(DuplicateCalls.duplicate_clusters)  # type: ignore[method-assign]

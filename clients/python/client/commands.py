@@ -1,4 +1,4 @@
-"""The client side of the ``lookalike`` CLI: match, db, add, search.
+"""The client side of the ``lookalike`` CLI: match, db, add, search (dedup, ops, models: dedup_commands.py).
 
 Imports only grpc and the generated stubs, so each command starts in a fraction of a
 second; ``--json`` prints machine-readable output for scripts.
@@ -182,6 +182,10 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from lookalike.client import importer
 
+    if (args.duplicate_tier or args.duplicate_threshold is not None) and not args.skip_duplicates:
+        raise UsageError("--duplicate-tier and --duplicate-threshold go with --skip-duplicates")
+    if args.duplicate_tier and args.duplicate_threshold is not None:
+        raise UsageError("give --duplicate-tier or --duplicate-threshold, not both")
     found = list(importer.sources(args.images, group=args.group, group_from=args.group_from))
     if not found:
         raise SystemExit("lookalike: no image files found in the given paths")
@@ -193,8 +197,14 @@ def cmd_add(args: argparse.Namespace) -> int:
         c.get_database(args.db)  # a missing database is one clear error, not one failure per image
         update, close = importer.progress_bar(len(found), quiet=args.json or args.quiet)
         try:
+            check = None
+            if args.skip_duplicates:
+                from lookalike.client.duplicates import duplicate_check
+
+                check = duplicate_check("SKIP", args.duplicate_tier or "", args.duplicate_threshold)
             s = importer.run_import(c, args.db, found, batch=args.batch, in_flight=args.in_flight,
-                                    retries=args.retries, resume=args.resume, progress=update)  # fmt: skip
+                                    retries=args.retries, resume=args.resume, progress=update,
+                                    duplicates=check)  # fmt: skip
         except importer.ImportInterrupted as stop:
             close()
             done = stop.summary
@@ -220,11 +230,14 @@ def _add_human(s: Any) -> str:
     line = f"registered {s.registered} of {s.received} images"
     if s.already_present:
         line += f" ({s.already_present} already present)"
+    if s.duplicates:
+        line += f" ({len(s.duplicates)} skipped as duplicates)"
     if s.failures:
         line += f", {len(s.failures)} failed"
     if s.registered:
         line += f" ({_rate(s):.1f} images/s)"
-    return "\n".join([line] + [f"  failed {f['source']}: {f['reason']}: {f['message']}" for f in s.failures])
+    dups = [f"  duplicate {d['source']}: of {d['group_id']}/{d['intra_id']} ({d['score']:.4f})" for d in s.duplicates]
+    return "\n".join([line, *dups] + [f"  failed {f['source']}: {f['reason']}: {f['message']}" for f in s.failures])
 
 
 def _add_json(s: Any) -> dict[str, Any]:
@@ -236,6 +249,7 @@ def _add_json(s: Any) -> dict[str, Any]:
         "images_per_s": _rate(s),
         "keys": [{"group_id": g, "intra_id": int(i)} for g, i in s.keys],
         "failures": [{"source": f["source"], "reason": f["reason"], "message": f["message"]} for f in s.failures],
+        "duplicates": s.duplicates,
     }
 
 
@@ -247,6 +261,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             one_per_group=args.one_per_group,
             min_score=args.min_score,
+            min_tier=args.min_tier or "",
         )
     hits = [
         {
@@ -293,6 +308,11 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--in-flight", type=int, default=256, help="images read ahead at most (default %(default)s)")
     p.add_argument("--retries", type=int, default=4, help="retries of a stream after a transient failure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--skip-duplicates", action="store_true",
+                   help="skip images the database already holds a duplicate of (the model's tier)")  # fmt: skip
+    p.add_argument("--duplicate-tier", choices=["duplicate", "near", "similar"],
+                   help="with --skip-duplicates: the tier that counts as a duplicate (default: duplicate)")  # fmt: skip
+    p.add_argument("--duplicate-threshold", type=float, help="with --skip-duplicates: a cosine threshold instead")
     p.add_argument("images", nargs="+",
                    help="image files, folders (recursive), image lists (path[,group_id[,intra_id]] per line), "
                    "oss://bucket/key images or lists")  # fmt: skip
@@ -305,15 +325,21 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--one-per-group", action="store_true", help="best image per group only")
     p.add_argument("--min-score", type=float, help="drop hits with cosine below this")
+    p.add_argument("--min-tier", choices=["duplicate", "near", "similar"],
+                   help="drop hits below the model's calibrated tier")  # fmt: skip
     add_client_options(p)
     p.set_defaults(func=cmd_search)
+
+    from lookalike.client.dedup_commands import add_dedup_commands
+
+    add_dedup_commands(sub, add_client_options)
 
 
 def explain(err: ClientError, args: argparse.Namespace) -> ClientError:
     """The error in the CLI's words: the server names RPCs ("CreateDatabase"), a person types commands."""
     if err.reason == "DATABASE_NOT_FOUND":
         name = getattr(args, "db", None) or getattr(args, "name", None) or err.metadata.get("database", "NAME")
-        if args.command in ("add", "search"):
+        if args.command in ("add", "search", "dedup"):
             message = f"database {name!r} does not exist: create it with `lookalike db create {shlex.quote(name)}`"
         else:  # get, delete, snapshot, export of a database that is not there: nothing to create
             message = f"database {name!r} does not exist (`lookalike db list` shows the databases there are)"

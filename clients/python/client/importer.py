@@ -52,6 +52,7 @@ class ImportSummary:
     keys: list[tuple[str, int]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # skipped by --skip-duplicates: source, existing
 
 
 class ImportInterrupted(Exception):
@@ -173,13 +174,16 @@ def run_import(
     progress: Callable[[int], None] | None = None,
     oss: OssReader | None = None,
     streams: int = 2,
+    duplicates: Any = None,
 ) -> ImportSummary:
     """Read ahead and send ``batch``-item streams, ``streams`` of them at once.
 
     Two streams keep the server busy: one stream's images decode while the other's run through the
     model, and neither waits for the client between streams. A stream whose images get automatic
     intra_ids in a group that an unfinished stream also numbers waits for it, so ids within a group
-    still follow the order of the sources. Results are merged in source order.
+    still follow the order of the sources. Results are merged in source order. ``duplicates`` (a
+    ``DuplicateCheck``, ``duplicate_check("SKIP")``) asks the server to skip images it already holds a
+    duplicate of: they are listed in ``summary.duplicates`` with the image they duplicate.
     """
     oss = oss or OssReader()
     summary = ImportSummary()
@@ -198,7 +202,7 @@ def run_import(
 
     def send(part: list[tuple[Source, Any]]) -> ImportSummary:
         result = ImportSummary()
-        _send(client, database, database_at, part, present, result, retries)
+        _send(client, database, database_at, part, present, result, retries, duplicates)
         if progress is not None:
             progress(len(part))
         return result
@@ -213,6 +217,7 @@ def run_import(
         summary.already_present += r.already_present
         summary.keys += r.keys
         summary.failures += r.failures
+        summary.duplicates += r.duplicates
 
     reads_pool = ThreadPoolExecutor(workers, thread_name_prefix="read")
     senders = ThreadPoolExecutor(max(1, streams), thread_name_prefix="send")
@@ -258,6 +263,7 @@ def _send(
     present: set[tuple[str, str]],
     summary: ImportSummary,
     retries: int,
+    duplicates: Any = None,
 ) -> None:
     sendable = []
     for s, content in part:
@@ -271,7 +277,7 @@ def _send(
         return
     items = [BulkItem(s.group_id, image=data, intra_id=s.intra_id, client_ref=s.ref,
                       attributes={"source": _source_attribute(s.ref)},
-                      request_id=request_id(database_at, s.group_id, s.intra_id, digest))
+                      request_id=request_id(database_at, s.group_id, s.intra_id, digest), duplicates=duplicates)
              for s, (data, digest) in sendable]  # fmt: skip
     for attempt in range(retries + 1):
         try:
@@ -283,8 +289,10 @@ def _send(
                     summary.failures.append({"source": s.ref, "reason": err.reason, "message": err.message})
                 return
             time.sleep(min(8.0, 0.25 * 2**attempt))
-    summary.registered += r.succeeded_count - r.replayed_count
+    summary.registered += r.succeeded_count - r.replayed_count - r.skipped_duplicate_count
     summary.already_present += r.replayed_count
+    summary.duplicates += [{"source": d.client_ref, "group_id": d.existing.group_id, "intra_id": d.existing.intra_id,
+                            "score": d.score} for d in r.skipped_duplicates]  # fmt: skip
     summary.keys += [(k.group_id, k.intra_id) for k in r.keys]
     for f in r.failures:
         summary.failures.append({"source": f.client_ref, "reason": f.reason, "message": f.message})

@@ -60,6 +60,7 @@ class SetResult:
     key: Key
     replaced: bool
     replayed: bool = False  # the request id was seen before: this is the first call's result, nothing stored
+    duplicate_score: float | None = None  # the duplicate check skipped it: ``key`` is the stored image it matches
 
 
 # -- request ids (AIP-155) ---------------------------------------------------------------------
@@ -143,14 +144,15 @@ class RetryPlan:
                 plan.todo.append(k)
         return plan
 
-    def settle(self, written: dict[int, SetResult]) -> list[SetResult | LookalikeError]:
+    def settle(self, written: dict[int, SetResult | LookalikeError]) -> list[SetResult | LookalikeError]:
         """One answer per request, in order, once ``todo`` is written."""
         out: list[SetResult | LookalikeError] = []
         for k in range(len(self.requests)):
             if k in written:
                 out.append(written[k])
             elif k in self.repeats:
-                out.append(replace(written[self.repeats[k]], replayed=True))
+                first = written[self.repeats[k]]
+                out.append(first if isinstance(first, LookalikeError) else replace(first, replayed=True))
             else:
                 out.append(self.answers[k])
         return out
@@ -418,8 +420,10 @@ class IndexBackend(Protocol):
         *,
         expect: DatabaseHandle | None = None,
         should_continue: Callable[[], bool] | None = None,
+        duplicates: Any = None,
     ) -> list[SetResult | LookalikeError]:
-        """One answer per request: its result, or REQUEST_ID_REUSED (nothing else is refused per item)."""
+        """One answer per request: its result, REQUEST_ID_REUSED, or (``duplicates``, a ``DuplicateCheck``)
+        the duplicate check's answer."""
         ...
 
     def delete_image(self, name: str, group_id: str, intra_id: int) -> None: ...

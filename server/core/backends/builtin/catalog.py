@@ -46,6 +46,7 @@ from lookalike.server.core.backends.builtin.index import STORAGE_DTYPES
 from lookalike.server.core.backends.builtin.memory import release_free_memory
 from lookalike.server.core.backends.builtin.persistence import Persistence
 from lookalike.server.core.backends.builtin.requests import RequestWindow
+from lookalike.server.core.backends.duplicates import DuplicateCheck, screen
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.validation import LOAD_PREFIX, check_stored_name
 from lookalike.server.storage.shipping import entry_bytes
@@ -251,12 +252,14 @@ class Catalog:
         *,
         expect: object = None,
         should_continue: Callable[[], bool] | None = None,
+        duplicates: list[DuplicateCheck | None] | None = None,
     ) -> list[SetResult | LookalikeError]:
         """Upsert images as one command.
 
         A request id seen before (per database) answers with its first result and changes
         nothing, so a client may retry a call whose answer it never got (``RetryPlan``).
-        ``expect`` pins the database incarnation a stream started with.
+        ``expect`` pins the database incarnation a stream started with. ``duplicates`` checks
+        each item against the stored images first, under the write lock (``backends/duplicates.py``).
         """
         self._require_ready()
         with self._write_lock:
@@ -265,15 +268,21 @@ class Catalog:
                 raise database_replaced(name)
             db.check_usable()
             plan = RetryPlan.make(requests, self._window(name).seen)
+            todo = plan.todo
+            screened = screen(db, name, plan.requests, vectors, todo, duplicates) if any(duplicates or ()) else None
+            if screened is not None:
+                todo = screened.todo
             written: dict[int, SetResult] = {}
             seq = 0
-            if plan.todo and (should_continue is None or should_continue()):
-                cmd = db.plan_set([plan.requests[k] for k in plan.todo], vectors[plan.todo], time.time())
+            if todo and (should_continue is None or should_continue()):
+                cmd = db.plan_set([plan.requests[k] for k in todo], vectors[todo], time.time())
                 seq, replaced = self._commit(cmd)
-                for k, item, rep in zip(plan.todo, cmd.items, replaced, strict=True):
+                for k, item, rep in zip(todo, cmd.items, replaced, strict=True):
                     written[k] = SetResult((item.group_id, item.intra_id), rep)
-            elif plan.todo:
+            elif todo:
                 raise write_cancelled()
+            if screened is not None and duplicates is not None:
+                screened.resolve(written, duplicates, name)
         if seq:
             self._wait(seq)
         return plan.settle(written)

@@ -29,13 +29,14 @@ from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.backends.builtin.index import ExactIndex
 from lookalike.server.core.backends.builtin.records import Groups, grown
 from lookalike.server.core.backends.builtin.search import DatabaseSearch
+from lookalike.server.core.backends.builtin.self_join import DatabaseJoin
 from lookalike.server.core.backends.builtin.snapshot import DatabaseSnapshots, SnapshotView
 from lookalike.server.core.validation import MAX_INTRA_ID
 
 __all__ = ["Database", "SnapshotView"]
 
 
-class Database(DatabaseSearch, DatabaseSnapshots):
+class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
     def __init__(
         self,
         name: str,

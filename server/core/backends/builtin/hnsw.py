@@ -93,6 +93,18 @@ class HnswIndex:
             matches = self._index.search(query, count, threads=1)  # one query: no pool dispatch
         return np.asarray(matches.keys, dtype=np.int64)
 
+    def candidates_many(self, queries: np.ndarray, count: int, threads: int = 0) -> np.ndarray:
+        """Ids of about ``count`` neighbours of each query, ``[m, count]``, -1 where the graph gave fewer."""
+        with self._lock:
+            matches = self._index.search(np.ascontiguousarray(queries, np.float32), count, threads=threads)
+        keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
+        counts = np.asarray(matches.counts, dtype=np.int64).reshape(-1)
+        out = np.full((len(queries), count), -1, np.int64)
+        width = min(count, keys.shape[1])
+        valid = np.arange(width)[None, :] < counts[:, None]
+        out[:, :width] = np.where(valid, keys[:, :width], -1)
+        return out
+
     def save(self, path: str | None = None) -> tuple[Any, int]:
         """The graph as bytes (or written to ``path``), and the ``seq`` it reflects; mutations wait meanwhile."""
         with self._lock:

@@ -40,6 +40,7 @@ from lookalike.server.core.backends.api import (
     write_cancelled,
     write_export_entries,
 )
+from lookalike.server.core.backends.duplicates import DuplicateCheck, screen
 from lookalike.server.core.backends.milvus.database import MilvusDatabase, unavailable
 from lookalike.server.core.backends.milvus.intra_leases import IntraIdLeases
 from lookalike.server.core.backends.milvus.requests import MilvusRequestWindow
@@ -218,23 +219,33 @@ class MilvusCatalog:
         *,
         expect: object = None,
         should_continue: Callable[[], bool] | None = None,
+        duplicates: list[DuplicateCheck | None] | None = None,
     ) -> list[SetResult | LookalikeError]:
         """Upsert images keyed by (group_id, intra_id); a request id in the retry window answers
-        with its first result (``RetryPlan``)."""
+        with its first result (``RetryPlan``). ``duplicates`` checks each item against the stored
+        images first; replicas do not serialise their writes, so two replicas writing one image at
+        the same moment can both store it (one server alone cannot)."""
         db = self.get(name)
         if expect is not None and expect != db:
             raise database_replaced(name)
         plan = RetryPlan.make(requests, lambda ids: self.requests.seen(db.incarnation, ids))
         requests = plan.requests
-        if not plan.todo:
-            return plan.settle({})
-        keys, existing = self._plan_keys(db, [requests[k] for k in plan.todo])
+        todo = plan.todo
+        screened = screen(db, name, requests, vectors, todo, duplicates) if any(duplicates or ()) and todo else None
+        if screened is not None:
+            todo = screened.todo
+        if not todo:
+            written_none: dict[int, SetResult] = {}
+            if screened is not None and duplicates is not None:
+                screened.resolve(written_none, duplicates, name)
+            return plan.settle(written_none)
+        keys, existing = self._plan_keys(db, [requests[k] for k in todo])
         if should_continue is not None and not should_continue():
             raise write_cancelled()
         now = time.time()
         rows = []
         written: dict[int, SetResult] = {}
-        for k, key in zip(plan.todo, keys, strict=True):
+        for k, key in zip(todo, keys, strict=True):
             r = requests[k]
             rows.append({"pk": row_key(*key), "group_id": key[0], "intra_id": key[1], "update_time": now,
                          "request_id": r.request_id, "attributes": dict(r.attributes or {}),
@@ -242,8 +253,10 @@ class MilvusCatalog:
             written[k] = SetResult(key, row_key(*key) in existing)
         self.guard(lambda: self.store.upsert(db.collection, rows))
         self.requests.remember(db.incarnation, [(requests[k].request_id, written[k], requests[k].fingerprint)
-                                                for k in plan.todo])  # fmt: skip
+                                                for k in todo])  # fmt: skip
         self.group_counts.pop(db.incarnation, None)
+        if screened is not None and duplicates is not None:
+            screened.resolve(written, duplicates, name)
         return plan.settle(written)
 
     def _existing(self, collection: str, keys: list[Key]) -> set[str]:

@@ -1,0 +1,90 @@
+"""OperationService: read, wait for, cancel and forget long-running operations (AIP-151)."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import code_pb2
+from lookalike.server.core.operations import Operation
+from lookalike.server.core.service import LookalikeService
+from lookalike.server.transport import convert
+from lookalike.server.transport.errors import grpc_errors
+from lookalike.v1 import duplicate_pb2 as dup_pb
+from lookalike.v1 import operation_pb2 as op_pb
+from lookalike.v1 import operation_service_pb2 as pb
+from lookalike.v1 import operation_service_pb2_grpc as pb_grpc
+
+STATES = {
+    "RUNNING": op_pb.OPERATION_STATE_RUNNING,
+    "SUCCEEDED": op_pb.OPERATION_STATE_SUCCEEDED,
+    "FAILED": op_pb.OPERATION_STATE_FAILED,
+    "CANCELLED": op_pb.OPERATION_STATE_CANCELLED,
+}
+
+
+def operation(op: Operation) -> op_pb.Operation:
+    """An operation as the wire shows it (the request and result typed by kind)."""
+    p = op.progress or {}
+    msg = op_pb.Operation(
+        name=op.name, kind=op.kind, database=op.database, state=STATES[op.state], done=op.done,
+        progress=op_pb.OperationProgress(completed=p.get("completed", 0), total=p.get("total", 0),
+                                         unit=p.get("unit", ""), fraction=p.get("fraction", 0.0),
+                                         eta_seconds=p.get("eta_seconds", 0.0), stage=p.get("stage", "")),
+        create_time=convert.timestamp(op.create_time), update_time=convert.timestamp(op.update_time),
+        resumed_count=op.resumed,
+    )  # fmt: skip
+    if op.error:
+        code = getattr(code_pb2, op.error.get("kind", "INTERNAL"), code_pb2.INTERNAL)
+        msg.error.CopyFrom(op_pb.OperationError(code=code, reason=op.error.get("reason", ""),
+                                                message=op.error.get("message", "")))  # fmt: skip
+    if op.kind == "find_duplicates":
+        r = op.request
+        request = dup_pb.FindDuplicatesRequest(database=op.database, tier=r.get("tier", ""),
+                                               no_chaining=r.get("no_chaining", False), keeper=r.get("keeper", ""),
+                                               method=r.get("method", ""))  # fmt: skip
+        if "threshold" in r:
+            request.threshold = r["threshold"]
+        msg.find_duplicates_request.CopyFrom(request)
+        if op.result is not None:
+            res = op.result
+            msg.find_duplicates.CopyFrom(dup_pb.FindDuplicatesResult(
+                threshold=res["threshold"], tier=res.get("tier", ""), method=res["method"],
+                image_count=res["image_count"], pair_count=res["pair_count"], cluster_count=res["cluster_count"],
+                clustered_image_count=res["clustered_image_count"], removable_count=res["removable_count"],
+                seconds=res["seconds"], no_chaining=res.get("no_chaining", False),
+            ))  # fmt: skip
+    return msg
+
+
+class OperationServicer(pb_grpc.OperationServiceServicer):
+    def __init__(self, service: LookalikeService) -> None:
+        self._ops = service.operations
+
+    @grpc_errors
+    def GetOperation(self, request: pb.GetOperationRequest, context: grpc.ServicerContext) -> pb.GetOperationResponse:
+        return pb.GetOperationResponse(operation=operation(self._ops.get(request.name)))
+
+    @grpc_errors
+    def ListOperations(
+        self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
+    ) -> pb.ListOperationsResponse:
+        page, token = self._ops.list(request.database, request.page_size, request.page_token)
+        return pb.ListOperationsResponse(operations=[operation(o) for o in page], next_page_token=token)
+
+    @grpc_errors
+    def CancelOperation(
+        self, request: pb.CancelOperationRequest, context: grpc.ServicerContext
+    ) -> pb.CancelOperationResponse:
+        return pb.CancelOperationResponse(operation=operation(self._ops.cancel(request.name)))
+
+    @grpc_errors
+    def DeleteOperation(
+        self, request: pb.DeleteOperationRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteOperationResponse:
+        self._ops.delete(request.name)
+        return pb.DeleteOperationResponse()
+
+    @grpc_errors
+    def WaitOperation(
+        self, request: pb.WaitOperationRequest, context: grpc.ServicerContext
+    ) -> pb.WaitOperationResponse:
+        return pb.WaitOperationResponse(operation=operation(self._ops.wait(request.name, request.timeout_seconds)))
