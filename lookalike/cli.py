@@ -20,6 +20,7 @@ TRAINER_COMMANDS = {
     "train": "lookalike.trainer.train_cli",
     "prep": "lookalike.trainer.prep",
     "eval": "lookalike.trainer.eval_cli",
+    "calibrate": "lookalike.trainer.calibrate_cli",
 }
 
 

@@ -6,7 +6,10 @@ resize or normalisation. The module maps a float batch ``[N, 3, S, S]`` (RGB, al
 normalised with ``mean``/``std``) to ``[N, D]``; the server L2-normalises the output
 (:func:`output_vectors`). A file may carry a domain ``center``: the mean of its L2-normalised
 vectors over the user's own images, subtracted before a second normalisation. It lives in the
-metadata, not the graph, so the server's bf16 and fp16 execution never rounds it.
+metadata, not the graph, so the server's bf16 and fp16 execution never rounds it. It may also carry
+similarity ``tiers`` (the cosines from which two images count as duplicates, near-duplicates or similar,
+measured for this model by ``lookalike.trainer.tiers``) and how they were measured (``calibration``):
+a cosine means something different for every model, so the thresholds travel with the weights.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ PRECISIONS = ("fp32", "fp16")
 # Version of the pixel pipeline outside the metadata (mode conversion, alpha, EXIF, interpolation).
 # Bump it when a change here alters the vectors of ordinary images, so stored vectors are not mixed.
 PIPELINE_VERSION = 2
+# Similarity tiers (``EmbedderMeta.tiers``), closest first: the cosine from which a pair of images counts as a
+# re-encoded or resized copy, an edited copy (crop, colour change), or a different but visually close image.
+TIER_NAMES = ("duplicate", "near", "similar")
 
 
 class ModelFileError(ValueError):
@@ -62,6 +68,10 @@ class EmbedderMeta:
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     center: tuple[float, ...] | None = None  # subtracted from the L2-normalised output (output_vectors)
+    # Cosine thresholds of the served vectors, {"duplicate": d, "near": n, "similar": s} with 1 >= d > n > s > -1,
+    # measured for this model (lookalike.trainer.tiers); ``calibration`` says how (JSON, no dates).
+    tiers: dict[str, float] | None = None
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.output_dim <= 0:
@@ -85,11 +95,36 @@ class EmbedderMeta:
                     f"center has norm {np.linalg.norm(c):.6f}; the mean of unit vectors must have norm < 1 "
                     "(a norm of 1 means every image embedded alike, and nothing would be left after subtracting it)"
                 )
+        self._check_tiers()
         if self.format_version != FORMAT_VERSION:
             raise ModelFileError(
                 f"model file format {self.format_version} is not supported by this Lookalike "
                 f"(expects {FORMAT_VERSION}); re-export the model with this version's trainer"
             )
+
+    def _check_tiers(self) -> None:
+        """Refuse tiers a duplicate finder could not use; store them as floats in :data:`TIER_NAMES` order."""
+        if self.tiers is None:
+            if self.calibration is not None:
+                raise ModelFileError("calibration describes how tiers were measured; it needs tiers beside it")
+            return
+        if not isinstance(self.tiers, dict) or set(self.tiers) != set(TIER_NAMES):
+            got = sorted(self.tiers) if isinstance(self.tiers, dict) else type(self.tiers).__name__
+            raise ModelFileError(f"tiers must map exactly {list(TIER_NAMES)} to cosine thresholds, got {got}")
+        values = []
+        for name in TIER_NAMES:
+            v = self.tiers[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1.0 < float(v) <= 1.0:
+                raise ModelFileError(f"tiers[{name!r}] must be a cosine in (-1, 1], got {v!r}")
+            values.append(float(v))
+        if not values[0] > values[1] > values[2]:
+            raise ModelFileError(
+                "tiers must be strictly decreasing, duplicate > near > similar (a closer relation needs a higher "
+                f"cosine), got {dict(zip(TIER_NAMES, values, strict=True))}"
+            )
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise ModelFileError(f"calibration must be a JSON object, got {type(self.calibration).__name__}")
+        object.__setattr__(self, "tiers", dict(zip(TIER_NAMES, values, strict=True)))
 
     @functools.cached_property
     def center_vector(self) -> np.ndarray | None:
@@ -98,8 +133,9 @@ class EmbedderMeta:
 
     def to_json(self) -> str:
         raw = dataclasses.asdict(self)
-        if raw["center"] is None:
-            del raw["center"]  # files without a centre stay readable by servers that predate it
+        for key in ("center", "tiers", "calibration"):
+            if raw[key] is None:
+                del raw[key]  # files without them stay readable by servers that predate them
         return json.dumps(raw, sort_keys=True)
 
     @classmethod
@@ -136,10 +172,23 @@ def output_vectors(features: np.ndarray, meta: EmbedderMeta) -> np.ndarray:
 
 
 def with_center(path: str | Path, center: np.ndarray | None) -> EmbedderMeta:
-    """Rewrite a model file's metadata with ``center`` (``None`` removes it); the weights are untouched."""
+    """Rewrite a model file's metadata with ``center`` (``None`` removes it); the weights are untouched.
+
+    A new centre moves every similarity, so tiers measured before it are dropped (``lookalike calibrate``).
+    """
     module, meta = load_embedder(path)
     c = None if center is None else tuple(float(v) for v in np.asarray(center, dtype=np.float64).ravel())
+    if c != meta.center:
+        meta = dataclasses.replace(meta, tiers=None, calibration=None)
     meta = dataclasses.replace(meta, center=c)
+    save_embedder(module, path, meta)
+    return meta
+
+
+def with_tiers(path: str | Path, tiers: dict[str, float] | None, calibration: dict[str, Any] | None) -> EmbedderMeta:
+    """Rewrite a model file's metadata with similarity tiers (``None`` removes them); the weights are untouched."""
+    module, meta = load_embedder(path)
+    meta = dataclasses.replace(meta, tiers=tiers, calibration=calibration if tiers is not None else None)
     save_embedder(module, path, meta)
     return meta
 

