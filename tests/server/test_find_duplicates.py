@@ -58,13 +58,13 @@ def components(n: int, pairs: set[tuple[int, int]]) -> set[frozenset[int]]:
     return {frozenset(g) for g in groups.values()}
 
 
-def serve(data_dir: Path, hnsw_threshold: int) -> Iterator[object]:
+def serve(data_dir: Path, hnsw_threshold: int, **settings: object) -> Iterator[object]:
     from lookalike.client import LookalikeClient
     from lookalike.server.app import create_server
     from lookalike.server.config import ServerConfig
 
     running = create_server(ServerConfig(port=0, data_dir=data_dir, hnsw_threshold=hnsw_threshold,
-                                         dedup_block_seconds=0.05))  # fmt: skip
+                                         dedup_block_seconds=0.05, **settings))  # fmt: skip
     try:
         with LookalikeClient(running.address) as c:
             yield c
@@ -295,3 +295,13 @@ def test_a_database_deleted_or_recreated_during_a_job_fails_it_clearly(client: o
     assert op.state == 3 and op.error.reason in ("DATABASE_REPLACED", "DATABASE_NOT_FOUND"), op
     assert "start again" in op.error.message or "does not exist" in op.error.message
     client.delete_database("dedup-replaced")  # type: ignore[attr-defined]
+
+
+def test_a_threshold_that_pairs_most_of_the_catalogue_stops_with_a_clear_error(tmp_path: Path) -> None:
+    for c in serve(tmp_path, 0, dedup_max_pairs=1000):
+        register(c, "dedup-low", catalogue(300, 0, seed=2)[0])
+        op = c.wait_done(c.find_duplicates("dedup-low", threshold=-0.9).name, interval=0.2)  # type: ignore[attr-defined]
+        assert op.state == 3 and op.error.reason == "TOO_MANY_PAIRS" and op.error.code == 8, op  # RESOURCE_EXHAUSTED
+        assert "raise the threshold" in op.error.message
+        op = c.wait_done(c.find_duplicates("dedup-low", threshold=0.9).name, interval=0.2)  # type: ignore[attr-defined]
+        assert op.state == 2 and op.find_duplicates.pair_count == 0

@@ -116,12 +116,19 @@ class DuplicateFinder:
                 raise database_replaced(req["database"])
             started = time.monotonic()
             rows = int(state["block_rows"])
-            if method == "graph":
-                block = db.graph_block(
-                    state["next_id"], state["end_id"], rows, threshold, s.graph_neighbours, s.threads
-                )
-            else:
-                block = db.join_block(state["next_id"], state["end_id"], rows, threshold, s.threads)
+            try:
+                if method == "graph":
+                    block = db.graph_block(
+                        state["next_id"], state["end_id"], rows, threshold, s.graph_neighbours, s.threads
+                    )
+                else:
+                    block = db.join_block(state["next_id"], state["end_id"], rows, threshold, s.threads)
+            except ValueError as exc:  # the kernel's bound on one block's pairs: the threshold keeps most pairs
+                if "max_pairs" not in str(exc):
+                    raise
+                why = f"one block of images already has too many pairs at or above {threshold:.4f} ({str(exc)[:200]})"
+                raise LookalikeError(ErrorKind.RESOURCE_EXHAUSTED, "TOO_MANY_PAIRS",
+                                     f"{why}: raise the threshold or use a stricter tier") from None  # fmt: skip
             took = time.monotonic() - started
             if len(block.scores):
                 name = f"pairs-{len(state['files']):06d}.npy"
