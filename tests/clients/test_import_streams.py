@@ -37,7 +37,8 @@ class FakeClient:
         time.sleep(0.05)  # the server at work; a second stream may arrive meanwhile
         with self.lock:
             self.active -= 1
-        return SimpleNamespace(succeeded_count=len(items), replayed_count=0, keys=keys, failures=[])
+        return SimpleNamespace(succeeded_count=len(items), replayed_count=0, keys=keys, failures=[],
+                               skipped_duplicate_count=0, skipped_duplicates=[])  # fmt: skip
 
     def get_database(self, name: str) -> SimpleNamespace:
         return SimpleNamespace(create_time=SimpleNamespace(seconds=1, nanos=0))
