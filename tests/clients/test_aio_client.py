@@ -39,3 +39,33 @@ def test_async_client_matches_the_blocking_client(grpc_server, client, db_name):
     assert m.similarity == pytest.approx(client.match(encode(photo("rocket")), encode(crop(photo("rocket"), 0.8)))
                                          .similarity, abs=1e-6)  # fmt: skip
     assert (err.code, err.reason) == ("NOT_FOUND", "DATABASE_NOT_FOUND")
+
+
+def test_async_duplicates_match_the_blocking_client(grpc_server, client, db_name):
+    """FindDuplicates, its operation and clusters, and the insert check, awaited: the blocking client's answers."""
+    rng = np.random.default_rng(6)
+    vecs = rng.standard_normal((30, 1280)).astype(np.float32)
+    vecs[29] = vecs[4] + 0.01 * rng.standard_normal(1280).astype(np.float32)  # a copy of image 4
+    for i, v in enumerate(vecs):
+        client.set_image(db_name, f"i{i}", vector=v.tolist())
+
+    async def scenario():
+        async with AsyncLookalikeClient(grpc_server.address) as ac:
+            op = await ac.find_duplicates(db_name, threshold=0.95)
+            while not op.done:
+                op = await ac.wait_operation(op.name, 5)
+            clusters = [c async for c in ac.duplicate_clusters(op.name, page_size=1)]
+            skipped = await ac.set_image(db_name, "again", vector=vecs[7].tolist(), if_duplicate="SKIP",
+                                         duplicate_threshold=0.95)  # fmt: skip
+            models = await ac.list_models()
+            with pytest.raises(ClientError) as err:
+                await ac.get_operation("operations/0000000000000000")
+            return op, clusters, skipped, models, err.value
+
+    op, clusters, skipped, models, err = asyncio.run(scenario())
+    assert op.state == 2 and op.find_duplicates.cluster_count == 1
+    assert [sorted(m.key.group_id for m in c.members) for c in clusters] == [["i29", "i4"]]
+    assert [list(c.members) for c in clusters] == [list(c.members) for c in client.duplicate_clusters(op.name)]
+    assert skipped.skipped_duplicate and skipped.key.group_id == "i7"
+    assert [m.identity for m in models] == [m.identity for m in client.list_models()]
+    assert (err.code, err.reason) == ("NOT_FOUND", "OPERATION_NOT_FOUND")

@@ -22,10 +22,19 @@ from lookalike.client.client import (
     set_image_request,
     tls_credentials,
 )
+from lookalike.client.duplicates import duplicate_check
 from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import database_service_pb2_grpc as db_grpc
+from lookalike.v1 import duplicate_pb2 as dup_pb
+from lookalike.v1 import duplicate_service_pb2 as dup_svc
+from lookalike.v1 import duplicate_service_pb2_grpc as dup_grpc
 from lookalike.v1 import match_service_pb2 as match_pb
 from lookalike.v1 import match_service_pb2_grpc as match_grpc
+from lookalike.v1 import model_service_pb2 as model_pb
+from lookalike.v1 import model_service_pb2_grpc as model_grpc
+from lookalike.v1 import operation_pb2 as op_pb
+from lookalike.v1 import operation_service_pb2 as op_svc
+from lookalike.v1 import operation_service_pb2_grpc as op_grpc
 from lookalike.v1 import search_service_pb2 as search_pb
 from lookalike.v1 import search_service_pb2_grpc as search_grpc
 from lookalike.v1 import types_pb2
@@ -116,9 +125,15 @@ class AsyncLookalikeClient:
         await self.db_stub.DeleteDatabase(db_pb.DeleteDatabaseRequest(name=name), **self._kw())
 
     @_rpc
-    async def set_image(self, database: str, group_id: str, **kwargs: Any) -> db_pb.SetImageResponse:
-        """As the blocking client's ``set_image`` (image / vector / intra_id / request_id / attributes)."""
-        return await self.db_stub.SetImage(set_image_request(database, group_id, **kwargs), **self._kw())
+    async def set_image(
+        self, database: str, group_id: str, *, if_duplicate: str = "ALLOW", duplicate_tier: str = "",
+        duplicate_threshold: float | None = None, **kwargs: Any,
+    ) -> db_pb.SetImageResponse:  # fmt: skip
+        """As the blocking client's ``set_image`` (image / vector / intra_id / request_id / attributes /
+        if_duplicate with duplicate_tier or duplicate_threshold)."""
+        check = duplicate_check(if_duplicate, duplicate_tier, duplicate_threshold)
+        req = set_image_request(database, group_id, duplicates=check, **kwargs)
+        return await self.db_stub.SetImage(req, **self._kw())
 
     @_rpc
     async def bulk_set(
@@ -163,6 +178,55 @@ class AsyncLookalikeClient:
     async def search(self, database: str, **kwargs: Any) -> search_pb.SearchResponse:
         """As the blocking client's ``search`` (image / vector / registered, top_k, filter, ...)."""
         return await self.search_stub.Search(search_request(database, **kwargs), **self._kw())
+
+    # -- duplicates, operations, models ----------------------------------------------------
+    def _ops_stubs(self) -> tuple[Any, Any, Any]:
+        if not hasattr(self, "_dup_stubs"):
+            channel = self._channel
+            self._dup_stubs = (dup_grpc.DuplicateServiceStub(channel), op_grpc.OperationServiceStub(channel),
+                               model_grpc.ModelServiceStub(channel))  # fmt: skip
+        return self._dup_stubs
+
+    @_rpc
+    async def find_duplicates(self, database: str, **options: Any) -> op_pb.Operation:
+        """As the blocking client's (tier / threshold / no_chaining / keeper / method): the running operation."""
+        req = dup_pb.FindDuplicatesRequest(database=database, **options)
+        return (await self._ops_stubs()[0].FindDuplicates(req, **self._kw())).operation
+
+    @_rpc
+    async def get_operation(self, name: str) -> op_pb.Operation:
+        return (await self._ops_stubs()[1].GetOperation(op_svc.GetOperationRequest(name=name), **self._kw())).operation
+
+    @_rpc
+    async def wait_operation(self, name: str, timeout_seconds: float = 0.0) -> op_pb.Operation:
+        req = op_svc.WaitOperationRequest(name=name, timeout_seconds=timeout_seconds)
+        return (await self._ops_stubs()[1].WaitOperation(req, **self._kw())).operation
+
+    @_rpc
+    async def cancel_operation(self, name: str) -> op_pb.Operation:
+        req = op_svc.CancelOperationRequest(name=name)
+        return (await self._ops_stubs()[1].CancelOperation(req, **self._kw())).operation
+
+    async def duplicate_clusters(self, operation: str, page_size: int = 0) -> AsyncIterator[dup_pb.DuplicateCluster]:
+        """Every cluster of a finished FindDuplicates operation, a page at a time."""
+        token = ""
+        while True:
+            req = dup_svc.ListDuplicateClustersRequest(operation=operation, page_size=page_size, page_token=token)
+            try:
+                resp = await self._ops_stubs()[0].ListDuplicateClusters(req, **self._kw())
+            except grpc.aio.AioRpcError as err:
+                raise ClientError.from_rpc_error(
+                    err, self.address, tls=self.tls, client_cert=self.client_cert
+                ) from None
+            for cluster in resp.clusters:
+                yield cluster
+            token = resp.next_page_token
+            if not token:
+                return
+
+    @_rpc
+    async def list_models(self) -> list[model_pb.Model]:
+        return list((await self._ops_stubs()[2].ListModels(model_pb.ListModelsRequest(), **self._kw())).models)
 
 
 __all__ = ["AsyncLookalikeClient", "BulkItem", "ClientError"]
