@@ -56,6 +56,7 @@ class Operation:
     error: dict[str, Any] | None = None  # kind (ErrorKind name), reason, message
     result: dict[str, Any] | None = None
     resumed: int = 0
+    cancel_requested: bool = False  # kept on disk: a cancel asked before a crash is not lost by the restart
 
     @property
     def name(self) -> str:
@@ -131,7 +132,10 @@ class Operations:
                 log.warning("operation state %s unreadable (%s); skipped", path, exc)
                 continue
             self._ops[op.id] = op
-            if op.state == RUNNING:
+            if op.state == RUNNING and op.cancel_requested:  # cancelled, then the server stopped before it ended
+                op.state = CANCELLED
+                self.save(op)
+            elif op.state == RUNNING:
                 op.resumed += 1
                 self.save(op)  # counted even if the server stops again before the runner reports
                 log.info("resuming %s (%s of %r)", op.name, op.kind, op.database)
@@ -186,6 +190,8 @@ class Operations:
         op = self.get(name)
         running = self._running.get(op.id)
         if running is not None:
+            op.cancel_requested = True
+            self.save(op)
             running[0].cancel.set()
         return op
 

@@ -305,3 +305,31 @@ def test_a_threshold_that_pairs_most_of_the_catalogue_stops_with_a_clear_error(t
         assert "raise the threshold" in op.error.message
         op = c.wait_done(c.find_duplicates("dedup-low", threshold=0.9).name, interval=0.2)  # type: ignore[attr-defined]
         assert op.state == 2 and op.find_duplicates.pair_count == 0
+
+
+def test_threshold_one_finds_every_identical_copy(client: object) -> None:
+    """A unit vector's product with itself rounds to 1 - a few ulps in float32: 1 must still mean identical."""
+    x = unit(np.random.default_rng(21).standard_normal((40, DIM)))
+    register(client, "dedup-identical", np.concatenate([x, x]))  # image i and i + 40 are the same vector
+    op, clusters = run(client, "dedup-identical", threshold=1.0)
+    assert {members(c) for c in clusters} == {frozenset((i, i + 40)) for i in range(40)}
+    assert op.find_duplicates.threshold == pytest.approx(1.0, abs=2e-6)
+    client.delete_database("dedup-identical")  # type: ignore[attr-defined]
+
+
+def test_a_cancel_asked_before_a_crash_is_not_undone_by_the_restart(tmp_path: Path) -> None:
+    import json
+
+    from lookalike.server.core.operations import Operations
+
+    ran: list[str] = []
+    (tmp_path / "abcd").mkdir()
+    state = {"id": "abcd", "kind": "count", "database": "db", "request": {}, "state": "RUNNING",
+             "cancel_requested": True}  # fmt: skip
+    (tmp_path / "abcd" / "operation.json").write_text(json.dumps(state))
+    ops = Operations(tmp_path, {"count": lambda ctx: ran.append("ran") or {}})
+    ops.recover()
+    assert ops.get("operations/abcd").state == "CANCELLED" and ran == []
+    again = Operations(tmp_path, {"count": lambda ctx: ran.append("ran") or {}})
+    again.recover()  # and it stays so on disk
+    assert again.get("operations/abcd").state == "CANCELLED" and ran == []

@@ -29,7 +29,7 @@ type FindDuplicatesRequest struct {
 	// The model's calibrated tier to use as the threshold: "duplicate" (re-encoded or resized
 	// copies), "near" (crops, colour changes) or "similar". Empty: "duplicate", unless threshold is set.
 	Tier string `protobuf:"bytes,2,opt,name=tier,proto3" json:"tier,omitempty"`
-	// A cosine threshold in (-1, 1] instead of a tier.
+	// A cosine threshold in (-1, 1] instead of a tier; 1 means identical (scores within 1e-6 of 1 count).
 	Threshold *float32 `protobuf:"fixed32,3,opt,name=threshold,proto3,oneof" json:"threshold,omitempty"`
 	// Stop chaining: every member of a cluster is within the threshold of the cluster's most
 	// central image and of every other member (otherwise a cluster is a connected component

@@ -13,6 +13,9 @@ from typing import Any
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 
 TIERS = ("duplicate", "near", "similar")
+# A threshold of 1 means "identical": a unit vector's product with itself rounds to 1 +- a few ulps in float32,
+# so scores this close to 1 count (else an image would not match its own copy at 1.0).
+IDENTICAL = 1.0 - 1e-6
 DEFAULT_TIER = "duplicate"
 
 
@@ -31,7 +34,7 @@ def resolve(tiers: dict[str, Any] | None, model_name: str, tier: str, threshold:
             raise invalid("THRESHOLD_INVALID", "give a tier or a threshold, not both")
         if not (math.isfinite(threshold) and -1.0 < threshold <= 1.0):
             raise invalid("THRESHOLD_INVALID", f"threshold {threshold} must be a cosine in (-1, 1]")
-        return float(threshold), ""
+        return min(float(threshold), IDENTICAL), ""
     name = tier or DEFAULT_TIER
     if name not in TIERS:
         raise invalid("TIER_INVALID", f"tier {tier!r} is not one of {', '.join(TIERS)}")
