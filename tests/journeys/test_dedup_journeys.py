@@ -574,7 +574,7 @@ def test_ctrl_c_of_dedup_cancels_the_job_and_says_so_in_one_line(photo_server, p
     assert got.returncode == 0, got.stderr
     line = OP_LINE.fullmatch(got.stdout.strip())
     assert line and line.group(1, 2, 3) == (name, "pairs", "CANCELLED"), got.stdout
-    assert int(line.group(4)) < 100
+    # (its progress may read 100%: a cancel that lands after the last block stops it before the clustering)
     state = json.loads(run("ops", "get", name, "--json", "--server", address).stdout)
     assert state["state"] == "CANCELLED" and state["done"] is True and state["find_duplicates"] is None, state
     read = run("dedup", "--operation", name, "--server", address)  # a cancelled job has no clusters to read
