@@ -162,7 +162,7 @@ class Operations:
             op = Operation(secrets.token_hex(8), kind, database, request, create_time=now, update_time=now)
             self._ops[op.id] = op
             self.save(op, locked=True)
-            self._launch(op, locked=True)
+            self._launch(op)
         return op
 
     def get(self, name: str) -> Operation:
@@ -214,9 +214,6 @@ class Operations:
                 self._changed.wait(min(left, 1.0))
         return op
 
-    def running_on(self, database: str) -> list[Operation]:
-        return [self._ops[i] for i in list(self._running) if self._ops[i].database == database]
-
     # -- inside ----------------------------------------------------------------------------
     @staticmethod
     def _id(name: str) -> str:
@@ -234,7 +231,7 @@ class Operations:
             with self._changed:
                 self._changed.notify_all()
 
-    def _launch(self, op: Operation, *, locked: bool = False) -> None:
+    def _launch(self, op: Operation) -> None:
         ctx = Context(self, op, self.root / op.id)
         thread = threading.Thread(target=self._run, args=(ctx,), name=f"op-{op.kind}-{op.id[:6]}", daemon=True)
         self._running[op.id] = (ctx, thread)

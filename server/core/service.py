@@ -58,6 +58,8 @@ from lookalike.server.core.validation import (
     check_vector,
 )
 
+from lookalike.modelfile import preprocessing_identity
+
 __all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "DuplicateSpec", "Entry", "Hit", "Key", "Limits",
            "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
 
@@ -419,8 +421,7 @@ class LookalikeService:
         meta = self.embedder.meta
         calibration = getattr(meta, "calibration", None)
         databases = [db.name for db in self.all_databases() if db.model == self.model]
-        preprocessing = {k: getattr(meta, k) for k in ("input_size", "resize_size", "resize_mode", "mean", "std",
-                                                       "precision")}  # fmt: skip
+        preprocessing = {**preprocessing_identity(meta), "precision": meta.precision}
         return [{"name": self.model_name, "identity": describe_model(self.model), "dimension": self.dimension,
                  "preprocessing": preprocessing, "tiers": self.model_tiers()[0], "calibration": calibration,
                  "databases": databases, "default": True}]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.rpc import code_pb2
+from lookalike.server.core.dedup.finder import KIND
 from lookalike.server.core.operations import Operation
 from lookalike.server.core.service import LookalikeService
 from lookalike.server.transport import convert
@@ -13,19 +14,13 @@ from lookalike.v1 import operation_pb2 as op_pb
 from lookalike.v1 import operation_service_pb2 as pb
 from lookalike.v1 import operation_service_pb2_grpc as pb_grpc
 
-STATES = {
-    "RUNNING": op_pb.OPERATION_STATE_RUNNING,
-    "SUCCEEDED": op_pb.OPERATION_STATE_SUCCEEDED,
-    "FAILED": op_pb.OPERATION_STATE_FAILED,
-    "CANCELLED": op_pb.OPERATION_STATE_CANCELLED,
-}
-
 
 def operation(op: Operation) -> op_pb.Operation:
     """An operation as the wire shows it (the request and result typed by kind)."""
     p = op.progress or {}
+    state = op_pb.OperationState.Value(f"OPERATION_STATE_{op.state}")
     msg = op_pb.Operation(
-        name=op.name, kind=op.kind, database=op.database, state=STATES[op.state], done=op.done,
+        name=op.name, kind=op.kind, database=op.database, state=state, done=op.done,
         progress=op_pb.OperationProgress(completed=p.get("completed", 0), total=p.get("total", 0),
                                          unit=p.get("unit", ""), fraction=p.get("fraction", 0.0),
                                          eta_seconds=p.get("eta_seconds", 0.0), stage=p.get("stage", "")),
@@ -36,7 +31,7 @@ def operation(op: Operation) -> op_pb.Operation:
         code = getattr(code_pb2, op.error.get("kind", "INTERNAL"), code_pb2.INTERNAL)
         msg.error.CopyFrom(op_pb.OperationError(code=code, reason=op.error.get("reason", ""),
                                                 message=op.error.get("message", "")))  # fmt: skip
-    if op.kind == "find_duplicates":
+    if op.kind == KIND:
         r = op.request
         request = dup_pb.FindDuplicatesRequest(database=op.database, tier=r.get("tier", ""),
                                                no_chaining=r.get("no_chaining", False), keeper=r.get("keeper", ""),

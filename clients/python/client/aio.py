@@ -22,19 +22,16 @@ from lookalike.client.client import (
     set_image_request,
     tls_credentials,
 )
-from lookalike.client.duplicates import duplicate_check
+from lookalike.client.duplicates import duplicate_check, stubs
 from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import database_service_pb2_grpc as db_grpc
 from lookalike.v1 import duplicate_pb2 as dup_pb
 from lookalike.v1 import duplicate_service_pb2 as dup_svc
-from lookalike.v1 import duplicate_service_pb2_grpc as dup_grpc
 from lookalike.v1 import match_service_pb2 as match_pb
 from lookalike.v1 import match_service_pb2_grpc as match_grpc
 from lookalike.v1 import model_service_pb2 as model_pb
-from lookalike.v1 import model_service_pb2_grpc as model_grpc
 from lookalike.v1 import operation_pb2 as op_pb
 from lookalike.v1 import operation_service_pb2 as op_svc
-from lookalike.v1 import operation_service_pb2_grpc as op_grpc
 from lookalike.v1 import search_service_pb2 as search_pb
 from lookalike.v1 import search_service_pb2_grpc as search_grpc
 from lookalike.v1 import types_pb2
@@ -182,9 +179,7 @@ class AsyncLookalikeClient:
     # -- duplicates, operations, models ----------------------------------------------------
     def _ops_stubs(self) -> tuple[Any, Any, Any]:
         if not hasattr(self, "_dup_stubs"):
-            channel = self._channel
-            self._dup_stubs = (dup_grpc.DuplicateServiceStub(channel), op_grpc.OperationServiceStub(channel),
-                               model_grpc.ModelServiceStub(channel))  # fmt: skip
+            self._dup_stubs = stubs(self._channel)
         return self._dup_stubs
 
     @_rpc

@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 from lookalike.client.client import ClientError
+from lookalike.client.duplicates import state_name
 
-OP_STATES = {0: "UNSPECIFIED", 1: "RUNNING", 2: "SUCCEEDED", 3: "FAILED", 4: "CANCELLED"}
 HUMAN_CLUSTERS = 20  # clusters printed without --all (--json and --csv always carry every one)
 CANCEL_WAIT_S = 30.0  # the longest Ctrl-C and `ops cancel` wait for a cancelled job to stop (one block)
 
@@ -23,13 +23,13 @@ def _commands() -> Any:
 
 def _op_json(op: Any) -> dict[str, Any]:
     data = _commands().to_json(op)
-    data["state"] = OP_STATES.get(op.state, str(op.state))
+    data["state"] = state_name(op.state)
     return data
 
 
 def _op_line(op: Any) -> str:
     p = op.progress
-    state = OP_STATES.get(op.state, str(op.state))
+    state = state_name(op.state)
     line = f"{op.name}\t{op.kind}\t{op.database}\t{state}\t{p.fraction * 100:.0f}%"
     if op.error.reason:
         line += f"\t{op.error.reason}: {op.error.message}"
@@ -80,7 +80,7 @@ def _wait(c: Any, name: str, quiet: bool) -> Any:
     except KeyboardInterrupt:
         try:
             op = _cancel(c, name)
-            state = OP_STATES.get(op.state, str(op.state))
+            state = state_name(op.state)
             if state == "CANCELLED":
                 print(f"lookalike: interrupted: cancelled {name}", file=sys.stderr)
             elif op.done:
@@ -113,8 +113,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
                 cmds._print(args, _op_json(op), f"started {name}; follow it: lookalike ops wait {name}")
                 return 0
         op = _wait(c, name, quiet=args.json or args.quiet)
-        if OP_STATES.get(op.state) != "SUCCEEDED":
-            reason = op.error.reason or OP_STATES.get(op.state, "")
+        if state_name(op.state) != "SUCCEEDED":
+            reason = op.error.reason or state_name(op.state)
             raise ClientError("FAILED_PRECONDITION", reason, op.error.message or f"{name} ended {reason.lower()}")
         clusters = list(c.duplicate_clusters(name, page_size=1000))
     result = op.find_duplicates

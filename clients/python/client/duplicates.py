@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +29,17 @@ def duplicate_check(if_duplicate: str, tier: str = "", threshold: float | None =
     return db_pb.DuplicateCheck(if_duplicate=POLICIES[policy], tier=tier, threshold=threshold)
 
 
+def stubs(channel: Any) -> tuple[Any, Any, Any]:
+    """(DuplicateService, OperationService, ModelService) stubs on a channel (blocking or asyncio)."""
+    return (dup_grpc.DuplicateServiceStub(channel), op_grpc.OperationServiceStub(channel),
+            model_grpc.ModelServiceStub(channel))  # fmt: skip
+
+
+def state_name(state: int) -> str:
+    """An OperationState as a person reads it: RUNNING, SUCCEEDED, FAILED, CANCELLED."""
+    return op_pb.OperationState.Name(state).removeprefix("OPERATION_STATE_")
+
+
 class DuplicateCalls:
     """FindDuplicates and its clusters, operations, models; ``_rpc`` wraps them as the other calls."""
 
@@ -38,9 +48,7 @@ class DuplicateCalls:
 
     def _stubs(self) -> tuple[Any, Any, Any]:
         if not hasattr(self, "_dup_stubs"):
-            channel = self._channel
-            self._dup_stubs = (dup_grpc.DuplicateServiceStub(channel), op_grpc.OperationServiceStub(channel),
-                               model_grpc.ModelServiceStub(channel))  # fmt: skip
+            self._dup_stubs = stubs(self._channel)
         return self._dup_stubs
 
     def find_duplicates(self, database: str, *, tier: str = "", threshold: float | None = None,
@@ -78,7 +86,6 @@ class DuplicateCalls:
                 poll(op)
             if op.done:
                 return op
-            time.sleep(0.0)
 
     def cancel_operation(self, name: str) -> op_pb.Operation:
         return self._stubs()[1].CancelOperation(op_svc.CancelOperationRequest(name=name), **self._kw()).operation

@@ -134,8 +134,7 @@ class DuplicateFinder:
                 name = f"pairs-{len(state['files']):06d}.npy"
                 pairs = np.empty(len(block.scores), PAIR_DTYPE)
                 pairs["a"], pairs["b"], pairs["score"] = block.ids_a, block.ids_b, block.scores
-                ctx.folder.mkdir(parents=True, exist_ok=True)
-                self._files(ctx).put(f"{ctx.op.id}/{name}", pairs.tobytes())
+                self._ops().files.put(f"{ctx.op.id}/{name}", pairs.tobytes())
                 state["files"].append(name)
                 state["pairs"] += len(pairs)
                 if state["pairs"] > s.max_pairs:
@@ -157,7 +156,7 @@ class DuplicateFinder:
         return summary
 
     def _cluster(self, ctx: Context, db: Any, state: dict[str, Any], threshold: float, req: dict[str, Any]) -> dict:
-        files = self._files(ctx)
+        files = self._ops().files
         parts = [np.frombuffer(files.get(f"{ctx.op.id}/{f}"), PAIR_DTYPE) for f in state["files"]]
         pairs = np.concatenate(parts) if parts else np.empty(0, PAIR_DTYPE)
         lo, hi = np.minimum(pairs["a"], pairs["b"]), np.maximum(pairs["a"], pairs["b"])
@@ -223,16 +222,13 @@ class DuplicateFinder:
         assert self.operations is not None, "the service sets DuplicateFinder.operations"
         return self.operations
 
-    def _files(self, ctx: Context) -> Any:
-        return self._ops().files
-
     def _checkpoint(self, ctx: Context) -> dict[str, Any] | None:
-        files = self._files(ctx)
+        files = self._ops().files
         name = f"{ctx.op.id}/{CHECKPOINT}"
         return json.loads(files.get(name)) if files.exists(name) else None
 
     def _save(self, ctx: Context, state: dict[str, Any]) -> None:
-        self._files(ctx).put(f"{ctx.op.id}/{CHECKPOINT}", json.dumps(state).encode())
+        self._ops().files.put(f"{ctx.op.id}/{CHECKPOINT}", json.dumps(state).encode())
 
 
 def _pixels(attrs: list[dict[str, str]]) -> np.ndarray:

@@ -12,7 +12,9 @@ from typing import Any
 
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 
-TIERS = ("duplicate", "near", "similar")
+from lookalike.modelfile import TIER_NAMES
+
+TIERS = TIER_NAMES
 # A threshold of 1 means "identical": a unit vector's product with itself rounds to 1 +- a few ulps in float32,
 # so scores this close to 1 count (else an image would not match its own copy at 1.0).
 IDENTICAL = 1.0 - 1e-6

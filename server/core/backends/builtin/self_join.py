@@ -50,6 +50,15 @@ def _empty(next_id: int, done: int, scope: int) -> JoinBlock:
     return JoinBlock(z, z, np.zeros(0, np.float32), next_id, done, scope, 0)
 
 
+def _rows_of(ids: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
+    """Row of each image id (rows are in id order), -1 for an id no row holds."""
+    want = np.asarray(image_ids, np.int64)
+    if len(ids) == 0:
+        return np.full(len(want), -1, np.int64)
+    rows = np.minimum(np.searchsorted(ids, want), len(ids) - 1)
+    return np.where(ids[rows] == want, rows, -1).astype(np.int64)
+
+
 class DatabaseJoin:
     """Blocks of the self-join, and the records of the images its pairs name."""
 
@@ -131,28 +140,27 @@ class DatabaseJoin:
 
     def describe_ids(self, image_ids: np.ndarray) -> IdRecords:
         """Keys, times and attributes of images by id; None for one deleted or replaced since."""
-        want = np.asarray(image_ids, np.int64)
         with self.lock:  # type: ignore[attr-defined]
             n = self._intra.n  # type: ignore[attr-defined]
-            ids, live = self._ids_flat[:n], self._live[:n]  # type: ignore[attr-defined]
-            rows = np.minimum(np.searchsorted(ids, want), max(n - 1, 0))
-            ok = (n > 0) & (ids[rows] == want) & (live[rows] != 0) if n else np.zeros(len(want), bool)
-            names, groups = self._groups.names, self._group_flat  # type: ignore[attr-defined]
-            keys: list[Key | None] = [
-                (names[int(groups[r])], int(self._intra[r])) if good else None  # type: ignore[attr-defined]
-                for r, good in zip(rows.tolist(), ok.tolist(), strict=True)
-            ]
-            times = np.array([float(self._time[r]) if good else 0.0  # type: ignore[attr-defined]
-                              for r, good in zip(rows.tolist(), ok.tolist(), strict=True)])  # fmt: skip
-            attrs = [dict(self._attrs.get(r, {})) if good else {}  # type: ignore[attr-defined]
-                     for r, good in zip(rows.tolist(), ok.tolist(), strict=True)]  # fmt: skip
+            rows = _rows_of(self._ids_flat[:n], image_ids)  # type: ignore[attr-defined]
+            ok = (rows >= 0) & (self._live[np.maximum(rows, 0)] != 0) if n else rows >= 0  # type: ignore[attr-defined]
+            found = rows[ok]
+            groups = self._group_flat[found].tolist()  # type: ignore[attr-defined]
+            intra = self._intra.take(found).tolist()  # type: ignore[attr-defined]
+            times = np.zeros(len(rows))
+            times[ok] = self._time.take(found)  # type: ignore[attr-defined]
+            names, attrs_by_row = self._groups.names, self._attrs  # type: ignore[attr-defined]
+            keys: list[Key | None] = [None] * len(rows)
+            attrs: list[dict[str, str]] = [{} for _ in range(len(rows))]
+            for at, row, g, i in zip(np.flatnonzero(ok).tolist(), found.tolist(), groups, intra, strict=True):
+                keys[at] = (names[g], i)
+                attrs[at] = dict(attrs_by_row.get(row, {}))
         return IdRecords(keys, times, attrs)
 
     def vectors_of_ids(self, image_ids: np.ndarray) -> np.ndarray:
         """Float32 vectors of images by id (ids the caller found present with ``describe_ids``)."""
-        want = np.asarray(image_ids, np.int64)
         with self.lock:  # type: ignore[attr-defined]
             n = self._intra.n  # type: ignore[attr-defined]
             ids, pinned = self._ids_flat[:n], self.index.pin()  # type: ignore[attr-defined]
-        rows = np.minimum(np.searchsorted(ids, want), max(n - 1, 0))
+        rows = _rows_of(ids, image_ids)
         return np.ascontiguousarray(self.index.take(rows, pinned), np.float32)  # type: ignore[attr-defined]
