@@ -19,9 +19,11 @@ from lookalike.server.core.backends.builtin.hnsw import HnswSettings
 from lookalike.server.core.backends.builtin.persistence import Persistence
 from lookalike.server.core.dedup.finder import DedupSettings
 from lookalike.server.core.embedding.embedder import Embedder
+from lookalike.server.core.embedding.models import BUILTIN, ModelRegistry, ModelSource
 from lookalike.server.core.errors import LookalikeError
 from lookalike.server.core.service import Limits, LookalikeService
 from lookalike.server.storage.dir_lock import DataDirLock
+from lookalike.server.storage.image_store import ImageStore
 from lookalike.server.transport.auth import TokenSet
 from lookalike.server.transport.grpc_server import GrpcServer
 from lookalike.server.transport.metrics import MetricsEndpoint, ServerMetrics
@@ -42,6 +44,7 @@ class RunningServer:
     lock: DataDirLock | None = None  # the data directory, held for the server's life
     metrics: ServerMetrics | None = None
     metrics_endpoint: MetricsEndpoint | None = None
+    models: ModelRegistry | None = None  # every loaded model; the service serves the default one
 
     @property
     def http_port(self) -> int | None:
@@ -69,16 +72,67 @@ class RunningServer:
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
         self.service.close(snapshot=snapshot)
+        if self.models is not None:
+            self.models.close()  # the models beside the default, which the service closed
         if self.lock is not None:
             self.lock.release()
 
 
 def resolve_model(config: ServerConfig) -> Path:
-    if config.model is not None:
-        return config.model
+    """The default model's file: the --model entry --default-model names, else the first; with no --model, the one
+    of --models-dir --default-model names (or its only one); else the embedded default, converted once and cached."""
+    specs = config.model_specs()
+    if specs:
+        path = next((path for name, path in specs if name and name == config.default_model), specs[0][1])
+        return builtin_model(config) if path == BUILTIN else Path(path)
+    if config.models_dir is not None:
+        sources = config.model_sources()
+        return next((s.path for s in sources if s.name == config.default_model), sources[0].path)
+    return builtin_model(config)
+
+
+def builtin_model(config: ServerConfig) -> Path:
+    """The embedded default model's file (EfficientNet-Lite0 ImageNet), converted once and cached."""
     from lookalike.server.core.embedding.default_model import default_model_path
 
     return default_model_path(config.cache_dir)
+
+
+def split_workers(total: int, models: int) -> list[int]:
+    """The model workers of each of ``models`` models: ``total`` shared out, the first ones taking the remainder,
+    and at least one each (a model with no worker could not run)."""
+    return [max(1, total // models + (1 if i < total % models else 0)) for i in range(models)]
+
+
+def build_models(config: ServerConfig, device: str, budget: dict[str, int]) -> ModelRegistry:
+    """Every model of the settings (``ServerConfig.model_sources``; none: the embedded default), loaded into one
+    registry. They share the budget's model workers; each keeps the torch threads of one worker."""
+    given = [ModelSource(builtin_model(config), s.name, s.origin) if str(s.path) == BUILTIN else s
+             for s in config.model_sources()]  # fmt: skip
+    sources = given or [ModelSource(resolve_model(config), "", "the default model")]
+    workers = split_workers(budget["model_workers"], len(sources))
+
+    def make(source: ModelSource, position: int) -> Embedder:
+        return Embedder(
+            source.path,
+            device=config.device,
+            max_batch=config.model_batch(device, workers[position] if len(sources) > 1 else None),
+            max_wait_s=config.batch_wait_s,
+            max_image_bytes=config.max_image_bytes,
+            max_image_pixels=config.max_image_pixels,
+            max_aspect_ratio=config.max_aspect_ratio,
+            decode_budget_pixels=config.decode_budget_pixels,
+            preprocess_threads=budget["preprocess"],
+            cpu_exec=config.cpu_exec,
+            model_workers=workers[position],
+            model_threads=budget["torch"],
+        )
+
+    registry = ModelRegistry.load(sources, make, default=config.default_model or "")
+    if len(registry) > 1:
+        log.info("models: %s; default %s", ", ".join(f"{name} (dim {e.dimension}, {w} model workers)"
+                 for (name, e), w in zip(registry.items(), workers, strict=True)), registry.default)  # fmt: skip
+    return registry
 
 
 def make_oss(config: ServerConfig) -> OssClient:
@@ -133,24 +187,22 @@ def create_server(config: ServerConfig, *, wait: bool = True) -> RunningServer:
     return running
 
 
+def image_store(config: ServerConfig, persistence: Persistence | None) -> ImageStore:
+    """Kept images: ``--images-dir`` or ``<data-dir>/images``, mirrored to the OSS root; in memory without
+    ``--persist`` (the built-in store); with Milvus, a directory the replicas share."""
+    if config.images_dir is not None:
+        return ImageStore(config.images_dir, fsync=config.fsync)
+    if config.persist:
+        remote = persistence.remote if persistence is not None else None
+        return ImageStore(config.data_dir / "images", fsync=config.fsync, remote=remote)
+    return ImageStore(None)
+
+
 def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
     tokens = TokenSet(config.token, config.token_file)  # a bad token file stops start-up here
     device = config.device or ("cuda" if _cuda_available() else "cpu")
     budget = apply_thread_budget(config, device)
-    embedder = Embedder(
-        resolve_model(config),
-        device=config.device,
-        max_batch=config.model_batch(device),
-        max_wait_s=config.batch_wait_s,
-        max_image_bytes=config.max_image_bytes,
-        max_image_pixels=config.max_image_pixels,
-        max_aspect_ratio=config.max_aspect_ratio,
-        decode_budget_pixels=config.decode_budget_pixels,
-        preprocess_threads=budget["preprocess"],
-        cpu_exec=config.cpu_exec,
-        model_workers=budget["model_workers"],
-        model_threads=budget["torch"],
-    )
+    models = build_models(config, device, budget)
     oss = make_oss(config)
     persistence = None
     if config.persist and config.index == "builtin":  # with Milvus, Milvus keeps the log and the segments
@@ -171,18 +223,22 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
         rerank_factor=config.hnsw_rerank,
         dtype=config.hnsw_dtype,
     )
+    images = image_store(config, persistence)
     backend = milvus_backend(config) or (
-        lambda dimension, model: Catalog(dimension, model, persistence, hnsw=hnsw, retry_window=config.retry_window)
+        lambda dimension, model: Catalog(
+            dimension, model, persistence, hnsw=hnsw, retry_window=config.retry_window, images=images
+        )  # fmt: skip
     )
     dedup = DedupSettings(exact_max_images=config.dedup_exact_max_images, block_seconds=config.dedup_block_seconds,
                           max_pairs=config.dedup_max_pairs)  # fmt: skip
     service = LookalikeService(
-        embedder, backend, Limits.from_config(config), oss=oss, boundaries=config.boundaries(),
+        models, backend, Limits.from_config(config), oss=oss, boundaries=config.boundaries(),
         operations_root=config.data_dir / "operations" if persistence is not None else None, dedup=dedup,
-        max_operations=config.max_operations,
+        max_operations=config.max_operations, images=images, keep=config.keep,
     )  # fmt: skip
     metrics = ServerMetrics()
-    metrics.watch_embedder(embedder)
+    for _, each in models.items():
+        metrics.watch_embedder(each)
     metrics.watch_databases(service)
     metrics.watch_gpu()
     server = GrpcServer(service, host=config.host, port=config.port, token=tokens, limits=config, metrics=metrics)
@@ -205,7 +261,7 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
         )  # fmt: skip
         http.start()
     running = RunningServer(server, service, threading.Event(), threading.Event(), [], http)
-    running.metrics, running.metrics_endpoint = metrics, endpoint
+    running.metrics, running.metrics_endpoint, running.models = metrics, endpoint, models
 
     def recover() -> None:
         try:

@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.server import defaults as d
+from lookalike.server.core.embedding.models import (
+    MODEL_NAME_RULE,
+    ModelSource,
+    model_sources,
+    parse_model_specs,
+    valid_model_name,
+)
 from lookalike.server.core.locations import Boundaries
 from lookalike.server.defaults import (
     CPU_EXEC_CHOICES,
@@ -65,7 +72,14 @@ class ServerConfig:
     export_root: Path | None = opt(None, "the only directory exports, imports and PAI local roots may use; "
                                    "a relative location is taken relative to it (default: <data-dir>/exports)",
                                    )  # fmt: skip
-    model: Path | None = opt(None, "embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet)")
+    # Models (server/core/embedding/models.py): every --model entry, then every *.pt of --models-dir.
+    model: str | None = opt(None, "embedder file from `lookalike train` (default: EfficientNet-Lite0 ImageNet); "
+                            "NAME=PATH serves it as NAME (PATH builtin: the default model); repeat the flag (or "
+                            "separate by commas) for several models, named by the file's model name or stem when "
+                            "given no NAME", repeat=True)  # fmt: skip
+    models_dir: Path | None = opt(None, "serve every *.pt model file of this directory, named by its file stem")
+    default_model: str | None = opt(None, "name of the model new databases and calls naming none use (default: the "
+                                    "first --model; with --models-dir alone, its only model)")  # fmt: skip
     cache_dir: Path | None = opt(None, "where the default model is converted once and cached, under models/ "
                                  "(none: $XDG_CACHE_HOME/lookalike, else ~/.cache/lookalike)")  # fmt: skip
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
@@ -115,6 +129,14 @@ class ServerConfig:
                                "for a higher threshold", min=1)  # fmt: skip
     max_operations: int = opt(d.MAX_OPERATIONS, "long-running operations (FindDuplicates) running at once",
                               min=1, max=64)  # fmt: skip
+    keep: str = opt(
+        d.KEEP,
+        "what a new database keeps of each image unless CreateDatabase says: none, thumbnail "
+        "(re-embeds within cosine 0.995; lets a new model re-index it) or original",
+        choices=d.KEEP_POLICIES,
+    )
+    images_dir: Path | None = opt(None, "where kept images live (default: <data-dir>/images; with --index milvus, a "
+                                  "directory every replica shares)")  # fmt: skip
     grace_s: float = opt(d.GRACE_S, "seconds in-flight calls get to finish at shutdown", min=0.0)
     retry_window: int = opt(d.RETRY_WINDOW, "request ids remembered per database, so a retried write is applied once "
                             "(forgotten early when the image they wrote is deleted)", min=1)  # fmt: skip
@@ -192,6 +214,7 @@ class ServerConfig:
                                   min=0.1, max=600.0)  # fmt: skip
 
     def __post_init__(self) -> None:
+        self._check_models()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             meta = f.metadata
@@ -232,17 +255,43 @@ class ServerConfig:
             return (self.milvus_token_file.read_text().strip().splitlines() or [""])[0].strip()
         return ""
 
+    # -- models ----------------------------------------------------------------------------------------
+    def _check_models(self) -> None:
+        """Normalise ``model`` (a Path, or a list from the repeated flag) to its comma-separated text, and check what
+        needs no file: entries, names, a name given twice. Files are checked at start-up (model_sources)."""
+        if isinstance(self.model, (list, tuple)):
+            object.__setattr__(self, "model", ",".join(str(m) for m in self.model) or None)
+        elif isinstance(self.model, Path):
+            object.__setattr__(self, "model", str(self.model))
+        named = [name for name, _ in self.model_specs() if name]
+        twice = sorted({n for n in named if named.count(n) > 1})
+        if twice:
+            raise ValueError(f"--model names {', '.join(twice)} more than once: give each model its own NAME")
+        if self.default_model is not None and not valid_model_name(self.default_model):
+            raise ValueError(f"--default-model must be a model name ({MODEL_NAME_RULE}), not {self.default_model!r}")
+
+    def model_specs(self) -> list[tuple[str, str]]:
+        """``(name, path)`` of each --model entry, name "" for a bare PATH (``models.parse_model_specs``)."""
+        return parse_model_specs(self.model)
+
+    def model_sources(self) -> list[ModelSource]:
+        """The model files to serve, in order: each --model entry, then each *.pt of --models-dir; empty: the
+        embedded default. Checked when the server starts (``models.model_sources``): ValueError naming the option."""
+        return model_sources(self.model_specs(), self.models_dir, self.default_model)
+
     @property
     def fsync_interval_s(self) -> float:
         return self.fsync_interval_ms / 1000.0
 
-    def model_batch(self, device: str) -> int:
-        """``--max-batch``, or the measured default for ``device`` (bench/serve.py, bench/model_exec.py)."""
+    def model_batch(self, device: str, workers: int | None = None) -> int:
+        """``--max-batch``, or the measured default for ``device`` (bench/serve.py, bench/model_exec.py) and a model
+        of ``workers`` model workers (default: all of them)."""
         if self.max_batch is not None:
             return self.max_batch
         if device.startswith("cuda"):
             return GPU_MAX_BATCH
-        return CPU_MAX_BATCH_PER_WORKER if self.workers_for(device) > 1 else CPU_MAX_BATCH
+        workers = self.workers_for(device) if workers is None else workers
+        return CPU_MAX_BATCH_PER_WORKER if workers > 1 else CPU_MAX_BATCH
 
     @property
     def batch_wait_s(self) -> float:
@@ -303,6 +352,7 @@ class ServerConfig:
                 continue
             shown = "none" if default is None else default
             parser.add_argument(_flag(f), dest=f.name, default=None, metavar=f.name.upper(),
+                                action="append" if f.metadata.get("repeat") else "store",
                                 help=f"{f.metadata['help']} (env {env}; default {shown})")  # fmt: skip
         parser.add_argument("--in-memory", dest="persist", action="store_false", help=argparse.SUPPRESS)
 

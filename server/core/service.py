@@ -8,8 +8,8 @@ message on every wire, and a fix to a rule lands in one place.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,7 @@ from lookalike.server.core.backends.api import (
     Key,
     SetResult,
     SnapshotInfo,
-    describe_model,
     group_not_found,
-    read_export_for,
 )
 from lookalike.server.core.backends.duplicates import DuplicateCheck
 from lookalike.server.core.calls import (
@@ -43,33 +41,39 @@ from lookalike.server.core.calls import (
 from lookalike.server.core.dedup import tiers
 from lookalike.server.core.dedup.finder import KIND, DedupSettings, DuplicateFinder
 from lookalike.server.core.embedding.embedder import Embedder
-from lookalike.server.core.embedding.model_identity import model_identity
-from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
-from lookalike.server.core.locations import Boundaries, oss_failure, oss_not_configured
+from lookalike.server.core.embedding.models import ModelRegistry, valid_model_name
+from lookalike.server.core.embedding.thumbnails import make_thumbnail
+from lookalike.server.core.errors import LookalikeError, invalid
+from lookalike.server.core.keeping import Keeper, KeptImage, check_keep
+from lookalike.server.core.locations import Boundaries
+from lookalike.server.core.model_calls import ModelCalls
 from lookalike.server.core.operations import Operation, Operations
 from lookalike.server.core.paging import decode_token, encode_token, page_size
+from lookalike.server.core.reindex import KIND as REINDEX
+from lookalike.server.core.reindex import Reindexer
+from lookalike.server.core.transfers import Transfers
 from lookalike.server.core.validation import (
-    LOAD_PREFIX,
+    INTERNAL_PREFIX,
     check_attributes,
     check_database_name,
     check_group_id,
     check_group_prefix,
     check_intra_id,
+    check_new_database_name,
     check_vector,
 )
-
-from lookalike.modelfile import preprocessing_identity
+from lookalike.server.storage.image_store import ImageStore
 
 __all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "DuplicateSpec", "Entry", "Hit", "Key", "Limits",
            "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
 
 
-class LookalikeService:
+class LookalikeService(Transfers, ModelCalls):
     """Matching, embedding, and every database operation, on whichever backend holds the databases."""
 
     def __init__(
         self,
-        embedder: Embedder,
+        models: ModelRegistry | Embedder,
         backend: Callable[[int, dict[str, Any]], IndexBackend],
         limits: Limits | None = None,
         *,
@@ -78,19 +82,34 @@ class LookalikeService:
         operations_root: Path | None = None,
         dedup: DedupSettings | None = None,
         max_operations: int = defaults.MAX_OPERATIONS,
+        images: ImageStore | None = None,
+        keep: str = defaults.KEEP,
     ) -> None:
-        """``backend`` builds the index backend from (dimension, model identity); ``oss`` reads oss:// locations;
+        """``models``: the loaded models (or one embedder); ``backend`` builds the index backend from the default
+        model's (dimension, identity); ``oss`` reads oss:// locations;
         ``boundaries`` says where a request may read, write and connect (none given: no location is allowed);
         ``operations_root`` keeps long-running operations (none: a temporary folder, no resume)."""
         self.boundaries = boundaries or Boundaries()
-        self.embedder = embedder
+        if not isinstance(models, ModelRegistry):
+            name = models.model_name if valid_model_name(models.model_name) else "default"
+            models = ModelRegistry([(name, models)])
+        self.models = models
+        self.embedder = embedder = models.get()  # the default model
         self.limits = limits or Limits()
-        self.model = model_identity(embedder.module, embedder.meta)
+        self.model = models.identity()
         self.catalog: IndexBackend = backend(embedder.dimension, self.model)
+        self.catalog.serve_models([(models.identity(n), models.get(n).dimension) for n in self.model_names()])
         self.oss = oss
         self.duplicates = DuplicateFinder(self.catalog.get, self.model_tiers, dedup)
-        self.operations = Operations(operations_root, {KIND: self.duplicates.run}, max_operations)
+        self.reindexer = Reindexer(self)
+        runners = {KIND: self.duplicates.run, REINDEX: self.reindexer.run}
+        self.operations = Operations(operations_root, runners, max_operations)
         self.duplicates.operations = self.operations
+        self.keep = check_keep(keep, defaults.KEEP)  # a database created without a keep policy gets this
+        thumbnail = partial(make_thumbnail, max_bytes=embedder.max_image_bytes, max_pixels=embedder.max_image_pixels,
+                            max_aspect_ratio=embedder.max_aspect_ratio)  # the limits the embedder applied  # fmt: skip
+        store = images or getattr(self.catalog, "images", None) or ImageStore(None)
+        self.keeper = Keeper(store, embedder.pool, thumbnail)
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -101,10 +120,6 @@ class LookalikeService:
     @property
     def model_name(self) -> str:
         return self.embedder.model_name
-
-    @property
-    def dimension(self) -> int:
-        return self.embedder.dimension
 
     def recover(self) -> None:
         """Load the databases (the built-in store drops a load a crash interrupted; the live database never
@@ -118,18 +133,20 @@ class LookalikeService:
     def close(self, *, snapshot: bool = True) -> None:
         self.operations.close()
         self.catalog.close(snapshot=snapshot)
-        self.embedder.close()
+        self.models.close()
 
     # -- matching --------------------------------------------------------------------------
-    def match(self, image_a: bytes, image_b: bytes) -> tuple[float, float]:
-        """(similarity in [0, 1], cosine) of the two images' embeddings."""
-        a = self.embedder.prepare(image_a, field="image_a")
-        b = self.embedder.prepare(image_b, field="image_b")
-        va, vb = self.embedder.embed_prepared([a, b])
+    def match(self, image_a: bytes, image_b: bytes, model: str = "") -> tuple[float, float]:
+        """(similarity in [0, 1], cosine) of the two images' embeddings by ``model`` ("" = the default)."""
+        embedder = self.models.get(model)
+        a = embedder.prepare(image_a, field="image_a")
+        b = embedder.prepare(image_b, field="image_b")
+        va, vb = embedder.embed_prepared([a, b])
         cosine = float(np.clip(np.dot(va, vb), -1.0, 1.0))
         return similarity(cosine), cosine
 
-    def embed(self, images: Sequence[bytes]) -> np.ndarray:
+    def embed(self, images: Sequence[bytes], model: str = "") -> np.ndarray:
+        embedder = self.models.get(model)  # an unknown model is the first error
         if not images:
             raise invalid("IMAGE_MISSING", "send at least one image")
         if len(images) > self.limits.max_embed_images:
@@ -137,18 +154,23 @@ class LookalikeService:
                 "TOO_MANY_IMAGES",
                 f"{len(images)} images in one call; send at most {self.limits.max_embed_images} (--max-embed-images)",
             )
-        return self.embedder.embed(images)
+        return embedder.embed(images)
 
     # -- databases -------------------------------------------------------------------------
-    def create_database(self, name: str, storage: str = "") -> DatabaseHandle:
-        return self.catalog.create(check_database_name(name), storage)
+    def create_database(self, name: str, storage: str = "", keep: str = "", model: str = "") -> DatabaseHandle:
+        """``keep``: what it keeps of each image (none, thumbnail, original; "" = the server's ``--keep``);
+        ``model``: the loaded model it is bound to ("" = the default)."""
+        check_new_database_name(name)
+        keep = check_keep(keep, self.keep)
+        bound = (self.models.identity(model), self.models.get(model).dimension)
+        return self.catalog.create(name, storage, keep, bound)
 
     def get_database(self, name: str) -> DatabaseHandle:
         """A database's description; one of another model is described too (``check_usable`` says why not served)."""
         return self.catalog.get(check_database_name(name), usable=False)
 
     def all_databases(self) -> list[DatabaseHandle]:
-        return [db for db in self.catalog.list() if not db.name.startswith(LOAD_PREFIX)]
+        return [db for db in self.catalog.list() if not db.name.startswith(INTERNAL_PREFIX)]
 
     def list_databases(self, size: int, token: str) -> tuple[list[DatabaseHandle], str]:
         size = page_size(size)
@@ -160,85 +182,21 @@ class LookalikeService:
         return page, (encode_token(page[-1].name) if len(dbs) > size else "")
 
     def delete_database(self, name: str) -> None:
-        self.catalog.delete(check_database_name(name))
+        check_database_name(name)
+        self.reindexer.refuse_while_running(name, "dropped")
+        self.catalog.delete(name)
 
     def clear_database(self, name: str) -> int:
         """Removes every image, keeps the database; returns how many were removed."""
-        return self.catalog.clear(check_database_name(name))
+        check_database_name(name)
+        mirror = self.reindexer.mirrors.get(name)
+        with self.reindexer.gate(mirror):
+            count = self.catalog.clear(name)
+            self.reindexer.mirror_clear(mirror)
+        return count
 
     def snapshot_database(self, name: str) -> SnapshotInfo:
         return self.catalog.snapshot_database(check_database_name(name))
-
-    # -- where a request may read and write (server/core/locations.py) ----------------------
-    def location(self, location: str, field: str, *, oss: Any = None, create: bool = False) -> str:
-        """A local location under the export root (as an absolute path) or an allowed ``oss://`` prefix."""
-        remote = isinstance(location, str) and location.startswith("oss://")
-        if remote and not getattr(oss or self.oss, "configured", False):
-            raise oss_not_configured(field)
-        return self.boundaries.location(location, field, create=create and not remote)
-
-    def check_endpoint(self, endpoint: str, field: str) -> str:
-        """An OSS endpoint a request names, if the operator allowed it (its normalised URL)."""
-        return self.boundaries.check_endpoint(endpoint, field)
-
-    def read_oss(self, ref: str, field: str, *, oss: Any = None, max_bytes: int | None = None) -> bytes:
-        """An ``oss://`` object (an image, a list) under an allowed prefix; at most ``max_bytes`` (default: an
-        image's largest)."""
-        client = oss or self.oss
-        if not getattr(client, "configured", False):
-            raise oss_not_configured(field)
-        self.boundaries.oss_object(ref, field)
-        limit = self.embedder.max_image_bytes if max_bytes is None else max_bytes
-        try:
-            data = client.read(ref, (0, limit))  # one byte over the limit tells a larger object
-        except FileNotFoundError:
-            raise invalid("IMAGE_NOT_FOUND", f"{field}: the object does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise oss_failure(exc, field) from None
-        if len(data) > limit:
-            raise invalid("OBJECT_TOO_LARGE", f"{field} is over {limit} bytes")
-        return data
-
-    def export_database(self, name: str, destination: str, *, oss: Any = None) -> SnapshotInfo:
-        """``oss``: the client for oss:// locations when not the server's own (PAI ``init``)."""
-        check_database_name(name)
-        self.catalog.get(name, usable=False)  # no folder is made for a database that is not there
-        return self.catalog.export(name, self.location(destination, "destination", oss=oss, create=True),
-                                   oss or self.oss)  # fmt: skip
-
-    def import_database(self, name: str, source: str, *, oss: Any = None) -> DatabaseHandle:
-        """A new database from an export; an existing name is refused (``load`` replaces one)."""
-        check_database_name(name)
-        exported = read_export_for(self.location(source, "source", oss=oss), oss or self.oss, self.model,
-                                   self.dimension)  # fmt: skip
-        return self.catalog.import_(name, exported)
-
-    def load_database(self, name: str, source: str, *, oss: Any = None) -> DatabaseHandle:
-        """Replace ``name`` with an export, atomically: the live database changes only if the whole load worked.
-
-        The export is read and verified (checksums, model) first, imported under a temporary
-        name, then swapped in with one logged step. Any failure before the swap leaves the live
-        database exactly as it was and removes the partial copy.
-        """
-        check_database_name(name)
-        exported = read_export_for(self.location(source, "source", oss=oss), oss or self.oss, self.model,
-                                   self.dimension)  # fmt: skip
-        staging = f"{LOAD_PREFIX}{secrets.token_hex(4)}-{name}"
-        try:
-            self.catalog.import_(staging, exported)
-            loaded = self.catalog.get(staging, usable=False)
-            if loaded.size != exported.size:
-                raise LookalikeError(
-                    ErrorKind.INTERNAL, "LOAD_INCOMPLETE",
-                    f"the load read {exported.size} images but stored {loaded.size}; {name!r} was not changed",
-                )  # fmt: skip
-            return self.catalog.replace(name, staging)
-        except BaseException:
-            try:
-                self.catalog.delete(staging)
-            except LookalikeError:
-                pass  # never created, or already swapped in
-            raise
 
     def list_images(self, database: str, group_id: str | None, size: int, token: str) -> tuple[list[Entry], str]:
         check_database_name(database)
@@ -280,24 +238,47 @@ class LookalikeService:
         check_intra_id(intra_id)
         return self.catalog.get(database).get(group_id, intra_id)
 
+    def kept_image(self, database: str, group_id: str, intra_id: int, view: str) -> KeptImage:
+        """The bytes a database kept of an image: ``view`` "thumbnail" or "original" (NOT_FOUND when not kept)."""
+        entry = self.get_image(database, group_id, intra_id)
+        what = f"image group_id={group_id!r} intra_id={intra_id} of database {database!r}"
+        return self.keeper.read(entry.attributes, view, what)
+
     def delete_image(self, database: str, group_id: str, intra_id: int) -> None:
         check_database_name(database)
         check_group_id(group_id)
         check_intra_id(intra_id)
-        self.catalog.delete_image(database, group_id, intra_id)
+        mirror = self.reindexer.mirrors.get(database)
+        with self.reindexer.gate(mirror):
+            self.catalog.delete_image(database, group_id, intra_id)
+            self.reindexer.mirror_delete(mirror, group_id, intra_id)
 
     def delete_group(self, database: str, group_id: str) -> int:
         check_database_name(database)
         check_group_id(group_id)
-        return self.catalog.delete_group(database, group_id)
+        mirror = self.reindexer.mirrors.get(database)
+        with self.reindexer.gate(mirror):
+            count = self.catalog.delete_group(database, group_id)
+            self.reindexer.mirror_delete(mirror, group_id)
+        return count
 
     # -- registration ----------------------------------------------------------------------
-    def vector_for(self, dimension: int, image: bytes | None, vector: Sequence[float] | None) -> np.ndarray:
+    def vector_for(self, db: DatabaseHandle, image: bytes | None, vector: Sequence[float] | None, *,
+                   keep: bool = False) -> Any:  # fmt: skip
+        """The vector to store in ``db``: the one sent (checked), or the image embedded by the database's model;
+        with ``keep``, (vector, the thumbnail its kept copy needs, made from the same decode, or None)."""
         if vector is not None:
-            return check_vector(vector, dimension)
+            vec = check_vector(vector, db.dimension)
+            return (vec, None) if keep else vec
         if image is None:
             raise invalid("IMAGE_MISSING", "send an image (encoded bytes) or a vector to register")
-        return self.embedder.embed([image], field="image")[0]
+        embedder = self.embedder_of(db)
+        also = self.keeper.from_decoded(db.keep) if keep else None
+        if also is None:
+            vec = embedder.embed([image], field="image")[0]
+            return (vec, None) if keep else vec
+        array, thumb = embedder.prepare(image, field="image", also=also)
+        return embedder.embed_prepared([array])[0], thumb
 
     def set_image(
         self,
@@ -312,20 +293,34 @@ class LookalikeService:
         should_continue: Callable[[], bool] | None = None,
         duplicates: DuplicateSpec | None = None,
     ) -> SetResult:
-        """Upsert one image; ``duplicates`` SKIP answers with a stored duplicate's key (``duplicate_score`` set)."""
+        """Upsert one image; ``duplicates`` SKIP answers with a stored duplicate's key (``duplicate_score`` set).
+        While the database is reindexed the write also goes to the new one (``reindex.py``); a write that waited
+        for the switch starts again, embedded by the new model."""
         check_database_name(database)
-        db = self.catalog.get(database)
         check_group_id(group_id)
         check_request_id(request_id)
         attributes = check_attributes(attributes)
         if intra_id is not None:
             check_intra_id(intra_id)
-        check = self.duplicate_check(duplicates)
-        vec = self.vector_for(db.dimension, image, vector)  # validate everything before logging anything
-        (result,) = self.catalog.set_images(
-            database, [set_request(group_id, intra_id, request_id, attributes, image, vector)], vec[np.newaxis],
-            should_continue=should_continue, duplicates=[check] if check else None,
-        )  # fmt: skip
+        for attempt in range(2):
+            db = self.catalog.get(database)
+            check = self.duplicate_check(duplicates, database)
+            vec, thumb = self.vector_for(db, image, vector, keep=True)  # validate everything before logging anything
+            mirror, shadow = self.reindexer.shadow_vectors(database, [image if vector is None else None])
+            with self.keeper.keep(db.keep, [image], [thumb]) as (kept,), self.reindexer.gate(mirror):
+                request = set_request(group_id, intra_id, request_id, {**attributes, **kept}, image, vector)
+                try:
+                    (result,) = self.catalog.set_images(
+                        database, [request], vec[np.newaxis], expect=db, should_continue=should_continue,
+                        duplicates=[check] if check else None,
+                    )  # fmt: skip
+                except LookalikeError as err:
+                    if attempt == 0 and err.reason == "DATABASE_REPLACED" and mirror is not None and mirror.switched:
+                        continue
+                    raise
+                if isinstance(result, SetResult) and not result.replayed and result.duplicate_score is None:
+                    self.reindexer.mirror_sets(mirror, [(result.key, request.attributes)], shadow)
+            break
         if isinstance(result, LookalikeError):
             raise result
         return result
@@ -376,7 +371,7 @@ class LookalikeService:
         if min_score is not None and not (np.isfinite(min_score) and -1.0 <= min_score <= 1.0):
             raise invalid("MIN_SCORE_INVALID", f"min_score {min_score} must be a number in [-1, 1]")
         if min_tier:
-            floor = tiers.resolve(*self.model_tiers(), min_tier, None)[0]
+            floor = tiers.resolve(*self.model_tiers(database), min_tier, None)[0]
             min_score = floor if min_score is None else max(min_score, floor)
         exclude = None
         if query.registered is not None:
@@ -386,7 +381,7 @@ class LookalikeService:
         elif query.vector is not None:
             vec = check_vector(query.vector, db.dimension)
         elif query.image is not None:
-            vec = self.embedder.embed([query.image], field="image")[0]
+            vec = self.embedder_of(db).embed([query.image], field="image")[0]
         else:
             raise invalid("QUERY_MISSING", "set one of image, vector or registered as the query")
         return db.search_tier(
@@ -395,17 +390,13 @@ class LookalikeService:
         )  # fmt: skip
 
     # -- duplicates, models, operations (core/dedup/, core/operations.py) ---------------------
-    def model_tiers(self) -> tuple[dict[str, float] | None, str]:
-        """The model's calibrated similarity tiers (None when its file has none) and its name."""
-        return getattr(self.embedder.meta, "tiers", None), self.model_name
-
-    def duplicate_check(self, spec: DuplicateSpec | None) -> DuplicateCheck | None:
+    def duplicate_check(self, spec: DuplicateSpec | None, database: str = "") -> DuplicateCheck | None:
         """A write's duplicate check as the backends take it; None for ALLOW."""
         if spec is None or spec.if_duplicate in ("", "ALLOW"):
             return None
         if spec.if_duplicate not in ("SKIP", "REJECT"):
             raise invalid("DUPLICATE_POLICY_INVALID", f"if_duplicate {spec.if_duplicate!r}: use ALLOW, SKIP or REJECT")
-        threshold, _ = tiers.resolve(*self.model_tiers(), spec.tier, spec.threshold)
+        threshold, _ = tiers.resolve(*self.model_tiers(database), spec.tier, spec.threshold)
         return DuplicateCheck(threshold, reject=spec.if_duplicate == "REJECT")
 
     def find_duplicates(self, database: str, **options: Any) -> Operation:
@@ -416,12 +407,15 @@ class LookalikeService:
     def duplicate_clusters(self, operation: str, size: int, token: str) -> tuple[list[dict[str, Any]], str, int]:
         return self.duplicates.clusters(operation, size, token)
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """The loaded model: name, identity, dimension, preprocessing, tiers, and the databases holding its vectors."""
-        meta = self.embedder.meta
-        calibration = getattr(meta, "calibration", None)
-        databases = [db.name for db in self.all_databases() if db.model == self.model]
-        preprocessing = {**preprocessing_identity(meta), "precision": meta.precision}
-        return [{"name": self.model_name, "identity": describe_model(self.model), "dimension": self.dimension,
-                 "preprocessing": preprocessing, "tiers": self.model_tiers()[0], "calibration": calibration,
-                 "databases": databases, "default": True}]  # fmt: skip
+    def reindex_database(self, name: str, model: str = "", *, allow_missing: bool = False,
+                         sample_queries: int = 0) -> Operation:  # fmt: skip
+        """Start re-embedding a database with another loaded model (``core/reindex.py``)."""
+        return self.reindexer.start(self.reindexer.request(name, model, allow_missing, sample_queries))
+
+    def rollback_database(self, name: str) -> tuple[DatabaseHandle, DatabaseHandle]:
+        """Swap NAME and NAME@previous (the copy the last reindex kept): (now NAME, now NAME@previous)."""
+        return self.reindexer.rollback(name)
+
+    def reindex_of(self, name: str) -> str:
+        """The reindex operation running on a database, or ""."""
+        return self.reindexer.operation_of(name)

@@ -14,7 +14,18 @@ MAX_GROUP_ID_LEN = 256
 MAX_INTRA_ID = 2**53  # exact in JSON numbers and float64, for PAI-style clients
 
 
+PREVIOUS_SUFFIX = "@previous"  # the copy a reindex keeps of the database it replaced (RollbackDatabase)
+
+
 def check_database_name(name: str) -> str:
+    """A database name as clients use it: NAME, or NAME@previous (the copy a reindex kept), which may be read,
+    searched and dropped like any other but never created."""
+    if name.endswith(PREVIOUS_SUFFIX) and DATABASE_NAME.fullmatch(name[: -len(PREVIOUS_SUFFIX)]):
+        return name
+    return check_new_database_name(name)
+
+
+def check_new_database_name(name: str) -> str:
     if not DATABASE_NAME.fullmatch(name or ""):
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise invalid(
@@ -26,13 +37,16 @@ def check_database_name(name: str) -> str:
 
 
 LOAD_PREFIX = "~load-"  # a database being loaded: ~load-<8 hex>-<name>; no client name can start with "~"
+REINDEX_PREFIX = "~reindex-"  # the shadow database a reindex fills: ~reindex-<8 hex>-<name>
+INTERNAL_PREFIX = "~"  # internal databases are never listed to clients
 LOAD_NAME = re.compile(r"[0-9a-f]{8}-" + DATABASE_NAME.pattern)
 
 
 def check_stored_name(name: str) -> str:
-    """A client's database name, or the internal name of a load in progress (backends accept both)."""
-    if name.startswith(LOAD_PREFIX) and LOAD_NAME.fullmatch(name[len(LOAD_PREFIX) :]):
-        return name
+    """A client's database name, or the internal name of a load or a reindex in progress (backends accept all)."""
+    for prefix in (LOAD_PREFIX, REINDEX_PREFIX):
+        if name.startswith(prefix) and LOAD_NAME.fullmatch(name[len(prefix) :]):
+            return name
     return check_database_name(name)
 
 
@@ -81,9 +95,13 @@ MAX_ATTRIBUTES_BYTES = 8192
 SYSTEM_PREFIX = "lookalike."  # attribute keys the server sets; a client cannot
 DIGEST_ATTRIBUTE = SYSTEM_PREFIX + "sha256"  # the sha256 of the image bytes an image was registered from
 SIZE_ATTRIBUTE = SYSTEM_PREFIX + "size"  # "WIDTHxHEIGHT" of that image (a duplicate cluster keeps the largest)
+THUMBNAIL_ATTRIBUTE = SYSTEM_PREFIX + "thumbnail"  # the digest of the kept thumbnail (core/keeping.py)
+ORIGINAL_ATTRIBUTE = SYSTEM_PREFIX + "original"  # the digest of the kept original bytes
+KEPT_ATTRIBUTES = (THUMBNAIL_ATTRIBUTE, ORIGINAL_ATTRIBUTE)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 IMAGE_SIZE = re.compile(r"[1-9][0-9]{0,5}x[1-9][0-9]{0,5}")
-SYSTEM_ATTRIBUTES = {DIGEST_ATTRIBUTE: SHA256_HEX, SIZE_ATTRIBUTE: IMAGE_SIZE}
+SYSTEM_ATTRIBUTES = {DIGEST_ATTRIBUTE: SHA256_HEX, SIZE_ATTRIBUTE: IMAGE_SIZE, THUMBNAIL_ATTRIBUTE: SHA256_HEX,
+                     ORIGINAL_ATTRIBUTE: SHA256_HEX}  # fmt: skip
 
 
 def check_attributes(attributes: dict[str, str] | None, *, system: bool = False) -> dict[str, str]:
@@ -103,8 +121,8 @@ def check_attributes(attributes: dict[str, str] | None, *, system: bool = False)
             shape = SYSTEM_ATTRIBUTES.get(key)
             if shape is None or not isinstance(value, str) or not shape.fullmatch(value):
                 raise invalid("ATTRIBUTES_INVALID", f"system attribute {key[:40]!r} is unknown or malformed; the "
-                              f"server sets only {DIGEST_ATTRIBUTE!r} (64 lowercase hex digits) and "
-                              f"{SIZE_ATTRIBUTE!r} (WIDTHxHEIGHT)")  # fmt: skip
+                              f"server sets only {', '.join(sorted(SYSTEM_ATTRIBUTES))} (digests: 64 lowercase hex "
+                              f"digits; {SIZE_ATTRIBUTE!r}: WIDTHxHEIGHT)")  # fmt: skip
         else:
             own[key] = value
     if len(own) > MAX_ATTRIBUTES:

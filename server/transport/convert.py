@@ -19,7 +19,8 @@ def vector(values: np.ndarray) -> types_pb2.Vector:
     return types_pb2.Vector(values=values.tolist())
 
 
-def database(db: DatabaseHandle) -> db_pb.Database:
+def database(db: DatabaseHandle, model_name: str = "", reindex_operation: str = "") -> db_pb.Database:
+    """``model_name``: the loaded model it is bound to ("" when not loaded, or unknown to the caller)."""
     return db_pb.Database(
         name=db.name,
         dimension=db.dimension,
@@ -29,6 +30,10 @@ def database(db: DatabaseHandle) -> db_pb.Database:
         create_time=timestamp(db.create_time),
         model=f"{db.model.get('name', '')}@{str(db.model.get('digest', ''))[:12]}",
         storage=db.storage,
+        keep=db.keep,
+        model_name=model_name,
+        model_loaded=bool(model_name),
+        reindex_operation=reindex_operation,
     )
 
 

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 
 import grpc
 from lookalike.server.core.errors import invalid
-from lookalike.server.core.service import BULK_CHUNK, BulkItem, DuplicateSpec, LookalikeService
+from lookalike.server.core.service import BULK_CHUNK, BulkItem, DatabaseHandle, DuplicateSpec, LookalikeService
 from lookalike.server.core.validation import check_database_name
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
+from lookalike.server.transport.operation_servicer import operation
 from lookalike.v1 import database_service_pb2 as pb
 from lookalike.v1 import database_service_pb2_grpc as pb_grpc
+from lookalike.v1 import reindex_pb2 as reindex_pb
 from lookalike.v1 import types_pb2
 
 log = logging.getLogger(__name__)
@@ -49,24 +51,28 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     def __init__(self, service: LookalikeService) -> None:
         self._service = service
 
+    def _db(self, db: DatabaseHandle) -> pb.Database:
+        """A database with the name of its loaded model (none: not loaded) and its running reindex, if any."""
+        return convert.database(db, self._service.bound_model(db), self._service.reindex_of(db.name))
+
     @grpc_errors
     def CreateDatabase(
         self, request: pb.CreateDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.CreateDatabaseResponse:
         return pb.CreateDatabaseResponse(
-            database=convert.database(self._service.create_database(request.name, request.storage))
+            database=self._db(self._service.create_database(request.name, request.storage, request.keep, request.model))
         )
 
     @grpc_errors
     def GetDatabase(self, request: pb.GetDatabaseRequest, context: grpc.ServicerContext) -> pb.GetDatabaseResponse:
-        return pb.GetDatabaseResponse(database=convert.database(self._service.get_database(request.name)))
+        return pb.GetDatabaseResponse(database=self._db(self._service.get_database(request.name)))
 
     @grpc_errors
     def ListDatabases(
         self, request: pb.ListDatabasesRequest, context: grpc.ServicerContext
     ) -> pb.ListDatabasesResponse:
         page, token = self._service.list_databases(request.page_size, request.page_token)
-        return pb.ListDatabasesResponse(databases=[convert.database(db) for db in page], next_page_token=token)
+        return pb.ListDatabasesResponse(databases=[self._db(db) for db in page], next_page_token=token)
 
     @grpc_errors
     def DeleteDatabase(
@@ -158,7 +164,13 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
     @grpc_errors
     def GetImage(self, request: pb.GetImageRequest, context: grpc.ServicerContext) -> pb.GetImageResponse:
         entry = self._service.get_image(request.database, request.key.group_id, request.key.intra_id)
-        return pb.GetImageResponse(image=convert.registered_image(entry, include_vector=request.include_vector))
+        image = convert.registered_image(entry, include_vector=request.include_vector)
+        if request.view == pb.IMAGE_VIEW_UNSPECIFIED:
+            return pb.GetImageResponse(image=image)
+        view = pb.ImageView.Name(request.view).removeprefix("IMAGE_VIEW_").lower()
+        kept = self._service.kept_image(request.database, request.key.group_id, request.key.intra_id, view)
+        return pb.GetImageResponse(image=image, image_data=kept.data, media_type=kept.media_type,
+                                   image_digest=kept.digest)  # fmt: skip
 
     @grpc_errors
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
@@ -197,8 +209,23 @@ class DatabaseServicer(pb_grpc.DatabaseServiceServicer):
         )
 
     @grpc_errors
+    def ReindexDatabase(
+        self, request: reindex_pb.ReindexDatabaseRequest, context: grpc.ServicerContext
+    ) -> pb.ReindexDatabaseResponse:
+        op = self._service.reindex_database(request.name, request.model, allow_missing=request.allow_missing,
+                                            sample_queries=request.sample_queries)  # fmt: skip
+        return pb.ReindexDatabaseResponse(operation=operation(op))
+
+    @grpc_errors
+    def RollbackDatabase(
+        self, request: pb.RollbackDatabaseRequest, context: grpc.ServicerContext
+    ) -> pb.RollbackDatabaseResponse:
+        now, previous = self._service.rollback_database(request.name)
+        return pb.RollbackDatabaseResponse(database=self._db(now), previous=self._db(previous))
+
+    @grpc_errors
     def ImportDatabase(
         self, request: pb.ImportDatabaseRequest, context: grpc.ServicerContext
     ) -> pb.ImportDatabaseResponse:
         db = self._service.import_database(request.name, request.source)
-        return pb.ImportDatabaseResponse(database=convert.database(db))
+        return pb.ImportDatabaseResponse(database=self._db(db))

@@ -23,6 +23,7 @@ from lookalike.server import defaults as d
 from lookalike.server.transport.auth import token_matches
 from lookalike.server.transport.call_slots import CallSlots
 from lookalike.server.transport.http_gateway import PaiGateway
+from lookalike.server.transport.http_images import add_image_routes
 from lookalike.server.transport.http_limits import (
     BodyRefused,
     BoundedH11Protocol,
@@ -112,6 +113,7 @@ def create_app(gateway: PaiGateway, limits: HttpLimits | None = None, slots: Cal
     app.add_api_route("/api/predict/{service_name}", predict, methods=["POST"],
                       openapi_extra=operation(path_parameter="service_name"),
                       summary="Match or retrieval (the PAI-EAS URL path)")  # fmt: skip
+    add_image_routes(app, gateway, slots, RETRY_AFTER_S)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

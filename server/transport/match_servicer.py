@@ -16,14 +16,12 @@ class MatchServicer(pb_grpc.MatchServiceServicer):
 
     @grpc_errors
     def Match(self, request: pb.MatchRequest, context: grpc.ServicerContext) -> pb.MatchResponse:
-        similarity, cosine = self._service.match(request.image_a.content, request.image_b.content)
-        return pb.MatchResponse(similarity=similarity, cosine=cosine, model=self._service.model_name)
+        similarity, cosine = self._service.match(request.image_a.content, request.image_b.content, request.model)
+        name, _ = self._service.resolve_model(request.model)
+        return pb.MatchResponse(similarity=similarity, cosine=cosine, model=name)
 
     @grpc_errors
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
-        vectors = self._service.embed([img.content for img in request.images])
-        return pb.EmbedResponse(
-            embeddings=[convert.vector(v) for v in vectors],
-            model=self._service.model_name,
-            dimension=self._service.dimension,
-        )
+        vectors = self._service.embed([img.content for img in request.images], request.model)
+        name, dimension = self._service.resolve_model(request.model)
+        return pb.EmbedResponse(embeddings=[convert.vector(v) for v in vectors], model=name, dimension=dimension)

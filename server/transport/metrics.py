@@ -92,9 +92,9 @@ class ServerMetrics:
         prepare = embedder.prepare
         decoded, rejected = self.decoded, self.rejected
 
-        def counted_prepare(data: bytes, *, field: str = "image") -> Any:
+        def counted_prepare(data: bytes, *, field: str = "image", **also: Any) -> Any:
             try:
-                out = prepare(data, field=field)
+                out = prepare(data, field=field, **also)
             except LookalikeError as err:
                 rejected.labels(err.reason).inc()
                 raise

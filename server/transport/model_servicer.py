@@ -21,7 +21,8 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         for m in self._service.list_models():
             model = pb.Model(name=m["name"], identity=m["identity"], dimension=m["dimension"],
                              preprocessing_json=json.dumps(m["preprocessing"], sort_keys=True),
-                             databases=m["databases"], is_default=m["default"])  # fmt: skip
+                             databases=m["databases"], is_default=m["default"], loaded=m["loaded"],
+                             digest=m["digest"])  # fmt: skip
             if m["tiers"]:
                 t = m["tiers"]
                 model.tiers.CopyFrom(pb.SimilarityTiers(duplicate=t["duplicate"], near=t["near"], similar=t["similar"],

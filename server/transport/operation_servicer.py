@@ -6,6 +6,7 @@ import grpc
 from google.rpc import code_pb2
 from lookalike.server.core.dedup.finder import KIND
 from lookalike.server.core.operations import Operation
+from lookalike.server.core.reindex import KIND as REINDEX
 from lookalike.server.core.service import LookalikeService
 from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
@@ -13,6 +14,8 @@ from lookalike.v1 import duplicate_pb2 as dup_pb
 from lookalike.v1 import operation_pb2 as op_pb
 from lookalike.v1 import operation_service_pb2 as pb
 from lookalike.v1 import operation_service_pb2_grpc as pb_grpc
+from lookalike.v1 import reindex_pb2 as reindex_pb
+from lookalike.v1 import types_pb2
 
 
 def operation(op: Operation) -> op_pb.Operation:
@@ -47,7 +50,28 @@ def operation(op: Operation) -> op_pb.Operation:
                 clustered_image_count=res["clustered_image_count"], removable_count=res["removable_count"],
                 seconds=res["seconds"], no_chaining=res.get("no_chaining", False),
             ))  # fmt: skip
+    if op.kind == REINDEX:
+        _reindex(op, msg)
     return msg
+
+
+def _reindex(op: Operation, msg: op_pb.Operation) -> None:
+    r = op.request
+    msg.reindex_request.CopyFrom(reindex_pb.ReindexDatabaseRequest(
+        name=op.database, model=r.get("model", ""), allow_missing=r.get("allow_missing", False),
+        sample_queries=r.get("sample_queries", 0)))  # fmt: skip
+    res = op.result
+    if res is None:
+        return
+    missing = [reindex_pb.ReindexMissing(key=types_pb2.ImageKey(group_id=m["key"][0], intra_id=m["key"][1]),
+                                         source=m.get("source", ""), reason=m.get("reason", ""))
+               for m in res.get("missing", [])]  # fmt: skip
+    msg.reindex.CopyFrom(reindex_pb.ReindexResult(
+        database=res["database"], previous=res["previous"], model=res["model"], previous_model=res["previous_model"],
+        reindexed_count=res["reindexed_count"], concurrent_writes=res["concurrent_writes"],
+        missing_count=res["missing_count"], missing=missing, overlap_at_10=res["overlap_at_10"],
+        same_nearest_group=res["same_nearest_group"], sampled_queries=res["sampled_queries"],
+        switched=res["switched"]))  # fmt: skip
 
 
 class OperationServicer(pb_grpc.OperationServiceServicer):

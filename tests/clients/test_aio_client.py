@@ -69,3 +69,26 @@ def test_async_duplicates_match_the_blocking_client(grpc_server, client, db_name
     assert skipped.skipped_duplicate and skipped.key.group_id == "i7"
     assert [m.identity for m in models] == [m.identity for m in client.list_models()]
     assert (err.code, err.reason) == ("NOT_FOUND", "OPERATION_NOT_FOUND")
+
+
+def test_async_kept_images_equal_the_blocking_client(grpc_server, client, db_name):
+    """Kept bytes read back awaited, and a model named in Embed: the blocking client's answers."""
+    sent = encode(photo("astronaut"))
+    client.set_image(db_name, "kept", image=sent)
+    name = client.get_database(db_name).model_name
+
+    async def scenario():
+        async with AsyncLookalikeClient(grpc_server.address) as ac:
+            thumb = await ac.get_image_bytes(db_name, "kept", 0)
+            embedded = await ac.embed([sent], model=name)
+            with pytest.raises(ClientError) as err:
+                await ac.embed([sent], model="no-such-model")
+            with pytest.raises(ClientError) as same:
+                await ac.reindex_database(db_name, name)
+            return thumb, embedded, err.value, same.value
+
+    thumb, embedded, err, same = asyncio.run(scenario())
+    assert thumb == client.get_image_bytes(db_name, "kept", 0) and thumb[1] == "image/webp"
+    assert embedded.model == name
+    np.testing.assert_allclose(embedded.embeddings[0].values, client.embed([sent]).embeddings[0].values, atol=1e-6)
+    assert err.reason == "MODEL_NOT_FOUND" and same.reason == "REINDEX_SAME_MODEL"

@@ -195,3 +195,21 @@ def test_find_duplicates_with_json(grpcurl, grpc_server, client):
         assert sorted(m["key"]["group_id"] for m in cluster["members"]) == ["img19", "img3"]
     finally:
         client.delete_database(db)
+
+
+def test_kept_thumbnail_and_models_with_json(grpcurl, grpc_server, client):
+    """GetImage with a view returns the kept bytes (base64 in JSON); ListModels names the databases."""
+    db = f"grpcurl-keep-{uuid.uuid4().hex[:8]}"
+    created = call_ok(grpcurl, grpc_server.address, "lookalike.v1.DatabaseService/CreateDatabase",
+                      data={"name": db, "keep": "original"})["database"]  # fmt: skip
+    try:
+        assert created["keep"] == "original" and created["model_loaded"] is True
+        sent = encode(photo("coffee"))
+        client.set_image(db, "cup", image=sent)
+        got = call_ok(grpcurl, grpc_server.address, "lookalike.v1.DatabaseService/GetImage",
+                      data={"database": db, "key": {"group_id": "cup"}, "view": "IMAGE_VIEW_ORIGINAL"})  # fmt: skip
+        assert base64.b64decode(got["image_data"]) == sent and got["media_type"] == "image/jpeg"
+        models = call_ok(grpcurl, grpc_server.address, "lookalike.v1.ModelService/ListModels", data={})["models"]
+        assert any(db in m.get("databases", []) and m["loaded"] for m in models)
+    finally:
+        client.delete_database(db)

@@ -179,3 +179,26 @@ def test_export_to_oss_and_import_from_it(tmp_path, s3):
             assert err.value.reason == "EXPORT_NOT_FOUND"
     finally:
         a.stop(0)
+
+
+def test_kept_images_are_restored_from_the_oss_root(tmp_path, s3):
+    """Kept thumbnails ship with the snapshots: a fresh machine on the same root serves them."""
+    from photos import encode, photo
+
+    sent = encode(photo("coffee"))
+    a = start(tmp_path / "a", **oss_config(s3))
+    with LookalikeClient(a.address) as c:
+        c.create_database("kept", keep="original")
+        c.set_image("kept", "sku", image=sent)
+        thumb, _ = c.get_image_bytes("kept", "sku", 0)
+        c.snapshot_database("kept")  # uploads the blobs the snapshot references
+    a.stop(0, snapshot=False)
+    b = start(tmp_path / "b", **oss_config(s3))
+    try:
+        assert not list((tmp_path / "b" / "images").glob("??/*"))  # nothing local yet: read from OSS on demand
+        with LookalikeClient(b.address) as c:
+            assert c.get_image_bytes("kept", "sku", 0) == (thumb, "image/webp")
+            assert c.get_image_bytes("kept", "sku", 0, "original")[0] == sent
+        assert len(list((tmp_path / "b" / "images").glob("??/*"))) == 2  # cached locally once read
+    finally:
+        b.stop(0)

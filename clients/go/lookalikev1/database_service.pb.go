@@ -79,6 +79,59 @@ func (DuplicatePolicy) EnumDescriptor() ([]byte, []int) {
 	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{0}
 }
 
+// Which kept bytes of an image to return.
+type ImageView int32
+
+const (
+	// None: the record only.
+	ImageView_IMAGE_VIEW_UNSPECIFIED ImageView = 0
+	// The kept thumbnail (databases that keep "thumbnail" or "original").
+	ImageView_IMAGE_VIEW_THUMBNAIL ImageView = 1
+	// The original bytes as registered (databases that keep "original").
+	ImageView_IMAGE_VIEW_ORIGINAL ImageView = 2
+)
+
+// Enum value maps for ImageView.
+var (
+	ImageView_name = map[int32]string{
+		0: "IMAGE_VIEW_UNSPECIFIED",
+		1: "IMAGE_VIEW_THUMBNAIL",
+		2: "IMAGE_VIEW_ORIGINAL",
+	}
+	ImageView_value = map[string]int32{
+		"IMAGE_VIEW_UNSPECIFIED": 0,
+		"IMAGE_VIEW_THUMBNAIL":   1,
+		"IMAGE_VIEW_ORIGINAL":    2,
+	}
+)
+
+func (x ImageView) Enum() *ImageView {
+	p := new(ImageView)
+	*p = x
+	return p
+}
+
+func (x ImageView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ImageView) Descriptor() protoreflect.EnumDescriptor {
+	return file_lookalike_v1_database_service_proto_enumTypes[1].Descriptor()
+}
+
+func (ImageView) Type() protoreflect.EnumType {
+	return &file_lookalike_v1_database_service_proto_enumTypes[1]
+}
+
+func (x ImageView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ImageView.Descriptor instead.
+func (ImageView) EnumDescriptor() ([]byte, []int) {
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{1}
+}
+
 // The duplicate check of one write: which images count as duplicates of the new one.
 type DuplicateCheck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -162,9 +215,19 @@ type Database struct {
 	// The model whose vectors it holds (name and a digest of its weights and preprocessing).
 	Model string `protobuf:"bytes,7,opt,name=model,proto3" json:"model,omitempty"`
 	// How its vectors are stored: "f32", "f16", "bf16" or "i8".
-	Storage       string `protobuf:"bytes,8,opt,name=storage,proto3" json:"storage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Storage string `protobuf:"bytes,8,opt,name=storage,proto3" json:"storage,omitempty"`
+	// What it keeps of each image it registers: "none", "thumbnail" (a small copy that re-embeds
+	// within cosine 0.995, so a new model can re-index the database) or "original" (the bytes sent).
+	Keep string `protobuf:"bytes,9,opt,name=keep,proto3" json:"keep,omitempty"`
+	// The name of the loaded model it is bound to (ListModels), or empty when its model is not loaded.
+	ModelName string `protobuf:"bytes,10,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
+	// Whether its model is loaded on this server: a database of a model that is not loaded is
+	// listed but answers FAILED_PRECONDITION / MODEL_MISMATCH to searches and writes.
+	ModelLoaded bool `protobuf:"varint,11,opt,name=model_loaded,json=modelLoaded,proto3" json:"model_loaded,omitempty"`
+	// The ReindexDatabase operation running on it, if any.
+	ReindexOperation string `protobuf:"bytes,12,opt,name=reindex_operation,json=reindexOperation,proto3" json:"reindex_operation,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Database) Reset() {
@@ -253,6 +316,34 @@ func (x *Database) GetStorage() string {
 	return ""
 }
 
+func (x *Database) GetKeep() string {
+	if x != nil {
+		return x.Keep
+	}
+	return ""
+}
+
+func (x *Database) GetModelName() string {
+	if x != nil {
+		return x.ModelName
+	}
+	return ""
+}
+
+func (x *Database) GetModelLoaded() bool {
+	if x != nil {
+		return x.ModelLoaded
+	}
+	return false
+}
+
+func (x *Database) GetReindexOperation() string {
+	if x != nil {
+		return x.ReindexOperation
+	}
+	return ""
+}
+
 // A registered image.
 type RegisteredImage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -335,7 +426,13 @@ type CreateDatabaseRequest struct {
 	// bytes scanned; scores differ from f32 by about 1e-3), or "i8" (int8 with a scale per
 	// vector: a quarter of the memory; the best candidates re-ranked exactly from a float32
 	// copy kept on disk, so scores are exact).
-	Storage       string `protobuf:"bytes,2,opt,name=storage,proto3" json:"storage,omitempty"`
+	Storage string `protobuf:"bytes,2,opt,name=storage,proto3" json:"storage,omitempty"`
+	// What it keeps of each image: "none", "thumbnail" or "original"; empty means the server's
+	// --keep (default "thumbnail"). Kept bytes are read back with GetImage (view) and let
+	// ReindexDatabase re-embed the database with another model without re-uploading.
+	Keep string `protobuf:"bytes,3,opt,name=keep,proto3" json:"keep,omitempty"`
+	// The loaded model it is bound to (a name from ListModels); empty: the server's default.
+	Model         string `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -380,6 +477,20 @@ func (x *CreateDatabaseRequest) GetName() string {
 func (x *CreateDatabaseRequest) GetStorage() string {
 	if x != nil {
 		return x.Storage
+	}
+	return ""
+}
+
+func (x *CreateDatabaseRequest) GetKeep() string {
+	if x != nil {
+		return x.Keep
+	}
+	return ""
+}
+
+func (x *CreateDatabaseRequest) GetModel() string {
+	if x != nil {
+		return x.Model
 	}
 	return ""
 }
@@ -1387,6 +1498,9 @@ type GetImageRequest struct {
 	Key *ImageKey `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	// Also return the stored vector.
 	IncludeVector bool `protobuf:"varint,3,opt,name=include_vector,json=includeVector,proto3" json:"include_vector,omitempty"`
+	// Also return the kept bytes of this view; NOT_FOUND (IMAGE_NOT_KEPT) when the database
+	// does not keep it.
+	View          ImageView `protobuf:"varint,4,opt,name=view,proto3,enum=lookalike.v1.ImageView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1442,11 +1556,24 @@ func (x *GetImageRequest) GetIncludeVector() bool {
 	return false
 }
 
+func (x *GetImageRequest) GetView() ImageView {
+	if x != nil {
+		return x.View
+	}
+	return ImageView_IMAGE_VIEW_UNSPECIFIED
+}
+
 // Response of GetImage.
 type GetImageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The registered image.
-	Image         *RegisteredImage `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	Image *RegisteredImage `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// The kept bytes of the requested view (empty without a view).
+	ImageData []byte `protobuf:"bytes,2,opt,name=image_data,json=imageData,proto3" json:"image_data,omitempty"`
+	// Their media type, e.g. "image/webp".
+	MediaType string `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	// The sha256 of image_data (hex), stable for the same bytes: an ETag.
+	ImageDigest   string `protobuf:"bytes,4,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1486,6 +1613,27 @@ func (x *GetImageResponse) GetImage() *RegisteredImage {
 		return x.Image
 	}
 	return nil
+}
+
+func (x *GetImageResponse) GetImageData() []byte {
+	if x != nil {
+		return x.ImageData
+	}
+	return nil
+}
+
+func (x *GetImageResponse) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+func (x *GetImageResponse) GetImageDigest() string {
+	if x != nil {
+		return x.ImageDigest
+	}
+	return ""
 }
 
 // Request for ListImages.
@@ -2139,17 +2287,164 @@ func (x *ImportDatabaseResponse) GetDatabase() *Database {
 	return nil
 }
 
+// Response of ReindexDatabase.
+type ReindexDatabaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The started operation (poll, wait or cancel it with OperationService).
+	Operation     *Operation `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReindexDatabaseResponse) Reset() {
+	*x = ReindexDatabaseResponse{}
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReindexDatabaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReindexDatabaseResponse) ProtoMessage() {}
+
+func (x *ReindexDatabaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReindexDatabaseResponse.ProtoReflect.Descriptor instead.
+func (*ReindexDatabaseResponse) Descriptor() ([]byte, []int) {
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ReindexDatabaseResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+// Request for RollbackDatabase.
+type RollbackDatabaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The database's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackDatabaseRequest) Reset() {
+	*x = RollbackDatabaseRequest{}
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackDatabaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackDatabaseRequest) ProtoMessage() {}
+
+func (x *RollbackDatabaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackDatabaseRequest.ProtoReflect.Descriptor instead.
+func (*RollbackDatabaseRequest) Descriptor() ([]byte, []int) {
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RollbackDatabaseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Response of RollbackDatabase.
+type RollbackDatabaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The database now under the name.
+	Database *Database `protobuf:"bytes,1,opt,name=database,proto3" json:"database,omitempty"`
+	// The database now kept as NAME@previous.
+	Previous      *Database `protobuf:"bytes,2,opt,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackDatabaseResponse) Reset() {
+	*x = RollbackDatabaseResponse{}
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackDatabaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackDatabaseResponse) ProtoMessage() {}
+
+func (x *RollbackDatabaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lookalike_v1_database_service_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackDatabaseResponse.ProtoReflect.Descriptor instead.
+func (*RollbackDatabaseResponse) Descriptor() ([]byte, []int) {
+	return file_lookalike_v1_database_service_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RollbackDatabaseResponse) GetDatabase() *Database {
+	if x != nil {
+		return x.Database
+	}
+	return nil
+}
+
+func (x *RollbackDatabaseResponse) GetPrevious() *Database {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
 var File_lookalike_v1_database_service_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\n" +
-	"#lookalike/v1/database_service.proto\x12\flookalike.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lookalike/v1/types.proto\"\x97\x01\n" +
+	"#lookalike/v1/database_service.proto\x12\flookalike.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1clookalike/v1/operation.proto\x1a\x1alookalike/v1/reindex.proto\x1a\x18lookalike/v1/types.proto\"\x97\x01\n" +
 	"\x0eDuplicateCheck\x12@\n" +
 	"\fif_duplicate\x18\x01 \x01(\x0e2\x1d.lookalike.v1.DuplicatePolicyR\vifDuplicate\x12\x12\n" +
 	"\x04tier\x18\x02 \x01(\tR\x04tier\x12!\n" +
 	"\tthreshold\x18\x03 \x01(\x02H\x00R\tthreshold\x88\x01\x01B\f\n" +
 	"\n" +
-	"_threshold\"\x83\x02\n" +
+	"_threshold\"\x86\x03\n" +
 	"\bDatabase\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tdimension\x18\x02 \x01(\x05R\tdimension\x12\x16\n" +
@@ -2161,7 +2456,13 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x14\n" +
 	"\x05model\x18\a \x01(\tR\x05model\x12\x18\n" +
-	"\astorage\x18\b \x01(\tR\astorage\"\xb4\x02\n" +
+	"\astorage\x18\b \x01(\tR\astorage\x12\x12\n" +
+	"\x04keep\x18\t \x01(\tR\x04keep\x12\x1d\n" +
+	"\n" +
+	"model_name\x18\n" +
+	" \x01(\tR\tmodelName\x12!\n" +
+	"\fmodel_loaded\x18\v \x01(\bR\vmodelLoaded\x12+\n" +
+	"\x11reindex_operation\x18\f \x01(\tR\x10reindexOperation\"\xb4\x02\n" +
 	"\x0fRegisteredImage\x12(\n" +
 	"\x03key\x18\x01 \x01(\v2\x16.lookalike.v1.ImageKeyR\x03key\x12;\n" +
 	"\vupdate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -2172,10 +2473,12 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"E\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
 	"\x15CreateDatabaseRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\astorage\x18\x02 \x01(\tR\astorage\"L\n" +
+	"\astorage\x18\x02 \x01(\tR\astorage\x12\x12\n" +
+	"\x04keep\x18\x03 \x01(\tR\x04keep\x12\x14\n" +
+	"\x05model\x18\x04 \x01(\tR\x05model\"L\n" +
 	"\x16CreateDatabaseResponse\x122\n" +
 	"\bdatabase\x18\x01 \x01(\v2\x16.lookalike.v1.DatabaseR\bdatabase\"(\n" +
 	"\x12GetDatabaseRequest\x12\x12\n" +
@@ -2261,13 +2564,19 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\x0ekeys_truncated\x18\a \x01(\bR\rkeysTruncated\x126\n" +
 	"\x17skipped_duplicate_count\x18\t \x01(\x03R\x15skippedDuplicateCount\x12Q\n" +
 	"\x12skipped_duplicates\x18\n" +
-	" \x03(\v2\".lookalike.v1.BulkSkippedDuplicateR\x11skippedDuplicates\"~\n" +
+	" \x03(\v2\".lookalike.v1.BulkSkippedDuplicateR\x11skippedDuplicates\"\xab\x01\n" +
 	"\x0fGetImageRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12(\n" +
 	"\x03key\x18\x02 \x01(\v2\x16.lookalike.v1.ImageKeyR\x03key\x12%\n" +
-	"\x0einclude_vector\x18\x03 \x01(\bR\rincludeVector\"G\n" +
+	"\x0einclude_vector\x18\x03 \x01(\bR\rincludeVector\x12+\n" +
+	"\x04view\x18\x04 \x01(\x0e2\x17.lookalike.v1.ImageViewR\x04view\"\xa8\x01\n" +
 	"\x10GetImageResponse\x123\n" +
-	"\x05image\x18\x01 \x01(\v2\x1d.lookalike.v1.RegisteredImageR\x05image\"\x86\x01\n" +
+	"\x05image\x18\x01 \x01(\v2\x1d.lookalike.v1.RegisteredImageR\x05image\x12\x1d\n" +
+	"\n" +
+	"image_data\x18\x02 \x01(\fR\timageData\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x03 \x01(\tR\tmediaType\x12!\n" +
+	"\fimage_digest\x18\x04 \x01(\tR\vimageDigest\"\x86\x01\n" +
 	"\x11ListImagesRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x1b\n" +
@@ -2307,12 +2616,24 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\"L\n" +
 	"\x16ImportDatabaseResponse\x122\n" +
-	"\bdatabase\x18\x01 \x01(\v2\x16.lookalike.v1.DatabaseR\bdatabase*\x87\x01\n" +
+	"\bdatabase\x18\x01 \x01(\v2\x16.lookalike.v1.DatabaseR\bdatabase\"P\n" +
+	"\x17ReindexDatabaseResponse\x125\n" +
+	"\toperation\x18\x01 \x01(\v2\x17.lookalike.v1.OperationR\toperation\"-\n" +
+	"\x17RollbackDatabaseRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x82\x01\n" +
+	"\x18RollbackDatabaseResponse\x122\n" +
+	"\bdatabase\x18\x01 \x01(\v2\x16.lookalike.v1.DatabaseR\bdatabase\x122\n" +
+	"\bprevious\x18\x02 \x01(\v2\x16.lookalike.v1.DatabaseR\bprevious*\x87\x01\n" +
 	"\x0fDuplicatePolicy\x12 \n" +
 	"\x1cDUPLICATE_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DUPLICATE_POLICY_ALLOW\x10\x01\x12\x19\n" +
 	"\x15DUPLICATE_POLICY_SKIP\x10\x02\x12\x1b\n" +
-	"\x17DUPLICATE_POLICY_REJECT\x10\x032\x81\t\n" +
+	"\x17DUPLICATE_POLICY_REJECT\x10\x03*Z\n" +
+	"\tImageView\x12\x1a\n" +
+	"\x16IMAGE_VIEW_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14IMAGE_VIEW_THUMBNAIL\x10\x01\x12\x17\n" +
+	"\x13IMAGE_VIEW_ORIGINAL\x10\x022\xc4\n" +
+	"\n" +
 	"\x0fDatabaseService\x12[\n" +
 	"\x0eCreateDatabase\x12#.lookalike.v1.CreateDatabaseRequest\x1a$.lookalike.v1.CreateDatabaseResponse\x12R\n" +
 	"\vGetDatabase\x12 .lookalike.v1.GetDatabaseRequest\x1a!.lookalike.v1.GetDatabaseResponse\x12X\n" +
@@ -2327,7 +2648,9 @@ const file_lookalike_v1_database_service_proto_rawDesc = "" +
 	"\vDeleteGroup\x12 .lookalike.v1.DeleteGroupRequest\x1a!.lookalike.v1.DeleteGroupResponse\x12a\n" +
 	"\x10SnapshotDatabase\x12%.lookalike.v1.SnapshotDatabaseRequest\x1a&.lookalike.v1.SnapshotDatabaseResponse\x12[\n" +
 	"\x0eExportDatabase\x12#.lookalike.v1.ExportDatabaseRequest\x1a$.lookalike.v1.ExportDatabaseResponse\x12[\n" +
-	"\x0eImportDatabase\x12#.lookalike.v1.ImportDatabaseRequest\x1a$.lookalike.v1.ImportDatabaseResponseBGZEgithub.com/lookalike-dev/lookalike/clients/go/lookalikev1;lookalikev1b\x06proto3"
+	"\x0eImportDatabase\x12#.lookalike.v1.ImportDatabaseRequest\x1a$.lookalike.v1.ImportDatabaseResponse\x12^\n" +
+	"\x0fReindexDatabase\x12$.lookalike.v1.ReindexDatabaseRequest\x1a%.lookalike.v1.ReindexDatabaseResponse\x12a\n" +
+	"\x10RollbackDatabase\x12%.lookalike.v1.RollbackDatabaseRequest\x1a&.lookalike.v1.RollbackDatabaseResponseBGZEgithub.com/lookalike-dev/lookalike/clients/go/lookalikev1;lookalikev1b\x06proto3"
 
 var (
 	file_lookalike_v1_database_service_proto_rawDescOnce sync.Once
@@ -2341,109 +2664,123 @@ func file_lookalike_v1_database_service_proto_rawDescGZIP() []byte {
 	return file_lookalike_v1_database_service_proto_rawDescData
 }
 
-var file_lookalike_v1_database_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lookalike_v1_database_service_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_lookalike_v1_database_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_lookalike_v1_database_service_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_lookalike_v1_database_service_proto_goTypes = []any{
 	(DuplicatePolicy)(0),             // 0: lookalike.v1.DuplicatePolicy
-	(*DuplicateCheck)(nil),           // 1: lookalike.v1.DuplicateCheck
-	(*Database)(nil),                 // 2: lookalike.v1.Database
-	(*RegisteredImage)(nil),          // 3: lookalike.v1.RegisteredImage
-	(*CreateDatabaseRequest)(nil),    // 4: lookalike.v1.CreateDatabaseRequest
-	(*CreateDatabaseResponse)(nil),   // 5: lookalike.v1.CreateDatabaseResponse
-	(*GetDatabaseRequest)(nil),       // 6: lookalike.v1.GetDatabaseRequest
-	(*GetDatabaseResponse)(nil),      // 7: lookalike.v1.GetDatabaseResponse
-	(*ListDatabasesRequest)(nil),     // 8: lookalike.v1.ListDatabasesRequest
-	(*ListDatabasesResponse)(nil),    // 9: lookalike.v1.ListDatabasesResponse
-	(*DeleteDatabaseRequest)(nil),    // 10: lookalike.v1.DeleteDatabaseRequest
-	(*DeleteDatabaseResponse)(nil),   // 11: lookalike.v1.DeleteDatabaseResponse
-	(*SetImageRequest)(nil),          // 12: lookalike.v1.SetImageRequest
-	(*SetImageResponse)(nil),         // 13: lookalike.v1.SetImageResponse
-	(*BulkSetImagesRequest)(nil),     // 14: lookalike.v1.BulkSetImagesRequest
-	(*BulkSkippedDuplicate)(nil),     // 15: lookalike.v1.BulkSkippedDuplicate
-	(*BulkSetFailure)(nil),           // 16: lookalike.v1.BulkSetFailure
-	(*BulkSetImagesResponse)(nil),    // 17: lookalike.v1.BulkSetImagesResponse
-	(*GetImageRequest)(nil),          // 18: lookalike.v1.GetImageRequest
-	(*GetImageResponse)(nil),         // 19: lookalike.v1.GetImageResponse
-	(*ListImagesRequest)(nil),        // 20: lookalike.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),       // 21: lookalike.v1.ListImagesResponse
-	(*DeleteImageRequest)(nil),       // 22: lookalike.v1.DeleteImageRequest
-	(*DeleteImageResponse)(nil),      // 23: lookalike.v1.DeleteImageResponse
-	(*DeleteGroupRequest)(nil),       // 24: lookalike.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),      // 25: lookalike.v1.DeleteGroupResponse
-	(*SnapshotDatabaseRequest)(nil),  // 26: lookalike.v1.SnapshotDatabaseRequest
-	(*SnapshotDatabaseResponse)(nil), // 27: lookalike.v1.SnapshotDatabaseResponse
-	(*ExportDatabaseRequest)(nil),    // 28: lookalike.v1.ExportDatabaseRequest
-	(*ExportDatabaseResponse)(nil),   // 29: lookalike.v1.ExportDatabaseResponse
-	(*ImportDatabaseRequest)(nil),    // 30: lookalike.v1.ImportDatabaseRequest
-	(*ImportDatabaseResponse)(nil),   // 31: lookalike.v1.ImportDatabaseResponse
-	nil,                              // 32: lookalike.v1.RegisteredImage.AttributesEntry
-	nil,                              // 33: lookalike.v1.SetImageRequest.AttributesEntry
-	nil,                              // 34: lookalike.v1.BulkSetImagesRequest.AttributesEntry
-	(*timestamppb.Timestamp)(nil),    // 35: google.protobuf.Timestamp
-	(*ImageKey)(nil),                 // 36: lookalike.v1.ImageKey
-	(*Vector)(nil),                   // 37: lookalike.v1.Vector
-	(*Image)(nil),                    // 38: lookalike.v1.Image
+	(ImageView)(0),                   // 1: lookalike.v1.ImageView
+	(*DuplicateCheck)(nil),           // 2: lookalike.v1.DuplicateCheck
+	(*Database)(nil),                 // 3: lookalike.v1.Database
+	(*RegisteredImage)(nil),          // 4: lookalike.v1.RegisteredImage
+	(*CreateDatabaseRequest)(nil),    // 5: lookalike.v1.CreateDatabaseRequest
+	(*CreateDatabaseResponse)(nil),   // 6: lookalike.v1.CreateDatabaseResponse
+	(*GetDatabaseRequest)(nil),       // 7: lookalike.v1.GetDatabaseRequest
+	(*GetDatabaseResponse)(nil),      // 8: lookalike.v1.GetDatabaseResponse
+	(*ListDatabasesRequest)(nil),     // 9: lookalike.v1.ListDatabasesRequest
+	(*ListDatabasesResponse)(nil),    // 10: lookalike.v1.ListDatabasesResponse
+	(*DeleteDatabaseRequest)(nil),    // 11: lookalike.v1.DeleteDatabaseRequest
+	(*DeleteDatabaseResponse)(nil),   // 12: lookalike.v1.DeleteDatabaseResponse
+	(*SetImageRequest)(nil),          // 13: lookalike.v1.SetImageRequest
+	(*SetImageResponse)(nil),         // 14: lookalike.v1.SetImageResponse
+	(*BulkSetImagesRequest)(nil),     // 15: lookalike.v1.BulkSetImagesRequest
+	(*BulkSkippedDuplicate)(nil),     // 16: lookalike.v1.BulkSkippedDuplicate
+	(*BulkSetFailure)(nil),           // 17: lookalike.v1.BulkSetFailure
+	(*BulkSetImagesResponse)(nil),    // 18: lookalike.v1.BulkSetImagesResponse
+	(*GetImageRequest)(nil),          // 19: lookalike.v1.GetImageRequest
+	(*GetImageResponse)(nil),         // 20: lookalike.v1.GetImageResponse
+	(*ListImagesRequest)(nil),        // 21: lookalike.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),       // 22: lookalike.v1.ListImagesResponse
+	(*DeleteImageRequest)(nil),       // 23: lookalike.v1.DeleteImageRequest
+	(*DeleteImageResponse)(nil),      // 24: lookalike.v1.DeleteImageResponse
+	(*DeleteGroupRequest)(nil),       // 25: lookalike.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),      // 26: lookalike.v1.DeleteGroupResponse
+	(*SnapshotDatabaseRequest)(nil),  // 27: lookalike.v1.SnapshotDatabaseRequest
+	(*SnapshotDatabaseResponse)(nil), // 28: lookalike.v1.SnapshotDatabaseResponse
+	(*ExportDatabaseRequest)(nil),    // 29: lookalike.v1.ExportDatabaseRequest
+	(*ExportDatabaseResponse)(nil),   // 30: lookalike.v1.ExportDatabaseResponse
+	(*ImportDatabaseRequest)(nil),    // 31: lookalike.v1.ImportDatabaseRequest
+	(*ImportDatabaseResponse)(nil),   // 32: lookalike.v1.ImportDatabaseResponse
+	(*ReindexDatabaseResponse)(nil),  // 33: lookalike.v1.ReindexDatabaseResponse
+	(*RollbackDatabaseRequest)(nil),  // 34: lookalike.v1.RollbackDatabaseRequest
+	(*RollbackDatabaseResponse)(nil), // 35: lookalike.v1.RollbackDatabaseResponse
+	nil,                              // 36: lookalike.v1.RegisteredImage.AttributesEntry
+	nil,                              // 37: lookalike.v1.SetImageRequest.AttributesEntry
+	nil,                              // 38: lookalike.v1.BulkSetImagesRequest.AttributesEntry
+	(*timestamppb.Timestamp)(nil),    // 39: google.protobuf.Timestamp
+	(*ImageKey)(nil),                 // 40: lookalike.v1.ImageKey
+	(*Vector)(nil),                   // 41: lookalike.v1.Vector
+	(*Image)(nil),                    // 42: lookalike.v1.Image
+	(*Operation)(nil),                // 43: lookalike.v1.Operation
+	(*ReindexDatabaseRequest)(nil),   // 44: lookalike.v1.ReindexDatabaseRequest
 }
 var file_lookalike_v1_database_service_proto_depIdxs = []int32{
 	0,  // 0: lookalike.v1.DuplicateCheck.if_duplicate:type_name -> lookalike.v1.DuplicatePolicy
-	35, // 1: lookalike.v1.Database.create_time:type_name -> google.protobuf.Timestamp
-	36, // 2: lookalike.v1.RegisteredImage.key:type_name -> lookalike.v1.ImageKey
-	35, // 3: lookalike.v1.RegisteredImage.update_time:type_name -> google.protobuf.Timestamp
-	37, // 4: lookalike.v1.RegisteredImage.vector:type_name -> lookalike.v1.Vector
-	32, // 5: lookalike.v1.RegisteredImage.attributes:type_name -> lookalike.v1.RegisteredImage.AttributesEntry
-	2,  // 6: lookalike.v1.CreateDatabaseResponse.database:type_name -> lookalike.v1.Database
-	2,  // 7: lookalike.v1.GetDatabaseResponse.database:type_name -> lookalike.v1.Database
-	2,  // 8: lookalike.v1.ListDatabasesResponse.databases:type_name -> lookalike.v1.Database
-	38, // 9: lookalike.v1.SetImageRequest.image:type_name -> lookalike.v1.Image
-	37, // 10: lookalike.v1.SetImageRequest.vector:type_name -> lookalike.v1.Vector
-	33, // 11: lookalike.v1.SetImageRequest.attributes:type_name -> lookalike.v1.SetImageRequest.AttributesEntry
-	1,  // 12: lookalike.v1.SetImageRequest.duplicates:type_name -> lookalike.v1.DuplicateCheck
-	36, // 13: lookalike.v1.SetImageResponse.key:type_name -> lookalike.v1.ImageKey
-	38, // 14: lookalike.v1.BulkSetImagesRequest.image:type_name -> lookalike.v1.Image
-	37, // 15: lookalike.v1.BulkSetImagesRequest.vector:type_name -> lookalike.v1.Vector
-	34, // 16: lookalike.v1.BulkSetImagesRequest.attributes:type_name -> lookalike.v1.BulkSetImagesRequest.AttributesEntry
-	1,  // 17: lookalike.v1.BulkSetImagesRequest.duplicates:type_name -> lookalike.v1.DuplicateCheck
-	36, // 18: lookalike.v1.BulkSkippedDuplicate.existing:type_name -> lookalike.v1.ImageKey
-	16, // 19: lookalike.v1.BulkSetImagesResponse.failures:type_name -> lookalike.v1.BulkSetFailure
-	36, // 20: lookalike.v1.BulkSetImagesResponse.keys:type_name -> lookalike.v1.ImageKey
-	15, // 21: lookalike.v1.BulkSetImagesResponse.skipped_duplicates:type_name -> lookalike.v1.BulkSkippedDuplicate
-	36, // 22: lookalike.v1.GetImageRequest.key:type_name -> lookalike.v1.ImageKey
-	3,  // 23: lookalike.v1.GetImageResponse.image:type_name -> lookalike.v1.RegisteredImage
-	3,  // 24: lookalike.v1.ListImagesResponse.images:type_name -> lookalike.v1.RegisteredImage
-	36, // 25: lookalike.v1.DeleteImageRequest.key:type_name -> lookalike.v1.ImageKey
-	35, // 26: lookalike.v1.SnapshotDatabaseResponse.snapshot_time:type_name -> google.protobuf.Timestamp
-	2,  // 27: lookalike.v1.ImportDatabaseResponse.database:type_name -> lookalike.v1.Database
-	4,  // 28: lookalike.v1.DatabaseService.CreateDatabase:input_type -> lookalike.v1.CreateDatabaseRequest
-	6,  // 29: lookalike.v1.DatabaseService.GetDatabase:input_type -> lookalike.v1.GetDatabaseRequest
-	8,  // 30: lookalike.v1.DatabaseService.ListDatabases:input_type -> lookalike.v1.ListDatabasesRequest
-	10, // 31: lookalike.v1.DatabaseService.DeleteDatabase:input_type -> lookalike.v1.DeleteDatabaseRequest
-	12, // 32: lookalike.v1.DatabaseService.SetImage:input_type -> lookalike.v1.SetImageRequest
-	14, // 33: lookalike.v1.DatabaseService.BulkSetImages:input_type -> lookalike.v1.BulkSetImagesRequest
-	18, // 34: lookalike.v1.DatabaseService.GetImage:input_type -> lookalike.v1.GetImageRequest
-	20, // 35: lookalike.v1.DatabaseService.ListImages:input_type -> lookalike.v1.ListImagesRequest
-	22, // 36: lookalike.v1.DatabaseService.DeleteImage:input_type -> lookalike.v1.DeleteImageRequest
-	24, // 37: lookalike.v1.DatabaseService.DeleteGroup:input_type -> lookalike.v1.DeleteGroupRequest
-	26, // 38: lookalike.v1.DatabaseService.SnapshotDatabase:input_type -> lookalike.v1.SnapshotDatabaseRequest
-	28, // 39: lookalike.v1.DatabaseService.ExportDatabase:input_type -> lookalike.v1.ExportDatabaseRequest
-	30, // 40: lookalike.v1.DatabaseService.ImportDatabase:input_type -> lookalike.v1.ImportDatabaseRequest
-	5,  // 41: lookalike.v1.DatabaseService.CreateDatabase:output_type -> lookalike.v1.CreateDatabaseResponse
-	7,  // 42: lookalike.v1.DatabaseService.GetDatabase:output_type -> lookalike.v1.GetDatabaseResponse
-	9,  // 43: lookalike.v1.DatabaseService.ListDatabases:output_type -> lookalike.v1.ListDatabasesResponse
-	11, // 44: lookalike.v1.DatabaseService.DeleteDatabase:output_type -> lookalike.v1.DeleteDatabaseResponse
-	13, // 45: lookalike.v1.DatabaseService.SetImage:output_type -> lookalike.v1.SetImageResponse
-	17, // 46: lookalike.v1.DatabaseService.BulkSetImages:output_type -> lookalike.v1.BulkSetImagesResponse
-	19, // 47: lookalike.v1.DatabaseService.GetImage:output_type -> lookalike.v1.GetImageResponse
-	21, // 48: lookalike.v1.DatabaseService.ListImages:output_type -> lookalike.v1.ListImagesResponse
-	23, // 49: lookalike.v1.DatabaseService.DeleteImage:output_type -> lookalike.v1.DeleteImageResponse
-	25, // 50: lookalike.v1.DatabaseService.DeleteGroup:output_type -> lookalike.v1.DeleteGroupResponse
-	27, // 51: lookalike.v1.DatabaseService.SnapshotDatabase:output_type -> lookalike.v1.SnapshotDatabaseResponse
-	29, // 52: lookalike.v1.DatabaseService.ExportDatabase:output_type -> lookalike.v1.ExportDatabaseResponse
-	31, // 53: lookalike.v1.DatabaseService.ImportDatabase:output_type -> lookalike.v1.ImportDatabaseResponse
-	41, // [41:54] is the sub-list for method output_type
-	28, // [28:41] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	39, // 1: lookalike.v1.Database.create_time:type_name -> google.protobuf.Timestamp
+	40, // 2: lookalike.v1.RegisteredImage.key:type_name -> lookalike.v1.ImageKey
+	39, // 3: lookalike.v1.RegisteredImage.update_time:type_name -> google.protobuf.Timestamp
+	41, // 4: lookalike.v1.RegisteredImage.vector:type_name -> lookalike.v1.Vector
+	36, // 5: lookalike.v1.RegisteredImage.attributes:type_name -> lookalike.v1.RegisteredImage.AttributesEntry
+	3,  // 6: lookalike.v1.CreateDatabaseResponse.database:type_name -> lookalike.v1.Database
+	3,  // 7: lookalike.v1.GetDatabaseResponse.database:type_name -> lookalike.v1.Database
+	3,  // 8: lookalike.v1.ListDatabasesResponse.databases:type_name -> lookalike.v1.Database
+	42, // 9: lookalike.v1.SetImageRequest.image:type_name -> lookalike.v1.Image
+	41, // 10: lookalike.v1.SetImageRequest.vector:type_name -> lookalike.v1.Vector
+	37, // 11: lookalike.v1.SetImageRequest.attributes:type_name -> lookalike.v1.SetImageRequest.AttributesEntry
+	2,  // 12: lookalike.v1.SetImageRequest.duplicates:type_name -> lookalike.v1.DuplicateCheck
+	40, // 13: lookalike.v1.SetImageResponse.key:type_name -> lookalike.v1.ImageKey
+	42, // 14: lookalike.v1.BulkSetImagesRequest.image:type_name -> lookalike.v1.Image
+	41, // 15: lookalike.v1.BulkSetImagesRequest.vector:type_name -> lookalike.v1.Vector
+	38, // 16: lookalike.v1.BulkSetImagesRequest.attributes:type_name -> lookalike.v1.BulkSetImagesRequest.AttributesEntry
+	2,  // 17: lookalike.v1.BulkSetImagesRequest.duplicates:type_name -> lookalike.v1.DuplicateCheck
+	40, // 18: lookalike.v1.BulkSkippedDuplicate.existing:type_name -> lookalike.v1.ImageKey
+	17, // 19: lookalike.v1.BulkSetImagesResponse.failures:type_name -> lookalike.v1.BulkSetFailure
+	40, // 20: lookalike.v1.BulkSetImagesResponse.keys:type_name -> lookalike.v1.ImageKey
+	16, // 21: lookalike.v1.BulkSetImagesResponse.skipped_duplicates:type_name -> lookalike.v1.BulkSkippedDuplicate
+	40, // 22: lookalike.v1.GetImageRequest.key:type_name -> lookalike.v1.ImageKey
+	1,  // 23: lookalike.v1.GetImageRequest.view:type_name -> lookalike.v1.ImageView
+	4,  // 24: lookalike.v1.GetImageResponse.image:type_name -> lookalike.v1.RegisteredImage
+	4,  // 25: lookalike.v1.ListImagesResponse.images:type_name -> lookalike.v1.RegisteredImage
+	40, // 26: lookalike.v1.DeleteImageRequest.key:type_name -> lookalike.v1.ImageKey
+	39, // 27: lookalike.v1.SnapshotDatabaseResponse.snapshot_time:type_name -> google.protobuf.Timestamp
+	3,  // 28: lookalike.v1.ImportDatabaseResponse.database:type_name -> lookalike.v1.Database
+	43, // 29: lookalike.v1.ReindexDatabaseResponse.operation:type_name -> lookalike.v1.Operation
+	3,  // 30: lookalike.v1.RollbackDatabaseResponse.database:type_name -> lookalike.v1.Database
+	3,  // 31: lookalike.v1.RollbackDatabaseResponse.previous:type_name -> lookalike.v1.Database
+	5,  // 32: lookalike.v1.DatabaseService.CreateDatabase:input_type -> lookalike.v1.CreateDatabaseRequest
+	7,  // 33: lookalike.v1.DatabaseService.GetDatabase:input_type -> lookalike.v1.GetDatabaseRequest
+	9,  // 34: lookalike.v1.DatabaseService.ListDatabases:input_type -> lookalike.v1.ListDatabasesRequest
+	11, // 35: lookalike.v1.DatabaseService.DeleteDatabase:input_type -> lookalike.v1.DeleteDatabaseRequest
+	13, // 36: lookalike.v1.DatabaseService.SetImage:input_type -> lookalike.v1.SetImageRequest
+	15, // 37: lookalike.v1.DatabaseService.BulkSetImages:input_type -> lookalike.v1.BulkSetImagesRequest
+	19, // 38: lookalike.v1.DatabaseService.GetImage:input_type -> lookalike.v1.GetImageRequest
+	21, // 39: lookalike.v1.DatabaseService.ListImages:input_type -> lookalike.v1.ListImagesRequest
+	23, // 40: lookalike.v1.DatabaseService.DeleteImage:input_type -> lookalike.v1.DeleteImageRequest
+	25, // 41: lookalike.v1.DatabaseService.DeleteGroup:input_type -> lookalike.v1.DeleteGroupRequest
+	27, // 42: lookalike.v1.DatabaseService.SnapshotDatabase:input_type -> lookalike.v1.SnapshotDatabaseRequest
+	29, // 43: lookalike.v1.DatabaseService.ExportDatabase:input_type -> lookalike.v1.ExportDatabaseRequest
+	31, // 44: lookalike.v1.DatabaseService.ImportDatabase:input_type -> lookalike.v1.ImportDatabaseRequest
+	44, // 45: lookalike.v1.DatabaseService.ReindexDatabase:input_type -> lookalike.v1.ReindexDatabaseRequest
+	34, // 46: lookalike.v1.DatabaseService.RollbackDatabase:input_type -> lookalike.v1.RollbackDatabaseRequest
+	6,  // 47: lookalike.v1.DatabaseService.CreateDatabase:output_type -> lookalike.v1.CreateDatabaseResponse
+	8,  // 48: lookalike.v1.DatabaseService.GetDatabase:output_type -> lookalike.v1.GetDatabaseResponse
+	10, // 49: lookalike.v1.DatabaseService.ListDatabases:output_type -> lookalike.v1.ListDatabasesResponse
+	12, // 50: lookalike.v1.DatabaseService.DeleteDatabase:output_type -> lookalike.v1.DeleteDatabaseResponse
+	14, // 51: lookalike.v1.DatabaseService.SetImage:output_type -> lookalike.v1.SetImageResponse
+	18, // 52: lookalike.v1.DatabaseService.BulkSetImages:output_type -> lookalike.v1.BulkSetImagesResponse
+	20, // 53: lookalike.v1.DatabaseService.GetImage:output_type -> lookalike.v1.GetImageResponse
+	22, // 54: lookalike.v1.DatabaseService.ListImages:output_type -> lookalike.v1.ListImagesResponse
+	24, // 55: lookalike.v1.DatabaseService.DeleteImage:output_type -> lookalike.v1.DeleteImageResponse
+	26, // 56: lookalike.v1.DatabaseService.DeleteGroup:output_type -> lookalike.v1.DeleteGroupResponse
+	28, // 57: lookalike.v1.DatabaseService.SnapshotDatabase:output_type -> lookalike.v1.SnapshotDatabaseResponse
+	30, // 58: lookalike.v1.DatabaseService.ExportDatabase:output_type -> lookalike.v1.ExportDatabaseResponse
+	32, // 59: lookalike.v1.DatabaseService.ImportDatabase:output_type -> lookalike.v1.ImportDatabaseResponse
+	33, // 60: lookalike.v1.DatabaseService.ReindexDatabase:output_type -> lookalike.v1.ReindexDatabaseResponse
+	35, // 61: lookalike.v1.DatabaseService.RollbackDatabase:output_type -> lookalike.v1.RollbackDatabaseResponse
+	47, // [47:62] is the sub-list for method output_type
+	32, // [32:47] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_lookalike_v1_database_service_proto_init() }
@@ -2451,6 +2788,8 @@ func file_lookalike_v1_database_service_proto_init() {
 	if File_lookalike_v1_database_service_proto != nil {
 		return
 	}
+	file_lookalike_v1_operation_proto_init()
+	file_lookalike_v1_reindex_proto_init()
 	file_lookalike_v1_types_proto_init()
 	file_lookalike_v1_database_service_proto_msgTypes[0].OneofWrappers = []any{}
 	file_lookalike_v1_database_service_proto_msgTypes[11].OneofWrappers = []any{
@@ -2466,8 +2805,8 @@ func file_lookalike_v1_database_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lookalike_v1_database_service_proto_rawDesc), len(file_lookalike_v1_database_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   34,
+			NumEnums:      2,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,8 @@ const (
 	DatabaseService_SnapshotDatabase_FullMethodName = "/lookalike.v1.DatabaseService/SnapshotDatabase"
 	DatabaseService_ExportDatabase_FullMethodName   = "/lookalike.v1.DatabaseService/ExportDatabase"
 	DatabaseService_ImportDatabase_FullMethodName   = "/lookalike.v1.DatabaseService/ImportDatabase"
+	DatabaseService_ReindexDatabase_FullMethodName  = "/lookalike.v1.DatabaseService/ReindexDatabase"
+	DatabaseService_RollbackDatabase_FullMethodName = "/lookalike.v1.DatabaseService/RollbackDatabase"
 )
 
 // DatabaseServiceClient is the client API for DatabaseService service.
@@ -134,6 +136,27 @@ type DatabaseServiceClient interface {
 	//	FAILED_PRECONDITION / MODEL_MISMATCH (the export holds another model's vectors);
 	//	UNAVAILABLE / IMPORT_FAILED (the source could not be read).
 	ImportDatabase(ctx context.Context, in *ImportDatabaseRequest, opts ...grpc.CallOption) (*ImportDatabaseResponse, error)
+	// Re-embeds every image of a database with another loaded model, without re-uploading: from
+	// the kept thumbnails or originals (CreateDatabase keep), or for keep "none" from each image's
+	// source attribute where the server may read it. A long-running operation (OperationService):
+	// the new vectors go into a shadow database while the old one keeps answering searches; writes
+	// arriving meanwhile go to both. When done, the name switches to the new database in one
+	// logged step and the old one is kept as NAME@previous until dropped (RollbackDatabase
+	// switches back). A restart resumes it.
+	//
+	// Errors:
+	//
+	//	NOT_FOUND / DATABASE_NOT_FOUND, INVALID_ARGUMENT / MODEL_NOT_FOUND: no such database or model.
+	//	FAILED_PRECONDITION / REINDEX_SAME_MODEL: the database already holds that model's vectors.
+	//	ALREADY_EXISTS / REINDEX_RUNNING: a reindex of this database is running (its operation is named).
+	ReindexDatabase(ctx context.Context, in *ReindexDatabaseRequest, opts ...grpc.CallOption) (*ReindexDatabaseResponse, error)
+	// Switches a database back to the copy kept by its last reindex (NAME@previous): the two
+	// swap names in one logged step, so rolling back twice restores the reindexed one.
+	//
+	// Errors:
+	//
+	//	NOT_FOUND / PREVIOUS_NOT_FOUND: there is no NAME@previous.
+	RollbackDatabase(ctx context.Context, in *RollbackDatabaseRequest, opts ...grpc.CallOption) (*RollbackDatabaseResponse, error)
 }
 
 type databaseServiceClient struct {
@@ -277,6 +300,26 @@ func (c *databaseServiceClient) ImportDatabase(ctx context.Context, in *ImportDa
 	return out, nil
 }
 
+func (c *databaseServiceClient) ReindexDatabase(ctx context.Context, in *ReindexDatabaseRequest, opts ...grpc.CallOption) (*ReindexDatabaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReindexDatabaseResponse)
+	err := c.cc.Invoke(ctx, DatabaseService_ReindexDatabase_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *databaseServiceClient) RollbackDatabase(ctx context.Context, in *RollbackDatabaseRequest, opts ...grpc.CallOption) (*RollbackDatabaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackDatabaseResponse)
+	err := c.cc.Invoke(ctx, DatabaseService_RollbackDatabase_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DatabaseServiceServer is the server API for DatabaseService service.
 // All implementations must embed UnimplementedDatabaseServiceServer
 // for forward compatibility.
@@ -377,6 +420,27 @@ type DatabaseServiceServer interface {
 	//	FAILED_PRECONDITION / MODEL_MISMATCH (the export holds another model's vectors);
 	//	UNAVAILABLE / IMPORT_FAILED (the source could not be read).
 	ImportDatabase(context.Context, *ImportDatabaseRequest) (*ImportDatabaseResponse, error)
+	// Re-embeds every image of a database with another loaded model, without re-uploading: from
+	// the kept thumbnails or originals (CreateDatabase keep), or for keep "none" from each image's
+	// source attribute where the server may read it. A long-running operation (OperationService):
+	// the new vectors go into a shadow database while the old one keeps answering searches; writes
+	// arriving meanwhile go to both. When done, the name switches to the new database in one
+	// logged step and the old one is kept as NAME@previous until dropped (RollbackDatabase
+	// switches back). A restart resumes it.
+	//
+	// Errors:
+	//
+	//	NOT_FOUND / DATABASE_NOT_FOUND, INVALID_ARGUMENT / MODEL_NOT_FOUND: no such database or model.
+	//	FAILED_PRECONDITION / REINDEX_SAME_MODEL: the database already holds that model's vectors.
+	//	ALREADY_EXISTS / REINDEX_RUNNING: a reindex of this database is running (its operation is named).
+	ReindexDatabase(context.Context, *ReindexDatabaseRequest) (*ReindexDatabaseResponse, error)
+	// Switches a database back to the copy kept by its last reindex (NAME@previous): the two
+	// swap names in one logged step, so rolling back twice restores the reindexed one.
+	//
+	// Errors:
+	//
+	//	NOT_FOUND / PREVIOUS_NOT_FOUND: there is no NAME@previous.
+	RollbackDatabase(context.Context, *RollbackDatabaseRequest) (*RollbackDatabaseResponse, error)
 	mustEmbedUnimplementedDatabaseServiceServer()
 }
 
@@ -425,6 +489,12 @@ func (UnimplementedDatabaseServiceServer) ExportDatabase(context.Context, *Expor
 }
 func (UnimplementedDatabaseServiceServer) ImportDatabase(context.Context, *ImportDatabaseRequest) (*ImportDatabaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ImportDatabase not implemented")
+}
+func (UnimplementedDatabaseServiceServer) ReindexDatabase(context.Context, *ReindexDatabaseRequest) (*ReindexDatabaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReindexDatabase not implemented")
+}
+func (UnimplementedDatabaseServiceServer) RollbackDatabase(context.Context, *RollbackDatabaseRequest) (*RollbackDatabaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackDatabase not implemented")
 }
 func (UnimplementedDatabaseServiceServer) mustEmbedUnimplementedDatabaseServiceServer() {}
 func (UnimplementedDatabaseServiceServer) testEmbeddedByValue()                         {}
@@ -670,6 +740,42 @@ func _DatabaseService_ImportDatabase_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DatabaseService_ReindexDatabase_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReindexDatabaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DatabaseServiceServer).ReindexDatabase(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DatabaseService_ReindexDatabase_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DatabaseServiceServer).ReindexDatabase(ctx, req.(*ReindexDatabaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DatabaseService_RollbackDatabase_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackDatabaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DatabaseServiceServer).RollbackDatabase(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DatabaseService_RollbackDatabase_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DatabaseServiceServer).RollbackDatabase(ctx, req.(*RollbackDatabaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DatabaseService_ServiceDesc is the grpc.ServiceDesc for DatabaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -724,6 +830,14 @@ var DatabaseService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ImportDatabase",
 			Handler:    _DatabaseService_ImportDatabase_Handler,
+		},
+		{
+			MethodName: "ReindexDatabase",
+			Handler:    _DatabaseService_ReindexDatabase_Handler,
+		},
+		{
+			MethodName: "RollbackDatabase",
+			Handler:    _DatabaseService_RollbackDatabase_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -27,7 +27,9 @@ type MatchRequest struct {
 	// The first image.
 	ImageA *Image `protobuf:"bytes,1,opt,name=image_a,json=imageA,proto3" json:"image_a,omitempty"`
 	// The second image.
-	ImageB        *Image `protobuf:"bytes,2,opt,name=image_b,json=imageB,proto3" json:"image_b,omitempty"`
+	ImageB *Image `protobuf:"bytes,2,opt,name=image_b,json=imageB,proto3" json:"image_b,omitempty"`
+	// The loaded model to compare them with (a name from ListModels); empty: the server's default.
+	Model         string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -74,6 +76,13 @@ func (x *MatchRequest) GetImageB() *Image {
 		return x.ImageB
 	}
 	return nil
+}
+
+func (x *MatchRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
 }
 
 // How alike two images are.
@@ -144,7 +153,9 @@ func (x *MatchResponse) GetModel() string {
 type EmbedRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One to 256 images.
-	Images        []*Image `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	Images []*Image `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	// The loaded model to embed them with (a name from ListModels); empty: the server's default.
+	Model         string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,6 +195,13 @@ func (x *EmbedRequest) GetImages() []*Image {
 		return x.Images
 	}
 	return nil
+}
+
+func (x *EmbedRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
 }
 
 // One vector per requested image, same order.
@@ -254,18 +272,20 @@ var File_lookalike_v1_match_service_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_match_service_proto_rawDesc = "" +
 	"\n" +
-	" lookalike/v1/match_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"j\n" +
+	" lookalike/v1/match_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"\x80\x01\n" +
 	"\fMatchRequest\x12,\n" +
 	"\aimage_a\x18\x01 \x01(\v2\x13.lookalike.v1.ImageR\x06imageA\x12,\n" +
-	"\aimage_b\x18\x02 \x01(\v2\x13.lookalike.v1.ImageR\x06imageB\"]\n" +
+	"\aimage_b\x18\x02 \x01(\v2\x13.lookalike.v1.ImageR\x06imageB\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\"]\n" +
 	"\rMatchResponse\x12\x1e\n" +
 	"\n" +
 	"similarity\x18\x01 \x01(\x02R\n" +
 	"similarity\x12\x16\n" +
 	"\x06cosine\x18\x02 \x01(\x02R\x06cosine\x12\x14\n" +
-	"\x05model\x18\x03 \x01(\tR\x05model\";\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\"Q\n" +
 	"\fEmbedRequest\x12+\n" +
-	"\x06images\x18\x01 \x03(\v2\x13.lookalike.v1.ImageR\x06images\"y\n" +
+	"\x06images\x18\x01 \x03(\v2\x13.lookalike.v1.ImageR\x06images\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\"y\n" +
 	"\rEmbedResponse\x124\n" +
 	"\n" +
 	"embeddings\x18\x01 \x03(\v2\x14.lookalike.v1.VectorR\n" +

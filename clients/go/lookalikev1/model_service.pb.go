@@ -110,7 +110,12 @@ type Model struct {
 	// Databases holding this model's vectors.
 	Databases []string `protobuf:"bytes,6,rep,name=databases,proto3" json:"databases,omitempty"`
 	// True for the model new databases and Match/Embed use.
-	IsDefault     bool `protobuf:"varint,7,opt,name=is_default,json=isDefault,proto3" json:"is_default,omitempty"`
+	IsDefault bool `protobuf:"varint,7,opt,name=is_default,json=isDefault,proto3" json:"is_default,omitempty"`
+	// Whether it is loaded: databases of a model the server does not run are listed under an
+	// entry with loaded false (their model's identity), so they are never hidden.
+	Loaded bool `protobuf:"varint,8,opt,name=loaded,proto3" json:"loaded,omitempty"`
+	// The sha256 digest of its weights and preprocessing (the identity's digest).
+	Digest        string `protobuf:"bytes,9,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +197,20 @@ func (x *Model) GetIsDefault() bool {
 		return x.IsDefault
 	}
 	return false
+}
+
+func (x *Model) GetLoaded() bool {
+	if x != nil {
+		return x.Loaded
+	}
+	return false
+}
+
+func (x *Model) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
 }
 
 // Request for ListModels.
@@ -286,7 +305,7 @@ const file_lookalike_v1_model_service_proto_rawDesc = "" +
 	"\tduplicate\x18\x01 \x01(\x02R\tduplicate\x12\x12\n" +
 	"\x04near\x18\x02 \x01(\x02R\x04near\x12\x18\n" +
 	"\asimilar\x18\x03 \x01(\x02R\asimilar\x12)\n" +
-	"\x10calibration_json\x18\x04 \x01(\tR\x0fcalibrationJson\"\xf6\x01\n" +
+	"\x10calibration_json\x18\x04 \x01(\tR\x0fcalibrationJson\"\xa6\x02\n" +
 	"\x05Model\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x1c\n" +
@@ -295,7 +314,9 @@ const file_lookalike_v1_model_service_proto_rawDesc = "" +
 	"\x05tiers\x18\x05 \x01(\v2\x1d.lookalike.v1.SimilarityTiersR\x05tiers\x12\x1c\n" +
 	"\tdatabases\x18\x06 \x03(\tR\tdatabases\x12\x1d\n" +
 	"\n" +
-	"is_default\x18\a \x01(\bR\tisDefault\"\x13\n" +
+	"is_default\x18\a \x01(\bR\tisDefault\x12\x16\n" +
+	"\x06loaded\x18\b \x01(\bR\x06loaded\x12\x16\n" +
+	"\x06digest\x18\t \x01(\tR\x06digest\"\x13\n" +
 	"\x11ListModelsRequest\"A\n" +
 	"\x12ListModelsResponse\x12+\n" +
 	"\x06models\x18\x01 \x03(\v2\x13.lookalike.v1.ModelR\x06models2_\n" +

@@ -264,12 +264,14 @@ type Operation struct {
 	// Types that are valid to be assigned to Request:
 	//
 	//	*Operation_FindDuplicatesRequest
+	//	*Operation_ReindexRequest
 	Request isOperation_Request `protobuf_oneof:"request"`
 	// The result, once SUCCEEDED.
 	//
 	// Types that are valid to be assigned to Result:
 	//
 	//	*Operation_FindDuplicates
+	//	*Operation_Reindex
 	Result isOperation_Result `protobuf_oneof:"result"`
 	// How many times it resumed after a server restart.
 	ResumedCount  int32 `protobuf:"varint,12,opt,name=resumed_count,json=resumedCount,proto3" json:"resumed_count,omitempty"`
@@ -386,6 +388,15 @@ func (x *Operation) GetFindDuplicatesRequest() *FindDuplicatesRequest {
 	return nil
 }
 
+func (x *Operation) GetReindexRequest() *ReindexDatabaseRequest {
+	if x != nil {
+		if x, ok := x.Request.(*Operation_ReindexRequest); ok {
+			return x.ReindexRequest
+		}
+	}
+	return nil
+}
+
 func (x *Operation) GetResult() isOperation_Result {
 	if x != nil {
 		return x.Result
@@ -397,6 +408,15 @@ func (x *Operation) GetFindDuplicates() *FindDuplicatesResult {
 	if x != nil {
 		if x, ok := x.Result.(*Operation_FindDuplicates); ok {
 			return x.FindDuplicates
+		}
+	}
+	return nil
+}
+
+func (x *Operation) GetReindex() *ReindexResult {
+	if x != nil {
+		if x, ok := x.Result.(*Operation_Reindex); ok {
+			return x.Reindex
 		}
 	}
 	return nil
@@ -418,7 +438,14 @@ type Operation_FindDuplicatesRequest struct {
 	FindDuplicatesRequest *FindDuplicatesRequest `protobuf:"bytes,10,opt,name=find_duplicates_request,json=findDuplicatesRequest,proto3,oneof"`
 }
 
+type Operation_ReindexRequest struct {
+	// A ReindexDatabase request.
+	ReindexRequest *ReindexDatabaseRequest `protobuf:"bytes,13,opt,name=reindex_request,json=reindexRequest,proto3,oneof"`
+}
+
 func (*Operation_FindDuplicatesRequest) isOperation_Request() {}
+
+func (*Operation_ReindexRequest) isOperation_Request() {}
 
 type isOperation_Result interface {
 	isOperation_Result()
@@ -429,13 +456,20 @@ type Operation_FindDuplicates struct {
 	FindDuplicates *FindDuplicatesResult `protobuf:"bytes,11,opt,name=find_duplicates,json=findDuplicates,proto3,oneof"`
 }
 
+type Operation_Reindex struct {
+	// What a ReindexDatabase operation did.
+	Reindex *ReindexResult `protobuf:"bytes,14,opt,name=reindex,proto3,oneof"`
+}
+
 func (*Operation_FindDuplicates) isOperation_Result() {}
+
+func (*Operation_Reindex) isOperation_Result() {}
 
 var File_lookalike_v1_operation_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_operation_proto_rawDesc = "" +
 	"\n" +
-	"\x1clookalike/v1/operation.proto\x12\flookalike.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1clookalike/v1/duplicate.proto\"\xae\x01\n" +
+	"\x1clookalike/v1/operation.proto\x12\flookalike.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1clookalike/v1/duplicate.proto\x1a\x1alookalike/v1/reindex.proto\"\xae\x01\n" +
 	"\x11OperationProgress\x12\x1c\n" +
 	"\tcompleted\x18\x01 \x01(\x03R\tcompleted\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\x03R\x05total\x12\x12\n" +
@@ -447,7 +481,7 @@ const file_lookalike_v1_operation_proto_rawDesc = "" +
 	"\x0eOperationError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xea\x04\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xf4\x05\n" +
 	"\tOperation\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1a\n" +
@@ -461,8 +495,10 @@ const file_lookalike_v1_operation_proto_rawDesc = "" +
 	"updateTime\x122\n" +
 	"\x05error\x18\t \x01(\v2\x1c.lookalike.v1.OperationErrorR\x05error\x12]\n" +
 	"\x17find_duplicates_request\x18\n" +
-	" \x01(\v2#.lookalike.v1.FindDuplicatesRequestH\x00R\x15findDuplicatesRequest\x12M\n" +
-	"\x0ffind_duplicates\x18\v \x01(\v2\".lookalike.v1.FindDuplicatesResultH\x01R\x0efindDuplicates\x12#\n" +
+	" \x01(\v2#.lookalike.v1.FindDuplicatesRequestH\x00R\x15findDuplicatesRequest\x12O\n" +
+	"\x0freindex_request\x18\r \x01(\v2$.lookalike.v1.ReindexDatabaseRequestH\x00R\x0ereindexRequest\x12M\n" +
+	"\x0ffind_duplicates\x18\v \x01(\v2\".lookalike.v1.FindDuplicatesResultH\x01R\x0efindDuplicates\x127\n" +
+	"\areindex\x18\x0e \x01(\v2\x1b.lookalike.v1.ReindexResultH\x01R\areindex\x12#\n" +
 	"\rresumed_count\x18\f \x01(\x05R\fresumedCountB\t\n" +
 	"\arequestB\b\n" +
 	"\x06result*\xa8\x01\n" +
@@ -488,13 +524,15 @@ func file_lookalike_v1_operation_proto_rawDescGZIP() []byte {
 var file_lookalike_v1_operation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_lookalike_v1_operation_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_lookalike_v1_operation_proto_goTypes = []any{
-	(OperationState)(0),           // 0: lookalike.v1.OperationState
-	(*OperationProgress)(nil),     // 1: lookalike.v1.OperationProgress
-	(*OperationError)(nil),        // 2: lookalike.v1.OperationError
-	(*Operation)(nil),             // 3: lookalike.v1.Operation
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(*FindDuplicatesRequest)(nil), // 5: lookalike.v1.FindDuplicatesRequest
-	(*FindDuplicatesResult)(nil),  // 6: lookalike.v1.FindDuplicatesResult
+	(OperationState)(0),            // 0: lookalike.v1.OperationState
+	(*OperationProgress)(nil),      // 1: lookalike.v1.OperationProgress
+	(*OperationError)(nil),         // 2: lookalike.v1.OperationError
+	(*Operation)(nil),              // 3: lookalike.v1.Operation
+	(*timestamppb.Timestamp)(nil),  // 4: google.protobuf.Timestamp
+	(*FindDuplicatesRequest)(nil),  // 5: lookalike.v1.FindDuplicatesRequest
+	(*ReindexDatabaseRequest)(nil), // 6: lookalike.v1.ReindexDatabaseRequest
+	(*FindDuplicatesResult)(nil),   // 7: lookalike.v1.FindDuplicatesResult
+	(*ReindexResult)(nil),          // 8: lookalike.v1.ReindexResult
 }
 var file_lookalike_v1_operation_proto_depIdxs = []int32{
 	0, // 0: lookalike.v1.Operation.state:type_name -> lookalike.v1.OperationState
@@ -503,12 +541,14 @@ var file_lookalike_v1_operation_proto_depIdxs = []int32{
 	4, // 3: lookalike.v1.Operation.update_time:type_name -> google.protobuf.Timestamp
 	2, // 4: lookalike.v1.Operation.error:type_name -> lookalike.v1.OperationError
 	5, // 5: lookalike.v1.Operation.find_duplicates_request:type_name -> lookalike.v1.FindDuplicatesRequest
-	6, // 6: lookalike.v1.Operation.find_duplicates:type_name -> lookalike.v1.FindDuplicatesResult
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	6, // 6: lookalike.v1.Operation.reindex_request:type_name -> lookalike.v1.ReindexDatabaseRequest
+	7, // 7: lookalike.v1.Operation.find_duplicates:type_name -> lookalike.v1.FindDuplicatesResult
+	8, // 8: lookalike.v1.Operation.reindex:type_name -> lookalike.v1.ReindexResult
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_lookalike_v1_operation_proto_init() }
@@ -517,9 +557,12 @@ func file_lookalike_v1_operation_proto_init() {
 		return
 	}
 	file_lookalike_v1_duplicate_proto_init()
+	file_lookalike_v1_reindex_proto_init()
 	file_lookalike_v1_operation_proto_msgTypes[2].OneofWrappers = []any{
 		(*Operation_FindDuplicatesRequest)(nil),
+		(*Operation_ReindexRequest)(nil),
 		(*Operation_FindDuplicates)(nil),
+		(*Operation_Reindex)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -32,6 +32,7 @@ from lookalike.v1 import match_service_pb2_grpc as match_grpc
 from lookalike.v1 import model_service_pb2 as model_pb
 from lookalike.v1 import operation_pb2 as op_pb
 from lookalike.v1 import operation_service_pb2 as op_svc
+from lookalike.v1 import reindex_pb2 as reindex_pb
 from lookalike.v1 import search_service_pb2 as search_pb
 from lookalike.v1 import search_service_pb2_grpc as search_grpc
 from lookalike.v1 import types_pb2
@@ -88,17 +89,19 @@ class AsyncLookalikeClient:
         return {"timeout": self.timeout, "metadata": self._metadata}
 
     @_rpc
-    async def match(self, image_a: bytes, image_b: bytes) -> match_pb.MatchResponse:
-        return await self.match_stub.Match(match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b)),
-                                           **self._kw())  # fmt: skip
+    async def match(self, image_a: bytes, image_b: bytes, model: str = "") -> match_pb.MatchResponse:
+        req = match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b), model=model)
+        return await self.match_stub.Match(req, **self._kw())
 
     @_rpc
-    async def embed(self, images: Sequence[bytes]) -> match_pb.EmbedResponse:
-        return await self.match_stub.Embed(match_pb.EmbedRequest(images=[_image(i) for i in images]), **self._kw())
+    async def embed(self, images: Sequence[bytes], model: str = "") -> match_pb.EmbedResponse:
+        req = match_pb.EmbedRequest(images=[_image(i) for i in images], model=model)
+        return await self.match_stub.Embed(req, **self._kw())
 
     @_rpc
-    async def create_database(self, name: str) -> db_pb.Database:
-        return (await self.db_stub.CreateDatabase(db_pb.CreateDatabaseRequest(name=name), **self._kw())).database
+    async def create_database(self, name: str, storage: str = "", keep: str = "", model: str = "") -> db_pb.Database:
+        req = db_pb.CreateDatabaseRequest(name=name, storage=storage, keep=keep, model=model)
+        return (await self.db_stub.CreateDatabase(req, **self._kw())).database
 
     @_rpc
     async def get_database(self, name: str) -> db_pb.Database:
@@ -160,6 +163,24 @@ class AsyncLookalikeClient:
         req = db_pb.GetImageRequest(database=database, key=types_pb2.ImageKey(group_id=group_id, intra_id=intra_id),
                                     include_vector=include_vector)  # fmt: skip
         return (await self.db_stub.GetImage(req, **self._kw())).image
+
+    @_rpc
+    async def get_image_bytes(self, database: str, group_id: str, intra_id: int, view: str = "thumbnail"
+                              ) -> tuple[bytes, str]:  # fmt: skip
+        """The kept bytes of an image (``view`` "thumbnail" or "original") and their media type."""
+        req = db_pb.GetImageRequest(database=database, key=types_pb2.ImageKey(group_id=group_id, intra_id=intra_id),
+                                    view=db_pb.ImageView.Value(f"IMAGE_VIEW_{view.upper()}"))  # fmt: skip
+        resp = await self.db_stub.GetImage(req, **self._kw())
+        return resp.image_data, resp.media_type
+
+    @_rpc
+    async def reindex_database(self, name: str, model: str = "", *, allow_missing: bool = False) -> op_pb.Operation:
+        req = reindex_pb.ReindexDatabaseRequest(name=name, model=model, allow_missing=allow_missing)
+        return (await self.db_stub.ReindexDatabase(req, **self._kw())).operation
+
+    @_rpc
+    async def rollback_database(self, name: str) -> db_pb.RollbackDatabaseResponse:
+        return await self.db_stub.RollbackDatabase(db_pb.RollbackDatabaseRequest(name=name), **self._kw())
 
     @_rpc
     async def delete_image(self, database: str, group_id: str, intra_id: int) -> None:

@@ -16,6 +16,8 @@ from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import database_service_pb2_grpc as db_grpc
 from lookalike.v1 import match_service_pb2 as match_pb
 from lookalike.v1 import match_service_pb2_grpc as match_grpc
+from lookalike.v1 import operation_pb2 as op_pb
+from lookalike.v1 import reindex_pb2 as reindex_pb
 from lookalike.v1 import search_service_pb2 as search_pb
 from lookalike.v1 import search_service_pb2_grpc as search_grpc
 from lookalike.v1 import types_pb2
@@ -315,9 +317,11 @@ class LookalikeClient(DuplicateCalls):
 
     # -- databases -------------------------------------------------------------------------
     @_rpc
-    def create_database(self, name: str, storage: str = "") -> db_pb.Database:
-        """``storage``: "f32", "f16" or "bf16" (half the memory), "i8" (a quarter, exact re-rank from disk)."""
-        req = db_pb.CreateDatabaseRequest(name=name, storage=storage)
+    def create_database(self, name: str, storage: str = "", keep: str = "", model: str = "") -> db_pb.Database:
+        """``storage``: "f32", "f16" or "bf16" (half the memory), "i8" (a quarter, exact re-rank from disk);
+        ``keep``: "none", "thumbnail" or "original" ("" = the server's --keep); ``model``: a loaded model's name
+        ("" = the server's default)."""
+        req = db_pb.CreateDatabaseRequest(name=name, storage=storage, keep=keep, model=model)
         return self.db_stub.CreateDatabase(req, **self._kw()).database
 
     @_rpc
@@ -405,6 +409,31 @@ class LookalikeClient(DuplicateCalls):
             ),
             **self._kw(),
         ).image
+
+    @_rpc
+    def reindex_database(self, name: str, model: str = "", *, allow_missing: bool = False,
+                         sample_queries: int = 0) -> op_pb.Operation:  # fmt: skip
+        """Start re-embedding a database with another loaded model; returns the operation (wait_done it)."""
+        req = reindex_pb.ReindexDatabaseRequest(name=name, model=model, allow_missing=allow_missing,
+                                                sample_queries=sample_queries)  # fmt: skip
+        return self.db_stub.ReindexDatabase(req, **self._kw()).operation
+
+    @_rpc
+    def rollback_database(self, name: str) -> db_pb.RollbackDatabaseResponse:
+        """Swap a database and the copy its last reindex kept (NAME@previous)."""
+        return self.db_stub.RollbackDatabase(db_pb.RollbackDatabaseRequest(name=name), **self._kw())
+
+    @_rpc
+    def get_image_bytes(
+        self, database: str, group_id: str, intra_id: int, view: str = "thumbnail"
+    ) -> tuple[bytes, str]:
+        """The kept bytes of an image (``view`` "thumbnail" or "original") and their media type."""
+        resp = self.db_stub.GetImage(
+            db_pb.GetImageRequest(database=database, key=types_pb2.ImageKey(group_id=group_id, intra_id=intra_id),
+                                  view=db_pb.ImageView.Value(f"IMAGE_VIEW_{view.upper()}")),
+            **self._kw(),
+        )  # fmt: skip
+        return resp.image_data, resp.media_type
 
     @_rpc
     def list_images(self, database: str, *, group_id: str = "", page_size: int = 0) -> list[db_pb.RegisteredImage]:

@@ -141,25 +141,36 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_line(d: Any) -> str:
+    """One database: sizes, its model (or that its model is not loaded), what it keeps, a running reindex."""
+    model = d.model_name or f"NOT LOADED: {d.model}"
+    line = f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}\tmodel {model}\tkeeps {d.keep}"
+    return line + (f"\treindexing ({d.reindex_operation})" if d.reindex_operation else "")
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if args.action == "list":
             dbs = c.list_databases()
             rows = [to_json(d) for d in dbs]
-            human = (
-                "\n".join(f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}" for d in dbs)
-                or "(no databases)"
-            )
+            human = "\n".join(_db_line(d) for d in dbs) or "(no databases)"
             _print(args, rows, human)
             return 0
         if not args.name:
             raise UsageError(f"db {args.action} needs a database NAME: `lookalike db {args.action} NAME`")
+        if args.action in ("reindex", "rollback"):
+            from lookalike.client import reindex_commands
+
+            if args.action == "reindex":
+                return reindex_commands.cmd_reindex(args, c)
+            return reindex_commands.cmd_rollback(args, c)
         if args.action == "create":
-            d = c.create_database(args.name, storage=args.storage or "")
-            _print(args, to_json(d), f"created database {d.name} (dim {d.dimension}, {d.metric}, {d.storage})")
+            d = c.create_database(args.name, storage=args.storage or "", keep=args.keep or "", model=args.model or "")
+            _print(args, to_json(d), f"created database {d.name} (dim {d.dimension}, {d.metric}, {d.storage}, "
+                   f"keeps {d.keep})")  # fmt: skip
         elif args.action == "get":
             d = c.get_database(args.name)
-            _print(args, to_json(d), f"{d.name}\t{d.image_count} images\t{d.group_count} groups\tdim {d.dimension}")
+            _print(args, to_json(d), _db_line(d))
         elif args.action == "delete":
             c.delete_database(args.name)
             _print(args, {"deleted": args.name}, f"deleted database {args.name}")
@@ -287,13 +298,21 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     add_client_options(p)
     p.set_defaults(func=cmd_match)
 
-    p = sub.add_parser("db", help="create, list, get, delete, snapshot, export or import databases")
-    p.add_argument("action", choices=["create", "list", "get", "delete", "snapshot", "export", "import"])
+    p = sub.add_parser("db", help="create, list, get, delete, snapshot, export, import, reindex or roll back "
+                       "databases")  # fmt: skip
+    p.add_argument("action", choices=["create", "list", "get", "delete", "snapshot", "export", "import", "reindex",
+                                      "rollback"])  # fmt: skip
     p.add_argument("name", nargs="?")
     p.add_argument("location", nargs="?",
                    help="export/import: a directory under the server's --export-root (relative paths are taken "
                    "from it), or oss://bucket/prefix/ under the server's --oss-allow")  # fmt: skip
     p.add_argument("--storage", choices=["f32", "f16", "bf16", "i8"], help="create: how vectors are stored")
+    p.add_argument("--keep", choices=["none", "thumbnail", "original"],
+                   help="create: what it keeps of each image (default: the server's --keep, thumbnail); kept images "
+                   "let `lookalike db reindex` re-embed it with a new model")  # fmt: skip
+    from lookalike.client.reindex_commands import add_reindex_options
+
+    add_reindex_options(p)
     add_client_options(p)
     p.set_defaults(func=cmd_db)
 

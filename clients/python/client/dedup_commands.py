@@ -56,14 +56,14 @@ def _cancel(c: Any, name: str) -> Any:
     return op if op.done else c.wait_operation(name, CANCEL_WAIT_S)
 
 
-def _wait(c: Any, name: str, quiet: bool) -> Any:
+def _wait(c: Any, name: str, quiet: bool, desc: str = "finding duplicates") -> Any:
     """Wait for the operation with a progress bar; Ctrl-C cancels it on the server and says so."""
     bar = None
     if not quiet and sys.stderr.isatty():
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=100, unit="%", desc="finding duplicates", file=sys.stderr,
+            bar = tqdm(total=100, unit="%", desc=desc, file=sys.stderr,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")  # fmt: skip
         except ImportError:
             bar = None
@@ -176,7 +176,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         t = m.tiers
         tiers = (f"duplicate >= {t.duplicate:.4f}, near >= {t.near:.4f}, similar >= {t.similar:.4f}"
                  if m.HasField("tiers") else "no calibrated tiers (lookalike calibrate MODEL)")  # fmt: skip
-        lines.append(f"{m.identity}{' (default)' if m.is_default else ''}\n  tiers: {tiers}\n"
+        state = " (default)" if m.is_default else "" if m.loaded else " (NOT LOADED: its databases are not served)"
+        lines.append(f"{m.name}: {m.identity}{state}\n  tiers: {tiers}\n"
                      f"  databases: {', '.join(m.databases) or '-'}")  # fmt: skip
     cmds._print(args, [cmds.to_json(m) for m in models], "\n".join(lines))
     return 0

@@ -230,8 +230,20 @@ def foreign_reason(
     return (
         f"database {name!r} holds vectors of model {describe_model(stored)}, but this server runs "
         f"{describe_model(model)}; vectors of two models must not be mixed. Serve it with its model "
-        "(lookalike serve --model FILE), or export its images and register them again under this model"
+        f"(lookalike serve --model NAME=FILE), or re-embed its kept images with this one: "
+        f"lookalike db reindex {name} --model MODEL"
     )
+
+
+Loaded = list[tuple[dict[str, Any], int]]  # the models a server runs: (identity, dimension), the default first
+
+
+def foreign_among(name: str, stored: dict[str, Any], dimension: int, loaded: Loaded) -> str | None:
+    """None when one of the server's ``loaded`` models (identity, dimension) holds this database's vectors; else
+    why not, said against the default model (the first)."""
+    if any(stored.get("digest") == m.get("digest") and dimension == d for m, d in loaded):
+        return None
+    return foreign_reason(name, stored, dimension, *loaded[0])
 
 
 # -- exports ----------------------------------------------------------------------------------
@@ -245,10 +257,12 @@ class ExportedDatabase:
     storage: str
     size: int
     entries: Callable[[], Iterator[list[Entry]]]  # the rows, a chunk at a time, in key order
+    keep: str = "none"  # what the exported database kept of its images (their blobs travel in images/)
 
 
-def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: int) -> ExportedDatabase:
-    """An export read, verified (every file's checksums) and checked for import on a server running ``model``."""
+def read_export_for(location: str, oss: Any, loaded: Loaded) -> ExportedDatabase:
+    """An export read, verified (every file's checksums) and checked for import on a server running the ``loaded``
+    models (identity, dimension; the default first): its vectors must be one of theirs."""
     from lookalike.server.core.backends.builtin.snapshot_files import RecordInvalid, read_export
     from lookalike.server.storage.segments import CorruptionError
 
@@ -269,11 +283,12 @@ def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: i
                              f"could not read {location}: the OSS endpoint could not be reached") from None  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise invalid("EXPORT_UNREADABLE", f"could not read {location} as an export: {exc}") from None
-    if source.model.get("digest") != model.get("digest") or source.dimension != dimension:
+    if not any(source.model.get("digest") == m.get("digest") and source.dimension == d for m, d in loaded):
+        runs = ", ".join(describe_model(m) for m, _ in loaded)
         raise LookalikeError(
             ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH",
-            f"the export holds vectors of model {describe_model(source.model)}, but this server runs "
-            f"{describe_model(model)}; import it on a server started with that model",
+            f"the export holds vectors of model {describe_model(source.model)}, but this server runs {runs}; "
+            "import it on a server started with that model (--model NAME=PATH)",
         )  # fmt: skip
 
     try:
@@ -283,13 +298,14 @@ def read_export_for(location: str, oss: Any, model: dict[str, Any], dimension: i
             "EXPORT_RECORD_INVALID", f"the export's records cannot be read ({exc}); nothing was imported"
         ) from None
     for position, entry in enumerate(rows):
-        check_record(position, entry, dimension)
+        check_record(position, entry, source.dimension)
 
     def entries() -> Iterator[list[Entry]]:
         for start in range(0, len(rows), IMPORT_CHUNK):
             yield rows[start : start + IMPORT_CHUNK]
 
-    return ExportedDatabase(source.model, source.dimension, source.create_time, source.storage, source.size, entries)
+    return ExportedDatabase(source.model, source.dimension, source.create_time, source.storage, source.size, entries,
+                            source.keep)  # fmt: skip
 
 
 def write_export_entries(
@@ -300,6 +316,7 @@ def write_export_entries(
     batches: Iterator[list[Entry]],
     location: str,
     oss: Any,
+    keep: str = "none",
 ) -> tuple[int, int]:
     """Write rows as an export (the one format both backends read); returns (bytes, images).
 
@@ -308,7 +325,7 @@ def write_export_entries(
     from lookalike.server.core.backends.builtin.snapshot_files import export_entries
 
     try:
-        return export_entries(name, dimension, model, create_time, batches, location, oss)
+        return export_entries(name, dimension, model, create_time, batches, location, oss, keep)
     except (OSError, ValueError) as exc:
         raise export_failed(location, exc) from None
 
@@ -361,6 +378,7 @@ class DatabaseHandle(Protocol):
     model: dict[str, Any]
     storage: str
     create_time: float
+    keep: str
 
     @property
     def size(self) -> int: ...
@@ -404,7 +422,10 @@ class IndexBackend(Protocol):
 
     def recover(self) -> None: ...
 
-    def create(self, name: str, storage: str = "") -> DatabaseHandle: ...
+    def create(self, name: str, storage: str = "", keep: str = "none",
+               model: tuple[dict[str, Any], int] | None = None) -> DatabaseHandle: ...  # fmt: skip
+
+    def serve_models(self, loaded: list[tuple[dict[str, Any], int]]) -> None: ...
 
     def get(self, name: str, *, usable: bool = True) -> DatabaseHandle: ...
 
@@ -442,6 +463,10 @@ class IndexBackend(Protocol):
 
     def replace(self, name: str, loaded: str) -> DatabaseHandle:
         """Database ``loaded`` takes the name ``name`` (dropping what had it) in one durable step."""
+        ...
+
+    def rename(self, moves: list[tuple[str, str]]) -> list[DatabaseHandle]:
+        """Each (source, target): the sources take the targets' names in one step; a swap works."""
         ...
 
     def close(self, *, snapshot: bool = True) -> None: ...

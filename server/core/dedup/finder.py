@@ -64,10 +64,10 @@ class DuplicateFinder:
     """Starts FindDuplicates operations, runs them, and reads their clusters back a page at a time."""
 
     def __init__(
-        self, database: Callable[[str], Any], model_tiers: Callable[[], tuple[dict[str, float] | None, str]],
+        self, database: Callable[[str], Any], model_tiers: Callable[[str], tuple[dict[str, float] | None, str]],
         settings: DedupSettings | None = None,
     ) -> None:  # fmt: skip
-        """``database(name)`` is the backend's handle; ``model_tiers()`` the model's (tiers, name)."""
+        """``database(name)`` is the backend's handle; ``model_tiers(name)`` its model's (tiers, name)."""
         self.database = database
         self.model_tiers = model_tiers
         self.settings = settings or DedupSettings()
@@ -81,7 +81,7 @@ class DuplicateFinder:
         db = self.database(database)
         if not hasattr(db, "join_block"):
             raise dedup_unsupported(database)
-        model_tiers, model_name = self.model_tiers()
+        model_tiers, model_name = self.model_tiers(database)
         value, tier_name = tiers.resolve(model_tiers, model_name, tier, threshold)
         try:
             rule = KeeperRule.parse(keeper or "central")

@@ -9,9 +9,10 @@ Outputs are L2-normalised float32 so that inner product is cosine similarity.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,6 +100,11 @@ class Embedder:
         return self._batcher
 
     @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The decode pool (image work that releases the GIL: kept thumbnails are made on it too)."""
+        return self._pool
+
+    @property
     def dimension(self) -> int:
         return self.meta.output_dim
 
@@ -117,8 +123,9 @@ class Embedder:
             raise LookalikeError(ErrorKind.INTERNAL, "MODEL_OUTPUT_INVALID", "the model produced non-finite values")
         return output_vectors(y, self.meta)  # L2-normalised, minus the file's domain centre if it has one
 
-    def prepare(self, data: bytes, *, field: str = "image") -> np.ndarray:
-        """Decode and preprocess one encoded image -> [3, S, S] float32."""
+    def prepare(self, data: bytes, *, field: str = "image", also: Callable[[Any], Any] | None = None) -> Any:
+        """Decode and preprocess one encoded image -> [3, S, S] float32; with ``also``, (that, ``also(decoded)``):
+        what else needs the decoded picture (a kept thumbnail) gets it without a second decode."""
         img = decode_image(
             data,
             max_bytes=self.max_image_bytes,
@@ -128,13 +135,18 @@ class Embedder:
             max_aspect_ratio=self.max_aspect_ratio,
             budget=self._budget,
         )
-        return preprocess(img, self.meta)
+        array = preprocess(img, self.meta)
+        return array if also is None else (array, also(img))
 
-    def prepare_many(self, images: Sequence[bytes], *, field: str = "images") -> list[np.ndarray | LookalikeError]:
-        """Preprocess in parallel; a bad image yields its error in place instead of raising."""
+    def prepare_many(self, images: Sequence[bytes], *, field: str = "images",
+                     also: Callable[[Any], Any] | None = None) -> list[Any]:  # fmt: skip
+        """Preprocess in parallel; a bad image yields its error in place instead of raising (``also``: as in
+        ``prepare``, pairs)."""
 
-        def one(pair: tuple[bytes, str]) -> np.ndarray | LookalikeError:
+        def one(pair: tuple[bytes, str]) -> Any:
             try:
+                if also is not None:
+                    return self.prepare(pair[0], field=pair[1], also=also)
                 return self.prepare(pair[0], field=pair[1])
             except LookalikeError as err:
                 # The proto promises metadata["index"]: the position of the bad image in the call.

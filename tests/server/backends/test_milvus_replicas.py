@@ -267,3 +267,25 @@ def test_a_client_given_several_replicas_spreads_its_calls(replicas):
     assert len(ids) == 40 and len(set(ids)) == 40
     blocks = {i // 64 for i in ids}  # each replica hands out automatic ids from its own leased block
     assert len(blocks) == 2, f"all 40 calls went to one replica: ids {ids}"
+
+
+def test_replicas_sharing_an_images_dir_serve_each_others_kept_images(milvus: MilvusLite, tmp_path: Path) -> None:
+    """Kept thumbnails live in the image store every replica shares (--images-dir), not in one replica."""
+    from photos import encode, photo
+
+    shared = tmp_path / "images"
+    a = on_milvus(milvus.uri, tmp_path / "a", prefix="keep_", images_dir=shared)
+    b = on_milvus(milvus.uri, tmp_path / "b", prefix="keep_", images_dir=shared)
+    try:
+        with LookalikeClient(a.address) as ca, LookalikeClient(b.address) as cb:  # type: ignore[attr-defined]
+            assert ca.create_database("kept", keep="original").keep == "original"
+            assert cb.get_database("kept").keep == "original"
+            sent = encode(photo("rocket"))
+            ca.set_image("kept", "sku", image=sent)
+            assert cb.get_image_bytes("kept", "sku", 0, "original") == (sent, "image/jpeg")
+            thumb, media = cb.get_image_bytes("kept", "sku", 0)
+            assert media == "image/webp" and thumb == ca.get_image_bytes("kept", "sku", 0)[0]
+            assert len(list(shared.glob("??/*"))) == 2
+    finally:
+        for s in (a, b):
+            s.stop(0)  # type: ignore[attr-defined]

@@ -130,7 +130,7 @@ def test_a_load_interrupted_by_a_crash_is_dropped_at_the_next_start(tmp_path):
     service.set_image("d", "cat", 0, encode(photo("chelsea")), None)
     service.export_database("d", str(tmp_path / "save"))
     service.set_image("d", "cat", 1, encode(photo("coffee")), None)
-    exported = read_export_for(str(tmp_path / "save"), None, service.model, service.dimension)
+    exported = read_export_for(str(tmp_path / "save"), None, [(service.model, service.dimension)])
     service.catalog.import_("~load-00000000-d", exported)  # the crash comes before the swap
     server.stop(0, snapshot=False)
     again = create_server(config)

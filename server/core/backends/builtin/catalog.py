@@ -24,11 +24,11 @@ from lookalike.server.core.backends.api import (
     database_exists,
     database_not_found,
     database_replaced,
-    export_failed,
-    foreign_reason,
+    foreign_among,
     not_ready,
     write_cancelled,
 )
+from lookalike.server.core.backends.builtin.checkpointing import COMPACT_MIN_DEAD, Checkpoints
 from lookalike.server.core.backends.builtin.commands import (
     ClearDatabase,
     Command,
@@ -36,6 +36,7 @@ from lookalike.server.core.backends.builtin.commands import (
     DeleteGroup,
     DeleteImage,
     DropDatabase,
+    RenameDatabases,
     ReplaceDatabase,
     SetImages,
     SetItem,
@@ -43,19 +44,20 @@ from lookalike.server.core.backends.builtin.commands import (
 from lookalike.server.core.backends.builtin.database import Database
 from lookalike.server.core.backends.builtin.hnsw import HnswSettings
 from lookalike.server.core.backends.builtin.index import STORAGE_DTYPES
-from lookalike.server.core.backends.builtin.memory import release_free_memory
+from lookalike.server.core.backends.builtin.kept_refs import KeptRefs
 from lookalike.server.core.backends.builtin.persistence import Persistence
 from lookalike.server.core.backends.builtin.requests import RequestWindow
 from lookalike.server.core.backends.duplicates import DuplicateCheck, screen
-from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
+from lookalike.server.core.errors import LookalikeError, invalid
+from lookalike.server.core.keeping import kept_digests
 from lookalike.server.core.validation import LOAD_PREFIX, check_stored_name
-from lookalike.server.storage.shipping import entry_bytes
+from lookalike.server.storage.image_store import ImageStore
 
 log = logging.getLogger(__name__)
-COMPACT_MIN_DEAD = 4096  # compact at a snapshot when retired rows exceed this and the live rows
+__all__ = ["COMPACT_MIN_DEAD", "Catalog"]
 
 
-class Catalog:
+class Catalog(Checkpoints):
     """The built-in index backend: databases in this process, made durable by the WAL and snapshots."""
 
     def __init__(
@@ -66,13 +68,18 @@ class Catalog:
         *,
         retry_window: int = RETRY_WINDOW,
         hnsw: HnswSettings | None = None,
+        images: ImageStore | None = None,
     ) -> None:
+        """``images`` holds the kept images; the catalog counts their references and frees the unreferenced."""
         self.hnsw = hnsw
+        self.images = images
         self.dimension = dimension
         self.model = model
+        self.loaded: list[tuple[dict[str, Any], int]] = [(model, dimension)]  # every model served; first = default
         self.persistence = persistence
         self.ready = threading.Event()
         self._write_lock = threading.Lock()
+        self.kept = KeptRefs(images, self._write_lock)  # who references each kept image
         self._checkpoint_lock = threading.Lock()
         self._dbs: dict[str, Database] = {}
         self._requests: dict[str, RequestWindow] = {}  # database -> its retry window
@@ -94,6 +101,7 @@ class Catalog:
             self._check_model(db)
             db.hnsw_settings = self.hnsw
             self._dbs[db.name] = db
+            self.kept.add(db.kept_digests())
         for db_name, request_id, group_id, intra_id, replaced, *fingerprint in loaded.dedupe:
             if db_name in self._dbs:
                 self._window(db_name).remember(request_id, (group_id, int(intra_id)), bool(replaced),
@@ -119,9 +127,12 @@ class Catalog:
             time.monotonic() - started,
         )  # fmt: skip
         self.ready.set()
+        if self.images is not None:
+            self.kept.free()
+            threading.Thread(target=self.kept.sweep, name="image-sweep", daemon=True).start()
 
     def _check_model(self, db: Database) -> None:
-        db.foreign = foreign_reason(db.name, db.model, db.dimension, self.model, self.dimension)
+        db.foreign = foreign_among(db.name, db.model, db.dimension, self.loaded)
         if db.foreign is not None:
             log.warning("%s", db.foreign)
 
@@ -137,8 +148,27 @@ class Catalog:
             self.persistence.wait(seq)
 
     def _apply(self, cmd: Command, seq: int) -> Any:
+        """Apply one logged command, and count the kept images it references and releases."""
+        if isinstance(cmd, RenameDatabases):
+            gone = [self._dbs[n] for n in cmd.dropped(set(self._dbs))]
+        else:
+            one = self._dbs.get(cmd.db) if isinstance(cmd, (DropDatabase, ReplaceDatabase)) else None
+            gone = [one] if one is not None else []
+        released = [d for db in gone for d in db.kept_digests()]
+        result = self._apply_command(cmd, seq)
+        if isinstance(cmd, SetImages):
+            self.kept.add(d for item in cmd.items for d in kept_digests(item.attributes))
+        db = self._dbs.get(cmd.db)
+        if db is not None and db.released:
+            released += db.released
+            db.released = []
+        self.kept.release(released)
+        return result
+
+    def _apply_command(self, cmd: Command, seq: int) -> Any:
         if isinstance(cmd, CreateDatabase):
-            db = Database(cmd.db, cmd.dimension, model=cmd.model, create_time=cmd.time, storage=cmd.storage)
+            db = Database(cmd.db, cmd.dimension, model=cmd.model, create_time=cmd.time, storage=cmd.storage,
+                          keep=cmd.keep)  # fmt: skip
             db.incarnation = db.applied_seq = seq
             db.hnsw_settings = self.hnsw
             self._check_model(db)
@@ -150,6 +180,8 @@ class Catalog:
             return self._dbs.pop(cmd.db)
         if isinstance(cmd, ReplaceDatabase):
             return self._apply_replace(cmd, seq)
+        if isinstance(cmd, RenameDatabases):
+            return self._apply_rename(cmd, seq)
         db = self._dbs.get(cmd.db)
         if db is None:
             raise database_not_found(cmd.db)
@@ -196,6 +228,23 @@ class Catalog:
         self._dbs[cmd.db] = db
         return db
 
+    def _apply_rename(self, cmd: RenameDatabases, seq: int) -> list[Database]:
+        """Every source takes its target name at once (a swap works); a target not moving itself is dropped."""
+        for name in cmd.dropped(set(self._dbs)):
+            self._dbs.pop(name)
+            self._requests.pop(name, None)
+        moving = [(self._dbs.pop(src), self._requests.pop(src, None), dst) for src, dst in cmd.moves]
+        for db, window, dst in moving:
+            with db.lock:
+                db.name = dst
+                db.snapshot_seq = -1  # its files are named by the database name: written anew
+                db.applied_seq = seq
+            self._dbs[dst] = db
+            self._requests.pop(dst, None)
+            if window is not None:
+                self._requests[dst] = window
+        return [db for db, _, _ in moving]
+
     def _require_ready(self) -> None:
         if not self.ready.is_set():
             raise not_ready("RECOVERING", "the server is loading its databases; retry in a few seconds")
@@ -207,7 +256,16 @@ class Catalog:
         return db
 
     # -- databases -------------------------------------------------------------------------
-    def create(self, name: str, storage: str = "") -> Database:
+    def serve_models(self, loaded: list[tuple[dict[str, Any], int]]) -> None:
+        """The models this server runs (identity, dimension), the default first: databases of others are foreign."""
+        self.loaded = list(loaded)
+        self.model, self.dimension = loaded[0]
+        for db in self._dbs.values():
+            self._check_model(db)
+
+    def create(self, name: str, storage: str = "", keep: str = "none",
+               model: tuple[dict[str, Any], int] | None = None) -> Database:  # fmt: skip
+        """``model``: (identity, dimension) of the model it is bound to (default: the server's default model)."""
         check_stored_name(name)
         storage = storage or "f32"
         if storage not in STORAGE_DTYPES:
@@ -216,7 +274,8 @@ class Catalog:
         with self._write_lock:
             if name in self._dbs:
                 raise database_exists(name)
-            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, time.time(), storage))
+            identity, dimension = model or (self.model, self.dimension)
+            seq, db = self._commit(CreateDatabase(name, dimension, identity, time.time(), storage, keep))
         self._wait(seq)
         return db
 
@@ -242,6 +301,7 @@ class Catalog:
             self._get_locked(name)
             seq, _ = self._commit(DropDatabase(name))
         self._wait(seq)
+        self.kept.free()
 
     # -- images ----------------------------------------------------------------------------
     def set_images(
@@ -285,6 +345,7 @@ class Catalog:
                 screened.resolve(written, duplicates, name)
         if seq:
             self._wait(seq)
+            self.kept.free()
         return plan.settle(written)
 
     def delete_image(self, name: str, group_id: str, intra_id: int) -> None:
@@ -295,6 +356,7 @@ class Catalog:
             db.require(group_id, intra_id)  # NOT_FOUND before anything is logged
             seq, _ = self._commit(DeleteImage(name, group_id, intra_id))
         self._wait(seq)
+        self.kept.free()
 
     def delete_group(self, name: str, group_id: str) -> int:
         self._require_ready()
@@ -304,6 +366,7 @@ class Catalog:
             db.require(group_id)
             seq, count = self._commit(DeleteGroup(name, group_id))
         self._wait(seq)
+        self.kept.free()
         return count
 
     def clear(self, name: str) -> int:
@@ -312,85 +375,10 @@ class Catalog:
             self._get_locked(name).check_usable()
             seq, count = self._commit(ClearDatabase(name))
         self._wait(seq)
+        self.kept.free()
         return count
 
-    # -- snapshots, export, import ---------------------------------------------------------
-    def checkpoint(self, *, push: bool = True) -> SnapshotInfo:
-        """Snapshot every changed database at one log position; trim the log it covers."""
-        self._require_ready()
-        p = self.persistence
-        if p is None:
-            raise LookalikeError(
-                ErrorKind.FAILED_PRECONDITION, "PERSISTENCE_DISABLED", "this server keeps databases in memory only"
-            )
-        with self._checkpoint_lock:
-            with self._write_lock:
-                for db in self._dbs.values():  # reclaim retired rows before they are written again
-                    if db.dead_rows > max(COMPACT_MIN_DEAD, db.size):
-                        reclaimed = db.compact()
-                        db.snapshot_seq = -1  # rows moved: the whole database is written anew
-                        log.info("compacted %r: %d retired rows reclaimed", db.name, reclaimed)
-                seq = p.wal.last_seq
-                known = (p.manifest or {}).get("databases", {})
-                views = {}
-                for name, db in self._dbs.items():
-                    entry = known.get(name)
-                    clean = db.snapshot_seq == db.applied_seq and entry is not None
-                    same = entry is not None and int(entry["meta"]["incarnation"]) == db.incarnation
-                    views[name] = None if clean and same else db.snapshot_view()
-                dedupe = [
-                    [db_name, request_id, r.key[0], r.key[1], r.replaced, fingerprint]
-                    for db_name, window in self._requests.items()
-                    for request_id, r, fingerprint in window.items()
-                ]
-                p.wal.rotate()
-            try:
-                manifest = p.checkpoint(seq, views, dedupe)
-            except OSError as exc:
-                raise LookalikeError(
-                    ErrorKind.UNAVAILABLE, "STORAGE_UNAVAILABLE", f"the snapshot could not be written ({exc})"
-                ) from None
-            for name, view in views.items():
-                if view is not None and name in self._dbs:
-                    self._dbs[name].snapshot_seq = int(view.meta["applied_seq"])
-            if push and p.remote is not None:
-                try:
-                    p.push_remote()
-                except (OSError, ValueError) as exc:
-                    raise LookalikeError(
-                        ErrorKind.UNAVAILABLE, "OSS_UNAVAILABLE",
-                        f"the snapshot is durable on this server but could not be uploaded to the OSS root ({exc}); "
-                        "it is retried in the background",
-                    ) from None  # fmt: skip
-            info = SnapshotInfo(
-                time=float(manifest["time"]),
-                size_bytes=sum(entry_bytes(e) for e in manifest["databases"].values()),
-                image_count=sum(int(e["meta"]["size"]) for e in manifest["databases"].values()),
-                checkpoint_seq=seq,
-            )
-            self.last_checkpoint = info
-        release_free_memory()  # rows moved to memory-mapped files: give the freed heap back
-        return info
-
-    def snapshot_database(self, name: str) -> SnapshotInfo:
-        self.get(name, usable=False)
-        info = self.checkpoint()
-        entry = (self.persistence.manifest or {})["databases"][name]  # type: ignore[union-attr]
-        return SnapshotInfo(info.time, entry_bytes(entry), int(entry["meta"]["size"]), info.checkpoint_seq)
-
-    def export(self, name: str, location: str, oss: Any = None) -> SnapshotInfo:
-        db = self.get(name, usable=False)
-        view = db.snapshot_view()
-        if self.persistence is None:
-            raise LookalikeError(
-                ErrorKind.FAILED_PRECONDITION, "PERSISTENCE_DISABLED", "this server keeps databases in memory only"
-            )
-        try:
-            entry = self.persistence.export(view, location, oss)
-        except (OSError, ValueError) as exc:
-            raise export_failed(location, exc) from None
-        return SnapshotInfo(time.time(), entry_bytes(entry), int(entry["meta"]["size"]), db.applied_seq)
-
+    # -- import (snapshots and exports: checkpointing.py) ------------------------------------
     def import_(self, name: str, source: ExportedDatabase) -> Database:
         """A new database holding an export's rows (already read and checked by the service)."""
         check_stored_name(name)
@@ -398,7 +386,8 @@ class Catalog:
         with self._write_lock:
             if name in self._dbs:
                 raise database_exists(name)
-            seq, db = self._commit(CreateDatabase(name, self.dimension, self.model, source.create_time, source.storage))
+            cmd = CreateDatabase(name, source.dimension, source.model, source.create_time, source.storage, source.keep)
+            seq, db = self._commit(cmd)
         for part in source.entries():  # a chunk per step: writers and searches go on between them
             with self._write_lock:
                 if self._dbs.get(name) is not db:
@@ -411,6 +400,18 @@ class Catalog:
         self._wait(seq)
         return db
 
+    def rename(self, moves: list[tuple[str, str]]) -> list[Database]:
+        """Databases take new names in one logged step (a target held by a database not moving is dropped)."""
+        self._require_ready()
+        with self._write_lock:
+            for src, dst in moves:
+                check_stored_name(dst)
+                self._get_locked(src)
+            seq, moved = self._commit(RenameDatabases(tuple(moves)))
+        self._wait(seq)
+        self.kept.free()
+        return moved
+
     def replace(self, name: str, loaded: str) -> Database:
         check_stored_name(name)
         self._require_ready()
@@ -418,6 +419,7 @@ class Catalog:
             self._get_locked(loaded)
             seq, db = self._commit(ReplaceDatabase(name, loaded))
         self._wait(seq)
+        self.kept.free()
         return db
 
     def close(self, *, snapshot: bool = True) -> None:

@@ -24,6 +24,7 @@ class CreateDatabase:
     model: dict[str, Any]
     time: float
     storage: str = "f32"
+    keep: str = "none"  # what it keeps of each image (core/keeping.py); older logs kept nothing
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,32 @@ class ReplaceDatabase:
     source: str
 
 
-Command = CreateDatabase | DropDatabase | SetImages | DeleteImage | DeleteGroup | ClearDatabase | ReplaceDatabase
+@dataclass(frozen=True)
+class RenameDatabases:
+    """Databases take new names in one step (a reindex's switch, a rollback's swap); a database already holding a
+    target name that is not itself moving is dropped."""
+
+    moves: tuple[tuple[str, str], ...]
+
+    @property
+    def db(self) -> str:
+        return self.moves[0][1]
+
+    def dropped(self, names: set[str]) -> list[str]:
+        """The databases (of ``names``, the ones that exist) this step drops."""
+        sources = {src for src, _ in self.moves}
+        return [dst for _, dst in self.moves if dst in names and dst not in sources]
+
+
+Command = (CreateDatabase | DropDatabase | SetImages | DeleteImage | DeleteGroup | ClearDatabase | ReplaceDatabase
+           | RenameDatabases)  # fmt: skip
 
 
 def encode(cmd: Command) -> bytes:
     vectors = b""
     if isinstance(cmd, CreateDatabase):
         head: dict[str, Any] = {"op": "create", "db": cmd.db, "dim": cmd.dimension, "model": cmd.model, "t": cmd.time,
-                                "storage": cmd.storage}  # fmt: skip
+                                "storage": cmd.storage, "keep": cmd.keep}  # fmt: skip
     elif isinstance(cmd, DropDatabase):
         head = {"op": "drop", "db": cmd.db}
     elif isinstance(cmd, SetImages):
@@ -116,6 +135,8 @@ def encode(cmd: Command) -> bytes:
         head = {"op": "clear", "db": cmd.db}
     elif isinstance(cmd, ReplaceDatabase):
         head = {"op": "replace", "db": cmd.db, "source": cmd.source}
+    elif isinstance(cmd, RenameDatabases):
+        head = {"op": "rename", "moves": [list(m) for m in cmd.moves]}
     else:  # pragma: no cover - exhaustive
         raise TypeError(f"not a command: {cmd!r}")
     text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
@@ -127,7 +148,8 @@ def decode(data: bytes) -> Command:
     head = json.loads(data[_LEN.size : _LEN.size + n])
     op = head["op"]
     if op == "create":
-        return CreateDatabase(head["db"], int(head["dim"]), head["model"], float(head["t"]), head.get("storage", "f32"))
+        return CreateDatabase(head["db"], int(head["dim"]), head["model"], float(head["t"]), head.get("storage", "f32"),
+                              head.get("keep", "none"))  # fmt: skip
     if op == "drop":
         return DropDatabase(head["db"])
     if op == "set":
@@ -153,4 +175,6 @@ def decode(data: bytes) -> Command:
         return ClearDatabase(head["db"])
     if op == "replace":
         return ReplaceDatabase(head["db"], head["source"])
+    if op == "rename":
+        return RenameDatabases(tuple((str(a), str(b)) for a, b in head["moves"]))
     raise ValueError(f"unknown command {op!r} in the log")

@@ -31,6 +31,7 @@ from lookalike.server.core.backends.builtin.records import Groups, grown
 from lookalike.server.core.backends.builtin.search import DatabaseSearch
 from lookalike.server.core.backends.builtin.self_join import DatabaseJoin
 from lookalike.server.core.backends.builtin.snapshot import DatabaseSnapshots, SnapshotView
+from lookalike.server.core.keeping import kept_digests
 from lookalike.server.core.validation import MAX_INTRA_ID
 
 __all__ = ["Database", "SnapshotView"]
@@ -46,9 +47,11 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         create_time: float = 0.0,
         chunk_rows: int = CHUNK_ROWS,
         storage: str = "f32",
+        keep: str = "none",
     ) -> None:
         self.name = name
         self.storage = storage
+        self.keep = keep  # what it keeps of each image it registers (core/keeping.py)
         self.dimension = dimension
         self.metric = "cosine"
         self.model = model or {}
@@ -60,6 +63,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         self._time = ChunkedRows(np.float64, None, chunk_rows)
         self._live = np.zeros(0, np.uint8)
         self._attrs: dict[int, dict[str, str]] = {}  # row -> attributes, for live rows that have any
+        self.released: list[str] = []  # kept-image digests of rows retired since the catalog last took them
         self._filters = FilterIndex()  # attribute key -> value code by row, for keys searches filter on
         # Small per-row columns, contiguous (the kernel and bisections want one array; growth is cheap):
         self._ids_flat = np.zeros(0, np.int64)  # image id by row, ascending, so id -> row is a bisection
@@ -165,6 +169,18 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
                                      fingerprint))  # fmt: skip
         return SetImages(self.name, tuple(items), vectors, now)
 
+    # -- kept images ------------------------------------------------------------------------
+    def _release(self, row: int) -> None:
+        """Drop a retired row's attributes, noting the kept blobs it referenced."""
+        attributes = self._attrs.pop(row, None)
+        if attributes:
+            self.released.extend(kept_digests(attributes))
+
+    def kept_digests(self) -> list[str]:
+        """Every kept-image digest its live rows reference (one per reference)."""
+        with self.lock:
+            return [d for a in self._attrs.values() for d in kept_digests(a)]
+
     # -- applying (commands already logged) --------------------------------------------------
     def apply_set(self, cmd: SetImages, seq: int) -> list[bool]:
         """Append the rows, retire the rows they replace; returns ``replaced`` per item."""
@@ -188,7 +204,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
                 old = self._groups.members.set(g, item.intra_id, first + k)
                 if old is not None:
                     live[old] = 0
-                    self._attrs.pop(old, None)
+                    self._release(old)
                     retired.append(int(self._ids_flat[old]))
                 else:
                     self._size += 1
@@ -216,7 +232,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
             live = self._live.copy()  # searches hold the old mask; never change it under them
             live[row] = 0
             self._live = live
-            self._attrs.pop(row, None)
+            self._release(row)
             if self.hnsw is not None:
                 self.hnsw.remove([int(self._ids_flat[row])], seq)
             self._groups.members.remove(g, intra_id)
@@ -238,7 +254,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
             live[list(members.values())] = 0
             self._live = live
             for row in members.values():
-                self._attrs.pop(row, None)
+                self._release(row)
             if self.hnsw is not None:
                 self.hnsw.remove([int(self._ids_flat[r]) for r in members.values()], seq)
             self._groups.next_intra[g] = 0
@@ -251,6 +267,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         with self.lock:
             n = self._size
             self._live = np.zeros_like(self._live)
+            self.released.extend(d for a in self._attrs.values() for d in kept_digests(a))
             self._attrs.clear()
             self._filters.cleared()
             self.hnsw = None

@@ -79,6 +79,7 @@ class DatabaseSnapshots:
                     "create_time": self.create_time,
                     "chunk_rows": chunk_rows,
                     "storage": self.storage,
+                    "keep": self.keep,
                     "next_image_id": self.next_image_id,
                     "applied_seq": self.applied_seq,
                     "incarnation": self.incarnation,
@@ -103,7 +104,7 @@ class DatabaseSnapshots:
         chunk_rows = int(meta["chunk_rows"])
         db = cls(
             meta["name"], int(meta["dimension"]), model=meta["model"], create_time=float(meta["create_time"]),
-            chunk_rows=chunk_rows, storage=meta.get("storage", "f32"),
+            chunk_rows=chunk_rows, storage=meta.get("storage", "f32"), keep=meta.get("keep", "none"),
         )  # fmt: skip
         n = len(live)
         d = db.dimension

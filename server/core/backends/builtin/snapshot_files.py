@@ -200,9 +200,10 @@ def export_entries(
     batches: Iterator[list[Entry]],
     location: str,
     oss: OssClient | None,
+    keep: str = "none",
 ) -> tuple[int, int]:
     """Rows from anywhere (the Milvus backend) written as an export: (bytes, images)."""
-    copy = Database(name, dimension, model=model, create_time=create_time)
+    copy = Database(name, dimension, model=model, create_time=create_time, keep=keep)
     for seq, rows in enumerate(batches, 1):
         if not rows:
             continue

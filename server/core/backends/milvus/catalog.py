@@ -91,6 +91,7 @@ class MilvusCatalog:
     ) -> None:
         self.dimension = dimension
         self.model = model
+        self.loaded: list[tuple[dict[str, Any], int]] = [(model, dimension)]  # every model served; first = default
         self.store = store
         self.index = index or MilvusIndexSettings()
         self.leases = IntraIdLeases(store, lease_block)
@@ -158,7 +159,14 @@ class MilvusCatalog:
         rows = self.guard(lambda: self.store.meta_rows('kind == "database"', ["db", "info"]))
         return [MilvusDatabase(self, r["db"], r["info"]) for r in sorted(rows, key=lambda r: r["db"])]
 
-    def create(self, name: str, storage: str = "", *, create_time: float | None = None) -> MilvusDatabase:
+    def serve_models(self, loaded: list[tuple[dict[str, Any], int]]) -> None:
+        """The models this server runs (identity, dimension), the default first: databases of others are foreign."""
+        self.loaded = list(loaded)
+        self.model, self.dimension = loaded[0]
+
+    def create(self, name: str, storage: str = "", keep: str = "none",
+               model: tuple[dict[str, Any], int] | None = None, *,
+               create_time: float | None = None) -> MilvusDatabase:  # fmt: skip
         check_stored_name(name)
         if storage not in ("", "f32"):
             raise invalid(
@@ -169,13 +177,14 @@ class MilvusCatalog:
         self._require_ready()
         if self._find(name) is not None:
             raise database_exists(name)
+        identity, dimension = model or (self.model, self.dimension)
         info = {
-            "dimension": self.dimension, "model": self.model, "storage": "f32",
+            "dimension": dimension, "model": identity, "storage": "f32", "keep": keep,
             "create_time": time.time() if create_time is None else create_time,
             "incarnation": uuid.uuid4().hex, "index_type": self.index.index_type, "milvus_metric": self.index.metric,
             "collection": name,
         }  # fmt: skip
-        self.guard(lambda: self.store.create_images(name, self.dimension, self.index.index_type,
+        self.guard(lambda: self.store.create_images(name, dimension, self.index.index_type,
                                                     self.index.build_params(), self.metric_of(info)))  # fmt: skip
         self.guard(lambda: self.store.put_meta([{"pk": f"database\x1f{name}", "kind": "database", "db": name,
                                                  "info": info}]))  # fmt: skip
@@ -209,6 +218,27 @@ class MilvusCatalog:
             self.requests.forget_all(old.incarnation)
             self.guard(lambda: self.leases.drop(old.incarnation))
         return MilvusDatabase(self, name, info)
+
+    def rename(self, moves: list[tuple[str, str]]) -> list[MilvusDatabase]:
+        """Databases take new names: one catalog upsert points each target name at its source's collection (a swap
+        is one upsert); then the names left behind are removed and a replaced target's collection dropped."""
+        sources = [self.get(src, usable=False) for src, _ in moves]
+        for _, dst in moves:
+            check_stored_name(dst)
+        moving = {src for src, _ in moves}
+        dropped = [old for _, dst in moves if dst not in moving and (old := self._find(dst)) is not None]
+        rows = [
+            {"pk": f"database\x1f{dst}", "kind": "database", "db": dst, "info": dict(db.info, collection=db.collection)}
+            for db, (_, dst) in zip(sources, moves, strict=True)
+        ]
+        self.guard(lambda: self.store.put_meta(rows))
+        for src in moving - {dst for _, dst in moves}:
+            self.guard(lambda src=src: self.store.delete_meta(f'kind == "database" and db == {literal(src)}'))
+        for old in dropped:
+            self.guard(lambda old=old: self.store.drop_images(old.collection))
+            self.requests.forget_all(old.incarnation)
+            self.guard(lambda old=old: self.leases.drop(old.incarnation))
+        return [MilvusDatabase(self, row["db"], row["info"]) for row in rows]
 
     # -- images ----------------------------------------------------------------------------
     def set_images(
@@ -349,13 +379,13 @@ class MilvusCatalog:
                 yield [MilvusDatabase._entry(r) for r in batch]
 
         size_bytes, count = self.guard(lambda: write_export_entries(
-            name, db.dimension, db.model, db.create_time, rows(), location, oss))  # fmt: skip
+            name, db.dimension, db.model, db.create_time, rows(), location, oss, db.keep))  # fmt: skip
         return SnapshotInfo(time.time(), size_bytes, count, 0)
 
     def import_(self, name: str, source: ExportedDatabase) -> MilvusDatabase:
         check_stored_name(name)
         self._require_ready()
-        db = self.create(name, create_time=source.create_time)
+        db = self.create(name, keep=source.keep, model=(source.model, source.dimension), create_time=source.create_time)
         for part in source.entries():
             rows = [{"pk": row_key(e.group_id, e.intra_id), "group_id": e.group_id, "intra_id": e.intra_id,
                      "update_time": e.update_time, "request_id": "", "attributes": dict(e.attributes),

@@ -11,7 +11,7 @@ from lookalike.server.core.backends.api import (
     Hit,
     Key,
     check_usable,
-    foreign_reason,
+    foreign_among,
     image_not_found,
 )
 from lookalike.server.core.errors import ErrorKind, LookalikeError
@@ -52,11 +52,12 @@ class MilvusDatabase:
         self.dimension = int(info["dimension"])
         self.model: dict[str, Any] = dict(info.get("model", {}))
         self.storage = str(info.get("storage", "f32"))
+        self.keep = str(info.get("keep", "none"))  # kept blobs live in the shared image store (core/keeping.py)
         self.create_time = float(info.get("create_time", 0.0))
         self.incarnation = str(info["incarnation"])
         self.index_type = str(info.get("index_type", "FLAT"))
         self.collection = str(info.get("collection", name))  # a load's collection keeps its own id after the swap
-        self.foreign = foreign_reason(name, self.model, self.dimension, catalog.model, catalog.dimension)
+        self.foreign = foreign_among(name, self.model, self.dimension, catalog.loaded)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MilvusDatabase) and (other.name, other.incarnation) == (self.name, self.incarnation)

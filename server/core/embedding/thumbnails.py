@@ -1,0 +1,140 @@
+"""The kept copy of a registered image: the smallest re-encoding that re-embeds like the original.
+
+A database keeps a thumbnail of every registered image so that the catalogue can be re-embedded
+with another model (``lookalike db reindex``) without the images being uploaded again. The
+constants below are the smallest setting measured to re-embed faithfully with the default model
+(median cosine to the original's vector >= 0.995, mAP within 0.3 points of the originals'):
+``bench/thumbnail_fidelity.py`` measures every candidate and prints the table behind them.
+
+The model never sees more than ``input_size`` pixels a side (224 for the default model, the whole
+image stretched to a square), so a longer side of a few hundred pixels keeps what it sees; what
+decides fidelity is the shorter side of a wide image and the encoder's loss, both measured.
+
+The input is decoded exactly as the embedder decodes it (``images.decode_image``: the same byte,
+pixel and aspect-ratio limits checked from the header, the same decode budget, EXIF orientation
+applied, transparency composited on white), so an image the embedder accepts gets a thumbnail and
+one it refuses raises the same ``LookalikeError``. The result is always a re-encoding, even when
+the original is smaller than its thumbnail would be: one format and media type for every kept
+image, the orientation baked into the pixels, and no metadata (EXIF, GPS, ICC) of the upload kept.
+"""
+
+from __future__ import annotations
+
+import io
+
+from lookalike.server.core.embedding.images import PixelBudget, decode_image
+from lookalike.server.defaults import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from PIL import Image
+
+from lookalike.modelfile import to_rgb
+
+THUMBNAIL_FORMAT = "webp"
+THUMBNAIL_MAX_SIDE = 384
+THUMBNAIL_QUALITY = 85
+FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}
+THUMBNAIL_MEDIA_TYPE = FORMATS[THUMBNAIL_FORMAT][1]
+# An image kept at its own size is kept exact (WebP lossless) when that takes at most this many bytes.
+LOSSLESS_MAX_BYTES = 16 * 1024
+
+
+def media_type(fmt: str) -> str:
+    """The HTTP media type of a thumbnail written in ``fmt`` (``"webp"`` or ``"jpeg"``)."""
+    return FORMATS[_checked_format(fmt)][1]
+
+
+def _checked_format(fmt: str) -> str:
+    key = fmt.lower()
+    if key not in FORMATS:
+        raise ValueError(f"thumbnail format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    return key
+
+
+def thumbnail_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """``(w, h)`` with the longer side at most ``max_side``, the aspect ratio kept; never larger than given."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
+    longer = max(width, height)
+    if longer <= max_side:
+        return width, height
+    scale = max_side / longer
+    return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))
+
+
+def encode_thumbnail(
+    image: Image.Image,
+    *,
+    max_side: int = THUMBNAIL_MAX_SIDE,
+    quality: int = THUMBNAIL_QUALITY,
+    fmt: str = THUMBNAIL_FORMAT,
+) -> bytes:
+    """An already decoded, upright image -> thumbnail bytes (RGB, longer side <= ``max_side``).
+
+    An image that needs no downscaling is kept pixel for pixel (WebP lossless) when that takes at
+    most ``LOSSLESS_MAX_BYTES``, less than a downscaled photo's thumbnail: icons, emoji, drawings
+    and small photos, which the model enlarges to its input size, so lossy artifacts are magnified
+    instead of averaged away (measured with the default model: 64 px emoji at WebP quality 95
+    re-embed at median cosine 0.98, at JPEG 95 at 0.965; lossless, they take 2-3 KB). A bound in
+    bytes, not a ratio to the lossy copy: an emoji's lossless copy is up to 3x its lossy one, a
+    text scan's 1.5x. ``fmt="jpeg"`` has no lossless mode: always lossy.
+
+    For a caller that holds the embedder's decode: its JPEG draft keeps at least twice the model's
+    input size a side, more than ``max_side`` needs, so no second decode is needed.
+    """
+    key = _checked_format(fmt)
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    img = to_rgb(image)
+    size = thumbnail_size(img.width, img.height, max_side)
+    if size != img.size:
+        # Lanczos, from an image first reduced by whole factors (reducing_gap): sharp, and fast on large ones.
+        return _encode(img.resize(size, Image.LANCZOS, reducing_gap=3.0), key, quality)
+    if key == "webp":
+        exact = _encode(img, key, quality, lossless=True)
+        if len(exact) <= LOSSLESS_MAX_BYTES:
+            return exact
+    return _encode(img, key, quality)
+
+
+def _encode(img: Image.Image, key: str, quality: int, lossless: bool = False) -> bytes:
+    buf = io.BytesIO()
+    if lossless:
+        img.save(buf, "WEBP", lossless=True, method=4)
+    elif key == "webp":
+        img.save(buf, "WEBP", quality=quality, method=4)
+    else:
+        img.save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def make_thumbnail(
+    image: bytes,
+    *,
+    max_side: int = THUMBNAIL_MAX_SIDE,
+    quality: int = THUMBNAIL_QUALITY,
+    fmt: str = THUMBNAIL_FORMAT,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    budget: PixelBudget | None = None,
+    field: str = "image",
+) -> bytes:
+    """Encoded image bytes -> thumbnail bytes in ``fmt``, never upscaled.
+
+    An image no larger than ``max_side`` may be kept exact (see ``encode_thumbnail``).
+    Raises the embedder's ``LookalikeError`` (``IMAGE_UNDECODABLE``, ``IMAGE_TOO_LARGE``, ...) for
+    bytes it would refuse. JPEGs decode at a reduced DCT scale that still keeps ``max_side`` on the
+    shorter side, so a camera photo costs a fraction of a full decode.
+    """
+    _checked_format(fmt)
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, got {max_side}")
+    img = decode_image(
+        image,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        draft_size=max_side,
+        field=field,
+        max_aspect_ratio=max_aspect_ratio,
+        budget=budget,
+    )
+    return encode_thumbnail(img, max_side=max_side, quality=quality, fmt=fmt)
