@@ -38,3 +38,12 @@ def crop(arr: np.ndarray, frac: float = 0.75, shift: float = 0.1) -> np.ndarray:
 def resize(arr: np.ndarray, scale: float) -> np.ndarray:
     img = Image.fromarray(arr)
     return np.asarray(img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.BICUBIC))
+
+
+def exif_jpeg(img: Image.Image, orientation: int) -> bytes:
+    """A JPEG of ``img`` whose EXIF says to rotate it by ``orientation`` (1-8) when shown."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()

@@ -49,7 +49,6 @@ def bulk_set(
     result = BulkResult()
     stream: Iterator[BulkItem] = iter(items)
     pinned = service.catalog.get(database)
-    embedder = service.embedder_of(pinned)
     while chunk := take_chunk(stream):
         if result.received + len(chunk) > service.limits.max_stream_items:
             raise LookalikeError(
@@ -59,75 +58,13 @@ def bulk_set(
             )  # fmt: skip
         base = result.received
         result.received += len(chunk)
-        vectors: dict[int, np.ndarray] = {}
-        errors: dict[int, LookalikeError] = {}
-        to_embed: list[int] = []
-        for i, item in enumerate(chunk):
-            try:
-                if item.database and item.database != database:
-                    raise invalid(
-                        "DATABASE_MISMATCH",
-                        f"item names database {item.database!r} but the stream is for {database!r}; "
-                        "use one stream per database",
-                    )
-                check_group_id(item.group_id)
-                check_request_id(item.request_id)
-                check_attributes(item.attributes)
-                if item.intra_id is not None:
-                    check_intra_id(item.intra_id)
-                if item.vector is not None:
-                    vectors[i] = check_vector(item.vector, pinned.dimension)
-                elif item.image is None:
-                    raise invalid("IMAGE_MISSING", "send an image (encoded bytes) or a vector to register")
-                else:
-                    to_embed.append(i)
-            except LookalikeError as err:
-                errors[i] = err
-        also = service.keeper.from_decoded(pinned.keep)  # thumbnails from the same decode as the vectors
-        prepared = embedder.prepare_many([chunk[i].image or b"" for i in to_embed], field="image", also=also)
-        thumbs: dict[int, bytes | None] = {}
-        if also is not None:
-            for k, (i, p) in enumerate(zip(to_embed, prepared, strict=True)):
-                if not isinstance(p, LookalikeError):
-                    prepared[k], thumbs[i] = p
-        ok = [(i, p) for i, p in zip(to_embed, prepared, strict=True) if not isinstance(p, LookalikeError)]
-        errors.update((i, p) for i, p in zip(to_embed, prepared, strict=True) if isinstance(p, LookalikeError))
-        if ok:
-            for (i, _), vec in zip(ok, embedder.embed_prepared([p for _, p in ok]), strict=True):
-                vectors[i] = vec
-        checks = {}
-        for i, item in enumerate(chunk):
-            if i not in errors and item.duplicates is not None:
-                try:
-                    checks[i] = service.duplicate_check(item.duplicates, database)
-                except LookalikeError as err:
-                    errors[i] = err
-        good = [i for i in range(len(chunk)) if i not in errors]
-        keys: dict[int, SetResult] = {}
-        if good:
-            images = [chunk[i].image if chunk[i].vector is None else None for i in good]
-            mirror, shadow = service.reindexer.shadow_vectors(database, images)
-            made = [thumbs.get(i) for i in good]
-            with service.keeper.keep(pinned.keep, [chunk[i].image for i in good], made) as kept, \
-                    service.reindexer.gate(mirror):  # fmt: skip
-                items = [chunk[i] for i in good]
-                requests = [set_request(c.group_id, c.intra_id, c.request_id, {**(c.attributes or {}), **k}, c.image,
-                                        c.vector) for c, k in zip(items, kept, strict=True)]  # fmt: skip
-                matrix = np.stack([vectors[i] for i in good])
-                if mirror is not None and mirror.switched:  # the reindex switched the name while this chunk waited
-                    pinned, embedder = service.catalog.get(database), service.models.get(mirror.model)
-                    good, requests, matrix = _onto_new_model(good, requests, shadow, errors, mirror.model)
-                    shadow = [v for v in shadow if v is not None]
-                results = service.catalog.set_images(
-                    database, requests, matrix, expect=pinned, should_continue=should_continue,
-                    duplicates=[checks.get(i) for i in good] if checks and good else None,
-                ) if good else []  # fmt: skip
-                service.reindexer.mirror_sets(mirror, *_written(requests, results, shadow))
-            for i, r in zip(good, results, strict=True):
-                if isinstance(r, LookalikeError):
-                    errors[i] = r
-                else:
-                    keys[i] = r
+        try:
+            keys, errors = _write_chunk(service, database, pinned, chunk, should_continue)
+        except LookalikeError as err:
+            if err.reason != "DATABASE_REPLACED" or service.reindexer.switched_from(database) is not pinned:
+                raise
+            pinned = service.catalog.get(database)  # a reindex switched the name: the chunk again, new model
+            keys, errors = _write_chunk(service, database, pinned, chunk, should_continue)
         for i, item in enumerate(chunk):
             if i in keys:
                 result.add_key(keys[i].key, replayed=keys[i].replayed)
@@ -143,6 +80,80 @@ def bulk_set(
     return result
 
 
+def _write_chunk(
+    service: LookalikeService, database: str, pinned: Any, chunk: list[BulkItem],
+    should_continue: Callable[[], bool] | None,
+) -> tuple[dict[int, SetResult], dict[int, LookalikeError]]:  # fmt: skip
+    """Validate, embed (with the pinned database's model) and write one chunk: (stored by position, errors)."""
+    embedder = service.embedder_of(pinned)
+    vectors: dict[int, np.ndarray] = {}
+    errors: dict[int, LookalikeError] = {}
+    to_embed: list[int] = []
+    for i, item in enumerate(chunk):
+        try:
+            if item.database and item.database != database:
+                raise invalid(
+                    "DATABASE_MISMATCH",
+                    f"item names database {item.database!r} but the stream is for {database!r}; "
+                    "use one stream per database",
+                )
+            check_group_id(item.group_id)
+            check_request_id(item.request_id)
+            check_attributes(item.attributes)
+            if item.intra_id is not None:
+                check_intra_id(item.intra_id)
+            if item.vector is not None:
+                vectors[i] = check_vector(item.vector, pinned.dimension)
+            elif item.image is None:
+                raise invalid("IMAGE_MISSING", "send an image (encoded bytes) or a vector to register")
+            else:
+                to_embed.append(i)
+        except LookalikeError as err:
+            errors[i] = err
+    also = service.keeper.from_decoded(pinned.keep)  # thumbnails from the same decode as the vectors
+    prepared = embedder.prepare_many([chunk[i].image or b"" for i in to_embed], field="image", also=also)
+    thumbs: dict[int, bytes | None] = {}
+    if also is not None:
+        for k, (i, p) in enumerate(zip(to_embed, prepared, strict=True)):
+            if not isinstance(p, LookalikeError):
+                prepared[k], thumbs[i] = p
+    ok = [(i, p) for i, p in zip(to_embed, prepared, strict=True) if not isinstance(p, LookalikeError)]
+    errors.update((i, p) for i, p in zip(to_embed, prepared, strict=True) if isinstance(p, LookalikeError))
+    if ok:
+        for (i, _), vec in zip(ok, embedder.embed_prepared([p for _, p in ok]), strict=True):
+            vectors[i] = vec
+    checks = {}
+    for i, item in enumerate(chunk):
+        if i not in errors and item.duplicates is not None:
+            try:
+                checks[i] = service.duplicate_check(item.duplicates, database)
+            except LookalikeError as err:
+                errors[i] = err
+    good = [i for i in range(len(chunk)) if i not in errors]
+    keys: dict[int, SetResult] = {}
+    if not good:
+        return keys, errors
+    images = [chunk[i].image if chunk[i].vector is None else None for i in good]
+    mirror, shadow = service.reindexer.shadow_vectors(database, images)
+    made = [thumbs.get(i) for i in good]
+    with service.keeper.keep(pinned.keep, [chunk[i].image for i in good], made) as kept, \
+            service.reindexer.gate(mirror):  # fmt: skip
+        items = [chunk[i] for i in good]
+        requests = [set_request(c.group_id, c.intra_id, c.request_id, {**(c.attributes or {}), **k}, c.image,
+                                c.vector) for c, k in zip(items, kept, strict=True)]  # fmt: skip
+        results = service.catalog.set_images(
+            database, requests, np.stack([vectors[i] for i in good]), expect=pinned, should_continue=should_continue,
+            duplicates=[checks.get(i) for i in good] if checks else None,
+        )  # fmt: skip
+        service.reindexer.mirror_sets(mirror, *_written(requests, results, shadow))
+    for i, r in zip(good, results, strict=True):
+        if isinstance(r, LookalikeError):
+            errors[i] = r
+        else:
+            keys[i] = r
+    return keys, errors
+
+
 def _written(requests: list[SetRequest], results: list[Any], vectors: list[Any]) -> tuple[list[Any], list[Any]]:
     """The rows a chunk stored (not replayed, not skipped as duplicates) and their new-model vectors."""
     rows, shadow = [], []
@@ -151,20 +162,3 @@ def _written(requests: list[SetRequest], results: list[Any], vectors: list[Any])
             rows.append((result.key, request.attributes))
             shadow.append(vector)
     return rows, shadow
-
-
-def _onto_new_model(
-    good: list[int], requests: list[SetRequest], shadow: list[Any], errors: dict[int, LookalikeError], model: str
-) -> tuple[list[int], list[SetRequest], np.ndarray]:
-    """A chunk embedded for the old model, re-aimed at the reindexed database: images take the vectors the new
-    model already made; a vector item cannot be converted and fails with a clear reason."""
-    keep = []
-    for k, (i, vector) in enumerate(zip(good, shadow, strict=True)):
-        if vector is None:
-            errors[i] = LookalikeError(ErrorKind.FAILED_PRECONDITION, "DATABASE_REINDEXED",
-                                       f"the database was switched to model {model!r} by a reindex during this "
-                                       "stream; send this item again (a vector must be of the new model)")  # fmt: skip
-        else:
-            keep.append(k)
-    matrix = np.stack([shadow[k] for k in keep]) if keep else np.zeros((0, 1), np.float32)
-    return [good[k] for k in keep], [requests[k] for k in keep], matrix

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lookalike.server import defaults
-from lookalike.server.core.backends.api import DatabaseHandle, ExportedDatabase
+from lookalike.server.core.backends.api import DatabaseHandle
+from lookalike.server.core.backends.exports import ExportedDatabase
 from lookalike.server.core.errors import LookalikeError, invalid, not_found
 from lookalike.server.core.validation import KEPT_ATTRIBUTES, ORIGINAL_ATTRIBUTE, THUMBNAIL_ATTRIBUTE
 from lookalike.server.storage.image_store import ImageStore, digest_of

@@ -21,9 +21,8 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from lookalike.server.core.backends.api import DatabaseHandle, Entry, Key, SetRe
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
 from lookalike.server.core.keeping import VIEWS
 from lookalike.server.core.operations import Context, Operation
+from lookalike.server.core.reindex_mirror import Mirror, MirrorWrites
 from lookalike.server.core.validation import PREVIOUS_SUFFIX, REINDEX_PREFIX, check_database_name
 
 if TYPE_CHECKING:
@@ -47,19 +47,6 @@ STATE = "reindex.json"
 SOURCE_ATTRIBUTE = "source"  # where `lookalike add` read the file (the importer sets it)
 
 
-@dataclass
-class Mirror:
-    """A reindex in progress on one database: writes to it also go to the shadow, under ``gate``."""
-
-    operation: str
-    database: str
-    shadow: str
-    model: str  # the loaded model the shadow is bound to
-    gate: threading.Lock = field(default_factory=threading.Lock)
-    writes: int = 0  # writes mirrored so far (a clean comparison stays clean while this does not move)
-    switched: bool = False  # the name now belongs to the shadow: a writer that pinned the old one starts again
-
-
 def previous_name(name: str) -> str:
     return name + PREVIOUS_SUFFIX
 
@@ -68,12 +55,13 @@ def shadow_name(operation_id: str, name: str) -> str:
     return f"{REINDEX_PREFIX}{operation_id[:8]}-{name}"
 
 
-class Reindexer:
+class Reindexer(MirrorWrites):
     """Starts, runs and resumes reindex operations, and mirrors writes while one runs."""
 
     def __init__(self, service: LookalikeService) -> None:
         self.service = service
         self.mirrors: dict[str, Mirror] = {}
+        self.switched: dict[str, DatabaseHandle] = {}  # name -> the database a reindex switched away from
         self._lock = threading.Lock()
 
     # -- the calls ---------------------------------------------------------------------------
@@ -110,6 +98,10 @@ class Reindexer:
             op = self.service.operations.start(KIND, request["database"], request)
         return op
 
+    def switched_from(self, name: str) -> DatabaseHandle | None:
+        """The database the last reindex of ``name`` replaced (a writer pinned to it goes again), if any."""
+        return self.switched.get(name)
+
     def refuse_while_running(self, name: str, what: str) -> None:
         mirror = self.mirrors.get(name)
         if mirror is not None:
@@ -140,76 +132,6 @@ class Reindexer:
         s.catalog.rename([(name, previous), (previous, name)])
         log.info("rolled back %r: it and %r swapped names", name, previous)
         return s.catalog.get(name, usable=False), s.catalog.get(previous, usable=False)
-
-    # -- writes while a reindex runs (the service calls these) --------------------------------
-    def shadow_vectors(self, database: str, images: Sequence[bytes | None]) -> tuple[Mirror | None, list[Any]]:
-        """The mirror of ``database`` (None: no reindex) and each image embedded by the new model (None for a
-        vector write, which the new model cannot use: the comparison before the switch lists it missing)."""
-        mirror = self.mirrors.get(database)
-        if mirror is None or not any(img is not None for img in images):
-            return mirror, [None] * len(images)
-        embedder = self.service.models.get(mirror.model)
-        present = [k for k, img in enumerate(images) if img is not None]
-        vectors = embedder.embed([images[k] for k in present], field="image")  # type: ignore[misc]
-        out: list[Any] = [None] * len(images)
-        for k, v in zip(present, vectors, strict=True):
-            out[k] = v
-        return mirror, out
-
-    @contextmanager
-    def gate(self, mirror: Mirror | None) -> Iterator[None]:
-        if mirror is None:
-            yield
-            return
-        with mirror.gate:
-            yield
-
-    def mirror_sets(self, mirror: Mirror | None, written: list[tuple[Key, dict[str, str] | None]],
-                    vectors: list[Any]) -> None:  # fmt: skip
-        """After the old database applied writes (under the gate): the same rows in the shadow, new vectors."""
-        if mirror is None or mirror.switched:
-            return
-        mirror.writes += len(written)
-        rows = [(key, attrs, v) for (key, attrs), v in zip(written, vectors, strict=True)]
-        embedded = [(k, a, v) for k, a, v in rows if v is not None]
-        gone = [k for k, _, v in rows if v is None]
-        try:
-            if embedded:
-                requests = [SetRequest(k[0], k[1], "", dict(a or {})) for k, a, _ in embedded]
-                self.service.catalog.set_images(mirror.shadow, requests, np.stack([v for _, _, v in embedded]))
-            for key in gone:  # a vector write: the shadow must not keep an older picture under that key
-                self._forget(mirror, key)
-        except LookalikeError as err:  # the write stands; the comparison before the switch mends the shadow
-            log.warning("reindex of %r: a write was not mirrored (%s); mended before the switch", mirror.database,
-                        err.message)  # fmt: skip
-
-    def mirror_delete(self, mirror: Mirror | None, group_id: str, intra_id: int | None = None) -> None:
-        if mirror is None or mirror.switched:
-            return
-        mirror.writes += 1
-        try:
-            if intra_id is None:
-                self.service.catalog.delete_group(mirror.shadow, group_id)
-            else:
-                self.service.catalog.delete_image(mirror.shadow, group_id, intra_id)
-        except LookalikeError as err:
-            if err.kind != ErrorKind.NOT_FOUND:
-                log.warning("reindex of %r: a delete was not mirrored (%s)", mirror.database, err.message)
-
-    def mirror_clear(self, mirror: Mirror | None) -> None:
-        if mirror is not None and not mirror.switched:
-            mirror.writes += 1
-            try:
-                self.service.catalog.clear(mirror.shadow)
-            except LookalikeError as err:
-                log.warning("reindex of %r: a clear was not mirrored (%s)", mirror.database, err.message)
-
-    def _forget(self, mirror: Mirror, key: Key) -> None:
-        try:
-            self.service.catalog.delete_image(mirror.shadow, *key)
-        except LookalikeError as err:
-            if err.kind != ErrorKind.NOT_FOUND:
-                raise
 
     # -- the operation -----------------------------------------------------------------------
     def run(self, ctx: Context) -> dict[str, Any]:
@@ -367,6 +289,7 @@ class Reindexer:
             previous = previous_name(mirror.database)
             s.catalog.rename([(mirror.database, previous), (mirror.shadow, mirror.database)])
             mirror.switched = True
+            self.switched[mirror.database] = primary  # a stream pinned to it starts its chunk again
         log.info("reindex of %r with model %r switched the name (old kept as %r)", mirror.database, mirror.model,
                  previous)  # fmt: skip
         listed = [{"key": [g, i], "source": src, "reason": r} for g, i, src, r in missing[:MAX_LISTED_MISSING]]

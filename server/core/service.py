@@ -315,8 +315,8 @@ class LookalikeService(Transfers, ModelCalls):
                         duplicates=[check] if check else None,
                     )  # fmt: skip
                 except LookalikeError as err:
-                    if attempt == 0 and err.reason == "DATABASE_REPLACED" and mirror is not None and mirror.switched:
-                        continue
+                    if attempt == 0 and err.reason == "DATABASE_REPLACED":  # a reindex switched it (or it was
+                        continue  # re-created) after this write looked it up: again, with its model
                     raise
                 if isinstance(result, SetResult) and not result.replayed and result.duplicate_score is None:
                     self.reindexer.mirror_sets(mirror, [(result.key, request.attributes)], shadow)

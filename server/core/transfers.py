@@ -10,7 +10,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from lookalike.server.core.backends.api import DatabaseHandle, SnapshotInfo, read_export_for
+from lookalike.server.core.backends.api import DatabaseHandle, SnapshotInfo
+from lookalike.server.core.backends.exports import read_export_for
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
 from lookalike.server.core.locations import oss_failure, oss_not_configured
 from lookalike.server.core.validation import LOAD_PREFIX, check_database_name, check_new_database_name

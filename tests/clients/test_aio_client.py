@@ -88,7 +88,7 @@ def test_async_kept_images_equal_the_blocking_client(grpc_server, client, db_nam
             return thumb, embedded, err.value, same.value
 
     thumb, embedded, err, same = asyncio.run(scenario())
-    assert thumb == client.get_image_bytes(db_name, "kept", 0) and thumb[1] == "image/webp"
+    assert thumb == client.get_image_bytes(db_name, "kept", 0) and thumb[1] == "image/jpeg"
     assert embedded.model == name
     np.testing.assert_allclose(embedded.embeddings[0].values, client.embed([sent]).embeddings[0].values, atol=1e-6)
     assert err.reason == "MODEL_NOT_FOUND" and same.reason == "REINDEX_SAME_MODEL"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import exif_jpeg
 from PIL import Image
 
 from lookalike.modelfile import (
@@ -150,19 +151,11 @@ def test_transparency_is_composited_on_white():
     assert np.asarray(to_rgb(pal)).tolist() == [[[255] * 3, [10, 20, 30]], [[10, 20, 30], [255] * 3]]
 
 
-def _exif_jpeg(img: Image.Image, orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=95, exif=exif)
-    return buf.getvalue()
-
-
 def test_trainer_loader_applies_exif_orientation():
     from lookalike.trainer.data.images import decode_image
 
     upright = _photo("astronaut").resize((120, 160))
-    data = _exif_jpeg(upright.transpose(Image.Transpose.ROTATE_90), 6)
+    data = exif_jpeg(upright.transpose(Image.Transpose.ROTATE_90), 6)
     got = decode_image(data)
     assert got.size == (120, 160) and got.mode == "RGB"
     assert np.abs(np.asarray(got, np.float32) - np.asarray(upright, np.float32)).mean() < 4.0
@@ -172,7 +165,7 @@ def test_server_decoder_applies_exif_orientation_and_survives_broken_exif():
     from lookalike.server.core.embedding.images import decode_image
 
     upright = _photo("astronaut").resize((120, 160))
-    data = _exif_jpeg(upright.transpose(Image.Transpose.ROTATE_270), 8)
+    data = exif_jpeg(upright.transpose(Image.Transpose.ROTATE_270), 8)
     got = decode_image(data, max_bytes=1 << 20, max_pixels=1 << 20)
     assert got.size == (120, 160)
     assert np.abs(np.asarray(got, np.float32) - np.asarray(upright, np.float32)).mean() < 4.0

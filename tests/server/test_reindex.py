@@ -182,7 +182,7 @@ def test_writes_and_searches_during_a_reindex_lose_nothing(server: Server) -> No
     """A writer adds, overwrites and deletes while the reindex runs; a searcher never fails. Afterwards the new
     database holds exactly what the old one was left with, each vector the new model's for its final bytes."""
     c = server.client
-    c.create_database("live")
+    c.create_database("live", keep="original")  # re-embedded from the originals: equal to a fresh embedding
     c.bulk_set("live", iter(BulkItem(f"base{i}", image=picture(1000 + i)) for i in range(400)))
     final: dict[tuple[str, int], bytes] = {(f"base{i}", 0): picture(1000 + i) for i in range(400)}
     stop = threading.Event()
@@ -211,6 +211,20 @@ def test_writes_and_searches_during_a_reindex_lose_nothing(server: Server) -> No
                     failures.append(exc)
                     return
 
+    def streamer() -> None:  # bulk streams across the switch: a chunk pinned to the old database goes again
+        with LookalikeClient(server.address) as w:
+            j = 0
+            while not stop.is_set():
+                try:
+                    batch = {(f"s{(j + k) % 90}", 0): picture(9000 + j + k) for k in range(30)}
+                    summary = w.bulk_set("live", iter(BulkItem(g, image=d, intra_id=i) for (g, i), d in batch.items()))
+                    assert summary.failed_count == 0, summary
+                    final.update(batch)
+                    j += 30
+                except BaseException as exc:
+                    failures.append(exc)
+                    return
+
     def searcher() -> None:
         with LookalikeClient(server.address) as s:
             while not stop.is_set():
@@ -221,7 +235,7 @@ def test_writes_and_searches_during_a_reindex_lose_nothing(server: Server) -> No
                     failures.append(exc)
                     return
 
-    threads = [threading.Thread(target=writer), threading.Thread(target=searcher)]
+    threads = [threading.Thread(target=f) for f in (writer, streamer, searcher)]
     for t in threads:
         t.start()
     time.sleep(0.3)

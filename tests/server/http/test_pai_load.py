@@ -121,7 +121,7 @@ def test_a_load_interrupted_by_a_crash_is_dropped_at_the_next_start(tmp_path):
     """The staging copy is logged like any database; a restart finds it unfinished and drops it."""
     from lookalike.server.app import create_server
     from lookalike.server.config import ServerConfig
-    from lookalike.server.core.backends.api import read_export_for
+    from lookalike.server.core.backends.exports import read_export_for
 
     config = ServerConfig(port=0, snapshot_interval_s=0, data_dir=tmp_path / "data", export_root=tmp_path)
     server = create_server(config)

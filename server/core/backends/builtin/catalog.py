@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from lookalike.server.core.backends.api import (
     RETRY_WINDOW,
-    ExportedDatabase,
     RetryPlan,
     SetRequest,
     SetResult,
@@ -48,6 +47,7 @@ from lookalike.server.core.backends.builtin.kept_refs import KeptRefs
 from lookalike.server.core.backends.builtin.persistence import Persistence
 from lookalike.server.core.backends.builtin.requests import RequestWindow
 from lookalike.server.core.backends.duplicates import DuplicateCheck, screen
+from lookalike.server.core.backends.exports import ExportedDatabase
 from lookalike.server.core.errors import LookalikeError, invalid
 from lookalike.server.core.keeping import kept_digests
 from lookalike.server.core.validation import LOAD_PREFIX, check_stored_name

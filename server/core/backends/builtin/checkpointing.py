@@ -11,8 +11,9 @@ import logging
 import time
 from typing import Any
 
-from lookalike.server.core.backends.api import SnapshotInfo, export_failed
+from lookalike.server.core.backends.api import SnapshotInfo
 from lookalike.server.core.backends.builtin.memory import release_free_memory
+from lookalike.server.core.backends.exports import export_failed
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.storage.shipping import entry_bytes
 

@@ -25,7 +25,6 @@ from lookalike.server.core.backends.api import (
     RETRY_WINDOW,
     DatabaseHandle,
     Entry,
-    ExportedDatabase,
     Key,
     RetryPlan,
     SetRequest,
@@ -38,9 +37,9 @@ from lookalike.server.core.backends.api import (
     intra_ids_exhausted,
     not_ready,
     write_cancelled,
-    write_export_entries,
 )
 from lookalike.server.core.backends.duplicates import DuplicateCheck, screen
+from lookalike.server.core.backends.exports import ExportedDatabase, write_export_entries
 from lookalike.server.core.backends.milvus.database import MilvusDatabase, unavailable
 from lookalike.server.core.backends.milvus.intra_leases import IntraIdLeases
 from lookalike.server.core.backends.milvus.requests import MilvusRequestWindow
