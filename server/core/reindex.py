@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +62,8 @@ class Reindexer(MirrorWrites):
     def __init__(self, service: LookalikeService) -> None:
         self.service = service
         self.mirrors: dict[str, Mirror] = {}
-        self.switched: dict[str, DatabaseHandle] = {}  # name -> the database a reindex switched away from
+        # name -> the database a reindex switched away from (weak: dropping NAME@previous frees it)
+        self.switched: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     # -- the calls ---------------------------------------------------------------------------
@@ -71,7 +73,8 @@ class Reindexer(MirrorWrites):
         """The checked request, as the operation keeps it."""
         check_database_name(name)
         if name.endswith(PREVIOUS_SUFFIX):
-            raise invalid("DATABASE_NAME_INVALID", f"{name!r} is a copy kept by a reindex; reindex {name[:-9]!r}")
+            base = name[: -len(PREVIOUS_SUFFIX)]
+            raise invalid("DATABASE_NAME_INVALID", f"{name!r} is a copy kept by a reindex; reindex {base!r}")
         s = self.service
         db = s.catalog.get(name, usable=False)
         model = s.models.resolve(model)
@@ -96,6 +99,8 @@ class Reindexer(MirrorWrites):
                 raise LookalikeError(ErrorKind.ALREADY_EXISTS, "REINDEX_RUNNING",
                                      f"database {request['database']!r} is being reindexed")  # fmt: skip
             op = self.service.operations.start(KIND, request["database"], request)
+            name = request["database"]  # mirrored from now on: a second reindex of it is refused at once
+            self.mirrors.setdefault(name, Mirror(op.id, name, shadow_name(op.id, name), request["model"]))
         return op
 
     def switched_from(self, name: str) -> DatabaseHandle | None:
@@ -140,9 +145,10 @@ class Reindexer(MirrorWrites):
         s = self.service
         state = self._load(ctx)
         shadow = state.setdefault("shadow", shadow_name(ctx.op.id, name))
-        mirror = Mirror(ctx.op.id, name, shadow, model)
         with self._lock:
-            self.mirrors[name] = mirror
+            mirror = self.mirrors.get(name)
+            if mirror is None or mirror.operation != ctx.op.id:  # resumed after a restart
+                mirror = self.mirrors[name] = Mirror(ctx.op.id, name, shadow, model)
         try:
             primary = s.catalog.get(name, usable=False)
             try:
