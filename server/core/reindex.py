@@ -44,6 +44,7 @@ PAGE = 64  # images re-embedded per step (one model call; a checkpoint after eac
 LIST_PAGE = 1000
 MAX_LISTED_MISSING = 1000
 DEFAULT_SAMPLE = 200
+COMPARE_PASSES = 3  # comparisons beside the writers before the last one, under the gate
 STATE = "reindex.json"
 SOURCE_ATTRIBUTE = "source"  # where `lookalike add` read the file (the importer sets it)
 
@@ -271,9 +272,10 @@ class Reindexer(MirrorWrites):
             listed.append([entry.group_id, entry.intra_id, entry.attributes.get(SOURCE_ATTRIBUTE, ""), reason])
 
     def _finish(self, ctx: Context, mirror: Mirror, state: dict[str, Any]) -> dict[str, Any]:
-        """Compare the two databases until a comparison finds nothing to mend; then switch, under the gate."""
+        """Compare the two databases until a comparison sees no write beside it (at most ``COMPARE_PASSES``: under
+        a steady stream of writes the last one runs under the gate, writes waiting); then switch, under the gate."""
         s = self.service
-        while True:
+        for _ in range(COMPARE_PASSES):
             ctx.check()
             seen = mirror.writes
             ctx.report(1, 1, unit="images", stage="comparing", fraction=0.99)
@@ -299,9 +301,10 @@ class Reindexer(MirrorWrites):
         log.info("reindex of %r with model %r switched the name (old kept as %r)", mirror.database, mirror.model,
                  previous)  # fmt: skip
         listed = [{"key": [g, i], "source": src, "reason": r} for g, i, src, r in missing[:MAX_LISTED_MISSING]]
+        copied = int(state.get("reindexed", 0)) + mirror.mended
         return {"database": mirror.database, "previous": previous, "model": mirror.model,
-                "previous_model": describe_model(primary.model), "reindexed_count": s.catalog.get(mirror.database,
-                usable=False).size, "concurrent_writes": mirror.writes, "missing_count": len(missing),
+                "previous_model": describe_model(primary.model), "reindexed_count": copied,
+                "concurrent_writes": mirror.writes, "missing_count": len(missing),
                 "missing": listed, "switched": True, **quality}  # fmt: skip
 
     def _switched_before(self, ctx: Context, mirror: Mirror, state: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +358,7 @@ class Reindexer(MirrorWrites):
                 else:
                     request = SetRequest(entry.group_id, entry.intra_id, "", dict(entry.attributes))
                     s.catalog.set_images(mirror.shadow, [request], vector[np.newaxis])
+                    mirror.mended += 1
         return missing
 
     def _quality(self, mirror: Mirror, samples: int) -> dict[str, Any]:

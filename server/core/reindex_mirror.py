@@ -37,6 +37,7 @@ class Mirror:
     gate: threading.Lock = field(default_factory=threading.Lock)
     writes: int = 0  # writes mirrored so far (a clean comparison stays clean while this does not move)
     switched: bool = False  # the name now belongs to the shadow: a writer that pinned the old one starts again
+    mended: int = 0  # rows the comparison before the switch re-embedded (written past the mirror)
 
 
 class MirrorWrites:

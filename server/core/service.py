@@ -38,6 +38,7 @@ from lookalike.server.core.calls import (
     set_request,
     similarity,
 )
+from lookalike.server.core.crop import Crop, check_crop
 from lookalike.server.core.dedup import tiers
 from lookalike.server.core.dedup.finder import KIND, DedupSettings, DuplicateFinder
 from lookalike.server.core.embedding.embedder import Embedder
@@ -64,8 +65,17 @@ from lookalike.server.core.validation import (
 )
 from lookalike.server.storage.image_store import ImageStore
 
-__all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "DatabaseHandle", "DuplicateSpec", "Entry", "Hit", "Key", "Limits",
-           "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
+__all__ = ["BULK_CHUNK", "BulkItem", "BulkResult", "Crop", "DatabaseHandle", "DuplicateSpec", "Entry", "Hit", "Key",
+           "Limits", "LookalikeService", "Query", "SnapshotInfo"]  # fmt: skip
+
+CropLike = Crop | Sequence[float]  # a Crop, or (x, y, width, height) as fractions of the upright image
+
+
+def cropped(crop: Crop | None, field: str = "") -> dict[str, Any]:
+    """The embedder's crop keywords: none without a crop, so an uncropped call is the call it always was."""
+    if crop is None:
+        return {}
+    return {"crop": crop, "crop_field": field} if field else {"crop": crop}
 
 
 class LookalikeService(Transfers, ModelCalls):
@@ -136,11 +146,16 @@ class LookalikeService(Transfers, ModelCalls):
         self.models.close()
 
     # -- matching --------------------------------------------------------------------------
-    def match(self, image_a: bytes, image_b: bytes, model: str = "") -> tuple[float, float]:
-        """(similarity in [0, 1], cosine) of the two images' embeddings by ``model`` ("" = the default)."""
+    def match(
+        self, image_a: bytes, image_b: bytes, model: str = "", *, crop_a: CropLike | None = None,
+        crop_b: CropLike | None = None,
+    ) -> tuple[float, float]:  # fmt: skip
+        """(similarity in [0, 1], cosine) of the two images' embeddings by ``model`` ("" = the default);
+        ``crop_a`` / ``crop_b``: compare only that region of each image (``core/crop.py``)."""
+        box_a, box_b = check_crop(crop_a, "crop_a"), check_crop(crop_b, "crop_b")
         embedder = self.models.get(model)
-        a = embedder.prepare(image_a, field="image_a")
-        b = embedder.prepare(image_b, field="image_b")
+        a = embedder.prepare(image_a, field="image_a", **cropped(box_a, "crop_a"))
+        b = embedder.prepare(image_b, field="image_b", **cropped(box_b, "crop_b"))
         va, vb = embedder.embed_prepared([a, b])
         cosine = float(np.clip(np.dot(va, vb), -1.0, 1.0))
         return similarity(cosine), cosine
@@ -353,13 +368,20 @@ class LookalikeService(Transfers, ModelCalls):
         group_prefix: str = "",
         with_attributes: bool = True,
         min_tier: str = "",
+        crop: CropLike | None = None,
     ) -> tuple[list[Hit], int, str]:
         """Top-k by image, vector or registered image; ``where`` filters on attributes, inside the scan;
-        ``min_tier`` drops hits below the model's calibrated tier (with ``min_score``, the stricter applies).
+        ``min_tier`` drops hits below the model's calibrated tier (with ``min_score``, the stricter applies);
+        ``crop``: search with only that region of the query image (``core/crop.py``; image queries only).
 
         Returns (hits best first, images compared, the index that answered: "exact" or "hnsw").
         """
         check_database_name(database)
+        box = check_crop(crop)
+        if box is not None and query.image is None and (query.vector is not None or query.registered is not None):
+            kind = "a vector" if query.vector is not None else "a registered image"
+            raise invalid("CROP_INVALID", f"crop is set on a search by {kind}; only an image query can be cropped: "
+                          "send the image, or leave crop out", field="crop")  # fmt: skip
         db = self.catalog.get(database)
         if where:
             check_attributes(where, system=True)
@@ -381,7 +403,7 @@ class LookalikeService(Transfers, ModelCalls):
         elif query.vector is not None:
             vec = check_vector(query.vector, db.dimension)
         elif query.image is not None:
-            vec = self.embedder_of(db).embed([query.image], field="image")[0]
+            vec = self.embedder_of(db).embed([query.image], field="image", **cropped(box))[0]
         else:
             raise invalid("QUERY_MISSING", "set one of image, vector or registered as the query")
         return db.search_tier(

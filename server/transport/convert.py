@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from lookalike.server.core.service import DatabaseHandle, Entry
+from lookalike.server.core.service import Crop, DatabaseHandle, Entry
 from lookalike.v1 import database_service_pb2 as db_pb
 from lookalike.v1 import types_pb2
 
@@ -13,6 +14,14 @@ def timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
+
+
+def crop(message: Message, field: str) -> Crop | None:
+    """The ``field`` Crop of a request as the core takes it; None when it is unset."""
+    if not message.HasField(field):
+        return None
+    box = getattr(message, field)
+    return Crop(box.x, box.y, box.width, box.height)
 
 
 def vector(values: np.ndarray) -> types_pb2.Vector:

@@ -120,11 +120,20 @@ class PaiGateway:
         except (binascii.Error, ValueError):
             raise invalid("BASE64_INVALID", f"{name} is not valid base64; send base64.b64encode(file bytes)") from None
 
+    @staticmethod
+    def crop(value: Any, name: str) -> list[Any] | None:
+        """A crop as sent, ``[x, y, width, height]`` (the core checks the numbers: CROP_INVALID), or None."""
+        if value is not None and not isinstance(value, list):
+            raise invalid("PARAM_INVALID", f"{name} must be a list [x, y, width, height] of fractions of the image, "
+                          f"not {type(value).__name__}")  # fmt: skip
+        return value
+
     # -- functions -------------------------------------------------------------------------
     def match(self, body: dict[str, Any]) -> dict[str, Any]:
         a = self.image_bytes(body.get("imagea"), "imagea")
         b = self.image_bytes(body.get("imageb"), "imageb")
-        similarity, cosine = self.service.match(a, b)
+        crop_a, crop_b = self.crop(body.get("crop_a"), "crop_a"), self.crop(body.get("crop_b"), "crop_b")
+        similarity, cosine = self.service.match(a, b, crop_a=crop_a, crop_b=crop_b)
         return {"similarity": similarity, "cosine": cosine, "model": self.service.model_name}
 
     def retrieval(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -279,8 +288,9 @@ class PaiGateway:
     def fn_db_search(self, p: dict[str, Any]) -> dict[str, Any]:
         name = self.param(p, "database_name", str)
         top_k = self.param(p, "search_topk", int, required=False) or 10
+        crop = self.param(p, "crop", list, required=False)
         image = self.image_bytes(p.get("image"), "function_params.image")
-        hits, searched, _ = self.service.search(name, Query(image=image), top_k=top_k)
+        hits, searched, _ = self.service.search(name, Query(image=image), top_k=top_k, crop=crop)
         results = [{"group_id": h.group_id, "intra_id": h.intra_id, "score": h.score, "attributes": h.attributes or {}}
                    for h in hits]  # fmt: skip
         return {"results": results, "searched": searched}

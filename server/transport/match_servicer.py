@@ -16,7 +16,10 @@ class MatchServicer(pb_grpc.MatchServiceServicer):
 
     @grpc_errors
     def Match(self, request: pb.MatchRequest, context: grpc.ServicerContext) -> pb.MatchResponse:
-        similarity, cosine = self._service.match(request.image_a.content, request.image_b.content, request.model)
+        similarity, cosine = self._service.match(
+            request.image_a.content, request.image_b.content, request.model,
+            crop_a=convert.crop(request, "crop_a"), crop_b=convert.crop(request, "crop_b"),
+        )  # fmt: skip
         name, _ = self._service.resolve_model(request.model)
         return pb.MatchResponse(similarity=similarity, cosine=cosine, model=name)
 

@@ -30,6 +30,16 @@ GroupId = Annotated[str | int, Field(description="the group (a product, a person
                                      examples=["sku-42"])]  # fmt: skip
 IntraId = Annotated[int, Field(ge=0, le=MAX_INTRA_ID - 1, description="the image's number inside its group")]
 Image = Annotated[str, Field(min_length=1, description=IMAGE)]
+CROP = (
+    "only this region of {image}: [x, y, width, height] as fractions of the upright image (EXIF orientation "
+    "applied first), each in [0, 1], width and height above 0, x + width <= 1, y + height <= 1; rounded to whole "
+    "pixels, at least 8 on a side (else error_code CROP_INVALID); default: the whole image"
+)
+
+
+def crop_field(image: str) -> Any:
+    return Field(None, min_length=4, max_length=4, description=CROP.format(image=image),
+                 examples=[[0.25, 0.25, 0.5, 0.5]])  # fmt: skip
 
 
 class Params(BaseModel):
@@ -146,6 +156,7 @@ class DbSearchParams(Params):
     image: Image
     search_topk: int | None = Field(DEFAULT_TOP_K, ge=1, le=defaults.MAX_TOP_K, description="how many hits; at "
                                     "most the server's --max-top-k (default shown as the maximum)")  # fmt: skip
+    crop: list[Annotated[float, Field(ge=0, le=1)]] | None = crop_field("the query image (a product in a scene)")
 
 
 class DbCleanParams(Params):
@@ -167,6 +178,8 @@ class MatchRequest(BaseModel):
 
     imagea: Image
     imageb: Image
+    crop_a: list[Annotated[float, Field(ge=0, le=1)]] | None = crop_field("imagea")
+    crop_b: list[Annotated[float, Field(ge=0, le=1)]] | None = crop_field("imageb")
 
 
 def _request(name: str, params: type[Params]) -> type[BaseModel]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from lookalike.server.core.service import LookalikeService, Query
+from lookalike.server.transport import convert
 from lookalike.server.transport.errors import grpc_errors
 from lookalike.v1 import search_service_pb2 as pb
 from lookalike.v1 import search_service_pb2_grpc as pb_grpc
@@ -35,6 +36,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             group_prefix=request.group_id_prefix,
             with_attributes=not request.omit_attributes,
             min_tier=request.min_tier,
+            crop=convert.crop(request, "crop"),
         )
         return pb.SearchResponse(
             hits=[

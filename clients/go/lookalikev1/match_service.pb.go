@@ -29,7 +29,11 @@ type MatchRequest struct {
 	// The second image.
 	ImageB *Image `protobuf:"bytes,2,opt,name=image_b,json=imageB,proto3" json:"image_b,omitempty"`
 	// The loaded model to compare them with (a name from ListModels); empty: the server's default.
-	Model         string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	Model string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	// Compare only this region of image_a; unset: the whole image.
+	CropA *Crop `protobuf:"bytes,4,opt,name=crop_a,json=cropA,proto3" json:"crop_a,omitempty"`
+	// Compare only this region of image_b; unset: the whole image.
+	CropB         *Crop `protobuf:"bytes,5,opt,name=crop_b,json=cropB,proto3" json:"crop_b,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -83,6 +87,20 @@ func (x *MatchRequest) GetModel() string {
 		return x.Model
 	}
 	return ""
+}
+
+func (x *MatchRequest) GetCropA() *Crop {
+	if x != nil {
+		return x.CropA
+	}
+	return nil
+}
+
+func (x *MatchRequest) GetCropB() *Crop {
+	if x != nil {
+		return x.CropB
+	}
+	return nil
 }
 
 // How alike two images are.
@@ -272,11 +290,13 @@ var File_lookalike_v1_match_service_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_match_service_proto_rawDesc = "" +
 	"\n" +
-	" lookalike/v1/match_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"\x80\x01\n" +
+	" lookalike/v1/match_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"\xd6\x01\n" +
 	"\fMatchRequest\x12,\n" +
 	"\aimage_a\x18\x01 \x01(\v2\x13.lookalike.v1.ImageR\x06imageA\x12,\n" +
 	"\aimage_b\x18\x02 \x01(\v2\x13.lookalike.v1.ImageR\x06imageB\x12\x14\n" +
-	"\x05model\x18\x03 \x01(\tR\x05model\"]\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x12)\n" +
+	"\x06crop_a\x18\x04 \x01(\v2\x12.lookalike.v1.CropR\x05cropA\x12)\n" +
+	"\x06crop_b\x18\x05 \x01(\v2\x12.lookalike.v1.CropR\x05cropB\"]\n" +
 	"\rMatchResponse\x12\x1e\n" +
 	"\n" +
 	"similarity\x18\x01 \x01(\x02R\n" +
@@ -315,22 +335,25 @@ var file_lookalike_v1_match_service_proto_goTypes = []any{
 	(*EmbedRequest)(nil),  // 2: lookalike.v1.EmbedRequest
 	(*EmbedResponse)(nil), // 3: lookalike.v1.EmbedResponse
 	(*Image)(nil),         // 4: lookalike.v1.Image
-	(*Vector)(nil),        // 5: lookalike.v1.Vector
+	(*Crop)(nil),          // 5: lookalike.v1.Crop
+	(*Vector)(nil),        // 6: lookalike.v1.Vector
 }
 var file_lookalike_v1_match_service_proto_depIdxs = []int32{
 	4, // 0: lookalike.v1.MatchRequest.image_a:type_name -> lookalike.v1.Image
 	4, // 1: lookalike.v1.MatchRequest.image_b:type_name -> lookalike.v1.Image
-	4, // 2: lookalike.v1.EmbedRequest.images:type_name -> lookalike.v1.Image
-	5, // 3: lookalike.v1.EmbedResponse.embeddings:type_name -> lookalike.v1.Vector
-	0, // 4: lookalike.v1.MatchService.Match:input_type -> lookalike.v1.MatchRequest
-	2, // 5: lookalike.v1.MatchService.Embed:input_type -> lookalike.v1.EmbedRequest
-	1, // 6: lookalike.v1.MatchService.Match:output_type -> lookalike.v1.MatchResponse
-	3, // 7: lookalike.v1.MatchService.Embed:output_type -> lookalike.v1.EmbedResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	5, // 2: lookalike.v1.MatchRequest.crop_a:type_name -> lookalike.v1.Crop
+	5, // 3: lookalike.v1.MatchRequest.crop_b:type_name -> lookalike.v1.Crop
+	4, // 4: lookalike.v1.EmbedRequest.images:type_name -> lookalike.v1.Image
+	6, // 5: lookalike.v1.EmbedResponse.embeddings:type_name -> lookalike.v1.Vector
+	0, // 6: lookalike.v1.MatchService.Match:input_type -> lookalike.v1.MatchRequest
+	2, // 7: lookalike.v1.MatchService.Embed:input_type -> lookalike.v1.EmbedRequest
+	1, // 8: lookalike.v1.MatchService.Match:output_type -> lookalike.v1.MatchResponse
+	3, // 9: lookalike.v1.MatchService.Embed:output_type -> lookalike.v1.EmbedResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_lookalike_v1_match_service_proto_init() }

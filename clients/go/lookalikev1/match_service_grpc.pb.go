@@ -39,6 +39,7 @@ type MatchServiceClient interface {
 	//	INVALID_ARGUMENT / IMAGE_MISSING: image_a or image_b is empty.
 	//	INVALID_ARGUMENT / IMAGE_UNDECODABLE: the bytes are not a supported image (or are truncated).
 	//	INVALID_ARGUMENT / IMAGE_TOO_LARGE: the encoded image or its pixel count exceeds the server limit.
+	//	INVALID_ARGUMENT / CROP_INVALID: crop_a or crop_b is outside its image or under 8 pixels on a side.
 	//	UNAUTHENTICATED / TOKEN_INVALID: the server requires a token and none or a wrong one was sent.
 	Match(ctx context.Context, in *MatchRequest, opts ...grpc.CallOption) (*MatchResponse, error)
 	// Embeds up to 256 images into L2-normalised vectors, in request order.
@@ -91,6 +92,7 @@ type MatchServiceServer interface {
 	//	INVALID_ARGUMENT / IMAGE_MISSING: image_a or image_b is empty.
 	//	INVALID_ARGUMENT / IMAGE_UNDECODABLE: the bytes are not a supported image (or are truncated).
 	//	INVALID_ARGUMENT / IMAGE_TOO_LARGE: the encoded image or its pixel count exceeds the server limit.
+	//	INVALID_ARGUMENT / CROP_INVALID: crop_a or crop_b is outside its image or under 8 pixels on a side.
 	//	UNAUTHENTICATED / TOKEN_INVALID: the server requires a token and none or a wrong one was sent.
 	Match(context.Context, *MatchRequest) (*MatchResponse, error)
 	// Embeds up to 256 images into L2-normalised vectors, in request order.

@@ -172,7 +172,9 @@ type ReindexResult struct {
 	Model string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
 	// The previous model's description.
 	PreviousModel string `protobuf:"bytes,4,opt,name=previous_model,json=previousModel,proto3" json:"previous_model,omitempty"`
-	// Images re-embedded (from kept thumbnails, kept originals or readable sources).
+	// Images the reindex re-embedded from what the database kept (kept originals, kept thumbnails
+	// or readable sources); images written during it were embedded by the new model as they came
+	// (concurrent_writes) and are not counted here.
 	ReindexedCount int64 `protobuf:"varint,5,opt,name=reindexed_count,json=reindexedCount,proto3" json:"reindexed_count,omitempty"`
 	// Images written during the reindex (sent to both databases).
 	ConcurrentWrites int64 `protobuf:"varint,6,opt,name=concurrent_writes,json=concurrentWrites,proto3" json:"concurrent_writes,omitempty"`
@@ -180,7 +182,8 @@ type ReindexResult struct {
 	MissingCount int64 `protobuf:"varint,7,opt,name=missing_count,json=missingCount,proto3" json:"missing_count,omitempty"`
 	// The first of them.
 	Missing []*ReindexMissing `protobuf:"bytes,8,rep,name=missing,proto3" json:"missing,omitempty"`
-	// Mean overlap of the top-10 neighbours between the old and the new model, over sampled queries.
+	// Mean overlap of the top-10 neighbours between the old and the new database, over sampled
+	// queries: the model change plus, for a database that kept thumbnails, their re-encoding.
 	OverlapAt_10 float64 `protobuf:"fixed64,9,opt,name=overlap_at_10,json=overlapAt10,proto3" json:"overlap_at_10,omitempty"`
 	// How often a sampled image's nearest other group stayed the same.
 	SameNearestGroup float64 `protobuf:"fixed64,10,opt,name=same_nearest_group,json=sameNearestGroup,proto3" json:"same_nearest_group,omitempty"`

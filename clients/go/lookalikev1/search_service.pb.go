@@ -48,7 +48,10 @@ type SearchRequest struct {
 	OmitAttributes bool `protobuf:"varint,10,opt,name=omit_attributes,json=omitAttributes,proto3" json:"omit_attributes,omitempty"`
 	// Drop hits below the model's calibrated tier: "duplicate", "near" or "similar" (the stricter
 	// of this and min_score applies).
-	MinTier       string `protobuf:"bytes,11,opt,name=min_tier,json=minTier,proto3" json:"min_tier,omitempty"`
+	MinTier string `protobuf:"bytes,11,opt,name=min_tier,json=minTier,proto3" json:"min_tier,omitempty"`
+	// Search with only this region of the query image (a product in a scene); unset: the whole image.
+	// Only an image query can be cropped.
+	Crop          *Crop `protobuf:"bytes,12,opt,name=crop,proto3" json:"crop,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -171,6 +174,13 @@ func (x *SearchRequest) GetMinTier() string {
 		return x.MinTier
 	}
 	return ""
+}
+
+func (x *SearchRequest) GetCrop() *Crop {
+	if x != nil {
+		return x.Crop
+	}
+	return nil
 }
 
 type isSearchRequest_Query interface {
@@ -330,7 +340,7 @@ var File_lookalike_v1_search_service_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_search_service_proto_rawDesc = "" +
 	"\n" +
-	"!lookalike/v1/search_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"\x9c\x04\n" +
+	"!lookalike/v1/search_service.proto\x12\flookalike.v1\x1a\x18lookalike/v1/types.proto\"\xc4\x04\n" +
 	"\rSearchRequest\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12+\n" +
 	"\x05image\x18\x02 \x01(\v2\x13.lookalike.v1.ImageH\x00R\x05image\x12.\n" +
@@ -345,7 +355,8 @@ const file_lookalike_v1_search_service_proto_rawDesc = "" +
 	"\x0fgroup_id_prefix\x18\t \x01(\tR\rgroupIdPrefix\x12'\n" +
 	"\x0fomit_attributes\x18\n" +
 	" \x01(\bR\x0eomitAttributes\x12\x19\n" +
-	"\bmin_tier\x18\v \x01(\tR\aminTier\x1a9\n" +
+	"\bmin_tier\x18\v \x01(\tR\aminTier\x12&\n" +
+	"\x04crop\x18\f \x01(\v2\x12.lookalike.v1.CropR\x04crop\x1a9\n" +
 	"\vFilterEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\a\n" +
@@ -390,22 +401,24 @@ var file_lookalike_v1_search_service_proto_goTypes = []any{
 	(*Image)(nil),          // 5: lookalike.v1.Image
 	(*Vector)(nil),         // 6: lookalike.v1.Vector
 	(*ImageKey)(nil),       // 7: lookalike.v1.ImageKey
+	(*Crop)(nil),           // 8: lookalike.v1.Crop
 }
 var file_lookalike_v1_search_service_proto_depIdxs = []int32{
 	5, // 0: lookalike.v1.SearchRequest.image:type_name -> lookalike.v1.Image
 	6, // 1: lookalike.v1.SearchRequest.vector:type_name -> lookalike.v1.Vector
 	7, // 2: lookalike.v1.SearchRequest.registered:type_name -> lookalike.v1.ImageKey
 	3, // 3: lookalike.v1.SearchRequest.filter:type_name -> lookalike.v1.SearchRequest.FilterEntry
-	7, // 4: lookalike.v1.SearchHit.key:type_name -> lookalike.v1.ImageKey
-	4, // 5: lookalike.v1.SearchHit.attributes:type_name -> lookalike.v1.SearchHit.AttributesEntry
-	1, // 6: lookalike.v1.SearchResponse.hits:type_name -> lookalike.v1.SearchHit
-	0, // 7: lookalike.v1.SearchService.Search:input_type -> lookalike.v1.SearchRequest
-	2, // 8: lookalike.v1.SearchService.Search:output_type -> lookalike.v1.SearchResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	8, // 4: lookalike.v1.SearchRequest.crop:type_name -> lookalike.v1.Crop
+	7, // 5: lookalike.v1.SearchHit.key:type_name -> lookalike.v1.ImageKey
+	4, // 6: lookalike.v1.SearchHit.attributes:type_name -> lookalike.v1.SearchHit.AttributesEntry
+	1, // 7: lookalike.v1.SearchResponse.hits:type_name -> lookalike.v1.SearchHit
+	0, // 8: lookalike.v1.SearchService.Search:input_type -> lookalike.v1.SearchRequest
+	2, // 9: lookalike.v1.SearchService.Search:output_type -> lookalike.v1.SearchResponse
+	9, // [9:10] is the sub-list for method output_type
+	8, // [8:9] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_lookalike_v1_search_service_proto_init() }

@@ -39,6 +39,8 @@ type SearchServiceClient interface {
 	//	INVALID_ARGUMENT / DIMENSION_MISMATCH, VECTOR_INVALID: a bad query vector.
 	//	INVALID_ARGUMENT / TOP_K_INVALID: top_k outside 1-1000 (0 means 10).
 	//	INVALID_ARGUMENT / MIN_SCORE_INVALID: min_score outside [-1, 1] or not finite.
+	//	INVALID_ARGUMENT / CROP_INVALID: a crop outside the image, under 8 pixels on a side, or on a vector
+	//	  or registered query (only an image query can be cropped).
 	//	INVALID_ARGUMENT / TIER_INVALID; FAILED_PRECONDITION / TIERS_UNKNOWN (the model has no calibrated tiers).
 	//	NOT_FOUND / DATABASE_NOT_FOUND; NOT_FOUND / IMAGE_NOT_FOUND for an unknown registered key.
 	//	UNAUTHENTICATED / TOKEN_INVALID.
@@ -80,6 +82,8 @@ type SearchServiceServer interface {
 	//	INVALID_ARGUMENT / DIMENSION_MISMATCH, VECTOR_INVALID: a bad query vector.
 	//	INVALID_ARGUMENT / TOP_K_INVALID: top_k outside 1-1000 (0 means 10).
 	//	INVALID_ARGUMENT / MIN_SCORE_INVALID: min_score outside [-1, 1] or not finite.
+	//	INVALID_ARGUMENT / CROP_INVALID: a crop outside the image, under 8 pixels on a side, or on a vector
+	//	  or registered query (only an image query can be cropped).
 	//	INVALID_ARGUMENT / TIER_INVALID; FAILED_PRECONDITION / TIERS_UNKNOWN (the model has no calibrated tiers).
 	//	NOT_FOUND / DATABASE_NOT_FOUND; NOT_FOUND / IMAGE_NOT_FOUND for an unknown registered key.
 	//	UNAUTHENTICATED / TOKEN_INVALID.

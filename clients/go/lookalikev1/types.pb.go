@@ -169,6 +169,83 @@ func (x *ImageKey) GetIntraId() int64 {
 	return 0
 }
 
+// A region of an image (a product in a scene), as fractions of the upright image: EXIF
+// orientation is applied first, then (x, y) is the top-left corner and (width, height) the size,
+// each in [0, 1] with x + width <= 1 and y + height <= 1. The server rounds the box to whole
+// pixels and embeds only what is inside; a box smaller than 8 pixels on a side is refused
+// (INVALID_ARGUMENT / CROP_INVALID, as is a box outside the image).
+type Crop struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The left edge, from 0 (the image's left edge).
+	X float32 `protobuf:"fixed32,1,opt,name=x,proto3" json:"x,omitempty"`
+	// The top edge, from 0 (the image's top edge).
+	Y float32 `protobuf:"fixed32,2,opt,name=y,proto3" json:"y,omitempty"`
+	// The width, above 0; x + width <= 1.
+	Width float32 `protobuf:"fixed32,3,opt,name=width,proto3" json:"width,omitempty"`
+	// The height, above 0; y + height <= 1.
+	Height        float32 `protobuf:"fixed32,4,opt,name=height,proto3" json:"height,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Crop) Reset() {
+	*x = Crop{}
+	mi := &file_lookalike_v1_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Crop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Crop) ProtoMessage() {}
+
+func (x *Crop) ProtoReflect() protoreflect.Message {
+	mi := &file_lookalike_v1_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Crop.ProtoReflect.Descriptor instead.
+func (*Crop) Descriptor() ([]byte, []int) {
+	return file_lookalike_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Crop) GetX() float32 {
+	if x != nil {
+		return x.X
+	}
+	return 0
+}
+
+func (x *Crop) GetY() float32 {
+	if x != nil {
+		return x.Y
+	}
+	return 0
+}
+
+func (x *Crop) GetWidth() float32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *Crop) GetHeight() float32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
 var File_lookalike_v1_types_proto protoreflect.FileDescriptor
 
 const file_lookalike_v1_types_proto_rawDesc = "" +
@@ -180,7 +257,12 @@ const file_lookalike_v1_types_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\x02R\x06values\"@\n" +
 	"\bImageKey\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x19\n" +
-	"\bintra_id\x18\x02 \x01(\x03R\aintraIdBGZEgithub.com/lookalike-dev/lookalike/clients/go/lookalikev1;lookalikev1b\x06proto3"
+	"\bintra_id\x18\x02 \x01(\x03R\aintraId\"P\n" +
+	"\x04Crop\x12\f\n" +
+	"\x01x\x18\x01 \x01(\x02R\x01x\x12\f\n" +
+	"\x01y\x18\x02 \x01(\x02R\x01y\x12\x14\n" +
+	"\x05width\x18\x03 \x01(\x02R\x05width\x12\x16\n" +
+	"\x06height\x18\x04 \x01(\x02R\x06heightBGZEgithub.com/lookalike-dev/lookalike/clients/go/lookalikev1;lookalikev1b\x06proto3"
 
 var (
 	file_lookalike_v1_types_proto_rawDescOnce sync.Once
@@ -194,11 +276,12 @@ func file_lookalike_v1_types_proto_rawDescGZIP() []byte {
 	return file_lookalike_v1_types_proto_rawDescData
 }
 
-var file_lookalike_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_lookalike_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_lookalike_v1_types_proto_goTypes = []any{
 	(*Image)(nil),    // 0: lookalike.v1.Image
 	(*Vector)(nil),   // 1: lookalike.v1.Vector
 	(*ImageKey)(nil), // 2: lookalike.v1.ImageKey
+	(*Crop)(nil),     // 3: lookalike.v1.Crop
 }
 var file_lookalike_v1_types_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -219,7 +302,7 @@ func file_lookalike_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lookalike_v1_types_proto_rawDesc), len(file_lookalike_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

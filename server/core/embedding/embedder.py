@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lookalike.server.core.crop import Crop, draft_for, pixel_box
 from lookalike.server.core.embedding.batcher import MicroBatcher
 from lookalike.server.core.embedding.cancellation import track
 from lookalike.server.core.embedding.images import PixelBudget, decode_image
@@ -123,18 +124,27 @@ class Embedder:
             raise LookalikeError(ErrorKind.INTERNAL, "MODEL_OUTPUT_INVALID", "the model produced non-finite values")
         return output_vectors(y, self.meta)  # L2-normalised, minus the file's domain centre if it has one
 
-    def prepare(self, data: bytes, *, field: str = "image", also: Callable[[Any], Any] | None = None) -> Any:
+    def prepare(
+        self, data: bytes, *, field: str = "image", also: Callable[[Any], Any] | None = None, crop: Crop | None = None,
+        crop_field: str = "crop",
+    ) -> Any:  # fmt: skip
         """Decode and preprocess one encoded image -> [3, S, S] float32; with ``also``, (that, ``also(decoded)``):
-        what else needs the decoded picture (a kept thumbnail) gets it without a second decode."""
+        what else needs the decoded picture (a kept thumbnail) gets it without a second decode.
+
+        ``crop`` (checked by ``core.crop.check_crop``): embed only that region of the upright image, rounded to
+        whole pixels (CROP_INVALID, naming ``crop_field``, when it is under a few pixels on a side). JPEGs then
+        decode at a draft scale that still leaves the region the pixels the resize needs."""
         img = decode_image(
             data,
             max_bytes=self.max_image_bytes,
             max_pixels=self.max_image_pixels,
-            draft_size=self._draft_size,
+            draft_size=draft_for(self._draft_size, crop),
             field=field,
             max_aspect_ratio=self.max_aspect_ratio,
             budget=self._budget,
         )
+        if crop is not None:
+            img = img.crop(pixel_box(crop, img.width, img.height, crop_field))
         array = preprocess(img, self.meta)
         return array if also is None else (array, also(img))
 
@@ -168,7 +178,12 @@ class Embedder:
                 ErrorKind.UNAVAILABLE, "CANCELLED", "the call ended before its images were embedded"
             ) from None
 
-    def embed(self, images: Sequence[bytes], *, field: str = "images") -> np.ndarray:
+    def embed(self, images: Sequence[bytes], *, field: str = "images", crop: Crop | None = None) -> np.ndarray:
+        """[n] encoded images -> [n, D] unit vectors; ``crop`` (one image only): embed that region of it."""
+        if crop is not None:
+            if len(images) != 1:
+                raise ValueError("a crop applies to one image")
+            return self.embed_prepared([self.prepare(images[0], field=field, crop=crop)])
         if len(images) == 1:
             return self.embed_prepared([self.prepare(images[0], field=field)])
         prepared = self.prepare_many(images, field=field)
