@@ -280,6 +280,14 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
             log.error("recovery failed: %s", exc)
         finally:
             running.recovered.set()
+        if persistence is None and config.persist and config.image_sweep_interval_s > 0:  # Milvus: no counts
+            while not running.stopping.wait(config.image_sweep_interval_s):
+                try:
+                    removed = service.sweep_images()
+                    if removed:
+                        log.info("image store sweep: removed %d blobs no image references", removed)
+                except (LookalikeError, OSError) as err:
+                    log.warning("image store sweep: %s", getattr(err, "message", err))
         if persistence is not None and config.snapshot_interval_s > 0:
             while not running.stopping.wait(config.snapshot_interval_s):
                 try:

@@ -137,6 +137,9 @@ class ServerConfig:
     )
     images_dir: Path | None = opt(None, "where kept images live (default: <data-dir>/images; with --index milvus, a "
                                   "directory every replica shares)")  # fmt: skip
+    image_sweep_interval_s: float = opt(d.KEEP_SWEEP_INTERVAL_S, "with --index milvus: remove kept images no row "
+                                        "names this often (seconds; 0 = never); the built-in store frees them as "
+                                        "images go", min=0.0)  # fmt: skip
     grace_s: float = opt(d.GRACE_S, "seconds in-flight calls get to finish at shutdown", min=0.0)
     retry_window: int = opt(d.RETRY_WINDOW, "request ids remembered per database, so a retried write is applied once "
                             "(forgotten early when the image they wrote is deleted)", min=1)  # fmt: skip

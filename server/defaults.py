@@ -63,6 +63,7 @@ DEDUP_MAX_PAIRS = 50_000_000  # pairs a job may find (600 MB of checkpoints); be
 MAX_OPERATIONS = 2  # long-running operations (FindDuplicates) running at once
 KEEP_POLICIES = ("none", "thumbnail", "original")
 KEEP = "thumbnail"  # what a database keeps of each image unless CreateDatabase says (none, thumbnail, original)
+KEEP_SWEEP_INTERVAL_S = 3600.0  # Milvus replicas sweep the shared image store this often
 KEEP_SWEEP_GRACE_S = 3600.0  # an image-store blob no row references is swept only after this long
 
 # -- durability (server/core/backends/builtin/persistence.py, server/storage/wal.py) -------------

@@ -22,7 +22,7 @@ from lookalike.server import defaults
 from lookalike.server.core.backends.api import DatabaseHandle
 from lookalike.server.core.backends.exports import ExportedDatabase
 from lookalike.server.core.errors import LookalikeError, invalid, not_found
-from lookalike.server.core.validation import KEPT_ATTRIBUTES, ORIGINAL_ATTRIBUTE, THUMBNAIL_ATTRIBUTE
+from lookalike.server.core.validation import ORIGINAL_ATTRIBUTE, THUMBNAIL_ATTRIBUTE, kept_digests
 from lookalike.server.storage.image_store import ImageStore, digest_of
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ def check_keep(keep: str, default: str) -> str:
     if keep not in KEEP_POLICIES:
         raise invalid("KEEP_INVALID", f"keep {keep!r} is not one of {', '.join(KEEP_POLICIES)}")
     return keep
-
-
-def kept_digests(attributes: Mapping[str, str] | None) -> list[str]:
-    """The blobs a row references (its thumbnail and original digests)."""
-    if not attributes:
-        return []
-    return [attributes[k] for k in KEPT_ATTRIBUTES if attributes.get(k)]
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,11 @@ class LookalikeService(Transfers, ModelCalls):
         self.catalog.recover()
         self.operations.recover()
 
+    def sweep_images(self, grace_s: float = defaults.KEEP_SWEEP_GRACE_S) -> int:
+        """Remove kept blobs no image references and none was written in ``grace_s``; how many. The built-in
+        store frees them as images go; on Milvus, replicas sharing the store sweep it now and then."""
+        return self.keeper.store.sweep(self.catalog.kept_digests(), grace_s=grace_s)
+
     def checkpoint(self) -> SnapshotInfo:
         return self.catalog.checkpoint()
 

@@ -99,6 +99,15 @@ THUMBNAIL_ATTRIBUTE = SYSTEM_PREFIX + "thumbnail"  # the digest of the kept thum
 ORIGINAL_ATTRIBUTE = SYSTEM_PREFIX + "original"  # the digest of the kept original bytes
 KEPT_ATTRIBUTES = (THUMBNAIL_ATTRIBUTE, ORIGINAL_ATTRIBUTE)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def kept_digests(attributes: dict[str, str] | None) -> list[str]:
+    """The kept-image blobs a row references (its thumbnail and original digests; core/keeping.py)."""
+    if not attributes:
+        return []
+    return [attributes[k] for k in KEPT_ATTRIBUTES if attributes.get(k)]
+
+
 IMAGE_SIZE = re.compile(r"[1-9][0-9]{0,5}x[1-9][0-9]{0,5}")
 SYSTEM_ATTRIBUTES = {DIGEST_ATTRIBUTE: SHA256_HEX, SIZE_ATTRIBUTE: IMAGE_SIZE, THUMBNAIL_ATTRIBUTE: SHA256_HEX,
                      ORIGINAL_ATTRIBUTE: SHA256_HEX}  # fmt: skip

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from lookalike.server import defaults as d
 from lookalike.server.transport.auth import token_matches
 from lookalike.server.transport.call_slots import CallSlots
+from lookalike.server.transport.console import console_router
 from lookalike.server.transport.http_gateway import PaiGateway
 from lookalike.server.transport.http_images import add_image_routes
 from lookalike.server.transport.http_limits import (
@@ -114,6 +115,7 @@ def create_app(gateway: PaiGateway, limits: HttpLimits | None = None, slots: Cal
                       openapi_extra=operation(path_parameter="service_name"),
                       summary="Match or retrieval (the PAI-EAS URL path)")  # fmt: skip
     add_image_routes(app, gateway, slots, RETRY_AFTER_S)
+    app.include_router(console_router(gateway, slots))  # the web console at /ui (console/)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

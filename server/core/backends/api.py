@@ -344,6 +344,10 @@ class IndexBackend(Protocol):
         """Database ``loaded`` takes the name ``name`` (dropping what had it) in one durable step."""
         ...
 
+    def kept_digests(self) -> set[str]:
+        """Every kept-image digest a live row names (what the image store must keep)."""
+        ...
+
     def rename(self, moves: list[tuple[str, str]]) -> list[DatabaseHandle]:
         """Each (source, target): the sources take the targets' names in one step; a swap works."""
         ...

@@ -63,11 +63,11 @@ class Console:
                        if p.suffix in STATIC_TYPES}  # fmt: skip
 
     # -- answers ---------------------------------------------------------------------------
-    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         context |= {"request": request, "csrf": self.session.csrf_of(request), "open": self.session.open,
                     "nav": NAV, "signed_in": self.session.signed_in(request)}  # fmt: skip
         context.setdefault("section", "")
-        response = self.templates.TemplateResponse(request, name, context, status_code=status)
+        response = self.templates.TemplateResponse(request, template, context, status_code=status)
         response.headers.update(SECURITY_HEADERS)
         self.session.remember_csrf(request, response)
         return response
@@ -108,12 +108,13 @@ class Console:
 
     async def call(self, function: Callable[..., Any], *args: Any, heavy: bool = False, **kwargs: Any) -> Any:
         """A service call on a worker thread; ``heavy`` ones (model work) take one of the server's call slots."""
-        import anyio
         import functools
 
+        import anyio
+
         if heavy and not self.slots.take():
-            raise LookalikeError(ErrorKind.RESOURCE_EXHAUSTED, "TOO_MANY_REQUESTS", f"the server is serving its "
-                                 f"limit of {self.slots.limit} calls (--max-inflight); try again in a moment")  # fmt: skip
+            raise LookalikeError(ErrorKind.RESOURCE_EXHAUSTED, "TOO_MANY_REQUESTS", f"the server is serving "
+                                 f"its limit of {self.slots.limit} calls (--max-inflight); try again soon")  # fmt: skip
         try:
             return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
         finally:

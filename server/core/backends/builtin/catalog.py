@@ -49,8 +49,7 @@ from lookalike.server.core.backends.builtin.requests import RequestWindow
 from lookalike.server.core.backends.duplicates import DuplicateCheck, screen
 from lookalike.server.core.backends.exports import ExportedDatabase
 from lookalike.server.core.errors import LookalikeError, invalid
-from lookalike.server.core.keeping import kept_digests
-from lookalike.server.core.validation import LOAD_PREFIX, check_stored_name
+from lookalike.server.core.validation import LOAD_PREFIX, check_stored_name, kept_digests
 from lookalike.server.storage.image_store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -399,6 +398,10 @@ class Catalog(Checkpoints):
                 seq, _ = self._commit(cmd)
         self._wait(seq)
         return db
+
+    def kept_digests(self) -> set[str]:
+        """Every kept-image digest a live row names (the reference counts' keys)."""
+        return set(self.kept.live())
 
     def rename(self, moves: list[tuple[str, str]]) -> list[Database]:
         """Databases take new names in one logged step (a target held by a database not moving is dropped)."""

@@ -31,8 +31,7 @@ from lookalike.server.core.backends.builtin.records import Groups, grown
 from lookalike.server.core.backends.builtin.search import DatabaseSearch
 from lookalike.server.core.backends.builtin.self_join import DatabaseJoin
 from lookalike.server.core.backends.builtin.snapshot import DatabaseSnapshots, SnapshotView
-from lookalike.server.core.keeping import kept_digests
-from lookalike.server.core.validation import MAX_INTRA_ID
+from lookalike.server.core.validation import MAX_INTRA_ID, kept_digests
 
 __all__ = ["Database", "SnapshotView"]
 

@@ -44,7 +44,7 @@ from lookalike.server.core.backends.milvus.database import MilvusDatabase, unava
 from lookalike.server.core.backends.milvus.intra_leases import IntraIdLeases
 from lookalike.server.core.backends.milvus.requests import MilvusRequestWindow
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid
-from lookalike.server.core.validation import LOAD_PREFIX, MAX_INTRA_ID, check_stored_name
+from lookalike.server.core.validation import LOAD_PREFIX, MAX_INTRA_ID, check_stored_name, kept_digests
 from lookalike.server.storage.milvus_store import (
     ROW_FIELDS,
     MilvusRejected,
@@ -217,6 +217,16 @@ class MilvusCatalog:
             self.requests.forget_all(old.incarnation)
             self.guard(lambda: self.leases.drop(old.incarnation))
         return MilvusDatabase(self, name, info)
+
+    def kept_digests(self) -> set[str]:
+        """Every kept-image digest a row of any database names (a scan of every collection's attributes): what a
+        sweep of the shared image store must keep. Replicas do not count references, so freeing is a sweep."""
+        live: set[str] = set()
+        for db in self.list():
+            for batch in self.guard(lambda db=db: list(self.store.scan(db.collection, ["attributes"]))):
+                for row in batch:
+                    live.update(kept_digests(row.get("attributes") or {}))
+        return live
 
     def rename(self, moves: list[tuple[str, str]]) -> list[MilvusDatabase]:
         """Databases take new names: one catalog upsert points each target name at its source's collection (a swap
