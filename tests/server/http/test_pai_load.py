@@ -140,3 +140,21 @@ def test_a_load_interrupted_by_a_crash_is_dropped_at_the_next_start(tmp_path):
         assert again.service.get_database("d").size == 2
     finally:
         again.stop(0)
+
+
+def test_pai_databases_keep_thumbnails_and_a_load_brings_them_back(pai):
+    """PAI ``add`` creates a database with the server's --keep (thumbnail); save and load carry the kept copies."""
+    server, url, root = pai
+    db = "kept-by-pai"
+    fill(url, db)
+    assert server.service.get_database(db).keep == "thumbnail"
+    before = server.service.kept_image(db, "rocket", 0, "thumbnail")
+    assert before.media_type == "image/jpeg" and len(before.data) > 1000
+    assert fn(url, "init", backend="local", root_path=str(root))[0] == 200
+    assert fn(url, "save", database_name=db)[0] == 200
+    assert list((root / db / "images").glob("??/*"))  # the kept copies travel in the save
+    fn(url, "db_delete", database_name=db, group_id="rocket")
+    status, body = fn(url, "load", database_name=db)
+    assert status == 200, body
+    after = server.service.kept_image(db, "rocket", 0, "thumbnail")
+    assert (after.data, after.digest) == (before.data, before.digest)
