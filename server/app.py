@@ -224,6 +224,8 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
         dtype=config.hnsw_dtype,
     )
     images = image_store(config, persistence)
+    if persistence is not None and persistence.mirror is not None:  # kept images reach OSS before the log naming them
+        persistence.mirror.before_ship = images.push_pending
     backend = milvus_backend(config) or (
         lambda dimension, model: Catalog(
             dimension, model, persistence, hnsw=hnsw, retry_window=config.retry_window, images=images

@@ -63,6 +63,9 @@ class ImageStore:
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._shipped: set[str] = set()  # digests known to be in the remote root
+        self._unshipped: set[str] = set()  # stored here since the last upload: uploaded before the log naming them
+        self._remote_garbage: set[str] = set()  # removed here: removed from OSS once a snapshot no longer names them
+        self._push_lock = threading.Lock()
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -90,6 +93,11 @@ class ImageStore:
         for data in blobs:
             digest = digest_of(data)
             digests.append(digest)
+            if self.remote is not None:
+                with self._lock:
+                    self._remote_garbage.discard(digest)
+                    if digest not in self._shipped:
+                        self._unshipped.add(digest)
             if self.root is None:
                 with self._lock:
                     self._memory.setdefault(digest, bytes(data))
@@ -163,12 +171,9 @@ class ImageStore:
                     removed += 1
                 except FileNotFoundError:
                     pass
-            if self.remote is not None and digest in self._shipped:
-                try:
-                    self.remote.delete(self.object_name(digest))
-                    self._shipped.discard(digest)
-                except (OSError, ValueError):
-                    pass  # an orphan in OSS costs bytes, not correctness; the next sweep retries
+                self._unshipped.discard(digest)
+                if digest in self._shipped:  # the OSS snapshot may still name it: gone there after the next one
+                    self._remote_garbage.add(digest)
         return removed
 
     # -- reads -------------------------------------------------------------------------------
@@ -236,21 +241,58 @@ class ImageStore:
                     pass
         return self.remove(stale)
 
-    def push(self, live: Iterable[str]) -> int:
-        """Upload referenced blobs the OSS root does not have yet (at a snapshot); returns how many."""
+    def push_pending(self) -> int:
+        """Upload the blobs stored since the last upload (before the log records naming them are shipped)."""
         if self.remote is None:
             return 0
-        sent = 0
-        for digest in live:
-            if digest in self._shipped:
-                continue
-            name = self.object_name(digest)
-            if not self.remote.exists(name):
-                try:
-                    data = self.path(digest).read_bytes() if self.root is not None else self._memory[digest]
-                except (FileNotFoundError, KeyError):
-                    continue  # removed meanwhile
-                self.remote.put(name, data)
-                sent += 1
-            self._shipped.add(digest)
+        with self._push_lock:
+            with self._lock:
+                pending = sorted(self._unshipped)
+            sent = sum(self._upload(d, check=False) for d in pending)
+            with self._lock:
+                self._unshipped.difference_update(pending)
+            return sent
+
+    def push(self, live: Iterable[str]) -> int:
+        """Upload referenced blobs the OSS root does not have yet (at a snapshot, before its manifest); returns how
+        many. After a restart nothing is known to be shipped: each is checked once (HEAD) and remembered."""
+        if self.remote is None:
+            return 0
+        sent = self.push_pending()
+        with self._push_lock:
+            for digest in live:
+                if digest not in self._shipped:
+                    sent += self._upload(digest, check=True)
         return sent
+
+    def _upload(self, digest: str, *, check: bool) -> int:
+        assert self.remote is not None
+        name = self.object_name(digest)
+        if check and self.remote.exists(name):
+            self._shipped.add(digest)
+            return 0
+        try:
+            data = self.path(digest).read_bytes() if self.root is not None else self._memory[digest]
+        except (FileNotFoundError, KeyError):
+            return 0  # removed meanwhile
+        self.remote.put(name, data)
+        self._shipped.add(digest)
+        return 1
+
+    def collect_remote(self, live: set[str]) -> int:
+        """After a snapshot's manifest is in OSS: remove the OSS copies of blobs removed here that nothing names."""
+        if self.remote is None:
+            return 0
+        with self._lock:
+            gone = [d for d in self._remote_garbage if d not in live and d not in self._unshipped]
+        removed = 0
+        for digest in gone:
+            try:
+                self.remote.delete(self.object_name(digest))
+                removed += 1
+            except (OSError, ValueError):
+                continue  # an orphan in OSS costs bytes, not correctness; tried again after the next snapshot
+            with self._lock:
+                self._remote_garbage.discard(digest)
+                self._shipped.discard(digest)
+        return removed

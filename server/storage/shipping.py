@@ -37,6 +37,7 @@ class SnapshotMirror:
     """Keeps the OSS root a copy of the local checkpoint plus the log shipped since it."""
 
     def __init__(self, local: LocalBlobStore, remote: BlobStore, wal: WriteAheadLog, ship_interval_s: float) -> None:
+        self.before_ship: Callable[[], Any] | None = None  # uploads what the records about to be shipped refer to
         self.local = local
         self.remote = remote
         self.wal = wal
@@ -130,16 +131,17 @@ class SnapshotMirror:
             try:
                 if self.shipped < 0:
                     raise ConnectionError("waiting for the first snapshot upload")
-                while upto is None or self.shipped < upto:
-                    data, last = self.wal.read_since(self.shipped)
+                limit = self.wal.last_seq if upto is None else upto
+                if self.before_ship is not None:  # what records <= limit name (kept images) is in OSS first
+                    self.before_ship()
+                while self.shipped < limit:
+                    data, last = self.wal.read_since(self.shipped, upto=limit)
                     if not data:
                         break
                     first = self.shipped + 1
                     self.remote.put(f"wal/{first:020d}", data)
                     self._pieces.append((first, last))
                     self.shipped = last
-                    if upto is None:
-                        break
             except (OSError, ValueError) as exc:
                 self.ship_error = str(exc)
                 return False

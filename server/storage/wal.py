@@ -294,10 +294,11 @@ class WriteAheadLog:
             fsync_dir(self.directory)
         return removed
 
-    def read_since(self, after_seq: int, max_bytes: int = 64 << 20) -> tuple[bytes, int]:
-        """Raw frames of records ``> after_seq`` written so far (for shipping); (bytes, last seq in them)."""
+    def read_since(self, after_seq: int, max_bytes: int = 64 << 20, upto: int | None = None) -> tuple[bytes, int]:
+        """Raw frames of records ``> after_seq`` written so far, and not past ``upto`` (for shipping); (bytes, last
+        seq in them)."""
         with self._lock:
-            written = self._written
+            written = self._written if upto is None else min(self._written, upto)
         out: list[bytes] = []
         total, last = 0, after_seq
         segments = self.segments()

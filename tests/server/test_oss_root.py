@@ -202,3 +202,24 @@ def test_kept_images_are_restored_from_the_oss_root(tmp_path, s3):
         assert len(list((tmp_path / "b" / "images").glob("??/*"))) == 2  # cached locally once read
     finally:
         b.stop(0)
+
+
+def test_a_kept_image_written_after_the_last_snapshot_is_in_oss_before_its_log_record(tmp_path, s3):
+    """The shipped log names kept blobs: they are uploaded before it, so a restore has their bytes."""
+    from photos import encode, photo
+
+    a = start(tmp_path / "a", **oss_config(s3))
+    with LookalikeClient(a.address) as c:
+        c.create_database("late")
+        c.snapshot_database("late")
+        sent = encode(photo("rocket"))
+        c.set_image("late", "sku", image=sent)  # after the snapshot: only in the shipped log
+        thumb, _ = c.get_image_bytes("late", "sku", 0)
+        wait_shipped(a)
+    a.stop(0, snapshot=False)
+    b = start(tmp_path / "b", **oss_config(s3))
+    try:
+        with LookalikeClient(b.address) as c:
+            assert c.get_image_bytes("late", "sku", 0)[0] == thumb
+    finally:
+        b.stop(0)

@@ -58,8 +58,11 @@ def fill(url: str, db: str) -> None:
 
 
 def saved_files(root: Path, db: str) -> list[Path]:
-    return sorted(p for p in (root / db).rglob("*") if p.is_file() and p.name != "lookalike-export.json"
-                  and "images" not in p.relative_to(root / db).parts)  # the rows, not the kept images beside them
+    return sorted(
+        p
+        for p in (root / db).rglob("*")
+        if p.is_file() and p.name != "lookalike-export.json" and "images" not in p.relative_to(root / db).parts
+    )  # the rows, not the kept images beside them
 
 
 def damage(how: str, root: Path, db: str) -> None:

@@ -90,16 +90,37 @@ def test_remote_mirror_push_and_restore(tmp_path: Path) -> None:
     remote = LocalBlobStore(tmp_path / "oss")
     first = ImageStore(tmp_path / "a", remote=remote)
     a, b = first.put_many([b"alpha", b"beta"])
-    assert first.push([a]) == 1 and first.push([a]) == 0  # shipped once
-    assert remote.exists(ImageStore.object_name(a)) and not remote.exists(ImageStore.object_name(b))
+    assert first.push([a]) == 2 and first.push([a]) == 0  # everything stored since the last upload, once
+    assert remote.exists(ImageStore.object_name(a)) and remote.exists(ImageStore.object_name(b))
     # A new machine restored from the OSS root reads the blob from there and caches it locally.
     second = ImageStore(tmp_path / "b", remote=remote)
     assert second.get(a) == b"alpha" and second.exists(a)
     with pytest.raises(KeyError):
-        second.get(b)
-    # Removing a shipped blob removes its OSS copy too.
+        second.get(digest_of(b"never stored"))
+    # After a restart nothing is known to be shipped: a snapshot checks each named blob once, uploads the missing.
+    third = ImageStore(tmp_path / "a", remote=remote)
+    (c,) = ImageStore(tmp_path / "a").put_many([b"gamma"])  # stored by the process before, never uploaded
+    assert third.push([a, b, c]) == 1 and third.push([a, b, c]) == 0
+    # Removing a shipped blob removes its OSS copy only once a snapshot no longer names it (collect_remote):
+    # until then a restore from OSS may still need it.
     assert first.remove([a]) == 1
-    assert not remote.exists(ImageStore.object_name(a))
+    assert remote.exists(ImageStore.object_name(a))
+    assert first.collect_remote({a}) == 0 and remote.exists(ImageStore.object_name(a))
+    assert first.collect_remote(set()) == 1 and not remote.exists(ImageStore.object_name(a))
+
+
+def test_pending_blobs_are_uploaded_before_the_log_and_a_re_put_cancels_a_removal(tmp_path: Path) -> None:
+    remote = LocalBlobStore(tmp_path / "oss")
+    store = ImageStore(tmp_path / "local", remote=remote)
+    a, b = store.put_many([b"one", b"two"])
+    assert store.push_pending() == 2 and store.push_pending() == 0
+    assert remote.exists(ImageStore.object_name(a)) and remote.exists(ImageStore.object_name(b))
+    store.remove([a])
+    store.put_many([b"one"])  # the same content again before the next snapshot: its OSS copy must stay
+    assert store.collect_remote(set()) == 0 and remote.exists(ImageStore.object_name(a))
+    (c,) = store.put_many([b"three"])
+    store.remove([c])  # never shipped: nothing to upload, nothing to collect
+    assert store.push_pending() == 0 and not remote.exists(ImageStore.object_name(c))
 
 
 def test_remote_bytes_that_do_not_match_are_refused(tmp_path: Path) -> None:

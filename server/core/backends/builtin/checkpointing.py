@@ -64,8 +64,9 @@ class Checkpoints:
                     self._dbs[name].snapshot_seq = int(view.meta["applied_seq"])
             if push and p.remote is not None:
                 try:
+                    self.kept.push()  # the blobs first: the manifest uploaded next names them
                     p.push_remote()
-                    self.kept.push()
+                    self.kept.collect_remote()
                 except (OSError, ValueError) as exc:
                     raise LookalikeError(
                         ErrorKind.UNAVAILABLE, "OSS_UNAVAILABLE",

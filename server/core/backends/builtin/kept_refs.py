@@ -62,8 +62,12 @@ class KeptRefs:
         return removed
 
     def push(self) -> int:
-        """Upload the referenced blobs the OSS root lacks (at a snapshot)."""
+        """Upload the referenced blobs the OSS root lacks (at a snapshot, before its manifest)."""
         return self.images.push(self.live()) if self.images is not None else 0
+
+    def collect_remote(self) -> int:
+        """Remove from OSS the blobs removed here that the snapshot just uploaded no longer names."""
+        return self.images.collect_remote(set(self.live())) if self.images is not None else 0
 
     def counts(self) -> tuple[int, int]:
         """(distinct blobs referenced, references)."""
