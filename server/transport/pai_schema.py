@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from lookalike.server import defaults
 from lookalike.server.core.calls import DEFAULT_TOP_K
+from lookalike.server.core.crop import MIN_CROP_PIXELS
 from lookalike.server.core.validation import DATABASE_NAME, MAX_GROUP_ID_LEN, MAX_INTRA_ID, MAX_LOCATION_LEN
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 from pydantic.json_schema import models_json_schema
@@ -33,7 +34,7 @@ Image = Annotated[str, Field(min_length=1, description=IMAGE)]
 CROP = (
     "only this region of {image}: [x, y, width, height] as fractions of the upright image (EXIF orientation "
     "applied first), each in [0, 1], width and height above 0, x + width <= 1, y + height <= 1; rounded to whole "
-    "pixels, at least 8 on a side (else error_code CROP_INVALID); default: the whole image"
+    f"pixels, at least {MIN_CROP_PIXELS} on a side (else error_code CROP_INVALID); default: the whole image"
 )
 
 

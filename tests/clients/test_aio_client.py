@@ -41,6 +41,30 @@ def test_async_client_matches_the_blocking_client(grpc_server, client, db_name):
     assert (err.code, err.reason) == ("NOT_FOUND", "DATABASE_NOT_FOUND")
 
 
+def test_async_crops_match_the_blocking_client(grpc_server, client, db_name):
+    """``crop=`` on search and ``crop_a`` / ``crop_b`` on match, awaited: the blocking client's answers."""
+    rocket, coffee = encode(photo("rocket")), encode(photo("coffee"))
+    client.set_image(db_name, "rocket", image=rocket)
+    client.set_image(db_name, "coffee", image=coffee)
+    box = (0.1, 0.2, 0.5, 0.6)
+
+    async def scenario():
+        async with AsyncLookalikeClient(grpc_server.address) as ac:
+            found = await ac.search(db_name, image=rocket, top_k=2, crop=box)
+            m = await ac.match(rocket, coffee, crop_a=box, crop_b=box)
+            with pytest.raises(ClientError) as err:
+                await ac.match(rocket, coffee, crop_b=(0.5, 0.0, 0.6, 1.0))
+            return found, m, err.value
+
+    found, m, err = asyncio.run(scenario())
+    sync = client.search(db_name, image=rocket, top_k=2, crop=box)
+    assert [h.key.group_id for h in found.hits] == [h.key.group_id for h in sync.hits]
+    np.testing.assert_allclose([h.score for h in found.hits], [h.score for h in sync.hits], atol=1e-5)
+    assert m.cosine == pytest.approx(client.match(rocket, coffee, crop_a=box, crop_b=box).cosine, abs=1e-5)
+    assert m.cosine != pytest.approx(client.match(rocket, coffee).cosine, abs=1e-3)
+    assert (err.code, err.reason) == ("INVALID_ARGUMENT", "CROP_INVALID")
+
+
 def test_async_duplicates_match_the_blocking_client(grpc_server, client, db_name):
     """FindDuplicates, its operation and clusters, and the insert check, awaited: the blocking client's answers."""
     rng = np.random.default_rng(6)

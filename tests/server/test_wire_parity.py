@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 
+import numpy as np
 import pytest
 import requests
 from lookalike.client import ClientError, LookalikeClient
@@ -50,6 +51,7 @@ def grpc(call) -> tuple[str, str]:
 
 
 GARBAGE = b"definitely not an image"
+SMALL = encode(np.full((40, 60, 3), 128, np.uint8), "PNG")  # a crop of 0.1 of it is 6x4 pixels
 LONG_GROUP = "g" * 300
 
 # (case, gRPC call on the client, PAI function and params, the expected (code, reason))
@@ -111,6 +113,14 @@ CASES = [
      lambda c: c.search("bad name!", vector=[1.0] * 1280),
      ("db_search", {"database_name": "bad name!", "image": base64.b64encode(GARBAGE).decode()}),
      ("INVALID_ARGUMENT", "DATABASE_NAME_INVALID")),
+    ("search: crop past the image's edge",
+     lambda c: c.search(DB, image=GARBAGE, crop=(0.6, 0.0, 0.5, 0.5)),
+     ("db_search", {"database_name": DB, "image": base64.b64encode(GARBAGE).decode(), "crop": [0.6, 0, 0.5, 0.5]}),
+     ("INVALID_ARGUMENT", "CROP_INVALID")),
+    ("search: crop of a few pixels",
+     lambda c: c.search(DB, image=SMALL, crop=(0.5, 0.5, 0.1, 0.1)),
+     ("db_search", {"database_name": DB, "image": base64.b64encode(SMALL).decode(), "crop": [0.5, 0.5, 0.1, 0.1]}),
+     ("INVALID_ARGUMENT", "CROP_INVALID")),
 ]  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from lookalike.client.client import (
     _image,
     bulk_request,
     channel_options,
+    match_request,
     search_request,
     set_image_request,
     tls_credentials,
@@ -89,8 +90,12 @@ class AsyncLookalikeClient:
         return {"timeout": self.timeout, "metadata": self._metadata}
 
     @_rpc
-    async def match(self, image_a: bytes, image_b: bytes, model: str = "") -> match_pb.MatchResponse:
-        req = match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b), model=model)
+    async def match(
+        self, image_a: bytes, image_b: bytes, model: str = "", *, crop_a: Sequence[float] | None = None,
+        crop_b: Sequence[float] | None = None,
+    ) -> match_pb.MatchResponse:  # fmt: skip
+        """As the blocking client's ``match`` (``crop_a`` / ``crop_b``: only that region of each image)."""
+        req = match_request(image_a, image_b, model, crop_a=crop_a, crop_b=crop_b)
         return await self.match_stub.Match(req, **self._kw())
 
     @_rpc
@@ -194,7 +199,7 @@ class AsyncLookalikeClient:
 
     @_rpc
     async def search(self, database: str, **kwargs: Any) -> search_pb.SearchResponse:
-        """As the blocking client's ``search`` (image / vector / registered, top_k, filter, ...)."""
+        """As the blocking client's ``search`` (image / vector / registered, top_k, filter, crop, ...)."""
         return await self.search_stub.Search(search_request(database, **kwargs), **self._kw())
 
     # -- duplicates, operations, models ----------------------------------------------------

@@ -192,6 +192,24 @@ def bulk_request(database: str, index: int, item: BulkItem | tuple[Any, ...]) ->
     return req
 
 
+def crop_message(crop: Sequence[float] | None) -> types_pb2.Crop | None:
+    """``(x, y, width, height)``, fractions of the upright image, as the request's Crop; None: the whole image.
+    The server checks the numbers (CROP_INVALID says what to fix)."""
+    if crop is None:
+        return None
+    values = tuple(crop)
+    if len(values) != 4:
+        why = f"crop has {len(values)} numbers; give 4: (x, y, width, height), fractions of the image"
+        raise ClientError("INVALID_ARGUMENT", "CROP_INVALID", why)
+    return types_pb2.Crop(x=values[0], y=values[1], width=values[2], height=values[3])
+
+
+def match_request(image_a: bytes, image_b: bytes, model: str = "", *, crop_a: Sequence[float] | None = None,
+                  crop_b: Sequence[float] | None = None) -> match_pb.MatchRequest:  # fmt: skip
+    return match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b), model=model,
+                                 crop_a=crop_message(crop_a), crop_b=crop_message(crop_b))  # fmt: skip
+
+
 def search_request(
     database: str,
     *,
@@ -205,10 +223,11 @@ def search_request(
     group_id_prefix: str = "",
     omit_attributes: bool = False,
     min_tier: str = "",
+    crop: Sequence[float] | None = None,
 ) -> search_pb.SearchRequest:
     req = search_pb.SearchRequest(
         database=database, top_k=top_k, one_per_group=one_per_group, min_score=min_score, filter=filter,
-        group_id_prefix=group_id_prefix, omit_attributes=omit_attributes, min_tier=min_tier,
+        group_id_prefix=group_id_prefix, omit_attributes=omit_attributes, min_tier=min_tier, crop=crop_message(crop),
     )  # fmt: skip
     if image is not None:
         req.image.content = image
@@ -306,10 +325,12 @@ class LookalikeClient(DuplicateCalls):
 
     # -- match -----------------------------------------------------------------------------
     @_rpc
-    def match(self, image_a: bytes, image_b: bytes) -> match_pb.MatchResponse:
-        return self.match_stub.Match(
-            match_pb.MatchRequest(image_a=_image(image_a), image_b=_image(image_b)), **self._kw()
-        )
+    def match(
+        self, image_a: bytes, image_b: bytes, *, crop_a: Sequence[float] | None = None,
+        crop_b: Sequence[float] | None = None,
+    ) -> match_pb.MatchResponse:  # fmt: skip
+        """How alike two images are; ``crop_a`` / ``crop_b`` (x, y, width, height): only that region of each."""
+        return self.match_stub.Match(match_request(image_a, image_b, crop_a=crop_a, crop_b=crop_b), **self._kw())
 
     @_rpc
     def embed(self, images: Sequence[bytes]) -> match_pb.EmbedResponse:
@@ -477,13 +498,15 @@ class LookalikeClient(DuplicateCalls):
         group_id_prefix: str = "",
         omit_attributes: bool = False,
         min_tier: str = "",
+        crop: Sequence[float] | None = None,
     ) -> search_pb.SearchResponse:
         """Top-k by image, vector or registered image; ``filter`` keeps images whose attributes equal it;
-        ``min_tier`` ("duplicate", "near", "similar") drops hits below the model's calibrated tier."""
+        ``min_tier`` ("duplicate", "near", "similar") drops hits below the model's calibrated tier;
+        ``crop`` (x, y, width, height as fractions of the upright image): search with that region of the image."""
         req = search_request(
             database, image=image, vector=vector, registered=registered, top_k=top_k, one_per_group=one_per_group,
             min_score=min_score, filter=filter, group_id_prefix=group_id_prefix, omit_attributes=omit_attributes,
-            min_tier=min_tier,
+            min_tier=min_tier, crop=crop,
         )  # fmt: skip
         return self.search_stub.Search(req, **self._kw())
 

@@ -264,6 +264,21 @@ def _add_json(s: Any) -> dict[str, Any]:
     }
 
 
+def crop_argument(text: str) -> tuple[float, float, float, float]:
+    """``--crop x,y,w,h``: four fractions of the image (argparse turns the error into a usage error, exit 64)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(parts) != 4 or len(values) != 4 or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a box: give x,y,w,h, four numbers in [0, 1] as fractions of the image "
+            "(left, top, width, height), e.g. --crop 0.25,0.25,0.5,0.5 for the middle of the image"
+        )
+    return values  # type: ignore[return-value]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     with _client(args) as c:
         r = c.search(
@@ -273,6 +288,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             one_per_group=args.one_per_group,
             min_score=args.min_score,
             min_tier=args.min_tier or "",
+            crop=args.crop,
         )
     hits = [
         {
@@ -346,6 +362,9 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-score", type=float, help="drop hits with cosine below this")
     p.add_argument("--min-tier", choices=["duplicate", "near", "similar"],
                    help="drop hits below the model's calibrated tier")  # fmt: skip
+    p.add_argument("--crop", type=crop_argument, metavar="X,Y,W,H",
+                   help="search with only this region of the image (a product in a scene): left, top, width, height "
+                   "as fractions of the upright image, e.g. 0.25,0.25,0.5,0.5")  # fmt: skip
     add_client_options(p)
     p.set_defaults(func=cmd_search)
 
