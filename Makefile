@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 SOURCES := Makefile pyproject.toml CMakeLists.txt $(shell find ext/include ext/binding.cpp proto -type f 2>/dev/null)
 ARGS ?=
 
-.PHONY: install serve test test-python test-cpp lint tools datasets bench clean
+.PHONY: install serve test test-python test-cpp lint tools datasets browser bench clean
 
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
@@ -27,6 +27,9 @@ tools:
 datasets:
 	scripts/install-datasets.sh
 
+browser:
+	scripts/install-browser.sh
+
 lint: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -38,7 +41,7 @@ test-cpp:
 	cmake --build build/ext-tests -j2
 	ctest --test-dir build/ext-tests --output-on-failure
 
-test-python: $(STAMP) tools datasets
+test-python: $(STAMP) tools datasets browser
 	PATH="$(CURDIR)/.tools/bin:$$PATH" LOOKALIKE_DATASETS_DIR="$(CURDIR)/.datasets" $(BIN)/python -m pytest $(ARGS)
 
 test: lint test-cpp test-python

@@ -177,7 +177,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         tiers = (f"duplicate >= {t.duplicate:.4f}, near >= {t.near:.4f}, similar >= {t.similar:.4f}"
                  if m.HasField("tiers") else "no calibrated tiers (lookalike calibrate MODEL)")  # fmt: skip
         state = " (default)" if m.is_default else "" if m.loaded else " (NOT LOADED: its databases are not served)"
-        lines.append(f"{m.name}: {m.identity}{state}\n  tiers: {tiers}\n"
+        named = m.identity if m.identity.startswith(f"{m.name} (") else f"{m.name}: {m.identity}"  # served as NAME
+        lines.append(f"{named}{state}\n  tiers: {tiers}\n"
                      f"  databases: {', '.join(m.databases) or '-'}")  # fmt: skip
     cmds._print(args, [cmds.to_json(m) for m in models], "\n".join(lines))
     return 0

@@ -52,15 +52,25 @@ class Console:
     def __init__(self, gateway: Any, slots: CallSlots) -> None:
         from fastapi.templating import Jinja2Templates
 
-        self.service = gateway.service
-        self.metrics = getattr(gateway, "metrics", None)
-        self.max_body_bytes: int = gateway.max_body_bytes
-        self.session = Session(gateway.token)
+        self.gateway = gateway  # read when a page is asked for (an app is built before its gateway is set up)
+        self.session = Session(gateway)
         self.slots = slots
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["q"] = lambda value: quote(str(value), safe="")
         self.static = {p.name: (p.read_bytes(), STATIC_TYPES[p.suffix]) for p in sorted((HERE / "static").iterdir())
                        if p.suffix in STATIC_TYPES}  # fmt: skip
+
+    @property
+    def service(self) -> Any:
+        return self.gateway.service
+
+    @property
+    def metrics(self) -> Any:
+        return getattr(self.gateway, "metrics", None)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.gateway.max_body_bytes
 
     # -- answers ---------------------------------------------------------------------------
     def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
@@ -69,7 +79,9 @@ class Console:
         context.setdefault("section", "")
         response = self.templates.TemplateResponse(request, template, context, status_code=status)
         response.headers.update(SECURITY_HEADERS)
-        self.session.remember_csrf(request, response)
+        if template == "error.html" and "hx-request" in request.headers:  # the error replaces the page's content,
+            response.headers.update({"HX-Retarget": "#main", "HX-Reselect": "#main", "HX-Reswap": "outerHTML"})
+        self.session.remember_csrf(request, response)  # not only the part the form asked for
         return response
 
     def error(self, request: Request, err: LookalikeError) -> Response:
@@ -136,6 +148,8 @@ class Console:
                 return refused.response
             except LookalikeError as err:
                 return self.error(request, err)
+            finally:
+                await request.close()  # the uploaded files' temporary copies
 
         guarded.__name__ = handler.__name__
         return guarded

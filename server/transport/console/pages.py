@@ -118,34 +118,36 @@ def request_rates(metrics: Any) -> tuple[list[dict[str, Any]], float]:
 
 
 def add_routes(router: APIRouter, console: Console) -> None:
-    service, session = console.service, console.session
 
     async def index(request: Request) -> Response:
         return RedirectResponse(f"{PATH}/databases", status_code=303)
 
     async def signin_page(request: Request) -> Response:
-        if session.open:
+        if console.session.open:
             return RedirectResponse(f"{PATH}/databases", status_code=303)
         return console.page(request, "signin.html", title="Sign in", next=safe_next(request.query_params.get("next")))
 
     async def signin(request: Request) -> Response:
         form = await request.form()
         token, target = str(form.get("token") or ""), safe_next(str(form.get("next") or ""))
-        if session.open:
+        if console.session.open:
             return RedirectResponse(target, status_code=303)
-        if not session.accepts(token):
+        if not console.session.accepts(token):
             return console.page(request, "signin.html", 401, title="Sign in", next=target,
                                 failed="That is not the server's token.")  # fmt: skip
         response = RedirectResponse(target, status_code=303)
-        session.sign_in(request, response, token)
+        console.session.sign_in(request, response, token)
         return response
 
     async def signout(request: Request) -> Response:
-        response = RedirectResponse(f"{PATH}/signin" if not session.open else f"{PATH}/databases", status_code=303)
-        session.sign_out(response)
+        response = RedirectResponse(
+            f"{PATH}/signin" if not console.session.open else f"{PATH}/databases", status_code=303
+        )
+        console.session.sign_out(response)
         return response
 
     async def databases(request: Request) -> Response:
+        service = console.service
         rows = await console.call(lambda: [describe(service, db) for db in service.all_databases()])
         return console.page(request, "databases.html", title="Databases", section="databases", databases=rows)
 
@@ -153,23 +155,24 @@ def add_routes(router: APIRouter, console: Console) -> None:
         name = request.path_params["name"]
         q = request.query_params
         prefix, where_text, token = q.get("group_prefix", ""), q.get("where", ""), q.get("page", "")
-        db = await console.call(service.get_database, name)  # a database that does not exist: its 404 page
+        db = await console.call(console.service.get_database, name)  # a database that does not exist: its 404 page
         where = parse_where(where_text)
-        tiles, next_token, scanned = await console.call(browse, service, name, prefix, where, token)
+        tiles, next_token, scanned = await console.call(browse, console.service, name, prefix, where, token)
         more = urlencode({"group_prefix": prefix, "where": where_text, "page": next_token}) if next_token else ""
         return console.page(request, "database.html", title=f"Database {name}", section="databases",
-                            db=describe(service, db), tiles=tiles, group_prefix=prefix, where=where_text, more=more,
-                            scanned=scanned, filtered=bool(prefix or where), notice=q.get("notice", ""))  # fmt: skip
+                            db=describe(console.service, db), tiles=tiles, group_prefix=prefix, where=where_text,
+                            more=more, scanned=scanned, filtered=bool(prefix or where),
+                            notice=q.get("notice", ""))  # fmt: skip
 
     async def confirm_delete(request: Request) -> Response:
         name = request.path_params["name"]
         group, intra = request.query_params.get("group", ""), intra_of(request.query_params.get("intra"))
         if intra is None:
-            images = await console.call(service.group_images, name, group)
+            images = await console.call(console.service.group_images, name, group)
             tiles = [tile(e.group_id, e.intra_id, e.attributes) for e in images[:GRID_PAGE]]
             count = len(images)
         else:
-            e = await console.call(service.get_image, name, group, intra)
+            e = await console.call(console.service.get_image, name, group, intra)
             tiles, count = [tile(e.group_id, e.intra_id, e.attributes)], 1
         return console.page(request, "delete.html", title="Delete?", section="databases", name=name, group=group,
                             intra=intra, tiles=tiles, count=count)  # fmt: skip
@@ -179,10 +182,10 @@ def add_routes(router: APIRouter, console: Console) -> None:
         form = await request.form()
         group, intra = str(form.get("group") or ""), intra_of(str(form.get("intra") or ""))
         if intra is None:
-            count = await console.call(service.delete_group, name, group)
+            count = await console.call(console.service.delete_group, name, group)
             notice = f"Deleted group {group} ({count} images)."
         else:
-            await console.call(service.delete_image, name, group, intra)
+            await console.call(console.service.delete_image, name, group, intra)
             notice = f"Deleted image {intra} of group {group}."
         return RedirectResponse(f"{PATH}/db/{quote(name, safe='')}?{urlencode({'notice': notice})}", status_code=303)
 
@@ -190,11 +193,11 @@ def add_routes(router: APIRouter, console: Console) -> None:
         q = request.query_params
         name, group, intra = q.get("db", ""), q.get("group", ""), intra_of(q.get("intra")) or 0
         try:
-            image = await console.call(service.kept_image, name, group, intra, "thumbnail")
+            image = await console.call(console.service.kept_image, name, group, intra, "thumbnail")
         except LookalikeError as err:
             if err.reason != "IMAGE_NOT_KEPT":
                 raise
-            image = await console.call(service.kept_image, name, group, intra, "original")
+            image = await console.call(console.service.kept_image, name, group, intra, "original")
         etag = f'"{image.digest}"'
         headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
         if etag in [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]:
@@ -202,13 +205,13 @@ def add_routes(router: APIRouter, console: Console) -> None:
         return Response(image.data, media_type=image.media_type, headers=headers)
 
     async def status(request: Request) -> Response:
-        models = await console.call(service.list_models)
-        dbs = await console.call(service.all_databases)
+        models = await console.call(console.service.list_models)
+        dbs = await console.call(console.service.all_databases)
         rates, uptime = request_rates(console.metrics)
         return console.page(request, "status.html", title="Status", section="status", models=models,
                             counts={"databases": len(dbs), "images": sum(d.size for d in dbs),
                                     "groups": sum(d.group_count for d in dbs)},
-                            rates=rates, uptime=uptime, ready=service.ready)  # fmt: skip
+                            rates=rates, uptime=uptime, ready=console.service.ready)  # fmt: skip
 
     add = router.add_api_route
     add("", console.route(index), methods=["GET"])

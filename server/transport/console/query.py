@@ -75,10 +75,9 @@ def preview(data: bytes | None, media: str = "") -> str:
 
 
 def add_routes(router: APIRouter, console: Console) -> None:
-    service = console.service
 
     async def database_names() -> list[str]:
-        return [db.name for db in await console.call(service.all_databases)]
+        return [db.name for db in await console.call(console.service.all_databases)]
 
     def options(source: Any) -> dict[str, Any]:
         return {"top_k": number(source, "top_k", int, 12), "one_per_group": str(source.get("one_per_group") or "")
@@ -90,12 +89,12 @@ def add_routes(router: APIRouter, console: Console) -> None:
         error, hits, compared, note = None, [], 0, ""
         kwargs: dict[str, Any] = {}
         if crop is not None:
-            if takes_crop(service):
+            if takes_crop(console.service):
                 kwargs["crop"] = crop
             else:
                 note = "This server cannot search by a region yet: the whole image was used."
         try:
-            found, compared, _ = await console.call(service.search, name, query, top_k=opts["top_k"],
+            found, compared, _ = await console.call(console.service.search, name, query, top_k=opts["top_k"],
                                                     one_per_group=opts["one_per_group"], min_score=opts["min_score"],
                                                     heavy=True, **kwargs)  # fmt: skip
             hits = [tile(h.group_id, h.intra_id, h.attributes, h.score) for h in found]
@@ -107,7 +106,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
         return console.page(request, "search.html", status, title="Search", section="search",
                             databases=await database_names(), db=name, opts=opts, hits=hits, searched=True,
                             compared=compared, error=error, note=note, query_image=shown, crop=crop,
-                            registered=query.registered, crop_supported=takes_crop(service))  # fmt: skip
+                            registered=query.registered, crop_supported=takes_crop(console.service))  # fmt: skip
 
     async def search_page(request: Request) -> Response:
         q = request.query_params
@@ -117,7 +116,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
             return await run_search(request, q, Query(registered=(q["group"], intra)), None, shown)
         return console.page(request, "search.html", title="Search", section="search", databases=await database_names(),
                             db=q.get("db", ""), opts=options(q), hits=[], searched=False, registered=None,
-                            crop_supported=takes_crop(service))  # fmt: skip
+                            crop_supported=takes_crop(console.service))  # fmt: skip
 
     async def search(request: Request) -> Response:
         form = await request.form()
@@ -132,7 +131,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
         form = await request.form()
         a, _ = await upload(form, "image_a", "the first image")  # type: ignore[misc]
         b, _ = await upload(form, "image_b", "the second image")  # type: ignore[misc]
-        similarity, cosine = await console.call(service.match, a, b, heavy=True)
+        similarity, cosine = await console.call(console.service.match, a, b, heavy=True)
         return console.page(request, "compare.html", title="Compare", section="compare", similarity=similarity,
                             cosine=cosine, image_a=preview(a), image_b=preview(b))  # fmt: skip
 
@@ -152,7 +151,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
             source = PurePath(item.filename).name[:SOURCE_MAX_CHARS]
             row = {"file": source, "group": group or PurePath(source).stem or "image", "ok": False}
             try:
-                done = await console.call(service.set_image, name, row["group"], None, data, None,
+                done = await console.call(console.service.set_image, name, row["group"], None, data, None,
                                           attributes={"source": source}, heavy=True)  # fmt: skip
                 row |= {"ok": True, "intra": done.key[1], "replaced": done.replaced}
             except LookalikeError as err:

@@ -29,8 +29,12 @@ PATH = "/ui"
 class Session:
     """The console's view of the server's tokens (``gateway.token``: a ``TokenSet``, a string, or None = open)."""
 
-    def __init__(self, token: Any) -> None:
-        self.token = token
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    @property
+    def token(self) -> Any:
+        return self.gateway.token
 
     @property
     def open(self) -> bool:

@@ -23,7 +23,8 @@ from lookalike.server.transport.http_server import create_app
 
 # Declared for PAI scripts, read by nobody: the schema says so in its description.
 IGNORED = {("init", "oss_io_config.buckets")}
-JSON_TYPES = {"str": "string", "int": "integer", "dict": "object", "bool": "boolean", "float": "number"}
+JSON_TYPES = {"str": "string", "int": "integer", "dict": "object", "bool": "boolean", "float": "number",
+              "list": "array"}  # fmt: skip
 
 
 @dataclass
@@ -141,7 +142,8 @@ def test_match_reads_what_its_schema_declares():
     reads = {n.args[0].value for n in ast.walk(ast.parse(textwrap.dedent(source))) if isinstance(n, ast.Call)
              and isinstance(n.func, ast.Attribute) and n.func.attr == "get"}  # fmt: skip
     schema = pai_schema.MatchRequest.model_json_schema()
-    assert reads == set(schema["properties"]) == set(schema["required"]) == {"imagea", "imageb"}
+    assert reads == set(schema["properties"]) == {"imagea", "imageb", "crop_a", "crop_b"}
+    assert set(schema["required"]) == {"imagea", "imageb"}
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +197,9 @@ def test_examples_validate_and_mistakes_do_not(document):
         {"imagea": "AAAA", "imageb": "AAAA"},
         {"function_name": "get"},
         {"function_name": "db_search", "function_params": {"database_name": "shop", "image": "AAAA", "search_topk": 5}},
+        {"function_name": "db_search", "function_params": {"database_name": "shop", "image": "AAAA",
+                                                           "crop": [0.25, 0.25, 0.5, 0.5]}},
+        {"imagea": "AAAA", "imageb": "AAAA", "crop_a": [0, 0, 1, 0.5]},
         {"function_name": "db_set", "function_params": {"database_name": "shop", "group_id": 42, "image": "AAAA"}},
         {"function_name": "init", "function_params": {"backend": "oss", "root_path": "oss://b/p/",
                                                       "oss_io_config": {"ak_id": "a", "ak_secret": "s"}}},
@@ -203,6 +208,8 @@ def test_examples_validate_and_mistakes_do_not(document):
         {"function_name": "nope", "function_params": {}},
         {"function_name": "add", "function_params": {}},
         {"function_name": "db_search", "function_params": {"database_name": "shop", "image": "AAAA", "search_topk": 0}},
+        {"function_name": "db_search", "function_params": {"database_name": "shop", "image": "AAAA", "crop": [0, 1]}},
+        {"imagea": "AAAA", "imageb": "AAAA", "crop_b": [0, 0, 1.5, 1]},
         {"function_name": "db_set", "function_params": {"database_name": "-x", "group_id": "g", "image": "AAAA"}},
         {"function_name": "db_get", "function_params": {"database_name": "shop", "group_id": "g", "intra_id": -1}},
     ]  # fmt: skip
