@@ -8,6 +8,10 @@ prints them to stdout instead of the table), each with ``method``, ``storage``, 
 - ``read_ceiling``: a multithreaded streaming read of the float32 database's bytes in C++
   (``native.stream_read``, the kernel's thread pool and widest loads): the bandwidth ceiling.
 - ``sgemm_ceiling``: a large float32 matrix product through numpy (BLAS): the compute ceiling.
+- ``gemm_ceiling`` (storage ``bf16`` / ``i8``): the same 2048 x 2048 x 4096 product in bfloat16
+  (``torch.matmul``) and int8 (``torch._int_mm``, int32 sums) on the CPU, through oneDNN, which
+  uses AMX tiles where the CPU has them (``amx`` in the header line): the ceilings of the bf16
+  and int8 kernels at m > 1. Skipped without torch.
 - ``numpy``: ``q @ db.T`` + ``argpartition`` + sort of the k survivors (float32).
 - ``lookalike``: ``native.topk`` over the database stored as f32, f16, bf16 or i8.
 - ``lookalike_rerank``: the i8 / f16 / bf16 scan asked for ``--rerank`` x k candidates, then
@@ -177,6 +181,65 @@ def sgemm_ceiling(runs: int) -> Row:
     )
 
 
+GEMM_SHAPE = (2048, 2048, 4096)
+
+
+def narrow_gemms(threads: int) -> dict[str, Callable[[], object]]:
+    """bf16 and int8 GEMMs of GEMM_SHAPE through torch on the CPU (oneDNN: AMX tiles where the CPU
+    has them, AVX-512 BF16 / VNNI or plain AVX otherwise), keyed by storage; {} without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if threads:
+        torch.set_num_threads(threads)
+    m, k, n = GEMM_SHAPE
+    gen = torch.Generator().manual_seed(1)
+    out: dict[str, Callable[[], object]] = {}
+    a16 = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    b16 = torch.randn(k, n, generator=gen).to(torch.bfloat16)
+    out["bf16"] = lambda: torch.matmul(a16, b16)
+    a8 = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
+    b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=gen)
+    try:
+        torch._int_mm(a8[:32, :32], b8[:32, :32])
+        out["i8"] = lambda: torch._int_mm(a8, b8)
+    except (AttributeError, RuntimeError):
+        pass
+    return out
+
+
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_tile" in flags and "amx_bf16" in flags
+
+
+def gemm_ceilings(gemms: dict[str, Callable[[], object]], runs: int) -> list[Row]:
+    rows = []
+    flops = 2.0 * GEMM_SHAPE[0] * GEMM_SHAPE[1] * GEMM_SHAPE[2]
+    for storage, fn in gemms.items():
+        times, _ = timed(fn, runs)
+        rows.append(
+            row(
+                "gemm_ceiling",
+                storage,
+                None,
+                None,
+                None,
+                None,
+                gflops=flops / min(times) / 1e9,
+                ms=statistics.median(times) * 1e3,
+                ms_min=min(times) * 1e3,
+                runs=len(times),
+            )
+        )
+    return rows
+
+
 def table_line(r: Row) -> str:
     def f(v: Any, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
@@ -204,6 +267,10 @@ def ratios(out: Results, block: list[Row], ceilings: dict[str, float]) -> None:
         parts.append(f"f32 {f32['gbps'] * f32['ms'] / f32['ms_min'] / ceilings['read']:.0%} of read ceiling")
     if "sgemm" in ceilings and f32["m"] > 1:
         parts.append(f"f32 {f32['gflops'] * f32['ms'] / f32['ms_min'] / ceilings['sgemm']:.0%} of SGEMM")
+    for s in ("bf16", "i8"):
+        r = find(block, "lookalike", s)
+        if r is not None and r["m"] > 1 and f"gemm_{s}" in ceilings:
+            parts.append(f"{s} {r['gflops'] * r['ms'] / r['ms_min'] / ceilings[f'gemm_{s}']:.0%} of {s} GEMM")
     peers = {"f32": "faiss_flat", "f16": "faiss_sq_fp16", "bf16": "faiss_sq_bf16", "i8": "faiss_sq_8bit"}
     for s in STORAGES:
         r = find(block, "lookalike", s)
@@ -250,11 +317,13 @@ def paired(
     nbytes = {s: db.nbytes + (0 if sc is None else sc.nbytes) for s, (db, sc) in dbs.items()}
     a = np.random.default_rng(1).standard_normal((2048, 2048), np.float32)
     b = np.random.default_rng(2).standard_normal((2048, 4096), np.float32)
+    gemms = narrow_gemms(args.threads or native.get_threads())
     for m, q in queries.items():
         calls: list[tuple[str, str, Callable[[], object]]] = []
         calls.append(("read_ceiling", "f32", lambda: native.stream_read(x)))
         if m > 1:
             calls.append(("sgemm_ceiling", "f32", lambda: a @ b))
+            calls.extend(("gemm_ceiling", s, fn) for s, fn in gemms.items() if s in dbs)
         for s, (db, sc) in dbs.items():
             calls.append(("lookalike", s, lambda db=db, sc=sc, q=q: native.topk(db, q, k, scales=sc)))
             if groups is not None and s in ("f32", "i8"):
@@ -279,7 +348,7 @@ def paired(
             r = row(name, s, n, d, m, k, ms=t * 1e3, ms_min=tb * 1e3, runs=len(v), mode="paired")
             if name == "read_ceiling":
                 r.update(gbps=x.nbytes / tb / 1e9, m=None, k=None)
-            elif name == "sgemm_ceiling":
+            elif name in ("sgemm_ceiling", "gemm_ceiling"):
                 r.update(gflops=2.0 * 2048 * 2048 * 4096 / tb / 1e9, n=None, d=None, m=None, k=None)
             else:
                 r.update(qps=m / t, qps_best=m / tb, gbps=nbytes[s] / t / 1e9, gflops=2.0 * n * d * m / t / 1e9)
@@ -297,6 +366,10 @@ def paired(
             for s in dbs:
                 if s != "f32":
                     parts.append(f"{s} {f32 / best[('lookalike', s)]:.2f}x f32")
+                if m > 1 and ("gemm_ceiling", s) in best:
+                    got = 2.0 * n * d * m / best[("lookalike", s)]
+                    ceiling = 2.0 * 2048 * 2048 * 4096 / best[("gemm_ceiling", s)]
+                    parts.append(f"{s} {got / 1e9:.0f} GFLOP/s = {got / ceiling:.0%} of {s} GEMM")
             for s in ("f32", "i8"):
                 if ("lookalike_group", s) in best:
                     parts.append(f"{s} group/plain time {best[('lookalike_group', s)] / best[('lookalike', s)]:.2f}")
@@ -382,7 +455,8 @@ def main() -> None:
     out = Results(args, show=table_line)
     out.say(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, numpy {np.__version__}, "
-        f"simd {native.simd_level()}, k={args.k}, threads={args.threads or native.get_threads()}, "
+        f"simd {native.simd_level()}{' + amx' if cpu_has_amx() else ''}, k={args.k}, "
+        f"threads={args.threads or native.get_threads()}, "
         f"runs={args.runs}, load average {os.getloadavg()[0]:.2f}"
     )
     if out.table:
@@ -396,6 +470,10 @@ def main() -> None:
         sg = sgemm_ceiling(args.runs)
         ceilings["sgemm"] = sg["gflops"]
         out.add(sg)
+        gemms = narrow_gemms(args.threads or native.get_threads())
+        for r in gemm_ceilings({s: fn for s, fn in gemms.items() if s in args.storage}, args.runs):
+            ceilings[f"gemm_{r['storage']}"] = r["gflops"]
+            out.add(r)
     k = args.k
     for n in args.n:
         for d in args.d:

@@ -217,7 +217,7 @@ void close_random(const TopKOptions& opt) {
         for (std::size_t c = 0; c < d; ++c) sum += std::fabs(s.values[r * d + c]);
         l1 = std::max(l1, sum);
       }
-      tol += qpeak * l1 / std::min(32767.0, 2147483647.0 / (127.0 * static_cast<double>(d)));
+      tol += qpeak * l1 / std::min(32639.0, 2147483647.0 / (127.0 * static_cast<double>(d)));
     }
     for (std::size_t i = 0; i < m; ++i) {
       for (std::size_t j = 0; j < k; ++j) {

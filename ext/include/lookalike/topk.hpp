@@ -15,8 +15,10 @@
 //
 // How it runs: the rows are cut into blocks that stay in cache (about 128 KiB); a tile of
 // queries (3 with AVX2) is scored against a whole block by the SIMD kernel of the active level
-// (register tiles of 3 queries x 4 rows with AVX2), then each query of the tile offers the
-// block's scores to its bounded heap. The work is split by row ranges (merged at the end) or,
+// (register tiles of 3 queries x 4 rows with AVX2, 8 x 2 with AVX-512; AMX tiles for bf16 and
+// int8 rows in calls of 17+ queries where the CPU has them, detail/amx_kernel.hpp), then each
+// query of the tile offers the block's scores to its bounded heap (16 at a time compared with
+// the heap's worst first). The work is split by row ranges (merged at the end) or,
 // for large batches, by query ranges, and runs on the process's persistent thread pool
 // (thread_pool.hpp). Every score is computed by the same operations whatever the split (see
 // score_kernel.inc), so the result depends neither on the thread count nor on the chunking nor
@@ -61,6 +63,14 @@ struct TopKOptions {
   std::size_t threads = 0;
   /// SIMD level; nullopt = default_simd_level(). Must be supported by this CPU.
   std::optional<SimdLevel> simd;
+  /// At the avx512 level, score bf16 and int8 rows with AMX tiles when the CPU has them, the OS
+  /// grants them and the call has at least 17 queries (below that the scan is bound by memory,
+  /// where the vector kernels are faster; detail/amx_kernel.hpp). LOOKALIKE_AMX=0 in the
+  /// environment turns it off for the process. int8 scores are bit-identical either way; bf16
+  /// ones differ within float rounding (another summation order, the query split into two bf16
+  /// halves), so a bf16 query's scores at this level depend on whether its call had >= 17
+  /// queries (never on which other queries, threads or chunks; with amx = false, not at all).
+  bool amx = true;
 };
 
 /// A run of consecutive database rows: `rows` x d elements, row-major, contiguous. int8
@@ -122,6 +132,10 @@ class BoundedHeap {
   }
 
   std::size_t size() const noexcept { return size_; }
+  bool full() const noexcept { return size_ == cap_; }
+  std::size_t capacity() const noexcept { return cap_; }
+  /// Once full: a score below this one cannot enter (NaN and equal scores may).
+  float worst_score() const noexcept { return data_[0].score; }
   const Hit* begin() const noexcept { return data_; }
   const Hit* end() const noexcept { return data_ + size_; }
 
@@ -161,6 +175,10 @@ class GroupHeap {
   /// False when a hit with this score cannot enter (one compare once the heap is full): the
   /// caller then skips reading the row's group id at all.
   bool may_enter(float score) const noexcept { return size_ < cap_ || !(score < data_[0].score); }
+  bool full() const noexcept { return size_ == cap_; }
+  std::size_t capacity() const noexcept { return cap_; }
+  /// Once full: a score below this one cannot enter (NaN and equal scores may).
+  float worst_score() const noexcept { return data_[0].score; }
 
   void offer(float score, std::int64_t id, std::int64_t group) noexcept {
     if (cap_ == 0) return;
@@ -310,6 +328,7 @@ struct Problem {
   std::vector<float> qscale;
   std::size_t dpad = 0;
   bool vnni = false;  // avx512 level on a CPU with AVX-512 BW + VNNI: avx512_i8 instead of avx2_i8
+  bool amx = false;   // bf16 / int8 rows through AMX tiles (each job packs its own queries)
 };
 
 /// Rounds every query to int16 for the integer int8 kernel; leaves p.q16 empty (float kernel)
@@ -336,11 +355,72 @@ void prepare_int8(Problem<DbT>& p, SimdLevel level) {
   (void)level;
 }
 
+/// visit(r) for every r < rows, in order, except rows whose score cannot enter `heap`: once the
+/// heap is full, 16 scores at a time are compared with its worst (SSE2 compares; a plain loop
+/// of compares cost as much as the old one-branch-per-row offer: GCC does not vectorise it) and
+/// only those not below it are visited. The worst only rises, so a skipped score would have
+/// been refused anyway: the heap ends exactly as with every row offered.
+template <class Heap, class Visit>
+void offer_candidates(const Heap& heap, const float* s, std::size_t rows, Visit&& visit) {
+  std::size_t r = 0;
+  for (; r < rows && !heap.full(); ++r) visit(r);
+  if (heap.capacity() == 0) return;  // keeps nothing
+  for (; r + 16 <= rows; r += 16) {
+    const float worst = heap.worst_score();
+    std::uint32_t mask = 0;
+#if LOOKALIKE_X86_DISPATCH
+    const __m128 w = _mm_set1_ps(worst);  // SSE2: every x86-64 CPU runs it
+    for (unsigned g = 0; g < 16; g += 4) {
+      const __m128 v = _mm_loadu_ps(s + r + g);
+      mask |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmpnlt_ps(v, w))) << g;  // !(v < w): NaN too
+    }
+#else
+    for (unsigned j = 0; j < 16; ++j) mask |= static_cast<std::uint32_t>(!(s[r + j] < worst)) << j;
+#endif
+    if (mask == 0) continue;  // the common case once the heap holds good hits
+    for (unsigned j = 0; j < 16; ++j) {
+      if ((mask >> j) & 1u) visit(r + j);
+    }
+  }
+  for (; r < rows; ++r) visit(r);
+}
+
+/// Picks the AMX tile kernel for bf16 / int8 rows at the avx512 level when the CPU and OS allow
+/// it and the call has at least amx::kMinQueries queries (after prepare_int8: int8 needs the
+/// integer queries; bf16 needs finite queries).
+template <class DbT>
+void prepare_amx(Problem<DbT>& p, SimdLevel level, bool allowed) {
+  if constexpr (amx::kHasAmxKernel<DbT>) {
+    if (!allowed || level != SimdLevel::avx512 || p.m < amx::kMinQueries || !amx::available<DbT>()) return;
+    if constexpr (std::is_same_v<DbT, std::int8_t>) {
+      p.amx = !p.q16.empty();
+    } else {
+      p.amx = std::all_of(p.queries, p.queries + p.m * p.d, [](float x) { return std::isfinite(x); });
+    }
+  }
+  (void)p;
+  (void)level;
+  (void)allowed;
+}
+
 /// Runs one job, offering every live row of [r0, r1) to the heaps of queries q0..q1.
 template <class DbT, class Heap>
 void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
-  const std::size_t block = rows_per_block<DbT>(p.d);
-  const std::size_t tile = p.q16.empty() ? p.scorer.query_tile : std::size_t{3};  // int8: avx2_i8::kQueryTile
+  std::size_t block = rows_per_block<DbT>(p.d);
+  if (p.amx) block = std::max<std::size_t>(32, block / 32 * 32);  // whole pairs of 16-row tiles
+  std::size_t tile = p.q16.empty() ? p.scorer.query_tile : std::size_t{3};  // int8: avx2_i8::kQueryTile
+  amx::Prepared amx_queries;  // this job's queries, split and packed for the tiles
+  if constexpr (amx::kHasAmxKernel<DbT>) {
+    if (p.amx) {
+      tile = amx::kQueryTile;
+      const std::size_t qn = job.q1 - job.q0;
+      if constexpr (std::is_same_v<DbT, std::int8_t>) {
+        amx::prepare_int8(p.q16.data() + job.q0 * p.dpad, p.dpad, p.qscale.data() + job.q0, qn, p.d, amx_queries);
+      } else {
+        amx::prepare_bf16(p.queries + job.q0 * p.d, qn, p.d, amx_queries);
+      }
+    }
+  }
   std::vector<float> buf(tile * block);
   std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
                                            p.begins.begin()) - 1;
@@ -359,10 +439,34 @@ void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
     const DbT* base = chunk.data + local * p.d;
     const float* scales = chunk.scales != nullptr ? chunk.scales + local : nullptr;
     const auto id0 = static_cast<std::int64_t>(rb);
-    for (std::size_t qb = job.q0; qb < job.q1; qb += tile) {
+    // With several query tiles per block (a compute-bound batch), each tile's pass also
+    // prefetches a slice of the next block into L2 (spread over the kernel's row tiles), so
+    // that the first pass over it does not wait on memory. One tile (m = 1 and small batches)
+    // is bound by memory: the hardware prefetchers do it.
+    const std::size_t tiles = (job.q1 - job.q0 + tile - 1) / tile;
+    const char* pf = nullptr;
+    std::size_t pf_lines = 0;
+    if ((tiles >= 2 || p.amx) && next < job.r1 && local + rows < chunk.rows) {
+      pf = reinterpret_cast<const char*>(base + rows * p.d);
+      pf_lines = (std::min({block, job.r1 - next, chunk.rows - local - rows}) * p.d * sizeof(DbT) + 63) / 64;
+    }
+    std::size_t tile_index = 0;
+    for (std::size_t qb = job.q0; qb < job.q1; qb += tile, ++tile_index) {
       const std::size_t qn = std::min(tile, job.q1 - qb);
+      const std::size_t pf_a = pf_lines * tile_index / tiles;
+      const std::size_t pf_b = pf_lines * (tile_index + 1) / tiles;
+      const char* pf_at = pf != nullptr ? pf + pf_a * 64 : nullptr;
+      const std::size_t pf_n = pf_b - pf_a;
 #if LOOKALIKE_X86_DISPATCH
-      if constexpr (std::is_same_v<DbT, std::int8_t>) {
+      bool scored = false;
+      if constexpr (amx::kHasAmxKernel<DbT>) {
+        if (p.amx) {
+          amx::score<DbT>(amx_queries, qb - job.q0, qn, base, rows, p.d, buf.data(), block, pf_at, pf_n);
+          scored = true;
+        }
+      }
+      if (scored) {
+      } else if constexpr (std::is_same_v<DbT, std::int8_t>) {
         if (!p.q16.empty() && p.vnni) {
           avx512_i8::score_prepared(p.q16.data() + qb * p.dpad, p.dpad, p.qscale.data() + qb, qn, base, rows, p.d,
                                     buf.data(), block);
@@ -370,13 +474,13 @@ void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
           avx2_i8::score_prepared(p.q16.data() + qb * p.dpad, p.dpad, p.qscale.data() + qb, qn, base, rows, p.d,
                                   buf.data(), block);
         } else {
-          p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block);
+          p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block, pf_at, pf_n);
         }
       } else {
-        p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block);
+        p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block, pf_at, pf_n);
       }
 #else
-      p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block);
+      p.scorer.fn(p.queries + qb * p.d, qn, base, rows, p.d, buf.data(), block, pf_at, pf_n);
 #endif
       for (std::size_t i = 0; i < qn; ++i) {
         Heap& heap = heaps[qb - job.q0 + i];
@@ -385,17 +489,17 @@ void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
           for (std::size_t r = 0; r < rows; ++r) s[r] *= scales[r];
         }
         if constexpr (std::is_same_v<Heap, GroupHeap>) {
-          for (std::size_t r = 0; r < rows; ++r) {
-            if (!heap.may_enter(s[r]) || (live != nullptr && live[r] == 0)) continue;
+          offer_candidates(heap, s, rows, [&](std::size_t r) {
+            if (!heap.may_enter(s[r]) || (live != nullptr && live[r] == 0)) return;
             const std::int64_t g = p.groups != nullptr ? p.groups[rb + r] : p.groups32[rb + r];
             heap.offer(s[r], id0 + static_cast<std::int64_t>(r), g);
-          }
+          });
         } else if (live == nullptr) {
-          for (std::size_t r = 0; r < rows; ++r) heap.offer(s[r], id0 + static_cast<std::int64_t>(r));
+          offer_candidates(heap, s, rows, [&](std::size_t r) { heap.offer(s[r], id0 + static_cast<std::int64_t>(r)); });
         } else {
-          for (std::size_t r = 0; r < rows; ++r) {
+          offer_candidates(heap, s, rows, [&](std::size_t r) {
             if (live[r] != 0) heap.offer(s[r], id0 + static_cast<std::int64_t>(r));
-          }
+          });
         }
       }
     }
@@ -588,6 +692,7 @@ void topk_chunks(const Chunk<DbT>* chunks, std::size_t nchunks, std::size_t d, c
   const SimdLevel level = detail::resolve_level(options.simd);
   p.scorer = detail::block_scorer<DbT>(level);
   detail::prepare_int8(p, level);
+  detail::prepare_amx(p, level, options.amx);
   const std::size_t threads = detail::resolve_threads(options.threads);
   if (options.one_per_group) {
     detail::topk_impl<DbT, detail::GroupHeap>(p, threads, scores, ids);

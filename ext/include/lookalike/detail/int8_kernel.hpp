@@ -34,7 +34,9 @@ constexpr int kRowTile = 4;
 // non-finite value. q16 is padded with zeros to a multiple of kStep.
 inline bool quantize_query(const float* q, std::size_t d, std::size_t dpad, std::int16_t* q16, float* scale) {
   double qmax = 2147483647.0 / (127.0 * static_cast<double>(d == 0 ? 1 : d));
-  if (qmax > 32767.0) qmax = 32767.0;
+  // 32639 = 127 * 256 + 127: every q16 splits into two int8 halves, 256 * hi + lo, for the AMX
+  // kernel (amx_kernel.hpp), so that all integer kernels share one rounding of the query.
+  if (qmax > 32639.0) qmax = 32639.0;
   float peak = 0.0f;
   for (std::size_t c = 0; c < d; ++c) {
     if (!std::isfinite(q[c])) return false;

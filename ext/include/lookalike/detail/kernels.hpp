@@ -25,20 +25,25 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define LOOKALIKE_FORCE_INLINE inline __attribute__((always_inline))
 #define LOOKALIKE_UNROLL _Pragma("GCC unroll 16")
+#define LOOKALIKE_PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)
 #elif defined(_MSC_VER)
 #define LOOKALIKE_FORCE_INLINE __forceinline
 #define LOOKALIKE_UNROLL
+#define LOOKALIKE_PREFETCH_L2(p) ((void)(p))
 #else
 #define LOOKALIKE_FORCE_INLINE inline
 #define LOOKALIKE_UNROLL
+#define LOOKALIKE_PREFETCH_L2(p) ((void)(p))
 #endif
 
 namespace lookalike::detail {
 
-/// Signature of a block scorer: out[i * ld + r] = <q_i, db_r> for i < qn, r < rows.
+/// Signature of a block scorer: out[i * ld + r] = <q_i, db_r> for i < qn, r < rows; also
+/// prefetches `prefetch_lines` cache lines from `prefetch` (the next block) into L2, spread
+/// over its tiles (null: none).
 template <class DbT>
 using ScoreBlockFn = void (*)(const float* q, std::size_t qn, const DbT* db, std::size_t rows, std::size_t d,
-                              float* out, std::size_t ld);
+                              float* out, std::size_t ld, const char* prefetch, std::size_t prefetch_lines);
 
 // ---------------------------------------------------------------------------------------------
 // Portable level: four independent float lanes in plain C++ (compilers map them onto SSE/NEON).
@@ -51,6 +56,10 @@ struct Ops {
   static constexpr std::size_t kLanes = 4;
   static constexpr int kQueryTile = 3;
   static constexpr int kRowTile = 4;
+  static constexpr bool kHasHsum16 = false;
+  static constexpr int row_tile(int /*query_tile*/) noexcept { return kRowTile; }
+  static void hsum16(const V* /*v*/, float* /*out*/) noexcept {}  // never called (kHasHsum16)
+  static LOOKALIKE_FORCE_INLINE void pin(V& /*v*/) noexcept {}
 
   static LOOKALIKE_FORCE_INLINE float widen(float x) noexcept { return x; }
   static LOOKALIKE_FORCE_INLINE float widen(std::int8_t x) noexcept { return static_cast<float>(x); }
@@ -104,6 +113,12 @@ struct Ops {
   static constexpr std::size_t kLanes = 8;
   static constexpr int kQueryTile = 3;
   static constexpr int kRowTile = 4;
+  static constexpr bool kHasHsum16 = false;
+  static constexpr int row_tile(int /*query_tile*/) noexcept { return kRowTile; }
+  static void hsum16(const V* /*v*/, float* /*out*/) noexcept {}  // never called (kHasHsum16)
+  // Keeps a loaded vector in a register: without it GCC turns `y = load; fma(y, x0); fma(y, x1)`
+  // into one load per FMA (a memory operand each), which makes the tile bound by loads.
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void pin(V& v) noexcept { __asm__("" : "+x"(v)); }
 
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V zero() noexcept { return _mm256_setzero_ps(); }
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const float* p) noexcept { return _mm256_loadu_ps(p); }
@@ -156,8 +171,16 @@ namespace avx512 {
 struct Ops {
   using V = __m512;
   static constexpr std::size_t kLanes = 16;
-  static constexpr int kQueryTile = 4;
+  // 8 queries x 2 rows: 16 accumulators + 8 query vectors + 1 row vector. Each row vector
+  // (streamed from L2: the block does not fit L1) now feeds 8 FMAs instead of 4, which halves
+  // the L2 -> L1 traffic per FMA; with full-width 512-bit FMAs (Intel) the 4 x 4 tile was
+  // bound by it (about half the FMA peak). Narrow tiles (the last queries of a batch, m = 1)
+  // keep 4 rows: they are bound by memory, where four streams prefetch better.
+  static constexpr int kQueryTile = 8;
   static constexpr int kRowTile = 4;
+  static constexpr bool kHasHsum16 = true;
+  static constexpr int row_tile(int query_tile) noexcept { return query_tile > 4 ? 2 : 4; }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void pin(V& v) noexcept { __asm__("" : "+v"(v)); }
 
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V zero() noexcept { return _mm512_setzero_ps(); }
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V load(const float* p) noexcept { return _mm512_loadu_ps(p); }
@@ -196,6 +219,37 @@ struct Ops {
     const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, xd, 1));
     return _mm256_add_ps(lo, hi);
   }
+  // out[p] = the hsum4 tree of v[p] for p < 16, bit for bit: x_i = v_i + v_{i+8}, then
+  // ((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7)), computed for all 16 at once with 45 full-width
+  // shuffles and adds (hsum4 takes about twice as many half-width ones). Stage 1 folds pairs
+  // into [x0..7 of a | x0..7 of b]; stages 2 and 3 add adjacent lanes within 128-bit lanes;
+  // stage 4 adds the two halves. The inputs are fed in the order that makes lane p hold v[p].
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void hsum16(const V* v, float* out) noexcept {
+    // Butterfly slot s takes accumulator kFeed[s]; slot order of the result is
+    // 0,2,4,6, 1,3,5,7, 8,10,12,14, 9,11,13,15.
+    constexpr int kFeed[16] = {0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15};
+    V w[8];
+    LOOKALIKE_UNROLL
+    for (int k = 0; k < 8; ++k) {
+      const V a = v[kFeed[2 * k]];
+      const V b = v[kFeed[2 * k + 1]];
+      w[k] = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, a, b, 0x44), _mm512_maskz_shuffle_f32x4(kAll, a, b, 0xEE));
+    }
+    V u[4];
+    LOOKALIKE_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      u[k] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0x88),
+                           _mm512_shuffle_ps(w[2 * k], w[2 * k + 1], 0xDD));
+    }
+    V z[2];
+    LOOKALIKE_UNROLL
+    for (int k = 0; k < 2; ++k) {
+      z[k] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0x88),
+                           _mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0xDD));
+    }
+    const V f = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, z[0], z[1], 0x88), _mm512_maskz_shuffle_f32x4(kAll, z[0], z[1], 0xDD));
+    _mm512_storeu_ps(out, f);
+  }
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void hsum4(V a, V b, V c, V d, float* out) noexcept {
     const __m256 ab = _mm256_hadd_ps(fold(a), fold(b));
     const __m256 cd = _mm256_hadd_ps(fold(c), fold(d));
@@ -213,6 +267,7 @@ struct Ops {
 }  // namespace lookalike::detail
 
 #include "lookalike/detail/int8_kernel.hpp"
+#include "lookalike/detail/amx_kernel.hpp"
 
 namespace lookalike::detail {
 

@@ -1,0 +1,324 @@
+// The AMX tile kernels (detail/amx_kernel.hpp) and the avx512 f32 tile's one-pass reduction,
+// against naive references and the vector kernels. Tests of a path this CPU (or OS) lacks are
+// skipped with the reason.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lookalike/topk.hpp"
+#include "lookalike/types.hpp"
+
+namespace {
+
+using lookalike::bf16;
+using lookalike::Chunk;
+using lookalike::SimdLevel;
+using lookalike::TopKOptions;
+using lookalike::TopKResult;
+namespace amx = lookalike::detail::amx;
+
+std::vector<float> normals(std::size_t count, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist;
+  std::vector<float> out(count);
+  for (float& x : out) x = dist(gen) * scale;
+  return out;
+}
+
+std::vector<float> small_ints(std::size_t count, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int> dist(-3, 3);
+  std::vector<float> out(count);
+  for (float& x : out) x = static_cast<float>(dist(gen));
+  return out;
+}
+
+bool has_avx512() { return lookalike::simd_level_supported(SimdLevel::avx512); }
+
+template <class T>
+std::string amx_skip_reason() {
+  if (!has_avx512()) return "no AVX-512 on this CPU: the AMX kernels run at the avx512 level only";
+  if (!amx::available<T>()) {
+    return "no AMX-TILE + AMX-" + std::string(std::is_same_v<T, bf16> ? "BF16" : "INT8") +
+           " here (CPU flags, OS tile permission, or LOOKALIKE_AMX=0)";
+  }
+  return "";
+}
+
+#define SKIP_WITHOUT_AMX(T)                                        \
+  do {                                                              \
+    const std::string reason = amx_skip_reason<T>();                \
+    if (!reason.empty()) {                                          \
+      GTEST_SKIP() << reason;                                       \
+    }                                                               \
+  } while (0)
+
+TopKOptions options(bool use_amx, std::size_t threads = 1) {
+  TopKOptions o;
+  o.simd = SimdLevel::avx512;
+  o.amx = use_amx;
+  o.threads = threads;
+  return o;
+}
+
+// A bf16 database (its exact float values beside it) or an int8 one with per-row scales.
+template <class T>
+struct Db {
+  std::vector<T> data;
+  std::vector<float> scales;
+  std::vector<float> values;  // what the stored rows stand for
+};
+
+template <class T>
+Db<T> make_db(const std::vector<float>& x, std::size_t n, std::size_t d, bool exact_ints) {
+  Db<T> db;
+  db.data.resize(n * d);
+  db.values.resize(n * d);
+  db.scales.assign(n, 1.0f);
+  for (std::size_t r = 0; r < n; ++r) {
+    float peak = 0.0f;
+    for (std::size_t c = 0; c < d; ++c) peak = std::max(peak, std::fabs(x[r * d + c]));
+    const float scale = exact_ints || peak == 0.0f ? 1.0f : peak / 127.0f;
+    if constexpr (std::is_same_v<T, std::int8_t>) db.scales[r] = scale;
+    for (std::size_t c = 0; c < d; ++c) {
+      const std::size_t i = r * d + c;
+      if constexpr (std::is_same_v<T, bf16>) {
+        db.data[i] = lookalike::to_bf16(x[i]);
+        db.values[i] = lookalike::to_float(db.data[i]);
+      } else {
+        db.data[i] = static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] / scale), -127.0f, 127.0f));
+        db.values[i] = static_cast<float>(db.data[i]) * scale;
+      }
+    }
+  }
+  return db;
+}
+
+template <class T>
+TopKResult search(const Db<T>& db, std::size_t n, std::size_t d, const std::vector<float>& q, std::size_t m,
+                  std::size_t k, const TopKOptions& o) {
+  return lookalike::topk<T>(db.data.data(), n, d, q.data(), m, k, o, db.scales.data());
+}
+
+double dot(const float* a, const float* b, std::size_t d) {
+  double s = 0.0;
+  for (std::size_t c = 0; c < d; ++c) s += static_cast<double>(a[c]) * static_cast<double>(b[c]);
+  return s;
+}
+
+// Scores within `tol` of the float64 reference, each the score of its own row, best first, and
+// no row clearly better than the k-th missing.
+template <class T>
+void expect_close_to_reference(const Db<T>& db, std::size_t n, std::size_t d, const std::vector<float>& q,
+                               std::size_t m, std::size_t k, const TopKResult& got, double tol) {
+  for (std::size_t i = 0; i < m; ++i) {
+    std::vector<double> all(n);
+    for (std::size_t r = 0; r < n; ++r) all[r] = dot(q.data() + i * d, db.values.data() + r * d, d);
+    std::vector<double> sorted = all;
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    const std::size_t real = std::min(k, n);
+    for (std::size_t j = 0; j < k; ++j) {
+      const std::int64_t id = got.ids[i * k + j];
+      if (j >= real) {
+        EXPECT_EQ(id, -1);
+        continue;
+      }
+      ASSERT_GE(id, 0);
+      EXPECT_NEAR(got.scores[i * k + j], all[static_cast<std::size_t>(id)], tol) << "query " << i << " rank " << j;
+      EXPECT_NEAR(got.scores[i * k + j], sorted[j], tol) << "query " << i << " rank " << j;
+      if (j > 0) {
+        EXPECT_LE(got.scores[i * k + j], got.scores[i * k + j - 1]);
+      }
+    }
+  }
+}
+
+void expect_identical(const TopKResult& a, const TopKResult& b) {
+  ASSERT_EQ(a.ids.size(), b.ids.size());
+  for (std::size_t j = 0; j < a.ids.size(); ++j) {
+    EXPECT_EQ(a.ids[j], b.ids[j]) << "entry " << j;
+    EXPECT_EQ(std::memcmp(&a.scores[j], &b.scores[j], sizeof(float)), 0)
+        << "entry " << j << ": " << a.scores[j] << " vs " << b.scores[j];
+  }
+}
+
+// Shapes that hit every edge of the kernel: d around the 32 / 64-element k-step, rows around the
+// 16- and 32-row groups and the block, queries around the 16-query B tile and the 64-query call
+// (calls of fewer than amx::kMinQueries = 17 queries take the vector kernels: they check that
+// the switch is seamless).
+struct Shape {
+  std::size_t n, d, m, k;
+};
+const Shape kShapes[] = {
+    {1, 1, 1, 1},     {15, 7, 5, 3},     {16, 31, 16, 5},   {17, 32, 17, 10}, {33, 33, 40, 10},
+    {200, 64, 64, 10}, {517, 65, 70, 20}, {1000, 100, 3, 10}, {700, 384, 65, 10}, {300, 129, 1, 300},
+};
+
+TEST(AmxBf16, MatchesFloat64Reference) {
+  SKIP_WITHOUT_AMX(bf16);
+  std::uint32_t seed = 1;
+  for (const Shape& s : kShapes) {
+    const std::vector<float> x = normals(s.n * s.d, seed++);
+    const std::vector<float> q = normals(s.m * s.d, seed++);
+    const Db<bf16> db = make_db<bf16>(x, s.n, s.d, false);
+    const TopKResult got = search(db, s.n, s.d, q, s.m, s.k, options(true));
+    SCOPED_TRACE("n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " m=" + std::to_string(s.m));
+    expect_close_to_reference(db, s.n, s.d, q, s.m, s.k, got, 1e-5 * static_cast<double>(s.d) + 1e-5);
+    // And within float rounding of the vector kernel (which widens rows to float).
+    const TopKResult vec = search(db, s.n, s.d, q, s.m, s.k, options(false));
+    for (std::size_t j = 0; j < got.scores.size(); ++j) {
+      EXPECT_NEAR(got.scores[j], vec.scores[j], 1e-5 * static_cast<double>(s.d) + 1e-5);
+    }
+  }
+}
+
+TEST(AmxBf16, SmallIntegersExactWithTies) {
+  SKIP_WITHOUT_AMX(bf16);
+  const std::size_t n = 517, d = 40, m = 33, k = 600;
+  const std::vector<float> x = small_ints(n * d, 7);
+  const std::vector<float> q = small_ints(m * d, 8);
+  const Db<bf16> db = make_db<bf16>(x, n, d, true);
+  // Integer sums are exact in every order: the AMX result equals the vector kernel's bit for bit,
+  // ties (broken by the lower row) included.
+  expect_identical(search(db, n, d, q, m, k, options(true)), search(db, n, d, q, m, k, options(false)));
+}
+
+template <class T>
+void batch_threads_chunks_invariant() {
+  const std::size_t n = 1111, d = 70, m = 37, k = 12;
+  const std::vector<float> x = normals(n * d, 21);
+  const std::vector<float> q = normals(m * d, 22, 3.0f);
+  const Db<T> db = make_db<T>(x, n, d, false);
+  const TopKResult base = search(db, n, d, q, m, k, options(true));
+  for (std::size_t threads : {2, 3, 7}) expect_identical(search(db, n, d, q, m, k, options(true, threads)), base);
+  // A query's answer does not depend on the other queries of a call of >= kMinQueries (the
+  // tiles' arithmetic is per (query, row)): query i inside another batch of 20 (its slot moved).
+  for (std::size_t i : {std::size_t{0}, std::size_t{17}, m - 1}) {
+    std::vector<float> batch(q.begin() + static_cast<std::ptrdiff_t>((m - 20) * d), q.end());
+    std::copy_n(q.begin() + static_cast<std::ptrdiff_t>(i * d), d, batch.begin() + 5 * static_cast<std::ptrdiff_t>(d));
+    const TopKResult other = search(db, n, d, batch, 20, k, options(true));
+    for (std::size_t j = 0; j < k; ++j) {
+      EXPECT_EQ(other.ids[5 * k + j], base.ids[i * k + j]);
+      EXPECT_EQ(other.scores[5 * k + j], base.scores[i * k + j]);
+    }
+    // Alone (a call below kMinQueries: the vector kernel): int8 bit for bit, bf16 within rounding.
+    std::vector<float> one(q.begin() + static_cast<std::ptrdiff_t>(i * d), q.begin() + static_cast<std::ptrdiff_t>((i + 1) * d));
+    const TopKResult single = search(db, n, d, one, 1, k, options(true));
+    for (std::size_t j = 0; j < k; ++j) {
+      if constexpr (std::is_same_v<T, std::int8_t>) {
+        EXPECT_EQ(single.ids[j], base.ids[i * k + j]);
+        EXPECT_EQ(single.scores[j], base.scores[i * k + j]);
+      } else {
+        EXPECT_NEAR(single.scores[j], base.scores[i * k + j], 1e-5 * static_cast<double>(d));
+      }
+    }
+  }
+  // Chunks of odd sizes (rows 0..99, 100..612, 613..): the same answer.
+  const Chunk<T> chunks[] = {{db.data.data(), 100, db.scales.data()},
+                             {db.data.data() + 100 * d, 513, db.scales.data() + 100},
+                             {db.data.data() + 613 * d, n - 613, db.scales.data() + 613}};
+  TopKResult chunked;
+  chunked.scores.resize(m * k);
+  chunked.ids.resize(m * k);
+  lookalike::topk_chunks(chunks, 3, d, q.data(), m, k, chunked.scores.data(), chunked.ids.data(), options(true, 3));
+  expect_identical(chunked, base);
+}
+
+TEST(AmxBf16, BatchThreadsAndChunksDoNotChangeResults) {
+  SKIP_WITHOUT_AMX(bf16);
+  batch_threads_chunks_invariant<bf16>();
+}
+
+TEST(AmxInt8, BatchThreadsAndChunksDoNotChangeResults) {
+  SKIP_WITHOUT_AMX(std::int8_t);
+  batch_threads_chunks_invariant<std::int8_t>();
+}
+
+TEST(AmxInt8, BitIdenticalToTheVectorIntegerKernels) {
+  SKIP_WITHOUT_AMX(std::int8_t);
+  std::uint32_t seed = 100;
+  for (const Shape& s : kShapes) {
+    SCOPED_TRACE("n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " m=" + std::to_string(s.m));
+    const std::vector<float> x = normals(s.n * s.d, seed++);
+    const std::vector<float> q = normals(s.m * s.d, seed++, 5.0f);
+    const Db<std::int8_t> db = make_db<std::int8_t>(x, s.n, s.d, false);
+    const TopKResult got = search(db, s.n, s.d, q, s.m, s.k, options(true));
+    expect_identical(got, search(db, s.n, s.d, q, s.m, s.k, options(false)));  // VNNI (or AVX2) integers
+    TopKOptions avx2 = options(false);
+    avx2.simd = SimdLevel::avx2;
+    expect_identical(got, search(db, s.n, s.d, q, s.m, s.k, avx2));
+  }
+}
+
+TEST(AmxInt8, ExtremeQueriesAndLargeD) {
+  SKIP_WITHOUT_AMX(std::int8_t);
+  // Rows at +-127 and queries whose int16 rounding reaches the largest magnitudes (the hi / lo
+  // split at its ends), at d where the int16 range is cut (d * 127 * qmax < 2^31).
+  for (std::size_t d : {std::size_t{64}, std::size_t{1000}, std::size_t{4099}}) {
+    const std::size_t n = 40, m = 18, k = 7;
+    std::vector<float> x(n * d), q(m * d);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0) ? 127.0f : (i % 3 == 1 ? -127.0f : 5.0f);
+    std::mt19937 gen(static_cast<std::uint32_t>(d));
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float& v : q) v = u(gen);
+    for (std::size_t i = 0; i < m; ++i) q[i * d + i % d] = (i % 2 ? -1.99f : 1.99f);  // the peak: |q16| near qmax
+    const Db<std::int8_t> db = make_db<std::int8_t>(x, n, d, true);
+    expect_identical(search(db, n, d, q, m, k, options(true)), search(db, n, d, q, m, k, options(false)));
+  }
+}
+
+TEST(AmxBf16, NonFiniteQueryFallsBackToTheVectorKernel) {
+  SKIP_WITHOUT_AMX(bf16);
+  const std::size_t n = 50, d = 20, m = 3, k = 5;
+  std::vector<float> q = normals(m * d, 3);
+  q[d + 4] = std::numeric_limits<float>::infinity();
+  const Db<bf16> db = make_db<bf16>(normals(n * d, 4), n, d, false);
+  expect_identical(search(db, n, d, q, m, k, options(true)), search(db, n, d, q, m, k, options(false)));
+}
+
+TEST(AmxKernel, TransposeOf16x16) {
+  SKIP_WITHOUT_AMX(bf16);
+  float in[256], out[256];
+  for (int i = 0; i < 256; ++i) in[i] = static_cast<float>(i);
+  amx::transpose_for_test(in, out);
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) EXPECT_EQ(out[c * 16 + r], in[r * 16 + c]);
+  }
+}
+
+#if LOOKALIKE_X86_DISPATCH
+// The avx512 f32 tile reduces 16 accumulators at once (Ops::hsum16); it must give each one the
+// very tree of hsum4, bit for bit, or scores would depend on the tile a row falls in.
+__attribute__((target("avx512f,avx2,fma,f16c"))) int hsum16_mismatches() {
+  namespace avx512 = lookalike::detail::avx512;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> dist;
+  int bad = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    float a[16][16];
+    for (auto& row : a) {
+      for (float& v : row) v = dist(gen) * std::ldexp(1.0f, trial % 40 - 20);
+    }
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_ps(a[i]);
+    float s16[16], s4[16];
+    avx512::Ops::hsum16(v, s16);
+    for (int i = 0; i < 16; i += 4) avx512::Ops::hsum4(v[i], v[i + 1], v[i + 2], v[i + 3], s4 + i);
+    bad += std::memcmp(s16, s4, sizeof(s4)) != 0;
+  }
+  return bad;
+}
+
+TEST(Avx512F32, Hsum16IsHsum4BitForBit) {
+  if (!has_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  EXPECT_EQ(hsum16_mismatches(), 0);
+}
+#endif
+
+}  // namespace
