@@ -10,13 +10,15 @@ so the content-addressed image store never finds a blob already stored. Reported
 keep thumbnail at most 15% slower than keep none, i.e. seconds per image <= 1.15x); bytes per image of
 ``<data-dir>/images`` (apparent size, and disk blocks: small files round up to 4 KiB blocks), of the rest
 of the data directory (the log), the mean thumbnail, and the originals sent. Kept bytes are read back
-with ``GetImage`` (view thumbnail / original) and checked. The machine may be shared: read the ratios.
+with ``GetImage`` (view thumbnail / original) and checked. The machine may be shared: read the ratios,
+and the server's CPU seconds per image (from /proc), which other jobs disturb far less than wall time.
 
     nice -n 10 .venv/bin/python bench/image_store.py [--images 160] [--runs 5] [--fsync batch] [--json]
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -46,6 +48,13 @@ def disk_usage(path: Path, *, exclude: Path | None = None) -> tuple[int, int]:
             size += st.st_size
             blocks += st.st_blocks * 512
     return size, blocks
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat): the server's own cost per image, which
+    other jobs on a shared machine disturb far less than wall-clock rates."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def register(address: str, db: str, images: list[bytes], batch: int, streams: int) -> tuple[float, int]:
@@ -132,11 +141,14 @@ def main() -> int:
                         db = f"{p}-{r}"
                         c.create_database(db, keep=p)
                         kept0, log0 = disk_usage(images_dir), disk_usage(data, exclude=images_dir)
+                        cpu0 = cpu_seconds(srv.pid)
                         seconds, n = register(srv.address, db, sets[r, p], args.batch, args.streams)
+                        cpu = cpu_seconds(srv.pid) - cpu0
                         kept1, log1 = disk_usage(images_dir), disk_usage(data, exclude=images_dir)
                         sent = sum(len(b) for b in sets[r, p])
                         row = out.add(run=r, keep=p, images=n, seconds=round(seconds, 3),
                                       images_per_s=round(n / seconds, 2),
+                                      server_cpu_ms_per_image=round(1000 * cpu / n, 2),
                                       kept_bytes_per_image=round((kept1[0] - kept0[0]) / n),
                                       kept_disk_bytes_per_image=round((kept1[1] - kept0[1]) / n),
                                       log_bytes_per_image=round((log1[0] - log0[0]) / n),
@@ -156,6 +168,11 @@ def main() -> int:
                                rate_vs_none=round(statistics.median(ratios), 3),
                                time_vs_none=round(statistics.median(1 / x for x in ratios), 3),
                                rate_vs_none_range=[round(min(ratios), 3), round(max(ratios), 3)],
+                               server_cpu_ms_per_image=round(statistics.median(r["server_cpu_ms_per_image"]
+                                                                               for r in mine), 2),
+                               cpu_vs_none=round(statistics.median(by[r, p]["server_cpu_ms_per_image"]
+                                                                   / by[r, "none"]["server_cpu_ms_per_image"]
+                                                                   for r in range(args.runs)), 3),
                                kept_bytes_per_image=round(statistics.median(r["kept_bytes_per_image"] for r in mine)),
                                kept_disk_bytes_per_image=round(statistics.median(r["kept_disk_bytes_per_image"]
                                                                                  for r in mine)),
@@ -164,17 +181,21 @@ def main() -> int:
                                sent_bytes_per_image=round(statistics.mean(r["sent_bytes_per_image"] for r in mine)),
                                readback="ok" if all(r["readback"] == "ok" for r in mine) else "FAILED",
                                runs=args.runs, images=args.images, thumbnail=thumb_setting))  # fmt: skip
-    head = ["keep", "images/s (median)", "x none (rate)", "x none (s/image)", "min-max x none", "kept B/image",
-            "kept disk B/image", "log B/image", "sent B/image", "read back"]  # fmt: skip
+    head = ["keep", "images/s (median)", "x none (rate)", "x none (s/image)", "min-max x none",
+            "server CPU ms/image", "x none (CPU)", "kept B/image", "kept disk B/image", "log B/image", "sent B/image",
+            "read back"]  # fmt: skip
     out.print_table(harness.markdown(head, ([s["summary"], s["images_per_s"], s["rate_vs_none"], s["time_vs_none"],
-                                             "{}-{}".format(*s["rate_vs_none_range"]), s["kept_bytes_per_image"],
+                                             "{}-{}".format(*s["rate_vs_none_range"]), s["server_cpu_ms_per_image"],
+                                             s["cpu_vs_none"], s["kept_bytes_per_image"],
                                              s["kept_disk_bytes_per_image"], s["log_bytes_per_image"],
                                              s["sent_bytes_per_image"], s["readback"]] for s in summary)))  # fmt: skip
     thumb = next(s for s in summary if s["summary"] == "thumbnail")
     verdict = "met" if thumb["time_vs_none"] <= 1.15 else "NOT met"
-    out.say(f"issue target (keep thumbnail <= 15% slower registration than keep none): {verdict} "
-            f"(seconds per image x{thumb['time_vs_none']}, median of {args.runs} runs; mean thumbnail "
-            f"{thumb['mean_thumbnail_bytes']} B, {thumb_setting})")  # fmt: skip
+    by_cpu = "met" if thumb["cpu_vs_none"] <= 1.15 else "NOT met"
+    out.say(f"issue target (keep thumbnail <= 15% slower registration than keep none): {verdict} by wall clock "
+            f"(seconds per image x{thumb['time_vs_none']}), {by_cpu} by the server's CPU per image "
+            f"(x{thumb['cpu_vs_none']}), medians of {args.runs} runs; mean thumbnail "
+            f"{thumb['mean_thumbnail_bytes']} B, {thumb_setting}")  # fmt: skip
     return 0
 
 

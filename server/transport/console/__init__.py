@@ -11,6 +11,7 @@ pages allow scripts, styles and images from this server only (Content-Security-P
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -138,18 +139,23 @@ class Console:
         """The guards (sign-in, then for a POST length and CSRF) and the error pages around a handler."""
 
         async def guarded(request: Request) -> Response:
+            started = time.perf_counter()
             try:
                 if auth:
                     self.require_sign_in(request)
                 if post:
                     await self.check_post(request, None if auth else SIGNIN_MAX_BYTES)
-                return await handler(request)
+                response = await handler(request)
             except Refused as refused:
-                return refused.response
+                response = refused.response
             except LookalikeError as err:
-                return self.error(request, err)
+                response = self.error(request, err)
             finally:
                 await request.close()  # the uploaded files' temporary copies
+            # The page's own time (service calls and rendering; the body is rendered by now), for the browser's
+            # network panel and bench/console_grid.py: everything but the HTTP server and the network.
+            response.headers["Server-Timing"] = f"console;dur={(time.perf_counter() - started) * 1e3:.1f}"
+            return response
 
         guarded.__name__ = handler.__name__
         return guarded

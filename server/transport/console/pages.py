@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from lookalike.server.core.errors import LookalikeError, invalid
+from lookalike.server.core.paging import encode_token
 from lookalike.server.core.validation import ORIGINAL_ATTRIBUTE, SYSTEM_PREFIX, THUMBNAIL_ATTRIBUTE
 from lookalike.server.transport.console import Console
 from lookalike.server.transport.console.session import PATH
@@ -66,10 +67,13 @@ def intra_of(text: str | None) -> int | None:
 def browse(service: Any, name: str, prefix: str, where: dict[str, str], token: str) -> tuple[list[Tile], str, int]:
     """A page of a database's images, filtered by group prefix and attributes: (tiles, next token, scanned).
 
-    The service lists by key; each step asks for just as many as the page still needs, so the token it returns
-    is right after the last image shown (or skipped). At most ``SCAN_LIMIT`` images are looked at per page."""
+    The service lists by key (a group prefix starts where the prefix sorts); each step asks for just as many as
+    the page still needs, so the token it returns is right after the last image shown (or skipped). At most
+    ``SCAN_LIMIT`` images are looked at per page."""
     tiles: list[Tile] = []
     scanned = 0
+    if prefix and not token:  # start at the prefix: no group before it in the key order starts with it
+        token = encode_token([prefix, -1])
     while len(tiles) < GRID_PAGE and scanned < SCAN_LIMIT:
         entries, token = service.list_images(name, None, min(GRID_PAGE - len(tiles), SCAN_LIMIT - scanned), token)
         scanned += len(entries)

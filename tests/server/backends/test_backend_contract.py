@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from lookalike.server.core.backends.api import (
     Entry,
-    ExportedDatabase,
     SetRequest,
     content_digest,
     request_fingerprint,
 )
+from lookalike.server.core.backends.exports import ExportedDatabase
 from lookalike.server.core.errors import LookalikeError
 
 DIM = 16

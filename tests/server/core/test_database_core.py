@@ -235,3 +235,48 @@ def test_compaction_reclaims_retired_rows_and_keeps_answers():
     assert db.get("attr", 1).attributes == {"k": "v"}
     assert db.search(q, 5, where={"k": "v"})[0][0].intra_id == 1
     assert db.set("g1", None, unit(rng))[0][1] >= 0  # writes go on after the move
+
+
+def test_listing_by_key_follows_every_kind_of_write(tmp_path: Path):
+    """The sorted key list pages go through is patched by small writes and deletes, dropped by big ones
+    (``SORTED_PATCH_MAX_KEYS``), kept across a compaction: after each, every page is the naive model's keys."""
+    from lookalike.server.core.backends.builtin.database import SORTED_PATCH_MAX_KEYS
+
+    rng = np.random.default_rng(7)
+    db = Db(chunk_rows=256, data_dir=tmp_path)
+    keys: set[tuple[str, int]] = set()
+
+    def listed() -> list[tuple[str, int]]:
+        out, after = [], None
+        while True:
+            page, more = db.db.list(group_id=None, after=after, limit=37)
+            out += [(e.group_id, e.intra_id) for e in page]
+            if not more:
+                return out
+            after = out[-1]
+
+    for step in range(400):
+        r = rng.random()
+        if r < 0.05:  # a bulk write: more keys than are patched in
+            many = SORTED_PATCH_MAX_KEYS + 5
+            batch = [(f"b{rng.integers(0, 50):02d}", int(rng.integers(0, 40))) for _ in range(many)]
+            vectors = np.stack([unit(rng) for _ in batch])
+            db.catalog.set_images(db.name, [(g, i, "", None) for g, i in batch], vectors)
+            keys |= set(batch)
+        elif r < 0.1 and keys:  # a whole group
+            group = sorted(keys)[rng.integers(0, len(keys))][0]
+            db.catalog.delete_group(db.name, group)
+            keys = {k for k in keys if k[0] != group}
+        elif r < 0.35 and keys:
+            key = sorted(keys)[rng.integers(0, len(keys))]
+            db.delete(*key)
+            keys.discard(key)
+        else:  # a new key or a replacement
+            key = (f"g{rng.integers(0, 30):02d}", int(rng.integers(0, 10)))
+            db.set(*key, unit(rng))
+            keys.add(key)
+        if step % 100 == 99:
+            db.catalog.checkpoint()  # compacts when due: rows move, keys stay
+        if step % 3 == 0 or step > 390:
+            assert listed() == sorted(keys), step
+    db.catalog.close(snapshot=False)

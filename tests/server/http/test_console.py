@@ -8,12 +8,14 @@ form, the sign-in and CSRF rules (nothing answers without both), and that what t
 from __future__ import annotations
 
 import re
+import time
 from html import unescape
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 import requests
+from lookalike.server.core.calls import BulkItem
 from lookalike.server.core.errors import LookalikeError
 from photos import crop, encode, photo
 
@@ -208,6 +210,16 @@ def test_paging_and_images_not_kept(server, browser):
     assert second.count('class="tile"') == 12 and "g048" in second and "g059" in second and 'rel="next"' not in second
     r = s.get(server.base + "/ui/thumbnail", params={"db": "vectors", "group": "g000", "intra": "0"}, timeout=30)
     assert r.status_code == 404 and "IMAGE_NOT_KEPT" in r.text
+    # A group prefix past the first 2,000 images starts where it sorts (it used to scan from the first key).
+    many = fresh(server, "many", keep="none")
+    vectors = rng.standard_normal((2600, server.service.dimension))
+    for i in range(0, 2600, 200):
+        server.service.bulk_set(many, [BulkItem(f"h{j:05d}", 0, vector=vectors[j]) for j in range(i, i + 200)])
+    deep = s.get(server.base + "/ui/db/many", params={"group_prefix": "h025"}, timeout=30)
+    assert deep.text.count('class="tile"') == 48 and "h02500" in deep.text and "h02548" not in deep.text
+    assert 'rel="next"' in deep.text and "Look further" not in deep.text
+    # Each page says how long it took (service calls and rendering): Server-Timing.
+    assert re.fullmatch(r"console;dur=\d+\.\d", deep.headers["server-timing"])
 
 
 def test_a_database_that_does_not_exist_is_a_404_page(server, browser):
@@ -404,3 +416,15 @@ def test_every_control_has_a_label(server, browser):
             assert named, (path, c)
             assert c.get("tabindex", "0") == "0", (path, c)  # nothing taken out of the keyboard order
         assert 'href="#main"' in html and '<main id="main"' in html
+
+
+def test_answers_on_a_kept_alive_connection_are_not_held_for_a_delayed_ack(server, browser):
+    """Each answer after the first on a connection took 40 ms more (the body waited for the client's delayed
+    ACK: no TCP_NODELAY on the HTTP port's sockets); a grid's thumbnails come over a few such connections."""
+    s, _ = browser
+    times = []
+    for _ in range(8):
+        started = time.perf_counter()
+        assert s.get(server.base + "/ui/static/console.css", timeout=30).status_code == 200
+        times.append(time.perf_counter() - started)
+    assert min(times[1:]) < 0.030, times
