@@ -201,6 +201,10 @@ class LookalikeService(Transfers, ModelCalls):
         page = dbs[:size]
         return page, (encode_token(page[-1].name) if len(dbs) > size else "")
 
+    def database_disk_bytes(self, name: str) -> int | None:
+        """A database's files at its last snapshot, in bytes (None before its first snapshot, or on Milvus)."""
+        return self.catalog.disk_bytes(check_database_name(name))
+
     def delete_database(self, name: str) -> None:
         check_database_name(name)
         self.reindexer.refuse_while_running(name, "dropped")

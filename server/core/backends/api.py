@@ -344,6 +344,10 @@ class IndexBackend(Protocol):
         """Database ``loaded`` takes the name ``name`` (dropping what had it) in one durable step."""
         ...
 
+    def disk_bytes(self, name: str) -> int | None:
+        """Bytes of a database's files on this machine at its last snapshot, where known."""
+        ...
+
     def kept_digests(self) -> set[str]:
         """Every kept-image digest a live row names (what the image store must keep)."""
         ...

@@ -93,7 +93,19 @@ def describe(service: Any, db: Any) -> dict[str, Any]:
     return {"name": db.name, "model": service.bound_model(db) or "not loaded", "images": db.size,
             "groups": db.group_count, "storage": db.storage or "local", "keep": db.keep,
             "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(db.create_time)) if db.create_time else "",
-            "reindex": service.reindex_of(db.name)}  # fmt: skip
+            "reindex": service.reindex_of(db.name),
+            "disk": human_bytes(service.database_disk_bytes(db.name))}  # fmt: skip
+
+
+def human_bytes(size: int | None) -> str:
+    """A size for people ("12.3 MB"), or what is not known yet."""
+    if size is None:
+        return "not snapshotted yet"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000  # type: ignore[assignment]
+    return f"{size:.1f} TB"
 
 
 def request_rates(metrics: Any) -> tuple[list[dict[str, Any]], float]:

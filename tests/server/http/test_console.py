@@ -175,6 +175,17 @@ def test_databases_and_a_database_grid(server, browser):
     row = re.search(r"<tr>\s*<th scope=\"row\"><a href=\"/ui/db/shop\">shop</a></th>(.*?)</tr>", page.text, re.S)
     cells = re.findall(r"<td>(.*?)</td>", row.group(1))
     assert cells[0] == server.service.model_name and cells[1:3] == ["2", "2"] and cells[4] == "thumbnail"
+    assert cells[-1] == "not snapshotted yet"
+    snap = server.service.snapshot_database("shop")
+    cells = re.findall(
+        r"<td>(.*?)</td>",
+        re.search(
+            r"<a href=\"/ui/db/shop\">shop</a></th>(.*?)</tr>",
+            s.get(server.base + "/ui/databases", timeout=30).text,
+            re.S,
+        ).group(1),
+    )
+    assert cells[-1] == f"{snap.size_bytes / 1000:.1f} KB", (cells, snap.size_bytes)  # its snapshot's files
     grid = s.get(server.base + "/ui/db/shop", timeout=30).text
     assert "sku-cat" in grid and "sku-mug" in grid and "cat.jpg" in grid and "pets" in grid
     src = unescape(re.search(r'<img src="(/ui/thumbnail\?db=shop&amp;group=sku-cat&amp;intra=0)" loading="lazy"',

@@ -51,6 +51,7 @@ from lookalike.server.core.backends.exports import ExportedDatabase
 from lookalike.server.core.errors import LookalikeError, invalid
 from lookalike.server.core.validation import LOAD_PREFIX, check_stored_name, kept_digests
 from lookalike.server.storage.image_store import ImageStore
+from lookalike.server.storage.shipping import entry_bytes
 
 log = logging.getLogger(__name__)
 __all__ = ["COMPACT_MIN_DEAD", "Catalog"]
@@ -398,6 +399,12 @@ class Catalog(Checkpoints):
                 seq, _ = self._commit(cmd)
         self._wait(seq)
         return db
+
+    def disk_bytes(self, name: str) -> int | None:
+        """Bytes of a database's files at its last snapshot (None before its first, or in memory only)."""
+        manifest = self.persistence.manifest if self.persistence is not None else None
+        entry = (manifest or {}).get("databases", {}).get(name)
+        return entry_bytes(entry) if entry is not None else None
 
     def kept_digests(self) -> set[str]:
         """Every kept-image digest a live row names (the reference counts' keys)."""

@@ -218,6 +218,10 @@ class MilvusCatalog:
             self.guard(lambda: self.leases.drop(old.incarnation))
         return MilvusDatabase(self, name, info)
 
+    def disk_bytes(self, name: str) -> int | None:
+        """Milvus keeps the segments: not known here."""
+        return None
+
     def kept_digests(self) -> set[str]:
         """Every kept-image digest a row of any database names (a scan of every collection's attributes): what a
         sweep of the shared image store must keep. Replicas do not count references, so freeing is a sweep."""
