@@ -35,6 +35,7 @@ metadata (EXIF, GPS, ICC) of the upload kept.
 from __future__ import annotations
 
 import io
+import threading
 
 from lookalike.server.core.embedding.images import PixelBudget, decode_image
 from lookalike.server.defaults import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
@@ -112,6 +113,9 @@ def encode_thumbnail(
     return _encode(img, key, quality)
 
 
+_SINGLE = threading.local()  # threads (the decode pool's, a request's) whose torch runs single-threaded here
+
+
 def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Antialiased bicubic to ``size``: torch's uint8 kernel (SIMD; the same pixels as Pillow's within 2
     levels, 0.006 on average) at about half Pillow's cost, the thumbnail's largest; Pillow where torch is
@@ -123,6 +127,9 @@ def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
         except ImportError:
             pass
         else:
+            if not getattr(_SINGLE, "set", False):  # per thread (OpenMP): the model's workers keep theirs
+                torch.set_num_threads(1)  # two threads on one small image cost 3x the CPU of one (measured)
+                _SINGLE.set = True
             pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
             out = torch.nn.functional.interpolate(pixels, size=(size[1], size[0]), mode="bicubic", antialias=True)
             return Image.fromarray(out[0].permute(1, 2, 0).contiguous().numpy())
