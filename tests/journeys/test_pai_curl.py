@@ -124,7 +124,7 @@ def test_every_readme_curl_example_in_order(http, s3, exports, tmp_path):
     if shutil.which("curl") is None or shutil.which("bash") is None:
         pytest.skip("needs curl and bash")
     files = {"a.jpg": photo("chelsea"), "b.jpg": crop(photo("chelsea"), 0.85), "front.jpg": photo("astronaut"),
-             "query.jpg": crop(photo("astronaut"), 0.8)}  # fmt: skip
+             "query.jpg": crop(photo("astronaut"), 0.8), "scene.jpg": photo("coffee")}  # fmt: skip
     for name, picture in files.items():
         (tmp_path / name).write_bytes(encode(picture))
     env = {**os.environ, "LOOKALIKE_HTTP": http, "LOOKALIKE_TOKEN": TOKEN}
