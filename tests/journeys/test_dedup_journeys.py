@@ -542,9 +542,9 @@ def test_kill_9_during_a_dedup_job_resumes_and_finds_what_an_uninterrupted_run_f
 
 @pytest.fixture(scope="module")
 def pairs(photo_server) -> Planted:
-    """12k vectors in database "pairs" of the photo server: default blocks of about 0.25 s (a job takes a few
-    seconds in ~20 of them), two jobs at once."""
-    vectors = planted(12_000, 60, seed=5)
+    """20k vectors in database "pairs" of the photo server: default blocks of about 0.25 s (a job takes a few
+    seconds in ~20 of them, long enough for a Ctrl-C to land with the faster AVX-512 tile), two jobs at once."""
+    vectors = planted(20_000, 60, seed=5)
     vectors.load(photo_server, "pairs")
     return vectors
 
