@@ -131,7 +131,7 @@ class Keeper:
         digests = [digest_of(b) for b in blobs]
         n = len(present)
         with self.store.hold(digests):  # held before stored: a concurrent free of the same content cannot win
-            self.store.put_many(blobs)
+            self.store.put_many(blobs, digests)
             for j, k in enumerate(present):
                 out[k][THUMBNAIL_ATTRIBUTE] = digests[j]
                 if policy == "original":

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,6 +66,7 @@ class ImageStore:
         self._unshipped: set[str] = set()  # stored here since the last upload: uploaded before the log naming them
         self._remote_garbage: set[str] = set()  # removed here: removed from OSS once a snapshot no longer names them
         self._push_lock = threading.Lock()
+        self._folders: set[Path] = set()
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -81,8 +82,9 @@ class ImageStore:
         return f"{PREFIX}{digest[:2]}/{check_digest(digest)}"
 
     # -- writes ------------------------------------------------------------------------------
-    def put_many(self, blobs: Iterable[bytes]) -> list[str]:
-        """Store each blob (durable per ``fsync`` when this returns); their digests, in order.
+    def put_many(self, blobs: Iterable[bytes], digests_known: Sequence[str] | None = None) -> list[str]:
+        """Store each blob (durable per ``fsync`` when this returns); their digests, in order (``digests_known``:
+        already computed by the caller, who names the blobs by them).
 
         The caller holds the digests (``hold``) from before this call until the write that
         references them is applied, so a concurrent removal of the same content cannot win.
@@ -90,8 +92,8 @@ class ImageStore:
         digests: list[str] = []
         dirs: set[Path] = set()
         written: list[Path] = []
-        for data in blobs:
-            digest = digest_of(data)
+        for k, data in enumerate(blobs):
+            digest = digest_of(data) if digests_known is None else digests_known[k]
             digests.append(digest)
             if self.remote is not None:
                 with self._lock:
@@ -106,7 +108,9 @@ class ImageStore:
             if target.is_file():
                 os.utime(target)  # fresh: a sweep's grace period counts from the newest reference
                 continue
-            target.parent.mkdir(exist_ok=True)
+            if target.parent not in self._folders:  # 256 of them: made once, not asked again per blob
+                target.parent.mkdir(exist_ok=True)
+                self._folders.add(target.parent)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
