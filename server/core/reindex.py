@@ -23,7 +23,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -351,7 +351,7 @@ class Reindexer(MirrorWrites):
                     vector = embedder.embed([data], field="image")[0]
                 except LookalikeError as err:
                     data, reason = None, err.reason
-            with _nothing() if gated else mirror.gate:
+            with nullcontext() if gated else mirror.gate:
                 if data is None:
                     self._forget(mirror, (entry.group_id, entry.intra_id))
                     missing.append([entry.group_id, entry.intra_id, entry.attributes.get(SOURCE_ATTRIBUTE, ""), reason])
@@ -403,8 +403,3 @@ class Reindexer(MirrorWrites):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, ctx.folder / STATE)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,13 +60,10 @@ class MirrorWrites:
             out[k] = v
         return mirror, out
 
-    @contextmanager
-    def gate(self, mirror: Mirror | None) -> Iterator[None]:
-        if mirror is None:
-            yield
-            return
-        with mirror.gate:
-            yield
+    @staticmethod
+    def gate(mirror: Mirror | None) -> AbstractContextManager[Any]:
+        """The mirror's gate, or nothing to hold when the database is not being reindexed."""
+        return mirror.gate if mirror is not None else nullcontext()
 
     def mirror_sets(self, mirror: Mirror | None, written: list[tuple[Key, dict[str, str] | None]],
                     vectors: list[Any]) -> None:  # fmt: skip

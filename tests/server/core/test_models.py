@@ -22,19 +22,9 @@ from lookalike.server.core.embedding.model_identity import model_identity
 from lookalike.server.core.embedding.models import ModelRegistry, model_name_for, valid_model_name
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from photos import encode, photo
+from tiny_models import Pooled
 
 from lookalike.modelfile import EmbedderMeta, save_embedder
-
-
-class Pooled(torch.nn.Module):
-    """A tiny real embedder: 4x4 average pool of the image, then a projection to ``dim``."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(48, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
 
 
 @pytest.fixture(scope="module")
