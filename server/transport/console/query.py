@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import inspect
 import math
 from pathlib import PurePath
 from typing import Any
@@ -34,14 +33,6 @@ def crop_box(form: Any) -> tuple[float, float, float, float] | None:
     if (x, y, w, h) == (0, 0, 1, 1):
         return None
     return (x, y, w, h)
-
-
-def takes_crop(service: Any) -> bool:
-    """Whether this server's ``search`` searches by a region (``crop``); until it does the whole image is used."""
-    try:
-        return "crop" in inspect.signature(service.search).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def number(form: Any, name: str, kind: type, default: Any) -> Any:
@@ -86,17 +77,11 @@ def add_routes(router: APIRouter, console: Console) -> None:
     async def run_search(request: Request, source: Any, query: Query, crop: Any, shown: str) -> Response:
         name = str(source.get("db") or "")
         opts = options(source)
-        error, hits, compared, note = None, [], 0, ""
-        kwargs: dict[str, Any] = {}
-        if crop is not None:
-            if takes_crop(console.service):
-                kwargs["crop"] = crop
-            else:
-                note = "This server cannot search by a region yet: the whole image was used."
+        error, hits, compared = None, [], 0
         try:
             found, compared, _ = await console.call(console.service.search, name, query, top_k=opts["top_k"],
                                                     one_per_group=opts["one_per_group"], min_score=opts["min_score"],
-                                                    heavy=True, **kwargs)  # fmt: skip
+                                                    heavy=True, crop=crop)  # fmt: skip
             hits = [tile(h.group_id, h.intra_id, h.attributes, h.score) for h in found]
         except LookalikeError as err:
             if err.reason in ("DATABASE_NOT_FOUND",):
@@ -105,8 +90,8 @@ def add_routes(router: APIRouter, console: Console) -> None:
         status = 200 if error is None else 400
         return console.page(request, "search.html", status, title="Search", section="search",
                             databases=await database_names(), db=name, opts=opts, hits=hits, searched=True,
-                            compared=compared, error=error, note=note, query_image=shown, crop=crop,
-                            registered=query.registered, crop_supported=takes_crop(console.service))  # fmt: skip
+                            compared=compared, error=error, query_image=shown, crop=crop,
+                            registered=query.registered)  # fmt: skip
 
     async def search_page(request: Request) -> Response:
         q = request.query_params
@@ -115,8 +100,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
             shown = f"thumbnail?{request.url.query}"  # the thumbnail route takes the same db, group, intra
             return await run_search(request, q, Query(registered=(q["group"], intra)), None, shown)
         return console.page(request, "search.html", title="Search", section="search", databases=await database_names(),
-                            db=q.get("db", ""), opts=options(q), hits=[], searched=False, registered=None,
-                            crop_supported=takes_crop(console.service))  # fmt: skip
+                            db=q.get("db", ""), opts=options(q), hits=[], searched=False, registered=None)  # fmt: skip
 
     async def search(request: Request) -> Response:
         form = await request.form()
