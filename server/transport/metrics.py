@@ -71,7 +71,10 @@ class ServerMetrics:
                                       registry=r)  # fmt: skip
         self.batch_requests = Histogram("lookalike_batch_requests", "requests sharing one model call",
                                         buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.queue_images = Gauge("lookalike_batch_queue_images", "images waiting for a model call", registry=r)
+        self.queue_images = Gauge("lookalike_batch_queue_images", "images waiting for a model call (every model's)",
+                                  registry=r)  # fmt: skip
+        self._batchers: list[Any] = []
+        self.queue_images.set_function(lambda: sum(b.queue_depth for b in self._batchers))
         self.decoded = Counter("lookalike_images_decoded", "images decoded and preprocessed", registry=r)
         self.rejected = Counter("lookalike_images_rejected", "images refused, by reason", ["reason"], registry=r)
         self.execution = Gauge("lookalike_model_execution", "1 for how the model runs (--cpu-exec; fp16 on CUDA)",
@@ -84,11 +87,12 @@ class ServerMetrics:
         self.batch_requests.observe(requests)
 
     def watch_embedder(self, embedder: Any) -> None:
-        """Batch sizes and queue depth from its batcher; decode outcomes by wrapping ``prepare``."""
+        """Batch sizes and queue depth from its batcher (called once per model: the queue gauge sums them);
+        decode outcomes by wrapping ``prepare``."""
         batcher = embedder.batcher
         batcher.observers.append(self.observe_batch)
         self.execution.labels(getattr(embedder, "execution", "unknown"), str(embedder.device)).set(1)
-        self.queue_images.set_function(lambda: batcher.queue_depth)
+        self._batchers.append(batcher)
         prepare = embedder.prepare
         decoded, rejected = self.decoded, self.rejected
 

@@ -181,3 +181,24 @@ def test_pai_json_calls_are_counted_per_function_and_status(server, photos):
     assert delta("lookalike_requests_total", method="pai/db_search", code="NOT_FOUND") == 1
     assert delta("lookalike_requests_total", method="pai", code="UNAUTHENTICATED") == 1
     assert delta("lookalike_request_seconds_count", method="pai/match", code="OK") == 1
+
+
+def test_the_queue_gauge_counts_every_models_queue():
+    """With several models (``--model``), each has a batcher: the gauge read only the last one watched."""
+    from lookalike.server.transport.metrics import ServerMetrics
+    from prometheus_client import generate_latest
+
+    class Waiting:  # what the gauge reads of an embedder: its batcher's queue, device and execution
+        def __init__(self, depth: int) -> None:
+            self.batcher = type("B", (), {"observers": [], "queue_depth": depth})()
+            self.device, self.execution = "cpu", "eager"
+
+        def prepare(self, data: bytes, **_: object) -> None:
+            return None
+
+    m = ServerMetrics()
+    for depth in (3, 5):
+        m.watch_embedder(Waiting(depth))
+    text = generate_latest(m.registry).decode()
+    gauge = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert gauge["lookalike_batch_queue_images"] == 8
