@@ -10,8 +10,8 @@ page of ``--page`` tiles (the console shows 48; ``pages.GRID_PAGE`` is set for t
 - ``first``: the first page (``GET /ui/db/grid``); ``deep``: a page in the middle of the key order (its
   ``page`` token); ``prefix``: a group prefix in the middle (``group_prefix=g0500``: 1,000 images);
   ``where``: an attribute filter that keeps 1 image in 10 (``where=category=c3``); ``after_write``: the
-  first page right after a write of one image (the built-in store patches its sorted key list);
-  ``after_bulk``: after a write of 1,000 (it sorts its keys again for the next listing);
+  first page right after a write of one image; ``after_bulk``: after a write of 1,000 (the built-in store keeps
+  its group names sorted as it writes: no write makes the next listing sort every key, ``key_order.py``);
 - ``loopback_ms`` is request to response on 127.0.0.1 (``requests``, keep-alive), ``server_ms`` the page's
   own ``Server-Timing`` (service calls and rendering), ``ratio`` loopback over the ``first`` page's; the
   ``thumbnails`` row times the page's thumbnails fetched one after another (the browser asks for them after

@@ -238,10 +238,8 @@ def test_compaction_reclaims_retired_rows_and_keeps_answers():
 
 
 def test_listing_by_key_follows_every_kind_of_write(tmp_path: Path):
-    """The sorted key list pages go through is patched by small writes and deletes, dropped by big ones
-    (``SORTED_PATCH_MAX_KEYS``), kept across a compaction: after each, every page is the naive model's keys."""
-    from lookalike.server.core.backends.builtin.database import SORTED_PATCH_MAX_KEYS
-
+    """The key order pages go through (``key_order.py``) follows small writes and deletes, bulk writes, group
+    deletes and compactions: after each, every page is the naive model's keys (test_key_order.py goes further)."""
     rng = np.random.default_rng(7)
     db = Db(chunk_rows=256, data_dir=tmp_path)
     keys: set[tuple[str, int]] = set()
@@ -257,8 +255,8 @@ def test_listing_by_key_follows_every_kind_of_write(tmp_path: Path):
 
     for step in range(400):
         r = rng.random()
-        if r < 0.05:  # a bulk write: more keys than are patched in
-            many = SORTED_PATCH_MAX_KEYS + 5
+        if r < 0.05:  # a bulk write
+            many = 69
             batch = [(f"b{rng.integers(0, 50):02d}", int(rng.integers(0, 40))) for _ in range(many)]
             vectors = np.stack([unit(rng) for _ in batch])
             db.catalog.set_images(db.name, [(g, i, "", None) for g, i in batch], vectors)

@@ -8,7 +8,6 @@ numbers as identity. Mutations arrive only as commands (``commands.py``), alread
 
 from __future__ import annotations
 
-import bisect
 import threading
 from typing import Any
 
@@ -27,6 +26,7 @@ from lookalike.server.core.backends.builtin.commands import SetImages, SetItem
 from lookalike.server.core.backends.builtin.filters import FilterIndex
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.backends.builtin.index import ExactIndex
+from lookalike.server.core.backends.builtin.key_order import KeyOrder
 from lookalike.server.core.backends.builtin.records import Groups, grown
 from lookalike.server.core.backends.builtin.search import DatabaseSearch
 from lookalike.server.core.backends.builtin.self_join import DatabaseJoin
@@ -34,8 +34,6 @@ from lookalike.server.core.backends.builtin.snapshot import DatabaseSnapshots, S
 from lookalike.server.core.validation import MAX_INTRA_ID, kept_digests
 
 __all__ = ["Database", "SnapshotView"]
-
-SORTED_PATCH_MAX_KEYS = 64  # a write of more keys drops the sorted key list (``_sorted_patch``)
 
 
 class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
@@ -78,7 +76,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         self.layout = 0  # bumped by each compaction: rows moved, so snapshot files are never reused across it
         self.applied_seq = 0  # last log record applied
         self.snapshot_seq = -1  # applied_seq at the last snapshot
-        self._sorted: list[Key] | None = None
+        self._order: KeyOrder | None = None  # live group names, sorted: built when first listed, then kept
 
     @property
     def hnsw_settings(self) -> HnswSettings | None:
@@ -136,36 +134,13 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
                 raise group_not_found(self.name, group_id)
 
     def list(self, *, group_id: str | None, after: Key | None, limit: int) -> tuple[list[Entry], bool]:
-        """Entries ordered by key, strictly after ``after``; returns (page, more_left)."""
+        """Entries ordered by key, strictly after ``after``; returns (page, more_left). Costs the page (and
+        a sort of the group names the first time), whatever was written before (``key_order.py``)."""
         with self.lock:
-            if group_id is not None:
-                g = self._groups.number.get(group_id)
-                keys = [(group_id, i) for i in self._groups.members.group(g)] if g is not None else []
-            else:
-                if self._sorted is None:
-                    names = self._groups.names
-                    self._sorted = sorted((names[g], i) for g, i, _ in self._groups.members.items())
-                keys = self._sorted
-            start = bisect.bisect_right(keys, after) if after is not None else 0
-            page = keys[start : start + limit]
-            return [self._entry(self._row(g, i)) for g, i in page], start + limit < len(keys)
-
-    def _sorted_patch(self, added: list[Key], removed: list[Key]) -> None:
-        """Keeps the sorted key list ``list`` pages through in step with a write of a few keys (an insert or a
-        delete moves the list's tail: ~1 ms at 1M keys); a bigger write drops it, to be sorted again when next
-        listed (~1 s at 1M keys). Before, every write dropped it: the first page after any write re-sorted."""
-        keys = self._sorted
-        if keys is None:
-            return
-        if len(added) + len(removed) > SORTED_PATCH_MAX_KEYS:
-            self._sorted = None
-            return
-        for key in removed:
-            at = bisect.bisect_left(keys, key)
-            if at < len(keys) and keys[at] == key:
-                del keys[at]
-        for key in added:
-            bisect.insort(keys, key)
+            if self._order is None:
+                self._order = KeyOrder.of(self._groups)
+            page, more = self._order.page(self._groups, group_id, after, limit)
+            return [self._entry(row) for _, _, row in page], more
 
     # -- planning (under the catalog's write lock, before logging) ---------------------------
     def plan_set(self, requests: list[SetRequest], vectors: np.ndarray, now: float) -> SetImages:
@@ -217,7 +192,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
             self._group_flat[first : first + n] = groups
             retired: list[int] = []
             replaced = []
-            added: list[Key] = []
+            fresh = [] if self._order is None else self._groups.members.empty(groups)  # get their first image
             for k, item in enumerate(cmd.items):
                 g = int(groups[k])
                 old = self._groups.members.set(g, item.intra_id, first + k)
@@ -227,7 +202,6 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
                     retired.append(int(self._ids_flat[old]))
                 else:
                     self._size += 1
-                    added.append((item.group_id, item.intra_id))
                 if item.attributes:
                     self._attrs[first + k] = dict(item.attributes)
                 live[first + k] = 1
@@ -236,7 +210,8 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
             self._live = live
             self._filters.appended(first, [item.attributes for item in cmd.items])
             self.next_image_id = max(self.next_image_id, max(i.image_id for i in cmd.items) + 1)
-            self._sorted_patch(added, [])
+            if self._order is not None and fresh:
+                self._order.add([self._groups.names[g] for g in fresh])
             self.applied_seq = seq
             if self.hnsw is not None:
                 self.hnsw.remove(retired)
@@ -258,8 +233,9 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
             self._groups.members.remove(g, intra_id)
             if not self._groups.members.count(g):
                 self._groups.next_intra[g] = 0
+                if self._order is not None:
+                    self._order.discard(group_id)
             self._size -= 1
-            self._sorted_patch([], [(group_id, intra_id)])
             self.applied_seq = seq
 
     def apply_delete_group(self, group_id: str, seq: int) -> int:
@@ -279,7 +255,8 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
                 self.hnsw.remove([int(self._ids_flat[r]) for r in members.values()], seq)
             self._groups.next_intra[g] = 0
             self._size -= len(members)
-            self._sorted_patch([], [(group_id, i) for i in members])
+            if self._order is not None:
+                self._order.discard(group_id)
             self.applied_seq = seq
             return len(members)
 
@@ -294,7 +271,8 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
             self._groups.members.clear()
             self._groups.next_intra = [0] * len(self._groups.names)
             self._size = 0
-            self._sorted = None
+            if self._order is not None:
+                self._order.clear()
             self.applied_seq = seq
             return n
 
@@ -338,5 +316,5 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
             group_flat = np.zeros(len(live), np.int32)
             group_flat[: len(rows)] = self._group_flat[rows]
             self._ids_flat, self._group_flat = ids_flat, group_flat
-            self.layout += 1  # the keys are the same: ``_sorted`` stands
+            self.layout += 1  # the keys are the same: ``_order`` stands
             return reclaimed
