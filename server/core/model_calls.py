@@ -65,5 +65,5 @@ class ModelCalls:
             out.append({"name": str(identity.get("name", "")), "identity": describe_model(identity), "loaded": False,
                         "digest": str(identity.get("digest", "")), "dimension": dimension, "default": False,
                         "preprocessing": identity.get("preprocessing", {}), "tiers": None, "calibration": None,
-                        "databases": by_model[key]})  # fmt: skip
+                        "databases": by_model[key], "device": "", "execution": ""})  # fmt: skip
         return out

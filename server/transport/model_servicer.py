@@ -22,7 +22,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             model = pb.Model(name=m["name"], identity=m["identity"], dimension=m["dimension"],
                              preprocessing_json=json.dumps(m["preprocessing"], sort_keys=True),
                              databases=m["databases"], is_default=m["default"], loaded=m["loaded"],
-                             digest=m["digest"])  # fmt: skip
+                             digest=m["digest"], device=m["device"], execution=m["execution"])  # fmt: skip
             if m["tiers"]:
                 t = m["tiers"]
                 model.tiers.CopyFrom(pb.SimilarityTiers(duplicate=t["duplicate"], near=t["near"], similar=t["similar"],

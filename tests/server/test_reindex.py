@@ -80,6 +80,7 @@ def test_databases_are_bound_to_their_model(server: Server) -> None:
         listed["old"].is_default and list(listed["old"].databases) == ["a"] and list(listed["new"].databases) == ["b"]
     )
     assert listed["new"].dimension == 16 and listed["new"].loaded and len(listed["new"].digest) == 64
+    assert listed["new"].device == "cpu" and listed["new"].execution  # where and how it runs
     with pytest.raises(ClientError) as err:
         c.create_database("c", model="missing")
     assert (err.value.code, err.value.reason) == ("INVALID_ARGUMENT", "MODEL_NOT_FOUND")
@@ -105,6 +106,7 @@ def test_a_database_whose_model_is_not_loaded_is_listed_with_that_state(
         assert err.value.reason == "MODEL_MISMATCH" and "reindex" in err.value.message
         unloaded = [m for m in second.client.list_models() if not m.loaded]
         assert [list(m.databases) for m in unloaded] == [["kept"]] and unloaded[0].dimension == 16
+        assert (unloaded[0].device, unloaded[0].execution) == ("", "")  # not running anywhere
     finally:
         second.stop()
 

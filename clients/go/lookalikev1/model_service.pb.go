@@ -115,7 +115,11 @@ type Model struct {
 	// entry with loaded false (their model's identity), so they are never hidden.
 	Loaded bool `protobuf:"varint,8,opt,name=loaded,proto3" json:"loaded,omitempty"`
 	// The sha256 digest of its weights and preprocessing (the identity's digest).
-	Digest        string `protobuf:"bytes,9,opt,name=digest,proto3" json:"digest,omitempty"`
+	Digest string `protobuf:"bytes,9,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Where it runs ("cpu", "cuda", "cuda:1"); empty when it is not loaded.
+	Device string `protobuf:"bytes,10,opt,name=device,proto3" json:"device,omitempty"`
+	// How it runs ("eager", "frozen", "bf16" ... on CPU, per --cpu-exec; "fp16" or "fp32" on CUDA); empty when not loaded.
+	Execution     string `protobuf:"bytes,11,opt,name=execution,proto3" json:"execution,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -213,6 +217,20 @@ func (x *Model) GetDigest() string {
 	return ""
 }
 
+func (x *Model) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *Model) GetExecution() string {
+	if x != nil {
+		return x.Execution
+	}
+	return ""
+}
+
 // Request for ListModels.
 type ListModelsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -305,7 +323,7 @@ const file_lookalike_v1_model_service_proto_rawDesc = "" +
 	"\tduplicate\x18\x01 \x01(\x02R\tduplicate\x12\x12\n" +
 	"\x04near\x18\x02 \x01(\x02R\x04near\x12\x18\n" +
 	"\asimilar\x18\x03 \x01(\x02R\asimilar\x12)\n" +
-	"\x10calibration_json\x18\x04 \x01(\tR\x0fcalibrationJson\"\xa6\x02\n" +
+	"\x10calibration_json\x18\x04 \x01(\tR\x0fcalibrationJson\"\xdc\x02\n" +
 	"\x05Model\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x1c\n" +
@@ -316,7 +334,10 @@ const file_lookalike_v1_model_service_proto_rawDesc = "" +
 	"\n" +
 	"is_default\x18\a \x01(\bR\tisDefault\x12\x16\n" +
 	"\x06loaded\x18\b \x01(\bR\x06loaded\x12\x16\n" +
-	"\x06digest\x18\t \x01(\tR\x06digest\"\x13\n" +
+	"\x06digest\x18\t \x01(\tR\x06digest\x12\x16\n" +
+	"\x06device\x18\n" +
+	" \x01(\tR\x06device\x12\x1c\n" +
+	"\texecution\x18\v \x01(\tR\texecution\"\x13\n" +
 	"\x11ListModelsRequest\"A\n" +
 	"\x12ListModelsResponse\x12+\n" +
 	"\x06models\x18\x01 \x03(\v2\x13.lookalike.v1.ModelR\x06models2_\n" +

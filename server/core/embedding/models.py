@@ -235,7 +235,8 @@ class ModelRegistry:
         from lookalike.modelfile import preprocessing_identity
 
         name = self.resolve(name)
-        meta = self._embedders[name].meta
+        embedder = self._embedders[name]
+        meta = embedder.meta
         identity = self._identities[name]
         return {
             "name": name,
@@ -247,6 +248,8 @@ class ModelRegistry:
             "tiers": getattr(meta, "tiers", None),
             "calibration": getattr(meta, "calibration", None),
             "default": name == self._default,
+            "device": str(getattr(embedder, "device", "")),
+            "execution": str(getattr(embedder, "execution", "")),
         }
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from pathlib import PurePath
+from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,6 +33,13 @@ def crop_box(form: Any) -> tuple[float, float, float, float] | None:
     if (x, y, w, h) == (0, 0, 1, 1):
         return None
     return (x, y, w, h)
+
+
+def relative_source(filename: str) -> str:
+    """A file's name as sent, kept as its ``source``: its path within a chosen or dropped folder
+    (``trip/day1/a.jpg``), without anything that climbs out or starts at a root."""
+    parts = [p for p in PurePosixPath(filename.replace("\\", "/")).parts if p not in ("/", ".", "..")]
+    return "/".join(parts)[-SOURCE_MAX_CHARS:] or "image"
 
 
 def number(form: Any, name: str, kind: type, default: Any) -> Any:
@@ -132,8 +139,8 @@ def add_routes(router: APIRouter, console: Console) -> None:
         results = []
         for item in files:
             data = await item.read()
-            source = PurePath(item.filename).name[:SOURCE_MAX_CHARS]
-            row = {"file": source, "group": group or PurePath(source).stem or "image", "ok": False}
+            source = relative_source(item.filename)
+            row = {"file": source, "group": group or PurePosixPath(source).stem or "image", "ok": False}
             try:
                 done = await console.call(console.service.set_image, name, row["group"], None, data, None,
                                           attributes={"source": source}, heavy=True)  # fmt: skip

@@ -362,6 +362,9 @@ def test_status(server, browser):
     assert page.status_code == 200
     text = text_of(page.text)
     assert server.service.model_name in text and "Databases" in text
+    model = next(m for m in server.service.list_models() if m["default"])
+    assert model["device"] in ("cpu", "cuda") and model["execution"]
+    assert re.search(rf"<td>{model['device']}</td><td>{re.escape(model['execution'])}</td>", page.text)  # where it runs
     assert re.search(r"<th scope=\"row\">[^<]*get</th><td>[1-9]", page.text)  # the PAI call above is counted
 
 

@@ -402,3 +402,25 @@ def test_a_dropped_file_fills_the_input(server, signed_in):
     """)
     assert count == "1:dropped.jpg"
     no_page_errors(d)
+
+
+def test_add_a_folder_keeps_each_images_path_as_its_source(server, signed_in, tmp_path):
+    """The folder picker (``webkitdirectory``): every image below it is added, a file that is not an image and a
+    hidden one are left out, and each image's path within the folder becomes its source."""
+    server.service.create_database("trip", keep="thumbnail")
+    d = signed_in
+    folder = tmp_path / "trip"
+    (folder / "day1").mkdir(parents=True)
+    (folder / "day1" / "rocket.jpg").write_bytes(jpeg("rocket"))
+    (folder / "coffee.jpg").write_bytes(jpeg("coffee"))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    d.get(server.base + "/ui/add?db=trip")
+    css(d, "#folder").send_keys(str(folder))
+    css(d, "#add-form button[type=submit]").click()
+    wait(d, lambda _: "2 of 2 sent" in text(d, "#add-count"), timeout=180)
+    assert "failed" not in css(d, "#add-count").text
+    sources = {server.service.get_image("trip", g, 0).attributes["source"] for g in ("rocket", "coffee")}
+    assert sources == {"trip/day1/rocket.jpg", "trip/coffee.jpg"}, sources
+    assert server.service.get_database("trip").size == 2
+    no_page_errors(d)

@@ -16,9 +16,33 @@
     var out = [];
     Array.prototype.forEach.call(items || [], function (it) {
       var f = it.getAsFile ? (it.kind === "file" ? it.getAsFile() : null) : it;
-      if (f && (!f.type || f.type.indexOf("image/") === 0)) out.push(f);
+      if (f && (!f.type || f.type.indexOf("image/") === 0) && f.name.charAt(0) !== ".") out.push(f);  // no .DS_Store
     });
     return out;
+  }
+
+  // A dropped folder: its files, read through the entries API, each with its path within what was dropped.
+  var relativePath = new WeakMap();
+  function walk(entry, prefix, out) {
+    if (entry.isFile) {
+      return new Promise(function (done) {
+        entry.file(function (f) { relativePath.set(f, prefix + f.name); out.push(f); done(); }, function () { done(); });
+      });
+    }
+    if (!entry.isDirectory) return Promise.resolve();
+    var reader = entry.createReader(), entries = [];
+    function more() {  // readEntries gives a batch at a time, then an empty one
+      return new Promise(function (done) { reader.readEntries(done, function () { done([]); }); }).then(function (batch) {
+        if (!batch.length) return null;
+        entries = entries.concat(batch);
+        return more();
+      });
+    }
+    return more().then(function () {
+      return entries.reduce(function (chain, e) {
+        return chain.then(function () { return walk(e, prefix + entry.name + "/", out); });
+      }, Promise.resolve());
+    });
   }
 
   function setUpDropZones() {
@@ -29,7 +53,15 @@
       zone.addEventListener("drop", function (e) {
         e.preventDefault();
         zone.classList.remove("over");
-        setFiles(input, imageFiles(e.dataTransfer.files));
+        var entries = input.multiple && e.dataTransfer.items ? Array.prototype.map.call(e.dataTransfer.items,
+          function (it) { return it.webkitGetAsEntry ? it.webkitGetAsEntry() : null; }).filter(Boolean) : [];
+        if (!entries.some(function (en) { return en.isDirectory; })) {
+          setFiles(input, imageFiles(e.dataTransfer.files));
+          return;
+        }
+        var found = [];  // the entries are read now, in the event; their files come later
+        entries.reduce(function (chain, en) { return chain.then(function () { return walk(en, "", found); }); },
+          Promise.resolve()).then(function () { setFiles(input, imageFiles(found)); });
       });
       zone.addEventListener("keydown", function (e) {  // Enter or Space on the zone opens the file picker
         if (e.target === zone && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); input.click(); }
@@ -99,8 +131,9 @@
     var form = document.getElementById("add-form");
     if (!form || !window.fetch) return;
     form.addEventListener("submit", function (e) {
-      var input = form.querySelector("#images"), files = Array.prototype.slice.call(input.files);
-      if (!files.length) return;
+      var input = form.querySelector("#images"), folder = form.querySelector("#folder");
+      var files = Array.prototype.slice.call(input.files).concat(imageFiles(folder ? folder.files : []));
+      if (!files.length) return;  // the server says what is missing
       e.preventDefault();
       var progress = document.getElementById("add-progress"), count = document.getElementById("add-count");
       var list = document.getElementById("add-results"), done = 0, failed = 0, button = form.querySelector("button[type=submit]");
@@ -115,7 +148,7 @@
         return chain.then(function () {
           var body = new FormData();
           ["csrf", "db", "group"].forEach(function (n) { body.append(n, form.elements[n].value); });
-          body.append("images", file, file.name);
+          body.append("images", file, relativePath.get(file) || file.webkitRelativePath || file.name);
           return fetch(form.action, { method: "POST", body: body, credentials: "same-origin",
             headers: { "X-Console-Fetch": "1", "X-CSRF-Token": document.body.getAttribute("data-csrf") } })
             .then(function (r) {
@@ -134,7 +167,7 @@
             }, function (err) { failure(file, String(err)); })
             .then(function () { done += 1; progress.value = done; report(); });
         });
-      }, Promise.resolve()).then(function () { button.disabled = false; input.value = ""; });
+      }, Promise.resolve()).then(function () { button.disabled = false; input.value = ""; if (folder) folder.value = ""; });
     });
   }
 
