@@ -58,8 +58,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def register(address: str, db: str, images: list[bytes], batch: int, streams: int) -> tuple[float, int]:
-    """Send ``images`` as ``lookalike add`` does (``streams`` streams of ``batch`` at once); (seconds, registered)."""
+def register(address: str, db: str, images: list[bytes], batch: int, streams: int, first: int = 0) -> tuple[float, int]:
+    """Send ``images`` as ``lookalike add`` does (``streams`` streams of ``batch`` at once) as groups ``g<first>``
+    on; (seconds, registered)."""
     from lookalike.client import BulkItem, LookalikeClient
 
     ok = [0]
@@ -68,7 +69,8 @@ def register(address: str, db: str, images: list[bytes], batch: int, streams: in
 
         def send(start: int) -> None:
             part = images[start : start + batch]
-            items = (BulkItem(f"g{start + k}", image=data, client_ref=f"p{start + k}") for k, data in enumerate(part))
+            items = (BulkItem(f"g{first + start + k}", image=data, client_ref=f"p{start + k}")
+                     for k, data in enumerate(part))  # fmt: skip
             r = c.bulk_set(db, items)
             if r.failures:
                 raise RuntimeError(f"{db}: {len(r.failures)} failures, first {r.failures[0].reason}")
@@ -153,7 +155,7 @@ def main() -> int:
                             db, part = f"{p}-{r}", sets[r, p][a : a + step]
                             kept0, log0 = disk_usage(images_dir), disk_usage(data, exclude=images_dir)[0]
                             cpu0 = cpu_seconds(srv.pid)
-                            seconds, n = register(srv.address, db, part, args.batch, args.streams)
+                            seconds, n = register(srv.address, db, part, args.batch, args.streams, first=a)
                             acc[p]["cpu"] += cpu_seconds(srv.pid) - cpu0
                             acc[p]["seconds"] += seconds
                             acc[p]["n"] += n
