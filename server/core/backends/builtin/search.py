@@ -99,12 +99,13 @@ class DatabaseSearch:
                     found, tier = None, "exact"
         scores, rows = found if found is not None else self.index.search(query, k, live, n, groups, rows=index_rows)
         hits = []
-        for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
+        row_list = rows.tolist()
+        group_of, intra_of = group_rows[rows].tolist(), intra_rows.items(row_list)  # one gather each
+        for score, row, g, intra in zip(scores.tolist(), row_list, group_of, intra_of, strict=True):
             if min_score is not None and score < min_score:
                 break
-            found_attrs = attrs.get(row) if with_attributes else None
-            hits.append(Hit(names[int(group_rows[row])], int(intra_rows[row]), score,
-                            dict(found_attrs) if found_attrs else None))  # fmt: skip
+            found_attrs = attrs.get(row) if with_attributes and attrs else None
+            hits.append(Hit(names[g], intra, score, dict(found_attrs) if found_attrs else None))
         return hits, searched, tier
 
     def _subset_search(

@@ -2238,6 +2238,20 @@ class index_dense_gt {
         return result;
     }
 
+    // Lookalike patch (ext/third_party/README.md): prefetch the vectors of a node's unvisited
+    // neighbours before they are measured, so their cache misses overlap instead of queueing.
+    struct prefetch_vectors_t {
+        index_dense_gt const* index;
+        template <typename iterator_at> void operator()(iterator_at begin, iterator_at end) const noexcept {
+            std::size_t const bytes = index->metric_.bytes_per_vector();
+            for (; begin != end; ++begin) {
+                byte_t const* vector = index->vectors_lookup_[get_slot(begin)];
+                for (std::size_t offset = 0; offset < bytes; offset += 64)
+                    usearch_prefetch_m(vector + offset);
+            }
+        }
+    };
+
     template <typename scalar_at, typename predicate_at>
     search_result_t search_(scalar_at const* vector, std::size_t wanted, predicate_at&& predicate, std::size_t thread,
                             bool exact, cast_punned_t const& cast) const {
@@ -2264,13 +2278,15 @@ class index_dense_gt {
             auto allow = [free_key_copy](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy;
             };
-            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow);
+            auto typed_result =
+                typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow, prefetch_vectors_t{this});
             return search_result_t{std::move(typed_result), std::move(lock)};
         } else {
             auto allow = [free_key_copy, &predicate](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy && predicate(member.key);
             };
-            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow);
+            auto typed_result =
+                typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow, prefetch_vectors_t{this});
             return search_result_t{std::move(typed_result), std::move(lock)};
         }
     }
