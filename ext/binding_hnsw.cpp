@@ -113,12 +113,12 @@ lookalike::RerankSource make_source(const py::list& chunks, std::int64_t n, cons
   return src;
 }
 
-std::unique_ptr<HnswGraph> load_buffer(const py::buffer& buffer, float i8_scale) {
+std::unique_ptr<HnswGraph> load_buffer(const py::buffer& buffer) {
   py::buffer_info info = buffer.request();
   const auto* data = static_cast<const std::uint8_t*>(info.ptr);
   const auto size = static_cast<std::size_t>(info.size * info.itemsize);
   py::gil_scoped_release release;
-  return HnswGraph::load(data, size, i8_scale);
+  return HnswGraph::load(data, size);
 }
 
 }  // namespace
@@ -128,21 +128,18 @@ void register_hnsw(py::module_& mod) {
                         "usearch HNSW graph (metric ip, uint64 keys) with the one-call re-ranked search; files are "
                         "the usearch package's own.")
       .def(py::init([](std::size_t dim, const std::string& dtype, std::size_t connectivity, std::size_t expansion_add,
-                       std::size_t expansion_search, float i8_scale) {
-             return std::make_unique<HnswGraph>(dim, kind_of(dtype), connectivity, expansion_add, expansion_search,
-                                                i8_scale);
+                       std::size_t expansion_search) {
+             return std::make_unique<HnswGraph>(dim, kind_of(dtype), connectivity, expansion_add, expansion_search);
            }),
            py::arg("dimensions"), py::arg("dtype"), py::arg("connectivity") = 16, py::arg("expansion_add") = 128,
-           py::arg("expansion_search") = 64, py::arg("i8_scale") = 0.0f,
-           "i8_scale (i8 only): codes round(scale * x) clamped to +-127; 0 = usearch's own cast. Not in the file.")
-      .def_static("load", &load_buffer, py::arg("buffer"), py::arg("i8_scale") = 0.0f,
-                  "A graph from a usearch file's bytes (copied into memory); i8_scale as it was built with.")
+           py::arg("expansion_search") = 64)
+      .def_static("load", &load_buffer, py::arg("buffer"), "A graph from a usearch file's bytes (copied into memory).")
       .def_static(
-          "load_file", [](const std::string& path, float i8_scale) {
+          "load_file", [](const std::string& path) {
             py::gil_scoped_release release;
-            return HnswGraph::load_file(path, i8_scale);
+            return HnswGraph::load_file(path);
           },
-          py::arg("path"), py::arg("i8_scale") = 0.0f)
+          py::arg("path"))
       .def("save", [](const HnswGraph& g) {
              std::vector<std::uint8_t> bytes;
              {
@@ -164,7 +161,6 @@ void register_hnsw(py::module_& mod) {
       .def_property_readonly("connectivity", &HnswGraph::connectivity)
       .def_property_readonly("dtype", [](const HnswGraph& g) { return kind_name(g.kind()); })
       .def_property_readonly("memory_usage", &HnswGraph::memory_usage)
-      .def_property_readonly("i8_scale", &HnswGraph::i8_scale)
       .def_property_readonly("kernel", &HnswGraph::kernel)
       .def_property_readonly("expansion_add", &HnswGraph::expansion_add)
       .def_property_readonly("expansion_search", &HnswGraph::expansion_search)

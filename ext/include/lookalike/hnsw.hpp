@@ -11,7 +11,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -168,13 +167,9 @@ class HnswGraph {
   using Kind = hnsw_metric::Kind;
 
   /// An empty graph of `dim`-dimensional vectors stored as `kind`.
-  /// `i8_scale` (i8 only): codes are round(scale * x) clamped to [-127, 127], the same scale for
-  /// every vector and query; 0 keeps usearch's own cast (trunc(127 * x / |x|), what the Python
-  /// package and earlier graphs use). The scale is not in the file: the caller keeps it.
   HnswGraph(std::size_t dim, Kind kind, std::size_t connectivity, std::size_t expansion_add,
-            std::size_t expansion_search, float i8_scale = 0.0f)
-      : kind_(kind), i8_scale_(kind == Kind::i8 ? i8_scale : 0.0f) {
-    if (!(i8_scale_ >= 0.0f) || !std::isfinite(i8_scale_)) throw std::invalid_argument("i8_scale must be >= 0");
+            std::size_t expansion_search)
+      : kind_(kind) {
     unum::usearch::index_dense_config_t config(connectivity, expansion_add, expansion_search);
     auto made = Index::make(metric(dim, kind), config, unum::usearch::default_free_value<std::uint64_t>(),
                             unum::usearch::index_limits_t(0, contexts()));
@@ -184,7 +179,7 @@ class HnswGraph {
   }
 
   /// A graph from a usearch file's bytes (a copy: later changes go to memory only).
-  static std::unique_ptr<HnswGraph> load(const std::uint8_t* data, std::size_t size, float i8_scale = 0.0f) {
+  static std::unique_ptr<HnswGraph> load(const std::uint8_t* data, std::size_t size) {
     std::unique_ptr<HnswGraph> g(new HnswGraph());
     std::size_t pos = 0;
     auto input = [&](void* out, std::size_t n) {
@@ -195,15 +190,15 @@ class HnswGraph {
     };
     unum::usearch::serialization_result_t r = g->index_.load_from_stream(input);
     if (!r) detail::fail("not a usable usearch index: ", r.error);
-    g->adopt_loaded(i8_scale);
+    g->adopt_loaded();
     return g;
   }
 
-  static std::unique_ptr<HnswGraph> load_file(const std::string& path, float i8_scale = 0.0f) {
+  static std::unique_ptr<HnswGraph> load_file(const std::string& path) {
     std::unique_ptr<HnswGraph> g(new HnswGraph());
     unum::usearch::serialization_result_t r = g->index_.load(path.c_str());
     if (!r) detail::fail("cannot load the usearch index " + path + ": ", r.error);
-    g->adopt_loaded(i8_scale);
+    g->adopt_loaded();
     return g;
   }
 
@@ -232,7 +227,6 @@ class HnswGraph {
   std::size_t dimensions() const { return index_.dimensions(); }
   std::size_t connectivity() const { return index_.connectivity(); }
   Kind kind() const { return kind_; }
-  float i8_scale() const { return i8_scale_; }
   std::size_t memory_usage() const { return index_.memory_usage(); }
   std::size_t expansion_add() const { return index_.expansion_add(); }
   std::size_t expansion_search() const { return index_.expansion_search(); }
@@ -269,8 +263,7 @@ class HnswGraph {
     shared_thread_pool()->run(jobs, [&](std::size_t job) {
       for (std::size_t i = next.fetch_add(1); i < fresh.size(); i = next.fetch_add(1)) {
         const std::size_t at = fresh[i];
-        auto r = i8_scale_ > 0 ? index_.add(keys[at], codes(vectors + at * d), job)
-                               : index_.add(keys[at], vectors + at * d, job);
+        auto r = index_.add(keys[at], vectors + at * d, job);
         if (!r) {
           std::lock_guard<std::mutex> g(error_mu);
           const char* message = r.error.release();
@@ -299,7 +292,7 @@ class HnswGraph {
   std::size_t search(const float* q, std::size_t count, std::uint64_t* keys) const {
     std::shared_lock<std::shared_mutex> lock(mu_);
     Context ctx(*this);
-    auto r = i8_scale_ > 0 ? index_.search(codes(q), count, ctx.id) : index_.search(q, count, ctx.id);
+    auto r = index_.search(q, count, ctx.id);
     if (!r) detail::fail("HNSW search failed: ", r.error);
     return r.dump_to(keys, count);
   }
@@ -360,19 +353,7 @@ class HnswGraph {
         unum::usearch::metric_punned_signature_t::array_array_size_k, unum::usearch::metric_kind_t::ip_k, sk);
   }
 
-  /// round(scale * x) clamped to [-127, 127], in a per-thread buffer valid until the next call.
-  const std::int8_t* codes(const float* x) const {
-    thread_local std::vector<std::int8_t> out;
-    const std::size_t d = index_.dimensions();
-    out.resize(d);
-    for (std::size_t j = 0; j < d; ++j) {
-      // fmax/fmin: a NaN lane becomes -127 instead of an undefined conversion
-      out[j] = static_cast<std::int8_t>(std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(x[j] * i8_scale_))));
-    }
-    return out.data();
-  }
-
-  void adopt_loaded(float i8_scale) {
+  void adopt_loaded() {
     using unum::usearch::scalar_kind_t;
     if (index_.metric_kind() != unum::usearch::metric_kind_t::ip_k) {
       throw std::runtime_error("the usearch index does not use the inner-product metric");
@@ -385,7 +366,6 @@ class HnswGraph {
       default: throw std::runtime_error("the usearch index stores a scalar type other than f32, f16, bf16, i8");
     }
     if (index_.multi()) throw std::runtime_error("the usearch index allows several vectors per key");
-    i8_scale_ = kind_ == Kind::i8 ? i8_scale : 0.0f;
     if (!index_.try_change_metric(metric(index_.dimensions(), kind_)) ||
         !index_.try_reserve(unum::usearch::index_limits_t(index_.capacity(), contexts()))) {
       throw std::runtime_error("out of memory loading the HNSW graph");
@@ -438,7 +418,6 @@ class HnswGraph {
 
   Index index_;
   Kind kind_ = Kind::f32;
-  float i8_scale_ = 0.0f;
   mutable std::shared_mutex mu_;
   mutable std::mutex free_mu_;
   mutable std::condition_variable free_cv_;

@@ -69,12 +69,6 @@ def test_the_tier_returns_the_exact_rerank_of_the_graphs_candidates(storage: str
         np.testing.assert_allclose([h.score for h in hits], want_scores, rtol=0, atol=1e-5)
         assert all(db._live[r] for r in want_rows)
 
-    if dtype == "i8":  # int8 codes on the whole range, the scale kept beside the file
-        assert db.hnsw.i8_scale > 0
-        data, seq = db.hnsw.save()
-        back = HnswIndex.load(data, db.hnsw.settings, seq, i8_scale=db.hnsw.i8_scale)
-        np.testing.assert_array_equal(back.candidates_many(queries, count), db.hnsw.candidates_many(queries, count))
-
     n = db._intra.n  # many queries in one call: the same rows as one at a time
     args = graph_rows(db.index.pin()), n, db._ids_flat[:n], db._live[:n]
     scores, rows = db.hnsw.search_many(queries, k, count, *args, threads=2)
@@ -116,33 +110,3 @@ def test_damaged_bytes_raise_value_error_and_kernels_dispatch():
     assert graph.kernel in {"scalar", "avx2", "avx512", "avx512bf16"}
     with pytest.raises(ValueError):
         native.HnswGraph(DIM, "u8")
-
-
-def test_an_int8_graph_reloads_from_a_snapshot_with_its_scale(tmp_path):
-    from lookalike.server.core.backends.builtin.persistence import MANIFEST, Persistence
-    from lookalike.server.storage.segments import get_manifest
-
-    settings = HnswSettings(threshold=2000, dtype="i8")
-    catalog = Catalog(DIM, {"name": "t", "digest": "x"}, Persistence(tmp_path), hnsw=settings)
-    catalog.recover()
-    catalog.create("d", storage="f32")
-    vecs = clustered(4000, 5)
-    catalog.set_images("d", [(f"g{i % 31}", i, "", None) for i in range(4000)], vecs)
-    db = catalog.get("d")
-    deadline = time.monotonic() + 120
-    while not (db.hnsw is not None and db.hnsw.ready):
-        assert time.monotonic() < deadline, "the graph was not built in time"
-        time.sleep(0.05)
-    catalog.checkpoint()
-    scale = get_manifest(catalog.persistence.local, MANIFEST)["databases"]["d"]["hnsw"]["i8_scale"]
-    assert scale == pytest.approx(db.hnsw.i8_scale) and scale > 0
-    queries = clustered(20, 6)
-    before = [[(h.group_id, h.intra_id) for h in db.search_tier(q, 10)[0]] for q in queries]
-    catalog.close(snapshot=False)
-
-    catalog = Catalog(DIM, {"name": "t", "digest": "x"}, Persistence(tmp_path), hnsw=settings)
-    catalog.recover()
-    db = catalog.get("d")
-    assert db.hnsw is not None and db.hnsw.ready and db.hnsw.i8_scale == pytest.approx(scale)
-    assert [[(h.group_id, h.intra_id) for h in db.search_tier(q, 10)[0]] for q in queries] == before
-    catalog.close(snapshot=False)

@@ -41,30 +41,14 @@ class HnswSettings:
     rerank_factor: int = defaults.HNSW_RERANK  # candidates fetched per result, re-scored exactly
 
 
-def i8_scale_for(sample: np.ndarray) -> float:
-    """The int8 scale of a new i8 graph: the largest component of a sample of its rows maps to
-    about 115 (rarer larger ones clamp at 127). usearch's own cast, trunc(127 * x / |x|), leaves
-    384-d unit vectors about 30 levels; this uses the whole int8 range (recall@10 of the codes
-    alone, 200k x 384 clustered: 0.75 with usearch's cast, 0.94 at a scale of 500)."""
-    peak = float(np.abs(sample).max()) if sample.size else 0.0
-    return 127.0 / (1.1 * peak) if peak > 0 else 127.0
-
-
 class HnswIndex:
     """A graph plus the log position it reflects. Searches run concurrently in the native code
     (a reader lock there); mutations and saves hold ``_lock`` here so ``seq`` matches the graph."""
 
-    def __init__(
-        self, dimension: int, settings: HnswSettings, index: Any = None, seq: int = -1, i8_scale: float = 0.0
-    ) -> None:
+    def __init__(self, dimension: int, settings: HnswSettings, index: Any = None, seq: int = -1) -> None:
         self.settings = settings
         self.graph = index or native.HnswGraph(
-            dimension,
-            settings.dtype,
-            settings.connectivity,
-            settings.expansion_add,
-            settings.expansion_search,
-            i8_scale=i8_scale,
+            dimension, settings.dtype, settings.connectivity, settings.expansion_add, settings.expansion_search
         )  # metric: inner product (vectors are unit length: the cosine)
         self._lock = threading.Lock()
         self.ready = index is not None
@@ -77,11 +61,6 @@ class HnswIndex:
     @property
     def dtype(self) -> str:
         return str(self.graph.dtype)
-
-    @property
-    def i8_scale(self) -> float:
-        """i8 graphs built here: codes are round(scale * x); 0: usearch's cast (graphs saved before)."""
-        return float(self.graph.i8_scale)
 
     def configure(self, settings: HnswSettings) -> None:
         """Search-time settings of a loaded graph (its degree and storage are fixed in the file)."""
@@ -144,12 +123,11 @@ class HnswIndex:
             return self.graph.save(), self.seq
 
     @classmethod
-    def load(cls, buffer: Any, settings: HnswSettings, seq: int, i8_scale: float = 0.0) -> HnswIndex:
-        """A saved graph, ready at once (a copy in memory: later deletes and upserts go into it);
-        ``i8_scale`` as saved beside it (0 for graphs without one). Raises ValueError for bytes
-        that are not a usable usearch inner-product graph."""
+    def load(cls, buffer: Any, settings: HnswSettings, seq: int) -> HnswIndex:
+        """A saved graph, ready at once (a copy in memory: later deletes and upserts go into it).
+        Raises ValueError for bytes that are not a usable usearch inner-product graph."""
         try:
-            index = native.HnswGraph.load(buffer, i8_scale=i8_scale)
+            index = native.HnswGraph.load(buffer)
         except RuntimeError as exc:
             raise ValueError(str(exc)) from exc
         graph = cls(int(index.dimensions), settings, index=index, seq=seq)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from lookalike.server.core.backends.api import Hit, Key
 from lookalike.server.core.backends.builtin.filters import mask_of
-from lookalike.server.core.backends.builtin.hnsw import HnswIndex, i8_scale_for
+from lookalike.server.core.backends.builtin.hnsw import HnswIndex
 from lookalike.server.core.backends.builtin.index import Pinned
 from lookalike.server.core.backends.builtin.memory import release_free_memory
 
@@ -161,15 +161,14 @@ class DatabaseSearch:
                 loaded.loaded = False  # checked once, at start-up
         if s is None or s.threshold <= 0 or self.hnsw is not None or self._size < s.threshold:
             return
+        graph = HnswIndex(self.dimension, s)
+        graph.seq = self.applied_seq
+        self.hnsw = graph
         n = self._intra.n
         rows = np.flatnonzero(self._live[:n])
         ids = self._ids_flat[rows].copy()
         index_rows = self.index.pin()
         index = self.index
-        scale = i8_scale_for(index.take_stored(rows[:8192], index_rows)) if s.dtype == "i8" else 0.0
-        graph = HnswIndex(self.dimension, s, i8_scale=scale)
-        graph.seq = self.applied_seq
-        self.hnsw = graph
 
         threads = max(1, native.get_threads())
 

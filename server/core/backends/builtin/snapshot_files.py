@@ -105,8 +105,6 @@ def write_view(
     if graph and view.graph is not None:
         ref, seq = put_graph(store, f"{prefix}/hnsw-{tag}", view.graph)
         entry["hnsw"] = {"file": ref.to_json(), "seq": seq}
-        if view.graph.i8_scale > 0:  # the int8 codes' scale (not in usearch's file); absent: usearch's cast
-            entry["hnsw"]["i8_scale"] = view.graph.i8_scale
     return entry
 
 
@@ -138,7 +136,7 @@ def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
         try:
             ref = FileRef.from_json(entry["hnsw"]["file"])
             graph = HnswIndex.load(load_array(store, ref, np.uint8, (ref.size,)), HnswSettings(),
-                                   int(entry["hnsw"]["seq"]), float(entry["hnsw"].get("i8_scale", 0.0)))  # fmt: skip
+                                   int(entry["hnsw"]["seq"]))  # fmt: skip
         except (CorruptionError, OSError, ValueError, RuntimeError) as exc:
             log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", meta["name"], exc)
     check_keys(per_row, len(meta["group_names"]), np.asarray(live))
