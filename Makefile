@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lookalike-installed
 UV := $(PYTHON) -m uv
-SOURCES := Makefile pyproject.toml CMakeLists.txt $(shell find ext/include ext/binding.cpp proto -type f 2>/dev/null)
+SOURCES := Makefile pyproject.toml CMakeLists.txt $(shell find ext/include ext/third_party ext/binding.cpp ext/binding_hnsw.cpp proto -type f 2>/dev/null)
 ARGS ?=
 
 .PHONY: install serve test test-python test-cpp lint tools datasets browser bench clean

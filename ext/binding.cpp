@@ -372,6 +372,8 @@ std::uint64_t stream_read(const py::handle& obj, std::int64_t threads, const std
 
 }  // namespace
 
+void register_hnsw(py::module_& mod);  // binding_hnsw.cpp
+
 PYBIND11_MODULE(_native, mod) {
   mod.doc() =
       "Native exact top-k kernel of Lookalike (C++ in ext/include/lookalike). Use lookalike.native for the "
@@ -417,4 +419,5 @@ stop scoring tiles that cannot reach the threshold (exact; False scores every pa
       "simd_level", [] { return std::string(lookalike::simd_level_name(lookalike::default_simd_level())); },
       "SIMD level used when a call names none: 'scalar', 'avx2' or 'avx512'.");
   mod.def("available_simd_levels", &available_levels, "SIMD levels this CPU runs, lowest first.");
+  register_hnsw(mod);
 }

@@ -23,6 +23,10 @@ int8 and recall: per-row int8 loses a little precision (a score error of about 1
 vectors). Ask the int8 scan for more candidates than needed and re-score them exactly from a
 float32 copy (in memory or memory-mapped) with ``rerank``, or in one call with
 ``topk_reranked``; ``bench/topk_bench.py`` measures recall@10 of int8 alone and re-ranked.
+
+``HnswGraph`` is the approximate tier's graph: usearch's HNSW (the C++ headers, vendored in
+ext/third_party) with these kernels' dispatch, inner product, files in usearch's format; its
+``search_reranked`` is one call for graph search + live mask + exact re-rank of the candidates.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import numpy as np
 import numpy.typing as npt
 
 from lookalike import _native
+from lookalike._native import HnswGraph
 
 __all__ = [
+    "HnswGraph",
     "available_simd_levels",
     "dequantize_int8",
     "from_bfloat16",

@@ -45,6 +45,11 @@ class ChunkedRows:
         chunk, offset = divmod(row, self.chunk_rows)
         return self.chunks[chunk][offset]
 
+    def items(self, rows: list[int]) -> list:
+        """Values of a 1-D column at a few rows, as Python scalars (a search's hits)."""
+        chunks, per = self.chunks, self.chunk_rows
+        return [chunks[row // per].item(row % per) for row in rows]
+
     def take(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         out = np.empty(self._shape(len(rows)), self.dtype)

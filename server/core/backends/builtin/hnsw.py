@@ -1,11 +1,13 @@
-"""The approximate tier: a usearch HNSW graph over a database's live rows, keyed by stable image ids.
+"""The approximate tier: an HNSW graph over a database's live rows, keyed by stable image ids.
 
-Used for plain top-k above a size threshold; filtered and one-per-group searches stay exact
-(the row mask belongs to the exact scan). Candidates are re-ranked exactly from the float32
-rows, so scores are true cosines; deletes and upserts are removed from the graph at once and
-every candidate is checked against the live mask, so a retired row is never returned. The
-graph is built in the background; until it is ready the exact tier answers.
+The graph is usearch's (its C++ headers vendored in ext/third_party, driven by the native
+module: ``lookalike._native.HnswGraph``), with the native distance kernels. One search is one
+native call with the GIL released: graph search, candidates mapped to rows and checked against
+the live mask, exact re-rank from the stored rows (so scores are true cosines and a retired
+row is never returned). Deletes and upserts are removed from the graph at once. The graph is
+built in the background; until it is ready the exact tier answers.
 
+Files are usearch's own format (graphs the Python ``usearch`` package saved load as they are).
 The graph is saved with the database's snapshots and loaded at start-up instead of being
 rebuilt. Mutations are idempotent (image ids are never reused; adding a key the graph holds
 is skipped, removing one it lacks is a no-op), so replaying the log from the snapshot brings a
@@ -24,6 +26,8 @@ from typing import Any
 import numpy as np
 from lookalike.server import defaults
 
+from lookalike import native
+
 log = logging.getLogger(__name__)
 
 
@@ -38,92 +42,94 @@ class HnswSettings:
 
 
 class HnswIndex:
-    def __init__(self, dimension: int, settings: HnswSettings, index: Any = None, seq: int = -1) -> None:
-        from usearch.index import Index
+    """A graph plus the log position it reflects. Searches run concurrently in the native code
+    (a reader lock there); mutations and saves hold ``_lock`` here so ``seq`` matches the graph."""
 
+    def __init__(self, dimension: int, settings: HnswSettings, index: Any = None, seq: int = -1) -> None:
         self.settings = settings
-        self._index = index or Index(
-            ndim=dimension,
-            metric="ip",  # vectors are unit length: inner product is cosine, and much faster than "cos"
-            dtype=settings.dtype,
-            connectivity=settings.connectivity,
-            expansion_add=settings.expansion_add,
-            expansion_search=settings.expansion_search,
-        )
+        self.graph = index or native.HnswGraph(
+            dimension, settings.dtype, settings.connectivity, settings.expansion_add, settings.expansion_search
+        )  # metric: inner product (vectors are unit length: the cosine)
         self._lock = threading.Lock()
         self.ready = index is not None
         self.seq = seq  # last log record whose mutations the graph has seen
         self.loaded = index is not None
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self.graph)
 
     @property
     def dtype(self) -> str:
-        return str(self._index.dtype).rsplit(".", 1)[-1].lower()
+        return str(self.graph.dtype)
 
     def configure(self, settings: HnswSettings) -> None:
         """Search-time settings of a loaded graph (its degree and storage are fixed in the file)."""
         self.settings = settings
-        self._index.expansion_search = settings.expansion_search
-        self._index.expansion_add = settings.expansion_add
+        self.graph.set_expansion(add=settings.expansion_add, search=settings.expansion_search)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, seq: int | None = None, threads: int = 1) -> None:
         """Adds keys the graph does not hold yet (a replayed add is a no-op); ``threads`` for bulk builds."""
         with self._lock:
             if len(ids):
-                keys = np.asarray(ids, np.uint64)
-                new = ~np.asarray(self._index.contains(keys), bool).reshape(-1)
-                if new.any():
-                    self._index.add(keys[new], np.ascontiguousarray(vectors[new]), threads=threads)
+                self.graph.add(np.asarray(ids, np.int64), np.ascontiguousarray(vectors, np.float32), threads=threads)
             if seq is not None:
                 self.seq = max(self.seq, seq)
 
     def remove(self, ids: list[int], seq: int | None = None) -> None:
         with self._lock:
-            for key in ids:
-                if self._index.contains(key):
-                    self._index.remove(key)
+            if ids:
+                self.graph.remove(np.asarray(ids, np.int64))
             if seq is not None:
                 self.seq = max(self.seq, seq)
 
     def candidates(self, query: np.ndarray, count: int) -> np.ndarray:
         """Ids of about ``count`` approximate nearest neighbours."""
-        with self._lock:
-            matches = self._index.search(query, count, threads=1)  # one query: no pool dispatch
-        return np.asarray(matches.keys, dtype=np.int64)
+        return self.graph.search(np.ascontiguousarray(query, np.float32), count)
 
     def candidates_many(self, queries: np.ndarray, count: int, threads: int = 0) -> np.ndarray:
         """Ids of about ``count`` neighbours of each query, ``[m, count]``, -1 where the graph gave fewer."""
-        with self._lock:
-            matches = self._index.search(np.ascontiguousarray(queries, np.float32), count, threads=threads)
-        keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
-        counts = np.asarray(matches.counts, dtype=np.int64).reshape(-1)
-        out = np.full((len(queries), count), -1, np.int64)
-        width = min(count, keys.shape[1])
-        valid = np.arange(width)[None, :] < counts[:, None]
-        out[:, :width] = np.where(valid, keys[:, :width], -1)
-        return out
+        return self.graph.search_many(np.ascontiguousarray(queries, np.float32), count, threads=threads)
+
+    def search(
+        self, query: np.ndarray, k: int, count: int, rows: list[np.ndarray], n: int, ids: np.ndarray, live: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of ``count`` graph candidates, in one native call: ids mapped to rows by
+        ``ids`` (ascending, the row's image id), rows whose ``live`` byte is 0 dropped, the rest
+        scored exactly from ``rows`` (chunks of f32/f16/bf16 rows; the first ``n`` count).
+        Returns (scores, rows), best first, ties by lower row."""
+        return self.graph.search_reranked(np.ascontiguousarray(query, np.float32), k, count, rows, n, ids, live)
+
+    def search_many(
+        self,
+        queries: np.ndarray,
+        k: int,
+        count: int,
+        rows: list[np.ndarray],
+        n: int,
+        ids: np.ndarray,
+        live: np.ndarray,
+        threads: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` for each of ``queries`` on the native pool: ``[m, k]`` padded with -inf / -1."""
+        q = np.ascontiguousarray(queries, np.float32)
+        return self.graph.search_reranked_many(q, k, count, rows, n, ids, live, threads=threads)
 
     def save(self, path: str | None = None) -> tuple[Any, int]:
         """The graph as bytes (or written to ``path``), and the ``seq`` it reflects; mutations wait meanwhile."""
         with self._lock:
             if path is not None:
-                self._index.save(path)
+                self.graph.save_file(path)
                 return None, self.seq
-            return self._index.save(), self.seq
+            return self.graph.save(), self.seq
 
     @classmethod
     def load(cls, buffer: Any, settings: HnswSettings, seq: int) -> HnswIndex:
-        """A saved graph, ready at once (a copy in memory: later deletes and upserts go into it)."""
-        from usearch.index import Index
-
-        meta = Index.metadata(buffer)
-        if meta is None:
-            raise ValueError("not a usearch index")
-        index = Index(ndim=int(meta["dimensions"]), metric="ip", dtype=meta["kind_scalar"],
-                      connectivity=settings.connectivity)  # fmt: skip
-        index.load(buffer)
-        graph = cls(int(meta["dimensions"]), settings, index=index, seq=seq)
+        """A saved graph, ready at once (a copy in memory: later deletes and upserts go into it).
+        Raises ValueError for bytes that are not a usable usearch inner-product graph."""
+        try:
+            index = native.HnswGraph.load(buffer)
+        except RuntimeError as exc:
+            raise ValueError(str(exc)) from exc
+        graph = cls(int(index.dimensions), settings, index=index, seq=seq)
         graph.configure(settings)
         return graph

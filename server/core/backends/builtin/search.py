@@ -14,7 +14,7 @@ import numpy as np
 from lookalike.server.core.backends.api import Hit, Key
 from lookalike.server.core.backends.builtin.filters import mask_of
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex
-from lookalike.server.core.backends.builtin.index import ExactIndex, Pinned
+from lookalike.server.core.backends.builtin.index import Pinned
 from lookalike.server.core.backends.builtin.memory import release_free_memory
 
 from lookalike import native
@@ -93,18 +93,19 @@ class DatabaseSearch:
             if filtered:  # as many more candidates as the filter drops
                 want = -(-want * total // searched)
             if want <= FILTER_CANDIDATES or not filtered:
-                found = self._graph_search(graph, query, k, want, live, ids_flat, index_rows, self.index)
+                found = self._graph_search(graph, query, k, want, live, ids_flat, index_rows)
                 tier = "hnsw"
                 if filtered and len(found[1]) < k:
                     found, tier = None, "exact"
         scores, rows = found if found is not None else self.index.search(query, k, live, n, groups, rows=index_rows)
         hits = []
-        for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
+        row_list = rows.tolist()
+        group_of, intra_of = group_rows[rows].tolist(), intra_rows.items(row_list)  # one gather each
+        for score, row, g, intra in zip(scores.tolist(), row_list, group_of, intra_of, strict=True):
             if min_score is not None and score < min_score:
                 break
-            found_attrs = attrs.get(row) if with_attributes else None
-            hits.append(Hit(names[int(group_rows[row])], int(intra_rows[row]), score,
-                            dict(found_attrs) if found_attrs else None))  # fmt: skip
+            found_attrs = attrs.get(row) if with_attributes and attrs else None
+            hits.append(Hit(names[g], intra, score, dict(found_attrs) if found_attrs else None))
         return hits, searched, tier
 
     def _subset_search(
@@ -136,20 +137,10 @@ class DatabaseSearch:
         live: np.ndarray,
         ids_flat: np.ndarray,
         rows: Pinned,
-        index: ExactIndex,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` HNSW candidates, checked against the mask, re-scored exactly from the float32 rows."""
-        ids = graph.candidates(query, count)
-        ids = ids[ids >= 0]
-        pos = np.searchsorted(ids_flat, ids)
-        pos = np.minimum(pos, len(ids_flat) - 1)
-        ok = (ids_flat[pos] == ids) & (live[pos] != 0)
-        cand = np.unique(pos[ok])
-        if len(cand) == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores = index.take(cand, rows) @ query
-        order = np.lexsort((cand, -scores))[:k]
-        return scores[order].astype(np.float32), cand[order]
+        """``count`` HNSW candidates, checked against the mask, re-scored exactly from the rows (the
+        float32 copy for i8): one native call, the GIL released."""
+        return graph.search(query, k, count, graph_rows(rows), len(ids_flat), ids_flat, live)
 
     def _maybe_build_graph(self) -> None:
         """Start building the HNSW graph in the background once the database is large enough (lock held)."""
@@ -199,6 +190,11 @@ class DatabaseSearch:
                                              time.monotonic() - started)  # fmt: skip
 
         threading.Thread(target=build, name=f"hnsw-{self.name}", daemon=True).start()
+
+
+def graph_rows(pinned: Pinned) -> list[np.ndarray]:
+    """The chunks a graph search re-scores from: f32/f16/bf16 rows, or an i8 database's float32 copy."""
+    return (pinned.full if pinned.full is not None else pinned.vectors).chunks
 
 
 def filter_mask(
