@@ -339,6 +339,10 @@ def paired(
             fn()  # warm-up
         for _ in range(args.runs):
             for name, s, fn in calls:
+                # As in timed(): the previous call's idle workers (OpenBLAS, OpenMP spin for a
+                # while after each call) go to sleep first, or they steal cores from this one
+                # (without it the lookalike call right after the GEMMs ran up to 25% slower).
+                time.sleep(0.2)
                 start = time.perf_counter()
                 fn()
                 times[(name, s)].append(time.perf_counter() - start)

@@ -308,8 +308,13 @@ TEST_P(Level, F16ChunksEqualSingle) { chunks_equal_single<lookalike::f16>(opt())
 TEST_P(Level, Int8ChunksEqualSingle) { chunks_equal_single<std::int8_t>(opt()); }
 
 // One-per-group: the best row of each of the k best groups, as the naive per-group best.
-TEST_P(Level, OnePerGroupMatchesNaive) {
-  const std::size_t n = 6000, d = 12, m = 4;
+void one_per_group_matches_naive(const TopKOptions& opt0, std::size_t m) {
+  const std::size_t n = 6000, d = 12;
+  const auto opt = [&](std::size_t threads) {
+    TopKOptions o = opt0;
+    o.threads = threads;
+    return o;
+  };
   const auto s = store<float>(small_ints(n * d, 7, -2, 2), n, d);  // many ties, exact scores
   const auto q = small_ints(m * d, 8, -2, 2);
   std::mt19937 gen(9);
@@ -340,6 +345,14 @@ TEST_P(Level, OnePerGroupMatchesNaive) {
         }
       }
     }
+  }
+}
+
+TEST_P(Level, OnePerGroupMatchesNaive) {
+  // m = 20: batches go through the fused float kernel at avx2 / avx512.
+  for (std::size_t m : {4, 20}) {
+    SCOPED_TRACE("m " + std::to_string(m));
+    one_per_group_matches_naive(opt(), m);
   }
 }
 

@@ -340,6 +340,71 @@ TEST_P(TopKLevel, QueryResultDoesNotDependOnBatch) {
   }
 }
 
+// Batches of 16+ queries (8+ with AVX2) go through the fused kernel (fused_kernel.inc), single
+// queries through the block scorer: both must give every score bit for bit, at every d (tails
+// included) and batch shape (groups of 64 / 24 queries, an uneven last group, a short one).
+TEST_P(TopKLevel, BatchedScoresAreBitIdenticalToSingle) {
+  for (std::size_t d : {1, 3, 15, 16, 17, 33, 100, 384}) {
+    for (std::size_t m : {8, 17, 40, 64, 65, 130}) {
+      SCOPED_TRACE("d = " + std::to_string(d) + ", m = " + std::to_string(m));
+      const std::size_t n = 611, k = 7;
+      const auto db = normal_matrix(n, d, 41);
+      const auto q = normal_matrix(m, d, 42);
+      for (std::size_t threads : {1, 2}) {
+        const TopKResult batch = run(db, n, d, q, m, k, level(), threads);
+        for (std::size_t i = 0; i < m; i += 3) {
+          const std::vector<float> one(q.begin() + static_cast<std::ptrdiff_t>(i * d),
+                                       q.begin() + static_cast<std::ptrdiff_t>((i + 1) * d));
+          const TopKResult single = run(db, n, d, one, 1, k, level());
+          for (std::size_t j = 0; j < k; ++j) {
+            ASSERT_EQ(single.ids[j], batch.ids[i * k + j]) << "query " << i << " rank " << j;
+            ASSERT_EQ(single.scores[j], batch.scores[i * k + j]) << "query " << i << " rank " << j;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(TopKLevel, BatchedSmallIntegersExactWithTies) {
+  for (std::size_t d : {1, 5, 16, 29, 130}) {
+    for (std::size_t m : {24, 70}) {
+      SCOPED_TRACE("d = " + std::to_string(d) + ", m = " + std::to_string(m));
+      const std::size_t n = 500, k = 40;
+      const auto db = small_int_matrix(n, d, 43, -1, 1);
+      const auto q = small_int_matrix(m, d, 44, -1, 1);
+      const auto ref = reference_topk(db, n, d, q, m, k);
+      expect_exact(run(db, n, d, q, m, k, level()), ref, k);
+      expect_exact(run(db, n, d, q, m, k, level(), 3), ref, k);
+    }
+  }
+}
+
+TEST_P(TopKLevel, BatchedLiveMaskNanAndPadding) {
+  const std::size_t n = 300, d = 21, m = 33, k = 12;
+  auto db = normal_matrix(n, d, 45);
+  db[7 * d + 3] = std::numeric_limits<float>::quiet_NaN();
+  db[250 * d] = std::numeric_limits<float>::infinity();
+  auto live = random_mask(n, 0.05, 46);  // about 15 live rows: some queries get padding
+  live[7] = 1;
+  live[250] = 1;
+  const auto q = normal_matrix(m, d, 47);
+  const TopKResult batch = run(db, n, d, q, m, k, level(), 1, live.data());
+  for (std::size_t i = 0; i < m; ++i) {
+    const std::vector<float> one(q.begin() + static_cast<std::ptrdiff_t>(i * d),
+                                 q.begin() + static_cast<std::ptrdiff_t>((i + 1) * d));
+    const TopKResult single = run(db, n, d, one, 1, k, level(), 1, live.data());
+    for (std::size_t j = 0; j < k; ++j) {
+      EXPECT_EQ(single.ids[j], batch.ids[i * k + j]) << "query " << i << " rank " << j;
+      const float a = single.scores[j], b = batch.scores[i * k + j];
+      EXPECT_TRUE(a == b || (std::isnan(a) && std::isnan(b))) << "query " << i << " rank " << j;
+      if (batch.ids[i * k + j] >= 0) {
+        EXPECT_NE(live[static_cast<std::size_t>(batch.ids[i * k + j])], 0);
+      }
+    }
+  }
+}
+
 TEST_P(TopKLevel, NanScoresRankLast) {
   const std::size_t n = 6, d = 4, m = 1, k = 8;
   auto db = small_int_matrix(n, d, 23, 1, 2);  // all positive scores

@@ -18,7 +18,10 @@
 // (register tiles of 3 queries x 4 rows with AVX2, 8 x 2 with AVX-512; AMX tiles for bf16 and
 // int8 rows in calls of 17+ queries where the CPU has them, detail/amx_kernel.hpp), then each
 // query of the tile offers the block's scores to its bounded heap (16 at a time compared with
-// the heap's worst first). The work is split by row ranges (merged at the end) or,
+// the heap's worst first). float32 batches (16+ queries with AVX-512, 8+ with AVX2) take the
+// fused kernel instead (detail/fused_kernel.inc): GEMM-style register tiles of up to 64 (24)
+// queries x 6 (4) rows with the same bits per score, compared with each query's k-th best
+// inside the kernel, so that only candidates reach the heaps and no score reaches memory. The work is split by row ranges (merged at the end) or,
 // for large batches, by query ranges, and runs on the process's persistent thread pool
 // (thread_pool.hpp). Every score is computed by the same operations whatever the split (see
 // score_kernel.inc), so the result depends neither on the thread count nor on the chunking nor
@@ -329,6 +332,8 @@ struct Problem {
   std::size_t dpad = 0;
   bool vnni = false;  // avx512 level on a CPU with AVX-512 BW + VNNI: avx512_i8 instead of avx2_i8
   bool amx = false;   // bf16 / int8 rows through AMX tiles (each job packs its own queries)
+  // float32 rows at avx2 / avx512: batches go through the fused kernel (fused_kernel.inc).
+  SimdLevel fused = SimdLevel::scalar;
 };
 
 /// Rounds every query to int16 for the integer int8 kernel; leaves p.q16 empty (float kernel)
@@ -403,9 +408,10 @@ void prepare_amx(Problem<DbT>& p, SimdLevel level, bool allowed) {
   (void)allowed;
 }
 
-/// Runs one job, offering every live row of [r0, r1) to the heaps of queries q0..q1.
+/// Runs one job through the block scorers, offering every live row of [r0, r1) to the heaps of
+/// queries q0..q1 (heaps[i] is query q0 + i's).
 template <class DbT, class Heap>
-void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
+void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
   std::size_t block = rows_per_block<DbT>(p.d);
   if (p.amx) block = std::max<std::size_t>(32, block / 32 * 32);  // whole pairs of 16-row tiles
   std::size_t tile = p.q16.empty() ? p.scorer.query_tile : std::size_t{3};  // int8: avx2_i8::kQueryTile
@@ -507,6 +513,93 @@ void run_job(const Problem<DbT>& p, const Job& job, std::vector<Heap>& heaps) {
   }
 }
 
+#if LOOKALIKE_X86_DISPATCH
+/// Runs one job of float32 rows through a level's fused kernel (F = Fused<tag>, kernels.hpp):
+/// the queries in groups of up to F::kMaxQueries, each group's scores compared with its
+/// queries' current k-th best inside the kernel, so that only candidates reach the heaps.
+template <class F, class Heap>
+void run_job_fused(const Problem<float>& p, const Job& job, Heap* heaps) {
+  const std::size_t nq = job.q1 - job.q0;
+  // Groups of kMaxQueries; a last group under kMinQueries shares the one before it evenly.
+  std::vector<std::size_t> starts;
+  for (std::size_t q = 0; q < nq; q += F::kMaxQueries) starts.push_back(q);
+  const std::size_t last = nq - starts.back();
+  if (starts.size() >= 2 && last < F::kMinQueries) starts.back() -= (F::kMaxQueries - last) / 2;
+  starts.push_back(nq);
+  const std::size_t groups = starts.size() - 1;
+  const std::size_t pack_floats = F::pack_size(p.d);
+  std::vector<float> packs(groups * pack_floats);
+  std::vector<float> thr(groups * F::kMaxQueries, -std::numeric_limits<float>::infinity());
+  for (std::size_t g = 0; g < groups; ++g) {
+    F::pack(p.queries + (job.q0 + starts[g]) * p.d, starts[g + 1] - starts[g], p.d, packs.data() + g * pack_floats);
+  }
+  // Rows per block: about 512 KiB (L2-resident while every group passes over it), whole tiles.
+  const std::size_t row_bytes = std::max<std::size_t>(p.d, 1) * sizeof(float);
+  const std::size_t block = std::max<std::size_t>(24, (std::size_t{512} << 10) / row_bytes / 24 * 24);
+  std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
+                                           p.begins.begin()) - 1;
+  for (std::size_t rb = job.r0; rb < job.r1;) {
+    while (rb >= p.begins[c] + p.chunks[c].rows) ++c;
+    const Chunk<float>& chunk = p.chunks[c];
+    const std::size_t local = rb - p.begins[c];
+    const std::size_t rows = std::min({block, job.r1 - rb, chunk.rows - local});
+    const std::uint8_t* live = p.live != nullptr ? p.live + rb : nullptr;
+    const std::size_t next = rb + rows;
+    if (live != nullptr && std::all_of(live, live + rows, [](std::uint8_t b) { return b == 0; })) {
+      rb = next;
+      continue;
+    }
+    const float* base = chunk.data + local * p.d;
+    const auto id0 = static_cast<std::int64_t>(rb);
+    const char* pf = nullptr;
+    std::size_t pf_lines = 0;
+    if (next < job.r1 && local + rows < chunk.rows) {
+      pf = reinterpret_cast<const char*>(base + rows * p.d);
+      pf_lines = (std::min({block, job.r1 - next, chunk.rows - local - rows}) * row_bytes + 63) / 64;
+    }
+    for (std::size_t g = 0; g < groups; ++g) {
+      Heap* h = heaps + starts[g];
+      float* t = thr.data() + g * F::kMaxQueries;
+      auto visit = [&](std::size_t r, std::size_t i, float score) {
+        if (live != nullptr && live[r] == 0) return;
+        Heap& heap = h[i];
+        if constexpr (std::is_same_v<Heap, GroupHeap>) {
+          if (!heap.may_enter(score)) return;
+          const std::int64_t grp = p.groups != nullptr ? p.groups[rb + r] : p.groups32[rb + r];
+          heap.offer(score, id0 + static_cast<std::int64_t>(r), grp);
+        } else {
+          heap.offer(score, id0 + static_cast<std::int64_t>(r));
+        }
+        if (heap.full()) t[i] = heap.worst_score();
+      };
+      F::rows(packs.data() + g * pack_floats, starts[g + 1] - starts[g], base, rows, p.d, t,
+              g + 1 == groups ? pf : nullptr, pf_lines, visit);
+    }
+    rb = next;
+  }
+}
+#endif
+
+/// Runs one job, offering every live row of [r0, r1) to the heaps of queries q0..q1 (heaps[i]
+/// is query q0 + i's).
+template <class DbT, class Heap>
+void run_job(const Problem<DbT>& p, const Job& job, Heap* heaps) {
+#if LOOKALIKE_X86_DISPATCH
+  if constexpr (std::is_same_v<DbT, float>) {
+    const std::size_t nq = job.q1 - job.q0;
+    if (p.fused == SimdLevel::avx512 && nq >= Fused<Avx512Tag>::kMinQueries) {
+      run_job_fused<Fused<Avx512Tag>>(p, job, heaps);
+      return;
+    }
+    if (p.fused == SimdLevel::avx2 && nq >= Fused<Avx2Tag>::kMinQueries) {
+      run_job_fused<Fused<Avx2Tag>>(p, job, heaps);
+      return;
+    }
+  }
+#endif
+  run_job_blocks(p, job, heaps);
+}
+
 /// How the work is cut: jobs that each cover all rows for a query range (`row_split` false),
 /// or all queries for a row range (`row_split` true, merged afterwards).
 struct Plan {
@@ -597,7 +690,7 @@ void topk_impl(const Problem<DbT>& p, std::size_t threads, float* out_scores, st
       std::vector<Heap> heaps;
       heaps.reserve(nq);
       for (std::size_t i = 0; i < nq; ++i) heaps.emplace_back(st.hits.data() + i * st.cap, st.cap);
-      run_job(p, job, heaps);
+      run_job(p, job, heaps.data());
       for (std::size_t i = 0; i < nq; ++i) st.sizes[i] = heaps[i].size();
       if (!plan.row_split) {  // this job saw every row: its heaps are final
         for (std::size_t i = 0; i < nq; ++i) {
@@ -691,6 +784,7 @@ void topk_chunks(const Chunk<DbT>* chunks, std::size_t nchunks, std::size_t d, c
   }
   const SimdLevel level = detail::resolve_level(options.simd);
   p.scorer = detail::block_scorer<DbT>(level);
+  if (std::is_same_v<DbT, float> && level != SimdLevel::scalar) p.fused = level;
   detail::prepare_int8(p, level);
   detail::prepare_amx(p, level, options.amx);
   const std::size_t threads = detail::resolve_threads(options.threads);

@@ -147,6 +147,17 @@ struct Ops {
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
     return _mm256_fmadd_ps(a, b, acc);
   }
+  // For fused_kernel.inc: 16 ymm registers hold R x V accumulators, V query vectors and the
+  // broadcast element (R x V <= 12).
+  static constexpr std::size_t kFusedMaxQueries = 24;
+  static constexpr int fused_row_tile(int v) noexcept { return v >= 3 ? 4 : v == 2 ? 6 : 12; }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V bcast(const float* p) noexcept { return _mm256_broadcast_ss(p); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V add(V a, V b) noexcept { return _mm256_add_ps(a, b); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void store(float* p, V a) noexcept { _mm256_storeu_ps(p, a); }
+  // Bit l set when !(a_l < b_l): not below, NaN included.
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE unsigned not_below(V a, V b) noexcept {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NLT_UQ)));
+  }
   // Each input gets ((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7)), independently of the others.
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void hsum4(V a, V b, V c, V d, float* out) noexcept {
     const __m256 ab = _mm256_hadd_ps(a, b);     // a01 a23 b01 b23 | a45 a67 b45 b67
@@ -157,6 +168,7 @@ struct Ops {
 };
 
 #include "lookalike/detail/score_kernel.inc"
+#include "lookalike/detail/fused_kernel.inc"
 #undef LOOKALIKE_TARGET
 
 }  // namespace avx2
@@ -210,6 +222,16 @@ struct Ops {
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V fma(V a, V b, V acc) noexcept {
     return _mm512_fmadd_ps(a, b, acc);
   }
+  // For fused_kernel.inc: R x V accumulators (<= 24) + V query vectors of the 32 zmm; the row
+  // element is an embedded broadcast of the FMA.
+  static constexpr std::size_t kFusedMaxQueries = 64;
+  static constexpr int fused_row_tile(int v) noexcept { return v >= 4 ? 6 : v == 3 ? 8 : 12; }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V bcast(const float* p) noexcept { return _mm512_set1_ps(*p); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE V add(V a, V b) noexcept { return _mm512_add_ps(a, b); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE void store(float* p, V a) noexcept { _mm512_storeu_ps(p, a); }
+  static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE unsigned not_below(V a, V b) noexcept {
+    return static_cast<unsigned>(_mm512_cmp_ps_mask(a, b, _CMP_NLT_UQ));
+  }
   // 16 -> 8 lanes (x_i + x_{i+8}), then the AVX2 tree.
   static LOOKALIKE_TARGET LOOKALIKE_FORCE_INLINE __m256 fold(V x) noexcept {
     // The maskz forms with a full mask compile to plain extracts; the unmasked ones trip a
@@ -259,6 +281,7 @@ struct Ops {
 };
 
 #include "lookalike/detail/score_kernel.inc"
+#include "lookalike/detail/fused_kernel.inc"
 #undef LOOKALIKE_TARGET
 
 }  // namespace avx512
@@ -294,3 +317,47 @@ inline BlockScorer<DbT> block_scorer(SimdLevel level) noexcept {
 }
 
 }  // namespace lookalike::detail
+
+#if LOOKALIKE_X86_DISPATCH
+namespace lookalike::detail {
+
+/// A level's fused float32 kernel (fused_kernel.inc) behind one type, for the driver (topk.hpp).
+/// Batches of at least kMinQueries queries use it, in groups of up to kMaxQueries.
+template <class Level>
+struct Fused;
+
+struct Avx512Tag {};
+struct Avx2Tag {};
+
+template <>
+struct Fused<Avx512Tag> {
+  static constexpr std::size_t kMaxQueries = avx512::Ops::kFusedMaxQueries;
+  static constexpr std::size_t kMinQueries = 16;
+  static std::size_t pack_size(std::size_t d) noexcept { return avx512::fused_pack_size(d, kMaxQueries); }
+  static void pack(const float* q, std::size_t qn, std::size_t d, float* out) noexcept {
+    avx512::fused_pack(q, qn, d, avx512::fused_group(qn), out);
+  }
+  template <class Visit>
+  static void rows(const float* pack, std::size_t qn, const float* db, std::size_t rows, std::size_t d,
+                   const float* thr, const char* next, std::size_t next_lines, Visit& visit) {
+    avx512::fused_rows(pack, qn, db, rows, d, thr, next, next_lines, visit);
+  }
+};
+
+template <>
+struct Fused<Avx2Tag> {
+  static constexpr std::size_t kMaxQueries = avx2::Ops::kFusedMaxQueries;
+  static constexpr std::size_t kMinQueries = 8;
+  static std::size_t pack_size(std::size_t d) noexcept { return avx2::fused_pack_size(d, kMaxQueries); }
+  static void pack(const float* q, std::size_t qn, std::size_t d, float* out) noexcept {
+    avx2::fused_pack(q, qn, d, avx2::fused_group(qn), out);
+  }
+  template <class Visit>
+  static void rows(const float* pack, std::size_t qn, const float* db, std::size_t rows, std::size_t d,
+                   const float* thr, const char* next, std::size_t next_lines, Visit& visit) {
+    avx2::fused_rows(pack, qn, db, rows, d, thr, next, next_lines, visit);
+  }
+};
+
+}  // namespace lookalike::detail
+#endif  // LOOKALIKE_X86_DISPATCH
