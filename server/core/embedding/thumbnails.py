@@ -9,9 +9,10 @@ over 54 photos and four labelled sets: a photo is downscaled (antialiased bicubi
 of 448 and kept as a JPEG at quality 91 (28.7 KB a photo on average, 8.4% of the uploads; median
 cosine 0.9958, 5th percentile 0.986). The downscale is the thumbnail's largest cost: torch's uint8
 bicubic kernel (``downscale``) takes 0.8-0.9 ms a 640x480 photo (1.2 with the pixel copy in and the
-planes' interleave out) against Pillow's 2.6 (bicubic) and 4.0 (Lanczos); at quality 90 its thumbnails land on the bar (0.9950), Pillow's bicubic at 0.9953 and
-Lanczos at 0.9959, so quality 91 buys the margin; bilinear fails (0.9941). An image
-that needs no downscaling and is small (an icon, an emoji) is kept
+planes' interleave out) against Pillow's 2.6 (bicubic) and 4.0 (Lanczos); at quality 90 its
+thumbnails land on the bar (0.9950), Pillow's bicubic at 0.9953 and Lanczos at 0.9959, so quality 91
+buys the margin; bilinear fails (0.9941). An image that needs no downscaling and is small (an icon,
+an emoji) is kept
 pixel for pixel, WebP lossless, when that takes at most ``LOSSLESS_MAX_BYTES``: the model enlarges
 such images, so lossy artifacts are magnified instead of averaged away (JPEG at quality 97 alone
 re-embeds emoji at median cosine 0.971; kept exact, 1.0000 on every labelled set).
