@@ -408,6 +408,29 @@ void prepare_amx(Problem<DbT>& p, SimdLevel level, bool allowed) {
   (void)allowed;
 }
 
+/// A job's rows [r0, r1) in blocks of at most ``block`` rows that never cross a chunk, blocks with no
+/// live row skipped: ``visit(chunk, local, rb, rows, live, ahead)`` for each (``local``: the block's
+/// first row within its chunk, ``rb``: overall; ``live``: its live bytes or null; ``ahead``: rows of the
+/// next block in the same chunk, 0 when it starts another chunk or the job ends: what to prefetch).
+template <class DbT, class Visit>
+void for_each_block(const Problem<DbT>& p, const Job& job, std::size_t block, Visit&& visit) {
+  std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
+                                           p.begins.begin()) - 1;
+  for (std::size_t rb = job.r0; rb < job.r1;) {
+    while (rb >= p.begins[c] + p.chunks[c].rows) ++c;
+    const Chunk<DbT>& chunk = p.chunks[c];
+    const std::size_t local = rb - p.begins[c];
+    const std::size_t rows = std::min({block, job.r1 - rb, chunk.rows - local});
+    const std::uint8_t* live = p.live != nullptr ? p.live + rb : nullptr;
+    const std::size_t next = rb + rows;
+    if (live == nullptr || !std::all_of(live, live + rows, [](std::uint8_t b) { return b == 0; })) {
+      const bool more = next < job.r1 && local + rows < chunk.rows;
+      visit(chunk, local, rb, rows, live, more ? std::min({block, job.r1 - next, chunk.rows - local - rows}) : 0);
+    }
+    rb = next;
+  }
+}
+
 /// Runs one job through the block scorers, offering every live row of [r0, r1) to the heaps of
 /// queries q0..q1 (heaps[i] is query q0 + i's).
 template <class DbT, class Heap>
@@ -428,20 +451,8 @@ void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
     }
   }
   std::vector<float> buf(tile * block);
-  std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
-                                           p.begins.begin()) - 1;
-
-  for (std::size_t rb = job.r0; rb < job.r1;) {
-    while (rb >= p.begins[c] + p.chunks[c].rows) ++c;
-    const Chunk<DbT>& chunk = p.chunks[c];
-    const std::size_t local = rb - p.begins[c];
-    const std::size_t rows = std::min({block, job.r1 - rb, chunk.rows - local});
-    const std::uint8_t* live = p.live != nullptr ? p.live + rb : nullptr;
-    const std::size_t next = rb + rows;
-    if (live != nullptr && std::all_of(live, live + rows, [](std::uint8_t b) { return b == 0; })) {
-      rb = next;
-      continue;
-    }
+  for_each_block(p, job, block, [&](const Chunk<DbT>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
+                                    const std::uint8_t* live, std::size_t ahead) {
     const DbT* base = chunk.data + local * p.d;
     const float* scales = chunk.scales != nullptr ? chunk.scales + local : nullptr;
     const auto id0 = static_cast<std::int64_t>(rb);
@@ -452,9 +463,9 @@ void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
     const std::size_t tiles = (job.q1 - job.q0 + tile - 1) / tile;
     const char* pf = nullptr;
     std::size_t pf_lines = 0;
-    if ((tiles >= 2 || p.amx) && next < job.r1 && local + rows < chunk.rows) {
+    if ((tiles >= 2 || p.amx) && ahead > 0) {
       pf = reinterpret_cast<const char*>(base + rows * p.d);
-      pf_lines = (std::min({block, job.r1 - next, chunk.rows - local - rows}) * p.d * sizeof(DbT) + 63) / 64;
+      pf_lines = (ahead * p.d * sizeof(DbT) + 63) / 64;
     }
     std::size_t tile_index = 0;
     for (std::size_t qb = job.q0; qb < job.q1; qb += tile, ++tile_index) {
@@ -509,8 +520,7 @@ void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
         }
       }
     }
-    rb = next;
-  }
+  });
 }
 
 #if LOOKALIKE_X86_DISPATCH
@@ -536,27 +546,12 @@ void run_job_fused(const Problem<float>& p, const Job& job, Heap* heaps) {
   // Rows per block: about 512 KiB (L2-resident while every group passes over it), whole tiles.
   const std::size_t row_bytes = std::max<std::size_t>(p.d, 1) * sizeof(float);
   const std::size_t block = std::max<std::size_t>(24, (std::size_t{512} << 10) / row_bytes / 24 * 24);
-  std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
-                                           p.begins.begin()) - 1;
-  for (std::size_t rb = job.r0; rb < job.r1;) {
-    while (rb >= p.begins[c] + p.chunks[c].rows) ++c;
-    const Chunk<float>& chunk = p.chunks[c];
-    const std::size_t local = rb - p.begins[c];
-    const std::size_t rows = std::min({block, job.r1 - rb, chunk.rows - local});
-    const std::uint8_t* live = p.live != nullptr ? p.live + rb : nullptr;
-    const std::size_t next = rb + rows;
-    if (live != nullptr && std::all_of(live, live + rows, [](std::uint8_t b) { return b == 0; })) {
-      rb = next;
-      continue;
-    }
+  for_each_block(p, job, block, [&](const Chunk<float>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
+                                    const std::uint8_t* live, std::size_t ahead) {
     const float* base = chunk.data + local * p.d;
     const auto id0 = static_cast<std::int64_t>(rb);
-    const char* pf = nullptr;
-    std::size_t pf_lines = 0;
-    if (next < job.r1 && local + rows < chunk.rows) {
-      pf = reinterpret_cast<const char*>(base + rows * p.d);
-      pf_lines = (std::min({block, job.r1 - next, chunk.rows - local - rows}) * row_bytes + 63) / 64;
-    }
+    const char* pf = ahead > 0 ? reinterpret_cast<const char*>(base + rows * p.d) : nullptr;
+    const std::size_t pf_lines = (ahead * row_bytes + 63) / 64;
     for (std::size_t g = 0; g < groups; ++g) {
       Heap* h = heaps + starts[g];
       float* t = thr.data() + g * F::kMaxQueries;
@@ -575,8 +570,7 @@ void run_job_fused(const Problem<float>& p, const Job& job, Heap* heaps) {
       F::rows(packs.data() + g * pack_floats, starts[g + 1] - starts[g], base, rows, p.d, t,
               g + 1 == groups ? pf : nullptr, pf_lines, visit);
     }
-    rb = next;
-  }
+  });
 }
 #endif
 
