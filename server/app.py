@@ -349,6 +349,10 @@ def serve(config: ServerConfig) -> int:
     if running.http_port is not None:
         http = f"{scheme or 'http://'}{config.host}:{running.http_port}/"
         print(f"lookalike: PAI-compatible HTTP API on {http}", flush=True)
+    if running.metrics_endpoint is not None:  # its own port: 0 picks a free one, said here
+        endpoint = running.metrics_endpoint
+        print(f"lookalike: metrics on {endpoint.scheme}://{config.metrics_host or config.host}:{endpoint.port}/metrics",
+              flush=True)  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

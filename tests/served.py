@@ -57,17 +57,16 @@ def serving(folder: Path, *extra: str, token: str | None = None, nofile: int | N
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    metrics_port = free_port()
     log = folder / "server.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lookalike", "serve", "--port", "0", "--http-port", "0", "--data-dir",
              str(folder / "data"), "--snapshot-interval", "0", "--log-format", "json", "--metrics-port",
-             str(metrics_port), *extra],
+             "0", *extra],
             stdout=subprocess.PIPE, stderr=err, text=True, env=env, preexec_fn=limit,
         )  # fmt: skip
     try:
-        grpc_address = http_port = None
+        grpc_address = http_port = metrics_port = None
         deadline = time.monotonic() + 120
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -75,9 +74,11 @@ def serving(folder: Path, *extra: str, token: str | None = None, nofile: int | N
                 grpc_address = line.rsplit(" ", 1)[1].strip().removeprefix("https://")
             if "HTTP API on" in line:
                 http_port = int(line.rstrip().rstrip("/").rsplit(":", 1)[1])
+            if line.startswith("lookalike: metrics on"):
+                metrics_port = int(line.rstrip().removesuffix("/metrics").rsplit(":", 1)[1])
             if line.strip() == "lookalike: ready" or time.monotonic() > deadline:
                 break
-        if grpc_address is None or http_port is None:
+        if grpc_address is None or http_port is None or metrics_port is None:
             proc.kill()
             raise AssertionError(f"the server did not start: {log.read_text()[-3000:]}")
         yield Served(proc, grpc_address, http_port, metrics_port, log)

@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,18 +17,13 @@ from pathlib import Path
 import pytest
 from lookalike.client import ClientError, LookalikeClient
 from photos import encode, photo
+from served import serving
 
 TOKEN = "tok-9f2c61d0e4b84a7bb1c3"
 WRONG = "wrong-5e0a7c93d2f14b68"
 AK_ID = "LTAI5tKeyIdAbcdef0123"
 AK_SECRET = "oss-secret-Zx81Qw93Lm27Pd46"
 ENV_SECRET = "env-secret-Hy64Tr15Nb08Vc"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _secrets_and_image_forms(image: bytes) -> list[str]:
@@ -59,54 +48,33 @@ def _pai(port: int, token: str, body: dict[str, object]) -> int:
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], bytes]:
     tmp = tmp_path_factory.mktemp("jsonlogs")
-    port, http_port = _free_port(), _free_port()
-    env = dict(os.environ, LOOKALIKE_TOKEN=TOKEN, OSS_ACCESS_KEY_ID=AK_ID, OSS_ACCESS_KEY_SECRET=ENV_SECRET,
-               LOOKALIKE_LOG_FORMAT="json")  # fmt: skip
-    log_path = tmp / "server.log"
-    cmd = [sys.executable, "-m", "lookalike", "serve", "--port", str(port), "--http-port", str(http_port),
-           "--data-dir", str(tmp / "data"), "--log-level", "debug",  # and the PAI init below, allowed:
-           "--oss-allow", "oss://b/prefix/", "--oss-endpoint-allow", "127.0.0.1:9"]  # fmt: skip
+    env = {"OSS_ACCESS_KEY_ID": AK_ID, "OSS_ACCESS_KEY_SECRET": ENV_SECRET, "LOOKALIKE_LOG_FORMAT": "json"}
+    extra = ("--log-level", "debug", "--oss-allow", "oss://b/prefix/", "--oss-endpoint-allow", "127.0.0.1:9")
     image = encode(photo("astronaut"), quality=90)
     other = encode(photo("coffee"), quality=90)
-    with open(log_path, "w") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            address = f"127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with LookalikeClient(address, token=TOKEN, timeout=5) as c:
-                        c.list_databases()
-                    break
-                except ClientError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise
-                    time.sleep(0.5)
-            with LookalikeClient(address, token=f"Bearer {TOKEN}", timeout=60) as c:
-                c.match(image, other)
-                c.create_database("logs")
-                c.set_image("logs", "g1", image=image)
-                c.search("logs", image=image, top_k=3)
-                with pytest.raises(ClientError):
-                    c.match(image[:300], other)  # truncated JPEG: an error that must not echo the bytes
-            with LookalikeClient(address, token=WRONG, timeout=30) as bad, pytest.raises(ClientError):
-                bad.match(image, other)
-            oss = {"ak_id": AK_ID, "ak_secret": AK_SECRET, "hosts": "127.0.0.1:9", "buckets": "b"}
-            _pai(http_port, TOKEN, {"function_name": "init", "function_params": {
-                "backend": "oss", "root_path": "oss://b/prefix/", "oss_io_config": oss}})  # fmt: skip
-            _pai(
-                http_port,
-                TOKEN,
-                {"imagea": base64.b64encode(image).decode(), "imageb": base64.b64encode(other).decode()},
-            )
-            assert _pai(http_port, WRONG, {"function_name": "get"}) == 401
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    # Every port is the server's own pick (port 0, read from its output): a port chosen here and freed
+    # before the server binds it can be taken by another process in between.
+    with serving(tmp, *extra, token=TOKEN, env=env) as served:
+        address, http_port = served.grpc, served.http_port
+        with LookalikeClient(address, token=f"Bearer {TOKEN}", timeout=60) as c:
+            c.match(image, other)
+            c.create_database("logs")
+            c.set_image("logs", "g1", image=image)
+            c.search("logs", image=image, top_k=3)
+            with pytest.raises(ClientError):
+                c.match(image[:300], other)  # truncated JPEG: an error that must not echo the bytes
+        with LookalikeClient(address, token=WRONG, timeout=30) as bad, pytest.raises(ClientError):
+            bad.match(image, other)
+        oss = {"ak_id": AK_ID, "ak_secret": AK_SECRET, "hosts": "127.0.0.1:9", "buckets": "b"}
+        _pai(http_port, TOKEN, {"function_name": "init", "function_params": {
+            "backend": "oss", "root_path": "oss://b/prefix/", "oss_io_config": oss}})  # fmt: skip
+        _pai(
+            http_port,
+            TOKEN,
+            {"imagea": base64.b64encode(image).decode(), "imageb": base64.b64encode(other).decode()},
+        )
+        assert _pai(http_port, WRONG, {"function_name": "get"}) == 401
+    log_path = served.log
     return Path(log_path).read_text().splitlines(), image
 
 
