@@ -4,14 +4,23 @@ A database keeps a thumbnail of every registered image so that the catalogue can
 with another model (``lookalike db reindex``) without the images being uploaded again. The
 constants below are the smallest setting measured to re-embed faithfully with the default model
 (median cosine to the original's vector >= 0.995, mAP within 0.3 points of the originals'), by
-``bench/thumbnail_fidelity.py --formats jpeg,webp --sides 384,448 --qualities 90,95,97 --all``
-over 54 photos and four labelled sets: a photo is downscaled (antialiased bicubic) to a longer side
-of 448 and kept as a JPEG at quality 91 (28.7 KB a photo on average, 8.4% of the uploads; median
-cosine 0.9958, 5th percentile 0.986). The downscale is the thumbnail's largest cost: torch's uint8
-bicubic kernel (``downscale``) takes 0.8-0.9 ms a 640x480 photo (1.2 with the pixel copy in and the
-planes' interleave out) against Pillow's 2.6 (bicubic) and 4.0 (Lanczos); at quality 90 its
-thumbnails land on the bar (0.9950), Pillow's bicubic at 0.9953 and Lanczos at 0.9959, so quality 91
-buys the margin; bilinear fails (0.9941). An image that needs no downscaling and is small (an icon,
+``bench/thumbnail_fidelity.py --formats jpeg --sides 352,384,416,448 --qualities 91,92,93,94`` over
+54 photos and four labelled sets (and earlier ``--formats jpeg,webp --sides 384,448 --qualities
+90,95,97 --all``): a photo is downscaled (antialiased bicubic) to a longer side of 416 and kept as a
+JPEG at quality 91 (25.7 KB a photo on average, 7.5% of the uploads; median cosine 0.9954, 5th
+percentile 0.985). The runners-up: 384 at quality 94 (28.1 KB, 0.9954) and 448 at 91 (28.7 KB,
+0.9958); 384 at 93 and below and every 352 fail (0.9947 and less). The downscale is the thumbnail's
+largest cost: torch's uint8 bicubic kernel (``downscale``) takes 0.7-0.8 ms a 640x480 photo (about
+1.1 with the pixel copy in and the planes' interleave out) against Pillow's 2.6 (bicubic) and 4.0
+(Lanczos); at 448 and quality 90 its thumbnails land on the bar (0.9950), Pillow's bicubic at
+0.9953 and Lanczos at 0.9959; bilinear fails (0.9941). The size also sets the CPU a registration
+spends on its thumbnail (the issue's budget: at most 15% slower than keeping nothing): 416 px
+costs about a tenth less than 448 in the downscale and the encode. Measured and not kept: writing
+the JPEG with torchvision's encoder, which releases the GIL where Pillow's holds it, cost 0.2 ms
+more a thumbnail (a permute copy and a slower libjpeg) and registered no faster
+(``bench/image_store.py``).
+
+An image that needs no downscaling and is small (an icon,
 an emoji) is kept
 pixel for pixel, WebP lossless, when that takes at most ``LOSSLESS_MAX_BYTES``: the model enlarges
 such images, so lossy artifacts are magnified instead of averaged away (JPEG at quality 97 alone
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 
 from lookalike.server.core.embedding.images import PixelBudget, decode_image
 from lookalike.server.defaults import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
@@ -45,7 +55,7 @@ from PIL import Image
 from lookalike.modelfile import to_rgb
 
 THUMBNAIL_FORMAT = "jpeg"  # photos; small images are kept exact as WebP lossless
-THUMBNAIL_MAX_SIDE = 448
+THUMBNAIL_MAX_SIDE = 416
 THUMBNAIL_QUALITY = 91
 FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}
 THUMBNAIL_MEDIA_TYPE = FORMATS[THUMBNAIL_FORMAT][1]
@@ -118,12 +128,11 @@ _SINGLE = threading.local()  # threads (the decode pool's, a request's) whose to
 
 
 def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Antialiased bicubic to ``size``: torch's uint8 kernel (SIMD; the same pixels as Pillow's within 2
+    """Antialiased bicubic to ``size``: torch's uint8 kernel (SIMD; the same pixels as Pillow's within 2-3
     levels, 0.006 on average) at about half Pillow's cost, the thumbnail's largest; Pillow where torch is
     not there (a client-side install) or the image is not 8-bit RGB."""
     if img.mode == "RGB":
         try:
-            import numpy as np
             import torch
         except ImportError:
             pass
@@ -131,10 +140,13 @@ def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
             if not getattr(_SINGLE, "set", False):  # per thread (OpenMP): the model's workers keep theirs
                 torch.set_num_threads(1)  # two threads on one small image cost 3x the CPU of one (measured)
                 _SINGLE.set = True
+                # torch.frombuffer below warns (once) that the bytes are read-only: they are only read.
+                warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
             # In: the pixels as they lie (channels last, the layout torch's SIMD kernel takes). Out: three planes,
             # which Pillow interleaves (merge) for a third of torch's permute-and-copy plus fromarray (0.11 ms
             # against 0.36 a photo; the same bytes).
-            pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
+            raw = torch.frombuffer(img.tobytes(), dtype=torch.uint8)  # one copy (np.array makes two)
+            pixels = raw.view(img.height, img.width, 3).permute(2, 0, 1).unsqueeze(0)
             out = torch.nn.functional.interpolate(pixels, size=(size[1], size[0]), mode="bicubic", antialias=True)
             planes = out[0].numpy()
             return Image.merge("RGB", [Image.frombuffer("L", size, plane, "raw", "L", 0, 1) for plane in planes])

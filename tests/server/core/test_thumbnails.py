@@ -174,3 +174,17 @@ def test_thumbnails_re_embed_like_their_originals():
         embedder.close()
     assert np.median(cos) >= 0.995, dict(zip(PHOTO_NAMES, cos.round(4).tolist(), strict=True))
     assert sum(map(len, thumbs)) < sum(map(len, originals))
+
+
+@pytest.mark.parametrize("size", [(640, 480), (481, 997), (417, 300)])
+def test_torch_downscale_is_pillows_bicubic_within_three_levels(size):
+    # The pixels reach torch's kernel as they lie in the decoded image (rows of RGB bytes): a wrong row
+    # stride, channel order or shape would be far from Pillow's own antialiased bicubic of the same image.
+    from lookalike.server.core.embedding.thumbnails import downscale
+
+    img = Image.fromarray(photo("astronaut")).convert("RGB").resize(size)
+    target = thumbnail_size(*size, THUMBNAIL_MAX_SIDE)
+    ours = np.asarray(downscale(img, target), np.int16)
+    ref = np.asarray(img.resize(target, Image.Resampling.BICUBIC), np.int16)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 3 and np.abs(ours - ref).mean() < 0.25  # a wrong layout: tens of levels
