@@ -236,7 +236,8 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
     service = LookalikeService(
         models, backend, Limits.from_config(config), oss=oss, boundaries=config.boundaries(),
         operations_root=config.data_dir / "operations" if persistence is not None else None, dedup=dedup,
-        max_operations=config.max_operations, images=images, keep=config.keep,
+        max_operations=config.max_operations, operation_retention_s=config.operation_retention_s, images=images,
+        keep=config.keep,
     )  # fmt: skip
     metrics = ServerMetrics()
     for _, each in models.items():

@@ -129,6 +129,9 @@ class ServerConfig:
                                "for a higher threshold", min=1)  # fmt: skip
     max_operations: int = opt(d.MAX_OPERATIONS, "long-running operations (FindDuplicates) running at once",
                               min=1, max=64)  # fmt: skip
+    operation_retention_s: float = opt(d.OPERATION_RETENTION_S, "a finished long-running operation (its state and "
+                                       "results: FindDuplicates' clusters) is removed this many seconds after it "
+                                       "ended; 0 = kept until DeleteOperation", min=0.0)  # fmt: skip
     keep: str = opt(
         d.KEEP,
         "what a new database keeps of each image unless CreateDatabase says: none, thumbnail "

@@ -61,6 +61,7 @@ DEDUP_GRAPH_NEIGHBOURS = 32  # HNSW neighbours checked per image above that size
 DEDUP_BLOCK_SECONDS = 0.25  # one block of a duplicate job takes about this long (the longest it holds the CPU)
 DEDUP_MAX_PAIRS = 50_000_000  # pairs a job may find (600 MB of checkpoints); beyond, the threshold is too low
 MAX_OPERATIONS = 2  # long-running operations (FindDuplicates) running at once
+OPERATION_RETENTION_S = 7 * 24 * 3600.0  # a finished operation (state, results) is removed this long after it ended
 KEEP_POLICIES = ("none", "thumbnail", "original")
 KEEP = "thumbnail"  # what a database keeps of each image unless CreateDatabase says (none, thumbnail, original)
 KEEP_SWEEP_INTERVAL_S = 3600.0  # Milvus replicas sweep the shared image store this often

@@ -5,7 +5,10 @@ Each operation is a folder under the server's data directory (``operations/<id>/
 Files are written whole and renamed into place, so a ``kill -9`` leaves the last state; at
 start-up ``recover`` restarts every operation that was running, and its runner continues from
 its own checkpoint. Without a data directory (Milvus, ``--no-persist``) they live in a
-temporary folder for the life of the process.
+temporary folder for the life of the process. A finished operation is removed ``retention_s``
+after it ended (``--operation-retention-s``; checked at start-up, and whenever operations are
+started or listed), so a server that runs deduplications for months does not keep every
+result it ever produced; DeleteOperation removes one sooner.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lookalike.server import defaults
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
 from lookalike.server.core.paging import decode_token, encode_token, page_size
 from lookalike.server.storage.blobs import LocalBlobStore
@@ -109,13 +113,15 @@ Runner = Callable[[Context], dict[str, Any]]
 class Operations:
     """Every operation of this server: start, read, cancel, wait, resume after a restart."""
 
-    def __init__(self, root: Path | None, runners: dict[str, Runner], max_running: int = 2) -> None:
+    def __init__(self, root: Path | None, runners: dict[str, Runner], max_running: int = 2,
+                 retention_s: float = defaults.OPERATION_RETENTION_S) -> None:  # fmt: skip
         self._temporary = root is None
         self.root = Path(tempfile.mkdtemp(prefix="lookalike-ops-")) if root is None else root
         self.root.mkdir(parents=True, exist_ok=True)
         self.files = LocalBlobStore(self.root)
         self.runners = runners
         self.max_running = max_running
+        self.retention_s = retention_s  # 0: finished operations are kept until deleted
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -140,6 +146,7 @@ class Operations:
                 self.save(op)  # counted even if the server stops again before the runner reports
                 log.info("resuming %s (%s of %r)", op.name, op.kind, op.database)
                 self._launch(op)
+        self.expire()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the runners where they are (they resume at the next start); a temporary folder is removed."""
@@ -151,6 +158,7 @@ class Operations:
 
     # -- calls -----------------------------------------------------------------------------
     def start(self, kind: str, database: str, request: dict[str, Any]) -> Operation:
+        self.expire()
         with self._lock:
             if len(self._running) >= self.max_running:
                 raise LookalikeError(
@@ -176,6 +184,7 @@ class Operations:
 
     def list(self, database: str, size: int, token: str) -> tuple[list[Operation], str]:
         size = page_size(size)
+        self.expire()
         after = decode_token(token)
         if after is not None and not (isinstance(after, list) and len(after) == 2):
             raise invalid("PAGE_TOKEN_INVALID", "page_token is not one this server issued")
@@ -203,6 +212,22 @@ class Operations:
         with self._lock:
             self._ops.pop(op.id, None)
         shutil.rmtree(self.root / op.id, ignore_errors=True)
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove the operations that ended more than ``retention_s`` ago (state, checkpoints, results)."""
+        if self.retention_s <= 0:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        with self._lock:
+            old = [op for op in self._ops.values() if op.done and op.update_time < cutoff]
+            for op in old:
+                del self._ops[op.id]
+        for op in old:
+            shutil.rmtree(self.root / op.id, ignore_errors=True)
+        if old:
+            log.info("removed %d operations that ended more than %.0f s ago (--operation-retention-s)", len(old),
+                     self.retention_s)  # fmt: skip
+        return len(old)
 
     def wait(self, name: str, timeout: float) -> Operation:
         if not (0.0 <= timeout <= MAX_WAIT_S):

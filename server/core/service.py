@@ -92,6 +92,7 @@ class LookalikeService(Transfers, ModelCalls):
         operations_root: Path | None = None,
         dedup: DedupSettings | None = None,
         max_operations: int = defaults.MAX_OPERATIONS,
+        operation_retention_s: float = defaults.OPERATION_RETENTION_S,
         images: ImageStore | None = None,
         keep: str = defaults.KEEP,
     ) -> None:
@@ -113,7 +114,7 @@ class LookalikeService(Transfers, ModelCalls):
         self.duplicates = DuplicateFinder(self.catalog.get, self.model_tiers, dedup)
         self.reindexer = Reindexer(self)
         runners = {KIND: self.duplicates.run, REINDEX: self.reindexer.run}
-        self.operations = Operations(operations_root, runners, max_operations)
+        self.operations = Operations(operations_root, runners, max_operations, retention_s=operation_retention_s)
         self.duplicates.operations = self.operations
         self.keep = check_keep(keep, defaults.KEEP)  # a database created without a keep policy gets this
         thumbnail = partial(make_thumbnail, max_bytes=embedder.max_image_bytes, max_pixels=embedder.max_image_pixels,
