@@ -16,11 +16,12 @@ import pytest
 S3_HOST = "s3.us-east-1.amazonaws.com"
 
 
-def s3_only_server(ip_address: str = "127.0.0.1", port: int = 0, faults: list[int] | None = None) -> Any:
+def s3_only_server(ip_address: str = "127.0.0.1", port: int = 0, faults: list[int] | None = None,
+                   seen: list[tuple[str, str]] | None = None) -> Any:  # fmt: skip
     """moto's threaded server, with every request routed to S3 whatever its signature looks like.
 
     While ``faults`` holds statuses, each request takes the first one as its answer instead of
-    being served (an overloaded store's 503, a 500).
+    being served (an overloaded store's 503, a 500). ``seen`` gets (method, path) of every request.
     """
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -33,6 +34,8 @@ def s3_only_server(ip_address: str = "127.0.0.1", port: int = 0, faults: list[in
             return S3_HOST
 
         def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+            if seen is not None:
+                seen.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
             if pending:
                 status = pending.pop(0)
                 environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
@@ -57,7 +60,8 @@ class S3:
         pytest.importorskip("moto.server")
         boto3 = pytest.importorskip("boto3")
         self.faults: list[int] = []
-        self.server = s3_only_server(faults=self.faults)
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request served or failed
+        self.server = s3_only_server(faults=self.faults, seen=self.requests)
         self.server.start()
         host, self.port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{self.port}"
@@ -74,5 +78,5 @@ class S3:
 
     def restart(self) -> None:
         """The same port again; moto keeps its objects in this process, so they are still there."""
-        self.server = s3_only_server(port=self.port, faults=self.faults)
+        self.server = s3_only_server(port=self.port, faults=self.faults, seen=self.requests)
         self.server.start()

@@ -245,6 +245,13 @@ class ImageStore:
                     pass
         return self.remove(stale)
 
+    def mark_shipped(self, digests: Iterable[str]) -> int:
+        """Record blobs the caller knows the OSS root holds (a snapshot there names them); returns how many."""
+        with self._lock:
+            known = [d for d in digests if d not in self._unshipped]
+            self._shipped.update(known)
+        return len(known)
+
     def push_pending(self) -> int:
         """Upload the blobs stored since the last upload (before the log records naming them are shipped)."""
         if self.remote is None:

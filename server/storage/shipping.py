@@ -84,6 +84,26 @@ class SnapshotMirror:
                  self.remote.description)  # fmt: skip
         return True
 
+    def holds(self, manifest: dict[str, Any] | None) -> bool:
+        """Whether the OSS root's manifest is ``manifest`` (the local checkpoint was uploaded whole). One GET;
+        False when OSS cannot say (unreachable, damaged)."""
+        if manifest is None:
+            return False
+        try:
+            remote = get_manifest(self.remote, MANIFEST)
+        except (OSError, ValueError, CorruptionError):
+            return False
+        if remote is None:
+            return False
+        with self._remote_lock:
+            if self.remote_manifest is None:
+                self.remote_manifest = remote  # what the next push compares against: saves it a GET
+
+        def same(m: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in m.items() if k != "wal_resume_seq"}  # where log replay starts: OSS's own
+
+        return same(remote) == same(manifest)
+
     def push(self, manifest: dict[str, Any] | None) -> None:
         """Upload the local checkpoint to the OSS root: new files first, the manifest last."""
         if manifest is None:

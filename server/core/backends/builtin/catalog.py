@@ -107,6 +107,7 @@ class Catalog(Checkpoints):
                 self._window(db_name).remember(request_id, (group_id, int(intra_id)), bool(replaced),
                                                fingerprint[0] if fingerprint else "")  # fmt: skip
         replayed = 0
+        self.kept.snapshot_loaded()
         for seq, cmd in p.records(loaded.checkpoint_seq):
             try:
                 self._apply(cmd, seq)
@@ -115,6 +116,7 @@ class Catalog(Checkpoints):
             replayed += 1
         p.open(loaded.checkpoint_seq)
         self._seq = p.wal.last_seq
+        self.kept.replayed()
         for name in [n for n in self._dbs if n.startswith(LOAD_PREFIX)]:  # this process owns them: none is running
             log.warning("dropping %r: a load that did not finish before the server stopped", name)
             self._wait(self._commit(DropDatabase(name))[0])

@@ -64,7 +64,7 @@ class Checkpoints:
                     self._dbs[name].snapshot_seq = int(view.meta["applied_seq"])
             if push and p.remote is not None:
                 try:
-                    self.kept.push()  # the blobs first: the manifest uploaded next names them
+                    self.kept.push(p.snapshot_in_remote)  # the blobs first: the manifest uploaded next names them
                     p.push_remote()
                     self.kept.collect_remote()
                 except (OSError, ValueError) as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from lookalike.server import defaults
 from lookalike.server.storage.image_store import ImageStore
@@ -28,16 +28,36 @@ class KeptRefs:
         self._lock = lock
         self._refs: Counter[str] = Counter()
         self._unreferenced: set[str] = set()  # count reached zero: freed once that write is durable
+        self._touched: set[str] | None = None  # what the log replayed at start-up referenced or released
+        self._replayed: set[str] | None = None  # the same after the replay, until the first push
 
     def add(self, digests: Iterable[str]) -> None:
+        if self._touched is not None:
+            digests = list(digests)
+            self._touched.update(digests)
         self._refs.update(digests)
 
     def release(self, digests: Iterable[str]) -> None:
+        if self._touched is not None:
+            digests = list(digests)
+            self._touched.update(digests)
         for digest in digests:
             self._refs[digest] -= 1
             if self._refs[digest] <= 0:
                 del self._refs[digest]
                 self._unreferenced.add(digest)
+
+    # -- start-up: what the OSS root is known to hold ------------------------------------------
+    def snapshot_loaded(self) -> None:
+        """The snapshot's references are counted; the log's replay starts (its digests are tracked)."""
+        self._touched = set()
+
+    def replayed(self) -> None:
+        """After the replay. The blobs the snapshot references that the log after it never referenced or released
+        again: when the OSS root holds that snapshot (its manifest is the one loaded), each was uploaded before
+        that manifest and is still there (a blob leaves OSS only once released), so the first ``push`` marks
+        them shipped instead of asking OSS about each (one HEAD a kept image, 10M at 10M images)."""
+        self._replayed, self._touched = self._touched or set(), None
 
     def free(self) -> None:
         """Remove the blobs no live image references any more (call once the releasing write is durable)."""
@@ -61,9 +81,19 @@ class KeptRefs:
             log.info("image store: removed %d unreferenced blobs", removed)
         return removed
 
-    def push(self) -> int:
-        """Upload the referenced blobs the OSS root lacks (at a snapshot, before its manifest)."""
-        return self.images.push(self.live()) if self.images is not None else 0
+    def push(self, snapshot_in_remote: Callable[[], bool] | None = None) -> int:
+        """Upload the referenced blobs the OSS root lacks (at a snapshot, before its manifest). The first one after
+        a start-up asks ``snapshot_in_remote`` (one GET of the OSS manifest) whether the snapshot it started from
+        is the root's: then what that snapshot names and the replayed log left alone needs no check (blobs
+        stored since the start are uploaded or marked by the image store itself)."""
+        if self.images is None:
+            return 0
+        if self._replayed is not None:
+            touched, self._replayed = self._replayed, None
+            if self.images.remote is not None and snapshot_in_remote is not None and snapshot_in_remote():
+                marked = self.images.mark_shipped(d for d in self.live() if d not in touched)
+                log.info("kept images: %d known to be in the OSS root (the snapshot there names them)", marked)
+        return self.images.push(self.live())
 
     def collect_remote(self) -> int:
         """Remove from OSS the blobs removed here that the snapshot just uploaded no longer names."""

@@ -71,6 +71,7 @@ class Persistence:
         )
         self.repair = repair
         self.manifest: dict[str, Any] | None = None
+        self.loaded_manifest: dict[str, Any] | None = None  # the checkpoint start-up read
         self.mirror = SnapshotMirror(self.local, self.remote, self.wal, ship_interval_s) if self.remote else None
 
     @property
@@ -79,6 +80,10 @@ class Persistence:
 
     def restore_from_remote_if_empty(self) -> bool:
         return self.mirror.restore_from_remote_if_empty() if self.mirror is not None else False
+
+    def snapshot_in_remote(self) -> bool:
+        """Whether the OSS root holds the checkpoint ``load`` read (false without a root)."""
+        return self.mirror.holds(self.loaded_manifest) if self.mirror is not None else False
 
     def push_remote(self) -> None:
         if self.mirror is not None:
@@ -107,6 +112,7 @@ class Persistence:
                     raise
                 log.error("repair: dropped database %r: its snapshot is damaged (%s)", name, exc)
                 del manifest["databases"][name]
+        self.loaded_manifest = manifest
         return Loaded(int(manifest["checkpoint_seq"]), dbs, manifest.get("dedupe", []))
 
     def records(self, after_seq: int) -> Iterator[tuple[int, Command]]:
