@@ -225,7 +225,7 @@ class Operations:
         for op in old:
             shutil.rmtree(self.root / op.id, ignore_errors=True)
         if old:
-            log.info("removed %d operations that ended more than %.0f s ago (--operation-retention-s)", len(old),
+            log.info("removed %d finished operation(s) that ended over %.0f s ago (--operation-retention-s)", len(old),
                      self.retention_s)  # fmt: skip
         return len(old)
 
