@@ -84,15 +84,15 @@ class SnapshotMirror:
                  self.remote.description)  # fmt: skip
         return True
 
-    def holds(self, manifest: dict[str, Any] | None) -> bool:
-        """Whether the OSS root's manifest is ``manifest`` (the local checkpoint was uploaded whole). One GET;
-        False when OSS cannot say (unreachable, damaged)."""
+    def holds(self, manifest: dict[str, Any] | None) -> bool | None:
+        """Whether the OSS root's manifest is ``manifest`` (the local checkpoint was uploaded whole); one GET.
+        None when OSS cannot say now (unreachable, or its manifest damaged): ask again later."""
         if manifest is None:
             return False
         try:
             remote = get_manifest(self.remote, MANIFEST)
         except (OSError, ValueError, CorruptionError):
-            return False
+            return None
         if remote is None:
             return False
         with self._remote_lock:

@@ -226,43 +226,33 @@ def test_a_kept_image_written_after_the_last_snapshot_is_in_oss_before_its_log_r
         b.stop(0)
 
 
-def test_after_a_restart_a_snapshot_asks_oss_only_about_kept_images_written_since_the_last_one(tmp_path, s3):
-    """The OSS root's snapshot names every kept blob it references: after a restart, the next snapshot does not
-    HEAD each of them again (10M requests at 10M images), only those the log touched after it."""
+def _kept_then_stopped(tmp_path, s3):
+    """A server with six kept thumbnails in an OSS snapshot, then one written and one deleted after it; stopped."""
     from photos import PHOTO_NAMES, encode, photo
 
-    images = {name: encode(photo(name)) for name in PHOTO_NAMES[:7]}
-    names = list(images)
+    names = list(PHOTO_NAMES[:7])
     a = start(tmp_path / "a", **oss_config(s3))
     with LookalikeClient(a.address) as c:
         c.create_database("kept", keep="thumbnail")
         for name in names[:6]:
-            c.set_image("kept", name, image=images[name])
+            c.set_image("kept", name, image=encode(photo(name)))
         c.snapshot_database("kept")  # uploads the six thumbnails, then the manifest naming them
-        c.set_image("kept", names[6], image=images[names[6]])  # after it: uploaded before its shipped record
+        c.set_image("kept", names[6], image=encode(photo(names[6])))  # after it: uploaded before its shipped record
         c.delete_image("kept", names[0], 0)  # released after it
         thumbs = {n: c.get_image_bytes("kept", n, 0)[0] for n in names[1:]}
         wait_shipped(a)
     a.stop(0, snapshot=False)
+    return names, thumbs
 
-    def heads() -> list[str]:
-        return [path for method, path in s3.requests if method == "HEAD" and "/images/" in path]
 
-    s3.requests.clear()
-    b = start(tmp_path / "a", **oss_config(s3))
-    try:
-        with LookalikeClient(b.address) as c:
-            c.snapshot_database("kept")
-        wait_shipped(b)
-        # Known from the OSS snapshot: coffee, astronaut, rocket, camera. Checked once each: the one written
-        # after it (hubble_deep_field: there, uploaded before its record shipped) and cat, whose thumbnail is
-        # chelsea's (scikit-image's cat is chelsea): the delete after the snapshot released that blob once.
-        # chelsea's own reference is gone.
-        digest_of = {hashlib.sha256(t).hexdigest(): n for n, t in thumbs.items()}
-        assert sorted(digest_of.get(h.rsplit("/", 1)[1], h) for h in heads()) == ["cat", "hubble_deep_field"]
-        assert not [p for m, p in s3.requests if m == "PUT" and "/images/" in p]  # nothing uploaded twice
-    finally:
-        b.stop(0, snapshot=False)
+def _checked(s3, thumbs) -> list[str]:
+    """The kept images the server asked OSS about (HEAD), by name."""
+    digest_of = {hashlib.sha256(t).hexdigest(): n for n, t in thumbs.items()}
+    heads = [path for method, path in s3.requests if method == "HEAD" and "/images/" in path]
+    return sorted(digest_of.get(h.rsplit("/", 1)[1], h) for h in heads)
+
+
+def _served_by_a_fresh_machine(tmp_path, s3, names, thumbs):
     fresh = start(tmp_path / "fresh", **oss_config(s3))  # everything is in the root: a new machine serves it
     try:
         with LookalikeClient(fresh.address) as c:
@@ -272,3 +262,43 @@ def test_after_a_restart_a_snapshot_asks_oss_only_about_kept_images_written_sinc
                 c.get_image_bytes("kept", names[0], 0)
     finally:
         fresh.stop(0)
+
+
+def test_after_a_restart_a_snapshot_asks_oss_only_about_kept_images_written_since_the_last_one(tmp_path, s3):
+    """The OSS root's snapshot names every kept blob it references: after a restart, the next snapshot does not
+    HEAD each of them again (10M requests at 10M images), only those the log touched after it."""
+    names, thumbs = _kept_then_stopped(tmp_path, s3)
+    s3.requests.clear()
+    b = start(tmp_path / "a", **oss_config(s3))
+    try:
+        with LookalikeClient(b.address) as c:
+            c.snapshot_database("kept")
+        wait_shipped(b)
+        # Known from the OSS snapshot: coffee, astronaut, rocket, camera. Checked once each: the one written
+        # after it (hubble_deep_field: there, uploaded before its record shipped) and cat, whose thumbnail is
+        # chelsea's (scikit-image's cat is chelsea): the delete after the snapshot released that blob once.
+        assert _checked(s3, thumbs) == ["cat", "hubble_deep_field"]
+        assert not [p for m, p in s3.requests if m == "PUT" and "/images/" in p]  # nothing uploaded twice
+    finally:
+        b.stop(0, snapshot=False)
+    _served_by_a_fresh_machine(tmp_path, s3, names, thumbs)
+
+
+def test_oss_down_at_the_restart_still_spares_the_checks_once_it_is_back(tmp_path, s3):
+    """OSS unreachable when the restarted server first pushes: the question waits for the next push."""
+    names, thumbs = _kept_then_stopped(tmp_path, s3)
+    s3.stop()
+    b = start(tmp_path / "a", **oss_config(s3))
+    try:
+        with LookalikeClient(b.address) as c, pytest.raises(ClientError) as err:
+            c.snapshot_database("kept")  # durable here, not uploaded
+        assert err.value.reason == "OSS_UNAVAILABLE"
+        s3.restart()
+        s3.requests.clear()
+        with LookalikeClient(b.address) as c:
+            c.snapshot_database("kept")
+        wait_shipped(b)
+        assert _checked(s3, thumbs) == ["cat", "hubble_deep_field"]
+    finally:
+        b.stop(0, snapshot=False)
+    _served_by_a_fresh_machine(tmp_path, s3, names, thumbs)

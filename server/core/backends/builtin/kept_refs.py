@@ -81,18 +81,21 @@ class KeptRefs:
             log.info("image store: removed %d unreferenced blobs", removed)
         return removed
 
-    def push(self, snapshot_in_remote: Callable[[], bool] | None = None) -> int:
+    def push(self, snapshot_in_remote: Callable[[], bool | None] | None = None) -> int:
         """Upload the referenced blobs the OSS root lacks (at a snapshot, before its manifest). The first one after
         a start-up asks ``snapshot_in_remote`` (one GET of the OSS manifest) whether the snapshot it started from
         is the root's: then what that snapshot names and the replayed log left alone needs no check (blobs
-        stored since the start are uploaded or marked by the image store itself)."""
+        stored since the start are uploaded or marked by the image store itself). Asked again at the next push
+        while OSS cannot answer (an outage at start-up must not cost a check of every blob once it is over)."""
         if self.images is None:
             return 0
-        if self._replayed is not None:
-            touched, self._replayed = self._replayed, None
-            if self.images.remote is not None and snapshot_in_remote is not None and snapshot_in_remote():
-                marked = self.images.mark_shipped(d for d in self.live() if d not in touched)
-                log.info("kept images: %d known to be in the OSS root (the snapshot there names them)", marked)
+        if self._replayed is not None and self.images.remote is not None and snapshot_in_remote is not None:
+            answer = snapshot_in_remote()
+            if answer is not None:
+                touched, self._replayed = self._replayed, None
+                if answer:
+                    marked = self.images.mark_shipped(d for d in self.live() if d not in touched)
+                    log.info("kept images: %d known to be in the OSS root (the snapshot there names them)", marked)
         return self.images.push(self.live())
 
     def collect_remote(self) -> int:

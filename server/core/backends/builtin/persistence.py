@@ -81,8 +81,9 @@ class Persistence:
     def restore_from_remote_if_empty(self) -> bool:
         return self.mirror.restore_from_remote_if_empty() if self.mirror is not None else False
 
-    def snapshot_in_remote(self) -> bool:
-        """Whether the OSS root holds the checkpoint ``load`` read (false without a root)."""
+    def snapshot_in_remote(self) -> bool | None:
+        """Whether the OSS root holds the checkpoint ``load`` read (false without a root; None: OSS cannot say
+        now)."""
         return self.mirror.holds(self.loaded_manifest) if self.mirror is not None else False
 
     def push_remote(self) -> None:
