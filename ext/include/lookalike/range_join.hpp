@@ -269,20 +269,10 @@ void range_job(const RangeProblem<DbT>& rp, const Job& job, std::atomic<std::siz
     tile_lo.push_back(*std::min_element(rp.lo.begin() + static_cast<std::ptrdiff_t>(qb),
                                         rp.lo.begin() + static_cast<std::ptrdiff_t>(qe)));
   }
-  std::size_t c = static_cast<std::size_t>(std::upper_bound(p.begins.begin(), p.begins.end(), job.r0) -
-                                           p.begins.begin()) - 1;
-
-  for (std::size_t rb = job.r0; rb < job.r1;) {
-    while (rb >= p.begins[c] + p.chunks[c].rows) ++c;
-    const Chunk<DbT>& chunk = p.chunks[c];
-    const std::size_t local = rb - p.begins[c];
-    const std::size_t rows = std::min({block, job.r1 - rb, chunk.rows - local});
+  // Blocks that never cross a chunk, dead ones skipped (topk.hpp's walk); the packing prefetches its own.
+  for_each_block(p, job, block, [&](const Chunk<DbT>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
+                                    const std::uint8_t* live, std::size_t /*ahead*/) {
     const std::size_t next = rb + rows;
-    const std::uint8_t* live = p.live != nullptr ? p.live + rb : nullptr;
-    if (live != nullptr && std::all_of(live, live + rows, [](std::uint8_t b) { return b == 0; })) {
-      rb = next;
-      continue;
-    }
     // Pack the block: panels of P rows transposed (rows past the block are zero), tail norms.
     const DbT* base = chunk.data + local * p.d;
     const float* scales = chunk.scales != nullptr ? chunk.scales + local : nullptr;
@@ -352,8 +342,7 @@ void range_job(const RangeProblem<DbT>& rp, const Job& job, std::atomic<std::siz
       if (total.fetch_add(added) + added > rp.max_pairs) overflow.store(true);
       if (overflow.load(std::memory_order_relaxed)) out.pairs.resize(before);
     }
-    rb = next;
-  }
+  });
 }
 
 // Row of [r_start, n) below which a fraction f of the work lies, where a row's work is the
