@@ -350,10 +350,11 @@ def serve(config: ServerConfig) -> int:
     if running.http_port is not None:
         http = f"{scheme or 'http://'}{config.host}:{running.http_port}/"
         print(f"lookalike: PAI-compatible HTTP API on {http}", flush=True)
-    if running.metrics_endpoint is not None:  # its own port: 0 picks a free one, said here
-        endpoint = running.metrics_endpoint
-        print(f"lookalike: metrics on {endpoint.scheme}://{config.metrics_host or config.host}:{endpoint.port}/metrics",
-              flush=True)  # fmt: skip
+    endpoint = running.metrics_endpoint
+    metrics_host = config.metrics_host or config.host
+    metrics_url = f"{endpoint.scheme}://{metrics_host}:{endpoint.port}/metrics" if endpoint is not None else ""
+    if metrics_url:  # its own port: 0 picks a free one, said here
+        print(f"lookalike: metrics on {metrics_url}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -362,7 +363,6 @@ def serve(config: ServerConfig) -> int:
         running.grpc.stop(0)
         raise running.recovery_error[0]
     embedder = running.service.embedder
-    endpoint = running.metrics_endpoint
     log.info(
         "lookalike serving on %s:%d (model %s, dim %d, device %s, auth %s, tls %s, data %s%s, fsync %s, "
         "threads %s, metrics %s)",
@@ -371,7 +371,7 @@ def serve(config: ServerConfig) -> int:
         ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
         config.data_dir.resolve() if config.index == "builtin" else f"milvus {config.milvus_uri}",
         f", root {config.root}" if config.root else "", config.fsync, config.thread_budget_for(embedder.device),
-        f"{endpoint.scheme}://{config.metrics_host or config.host}:{endpoint.port}/metrics" if endpoint else "off",
+        metrics_url or "off",
     )  # fmt: skip
     print("lookalike: ready", flush=True)
     stop.wait()

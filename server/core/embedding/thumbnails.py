@@ -124,6 +124,8 @@ def encode_thumbnail(
 
 
 _SINGLE = threading.local()  # threads (the decode pool's, a request's) whose torch runs single-threaded here
+# downscale's torch.frombuffer warns (once) that the bytes are read-only: they are only read.
+warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
 
 
 def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -139,8 +141,6 @@ def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
             if not getattr(_SINGLE, "set", False):  # per thread (OpenMP): the model's workers keep theirs
                 torch.set_num_threads(1)  # two threads on one small image cost 3x the CPU of one (measured)
                 _SINGLE.set = True
-                # torch.frombuffer below warns (once) that the bytes are read-only: they are only read.
-                warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
             # In: the pixels as they lie (channels last, the layout torch's SIMD kernel takes). Out: three planes,
             # which Pillow interleaves (merge) for a third of torch's permute-and-copy plus fromarray (0.11 ms
             # against 0.36 a photo; the same bytes).
