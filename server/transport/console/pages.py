@@ -17,7 +17,11 @@ from lookalike.server.transport.console.session import PATH
 
 GRID_PAGE = 48
 SCAN_LIMIT = 2000  # images a filtered page looks at, at most; then it offers to look further
+# A thumbnail's URL names its bytes (``v``: the start of their digest), so it is cached for good; the same image
+# asked for without it (or with another ``v``: the image was replaced since the page was made) is revalidated.
 CACHE_CONTROL = "private, max-age=31536000, immutable"
+REVALIDATE = "private, no-cache"
+VERSION_CHARS = 16
 
 
 @dataclass
@@ -26,9 +30,13 @@ class Tile:
 
     group_id: str
     intra_id: int
-    kept: bool
+    version: str  # the digest of what the thumbnail route serves (the kept thumbnail, else the original); "" none
     attributes: dict[str, str] = field(default_factory=dict)
     score: float | None = None
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.version)
 
     @property
     def source(self) -> str:
@@ -37,9 +45,15 @@ class Tile:
 
 def tile(group_id: str, intra_id: int, attributes: dict[str, str] | None, score: float | None = None) -> Tile:
     attributes = attributes or {}
-    kept = bool(attributes.get(THUMBNAIL_ATTRIBUTE) or attributes.get(ORIGINAL_ATTRIBUTE))
+    version = attributes.get(THUMBNAIL_ATTRIBUTE) or attributes.get(ORIGINAL_ATTRIBUTE) or ""
     own = {k: v for k, v in sorted(attributes.items()) if not k.startswith(SYSTEM_PREFIX)}
-    return Tile(group_id, intra_id, kept, own, score)
+    return Tile(group_id, intra_id, version, own, score)
+
+
+def thumbnail_url(database: str, t: Tile) -> str:
+    """Where a kept image's thumbnail is: a URL that changes when the image does (it is cached as immutable)."""
+    return f"{PATH}/thumbnail?" + urlencode({"db": database, "group": t.group_id, "intra": t.intra_id,
+                                             "v": t.version[:VERSION_CHARS]})  # fmt: skip
 
 
 def parse_where(text: str) -> dict[str, str]:
@@ -134,6 +148,7 @@ def request_rates(metrics: Any) -> tuple[list[dict[str, Any]], float]:
 
 
 def add_routes(router: APIRouter, console: Console) -> None:
+    console.templates.env.globals["thumbnail_url"] = thumbnail_url
 
     async def index(request: Request) -> Response:
         return RedirectResponse(f"{PATH}/databases", status_code=303)
@@ -214,8 +229,9 @@ def add_routes(router: APIRouter, console: Console) -> None:
             if err.reason != "IMAGE_NOT_KEPT":
                 raise
             image = await console.call(console.service.kept_image, name, group, intra, "original")
-        etag = f'"{image.digest}"'
-        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+        etag, version = f'"{image.digest}"', q.get("v", "")
+        named = len(version) >= VERSION_CHARS and image.digest.startswith(version)
+        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL if named else REVALIDATE}
         if etag in [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]:
             return Response(status_code=304, headers=headers)
         return Response(image.data, media_type=image.media_type, headers=headers)

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from lookalike.server.core.errors import LookalikeError, invalid
 from lookalike.server.core.service import Query
 from lookalike.server.transport.console import Console
-from lookalike.server.transport.console.pages import intra_of, tile
+from lookalike.server.transport.console.pages import intra_of, thumbnail_url, tile
 
 PREVIEW_MAX_BYTES = 8 << 20  # a query image is shown back (as a data: URL) only up to this size
 SOURCE_MAX_CHARS = 200
@@ -81,7 +81,8 @@ def add_routes(router: APIRouter, console: Console) -> None:
         return {"top_k": number(source, "top_k", int, 12), "one_per_group": str(source.get("one_per_group") or "")
                 in ("on", "1", "true"), "min_score": number(source, "min_score", float, None)}  # fmt: skip
 
-    async def run_search(request: Request, source: Any, query: Query, crop: Any, shown: str) -> Response:
+    async def run_search(request: Request, source: Any, query: Query, crop: Any, shown: str,
+                         query_tile: Any = None) -> Response:  # fmt: skip
         name = str(source.get("db") or "")
         opts = options(source)
         error, hits, compared = None, [], 0
@@ -97,15 +98,17 @@ def add_routes(router: APIRouter, console: Console) -> None:
         status = 200 if error is None else 400
         return console.page(request, "search.html", status, title="Search", section="search",
                             databases=await database_names(), db=name, opts=opts, hits=hits, searched=True,
-                            compared=compared, error=error, query_image=shown, crop=crop,
+                            compared=compared, error=error, query_image=shown, query_tile=query_tile, crop=crop,
                             registered=query.registered)  # fmt: skip
 
     async def search_page(request: Request) -> Response:
         q = request.query_params
         if q.get("group") and q.get("db"):  # "more like this": a registered-image query
             intra = intra_of(q.get("intra")) or 0
-            shown = f"thumbnail?{request.url.query}"  # the thumbnail route takes the same db, group, intra
-            return await run_search(request, q, Query(registered=(q["group"], intra)), None, shown)
+            e = await console.call(console.service.get_image, q["db"], q["group"], intra)
+            shown = tile(e.group_id, e.intra_id, e.attributes)  # its thumbnail, or where it came from when not kept
+            return await run_search(request, q, Query(registered=(q["group"], intra)), None,
+                                    thumbnail_url(q["db"], shown) if shown.kept else "", shown)  # fmt: skip
         return console.page(request, "search.html", title="Search", section="search", databases=await database_names(),
                             db=q.get("db", ""), opts=options(q), hits=[], searched=False, registered=None)  # fmt: skip
 

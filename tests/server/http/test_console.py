@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 import time
 from html import unescape
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 import requests
+from console_helpers import csrf_of, fresh, jpeg, signed_in, start_console, text_of
 from lookalike.server.core.calls import BulkItem
 from lookalike.server.core.errors import LookalikeError
-from photos import crop, encode, photo
+from photos import crop, photo
 
 TOKEN = "console-token-0123456789abcdef"
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
@@ -25,76 +25,61 @@ PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from lookalike.server.app import create_server
-    from lookalike.server.config import ServerConfig
-
-    running = create_server(ServerConfig(port=0, http_port=0, token=TOKEN, snapshot_interval_s=0,
-                                         data_dir=tmp_path_factory.mktemp("console")))  # fmt: skip
-    running.base = f"http://127.0.0.1:{running.http_port}"
+    running = start_console(tmp_path_factory, TOKEN)
     yield running
     running.stop(0)
 
 
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
-
-
-def signed_in(server) -> tuple[requests.Session, str]:
-    """A browser session after signing in: (session, the CSRF value its forms carry)."""
-    s = requests.Session()
-    page = s.get(server.base + "/ui/signin", timeout=30)
-    assert page.status_code == 200
-    r = s.post(server.base + "/ui/signin", data={"token": TOKEN, "csrf": csrf_of(page.text), "next": "/ui/status"},
-               allow_redirects=False, timeout=30)  # fmt: skip
-    assert r.status_code == 303 and r.headers["location"] == "/ui/status"
-    assert s.cookies.get("lookalike_console", path="/ui")
-    return s, csrf_of(s.get(server.base + "/ui/databases", timeout=30).text)
-
-
 @pytest.fixture
 def browser(server):
-    s, csrf = signed_in(server)
+    s, csrf = signed_in(server, TOKEN)
     yield s, csrf
     s.close()
 
 
-def jpeg(arr: np.ndarray) -> bytes:
-    return encode(arr, "JPEG", quality=92)
-
-
-def fresh(server, name: str, keep: str = "thumbnail") -> str:
-    try:
-        server.service.delete_database(name)
-    except LookalikeError:
-        pass
-    server.service.create_database(name, keep=keep)
-    return name
-
-
-def text_of(html: str) -> str:
-    text = unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)))
-    return re.sub(r" ([:?.,)])", r"\1", text)
-
-
 # -- sign-in, CSRF ---------------------------------------------------------------------------------
-PAGES = ["/ui/databases", "/ui/db/x", "/ui/db/x/delete?group=g", "/ui/search", "/ui/search?db=x&group=g&intra=0",
-         "/ui/compare", "/ui/add", "/ui/status", "/ui/thumbnail?db=x&group=g&intra=0"]  # fmt: skip
-FORMS = ["/ui/db/x/delete", "/ui/search", "/ui/compare", "/ui/add"]
+# What a browser may ask for before it has signed in (the sign-in page and what it loads), and the forms that
+# need no session (signing in and out), but still the CSRF pair. Every other console route needs both.
+PUBLIC = {("GET", "/ui/signin"), ("GET", "/ui/static/{name}")}
+NO_SESSION = {("POST", "/ui/signin"), ("POST", "/ui/signout")}
+
+
+def console_routes(server) -> list[tuple[str, str]]:
+    """Every (method, path) the HTTP app serves under /ui, read from the app itself: a new route is checked too."""
+    from lookalike.server.transport.http_gateway import PaiGateway
+    from lookalike.server.transport.http_server import create_app
+
+    try:  # FastAPI 0.16x resolves included routers lazily: their routes are read through it
+        from fastapi.routing import iter_route_contexts
+    except ImportError:
+        iter_route_contexts = list
+
+    app = create_app(PaiGateway(server.service, token=TOKEN, max_body_bytes=8 << 20, oss=None))
+    routes = {(m, r.path) for r in iter_route_contexts(app.routes) if r.path.startswith("/ui") for m in r.methods}
+    return sorted(routes - {(m, p) for m, p in routes if m == "HEAD"})
 
 
 def test_nothing_answers_without_signing_in(server):
     fresh(server, "x")
     server.service.set_image("x", "g", None, jpeg(photo("coffee")), None)
+    routes = console_routes(server)
+    assert PUBLIC | NO_SESSION < set(routes) and len(routes) >= 15, routes
     anon = requests.Session()
-    page = anon.get(server.base + "/ui/signin", timeout=30)  # gives this browser a CSRF cookie
-    csrf = csrf_of(page.text)
-    for path in PAGES:
-        r = anon.get(server.base + path, allow_redirects=False, timeout=30)
-        assert r.status_code == 303 and r.headers["location"].startswith("/ui/signin?next="), path
-        assert "image/" not in r.headers.get("content-type", "")
-    for path in FORMS:  # with a valid CSRF pair, but no session
-        r = anon.post(server.base + path, data={"csrf": csrf, "group": "g", "db": "x"}, timeout=30)
-        assert r.status_code == 401 and "TOKEN_INVALID" in r.text, path
+    csrf = csrf_of(anon.get(server.base + "/ui/signin", timeout=30).text)  # gives this browser a CSRF cookie
+    query = {"db": "x", "group": "g", "intra": "0"}
+    for method, path in routes:
+        if (method, path) in PUBLIC | NO_SESSION:
+            continue
+        url = server.base + path.replace("{name}", "x")
+        if method == "GET":
+            r = anon.get(url, params=query, allow_redirects=False, timeout=30)
+            assert r.status_code == 303 and r.headers["location"].startswith("/ui/signin?next="), path
+            assert "image/" not in r.headers.get("content-type", "")
+            r = anon.get(url, params=query, headers={"HX-Request": "true"}, allow_redirects=False, timeout=30)
+        else:  # with a valid CSRF pair, but no session
+            assert method == "POST", (method, path)
+            r = anon.post(url, data={"csrf": csrf, **query}, allow_redirects=False, timeout=30)
+        assert r.status_code == 401 and "TOKEN_INVALID" in r.text, (method, path)
     # A token in the PAI Authorization header is not a console session either.
     r = requests.get(server.base + "/ui/databases", headers={"Authorization": TOKEN}, allow_redirects=False,
                      timeout=30)  # fmt: skip
@@ -139,11 +124,17 @@ def test_every_form_checks_csrf(server, browser):
     s, csrf = browser
     fresh(server, "x")
     server.service.set_image("x", "g", None, jpeg(photo("coffee")), None)
-    files = {"image": ("a.jpg", jpeg(photo("coffee")), "image/jpeg")}
-    for path in FORMS:
-        for sent in ({}, {"csrf": "A" * 43}, {"csrf": ""}):
-            r = s.post(server.base + path, data={**sent, "db": "x", "group": "g"}, files=files, timeout=30)
+    files = {"image": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}  # small enough for the sign-in form's limit
+    forms = [path.replace("{name}", "x") for method, path in console_routes(server) if method == "POST"]
+    assert len(forms) >= 6, forms  # signin, signout, delete, search, compare, add, and any added later
+    no_cookie = requests.Session()  # signed in, but without the CSRF cookie its field's value came from
+    no_cookie.cookies.set("lookalike_console", s.cookies.get("lookalike_console"), path="/ui")
+    for path in forms:
+        for who, sent in [(s, {}), (s, {"csrf": "A" * 43}), (s, {"csrf": ""}), (no_cookie, {"csrf": csrf})]:
+            r = who.post(server.base + path, data={**sent, "db": "x", "group": "g", "intra": "0", "token": TOKEN},
+                         files=files, allow_redirects=False, timeout=30)  # fmt: skip
             assert r.status_code == 403 and "CSRF_INVALID" in r.text, (path, sent)
+    assert server.service.get_image("x", "g", 0) and s.get(server.base + "/ui/status", timeout=30).ok  # still in
     # Sent by htmx, a refusal replaces the page's content (not only the part the form asked for).
     r = s.post(server.base + "/ui/search", data={"db": "x"}, files=files, headers={"HX-Request": "true"}, timeout=30)
     assert r.status_code == 403 and r.headers["hx-retarget"] == "#main" and r.headers["hx-reselect"] == "#main"
@@ -188,14 +179,22 @@ def test_databases_and_a_database_grid(server, browser):
     assert cells[-1] == f"{snap.size_bytes / 1000:.1f} KB", (cells, snap.size_bytes)  # its snapshot's files
     grid = s.get(server.base + "/ui/db/shop", timeout=30).text
     assert "sku-cat" in grid and "sku-mug" in grid and "cat.jpg" in grid and "pets" in grid
-    src = unescape(re.search(r'<img src="(/ui/thumbnail\?db=shop&amp;group=sku-cat&amp;intra=0)" loading="lazy"',
-                             grid).group(1))  # fmt: skip
-    thumb = s.get(server.base + src, timeout=30)
-    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    thumb, src = thumbnail(s, server, grid, "sku-cat")
+    assert thumb.headers["content-type"] == "image/jpeg"
     assert thumb.headers["cache-control"] == "private, max-age=31536000, immutable"
     etag = thumb.headers["etag"]
     assert etag == '"' + server.service.kept_image("shop", "sku-cat", 0, "thumbnail").digest + '"'
     assert s.get(server.base + src, headers={"If-None-Match": etag}, timeout=30).status_code == 304
+    # Cached for good under a URL that names its bytes: the image replaced, the grid points elsewhere; the old URL
+    # (a page made before) or one without the version gets the new bytes, to be revalidated, never kept as they are.
+    server.service.set_image("shop", "sku-cat", 0, jpeg(photo("rocket")), None,
+                             attributes={"source": "cat.jpg", "category": "pets"})  # fmt: skip
+    new, new_src = thumbnail(s, server, s.get(server.base + "/ui/db/shop", timeout=30).text, "sku-cat")
+    assert new_src != src and new.content != thumb.content and new.headers["etag"] != etag
+    assert new.headers["cache-control"] == "private, max-age=31536000, immutable"
+    for stale in (src, re.sub(r"&v=\w+", "", src)):
+        r = s.get(server.base + stale, headers={"If-None-Match": etag}, timeout=30)
+        assert r.status_code == 200 and r.content == new.content and r.headers["cache-control"] == "private, no-cache"
     # Filters: a group prefix, and attributes.
     only_cat = s.get(server.base + "/ui/db/shop", params={"group_prefix": "sku-c"}, timeout=30).text
     assert "sku-cat" in only_cat and "mug.jpg" not in only_cat
@@ -204,6 +203,15 @@ def test_databases_and_a_database_grid(server, browser):
     assert "No image matches" in s.get(server.base + "/ui/db/shop", params={"where": "category=cars"}, timeout=30).text
     bad = s.get(server.base + "/ui/db/shop", params={"where": "nonsense"}, timeout=30)
     assert bad.status_code == 400 and "WHERE_INVALID" in bad.text
+
+
+def thumbnail(s, server, page: str, group: str) -> tuple[requests.Response, str]:
+    """The thumbnail the page's tile of ``group`` shows, lazily loaded: (its response, its URL)."""
+    src = unescape(re.search(rf'<img src="(/ui/thumbnail\?db=\w+&amp;group={group}&amp;intra=0&amp;v=[0-9a-f]{{16}})"'
+                             r' loading="lazy"', page).group(1))  # fmt: skip
+    r = s.get(server.base + src, timeout=30)
+    assert r.status_code == 200, r.text
+    return r, src
 
 
 def test_paging_and_images_not_kept(server, browser):
@@ -215,7 +223,17 @@ def test_paging_and_images_not_kept(server, browser):
                                  attributes={"source": f"file-{i:03d}.png"})  # fmt: skip
     first = s.get(server.base + "/ui/db/vectors", timeout=30).text
     assert first.count('class="tile"') == 48 and "g000" in first and "g048" not in first
-    assert "not kept" in first and "file-000.png" in first and "/ui/thumbnail" not in first
+    # Each tile: a placeholder naming its own image's source, in place of a thumbnail.
+    placeholder = r'<div class="placeholder" role="img" aria-label="not kept: ([^"]+)">\s*<span>not kept</span>' \
+                  r'<span class="source">([^<]+)</span></div>'  # fmt: skip
+    shown = re.findall(rf'<figure class="tile">\s*{placeholder}.*?group <a[^>]*>(\w+)</a>', first, re.S)
+    assert shown == [(f"file-{i:03d}.png", f"file-{i:03d}.png", f"g{i:03d}") for i in range(48)]
+    assert "/ui/thumbnail" not in first and "<img" not in first
+    # "More like this" on one: the query too is its placeholder (not a thumbnail that is not there), the hits theirs.
+    more = s.get(server.base + "/ui/search", params={"db": "vectors", "group": "g007", "intra": "0", "top_k": "3"},
+                 timeout=30).text.split('id="results"')[1]  # fmt: skip
+    assert [a for a, _ in re.findall(placeholder, more)][:1] == ["file-007.png"] and "<img" not in more
+    assert len(re.findall(rf'<figure class="tile">\s*{placeholder}', more)) == 3
     following = unescape(re.search(r'href="(/ui/db/vectors\?[^"]+)" rel="next"', first).group(1))
     second = s.get(server.base + following, timeout=30).text
     assert second.count('class="tile"') == 12 and "g048" in second and "g059" in second and 'rel="next"' not in second
@@ -355,9 +373,18 @@ def test_delete_an_image_and_a_group_after_confirming(server, browser):
     assert r.status_code == 404 and "GROUP_NOT_FOUND" in r.text
 
 
+def request_table(page: str) -> tuple[dict[str, list[float]], float]:
+    """The status page's request table, {method: [calls, failed, per second, mean ms]}, and its uptime (s)."""
+    table = page.split("<caption>Requests since start")[1].split("</table>")[0]
+    rows = re.findall(r'<tr><th scope="row">([^<]+)</th>(.*?)</tr>', table, re.S)
+    up = float(re.search(r"<dt>Up</dt><dd>(\d+) s</dd>", page).group(1))
+    return {m: [float(c) for c in re.findall(r"<td>([0-9.]+)</td>", cells)] for m, cells in rows}, up
+
+
 def test_status(server, browser):
+    from lookalike.client import LookalikeClient
+
     s, _ = browser
-    requests.post(server.base + "/", json={"function_name": "get"}, headers={"Authorization": TOKEN}, timeout=30)
     page = s.get(server.base + "/ui/status", timeout=30)
     assert page.status_code == 200
     text = text_of(page.text)
@@ -365,10 +392,35 @@ def test_status(server, browser):
     model = next(m for m in server.service.list_models() if m["default"])
     assert model["device"] in ("cpu", "cuda") and model["execution"]
     assert re.search(rf"<td>{model['device']}</td><td>{re.escape(model['execution'])}</td>", page.text)  # where it runs
-    assert re.search(r"<th scope=\"row\">[^<]*get</th><td>[1-9]", page.text)  # the PAI call above is counted
+    n = len(server.service.all_databases())
+    assert re.search(rf"<dt>Databases</dt><dd>{n}</dd>", page.text)
+    # Calls on both wires, one refused, show up: every number is the server's own registry's.
+    before, _ = request_table(page.text)
+    for body in ({"function_name": "get"},) * 3 + ({"function_name": "no_such_function"},):
+        requests.post(server.base + "/", json=body, headers={"Authorization": TOKEN}, timeout=30)
+    with LookalikeClient(server.address, token=TOKEN, timeout=30) as c:
+        c.list_databases()
+    after, up = request_table(s.get(server.base + "/ui/status", timeout=30).text)
+    assert after["pai/get"][0] == before.get("pai/get", [0])[0] + 3
+    assert sum(r[1] for r in after.values()) == sum(r[1] for r in before.values()) + 1
+    assert any(m.endswith("ListDatabases") for m in after), after  # gRPC
+    counted: dict[str, list[float]] = {}
+    for family in server.metrics.registry.collect():
+        for x in family.samples:
+            row = counted.setdefault(x.labels.get("method", ""), [0, 0, 0])
+            if x.name == "lookalike_requests_total":
+                row[0] += x.value
+                row[1] += x.value if x.labels["code"] != "OK" else 0
+            elif x.name == "lookalike_request_seconds_sum":
+                row[2] += x.value
+    assert set(after) == {m for m, r in counted.items() if r[0]}
+    for method, (calls, failed, per_s, mean_ms) in after.items():
+        assert [calls, failed] == counted[method][:2], method
+        assert mean_ms == round(1000 * counted[method][2] / calls, 1), method
+        assert per_s == pytest.approx(calls / up, rel=0.6 / up, abs=6e-4), method  # calls over the server's uptime
 
 
-# -- the open console, and accessibility ----------------------------------------------------------
+# -- the open console ------------------------------------------------------------------------------
 def test_without_a_token_the_console_is_open_and_says_so(server):
     from fastapi.testclient import TestClient
     from lookalike.server.transport.http_gateway import PaiGateway
@@ -383,50 +435,6 @@ def test_without_a_token_the_console_is_open_and_says_so(server):
         assert r.status_code == 403 and "CSRF_INVALID" in r.text  # open, but still no cross-site forms
         r = c.post("/ui/compare", data={"csrf": csrf_of(c.get("/ui/compare").text)})
         assert r.status_code == 400 and "IMAGE_MISSING" in r.text
-
-
-class Controls(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.labels: set[str] = set()
-        self.controls: list[dict[str, str]] = []
-        self.button: dict[str, str] | None = None
-
-    def handle_starttag(self, tag, attrs):
-        a = {k: v or "" for k, v in attrs}
-        if tag == "label" and a.get("for"):
-            self.labels.add(a["for"])
-        if tag in ("input", "select", "textarea") and a.get("type") != "hidden":
-            self.controls.append(a)
-        if tag == "button":
-            self.button = {**a, "text": ""}
-            self.controls.append(self.button)
-
-    def handle_data(self, data):
-        if self.button is not None:
-            self.button["text"] += data.strip()
-
-    def handle_endtag(self, tag):
-        if tag == "button":
-            self.button = None
-
-
-def test_every_control_has_a_label(server, browser):
-    s, _ = browser
-    fresh(server, "a11y")
-    server.service.set_image("a11y", "g", None, jpeg(photo("coffee")), None)
-    paths = ["/ui/databases", "/ui/db/a11y", "/ui/db/a11y/delete?group=g", "/ui/search?db=a11y", "/ui/compare",
-             "/ui/add", "/ui/status", "/ui/search?db=a11y&group=g&intra=0"]  # fmt: skip
-    for path in paths + ["/ui/signin"]:
-        html = (s if path != "/ui/signin" else requests).get(server.base + path, timeout=60).text
-        parser = Controls()
-        parser.feed(html)
-        assert parser.controls or path in ("/ui/databases", "/ui/status"), path
-        for c in parser.controls:
-            named = c.get("id") in parser.labels or c.get("aria-label") or c.get("text")
-            assert named, (path, c)
-            assert c.get("tabindex", "0") == "0", (path, c)  # nothing taken out of the keyboard order
-        assert 'href="#main"' in html and '<main id="main"' in html
 
 
 def test_answers_on_a_kept_alive_connection_are_not_held_for_a_delayed_ack(server, browser):
