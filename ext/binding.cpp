@@ -373,6 +373,7 @@ std::uint64_t stream_read(const py::handle& obj, std::int64_t threads, const std
 }  // namespace
 
 void register_hnsw(py::module_& mod);  // binding_hnsw.cpp
+void register_resample(py::module_& mod);  // binding_resample.cpp
 
 PYBIND11_MODULE(_native, mod) {
   mod.doc() =
@@ -420,4 +421,5 @@ stop scoring tiles that cannot reach the threshold (exact; False scores every pa
       "SIMD level used when a call names none: 'scalar', 'avx2' or 'avx512'.");
   mod.def("available_simd_levels", &available_levels, "SIMD levels this CPU runs, lowest first.");
   register_hnsw(mod);
+  register_resample(mod);
 }

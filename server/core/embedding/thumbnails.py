@@ -10,10 +10,12 @@ constants below are the smallest setting measured to re-embed faithfully with th
 JPEG at quality 91 (25.7 KB a photo on average, 7.5% of the uploads; median cosine 0.9954, 5th
 percentile 0.985). The runners-up: 384 at quality 94 (28.1 KB, 0.9954) and 448 at 91 (28.7 KB,
 0.9958); 384 at 93 and below and every 352 fail (0.9947 and less). The downscale is the thumbnail's
-largest cost: torch's uint8 bicubic kernel (``downscale``) takes 0.7-0.8 ms a 640x480 photo (about
-1.1 with the pixel copy in and the planes' interleave out) against Pillow's 2.6 (bicubic) and 4.0
-(Lanczos); at 448 and quality 90 its thumbnails land on the bar (0.9950), Pillow's bicubic at
-0.9953 and Lanczos at 0.9959; bilinear fails (0.9941). The size also sets the CPU a registration
+largest cost: the native kernel (``downscale``; Pillow's bicubic in 16-bit fixed point, AVX-512 VBMI)
+takes 0.3 ms a 640x480 photo (0.55 with the pixel copy in), torch's uint8 kernel 0.7 (0.95 with its
+copies, where the CPU has no VBMI), Pillow's 2.5 (bicubic) and 4.0 (Lanczos); at 448 and quality 90
+torch's thumbnails land on the bar (0.9950), Pillow's bicubic at 0.9953 and Lanczos at 0.9959;
+bilinear fails (0.9941). At 416/91 the native kernel's thumbnails re-embed as torch's did (median
+0.9954, p5 0.985, 25.7 KB). The size also sets the CPU a registration
 spends on its thumbnail (the issue's budget: at most 15% slower than keeping nothing): 416 px
 costs about a tenth less than 448 in the downscale and the encode. Measured and not kept: writing
 the JPEG with torchvision's encoder, which releases the GIL where Pillow's holds it (the same
@@ -63,7 +65,7 @@ THUMBNAIL_MEDIA_TYPE = FORMATS[THUMBNAIL_FORMAT][1]
 # and WebP's lossless encoder costs ~50 ms at 384 x 384).
 LOSSLESS_MAX_BYTES = 16 * 1024
 LOSSLESS_MAX_PIXELS = 256 * 256
-RESIZE_FILTER = Image.Resampling.BICUBIC  # Pillow's, where torch's uint8 kernel cannot run (downscale)
+RESIZE_FILTER = Image.Resampling.BICUBIC  # Pillow's, where neither the native nor torch's kernel runs (downscale)
 
 
 def media_type(fmt: str) -> str:
@@ -129,10 +131,16 @@ warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarnin
 
 
 def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Antialiased bicubic to ``size``: torch's uint8 kernel (SIMD; the same pixels as Pillow's within 2-3
-    levels, 0.006 on average) at about half Pillow's cost, the thumbnail's largest; Pillow where torch is
-    not there (a client-side install) or the image is not 8-bit RGB."""
+    """Antialiased bicubic to ``size``, the thumbnail's largest cost. In order: the native kernel
+    (``ext/include/lookalike/resample.hpp``: Pillow's filter in 16-bit fixed point, AVX-512 VBMI, 0.3 ms a
+    640x480 photo; within 2 levels of Pillow's), then torch's uint8 kernel (within 3 levels, 0.7 ms) where
+    the CPU has no AVX-512 VBMI or the scale is past what the native kernel's window holds, then Pillow
+    (2.4 ms) where neither is there (a client-side install) or the image is not 8-bit RGB. The native
+    result is an ``RGBX`` image over the kernel's own bytes (no copy; the JPEG encoder takes it as is)."""
     if img.mode == "RGB":
+        fast = _native_downscale(img, size)
+        if fast is not None:
+            return fast
         try:
             import torch
         except ImportError:
@@ -151,6 +159,17 @@ def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
             return Image.merge("RGB", [Image.frombuffer("L", size, plane, "raw", "L", 0, 1) for plane in planes])
     # Pillow: from an image first reduced by whole factors (reducing_gap), sharp and fast on large ones.
     return img.resize(size, RESIZE_FILTER, reducing_gap=3.0)
+
+
+def _native_downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image | None:
+    """The native kernel's result, or None where it would not be the fastest way (see ``downscale``)."""
+    try:
+        from lookalike import _native
+    except ImportError:
+        return None
+    # RGBX: the 4-byte pixels Pillow keeps RGB images in, so the export is a plain copy, not a repack.
+    out = _native.downscale_rgbx(img.tobytes("raw", "RGBX"), img.width, img.height, *size, only_fast=True)
+    return None if out is None else Image.frombuffer("RGBX", size, out, "raw", "RGBX", 0, 1)
 
 
 def _encode(img: Image.Image, key: str, quality: int, lossless: bool = False) -> bytes:

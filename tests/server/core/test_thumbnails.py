@@ -22,6 +22,8 @@ from lookalike.server.core.errors import LookalikeError
 from photos import PHOTO_NAMES, encode, exif_jpeg, photo
 from PIL import Image
 
+from lookalike import _native
+
 LIMITS = {"max_bytes": 1 << 24, "max_pixels": 1 << 24}
 
 
@@ -176,15 +178,22 @@ def test_thumbnails_re_embed_like_their_originals():
     assert sum(map(len, thumbs)) < sum(map(len, originals))
 
 
+@pytest.mark.parametrize("path", ["native", "torch"])
 @pytest.mark.parametrize("size", [(640, 480), (481, 997), (417, 300)])
-def test_torch_downscale_is_pillows_bicubic_within_three_levels(size):
-    # The pixels reach torch's kernel as they lie in the decoded image (rows of RGB bytes): a wrong row
-    # stride, channel order or shape would be far from Pillow's own antialiased bicubic of the same image.
-    from lookalike.server.core.embedding.thumbnails import downscale
+def test_the_downscale_is_pillows_bicubic_within_three_levels(size, path, monkeypatch):
+    # The pixels reach each kernel as they lie in the decoded image: a wrong row stride, channel order or
+    # shape would be far from Pillow's own antialiased bicubic of the same image. "torch": the fallback
+    # where the CPU has no AVX-512 VBMI (the native kernel declines).
+    from lookalike.server.core.embedding import thumbnails
 
+    if path == "torch":
+        monkeypatch.setattr(thumbnails, "_native_downscale", lambda img, size: None)
     img = Image.fromarray(photo("astronaut")).convert("RGB").resize(size)
     target = thumbnail_size(*size, THUMBNAIL_MAX_SIDE)
-    ours = np.asarray(downscale(img, target), np.int16)
+    out = thumbnails.downscale(img, target)
+    if path == "native" and _native.resample_kernel(size[0], target[0]) == "avx512vbmi":
+        assert out.mode == "RGBX"  # the native kernel's own bytes, not torch's or Pillow's
+    ours = np.asarray(out.convert("RGB"), np.int16)
     ref = np.asarray(img.resize(target, Image.Resampling.BICUBIC), np.int16)
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() <= 3 and np.abs(ours - ref).mean() < 0.25  # a wrong layout: tens of levels
