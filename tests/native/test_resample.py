@@ -78,3 +78,27 @@ def test_bad_input_is_refused_with_what_to_fix():
         _native.downscale_rgbx(px, 3, 2, 2, 1, simd="sse9")
     with pytest.raises(TypeError, match="C-contiguous"):
         _native.downscale_rgbx(np.zeros((2, 3, 4), np.uint8)[:, ::2], 2, 2, 1, 1)
+
+
+def test_an_image_is_read_in_place_as_its_bytes_would_be():
+    img = rgb("coffee", (640, 480))
+    assert _native.downscale_rgbx(img, 640, 480, 416, 312) == _native.downscale_rgbx(
+        img.tobytes("raw", "RGBX"), 640, 480, 416, 312
+    )
+    with pytest.raises(ValueError, match="Arrow export holds 1228800 bytes"):
+        _native.downscale_rgbx(img, 640, 479, 416, 312)  # sizes that are not the image's
+    with pytest.raises(TypeError, match="4-byte pixels"):
+        _native.downscale_rgbx(img.convert("L"), 640, 480, 416, 312)  # 1 byte a pixel
+
+
+def test_a_large_image_falls_back_to_a_copy_of_its_rows():
+    # Pillow keeps a large image's rows in several blocks and will not export them in place; the thumbnail's
+    # downscale then hands the kernel a copy, with the same result.
+    from lookalike.server.core.embedding.thumbnails import downscale
+
+    big = rgb("rocket", (4200, 2800))
+    with pytest.raises(ValueError):
+        _native.downscale_rgbx(big, 4200, 2800, 1200, 800)
+    want = _native.downscale_rgbx(big.tobytes("raw", "RGBX"), 4200, 2800, 1200, 800)
+    if FAST:
+        assert downscale(big, (1200, 800)).tobytes() == want

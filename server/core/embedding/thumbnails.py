@@ -11,7 +11,7 @@ JPEG at quality 91 (25.7 KB a photo on average, 7.5% of the uploads; median cosi
 percentile 0.985). The runners-up: 384 at quality 94 (28.1 KB, 0.9954) and 448 at 91 (28.7 KB,
 0.9958); 384 at 93 and below and every 352 fail (0.9947 and less). The downscale is the thumbnail's
 largest cost: the native kernel (``downscale``; Pillow's bicubic in 16-bit fixed point, AVX-512 VBMI)
-takes 0.3 ms a 640x480 photo (0.55 with the pixel copy in), torch's uint8 kernel 0.7 (0.95 with its
+takes 0.3 ms a 640x480 photo, reading the decoded image in place, torch's uint8 kernel 0.7 (0.95 with its
 copies, where the CPU has no VBMI), Pillow's 2.5 (bicubic) and 4.0 (Lanczos); at 448 and quality 90
 torch's thumbnails land on the bar (0.9950), Pillow's bicubic at 0.9953 and Lanczos at 0.9959;
 bilinear fails (0.9941). At 416/91 the native kernel's thumbnails re-embed as torch's did (median
@@ -167,8 +167,10 @@ def _native_downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image | 
         from lookalike import _native
     except ImportError:
         return None
-    # RGBX: the 4-byte pixels Pillow keeps RGB images in, so the export is a plain copy, not a repack.
-    out = _native.downscale_rgbx(img.tobytes("raw", "RGBX"), img.width, img.height, *size, only_fast=True)
+    try:  # the image's own rows, read in place (Pillow's Arrow export of its 4-byte RGB pixels)
+        out = _native.downscale_rgbx(img, img.width, img.height, *size, only_fast=True)
+    except ValueError:  # rows not in one block (a large image): a copy, RGBX as Pillow holds them (no repack)
+        out = _native.downscale_rgbx(img.tobytes("raw", "RGBX"), img.width, img.height, *size, only_fast=True)
     return None if out is None else Image.frombuffer("RGBX", size, out, "raw", "RGBX", 0, 1)
 
 
