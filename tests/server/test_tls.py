@@ -234,3 +234,33 @@ def test_the_pai_http_port_follows_the_tls_policy(tls_server, mtls_server, pki):
     context.load_cert_chain(str(pki.client.cert), str(pki.client.key))
     assert json.loads(urllib.request.urlopen(urllib.request.Request(mutual, data=body), context=context,
                                              timeout=10).read())["success"] is True  # fmt: skip
+
+
+def test_the_web_console_over_tls_keeps_its_cookies_secure(tmp_path_factory, pki):
+    """The console is on the HTTP port, so it has TLS when the server has: its session and CSRF cookies are then
+    Secure (and still HttpOnly, SameSite=Strict), and it answers nothing over plain HTTP."""
+    import requests
+    from lookalike.server.app import create_server
+    from lookalike.server.config import ServerConfig
+
+    token = "console-tls-token-0123456789abcdef"
+    config = ServerConfig(port=0, http_port=0, token=token, persist=False, tls_cert=pki.server.cert,
+                          tls_key=pki.server.key, data_dir=tmp_path_factory.mktemp("console-tls"))  # fmt: skip
+    running = create_server(config)
+    try:
+        base, ca = f"https://127.0.0.1:{running.http_port}/ui", str(pki.ca.cert)
+        s = requests.Session()
+        assert s.get(base + "/signin", verify=ca, timeout=30).status_code == 200
+        csrf = s.cookies.get("lookalike_csrf")
+        r = s.post(base + "/signin", data={"token": token, "csrf": csrf}, allow_redirects=False, verify=ca, timeout=30)
+        assert r.status_code == 303 and r.headers["location"] == "/ui/databases"
+        cookies = {c.name: c for c in s.cookies}
+        assert set(cookies) == {"lookalike_console", "lookalike_csrf"}
+        for c in cookies.values():
+            assert c.secure and c.path == "/ui" and c.has_nonstandard_attr("HttpOnly"), c.name
+            assert c.get_nonstandard_attr("SameSite").lower() == "strict", c.name
+        assert s.get(base + "/databases", allow_redirects=False, verify=ca, timeout=30).status_code == 200
+        with pytest.raises(OSError):  # plain HTTP to the console's TLS port
+            requests.get(f"http://127.0.0.1:{running.http_port}/ui/signin", timeout=5)
+    finally:
+        running.stop(0)
