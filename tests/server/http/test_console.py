@@ -155,7 +155,7 @@ def test_the_static_files_are_vendored(server):
 
 
 # -- pages -----------------------------------------------------------------------------------------
-def test_databases_and_a_database_grid(server, browser):
+def test_databases_and_a_database_grid(server, browser, monkeypatch):
     s, _ = browser
     fresh(server, "shop")
     server.service.set_image("shop", "sku-cat", None, jpeg(photo("chelsea")), None,
@@ -166,7 +166,13 @@ def test_databases_and_a_database_grid(server, browser):
     row = re.search(r"<tr>\s*<th scope=\"row\"><a href=\"/ui/db/shop\">shop</a></th>(.*?)</tr>", page.text, re.S)
     cells = re.findall(r"<td>(.*?)</td>", row.group(1))
     assert cells[0] == server.service.model_name and cells[1:3] == ["2", "2"] and cells[4] == "thumbnail"
+    assert cells[3] == (server.service.get_database("shop").storage or "local") and cells[-2] == "—"  # no reindex
     assert cells[-1] == "not snapshotted yet"
+    running = "operations/reindex-shop-1"  # what the service says of a database being reindexed
+    monkeypatch.setattr(server.service, "reindex_of", lambda name: running if name == "shop" else "")
+    assert f"<td>{running}</td>" in s.get(server.base + "/ui/databases", timeout=30).text
+    assert f"<dt>Reindex</dt><dd>{running}</dd>" in s.get(server.base + "/ui/db/shop", timeout=30).text
+    monkeypatch.undo()
     snap = server.service.snapshot_database("shop")
     cells = re.findall(
         r"<td>(.*?)</td>",
@@ -283,7 +289,7 @@ def test_add_then_search_by_a_dropped_photo_and_a_region(server, browser):
     assert groups[0] == "chelsea" and len(groups) == 3
     scores = [float(x) for x in re.findall(r"score (-?[0-9.]+)</span>", r.text)]
     assert scores == sorted(scores, reverse=True)
-    # A region: the box is sent as fractions; without the service's crop support the page says it used the whole.
+    # A region: the box is sent as fractions of the image, and the form shows it back.
     r = s.post(server.base + "/ui/search", data={"csrf": csrf, "db": "photos", "top_k": "2", "crop_x": "0.1",
                "crop_y": "0.1", "crop_w": "0.8", "crop_h": "0.8", "one_per_group": "on", "min_score": "-1"},
                files={"image": ("q.jpg", jpeg(photo("chelsea")), "image/jpeg")}, timeout=120)  # fmt: skip
