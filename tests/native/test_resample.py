@@ -102,3 +102,16 @@ def test_a_large_image_falls_back_to_a_copy_of_its_rows():
     want = _native.downscale_rgbx(big.tobytes("raw", "RGBX"), 4200, 2800, 1200, 800)
     if FAST:
         assert downscale(big, (1200, 800)).tobytes() == want
+
+
+@pytest.mark.parametrize("shape", SHAPES[:5], ids=lambda s: "{}x{}-{}x{}".format(*s))
+def test_the_same_bytes_as_torchs_uint8_kernel(shape):
+    # torch's antialiased uint8 bicubic is Pillow-SIMD's arithmetic too (16-bit weights, horizontal pass first):
+    # the thumbnail is the same whichever of the two the server runs, so fidelity measured with one holds for both.
+    torch = pytest.importorskip("torch")
+    w, h, ow, oh = shape
+    for name in PHOTO_NAMES[:4]:
+        img = rgb(name, (w, h))
+        pixels = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).unsqueeze(0)
+        ref = torch.nn.functional.interpolate(pixels, size=(oh, ow), mode="bicubic", antialias=True)[0]
+        np.testing.assert_array_equal(native(img, (ow, oh)), ref.permute(1, 2, 0).numpy())

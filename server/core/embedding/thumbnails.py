@@ -10,17 +10,15 @@ constants below are the smallest setting measured to re-embed faithfully with th
 JPEG at quality 91 (25.7 KB a photo on average, 7.5% of the uploads; median cosine 0.9954, 5th
 percentile 0.985). The runners-up: 384 at quality 94 (28.1 KB, 0.9954) and 448 at 91 (28.7 KB,
 0.9958); 384 at 93 and below and every 352 fail (0.9947 and less). The downscale is the thumbnail's
-largest cost: the native kernel (``downscale``; Pillow's bicubic in 16-bit fixed point, AVX-512 VBMI)
-takes 0.3 ms a 640x480 photo, reading the decoded image in place, torch's uint8 kernel 0.7 (0.95 with its
-copies, where the CPU has no VBMI), Pillow's 2.5 (bicubic) and 4.0 (Lanczos); at 448 and quality 90
-torch's thumbnails land on the bar (0.9950), Pillow's bicubic at 0.9953 and Lanczos at 0.9959;
-bilinear fails (0.9941). At 416/91 the native kernel's thumbnails re-embed as torch's did (median
-0.9954, p5 0.985, 25.7 KB). The size also sets the CPU a registration
-spends on its thumbnail (the issue's budget: at most 15% slower than keeping nothing): 416 px
-costs about a tenth less than 448 in the downscale and the encode. Measured and not kept: writing
-the JPEG with torchvision's encoder, which releases the GIL where Pillow's holds it (the same
-bytes): 0.70 ms a 448 px thumbnail from the planes against 0.50 for Pillow's interleave and encode,
-and no faster registration (``bench/image_store.py``).
+largest cost: the native kernel (``downscale``; AVX-512 VBMI) takes 0.39 ms a 640x480 photo, torch's
+uint8 kernel 1.08 with its copies (where the CPU has no VBMI; the same bytes), Pillow's 2.4 (bicubic)
+and 4.0 (Lanczos) (``bench/downscale.py``); at 448 and quality 90 the thumbnails of the first two land on
+the bar (0.9950), Pillow's bicubic at 0.9953 and Lanczos at 0.9959; bilinear fails (0.9941). The
+size also sets the CPU a registration spends on its thumbnail (the issue's budget: at most 15% slower
+than keeping nothing): 416 px costs about a tenth less than 448 in the downscale and the encode.
+Measured and not kept: writing the JPEG with torchvision's encoder, which releases the GIL where
+Pillow's holds it (the same bytes): 0.70 ms a 448 px thumbnail from the planes against 0.50 for
+Pillow's interleave and encode, and no faster registration (``bench/image_store.py``).
 
 An image that needs no downscaling and is small (an icon, an emoji) is kept pixel for pixel, WebP
 lossless, when that takes at most ``LOSSLESS_MAX_BYTES``: the model enlarges such images, so lossy
@@ -132,11 +130,13 @@ warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarnin
 
 def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Antialiased bicubic to ``size``, the thumbnail's largest cost. In order: the native kernel
-    (``ext/include/lookalike/resample.hpp``: Pillow's filter in 16-bit fixed point, AVX-512 VBMI, 0.3 ms a
-    640x480 photo; within 2 levels of Pillow's), then torch's uint8 kernel (within 3 levels, 0.7 ms) where
-    the CPU has no AVX-512 VBMI or the scale is past what the native kernel's window holds, then Pillow
-    (2.4 ms) where neither is there (a client-side install) or the image is not 8-bit RGB. The native
-    result is an ``RGBX`` image over the kernel's own bytes (no copy; the JPEG encoder takes it as is)."""
+    (``ext/include/lookalike/resample.hpp``: AVX-512 VBMI, 0.39 ms a 640x480 photo read in place,
+    ``bench/downscale.py``), then torch's uint8 kernel (1.08 ms with its copies) where the CPU has no AVX-512
+    VBMI or the scale is past what the native kernel's window holds, then Pillow (2.4 ms) where neither is
+    there (a client-side install) or the image is not 8-bit RGB. The first two give the same bytes (both are
+    Pillow-SIMD's 16-bit arithmetic; within 1-2 levels of Pillow's), so a thumbnail does not depend on the
+    machine that made it. The native result is an ``RGBX`` image over the kernel's own bytes (no copy; the
+    JPEG encoder takes it as is)."""
     if img.mode == "RGB":
         fast = _native_downscale(img, size)
         if fast is not None:
