@@ -7,7 +7,8 @@ real, labelled file input; the crop box, drawn with a pointer, has four labelled
 
 In headless Chromium (skipped without it, as ``test_console_browser.py``): sign in with the keyboard; Tab visits
 every focusable element of each page once, in document order, each with a name the browser computes; Enter on a
-drop zone opens its file picker; a region typed in the fields (no pointer) draws the box and searches by it.
+drop zone opens its file picker; an image pasted (Ctrl+V) becomes the query; a region typed in the fields (no
+pointer) draws the box and searches by it.
 """
 
 from __future__ import annotations
@@ -211,6 +212,15 @@ def test_tab_reaches_every_control_of_every_page_in_order(server, chromium):
     d.execute_script("document.querySelector('[data-drop-for=image]').focus()")
     press(d, Keys.ENTER)
     assert d.find_element(By.TAG_NAME, "body").get_attribute("data-picked") == "image"
+    # Ctrl+V: an image pasted on the page becomes the query (what the clipboard holds is given to the event here).
+    pasted = d.execute_script("""
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array([255, 216, 255])], 'pasted.jpg', {type: 'image/jpeg'}));
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));
+        const input = document.getElementById('image');
+        return input.files.length + ':' + input.files[0].name;
+    """)  # fmt: skip
+    assert pasted == "1:pasted.jpg"
 
 
 @in_chromium
