@@ -1,10 +1,13 @@
 """Kept images over HTTP: ``GET /v1/databases/{db}/images/{group}/{intra}/thumbnail`` (and ``/original``).
 
 For browsers (the web console) and ``curl``: the bytes as they are kept, behind the same token
-as every call, with the digest as a strong ETag and immutable caching. A kept blob is named by
-its digest, so the bytes behind an ETag never change: a re-registered image gets a new digest,
-hence a new ETag. ``Cache-Control: private`` because a token guards them. Errors are the JSON
-envelope the PAI routes use, with the stable reason (IMAGE_NOT_KEPT, IMAGE_NOT_FOUND, ...).
+as every call, with the digest as a strong ETag. The path names a key, and a key's image can be
+replaced (an overwrite, a recreated database), so the path alone is served ``no-cache``: a client
+asks again with ``If-None-Match`` and gets 304 while the digest is the same. A URL that also names
+the bytes, ``?v=`` and at least ``VERSION_CHARS`` leading hex digits of the digest (the console's
+thumbnail URLs; ``lookalike.thumbnail`` / ``lookalike.original`` attributes hold the digests), is
+cached as immutable: those bytes never change. ``private`` because a token guards them. Errors are
+the JSON envelope the PAI routes use, with the stable reason (IMAGE_NOT_KEPT, IMAGE_NOT_FOUND, ...).
 """
 
 from __future__ import annotations
@@ -19,7 +22,21 @@ from lookalike.server.transport.auth import token_matches
 from lookalike.server.transport.call_slots import CallSlots
 from lookalike.server.transport.http_gateway import PaiGateway, failure
 
-CACHE_CONTROL = "private, max-age=31536000, immutable"
+CACHE_CONTROL = "private, max-age=31536000, immutable"  # a URL that names the bytes (?v=digest prefix)
+REVALIDATE = "private, no-cache"  # a URL that names a key only: its image may be replaced
+VERSION_CHARS = 16  # hex digits of the digest a versioned URL carries
+
+
+def cache_headers(digest: str, version: str) -> dict[str, str]:
+    """ETag and Cache-Control for kept bytes with ``digest`` asked for at a URL whose ``v`` is ``version``."""
+    named = len(version) >= VERSION_CHARS and digest.startswith(version)
+    return {"ETag": f'"{digest}"', "Cache-Control": CACHE_CONTROL if named else REVALIDATE}
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    """Whether ``If-None-Match`` already names ``etag`` (or ``*``)."""
+    sent = request.headers.get("if-none-match", "")
+    return sent.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in sent.split(",")]
 
 
 def add_image_routes(app: FastAPI, gateway: PaiGateway, slots: CallSlots, retry_after_s: int) -> None:
@@ -46,10 +63,8 @@ def add_image_routes(app: FastAPI, gateway: PaiGateway, slots: CallSlots, retry_
             return failure(uuid.uuid4().hex, err)
         finally:
             slots.give_back()
-        etag = f'"{image.digest}"'
-        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-        sent = request.headers.get("if-none-match", "")
-        if etag in [t.strip().removeprefix("W/") for t in sent.split(",")] or sent.strip() == "*":
+        headers = cache_headers(image.digest, request.query_params.get("v", ""))
+        if not_modified(request, headers["ETag"]):
             return Response(status_code=304, headers=headers)
         return Response(image.data, media_type=image.media_type, headers=headers)
 

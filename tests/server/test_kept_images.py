@@ -185,12 +185,26 @@ def test_http_thumbnail_endpoint(server: Server) -> None:
     thumb, _ = c.get_image_bytes("web", "sku-1", 0)
     status, body, headers = server.get("/v1/databases/web/images/sku-1/0/thumbnail")
     assert status == 200 and body == thumb and headers["content-type"] == "image/jpeg"
-    assert "immutable" in headers["cache-control"] and headers["etag"].strip('"') in dict(
-        c.get_image("web", "sku-1", 0).attributes).values()  # fmt: skip
+    digest = headers["etag"].strip('"')
+    assert digest == dict(c.get_image("web", "sku-1", 0).attributes)["lookalike.thumbnail"]
+    # The path names a key, whose image can be replaced: revalidated each time, never cached as immutable.
+    assert headers["cache-control"] == "private, no-cache"
     status, body, _ = server.get("/v1/databases/web/images/sku-1/0/thumbnail", **{"If-None-Match": headers["etag"]})
     assert status == 304 and body == b""
+    # A URL that names the bytes (?v= a digest prefix) is immutable; a stale or short prefix is not.
+    status, body, named = server.get(f"/v1/databases/web/images/sku-1/0/thumbnail?v={digest[:16]}")
+    assert status == 200 and body == thumb and "immutable" in named["cache-control"]
+    assert (
+        "immutable" not in server.get(f"/v1/databases/web/images/sku-1/0/thumbnail?v={digest[:8]}")[2]["cache-control"]
+    )
+    c.set_image("web", "sku-1", image=jpeg("coffee"), intra_id=0)  # the same key, other bytes
+    status, body, replaced = server.get(f"/v1/databases/web/images/sku-1/0/thumbnail?v={digest[:16]}")
+    assert status == 200 and body != thumb and replaced["etag"] != headers["etag"]
+    assert "immutable" not in replaced["cache-control"]  # the old version's URL now answers with other bytes
+    status, _, _ = server.get("/v1/databases/web/images/sku-1/0/thumbnail", **{"If-None-Match": headers["etag"]})
+    assert status == 200  # the old ETag no longer matches
     status, body, _ = server.get("/v1/databases/web/images/sku-1/0/original")
-    assert status == 200 and body == jpeg("camera")
+    assert status == 200 and body == jpeg("coffee")
     status, body, _ = server.get("/v1/databases/web/images/sku-1/0/thumbnail", token=None)
     assert status == 401 and b"TOKEN_INVALID" in body
     status, body, _ = server.get("/v1/databases/web/images/sku-1/0/thumbnail", token="wrong")

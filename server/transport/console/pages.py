@@ -14,14 +14,12 @@ from lookalike.server.core.paging import encode_token
 from lookalike.server.core.validation import ORIGINAL_ATTRIBUTE, SYSTEM_PREFIX, THUMBNAIL_ATTRIBUTE
 from lookalike.server.transport.console import Console
 from lookalike.server.transport.console.session import PATH
+from lookalike.server.transport.http_images import VERSION_CHARS, cache_headers, not_modified
 
 GRID_PAGE = 48
 SCAN_LIMIT = 2000  # images a filtered page looks at, at most; then it offers to look further
 # A thumbnail's URL names its bytes (``v``: the start of their digest), so it is cached for good; the same image
 # asked for without it (or with another ``v``: the image was replaced since the page was made) is revalidated.
-CACHE_CONTROL = "private, max-age=31536000, immutable"
-REVALIDATE = "private, no-cache"
-VERSION_CHARS = 16
 
 
 @dataclass
@@ -229,10 +227,8 @@ def add_routes(router: APIRouter, console: Console) -> None:
             if err.reason != "IMAGE_NOT_KEPT":
                 raise
             image = await console.call(console.service.kept_image, name, group, intra, "original")
-        etag, version = f'"{image.digest}"', q.get("v", "")
-        named = len(version) >= VERSION_CHARS and image.digest.startswith(version)
-        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL if named else REVALIDATE}
-        if etag in [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]:
+        headers = cache_headers(image.digest, q.get("v", ""))
+        if not_modified(request, headers["ETag"]):
             return Response(status_code=304, headers=headers)
         return Response(image.data, media_type=image.media_type, headers=headers)
 
