@@ -12,7 +12,7 @@ logged, and held until it is applied, so an acknowledged image always has its ke
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ class KeptImage:
     data: bytes
     digest: str
     media_type: str
+    unchanged: bool = False  # the caller already holds these bytes (its ETag named the digest): none were read
 
 
 def media_type_of(data: bytes) -> str:
@@ -138,8 +139,10 @@ class Keeper:
                     out[k][ORIGINAL_ATTRIBUTE] = digests[n + j]
             yield out
 
-    def read(self, attributes: Mapping[str, str], view: str, what: str) -> KeptImage:
-        """The kept bytes of one view ("thumbnail" or "original") of a row; NOT_FOUND when not kept."""
+    def read(self, attributes: Mapping[str, str], view: str, what: str, known: Collection[str] = ()) -> KeptImage:
+        """The kept bytes of one view ("thumbnail" or "original") of a row; NOT_FOUND when not kept. ``known``:
+        digests the caller holds (an HTTP ``If-None-Match``; ``*``: any): when the row's is one of them, nothing is
+        read (no disk read, no OSS fetch on a restored machine) and the result says ``unchanged``."""
         key = VIEWS.get(view)
         if key is None:
             raise invalid("VIEW_INVALID", f"view {view!r} is not one of {', '.join(VIEWS)}")
@@ -148,6 +151,8 @@ class Keeper:
             kept = "only thumbnails" if attributes.get(THUMBNAIL_ATTRIBUTE) else "nothing"
             raise not_found("IMAGE_NOT_KEPT", f"{what} has no kept {view}: its database keeps {kept} of the images "
                             "it registers (CreateDatabase keep), or it was registered as a vector")  # fmt: skip
+        if digest in known or "*" in known:
+            return KeptImage(b"", digest, "", unchanged=True)
         try:
             data = self.store.get(digest)
         except KeyError:

@@ -8,7 +8,7 @@ message on every wire, and a fix to a rule lands in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -263,11 +263,13 @@ class LookalikeService(Transfers, ModelCalls):
         check_intra_id(intra_id)
         return self.catalog.get(database).get(group_id, intra_id)
 
-    def kept_image(self, database: str, group_id: str, intra_id: int, view: str) -> KeptImage:
-        """The bytes a database kept of an image: ``view`` "thumbnail" or "original" (NOT_FOUND when not kept)."""
+    def kept_image(self, database: str, group_id: str, intra_id: int, view: str,
+                   known: Collection[str] = ()) -> KeptImage:  # fmt: skip
+        """The bytes a database kept of an image: ``view`` "thumbnail" or "original" (NOT_FOUND when not kept);
+        ``known``: digests the caller already holds (``Keeper.read``: then none are read)."""
         entry = self.get_image(database, group_id, intra_id)
         what = f"image group_id={group_id!r} intra_id={intra_id} of database {database!r}"
-        return self.keeper.read(entry.attributes, view, what)
+        return self.keeper.read(entry.attributes, view, what, known)
 
     def delete_image(self, database: str, group_id: str, intra_id: int) -> None:
         check_database_name(database)

@@ -33,19 +33,20 @@ def cache_headers(digest: str, version: str) -> dict[str, str]:
     return {"ETag": f'"{digest}"', "Cache-Control": CACHE_CONTROL if named else REVALIDATE}
 
 
-def not_modified(request: Request, etag: str) -> bool:
-    """Whether ``If-None-Match`` already names ``etag`` (or ``*``)."""
+def held_digests(request: Request) -> set[str]:
+    """The digests ``If-None-Match`` names (``*`` stays ``*``): the kept bytes the client already holds, which the
+    server then does not read at all (``Keeper.read``)."""
     sent = request.headers.get("if-none-match", "")
-    return sent.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in sent.split(",")]
+    return {t.strip().removeprefix("W/").strip('"') for t in sent.split(",") if t.strip()}
 
 
 def add_image_routes(app: FastAPI, gateway: PaiGateway, slots: CallSlots, retry_after_s: int) -> None:
     """The kept-image routes on the PAI app (the same token, call slots and error envelope)."""
 
-    def read(database: str, group_id: str, intra_id: str, view: str) -> Any:
+    def read(database: str, group_id: str, intra_id: str, view: str, held: set[str]) -> Any:
         if not intra_id.isdigit():
             raise invalid("INTRA_ID_INVALID", f"intra_id {intra_id[:24]!r} is not a non-negative integer")
-        return gateway.service.kept_image(database, group_id, int(intra_id), view)
+        return gateway.service.kept_image(database, group_id, int(intra_id), view, held)
 
     async def kept(request: Request, database: str, group_id: str, intra_id: str, view: str) -> Response:
         import anyio
@@ -58,13 +59,13 @@ def add_image_routes(app: FastAPI, gateway: PaiGateway, slots: CallSlots, retry_
             return JSONResponse({"error_code": "TOO_MANY_REQUESTS", "error_msg": "the server is at --max-inflight"},
                                 status_code=429, headers={"Retry-After": str(retry_after_s)})  # fmt: skip
         try:
-            image = await anyio.to_thread.run_sync(read, database, group_id, intra_id, view)
+            image = await anyio.to_thread.run_sync(read, database, group_id, intra_id, view, held_digests(request))
         except LookalikeError as err:
             return failure(uuid.uuid4().hex, err)
         finally:
             slots.give_back()
         headers = cache_headers(image.digest, request.query_params.get("v", ""))
-        if not_modified(request, headers["ETag"]):
+        if image.unchanged:
             return Response(status_code=304, headers=headers)
         return Response(image.data, media_type=image.media_type, headers=headers)
 

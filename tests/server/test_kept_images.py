@@ -217,6 +217,24 @@ def test_http_thumbnail_endpoint(server: Server) -> None:
     assert server.get("/v1/databases/web/images/sku-1/0/thumbnail")[0] == 404
 
 
+def test_a_revalidation_the_client_holds_reads_no_bytes(server: Server) -> None:
+    """If-None-Match naming the kept digest answers 304 from the row alone: the blob is not read (on a restored
+    machine that would be an OSS fetch per revalidation). Shown by taking the blob away behind the server's back."""
+    c = server.client
+    c.create_database("etag", keep="thumbnail")
+    c.set_image("etag", "sku-9", image=jpeg("rocket"))
+    path = "/v1/databases/etag/images/sku-9/0/thumbnail"
+    status, _, headers = server.get(path)
+    assert status == 200
+    digest = headers["etag"].strip('"')
+    (server.data_dir / "images" / digest[:2] / digest).unlink()  # the bytes are gone: only the row remains
+    for held in (headers["etag"], f"W/{headers['etag']}", f'"{"0" * 64}", {headers["etag"]}', "*"):
+        status, body, again = server.get(path, **{"If-None-Match": held})
+        assert (status, body, again["etag"]) == (304, b"", headers["etag"]), held
+    status, body, _ = server.get(path, **{"If-None-Match": f'"{"0" * 64}"'})  # another digest: the bytes are read
+    assert status == 404 and b"IMAGE_BYTES_MISSING" in body
+
+
 def test_a_writer_racing_deletes_of_the_same_content_never_loses_a_kept_image(server: Server) -> None:
     """Two databases register and delete the same picture concurrently; every image left has its bytes."""
     c = server.client

@@ -14,7 +14,7 @@ from lookalike.server.core.paging import encode_token
 from lookalike.server.core.validation import ORIGINAL_ATTRIBUTE, SYSTEM_PREFIX, THUMBNAIL_ATTRIBUTE
 from lookalike.server.transport.console import Console
 from lookalike.server.transport.console.session import PATH
-from lookalike.server.transport.http_images import VERSION_CHARS, cache_headers, not_modified
+from lookalike.server.transport.http_images import VERSION_CHARS, cache_headers, held_digests
 
 GRID_PAGE = 48
 SCAN_LIMIT = 2000  # images a filtered page looks at, at most; then it offers to look further
@@ -221,14 +221,15 @@ def add_routes(router: APIRouter, console: Console) -> None:
     async def thumbnail(request: Request) -> Response:
         q = request.query_params
         name, group, intra = q.get("db", ""), q.get("group", ""), intra_of(q.get("intra")) or 0
+        held = held_digests(request)
         try:
-            image = await console.call(console.service.kept_image, name, group, intra, "thumbnail")
+            image = await console.call(console.service.kept_image, name, group, intra, "thumbnail", held)
         except LookalikeError as err:
             if err.reason != "IMAGE_NOT_KEPT":
                 raise
-            image = await console.call(console.service.kept_image, name, group, intra, "original")
+            image = await console.call(console.service.kept_image, name, group, intra, "original", held)
         headers = cache_headers(image.digest, q.get("v", ""))
-        if not_modified(request, headers["ETag"]):
+        if image.unchanged:
             return Response(status_code=304, headers=headers)
         return Response(image.data, media_type=image.media_type, headers=headers)
 
