@@ -53,6 +53,11 @@ from PIL import Image
 
 from lookalike.modelfile import to_rgb
 
+try:
+    from lookalike import _native  # the resampler (ext/); absent on a client-side install
+except ImportError:
+    _native = None
+
 THUMBNAIL_FORMAT = "jpeg"  # photos; small images are kept exact as WebP lossless
 THUMBNAIL_MAX_SIDE = 416
 THUMBNAIL_QUALITY = 91
@@ -163,9 +168,7 @@ def downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def _native_downscale(img: Image.Image, size: tuple[int, int]) -> Image.Image | None:
     """The native kernel's result, or None where it would not be the fastest way (see ``downscale``)."""
-    try:
-        from lookalike import _native
-    except ImportError:
+    if _native is None:
         return None
     try:  # the image's own rows, read in place (Pillow's Arrow export of its 4-byte RGB pixels)
         out = _native.downscale_rgbx(img, img.width, img.height, *size, only_fast=True)

@@ -18,8 +18,6 @@ from lookalike.server.transport.http_images import VERSION_CHARS, cache_headers,
 
 GRID_PAGE = 48
 SCAN_LIMIT = 2000  # images a filtered page looks at, at most; then it offers to look further
-# A thumbnail's URL names its bytes (``v``: the start of their digest), so it is cached for good; the same image
-# asked for without it (or with another ``v``: the image was replaced since the page was made) is revalidated.
 
 
 @dataclass
@@ -49,7 +47,9 @@ def tile(group_id: str, intra_id: int, attributes: dict[str, str] | None, score:
 
 
 def thumbnail_url(database: str, t: Tile) -> str:
-    """Where a kept image's thumbnail is: a URL that changes when the image does (it is cached as immutable)."""
+    """Where a kept image's thumbnail is: a URL that names its bytes (``v``: the start of their digest), so it
+    is cached for good; the same image asked for without it, or with a stale ``v``, is revalidated
+    (``http_images.cache_headers``)."""
     return f"{PATH}/thumbnail?" + urlencode({"db": database, "group": t.group_id, "intra": t.intra_id,
                                              "v": t.version[:VERSION_CHARS]})  # fmt: skip
 
