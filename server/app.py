@@ -126,6 +126,8 @@ def build_models(config: ServerConfig, device: str, budget: dict[str, int]) -> M
             cpu_exec=config.cpu_exec,
             model_workers=workers[position],
             model_threads=budget["torch"],
+            background=config.reindex_worker,
+            background_idle_s=config.reindex_worker_idle_s,
         )
 
     registry = ModelRegistry.load(sources, make, default=config.default_model or "")

@@ -22,13 +22,17 @@ import os
 import tempfile
 import threading
 import weakref
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from lookalike.server.core.backends.api import DatabaseHandle, Entry, Key, SetRequest, describe_model
+from lookalike.server.core.embedding.background import Embedded
 from lookalike.server.core.errors import ErrorKind, LookalikeError, invalid, not_found
 from lookalike.server.core.keeping import VIEWS
 from lookalike.server.core.operations import Context, Operation
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KIND = "reindex"
 PAGE = 64  # images re-embedded per step (one model call; a checkpoint after each)
+IN_FLIGHT = 2  # pages sent to the model at once: the next is decoded while this one runs
 LIST_PAGE = 1000
 MAX_LISTED_MISSING = 1000
 DEFAULT_SAMPLE = 200
@@ -181,25 +186,34 @@ class Reindexer(MirrorWrites):
             pass
 
     def _copy(self, ctx: Context, mirror: Mirror, state: dict[str, Any]) -> None:
-        """Every row of the old database, in key order from where the last run stopped, into the shadow."""
+        """Every row of the old database, in key order from where the last run stopped, into the shadow.
+
+        The new model embeds in the background (``Embedder.background``: on a CPU, a child process at idle priority,
+        so searches keep their cores); the next page is read and sent while this one is embedded (``IN_FLIGHT``)."""
         s = self.service
-        embedder = s.models.get(mirror.model)
-        after = tuple(state["after"]) if state.get("after") else None
+        worker = s.models.get(mirror.model).background()
+        cursor = tuple(state["after"]) if state.get("after") else None
+        flight: deque[tuple[list[Entry], list[tuple[bytes | None, str]], Future[Embedded]]] = deque()
+        more = True
         while True:
-            ctx.check()
-            primary = s.catalog.get(mirror.database, usable=False)
-            page, more = primary.list(group_id=None, after=after, limit=PAGE)  # type: ignore[arg-type]
-            if not page:
+            while more and len(flight) < IN_FLIGHT:
+                ctx.check()
+                primary = s.catalog.get(mirror.database, usable=False)
+                page, more = primary.list(group_id=None, after=cursor, limit=PAGE)  # type: ignore[arg-type]
+                if not page:
+                    more = False
+                    break
+                images = [self._bytes_of(e) for e in page]
+                flight.append((page, images, worker.submit([data for data, _ in images])))
+                cursor = (page[-1].group_id, page[-1].intra_id)
+            if not flight:
                 break
-            images = [self._bytes_of(e) for e in page]
-            ok = [k for k, (data, _) in enumerate(images) if data is not None]
-            prepared = embedder.prepare_many([images[k][0] for k in ok], field="image")  # type: ignore[misc]
-            good = [(k, p) for k, p in zip(ok, prepared, strict=True) if not isinstance(p, LookalikeError)]
-            for k, p in zip(ok, prepared, strict=True):
-                if isinstance(p, LookalikeError):
-                    images[k] = (None, p.reason)
-            vectors = embedder.embed_prepared([p for _, p in good]) if good else np.zeros((0, 1), np.float32)
-            by_row = {k: vectors[j] for j, (k, _) in enumerate(good)}
+            page, images, future = flight.popleft()
+            embedded = self._wait(ctx, future)
+            for k, reason in embedded.errors.items():
+                images[k] = (None, reason)
+            by_row = {k: embedded.vectors[j] for j, k in enumerate(embedded.rows)}
+            primary = s.catalog.get(mirror.database, usable=False)
             with mirror.gate:  # a row written since it was read is the writers' business (they mirror it)
                 fresh, rows = [], []
                 for k, entry in enumerate(page):
@@ -218,13 +232,20 @@ class Reindexer(MirrorWrites):
             for k, (data, reason) in enumerate(images):
                 if data is None:
                     self._note_missing(state, page[k], reason)
-            after = (page[-1].group_id, page[-1].intra_id)
-            state["after"] = list(after)
+            state["after"] = [page[-1].group_id, page[-1].intra_id]  # a resume embeds the pages in flight again
             self._save(ctx, state)
             done = int(state["reindexed"]) + int(state.get("missing_count", 0))
             ctx.report(done, max(done, primary.size), unit="images", stage="re-embedding")
-            if not more:
-                break
+
+    @staticmethod
+    def _wait(ctx: Context, future: Future[Embedded]) -> Embedded:
+        """The page's vectors, checking for a cancel while the model works."""
+        while True:
+            ctx.check()
+            try:
+                return future.result(timeout=0.25)
+            except FutureTimeout:
+                continue
 
     def _bytes_of(self, entry: Entry) -> tuple[bytes | None, str]:
         """The best kept bytes of a row (original, thumbnail, readable source) and, when none, why."""

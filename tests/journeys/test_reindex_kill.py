@@ -26,6 +26,38 @@ def keys(c: LookalikeClient, db: str) -> set[tuple[str, int]]:
     return {(i.key.group_id, i.key.intra_id) for i in c.list_images(db)}
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the server's background embedder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) in ("Z", "X")
+    except OSError:
+        return True
+
+
+def copying(c: LookalikeClient, name: str, timeout: float = 120.0) -> None:
+    """Wait until the reindex has copied a page in this server's life (its first progress may be the last one saved
+    before the crash; the background embedder takes a few seconds to start), so a kill lands mid-copy."""
+    first = c.get_operation(name).progress.completed
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        op = c.get_operation(name)
+        if op.done or op.progress.completed > first:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the reindex copied nothing in {timeout:g} s")
+
+
 @pytest.mark.slow
 def test_kill_9_during_a_reindex_loses_no_acknowledged_image(tmp_path: Path) -> None:
     models = write_models(tmp_path)
@@ -47,6 +79,7 @@ def test_kill_9_during_a_reindex_loses_no_acknowledged_image(tmp_path: Path) -> 
             if not started:
                 c.reindex_database("cat", "new")
                 started = True
+            copying(c, next(o.name for o in c.list_operations("cat") if o.kind == "reindex"))
             stop = threading.Event()
 
             def writer(c: LookalikeClient = c, round_: int = round_, stop: threading.Event = stop) -> None:
@@ -62,11 +95,16 @@ def test_kill_9_during_a_reindex_loses_no_acknowledged_image(tmp_path: Path) -> 
 
             thread = threading.Thread(target=writer)
             thread.start()
-            time.sleep(rng.uniform(0.1, 0.8))  # the whole reindex takes several seconds here
+            time.sleep(rng.uniform(0.0, 0.5))  # the copy takes a few seconds here
+            embedders = children(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(30)
             stop.set()
             thread.join()
+            deadline = time.monotonic() + 30  # the background embedder goes with the server, even killed
+            while not all(gone(p) for p in embedders) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert embedders and all(gone(p) for p in embedders), embedders
     with serving(data, *model_flags) as (_, address), LookalikeClient(address) as c:
         assert keys(c, "cat") >= acked.keys()
         ops = [o for o in c.list_operations("cat") if o.kind == "reindex"]

@@ -185,7 +185,16 @@ ALLOWED_ENV_READS = {
     # The cache directory's fallback when none is given (the trainer's eval, tests): the platform's
     # convention, like HOME; the server passes --cache-dir / LOOKALIKE_CACHE_DIR down.
     "server/core/embedding/default_model.py": {"XDG_CACHE_HOME"},
+    # The background embedder's child process inherits the server's environment, less the secrets (below).
+    "server/core/embedding/background.py": {""},
 }
+
+
+def test_the_background_embedder_passes_on_no_secret() -> None:
+    from lookalike.server.core.embedding.background import SECRET_ENV
+
+    secrets = {f.metadata["env_only"] for f in dataclasses.fields(ServerConfig) if "env_only" in f.metadata}
+    assert secrets and secrets == set(SECRET_ENV)
 
 
 def test_no_server_module_but_the_settings_reads_the_environment() -> None:
@@ -232,6 +241,8 @@ def test_the_cores_defaults_are_the_settings_defaults() -> None:
         assert default_of(Embedder, parameter) == getattr(config, setting), parameter
     assert default_of(Embedder, "max_batch") == config.model_batch("cuda") == defaults.GPU_MAX_BATCH
     assert default_of(Embedder, "max_wait_s") == config.batch_wait_s
+    assert default_of(Embedder, "background") == config.reindex_worker == "process"
+    assert default_of(Embedder, "background_idle_s") == config.reindex_worker_idle_s
     assert default_of(decode_image, "max_aspect_ratio") == config.max_aspect_ratio
     assert default_of(OssClient, "retries") == config.oss_retries
     limits = Limits()

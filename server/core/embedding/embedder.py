@@ -9,6 +9,7 @@ Outputs are L2-normalised float32 so that inner product is cosine similarity.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 from lookalike.server.core.crop import Crop, draft_for, pixel_box
+from lookalike.server.core.embedding.background import BACKGROUND_MODES, ChildEmbedder, InlineEmbedder
 from lookalike.server.core.embedding.batcher import MicroBatcher
 from lookalike.server.core.embedding.cancellation import track
 from lookalike.server.core.embedding.images import PixelBudget, decode_image
 from lookalike.server.core.embedding.model_exec import prepare as prepare_runner
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.defaults import (
+    BACKGROUND_IDLE_S,
     BATCH_WAIT_MS,
     CPU_EXEC,
     DECODE_BUDGET_PIXELS,
@@ -30,6 +33,7 @@ from lookalike.server.defaults import (
     MAX_ASPECT_RATIO,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
+    REINDEX_WORKER,
     usable_cores,
 )
 
@@ -57,8 +61,24 @@ class Embedder:
         cpu_exec: str = CPU_EXEC,
         model_workers: int = 1,
         model_threads: int | None = None,
+        background: str = REINDEX_WORKER,
+        background_idle_s: float = BACKGROUND_IDLE_S,
     ) -> None:
+        """``background``: where work nobody waits on (a reindex) is embedded on a CPU: ``process`` (a child
+        process at idle priority, ``background.py``, kept ``background_idle_s`` after use) or ``inline``."""
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # What a child process needs to load this model exactly so (background.py): the CPU, one model worker.
+        self.spec: dict[str, Any] = dict(
+            model_path=str(model_path), device="cpu", max_batch=max_batch, max_wait_s=max_wait_s,
+            max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels, preprocess_threads=preprocess_threads,
+            max_aspect_ratio=max_aspect_ratio, decode_budget_pixels=decode_budget_pixels, cpu_exec=cpu_exec,
+            model_workers=1, model_threads=model_threads,
+        )  # fmt: skip
+        if background not in BACKGROUND_MODES:
+            raise ValueError(f"background must be one of {', '.join(BACKGROUND_MODES)}, not {background!r}")
+        self._background_mode, self._background_idle_s = background, background_idle_s
+        self._background: ChildEmbedder | InlineEmbedder | None = None
+        self._background_lock = threading.Lock()
         module, meta = load_embedder(model_path, device=self.device)
         if self.device == "cpu":
             module = module.float()  # half convolutions are slow or missing on CPU
@@ -192,6 +212,18 @@ class Embedder:
                 raise p
         return self.embed_prepared(prepared)  # type: ignore[arg-type]
 
+    def background(self) -> ChildEmbedder | InlineEmbedder:
+        """This model for background work: in a child process at idle priority on a CPU with ``background=
+        "process"``, else on this embedder's own workers (``submit(images) -> Future[Embedded]`` either way)."""
+        with self._background_lock:
+            if self._background is None:
+                child = self._background_mode == "process" and self.device == "cpu"
+                self._background = (ChildEmbedder(self.spec, self._background_idle_s) if child
+                                    else InlineEmbedder(self))  # fmt: skip
+            return self._background
+
     def close(self) -> None:
+        if self._background is not None:
+            self._background.close()
         self._batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

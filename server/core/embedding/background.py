@@ -1,0 +1,310 @@
+"""Background embedding: a model in a child process at idle CPU priority, for work nobody waits on (reindex).
+
+On a CPU server a reindex competes with the searches for the same cores. Lowering the priority of threads in
+the server does not help: they hold the GIL the search threads need (bench/reindex.py: search p99 3.5x idle
+with the reindex's threads at nice 10 or SCHED_IDLE, against 2.7x at normal priority). A child process has its
+own GIL, and at SCHED_IDLE (Linux; nice 19 elsewhere) the kernel runs it only when nothing of normal priority
+wants the core, so a search's threads take the core from it at once.
+
+The child loads the same model file with the same settings as the server's embedder (``Embedder.spec``) on the
+CPU, so its vectors are the server's: the same code in the same execution mode. It decodes one page while the
+model runs the one before, as the server's decode pool and model workers do. It starts on first use (torch and
+the model: a few seconds), is kept for ``idle_s`` after its last page, and stops with the server; its
+environment carries no secrets, and it exits when the server's end of the pipe closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Pipe
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from lookalike.server.core.errors import ErrorKind, LookalikeError
+
+if TYPE_CHECKING:
+    from lookalike.server.core.embedding.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_MODES = ("process", "inline")
+START_TIMEOUT_S = 300.0  # importing torch and loading a model on a busy machine
+SECRET_ENV = ("LOOKALIKE_TOKEN", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "LOOKALIKE_MILVUS_TOKEN")
+
+
+@dataclass
+class Embedded:
+    """One submitted page, embedded: ``vectors[j]`` is image ``rows[j]``; ``errors``: index -> reason of those that
+    could not be decoded (images given as None are in neither)."""
+
+    vectors: np.ndarray
+    rows: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def embed_page(embedder: Embedder, images: Sequence[bytes | None]) -> Embedded:
+    """Decode and embed ``images`` (None: skipped), a bad image's reason kept in place of its vector."""
+    given = [k for k, data in enumerate(images) if data is not None]
+    prepared = embedder.prepare_many([images[k] for k in given], field="image")  # type: ignore[misc]
+    return _finish(embedder, given, prepared)
+
+
+def _finish(embedder: Embedder, given: list[int], prepared: list[Any]) -> Embedded:
+    good = [(k, p) for k, p in zip(given, prepared, strict=True) if not isinstance(p, LookalikeError)]
+    errors = {k: p.reason for k, p in zip(given, prepared, strict=True) if isinstance(p, LookalikeError)}
+    vectors = embedder.embed_prepared([p for _, p in good])
+    return Embedded(vectors, [k for k, _ in good], errors)
+
+
+class InlineEmbedder:
+    """Background embedding on the server's own workers (a GPU, or ``--reindex-worker inline``)."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+
+    def submit(self, images: Sequence[bytes | None]) -> Future[Embedded]:
+        done: Future[Embedded] = Future()
+        try:
+            done.set_result(embed_page(self.embedder, images))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+class _Child:
+    """One started child: its process, the server's end of its pipe, and whether its model answered."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.proc, self.conn = proc, conn
+        self.ready = threading.Event()
+        self.failure = ""
+        self.send_lock = threading.Lock()  # a page is sent whole; never under ChildEmbedder's lock (see submit)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.failure
+
+    def stop(self) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+class ChildEmbedder:
+    """The model in a child process at idle priority; pages submitted are embedded in order."""
+
+    def __init__(self, spec: dict[str, Any], idle_s: float, start_timeout_s: float = START_TIMEOUT_S) -> None:
+        self.spec = spec
+        self.idle_s = idle_s
+        self.start_timeout_s = start_timeout_s
+        self.starts = 0  # child processes started (for tests and logs)
+        self._lock = threading.Lock()  # the child, the futures, the idle timer; never held while sending a page
+        self._child: _Child | None = None
+        self._pending: dict[int, Future[Embedded]] = {}
+        self._seq = 0
+        self._idle_timer: threading.Timer | None = None
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return child.proc.pid if child is not None and child.alive() else None
+
+    def submit(self, images: Sequence[bytes | None]) -> Future[Embedded]:
+        """Queue one page; its future holds the vectors, or fails with BACKGROUND_EMBEDDER_FAILED if the child
+        exits. (The child answers while it reads, so a page is sent outside the lock the answers take.)"""
+        with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            child = self._started()
+            self._seq += 1
+            seq = self._seq
+            future: Future[Embedded] = Future()
+            self._pending[seq] = future
+        try:
+            with child.send_lock:
+                child.conn.send(("embed", seq, list(images)))
+        except (OSError, ValueError) as exc:
+            with self._lock:
+                self._pending.pop(seq, None)
+            raise _exited(f"could not be sent a page ({exc})") from None
+        return future
+
+    def _started(self) -> _Child:
+        """The running child, starting one (and waiting until its model answers) when there is none."""
+        child = self._child
+        if child is not None and child.alive():
+            return child
+        if child is not None:
+            child.stop()
+        self._child = None
+        ours, theirs = Pipe(duplex=True)
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        cmd = [sys.executable, "-m", __name__, str(theirs.fileno())]
+        proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        child = _Child(proc, ours)
+        self.starts += 1
+        ours.send(self.spec)
+        threading.Thread(target=self._receive, args=(child,), name="background-embedder", daemon=True).start()
+        if not child.ready.wait(self.start_timeout_s) or child.failure:
+            why = child.failure or f"did not load its model within {self.start_timeout_s:g} s"
+            child.stop()
+            raise _exited(why)
+        self._child = child
+        log.info("background embedder for %s started (pid %d)", self.spec.get("model_path"), proc.pid)
+        return child
+
+    def _receive(self, child: _Child) -> None:
+        """Complete each page's future as the child answers; when it exits, fail what is left."""
+        why = "exited"
+        try:
+            while True:
+                message = child.conn.recv()
+                kind = message[0]
+                if kind == "ready":
+                    child.ready.set()
+                    continue
+                if kind == "failed":
+                    why = message[1]
+                    break
+                with self._lock:
+                    future = self._pending.pop(message[1], None)
+                    if not self._pending:
+                        self._arm_idle_timer()
+                if future is None:
+                    continue
+                if kind == "done":
+                    future.set_result(Embedded(message[2], message[3], message[4]))
+                else:
+                    future.set_exception(LookalikeError(ErrorKind(message[2]), message[3], message[4]))
+        except (EOFError, OSError):
+            pass
+        child.failure = why
+        child.ready.set()  # a start waiting for the model learns why at once
+        with self._lock:
+            if self._child is child:
+                left, self._pending = self._pending, {}
+                for future in left.values():
+                    future.set_exception(_exited(why))
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = threading.Timer(self.idle_s, self._stop_if_idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            child = self._child if not self._pending else None
+            self._child = None if child is not None else self._child
+        if child is not None:
+            log.info("background embedder idle for %g s: stopped", self.idle_s)
+            child.stop()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            child, self._child = self._child, None
+            left, self._pending = self._pending, {}
+        for future in left.values():
+            future.set_exception(_exited("was stopped with the server"))
+        if child is not None:
+            child.stop()
+
+
+def _exited(why: str) -> LookalikeError:
+    return LookalikeError(ErrorKind.UNAVAILABLE, "BACKGROUND_EMBEDDER_FAILED",
+                          f"the background embedding process {why}; the operation can be started again "
+                          "(or serve with --reindex-worker inline)")  # fmt: skip
+
+
+# -- the child ---------------------------------------------------------------------------------------------------
+def lower_priority() -> str:
+    """Run this process (every thread it has, e.g. numpy's BLAS pool, and those it starts later, which inherit
+    it) only when a core is otherwise idle."""
+    try:
+        for task in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(task), os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        os.nice(19)
+        return "nice 19"
+
+
+def child(fd: int) -> int:
+    lower_priority()  # before torch starts its threads: they inherit it
+    conn = Connection(fd)
+    try:
+        spec = conn.recv()
+    except EOFError:
+        return 0
+    try:
+        import torch
+
+        torch.set_num_threads(int(spec.get("model_threads") or 1))
+        torch.set_num_interop_threads(1)
+        from lookalike.server.core.embedding.embedder import Embedder
+
+        embedder = Embedder(**spec)
+    except Exception as exc:  # told to the server, which fails the operation with it
+        conn.send(("failed", f"could not load the model: {type(exc).__name__}: {exc}"[:2000]))
+        return 1
+    conn.send(("ready", embedder.dimension, embedder.execution))
+    send_lock = threading.Lock()
+    pages: queue.Queue[tuple[int, list[int], list[Any]] | None] = queue.Queue(maxsize=1)
+
+    def forward() -> None:  # the model on this page while the main thread decodes the next
+        while (item := pages.get()) is not None:
+            seq, given, prepared = item
+            try:
+                out = _finish(embedder, given, prepared)
+                reply: tuple[Any, ...] = ("done", seq, out.vectors, out.rows, out.errors)
+            except LookalikeError as err:
+                reply = ("error", seq, err.kind.value, err.reason, str(err))
+            except Exception as exc:
+                reply = ("error", seq, ErrorKind.INTERNAL.value, "MODEL_CALL_FAILED", f"{type(exc).__name__}: {exc}")
+            try:
+                with send_lock:
+                    conn.send(reply)
+            except (OSError, ValueError):  # the server is gone (even killed): so is this process
+                os._exit(0)
+
+    worker = threading.Thread(target=forward, name="background-forward", daemon=True)
+    worker.start()
+    try:
+        while (message := conn.recv()) is not None:
+            _, seq, images = message
+            given = [k for k, data in enumerate(images) if data is not None]
+            pages.put((seq, given, embedder.prepare_many([images[k] for k in given], field="image")))
+    except (EOFError, OSError):
+        pass
+    pages.put(None)
+    worker.join()
+    embedder.close()
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="lookalike background embedder: %(levelname)s %(message)s")
+    sys.exit(child(int(sys.argv[1])))
