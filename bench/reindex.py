@@ -22,7 +22,8 @@ server; also shown against the one-model server's add rate), and while reindexin
 p99 within 2x of the idle p99. A server with two models shares its model workers between them, so each
 model gets half of them (``split_workers`` in ``server/app.py``). The machine may be shared: read the ratios.
 
-    nice -n 10 .venv/bin/python bench/reindex.py [--images 512] [--runs 3] [--query vector] [--rate 40] [--json]
+    nice -n 10 .venv/bin/python bench/reindex.py [--images 512] [--runs 3] [--query vector] [--rate 40]
+        [--reindex-worker process|inline] [--json]
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=0.0, help="searches per second (default 40 by vector, 2 by image)")
     ap.add_argument("--idle-seconds", type=float, default=10.0, help="searches on the idle server, per run")
     ap.add_argument("--no-single", action="store_true", help="leave out the one-model server's add")
+    worker_help = "the two-model server's --reindex-worker (inline: the reindex on the server's own workers)"
+    ap.add_argument("--reindex-worker", choices=("process", "inline"), default="process", help=worker_help)
     args = ap.parse_args()
     rate = args.rate or (40.0 if args.query == "vector" else 2.0)
     out = harness.Results(args, with_load=True)
@@ -155,7 +158,7 @@ def main() -> int:
         warm = [f.read_bytes() for f in harness.jpeg_folder(root / "warm", 64, arrays, SIZE, seed=999_999)]
         query_image = harness.jpeg(arrays[0], SIZE)
         two = harness.ServeProcess("--data-dir", str(root / "two"), "--model", f"a=builtin,b={model_b}",
-                                   "--default-model", "a")  # fmt: skip
+                                   "--default-model", "a", "--reindex-worker", args.reindex_worker)  # fmt: skip
         one = None if args.no_single else harness.ServeProcess("--data-dir", str(root / "one"))
         try:
             with LookalikeClient(two.address, timeout=600) as c:
@@ -171,7 +174,8 @@ def main() -> int:
                         f"{time.perf_counter() - began:.2f} s")  # fmt: skip
                 for r in range(args.runs):
                     db = f"cat{r}"
-                    row: dict[str, Any] = {"run": r, "images": args.images, "query": args.query, "rate": rate}
+                    row: dict[str, Any] = {"run": r, "images": args.images, "query": args.query, "rate": rate,
+                                           "reindex_worker": args.reindex_worker}  # fmt: skip
                     if one is not None:
                         with LookalikeClient(one.address) as w:
                             w.create_database(db, keep="thumbnail")
