@@ -133,8 +133,9 @@ class ServerConfig:
                                        "results: FindDuplicates' clusters) is removed this many seconds after it "
                                        "ended; 0 = kept until DeleteOperation", min=0.0)  # fmt: skip
     reindex_worker: str = opt(d.REINDEX_WORKER, "where a reindex embeds on a CPU: process = a child process at idle "
-                              "priority, so searches keep their latency (it starts in a few seconds); inline = the "
-                              "server's own model workers (always so on a GPU)", choices=d.REINDEX_WORKERS)  # fmt: skip
+                              "priority with its own interpreter lock (faster beside other calls; it starts in a few "
+                              "seconds); inline = the server's own model workers (always so on a GPU)",
+                              choices=d.REINDEX_WORKERS)  # fmt: skip
     reindex_worker_idle_s: float = opt(d.BACKGROUND_IDLE_S, "seconds a reindex's child process is kept after its "
                                        "last page (a second reindex then starts at once)", min=0.0)  # fmt: skip
     keep: str = opt(

@@ -188,8 +188,8 @@ class Reindexer(MirrorWrites):
     def _copy(self, ctx: Context, mirror: Mirror, state: dict[str, Any]) -> None:
         """Every row of the old database, in key order from where the last run stopped, into the shadow.
 
-        The new model embeds in the background (``Embedder.background``: on a CPU, a child process at idle priority,
-        so searches keep their cores); the next page is read and sent while this one is embedded (``IN_FLIGHT``)."""
+        The new model embeds in the background (``Embedder.background``: on a CPU, a child process at idle priority
+        with its own interpreter lock); the next page is read and sent while this one is embedded (``IN_FLIGHT``)."""
         s = self.service
         worker = s.models.get(mirror.model).background()
         cursor = tuple(state["after"]) if state.get("after") else None
