@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--dtype", nargs="+", default=["f16"], help="graph storage(s) of our tier: f16, f32, bf16, i8")
     ap.add_argument("--rerank", type=int, nargs="+", default=[4], help="candidates per result re-scored (our tier)")
+    ap.add_argument("--connectivity", type=int, default=0, help="our graph's degree (--hnsw-connectivity; 0: default)")
+    ap.add_argument("--faiss-m", type=int, default=16, help="FAISS IndexHNSWFlat's M (the issue's peer: 16)")
     args = ap.parse_args()
     out = Results(args, show=harness.key_values, with_load=True)
     n, d, k = args.n, args.d, args.k
@@ -86,7 +88,8 @@ def ours(
 
     n, d = x.shape
     k = truth.shape[1]
-    settings = HnswSettings(threshold=1, dtype=dtype)
+    degree = {"connectivity": args.connectivity} if args.connectivity else {}
+    settings = HnswSettings(threshold=1, dtype=dtype, **degree)
     db = Database("bench", d, storage="f16")
     db.hnsw_settings = settings
     base = harness.rss()
@@ -115,7 +118,7 @@ def ours(
             exact_store_rss=stored)  # fmt: skip
 
     for ef, rerank in [(ef, r) for ef in args.ef for r in args.rerank]:
-        settings = HnswSettings(threshold=1, expansion_search=ef, dtype=dtype, rerank_factor=rerank)
+        settings = HnswSettings(threshold=1, expansion_search=ef, dtype=dtype, rerank_factor=rerank, **degree)
         graph.configure(settings)
 
         def tier(q: np.ndarray) -> np.ndarray:
@@ -161,12 +164,12 @@ def faiss_rows(out: Results, args: argparse.Namespace, x: np.ndarray, queries: n
         faiss.omp_set_num_threads(args.threads)
         base = harness.rss()
         t0 = time.perf_counter()
-        fi = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
+        fi = faiss.IndexHNSWFlat(d, args.faiss_m, faiss.METRIC_INNER_PRODUCT)
         fi.hnsw.efConstruction = 128
         fi.add(x)
         build_s = time.perf_counter() - t0
-        out.add(method="faiss_hnsw_flat", kind="build", n=n, d=d, dtype="f32", connectivity=16, expansion_add=128,
-                build_s=round(build_s, 1), build_rate=round(n / build_s),
+        out.add(method="faiss_hnsw_flat", kind="build", n=n, d=d, dtype="f32", connectivity=args.faiss_m,
+                expansion_add=128, build_s=round(build_s, 1), build_rate=round(n / build_s),
                 index_bytes=int(faiss.serialize_index(fi).size), rss_growth=harness.rss() - base)  # fmt: skip
         for ef in args.ef:
             fi.hnsw.efSearch = ef

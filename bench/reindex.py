@@ -61,6 +61,11 @@ def perturbed_model(path: Path, delta: float = 1e-3) -> Path:
     return save_embedder(module, path, dataclasses.replace(meta, model_name=f"{meta.model_name}-perturbed"))
 
 
+def inputs(root: Path) -> tuple[list[np.ndarray], np.ndarray, Path]:
+    """The photos to crop JPEGs from, 64 query vectors of the default model's dimension, and model b's file."""
+    return harness.test_photos(), harness.unit_vectors(0, 64, 1280), perturbed_model(root / "b.pt")
+
+
 def register(address: str, db: str, images: list[bytes], batch: int = 64, streams: int = 2) -> float:
     """Send ``images`` as ``lookalike add`` does (``streams`` concurrent streams of ``batch``); seconds taken."""
     from lookalike.client import BulkItem, LookalikeClient
@@ -148,11 +153,9 @@ def main() -> int:
 
     from lookalike.client import LookalikeClient
 
-    arrays = harness.test_photos()
-    queries = harness.unit_vectors(0, 64, 1280)
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-reindex-") as tmp:
         root = Path(tmp)
-        model_b = perturbed_model(root / "b.pt")
+        arrays, queries, model_b = inputs(root)
         sets = [[f.read_bytes() for f in harness.jpeg_folder(root / f"jpeg-{r}", args.images, arrays, SIZE, seed=r)]
                 for r in range(args.runs)]  # fmt: skip
         warm = [f.read_bytes() for f in harness.jpeg_folder(root / "warm", 64, arrays, SIZE, seed=999_999)]

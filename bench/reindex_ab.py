@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import harness
-from reindex import SIZE, Searcher, perturbed_model, register
+from reindex import SIZE, Searcher, inputs, register
 
 MODES = ("process", "inline")
 
@@ -36,11 +36,9 @@ def main() -> int:
     out = harness.Results(args, with_load=True)
     from lookalike.client import LookalikeClient
 
-    arrays = harness.test_photos()
-    queries = harness.unit_vectors(0, 64, 1280)
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-reindex-ab-") as tmp:
         root = Path(tmp)
-        model_b = perturbed_model(root / "b.pt")
+        arrays, queries, model_b = inputs(root)
         warm = [f.read_bytes() for f in harness.jpeg_folder(root / "warm", 64, arrays, SIZE, seed=999_999)]
         servers = {m: harness.ServeProcess("--data-dir", str(root / m), "--model", f"a=builtin,b={model_b}",
                                            "--default-model", "a", "--reindex-worker", m) for m in MODES}  # fmt: skip
