@@ -87,12 +87,11 @@ def test_a_child_that_dies_fails_its_pages_and_the_next_page_starts_another(embe
                                atol=1e-5)  # fmt: skip
 
 
-def test_an_idle_child_stops_and_carries_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_idle_child_stops_and_carries_no_secrets(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOKALIKE_TOKEN", "s3cret-token")
     monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "s3cret-key")
-    e = Embedder(default_model_path(), device="cpu", max_wait_s=0.0, background="process", background_idle_s=1.0)
+    worker = ChildEmbedder(embedder.spec, idle_s=1.0)  # as Embedder(background_idle_s=1.0).background() makes it
     try:
-        worker = e.background()
         worker.submit([encode(photo(PHOTO_NAMES[0]), "jpeg")]).result(timeout=300)
         pid = worker.pid
         assert pid is not None
@@ -103,21 +102,18 @@ def test_an_idle_child_stops_and_carries_no_secrets(monkeypatch: pytest.MonkeyPa
             time.sleep(0.1)
         assert worker.pid is None and not Path(f"/proc/{pid}").exists()  # stopped (and reaped) 1 s after its page
     finally:
-        e.close()
+        worker.close()
 
 
-def test_a_model_the_child_cannot_load_fails_with_why(tmp_path: Path) -> None:
-    e = Embedder(default_model_path(), device="cpu", max_wait_s=0.0, background="process")
+def test_a_model_the_child_cannot_load_fails_with_why(embedder: Embedder, tmp_path: Path) -> None:
+    worker = ChildEmbedder({**embedder.spec, "model_path": str(tmp_path / "gone.pt")}, idle_s=60)
     try:
-        worker = e.background()
-        assert isinstance(worker, ChildEmbedder)
-        worker.spec = {**worker.spec, "model_path": str(tmp_path / "gone.pt")}
         with pytest.raises(LookalikeError) as err:
             worker.submit([encode(photo(PHOTO_NAMES[0]), "jpeg")])
         assert err.value.reason == "BACKGROUND_EMBEDDER_FAILED" and "could not load the model" in err.value.message
         assert worker.pid is None
     finally:
-        e.close()
+        worker.close()
 
 
 def test_inline_and_gpu_servers_embed_on_their_own_workers() -> None:
