@@ -59,9 +59,13 @@ class Embedded:
 
 def embed_page(embedder: Embedder, images: Sequence[bytes | None]) -> Embedded:
     """Decode and embed ``images`` (None: skipped), a bad image's reason kept in place of its vector."""
+    return _finish(embedder, *_prepare(embedder, images))
+
+
+def _prepare(embedder: Embedder, images: Sequence[bytes | None]) -> tuple[list[int], list[Any]]:
+    """The indexes of the images given (not None) and each one decoded, or its error."""
     given = [k for k, data in enumerate(images) if data is not None]
-    prepared = embedder.prepare_many([images[k] for k in given], field="image")  # type: ignore[misc]
-    return _finish(embedder, given, prepared)
+    return given, embedder.prepare_many([images[k] for k in given], field="image")  # type: ignore[misc]
 
 
 def _finish(embedder: Embedder, given: list[int], prepared: list[Any]) -> Embedded:
@@ -247,16 +251,14 @@ def _exited(why: str) -> LookalikeError:
 
 
 # -- the child ---------------------------------------------------------------------------------------------------
-def lower_priority() -> str:
+def lower_priority() -> None:
     """Run this process (every thread it has, e.g. numpy's BLAS pool, and those it starts later, which inherit
     it) only when a core is otherwise idle."""
     try:
         for task in os.listdir("/proc/self/task"):
             os.sched_setscheduler(int(task), os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
-        return "SCHED_IDLE"
     except (AttributeError, OSError):
         os.nice(19)
-        return "nice 19"
 
 
 def child(fd: int) -> int:
@@ -277,7 +279,7 @@ def child(fd: int) -> int:
     except Exception as exc:  # told to the server, which fails the operation with it
         conn.send(("failed", f"could not load the model: {type(exc).__name__}: {exc}"[:2000]))
         return 1
-    conn.send(("ready", embedder.dimension, embedder.execution))
+    conn.send(("ready",))
     send_lock = threading.Lock()
     pages: queue.Queue[tuple[int, list[int], list[Any]] | None] = queue.Queue(maxsize=1)
 
@@ -302,8 +304,7 @@ def child(fd: int) -> int:
     try:
         while (message := conn.recv()) is not None:
             _, seq, images = message
-            given = [k for k, data in enumerate(images) if data is not None]
-            pages.put((seq, given, embedder.prepare_many([images[k] for k in given], field="image")))
+            pages.put((seq, *_prepare(embedder, images)))
     except (EOFError, OSError):
         pass
     pages.put(None)
