@@ -256,3 +256,33 @@ def test_writes_and_searches_during_a_reindex_lose_nothing(server: Server) -> No
     want = np.concatenate([embed(c, [final[k] for k in keys[i : i + 200]], "new") for i in range(0, len(keys), 200)])
     for k, v in zip(keys, want, strict=True):
         np.testing.assert_allclose(got[k], v, atol=1e-5, err_msg=str(k))
+
+
+def test_a_reindex_cancelled_with_pages_in_flight_leaves_the_old_database_and_can_run_again(server: Server) -> None:
+    """Ctrl-C of `lookalike db reindex` cancels the operation while the background process holds pages: the shadow
+    goes, the name still serves the old model's vectors, and a second reindex runs to the end."""
+    c = server.client
+    c.create_database("cat", keep="original")
+    c.bulk_set("cat", iter(BulkItem(f"g{i}", image=picture(i)) for i in range(1500)))
+    sample = [(f"g{i}", 0) for i in range(0, 1500, 150)]
+
+    def stored() -> list[np.ndarray]:
+        return [np.asarray(c.get_image("cat", g, i, include_vector=True).vector.values) for g, i in sample]
+
+    before = stored()
+    op = c.reindex_database("cat", "new")
+    deadline = time.monotonic() + 120
+    while c.get_operation(op.name).progress.completed == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first page is copied: the next ones are in the background process
+    cancelled = c.cancel_operation(op.name)
+    done = wait(c, cancelled.name)
+    assert done.state == 4, done  # OPERATION_STATE_CANCELLED
+    assert 0 < done.progress.completed < 1500  # cancelled part-way, not after the end
+    assert sorted(d.name for d in c.list_databases()) == ["cat"]  # the shadow is gone, no cat@previous
+    db = c.get_database("cat")
+    assert (db.dimension, db.model_name, db.image_count) == (24, "old", 1500)
+    for now, then in zip(stored(), before, strict=True):
+        np.testing.assert_array_equal(now, then)
+    again = wait(c, c.reindex_database("cat", "new").name)
+    assert again.reindex.switched and again.reindex.reindexed_count == 1500
+    assert c.get_database("cat").dimension == 16
