@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -184,9 +185,94 @@ TEST(AmxBf16, SmallIntegersExactWithTies) {
   const std::vector<float> x = small_ints(n * d, 7);
   const std::vector<float> q = small_ints(m * d, 8);
   const Db<bf16> db = make_db<bf16>(x, n, d, true);
-  // Integer sums are exact in every order: the AMX result equals the vector kernel's bit for bit,
-  // ties (broken by the lower row) included.
+  // Ties broken by the lower row, k > n (every row a candidate until the heaps fill).
   expect_identical(search(db, n, d, q, m, k, options(true)), search(db, n, d, q, m, k, options(false)));
+}
+
+// The tiles only screen: every bf16 result is the vector kernel's, bit for bit, on every shape.
+TEST(AmxBf16, BitIdenticalToTheVectorKernel) {
+  SKIP_WITHOUT_AMX(bf16);
+  std::uint32_t seed = 300;
+  for (const Shape& s : kShapes) {
+    SCOPED_TRACE("n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " m=" + std::to_string(s.m));
+    const std::vector<float> x = normals(s.n * s.d, seed++);
+    const std::vector<float> q = normals(s.m * s.d, seed++, 0.3f);
+    const Db<bf16> db = make_db<bf16>(x, s.n, s.d, false);
+    expect_identical(search(db, s.n, s.d, q, s.m, s.k, options(true)), search(db, s.n, s.d, q, s.m, s.k, options(false)));
+  }
+}
+
+// Rows a hair apart (one bf16 step in a few elements): many pairs fall inside the screen's bound
+// around the k-th score, where a bound too small would drop a row the vector kernel keeps.
+TEST(AmxBf16, NearDuplicateRowsInsideTheBound) {
+  SKIP_WITHOUT_AMX(bf16);
+  const std::size_t n = 2000, d = 384, m = 40, k = 10;
+  const std::vector<float> base = normals(20 * d, 31);
+  std::vector<float> x(n * d);
+  std::mt19937 gen(32);
+  std::uniform_int_distribution<std::size_t> pick(0, d - 1);
+  for (std::size_t r = 0; r < n; ++r) {
+    std::copy_n(base.begin() + static_cast<std::ptrdiff_t>((r % 20) * d), d, x.begin() + static_cast<std::ptrdiff_t>(r * d));
+    for (int t = 0; t < 3; ++t) x[r * d + pick(gen)] *= 1.0f + (t % 2 ? 1.0f : -1.0f) * std::ldexp(1.0f, -8);
+  }
+  std::vector<float> q(m * d);
+  for (std::size_t i = 0; i < m; ++i) {  // queries near the base rows: the top k is all near-duplicates
+    for (std::size_t c = 0; c < d; ++c) q[i * d + c] = base[(i % 20) * d + c] + 0.01f * normals(1, static_cast<std::uint32_t>(i * d + c))[0];
+  }
+  const Db<bf16> db = make_db<bf16>(x, n, d, false);
+  expect_identical(search(db, n, d, q, m, k, options(true)), search(db, n, d, q, m, k, options(false)));
+  for (std::size_t threads : {2, 5}) {
+    expect_identical(search(db, n, d, q, m, k, options(true, threads)), search(db, n, d, q, m, k, options(false, threads)));
+  }
+}
+
+// Magnitudes at the ends of float's range, denormal rows, and rows holding inf / NaN: the bound
+// holds (or turns NaN / inf and keeps the pair), so results stay the vector kernel's.
+TEST(AmxBf16, ExtremeMagnitudesDenormalsAndNonFiniteRows) {
+  SKIP_WITHOUT_AMX(bf16);
+  const std::size_t n = 300, d = 70, m = 20, k = 12;
+  for (float row_scale : {1.0f, 1e-30f, 1e-39f, 1e18f}) {
+    for (float query_scale : {1.0f, 1e-30f, 1e-38f, 1e15f}) {
+      SCOPED_TRACE("row scale " + std::to_string(row_scale) + " query scale " + std::to_string(query_scale));
+      std::vector<float> x = normals(n * d, 41, row_scale);
+      if (row_scale == 1.0f) {
+        x[5 * d + 3] = std::numeric_limits<float>::infinity();
+        x[6 * d + 9] = -std::numeric_limits<float>::infinity();
+        x[7 * d + 1] = std::numeric_limits<float>::quiet_NaN();
+        for (std::size_t c = 0; c < d; ++c) x[8 * d + c] = c % 2 ? 3e38f : -3e38f;  // overflows in the sums
+        x[9 * d + 2] = std::ldexp(1.0f, -130);                                   // a denormal element
+      }
+      const std::vector<float> q = normals(m * d, 42, query_scale);
+      const Db<bf16> db = make_db<bf16>(x, n, d, false);
+      expect_identical(search(db, n, d, q, m, k, options(true)), search(db, n, d, q, m, k, options(false)));
+    }
+  }
+}
+
+// Deleted rows and one-per-group search go through the same screen.
+TEST(AmxBf16, LiveMaskAndOnePerGroupBitIdentical) {
+  SKIP_WITHOUT_AMX(bf16);
+  const std::size_t n = 1500, d = 96, m = 50, k = 15;
+  const std::vector<float> x = normals(n * d, 51);
+  const std::vector<float> q = normals(m * d, 52, 0.2f);
+  const Db<bf16> db = make_db<bf16>(x, n, d, false);
+  std::vector<std::uint8_t> live(n, 1);
+  std::vector<std::int64_t> groups(n);
+  for (std::size_t r = 0; r < n; ++r) {
+    live[r] = r % 7 != 3;
+    groups[r] = static_cast<std::int64_t>((r * 37) % 200);
+  }
+  for (bool grouped : {false, true}) {
+    TopKOptions on = options(true), off = options(false);
+    for (TopKOptions* o : {&on, &off}) {
+      o->live = live.data();
+      o->one_per_group = grouped;
+      o->groups = grouped ? groups.data() : nullptr;
+    }
+    const TopKResult got = search(db, n, d, q, m, k, on);
+    expect_identical(got, search(db, n, d, q, m, k, off));
+    for (std::int64_t id : got.ids) EXPECT_TRUE(id < 0 || live[static_cast<std::size_t>(id)] != 0);
+  }
 }
 
 template <class T>
@@ -207,16 +293,12 @@ void batch_threads_chunks_invariant() {
       EXPECT_EQ(other.ids[5 * k + j], base.ids[i * k + j]);
       EXPECT_EQ(other.scores[5 * k + j], base.scores[i * k + j]);
     }
-    // Alone (a call below kMinQueries: the vector kernel): int8 bit for bit, bf16 within rounding.
+    // Alone (a call below kMinQueries: the vector kernel): bit for bit.
     std::vector<float> one(q.begin() + static_cast<std::ptrdiff_t>(i * d), q.begin() + static_cast<std::ptrdiff_t>((i + 1) * d));
     const TopKResult single = search(db, n, d, one, 1, k, options(true));
     for (std::size_t j = 0; j < k; ++j) {
-      if constexpr (std::is_same_v<T, std::int8_t>) {
-        EXPECT_EQ(single.ids[j], base.ids[i * k + j]);
-        EXPECT_EQ(single.scores[j], base.scores[i * k + j]);
-      } else {
-        EXPECT_NEAR(single.scores[j], base.scores[i * k + j], 1e-5 * static_cast<double>(d));
-      }
+      EXPECT_EQ(single.ids[j], base.ids[i * k + j]);
+      EXPECT_EQ(single.scores[j], base.scores[i * k + j]);
     }
   }
   // Chunks of odd sizes (rows 0..99, 100..612, 613..): the same answer.
@@ -280,6 +362,10 @@ TEST(AmxBf16, NonFiniteQueryFallsBackToTheVectorKernel) {
   q[d + 4] = std::numeric_limits<float>::infinity();
   const Db<bf16> db = make_db<bf16>(normals(n * d, 4), n, d, false);
   expect_identical(search(db, n, d, q, m, k, options(true)), search(db, n, d, q, m, k, options(false)));
+  // Finite, but inf once rounded to bf16: a batch the tiles cannot take either.
+  std::vector<float> big = normals(20 * d, 5);
+  big[3 * d + 1] = 3.4e38f;
+  expect_identical(search(db, n, d, big, 20, k, options(true)), search(db, n, d, big, 20, k, options(false)));
 }
 
 TEST(AmxKernel, TransposeOf16x16) {

@@ -16,7 +16,8 @@
 // How it runs: the rows are cut into blocks that stay in cache (about 128 KiB); a tile of
 // queries (3 with AVX2) is scored against a whole block by the SIMD kernel of the active level
 // (register tiles of 3 queries x 4 rows with AVX2, 8 x 2 with AVX-512; AMX tiles for bf16 and
-// int8 rows in calls of 17+ queries where the CPU has them, detail/amx_kernel.hpp), then each
+// int8 rows in calls of 17+ queries where the CPU has them, detail/amx_kernel.hpp: bf16 tiles
+// screen the rows and the vector kernel scores the few that may enter), then each
 // query of the tile offers the block's scores to its bounded heap (16 at a time compared with
 // the heap's worst first). float32 batches (16+ queries with AVX-512, 8+ with AVX2) take the
 // fused kernel instead (detail/fused_kernel.inc): GEMM-style register tiles of up to 64 (24)
@@ -69,10 +70,9 @@ struct TopKOptions {
   /// At the avx512 level, score bf16 and int8 rows with AMX tiles when the CPU has them, the OS
   /// grants them and the call has at least 17 queries (below that the scan is bound by memory,
   /// where the vector kernels are faster; detail/amx_kernel.hpp). LOOKALIKE_AMX=0 in the
-  /// environment turns it off for the process. int8 scores are bit-identical either way; bf16
-  /// ones differ within float rounding (another summation order, the query split into two bf16
-  /// halves), so a bf16 query's scores at this level depend on whether its call had >= 17
-  /// queries (never on which other queries, threads or chunks; with amx = false, not at all).
+  /// environment turns it off for the process. Results are bit-identical either way: int8 tiles
+  /// compute the vector kernels' exact integers; bf16 tiles only screen out rows that cannot
+  /// enter (a bound on their error), and the vector kernel scores the rest.
   bool amx = true;
 };
 
@@ -392,7 +392,7 @@ void offer_candidates(const Heap& heap, const float* s, std::size_t rows, Visit&
 
 /// Picks the AMX tile kernel for bf16 / int8 rows at the avx512 level when the CPU and OS allow
 /// it and the call has at least amx::kMinQueries queries (after prepare_int8: int8 needs the
-/// integer queries; bf16 needs finite queries).
+/// integer queries; bf16 needs queries finite in bf16).
 template <class DbT>
 void prepare_amx(Problem<DbT>& p, SimdLevel level, bool allowed) {
   if constexpr (amx::kHasAmxKernel<DbT>) {
@@ -400,7 +400,9 @@ void prepare_amx(Problem<DbT>& p, SimdLevel level, bool allowed) {
     if constexpr (std::is_same_v<DbT, std::int8_t>) {
       p.amx = !p.q16.empty();
     } else {
-      p.amx = std::all_of(p.queries, p.queries + p.m * p.d, [](float x) { return std::isfinite(x); });
+      // Finite, and finite once rounded to bf16 (a value near FLT_MAX rounds to inf).
+      p.amx = std::all_of(p.queries, p.queries + p.m * p.d,
+                          [](float x) { return std::isfinite(x) && std::isfinite(to_float(to_bf16(x))); });
     }
   }
   (void)p;
@@ -439,15 +441,11 @@ void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
   if (p.amx) block = std::max<std::size_t>(32, block / 32 * 32);  // whole pairs of 16-row tiles
   std::size_t tile = p.q16.empty() ? p.scorer.query_tile : std::size_t{3};  // int8: avx2_i8::kQueryTile
   amx::Prepared amx_queries;  // this job's queries, split and packed for the tiles
-  if constexpr (amx::kHasAmxKernel<DbT>) {
+  if constexpr (std::is_same_v<DbT, std::int8_t>) {
     if (p.amx) {
       tile = amx::kQueryTile;
-      const std::size_t qn = job.q1 - job.q0;
-      if constexpr (std::is_same_v<DbT, std::int8_t>) {
-        amx::prepare_int8(p.q16.data() + job.q0 * p.dpad, p.dpad, p.qscale.data() + job.q0, qn, p.d, amx_queries);
-      } else {
-        amx::prepare_bf16(p.queries + job.q0 * p.d, qn, p.d, amx_queries);
-      }
+      amx::prepare_int8(p.q16.data() + job.q0 * p.dpad, p.dpad, p.qscale.data() + job.q0, job.q1 - job.q0, p.d,
+                        amx_queries);
     }
   }
   std::vector<float> buf(tile * block);
@@ -475,16 +473,10 @@ void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
       const char* pf_at = pf != nullptr ? pf + pf_a * 64 : nullptr;
       const std::size_t pf_n = pf_b - pf_a;
 #if LOOKALIKE_X86_DISPATCH
-      bool scored = false;
-      if constexpr (amx::kHasAmxKernel<DbT>) {
+      if constexpr (std::is_same_v<DbT, std::int8_t>) {
         if (p.amx) {
-          amx::score<DbT>(amx_queries, qb - job.q0, qn, base, rows, p.d, buf.data(), block, pf_at, pf_n);
-          scored = true;
-        }
-      }
-      if (scored) {
-      } else if constexpr (std::is_same_v<DbT, std::int8_t>) {
-        if (!p.q16.empty() && p.vnni) {
+          amx::score_int8(amx_queries, qb - job.q0, qn, base, rows, p.d, buf.data(), block, pf_at, pf_n);
+        } else if (!p.q16.empty() && p.vnni) {
           avx512_i8::score_prepared(p.q16.data() + qb * p.dpad, p.dpad, p.qscale.data() + qb, qn, base, rows, p.d,
                                     buf.data(), block);
         } else if (!p.q16.empty()) {
@@ -574,6 +566,72 @@ void run_job_fused(const Problem<float>& p, const Job& job, Heap* heaps) {
 }
 #endif
 
+#if LOOKALIKE_X86_DISPATCH
+/// Runs one job of bf16 rows through the AMX tiles as a screen (amx_kernel.hpp): the tiles score
+/// every pair with the query rounded to bf16, and only the pairs whose bound reaches the query's
+/// current k-th score are scored again by the vector kernel and offered, so that the heaps end
+/// exactly as with every row scored by the vector kernel (bit for bit: its scores do not depend
+/// on the tile a row falls in).
+template <class Heap>
+void run_job_amx_bf16(const Problem<bf16>& p, const Job& job, Heap* heaps) {
+  const std::size_t nq_all = job.q1 - job.q0;
+  amx::Prepared prepared;
+  if (!amx::prepare_bf16(p.queries + job.q0 * p.d, nq_all, p.d, prepared)) {  // prepare_amx checked; kept safe
+    run_job_blocks(p, job, heaps);
+    return;
+  }
+  std::vector<float> thr((nq_all + amx::kTileQueries - 1) / amx::kTileQueries * amx::kTileQueries,
+                         -std::numeric_limits<float>::infinity());
+  const std::size_t block = std::max<std::size_t>(32, rows_per_block<bf16>(p.d) / 32 * 32);
+  const std::size_t tiles = (nq_all + amx::kQueryTile - 1) / amx::kQueryTile;
+  // A tile with many candidates (heaps still filling, large k) is scored whole by the block kernel.
+  constexpr unsigned kWholeTile = 24;
+  float exact[amx::kTileQueries * amx::kTileRows];
+  for_each_block(p, job, block, [&](const Chunk<bf16>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
+                                    const std::uint8_t* live, std::size_t ahead) {
+    const bf16* base = chunk.data + local * p.d;
+    const char* pf = ahead > 0 ? reinterpret_cast<const char*>(base + rows * p.d) : nullptr;
+    const std::size_t pf_lines = (ahead * p.d * sizeof(bf16) + 63) / 64;
+    for (std::size_t t = 0; t < tiles; ++t) {
+      const std::size_t q0 = t * amx::kQueryTile;  // within the job
+      const std::size_t qn = std::min(amx::kQueryTile, nq_all - q0);
+      const std::size_t pf_a = pf_lines * t / tiles;
+      const std::size_t pf_b = pf_lines * (t + 1) / tiles;
+      auto on_tile = [&](std::size_t row0, std::size_t nrows, std::size_t j0, std::size_t nq, const std::uint16_t* cand) {
+        const std::size_t qi0 = q0 + j0;  // the tile's first query within the job
+        unsigned count = 0;
+        for (std::size_t i = 0; i < nrows; ++i) count += static_cast<unsigned>(__builtin_popcount(cand[i]));
+        const bool whole = count > kWholeTile;
+        if (whole) {
+          p.scorer.fn(p.queries + (job.q0 + qi0) * p.d, nq, base + row0 * p.d, nrows, p.d, exact, amx::kTileRows,
+                      nullptr, 0);
+        }
+        for (std::size_t i = 0; i < nrows; ++i) {
+          const std::size_t r = row0 + i;
+          if (cand[i] == 0 || (live != nullptr && live[r] == 0)) continue;
+          for (unsigned bits = cand[i]; bits != 0; bits &= bits - 1) {
+            const std::size_t j = static_cast<std::size_t>(__builtin_ctz(bits));
+            float score = exact[j * amx::kTileRows + i];
+            if (!whole) p.scorer.fn(p.queries + (job.q0 + qi0 + j) * p.d, 1, base + r * p.d, 1, p.d, &score, 1, nullptr, 0);
+            Heap& heap = heaps[qi0 + j];
+            if constexpr (std::is_same_v<Heap, GroupHeap>) {
+              if (!heap.may_enter(score)) continue;
+              const std::int64_t g = p.groups != nullptr ? p.groups[rb + r] : p.groups32[rb + r];
+              heap.offer(score, static_cast<std::int64_t>(rb + r), g);
+            } else {
+              heap.offer(score, static_cast<std::int64_t>(rb + r));
+            }
+            if (heap.full()) thr[qi0 + j] = heap.worst_score();
+          }
+        }
+      };
+      amx::screen_bf16(prepared, q0, qn, base, rows, p.d, thr.data() + q0, on_tile,
+                       pf != nullptr ? pf + pf_a * 64 : nullptr, pf_b - pf_a);
+    }
+  });
+}
+#endif
+
 /// Runs one job, offering every live row of [r0, r1) to the heaps of queries q0..q1 (heaps[i]
 /// is query q0 + i's).
 template <class DbT, class Heap>
@@ -587,6 +645,12 @@ void run_job(const Problem<DbT>& p, const Job& job, Heap* heaps) {
     }
     if (p.fused == SimdLevel::avx2 && nq >= Fused<Avx2Tag>::kMinQueries) {
       run_job_fused<Fused<Avx2Tag>>(p, job, heaps);
+      return;
+    }
+  }
+  if constexpr (std::is_same_v<DbT, bf16>) {
+    if (p.amx) {
+      run_job_amx_bf16(p, job, heaps);
       return;
     }
   }

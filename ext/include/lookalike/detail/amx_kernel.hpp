@@ -5,18 +5,24 @@
 // A tile multiply C[16 x 16] += A[16 x K] * B[K x 16] does 16 x 16 x 32 bf16 (or x 64 int8)
 // multiply-adds in one instruction. A is 16 database rows read in place (row stride = the row's
 // bytes; no repacking); B is 16 queries, packed once per call in the pair (bf16) / quad (int8)
-// interleaved layout the instruction reads; C is [row][query], transposed into the driver's
-// [query][row] score buffer.
+// interleaved layout the instruction reads; C is [row][query]: bf16 compares it with the
+// queries' thresholds in place (screen_bf16), int8 transposes it into the driver's [query][row]
+// score buffer (score).
 //
-// Queries are float32 but the tiles take bf16 / int8, so each query is split in two:
-//   bf16: q = hi + lo, hi = bf16(q), lo = bf16(q - hi) (q - hi is exact in float32), so the pair
-//         carries 16 significant bits (relative error <= 2^-17, like the rows' own rounding is
-//         2^-9); both products are accumulated into the same float32 C, hi then lo, step by step
-//         over d. Every (query, row) score is the same sequence of tile operations whatever the
-//         tile, batch, chunking or thread, so ties and results stay deterministic; the bits
-//         differ from the vector kernels' (another summation order) within float rounding.
-//         AMX treats bf16 denormal inputs as zero and flushes denormal results; a stored +-inf
-//         meets a query element whose lo half is zero as 0 * inf = NaN (NaN ranks last).
+// Queries are float32 but the tiles take bf16 / int8:
+//   bf16: the tiles *screen*. They score every (query, row) with the query rounded to bf16
+//         (hi = bf16(q)); the driver then scores only the pairs that may enter a heap with the
+//         vector kernel, so every result is the vector kernel's, bit for bit, at any batch size.
+//         A pair is dropped only when tile + bound < the query's current k-th score, with
+//         bound = ||row|| * (||q - hi|| + 5.2 d 2^-24 ||q|| + sqrt(d) 2^-126) + (4 d + 4
+//         + sqrt(d) ||q||) 2^-126 (inflated): |sum row (q - hi)| by Cauchy-Schwarz, both
+//         kernels' float rounding (gamma_d, with room for the tile's own summation order), and
+//         the tiles' denormals-are-zero / flush-to-zero. ||row|| is summed in float per block
+//         (rounding and underflow bounded and added). Any NaN / inf makes the bound NaN / inf:
+//         a candidate. With normalised vectors at d = 384 the bound is about 1.2e-3, so a few
+//         pairs per query and block reach the vector kernel. An earlier version split q = hi + lo
+//         and ran both halves through the tiles: twice the tile work, and bits that depended on
+//         the batch size.
 //   int8: the int16 query of int8_kernel.hpp, q16 = 256 * hi + lo with hi, lo in [-128, 127]
 //         (|q16| <= 32639 there), two int32 tile sums combined as 256 * hi + lo in wrapping
 //         int32 arithmetic: the exact integer of the vector kernels, so scores are bit-identical
@@ -30,6 +36,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -79,13 +86,17 @@ struct Traits<std::int8_t> {
 template <class T>
 inline constexpr bool kHasAmxKernel = std::is_same_v<T, bf16> || std::is_same_v<T, std::int8_t>;
 
-/// Queries split and packed for the tiles: group g (queries 16g .. 16g + 15), k-step s: the hi
-/// tile then the lo tile, each 16 rows x 64 bytes. int8 also keeps one float scale per query.
+/// Queries packed for the tiles: group g (queries 16g .. 16g + 15), k-step s, `step_bytes` each:
+/// bf16 one tile (hi), int8 two (hi then lo), 16 rows x 64 bytes a tile. int8 keeps one float
+/// scale per query; bf16 the two terms of each query's screening bound (see the top).
 struct Prepared {
   std::vector<std::uint8_t> pack;
-  std::vector<float> qscale;
+  std::vector<float> qscale;     // int8
+  std::vector<float> bound;      // bf16: per unit of row norm
+  std::vector<float> abs_bound;  // bf16: absolute
   std::size_t ksteps = 0;
-  std::size_t bytes_per_group() const noexcept { return ksteps * 2 * 1024; }
+  std::size_t step_bytes = 2048;
+  std::size_t bytes_per_group() const noexcept { return ksteps * step_bytes; }
 };
 
 #if LOOKALIKE_AMX
@@ -118,8 +129,11 @@ inline Support support() noexcept {
     constexpr long kXfeatureXtiledata = 18;
     if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return out;
     __cpuid_count(7, 0, a, b, c, d);
-    out.bf16 = (d >> 22) & 1u;
+    const bool amx_bf16 = (d >> 22) & 1u;
     out.int8 = (d >> 25) & 1u;
+    // The bf16 screen also sums row norms with AVX-512 BF16 (every AMX CPU so far has it).
+    __cpuid_count(7, 1, a, b, c, d);
+    out.bf16 = amx_bf16 && ((a >> 5) & 1u);
     return out;
   }();
   return s;
@@ -136,26 +150,45 @@ inline bool available() noexcept {
   }
 }
 
-/// bf16: splits and packs m queries (false if one holds a non-finite value).
+/// A float upper bound of a non-negative double (NaN stays NaN, so the pair stays a candidate).
+inline float round_up(double x) noexcept {
+  const float f = static_cast<float>(x);
+  return static_cast<double>(f) < x ? std::nextafter(f, std::numeric_limits<float>::infinity()) : f;
+}
+
+/// bf16: packs m queries rounded to bf16 and their screening bounds (false if one holds a
+/// non-finite value or rounds to one: those calls keep the vector kernels).
 inline bool prepare_bf16(const float* q, std::size_t m, std::size_t d, Prepared& p) {
   constexpr std::size_t K = Traits<bf16>::kK;
   p.ksteps = (d + K - 1) / K;
+  p.step_bytes = 1024;
   const std::size_t groups = (m + kTileQueries - 1) / kTileQueries;
   p.pack.assign(groups * p.bytes_per_group(), 0);
+  p.bound.assign(groups * kTileQueries, 0.0f);
+  p.abs_bound.assign(groups * kTileQueries, 0.0f);
+  const double dd = static_cast<double>(d);
+  const double tiny = std::ldexp(1.0, -126);
+  // Float rounding of both kernels' sums: gamma_d = d u / (1 - d u) <= 1.07 d u while d u <= 1/16;
+  // 4 d u for the tiles (room for an order or rounding of their own), 1.2 d u for the vector kernel.
+  const double gamma = dd <= std::ldexp(1.0, 20) ? 5.2 * dd * std::ldexp(1.0, -24) : HUGE_VAL;
   for (std::size_t i = 0; i < m; ++i) {
     std::uint8_t* group = p.pack.data() + (i / kTileQueries) * p.bytes_per_group();
     const std::size_t j = i % kTileQueries;
+    double lo2 = 0.0, q2 = 0.0;
     for (std::size_t k = 0; k < d; ++k) {
       const float x = q[i * d + k];
-      if (!std::isfinite(x)) return false;
       const bf16 hi = to_bf16(x);
-      const bf16 lo = to_bf16(x - to_float(hi));
-      const std::size_t s = k / K;
+      if (!std::isfinite(x) || !std::isfinite(to_float(hi))) return false;
+      const double lo = static_cast<double>(x) - static_cast<double>(to_float(hi));
+      lo2 += lo * lo;
+      q2 += static_cast<double>(x) * static_cast<double>(x);
       const std::size_t kk = k % K;
-      const std::size_t at = (kk / 2) * 64 + j * 4 + (kk % 2) * 2;
-      std::memcpy(group + s * 2048 + at, &hi.bits, 2);
-      std::memcpy(group + s * 2048 + 1024 + at, &lo.bits, 2);
+      std::memcpy(group + (k / K) * 1024 + (kk / 2) * 64 + j * 4 + (kk % 2) * 2, &hi.bits, 2);
     }
+    const double qnorm = std::sqrt(q2);
+    const double slack = 1.0 + std::ldexp(1.0, -10);  // the float rounding of the bound's own arithmetic
+    p.bound[i] = round_up((std::sqrt(lo2) + gamma * qnorm + std::sqrt(dd) * tiny) * slack);
+    p.abs_bound[i] = round_up((4.0 * dd + 4.0 + std::sqrt(dd) * qnorm * 1.01) * tiny * slack);
   }
   return true;
 }
@@ -165,6 +198,7 @@ inline void prepare_int8(const std::int16_t* q16, std::size_t dpad, const float*
                          std::size_t d, Prepared& p) {
   constexpr std::size_t K = Traits<std::int8_t>::kK;
   p.ksteps = (d + K - 1) / K;
+  p.step_bytes = 2048;
   const std::size_t groups = (m + kTileQueries - 1) / kTileQueries;
   p.pack.assign(groups * p.bytes_per_group(), 0);
   p.qscale.assign(groups * kTileQueries, 0.0f);
@@ -186,7 +220,7 @@ inline void prepare_int8(const std::int16_t* q16, std::size_t dpad, const float*
 }
 
 #define LOOKALIKE_AMX_TARGET \
-  __attribute__((target("amx-tile,amx-bf16,amx-int8,avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+  __attribute__((target("amx-tile,amx-bf16,amx-int8,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c")))
 
 struct alignas(64) TileConfig {
   std::uint8_t palette = 1;
@@ -252,11 +286,11 @@ LOOKALIKE_AMX_TARGET inline void transpose_for_test(const float* in, float* out)
 
 // One pass of NR row groups (16 rows each, A tiles read at `a[rg]` with byte stride `astride`;
 // the last k-step, when d is not a multiple of K, from `atail[rg]`, stride 64) against NQ query
-// groups (bf16) or one (int8, hi and lo in separate C tiles).
+// groups (bf16, C[rg * 2 + qg]) or one (int8: hi and lo in C[rg * 2] and C[rg * 2 + 1]).
 template <class T, int NR, int NQ>
 LOOKALIKE_AMX_TARGET void pass(const std::uint8_t* const* a, std::size_t astride, const std::uint8_t* const* atail,
                                std::size_t full_steps, std::size_t ksteps, const std::uint8_t* bgroup,
-                               std::size_t group_bytes, float (*c)[256], const char* pf,
+                               std::size_t group_bytes, std::size_t step_bytes, float (*c)[256], const char* pf,
                                std::size_t pf_lines) noexcept {
   _tile_zero(0);
   _tile_zero(1);
@@ -268,7 +302,7 @@ LOOKALIKE_AMX_TARGET void pass(const std::uint8_t* const* a, std::size_t astride
     const std::size_t pf_until = pf_lines * (s + 1) / ksteps;
     for (; pf_done < pf_until; ++pf_done) LOOKALIKE_PREFETCH_L2(pf + pf_done * 64);
     const bool tail = s >= full_steps;
-    const std::uint8_t* b = bgroup + s * 2048;
+    const std::uint8_t* b = bgroup + s * step_bytes;
     // Tile loads wait for all 16 of their lines and hold up the tile instructions behind them:
     // bring the A rows' next k-step into L1 one step ahead (B, the packed queries, stay in L2
     // and are read as whole contiguous tiles, which the hardware prefetchers follow).
@@ -286,15 +320,9 @@ LOOKALIKE_AMX_TARGET void pass(const std::uint8_t* const* a, std::size_t astride
       if constexpr (NR == 2) _tile_loadd(5, a[1] + s * 64, astride);
     }
     if constexpr (std::is_same_v<T, bf16>) {
-      // C[rg * 2 + qg] += A[rg] x hi[qg], then += A[rg] x lo[qg].
+      // C[rg * 2 + qg] += A[rg] x hi[qg].
       _tile_loadd(6, b, 64);
       if constexpr (NQ == 2) _tile_loadd(7, b + group_bytes, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      if constexpr (NQ == 2) _tile_dpbf16ps(1, 4, 7);
-      if constexpr (NR == 2) _tile_dpbf16ps(2, 5, 6);
-      if constexpr (NR == 2 && NQ == 2) _tile_dpbf16ps(3, 5, 7);
-      _tile_loadd(6, b + 1024, 64);
-      if constexpr (NQ == 2) _tile_loadd(7, b + group_bytes + 1024, 64);
       _tile_dpbf16ps(0, 4, 6);
       if constexpr (NQ == 2) _tile_dpbf16ps(1, 4, 7);
       if constexpr (NR == 2) _tile_dpbf16ps(2, 5, 6);
@@ -326,107 +354,237 @@ LOOKALIKE_AMX_TARGET inline void combine_int8(float* hi, const float* lo, const 
   }
 }
 
-/// out[j * ld + r] = score of query q0 + j against row r, for j < qn (<= kQueryTile), r < rows.
-/// q0 is a multiple of 16 (the driver's query tiles are). Also prefetches pf_lines cache lines
-/// from pf into L2 (the next block), spread over the row groups.
+/// One step of the row loop: rows r0 .. r0 + 16 nr (the first group `valid` rows, < 16 only for
+/// the last), their A tiles (in place, or a zero-padded copy for a partial group) and the padded
+/// copies of their last k-step when d is not a multiple of K.
+struct RowGroups {
+  std::size_t r0 = 0;
+  int nr = 1;
+  std::size_t valid = 0;
+  const std::uint8_t* a[2] = {nullptr, nullptr};
+  std::size_t astride = 0;
+  const std::uint8_t* atail[2] = {nullptr, nullptr};
+  std::size_t full_steps = 0;  // k-steps read in place; the rest from atail
+};
+
+/// Walks `rows` rows of `db` in pairs of 16-row groups (a class, not a callback: GCC does not
+/// give a lambda its enclosing function's target, so intrinsics could not be used in one).
+/// Padded copies are zero-filled so that no byte past a row or the block is read.
 template <class T>
-LOOKALIKE_AMX_TARGET void score(const Prepared& p, std::size_t q0, std::size_t qn, const T* db, std::size_t rows,
-                                std::size_t d, float* out, std::size_t ld, const char* pf,
-                                std::size_t pf_lines) {
-  constexpr std::size_t K = Traits<T>::kK;
-  const std::size_t ksteps = p.ksteps;
-  const std::size_t full_steps = d / K;
-  const std::size_t row_bytes = d * sizeof(T);
+class RowGroupWalker {
+ public:
+  RowGroupWalker(const T* db, std::size_t rows, std::size_t d, std::size_t ksteps) noexcept
+      : db_(db), rows_(rows), d_(d), ksteps_(ksteps) {}
+
+  /// The next pair of groups into g; false after the last.
+  bool next(RowGroups& g) {
+    constexpr std::size_t K = Traits<T>::kK;
+    if (r0_ >= rows_) return false;
+    const std::size_t row_bytes = d_ * sizeof(T);
+    g.r0 = r0_;
+    const std::size_t left = rows_ - r0_;
+    g.nr = left >= 2 * kTileRows ? 2 : 1;
+    g.valid = left >= kTileRows ? kTileRows : left;
+    g.a[0] = reinterpret_cast<const std::uint8_t*>(db_ + r0_ * d_);
+    g.a[1] = reinterpret_cast<const std::uint8_t*>(db_ + (r0_ + kTileRows) * d_);
+    g.astride = row_bytes;
+    g.full_steps = d_ / K;
+    if (g.valid < kTileRows) {  // a last, partial group: a zero-padded copy holds every k-step
+      partial_.assign(kTileRows * ksteps_ * 64, 0);
+      for (std::size_t r = 0; r < g.valid; ++r) std::memcpy(partial_.data() + r * ksteps_ * 64, g.a[0] + r * row_bytes, row_bytes);
+      g.a[0] = partial_.data();
+      g.astride = ksteps_ * 64;
+      g.full_steps = ksteps_;
+    }
+    g.atail[0] = tails_[0];
+    g.atail[1] = tails_[1];
+    if (g.full_steps < ksteps_) {
+      const std::size_t tail_bytes = row_bytes - g.full_steps * 64;
+      for (int rg = 0; rg < g.nr; ++rg) {
+        std::memset(tails_[rg], 0, sizeof(tails_[rg]));
+        for (std::size_t r = 0; r < kTileRows; ++r) {
+          std::memcpy(tails_[rg] + r * 64, g.a[rg] + r * row_bytes + g.full_steps * 64, tail_bytes);
+        }
+      }
+    }
+    r0_ += g.valid < kTileRows ? g.valid : static_cast<std::size_t>(g.nr) * kTileRows;
+    return true;
+  }
+
+ private:
+  const T* db_;
+  std::size_t rows_, d_, ksteps_;
+  std::size_t r0_ = 0;
+  alignas(64) std::uint8_t tails_[2][16 * 64];
+  std::vector<std::uint8_t> partial_;
+};
+
+/// Spreads `pf_lines` prefetches (from `pf`) over a call's passes: the first `done_rows` of
+/// `rows` rows have their share once a row group ends, each pass a slice of the group's share.
+struct PrefetchShare {
+  const char* pf;
+  std::size_t lines;
+  std::size_t rows;
+  std::size_t done = 0;
+  std::size_t until = 0;
+  std::size_t passes = 1;
+  std::size_t index = 0;
+  void start_group(std::size_t done_rows, std::size_t group_passes) noexcept {
+    done = until;
+    until = pf != nullptr ? lines * done_rows / rows : 0;
+    passes = group_passes;
+    index = 0;
+  }
+  const char* slice(std::size_t& count) noexcept {
+    const std::size_t begin = done + (until - done) * index / passes;
+    const std::size_t end = done + (until - done) * (index + 1) / passes;
+    ++index;
+    count = end - begin;
+    return pf != nullptr ? pf + begin * 64 : nullptr;
+  }
+  void finish() const noexcept {
+    for (std::size_t at = until; pf != nullptr && at < lines; ++at) LOOKALIKE_PREFETCH_L2(pf + at * 64);
+  }
+};
+
+/// int8: out[j * ld + r] = score of query q0 + j against row r, for j < qn (<= kQueryTile),
+/// r < rows. q0 is a multiple of 16 (the driver's query tiles are). Also prefetches pf_lines
+/// cache lines from pf into L2 (the next block), spread over the row groups.
+LOOKALIKE_AMX_TARGET inline void score_int8(const Prepared& p, std::size_t q0, std::size_t qn, const std::int8_t* db,
+                                            std::size_t rows, std::size_t d, float* out, std::size_t ld,
+                                            const char* pf, std::size_t pf_lines) {
   const std::size_t group_bytes = p.bytes_per_group();
   const std::size_t groups = (qn + kTileQueries - 1) / kTileQueries;
   const std::uint8_t* bbase = p.pack.data() + (q0 / kTileQueries) * group_bytes;
-
-  // Padded copies: the last k-step's columns (d % K) of each row group, and a partial row group
-  // (< 16 rows), zero-filled so that no byte past a row or the block is read.
-  alignas(64) std::uint8_t tails[2][16 * 64];
-  thread_local std::vector<std::uint8_t> partial;
   alignas(64) float c[4][256];
-
+  PrefetchShare share{pf, pf_lines, rows};
   configure();
-  std::size_t pf_done = 0;
-  for (std::size_t r0 = 0; r0 < rows;) {
-    const std::size_t left = rows - r0;
-    const int nr = left >= 2 * kTileRows ? 2 : 1;
-    const std::size_t valid = left >= kTileRows ? kTileRows : left;
-    const std::uint8_t* a[2] = {reinterpret_cast<const std::uint8_t*>(db + r0 * d),
-                                reinterpret_cast<const std::uint8_t*>(db + (r0 + kTileRows) * d)};
-    std::size_t astride = row_bytes;
-    std::size_t fs = full_steps;  // k-steps read in place; the rest from the padded tails
-    if (valid < kTileRows) {      // a last, partial group: a zero-padded copy holds every k-step
-      partial.assign(kTileRows * ksteps * 64, 0);
-      for (std::size_t r = 0; r < valid; ++r) std::memcpy(partial.data() + r * ksteps * 64, a[0] + r * row_bytes, row_bytes);
-      a[0] = partial.data();
-      astride = ksteps * 64;
-      fs = ksteps;
-    }
-    const std::uint8_t* atail[2] = {tails[0], tails[1]};
-    if (fs < ksteps) {
-      const std::size_t tail_bytes = row_bytes - fs * 64;
-      for (int rg = 0; rg < nr; ++rg) {
-        std::memset(tails[rg], 0, sizeof(tails[rg]));
-        for (std::size_t r = 0; r < kTileRows; ++r) std::memcpy(tails[rg] + r * 64, a[rg] + r * row_bytes + fs * 64, tail_bytes);
+  RowGroupWalker<std::int8_t> walk(db, rows, d, p.ksteps);
+  for (RowGroups rg; walk.next(rg);) {
+    share.start_group(std::min(rows, rg.r0 + static_cast<std::size_t>(rg.nr) * kTileRows), groups);
+    for (std::size_t g = 0; g < groups; ++g) {
+      const std::uint8_t* b = bbase + g * group_bytes;
+      std::size_t pf_count = 0;
+      const char* pf_at = share.slice(pf_count);
+      if (rg.nr == 2) {
+        pass<std::int8_t, 2, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c,
+                                pf_at, pf_count);
+      } else {
+        pass<std::int8_t, 1, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c,
+                                pf_at, pf_count);
+      }
+      const float* qscale = p.qscale.data() + q0 + g * kTileQueries;
+      const std::size_t j0 = g * kTileQueries;
+      const std::size_t nq = qn - j0 < kTileQueries ? qn - j0 : kTileQueries;
+      for (int r = 0; r < rg.nr; ++r) {
+        const std::size_t nrows = r == 0 ? rg.valid : kTileRows;
+        combine_int8(c[r * 2], c[r * 2 + 1], qscale);
+        store_transposed(c[r * 2], nrows, nq, out + j0 * ld + rg.r0 + static_cast<std::size_t>(r) * kTileRows, ld);
       }
     }
-    // This row group's share of the prefetches, spread over its passes' k-steps.
-    const std::size_t done_rows = std::min(rows, r0 + static_cast<std::size_t>(nr) * kTileRows);
-    const std::size_t pf_until = pf != nullptr ? pf_lines * done_rows / rows : 0;
-    const std::size_t passes = std::is_same_v<T, bf16> ? (groups + 1) / 2 : groups;
-    std::size_t pass_index = 0;
-    auto pf_slice = [&](std::size_t& at, std::size_t& count) {
-      const std::size_t begin = pf_done + (pf_until - pf_done) * pass_index / passes;
-      const std::size_t end = pf_done + (pf_until - pf_done) * (pass_index + 1) / passes;
-      at = begin;
-      count = end - begin;
-      ++pass_index;
-    };
-    if constexpr (std::is_same_v<T, bf16>) {
-      for (std::size_t g = 0; g < groups; g += 2) {
-        const std::uint8_t* b = bbase + g * group_bytes;
-        const bool two = g + 1 < groups;
-        std::size_t pf_at = 0, pf_count = 0;
-        pf_slice(pf_at, pf_count);
-        if (nr == 2 && two) pass<T, 2, 2>(a, astride, atail, fs, ksteps, b, group_bytes, c, pf + pf_at * 64, pf_count);
-        if (nr == 2 && !two) pass<T, 2, 1>(a, astride, atail, fs, ksteps, b, group_bytes, c, pf + pf_at * 64, pf_count);
-        if (nr == 1 && two) pass<T, 1, 2>(a, astride, atail, fs, ksteps, b, group_bytes, c, pf + pf_at * 64, pf_count);
-        if (nr == 1 && !two) pass<T, 1, 1>(a, astride, atail, fs, ksteps, b, group_bytes, c, pf + pf_at * 64, pf_count);
-        for (int rg = 0; rg < nr; ++rg) {
-          const std::size_t nrows = rg == 0 ? valid : kTileRows;
-          for (std::size_t qg = 0; qg < (two ? 2u : 1u); ++qg) {
-            const std::size_t j0 = (g + qg) * kTileQueries;
-            const std::size_t nq = qn - j0 < kTileQueries ? qn - j0 : kTileQueries;
-            store_transposed(c[rg * 2 + qg], nrows, nq, out + j0 * ld + r0 + static_cast<std::size_t>(rg) * kTileRows, ld);
-          }
-        }
-      }
-    } else {
-      for (std::size_t g = 0; g < groups; ++g) {
-        const std::uint8_t* b = bbase + g * group_bytes;
-        std::size_t pf_at = 0, pf_count = 0;
-        pf_slice(pf_at, pf_count);
-        if (nr == 2) {
-          pass<T, 2, 1>(a, astride, atail, fs, ksteps, b, group_bytes, c, pf + pf_at * 64, pf_count);
-        } else {
-          pass<T, 1, 1>(a, astride, atail, fs, ksteps, b, group_bytes, c, pf + pf_at * 64, pf_count);
-        }
-        const float* qscale = p.qscale.data() + q0 + g * kTileQueries;
-        const std::size_t j0 = g * kTileQueries;
-        const std::size_t nq = qn - j0 < kTileQueries ? qn - j0 : kTileQueries;
-        for (int rg = 0; rg < nr; ++rg) {
-          const std::size_t nrows = rg == 0 ? valid : kTileRows;
-          combine_int8(c[rg * 2], c[rg * 2 + 1], qscale);
-          store_transposed(c[rg * 2], nrows, nq, out + j0 * ld + r0 + static_cast<std::size_t>(rg) * kTileRows, ld);
-        }
-      }
-    }
-    pf_done = pf_until;
-    r0 += valid < kTileRows ? valid : static_cast<std::size_t>(nr) * kTileRows;
   }
-  for (; pf_done < pf_lines; ++pf_done) LOOKALIKE_PREFETCH_L2(pf + pf_done * 64);
+  share.finish();
+  _tile_release();
+}
+
+/// Upper bounds of the norms of `nrows` bf16 rows: sums of squares by AVX-512 BF16's
+/// vdpbf16ps (32 products an instruction, float sums: relative rounding <= d 2^-24, under the
+/// 2^-10 slack; denormal inputs and results are flushed: at most sqrt(d) 2^-63 of norm, under
+/// the 2^-50 added for d < 2^26), 16 rows at a time and reduced by one transpose; NaN / inf
+/// when a row holds one (or overflows).
+LOOKALIKE_AMX_TARGET inline void row_norm_bounds(const bf16* rows, std::size_t nrows, std::size_t d,
+                                                 float* out) noexcept {
+  const __m512 slack = _mm512_set1_ps(1.0f + std::ldexp(1.0f, -10) + static_cast<float>(d) * std::ldexp(1.0f, -23));
+  const __m512 floor = _mm512_set1_ps(std::ldexp(1.0f, -50));
+  const __mmask32 tail = static_cast<__mmask32>((1ull << (d % 32)) - 1u);
+  for (std::size_t r0 = 0; r0 < nrows; r0 += kTileRows) {
+    const std::size_t n = nrows - r0 < kTileRows ? nrows - r0 : kTileRows;
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    const std::uint16_t* x = reinterpret_cast<const std::uint16_t*>(rows + r0 * d);
+    std::size_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+      for (std::size_t i = 0; i < n; ++i) {
+        const __m512bh v = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + i * d + c));
+        acc[i] = _mm512_dpbf16_ps(acc[i], v, v);
+      }
+    }
+    if (c < d) {
+      for (std::size_t i = 0; i < n; ++i) {
+        const __m512bh v = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, x + i * d + c));
+        acc[i] = _mm512_dpbf16_ps(acc[i], v, v);
+      }
+    }
+    transpose16(acc);  // acc[j] lane i: row i's lane j
+    __m512 sum = acc[0];
+    for (int j = 1; j < 16; ++j) sum = _mm512_add_ps(sum, acc[j]);
+    const __m512 norm = _mm512_fmadd_ps(_mm512_maskz_sqrt_ps(kAll, sum), slack, floor);
+    _mm512_mask_storeu_ps(out + r0, static_cast<__mmask16>((1u << n) - 1u), norm);
+  }
+}
+
+/// bf16: screens `rows` rows of `db` against queries q0 .. q0 + qn of `p` (q0 a multiple of 16,
+/// qn <= kQueryTile) with the hi tiles. For each 16 x 16 tile with a candidate it calls
+/// on_tile(row0, nrows, j0, nq, cand): bit j of cand[i] is set when row row0 + i may reach
+/// thr[j0 + j], query q0 + j0 + j's current threshold (-inf before its heap is full; NaN keeps
+/// every pair). thr is read once per tile, after the previous tile's on_tile (which may raise
+/// it); it holds a multiple of 16 entries. Prefetches like score_int8.
+template <class OnTile>
+LOOKALIKE_AMX_TARGET void screen_bf16(const Prepared& p, std::size_t q0, std::size_t qn, const bf16* db,
+                                      std::size_t rows, std::size_t d, const float* thr, OnTile&& on_tile,
+                                      const char* pf, std::size_t pf_lines) {
+  const std::size_t group_bytes = p.bytes_per_group();
+  const std::size_t groups = (qn + kTileQueries - 1) / kTileQueries;
+  const std::uint8_t* bbase = p.pack.data() + (q0 / kTileQueries) * group_bytes;
+  alignas(64) float c[4][256];
+  float norms[2 * kTileRows];
+  PrefetchShare share{pf, pf_lines, rows};
+  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  configure();
+  RowGroupWalker<bf16> walk(db, rows, d, p.ksteps);
+  for (RowGroups rg; walk.next(rg);) {
+    share.start_group(std::min(rows, rg.r0 + static_cast<std::size_t>(rg.nr) * kTileRows), (groups + 1) / 2);
+    row_norm_bounds(db + rg.r0 * d, rg.nr == 2 ? 2 * kTileRows : rg.valid, d, norms);
+    for (std::size_t g = 0; g < groups; g += 2) {
+      const std::uint8_t* b = bbase + g * group_bytes;
+      const bool two = g + 1 < groups;
+      std::size_t pf_count = 0;
+      const char* pf_at = share.slice(pf_count);
+      if (rg.nr == 2 && two) {
+        pass<bf16, 2, 2>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+      } else if (rg.nr == 2) {
+        pass<bf16, 2, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+      } else if (two) {
+        pass<bf16, 1, 2>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+      } else {
+        pass<bf16, 1, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+      }
+      for (std::size_t qg = 0; qg < (two ? 2u : 1u); ++qg) {
+        const std::size_t j0 = (g + qg) * kTileQueries;
+        const std::size_t nq = qn - j0 < kTileQueries ? qn - j0 : kTileQueries;
+        const __mmask16 qmask = static_cast<__mmask16>((1u << nq) - 1u);
+        const __m512 bound = _mm512_loadu_ps(p.bound.data() + q0 + j0);
+        const __m512 abs_bound = _mm512_loadu_ps(p.abs_bound.data() + q0 + j0);
+        for (int r = 0; r < rg.nr; ++r) {
+          const std::size_t nrows = r == 0 ? rg.valid : kTileRows;
+          const float* tile = c[r * 2 + qg];
+          const __m512 t = _mm512_loadu_ps(thr + j0);
+          std::uint16_t cand[kTileRows];
+          unsigned any = 0;
+          for (std::size_t i = 0; i < nrows; ++i) {
+            const __m512 v = _mm512_loadu_ps(tile + 16 * i);
+            const __m512 reach = _mm512_add_ps(v, _mm512_fmadd_ps(_mm512_set1_ps(norms[r * kTileRows + i]), bound, abs_bound));
+            const __mmask16 m = static_cast<__mmask16>(
+                (_mm512_cmp_ps_mask(reach, t, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(v, minus_inf, _CMP_EQ_OQ)) & qmask);
+            cand[i] = m;
+            any |= m;
+          }
+          if (any != 0) on_tile(rg.r0 + static_cast<std::size_t>(r) * kTileRows, nrows, j0, nq, cand);
+        }
+      }
+    }
+  }
+  share.finish();
   _tile_release();
 }
 
@@ -440,9 +598,11 @@ inline bool available() noexcept {
 }
 inline bool prepare_bf16(const float*, std::size_t, std::size_t, Prepared&) { return false; }
 inline void prepare_int8(const std::int16_t*, std::size_t, const float*, std::size_t, std::size_t, Prepared&) {}
-template <class T>
-inline void score(const Prepared&, std::size_t, std::size_t, const T*, std::size_t, std::size_t, float*, std::size_t,
-                  const char*, std::size_t) {}
+inline void score_int8(const Prepared&, std::size_t, std::size_t, const std::int8_t*, std::size_t, std::size_t, float*,
+                       std::size_t, const char*, std::size_t) {}
+template <class OnTile>
+void screen_bf16(const Prepared&, std::size_t, std::size_t, const bf16*, std::size_t, std::size_t, const float*, OnTile&&,
+                 const char*, std::size_t) {}
 
 #endif  // LOOKALIKE_AMX
 
