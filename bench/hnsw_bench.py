@@ -6,8 +6,9 @@ centres, spread 0.6). Rows (``--json`` prints them as JSON lines, ``--out PATH``
 - ``build`` rows: build seconds, vectors/s, memory (the index's own bytes and the process's
   resident-memory growth while building).
 - ``lookalike_hnsw``: the server's tier as searches run it: ``Database.search_tier`` on a
-  database whose graph was built by the server's background build (native usearch graph, ``ip``, degree
-  16, expansion_add 128; ``--dtype`` f16 by default, or f32/bf16/i8), candidates
+  database whose graph was built by the server's background build (native usearch graph, ``ip``, the
+  server's degree (24) and expansion_add (128) unless ``--connectivity`` says otherwise; ``--dtype``
+  the server's graph storage (i8) by default, or f32/f16/bf16), candidates
   ``rerank_factor`` x k re-ranked exactly, hits with ids.
 - ``graph_<dtype>``: the same graph searched directly (no re-rank, no bookkeeping); batch 1000
   on the native pool. ``lookalike_hnsw``'s batch 1000 column is ``HnswIndex.search_many`` (graph
@@ -32,6 +33,7 @@ from typing import Any
 import harness
 import numpy as np
 from harness import Results, recall
+from lookalike.server import defaults
 
 from lookalike import native
 
@@ -58,7 +60,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--target-recall", type=float, default=0.97)
     ap.add_argument("--skip-faiss", action="store_true")
-    ap.add_argument("--dtype", nargs="+", default=["f16"], help="graph storage(s) of our tier: f16, f32, bf16, i8")
+    ap.add_argument(
+        "--dtype",
+        nargs="+",
+        default=[defaults.HNSW_DTYPE],
+        help="graph storage(s) of our tier: f16, f32, bf16, i8 (default: the server's)",
+    )
     ap.add_argument("--rerank", type=int, nargs="+", default=[4], help="candidates per result re-scored (our tier)")
     ap.add_argument("--connectivity", type=int, default=0, help="our graph's degree (--hnsw-connectivity; 0: default)")
     ap.add_argument("--faiss-m", type=int, default=16, help="FAISS IndexHNSWFlat's M (the issue's peer: 16)")

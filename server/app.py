@@ -325,7 +325,7 @@ def milvus_backend(config: ServerConfig) -> Any:
     store = MilvusStore(config.milvus_uri, token=config.milvus_secret(), db_name=config.milvus_db,
                         prefix=config.milvus_prefix, timeout_s=config.milvus_timeout_s,
                         consistency=config.milvus_consistency)  # fmt: skip
-    index = MilvusIndexSettings(config.milvus_index, config.milvus_metric, config.hnsw_connectivity,
+    index = MilvusIndexSettings(config.milvus_index, config.milvus_metric, config.milvus_hnsw_m,
                                 config.hnsw_expansion_add, config.hnsw_expansion_search)  # fmt: skip
     return lambda dimension, model: MilvusCatalog(dimension, model, store, index=index,
                                                   retry_window=config.retry_window)  # fmt: skip

@@ -217,6 +217,8 @@ class ServerConfig:
     milvus_prefix: str = opt(d.MILVUS_PREFIX, "prefix of the Milvus collections this service owns")
     milvus_index: str = opt(d.MILVUS_INDEX, "Milvus index of each collection: FLAT (exact), HNSW, or AUTOINDEX",
                             choices=d.MILVUS_INDEX_TYPES)  # fmt: skip
+    milvus_hnsw_m: int = opt(d.MILVUS_HNSW_M, "M of Milvus' HNSW index in new collections (--hnsw-connectivity is "
+                             "the built-in graph's)", min=2, max=2048)  # fmt: skip
     milvus_metric: str = opt(d.MILVUS_METRIC, "Milvus metric of new collections; vectors are unit length, so IP and "
                              "COSINE both rank by cosine", choices=("IP", "COSINE"))  # fmt: skip
     milvus_consistency: str = opt(d.MILVUS_CONSISTENCY, "Milvus consistency level of reads (Strong: every replica sees "

@@ -233,7 +233,7 @@ def test_the_cores_defaults_are_the_settings_defaults() -> None:
                             config.hnsw_expansion_search, config.hnsw_rerank, config.hnsw_dtype)  # fmt: skip
     milvus = MilvusIndexSettings()
     assert (milvus.index_type, milvus.metric, milvus.connectivity, milvus.expansion_add, milvus.expansion_search) == (
-        config.milvus_index, config.milvus_metric, config.hnsw_connectivity, config.hnsw_expansion_add,
+        config.milvus_index, config.milvus_metric, config.milvus_hnsw_m, config.hnsw_expansion_add,
         config.hnsw_expansion_search)  # fmt: skip
     for parameter, setting in (("max_image_bytes", "max_image_bytes"), ("max_image_pixels", "max_image_pixels"),
                                ("max_aspect_ratio", "max_aspect_ratio"), ("cpu_exec", "cpu_exec"),

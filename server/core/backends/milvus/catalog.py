@@ -62,7 +62,7 @@ INDEX_TYPES = defaults.MILVUS_INDEX_TYPES
 class MilvusIndexSettings:
     index_type: str = defaults.MILVUS_INDEX
     metric: str = defaults.MILVUS_METRIC
-    connectivity: int = defaults.HNSW_CONNECTIVITY
+    connectivity: int = defaults.MILVUS_HNSW_M
     expansion_add: int = defaults.HNSW_EXPANSION_ADD
     expansion_search: int = defaults.HNSW_EXPANSION_SEARCH
 
