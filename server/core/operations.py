@@ -267,6 +267,9 @@ class Operations:
         try:
             result = self.runners[op.kind](ctx)
             op.result, op.state = result, SUCCEEDED
+            if op.progress:  # the last report may stop short (a reindex's comparing stage at 0.99): done is all
+                op.progress = {**op.progress, "completed": op.progress.get("total", 0), "fraction": 1.0,
+                               "eta_seconds": 0.0}  # fmt: skip
         except Stopping:
             log.info("%s paused at shutdown; it resumes at the next start", op.name)
             self._running.pop(op.id, None)

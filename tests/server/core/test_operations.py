@@ -69,3 +69,26 @@ def test_retention_zero_keeps_finished_operations_until_deleted(tmp_path: Path) 
     assert ops.get("operations/0d0d").done
     ops.delete("operations/0d0d")
     assert not (tmp_path / "0d0d").exists()
+
+
+def test_a_succeeded_operation_reads_100_percent_whatever_its_last_report_said(tmp_path: Path) -> None:
+    """A runner's last report may stop short of the end (a reindex reports its comparing stage at
+    0.99); a succeeded operation shows all of it done, a failed or cancelled one what it reached."""
+
+    def stops_short(ctx: Context) -> dict[str, int]:
+        ctx.report(99, 100, unit="queries", stage="comparing", fraction=0.99)
+        return {"n": 1}
+
+    def fails(ctx: Context) -> dict[str, int]:
+        ctx.report(3, 10, unit="images", stage="embedding")
+        raise RuntimeError("disk on fire")
+
+    ops = Operations(tmp_path, {"short": stops_short, "fails": fails}, retention_s=60.0)
+    done = ops.wait(ops.start("short", "db", {}).name, 10)
+    assert done.progress["fraction"] == 1.0 and done.progress["completed"] == 100
+    assert done.progress["eta_seconds"] == 0.0 and done.progress["stage"] == "comparing"
+    failed = ops.wait(ops.start("fails", "db", {}).name, 10)
+    assert failed.progress["fraction"] == 0.3 and failed.progress["completed"] == 3
+    saved = json.loads((tmp_path / done.id / "operation.json").read_text())
+    assert saved["progress"]["fraction"] == 1.0
+    ops.close()
