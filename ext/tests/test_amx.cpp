@@ -355,6 +355,66 @@ TEST(AmxInt8, ExtremeQueriesAndLargeD) {
   }
 }
 
+// int8 tiles screen too: rows one integer step apart put many pairs inside the bound
+// (||row|| ||lo||) around the k-th score, where a bound too small would drop a row.
+TEST(AmxInt8, NearDuplicateRowsInsideTheBound) {
+  SKIP_WITHOUT_AMX(std::int8_t);
+  const std::size_t n = 2000, d = 384, m = 40, k = 10;
+  const Db<std::int8_t> base = make_db<std::int8_t>(normals(20 * d, 61), 20, d, false);
+  Db<std::int8_t> db;
+  db.data.resize(n * d);
+  db.scales.resize(n);
+  std::mt19937 gen(62);
+  std::uniform_int_distribution<std::size_t> pick(0, d - 1);
+  for (std::size_t r = 0; r < n; ++r) {
+    std::copy_n(base.data.begin() + static_cast<std::ptrdiff_t>((r % 20) * d), d, db.data.begin() + static_cast<std::ptrdiff_t>(r * d));
+    db.scales[r] = base.scales[r % 20];
+    for (int t = 0; t < 3; ++t) {
+      std::int8_t& v = db.data[r * d + pick(gen)];
+      v = static_cast<std::int8_t>(std::clamp(v + (t % 2 ? 1 : -1), -127, 127));
+    }
+  }
+  std::vector<float> q(m * d);
+  const std::vector<float> noise = normals(m * d, 63, 0.01f);
+  for (std::size_t i = 0; i < m; ++i) {
+    for (std::size_t c = 0; c < d; ++c) q[i * d + c] = static_cast<float>(base.data[(i % 20) * d + c]) + noise[i * d + c];
+  }
+  for (std::size_t threads : {1, 2, 5}) {
+    expect_identical(search(db, n, d, q, m, k, options(true, threads)), search(db, n, d, q, m, k, options(false, threads)));
+  }
+}
+
+// Scales the bound's monotonicity argument does not cover (zero, negative, NaN, inf) keep their
+// rows as candidates; masks and one-per-group go through the same screen.
+TEST(AmxInt8, OddScalesLiveMaskAndOnePerGroup) {
+  SKIP_WITHOUT_AMX(std::int8_t);
+  const std::size_t n = 1500, d = 100, m = 50, k = 15;
+  Db<std::int8_t> db = make_db<std::int8_t>(normals(n * d, 71), n, d, false);
+  db.scales[3] = 0.0f;
+  db.scales[4] = -db.scales[4];
+  db.scales[5] = std::numeric_limits<float>::quiet_NaN();
+  db.scales[6] = std::numeric_limits<float>::infinity();
+  db.scales[700] = -1e30f;
+  const std::vector<float> q = normals(m * d, 72, 2.0f);
+  std::vector<std::uint8_t> live(n, 1);
+  std::vector<std::int32_t> groups(n);
+  for (std::size_t r = 0; r < n; ++r) {
+    live[r] = r % 5 != 2;
+    groups[r] = static_cast<std::int32_t>((r * 13) % 120);
+  }
+  for (bool grouped : {false, true}) {
+    for (bool masked : {false, true}) {
+      TopKOptions on = options(true), off = options(false);
+      for (TopKOptions* o : {&on, &off}) {
+        o->live = masked ? live.data() : nullptr;
+        o->one_per_group = grouped;
+        o->groups32 = grouped ? groups.data() : nullptr;
+      }
+      expect_identical(search(db, n, d, q, m, k, on), search(db, n, d, q, m, k, off));
+    }
+  }
+}
+
 TEST(AmxBf16, NonFiniteQueryFallsBackToTheVectorKernel) {
   SKIP_WITHOUT_AMX(bf16);
   const std::size_t n = 50, d = 20, m = 3, k = 5;

@@ -16,7 +16,7 @@
 // How it runs: the rows are cut into blocks that stay in cache (about 128 KiB); a tile of
 // queries (3 with AVX2) is scored against a whole block by the SIMD kernel of the active level
 // (register tiles of 3 queries x 4 rows with AVX2, 8 x 2 with AVX-512; AMX tiles for bf16 and
-// int8 rows in calls of 17+ queries where the CPU has them, detail/amx_kernel.hpp: bf16 tiles
+// int8 rows in calls of 17+ queries where the CPU has them, detail/amx_kernel.hpp: the tiles
 // screen the rows and the vector kernel scores the few that may enter), then each
 // query of the tile offers the block's scores to its bounded heap (16 at a time compared with
 // the heap's worst first). float32 batches (16+ queries with AVX-512, 8+ with AVX2) take the
@@ -70,9 +70,9 @@ struct TopKOptions {
   /// At the avx512 level, score bf16 and int8 rows with AMX tiles when the CPU has them, the OS
   /// grants them and the call has at least 17 queries (below that the scan is bound by memory,
   /// where the vector kernels are faster; detail/amx_kernel.hpp). LOOKALIKE_AMX=0 in the
-  /// environment turns it off for the process. Results are bit-identical either way: int8 tiles
-  /// compute the vector kernels' exact integers; bf16 tiles only screen out rows that cannot
-  /// enter (a bound on their error), and the vector kernel scores the rest.
+  /// environment turns it off for the process. Results are bit-identical either way: the tiles
+  /// only screen out rows that cannot enter (a bound on their error), and the vector kernel
+  /// scores the rest.
   bool amx = true;
 };
 
@@ -438,16 +438,7 @@ void for_each_block(const Problem<DbT>& p, const Job& job, std::size_t block, Vi
 template <class DbT, class Heap>
 void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
   std::size_t block = rows_per_block<DbT>(p.d);
-  if (p.amx) block = std::max<std::size_t>(32, block / 32 * 32);  // whole pairs of 16-row tiles
-  std::size_t tile = p.q16.empty() ? p.scorer.query_tile : std::size_t{3};  // int8: avx2_i8::kQueryTile
-  amx::Prepared amx_queries;  // this job's queries, split and packed for the tiles
-  if constexpr (std::is_same_v<DbT, std::int8_t>) {
-    if (p.amx) {
-      tile = amx::kQueryTile;
-      amx::prepare_int8(p.q16.data() + job.q0 * p.dpad, p.dpad, p.qscale.data() + job.q0, job.q1 - job.q0, p.d,
-                        amx_queries);
-    }
-  }
+  const std::size_t tile = p.q16.empty() ? p.scorer.query_tile : std::size_t{3};  // int8: avx2_i8::kQueryTile
   std::vector<float> buf(tile * block);
   for_each_block(p, job, block, [&](const Chunk<DbT>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
                                     const std::uint8_t* live, std::size_t ahead) {
@@ -461,7 +452,7 @@ void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
     const std::size_t tiles = (job.q1 - job.q0 + tile - 1) / tile;
     const char* pf = nullptr;
     std::size_t pf_lines = 0;
-    if ((tiles >= 2 || p.amx) && ahead > 0) {
+    if (tiles >= 2 && ahead > 0) {
       pf = reinterpret_cast<const char*>(base + rows * p.d);
       pf_lines = (ahead * p.d * sizeof(DbT) + 63) / 64;
     }
@@ -474,9 +465,7 @@ void run_job_blocks(const Problem<DbT>& p, const Job& job, Heap* heaps) {
       const std::size_t pf_n = pf_b - pf_a;
 #if LOOKALIKE_X86_DISPATCH
       if constexpr (std::is_same_v<DbT, std::int8_t>) {
-        if (p.amx) {
-          amx::score_int8(amx_queries, qb - job.q0, qn, base, rows, p.d, buf.data(), block, pf_at, pf_n);
-        } else if (!p.q16.empty() && p.vnni) {
+        if (!p.q16.empty() && p.vnni) {
           avx512_i8::score_prepared(p.q16.data() + qb * p.dpad, p.dpad, p.qscale.data() + qb, qn, base, rows, p.d,
                                     buf.data(), block);
         } else if (!p.q16.empty()) {
@@ -567,31 +556,56 @@ void run_job_fused(const Problem<float>& p, const Job& job, Heap* heaps) {
 #endif
 
 #if LOOKALIKE_X86_DISPATCH
-/// Runs one job of bf16 rows through the AMX tiles as a screen (amx_kernel.hpp): the tiles score
-/// every pair with the query rounded to bf16, and only the pairs whose bound reaches the query's
-/// current k-th score are scored again by the vector kernel and offered, so that the heaps end
-/// exactly as with every row scored by the vector kernel (bit for bit: its scores do not depend
-/// on the tile a row falls in).
-template <class Heap>
-void run_job_amx_bf16(const Problem<bf16>& p, const Job& job, Heap* heaps) {
+/// Runs one job of bf16 or int8 rows through the AMX tiles as a screen (amx_kernel.hpp): the
+/// tiles score every pair with the query's hi half (bf16: rounded to bf16; int8: q16 / 256), and
+/// only the pairs whose bound reaches the query's current k-th score are scored again by the
+/// vector kernel and offered, so that the heaps end exactly as with every row scored by the
+/// vector kernel (bit for bit: its scores do not depend on the tile a row falls in).
+template <class DbT, class Heap>
+void run_job_amx(const Problem<DbT>& p, const Job& job, Heap* heaps) {
   const std::size_t nq_all = job.q1 - job.q0;
   amx::Prepared prepared;
-  if (!amx::prepare_bf16(p.queries + job.q0 * p.d, nq_all, p.d, prepared)) {  // prepare_amx checked; kept safe
-    run_job_blocks(p, job, heaps);
-    return;
+  if constexpr (std::is_same_v<DbT, bf16>) {
+    if (!amx::prepare_bf16(p.queries + job.q0 * p.d, nq_all, p.d, prepared)) {  // prepare_amx checked; kept safe
+      run_job_blocks(p, job, heaps);
+      return;
+    }
+  } else {
+    amx::prepare_int8(p.q16.data() + job.q0 * p.dpad, p.dpad, p.qscale.data() + job.q0, nq_all, p.d, prepared);
   }
   std::vector<float> thr((nq_all + amx::kTileQueries - 1) / amx::kTileQueries * amx::kTileQueries,
                          -std::numeric_limits<float>::infinity());
-  const std::size_t block = std::max<std::size_t>(32, rows_per_block<bf16>(p.d) / 32 * 32);
+  const std::size_t block = std::max<std::size_t>(32, rows_per_block<DbT>(p.d) / 32 * 32);
   const std::size_t tiles = (nq_all + amx::kQueryTile - 1) / amx::kQueryTile;
+  // Exact scores of queries q (job-relative) x `rows` rows from `row` into out (ld 16): the
+  // vector kernel the call would use without AMX.
+  auto exact = [&](std::size_t q, std::size_t nq, const DbT* row, std::size_t rows, const float* scales, float* out) {
+    if constexpr (std::is_same_v<DbT, bf16>) {
+      p.scorer.fn(p.queries + (job.q0 + q) * p.d, nq, row, rows, p.d, out, amx::kTileRows, nullptr, 0);
+    } else {
+      const std::int16_t* q16 = p.q16.data() + (job.q0 + q) * p.dpad;
+      const float* qscale = p.qscale.data() + job.q0 + q;
+      if (p.vnni) {
+        avx512_i8::score_prepared(q16, p.dpad, qscale, nq, row, rows, p.d, out, amx::kTileRows);
+      } else {
+        avx2_i8::score_prepared(q16, p.dpad, qscale, nq, row, rows, p.d, out, amx::kTileRows);
+      }
+      if (scales != nullptr) {
+        for (std::size_t i = 0; i < nq; ++i) {
+          for (std::size_t r = 0; r < rows; ++r) out[i * amx::kTileRows + r] *= scales[r];
+        }
+      }
+    }
+  };
   // A tile with many candidates (heaps still filling, large k) is scored whole by the block kernel.
   constexpr unsigned kWholeTile = 24;
-  float exact[amx::kTileQueries * amx::kTileRows];
-  for_each_block(p, job, block, [&](const Chunk<bf16>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
+  float scored[amx::kTileQueries * amx::kTileRows];
+  for_each_block(p, job, block, [&](const Chunk<DbT>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
                                     const std::uint8_t* live, std::size_t ahead) {
-    const bf16* base = chunk.data + local * p.d;
+    const DbT* base = chunk.data + local * p.d;
+    const float* scales = chunk.scales != nullptr ? chunk.scales + local : nullptr;
     const char* pf = ahead > 0 ? reinterpret_cast<const char*>(base + rows * p.d) : nullptr;
-    const std::size_t pf_lines = (ahead * p.d * sizeof(bf16) + 63) / 64;
+    const std::size_t pf_lines = (ahead * p.d * sizeof(DbT) + 63) / 64;
     for (std::size_t t = 0; t < tiles; ++t) {
       const std::size_t q0 = t * amx::kQueryTile;  // within the job
       const std::size_t qn = std::min(amx::kQueryTile, nq_all - q0);
@@ -602,17 +616,15 @@ void run_job_amx_bf16(const Problem<bf16>& p, const Job& job, Heap* heaps) {
         unsigned count = 0;
         for (std::size_t i = 0; i < nrows; ++i) count += static_cast<unsigned>(__builtin_popcount(cand[i]));
         const bool whole = count > kWholeTile;
-        if (whole) {
-          p.scorer.fn(p.queries + (job.q0 + qi0) * p.d, nq, base + row0 * p.d, nrows, p.d, exact, amx::kTileRows,
-                      nullptr, 0);
-        }
+        const float* tile_scales = scales != nullptr ? scales + row0 : nullptr;
+        if (whole) exact(qi0, nq, base + row0 * p.d, nrows, tile_scales, scored);
         for (std::size_t i = 0; i < nrows; ++i) {
           const std::size_t r = row0 + i;
           if (cand[i] == 0 || (live != nullptr && live[r] == 0)) continue;
           for (unsigned bits = cand[i]; bits != 0; bits &= bits - 1) {
             const std::size_t j = static_cast<std::size_t>(__builtin_ctz(bits));
-            float score = exact[j * amx::kTileRows + i];
-            if (!whole) p.scorer.fn(p.queries + (job.q0 + qi0 + j) * p.d, 1, base + r * p.d, 1, p.d, &score, 1, nullptr, 0);
+            float score = scored[j * amx::kTileRows + i];
+            if (!whole) exact(qi0 + j, 1, base + r * p.d, 1, tile_scales != nullptr ? tile_scales + i : nullptr, &score);
             Heap& heap = heaps[qi0 + j];
             if constexpr (std::is_same_v<Heap, GroupHeap>) {
               if (!heap.may_enter(score)) continue;
@@ -625,7 +637,7 @@ void run_job_amx_bf16(const Problem<bf16>& p, const Job& job, Heap* heaps) {
           }
         }
       };
-      amx::screen_bf16(prepared, q0, qn, base, rows, p.d, thr.data() + q0, on_tile,
+      amx::screen<DbT>(prepared, q0, qn, base, scales, rows, p.d, thr.data() + q0, on_tile,
                        pf != nullptr ? pf + pf_a * 64 : nullptr, pf_b - pf_a);
     }
   });
@@ -648,9 +660,9 @@ void run_job(const Problem<DbT>& p, const Job& job, Heap* heaps) {
       return;
     }
   }
-  if constexpr (std::is_same_v<DbT, bf16>) {
+  if constexpr (amx::kHasAmxKernel<DbT>) {
     if (p.amx) {
-      run_job_amx_bf16(p, job, heaps);
+      run_job_amx(p, job, heaps);
       return;
     }
   }

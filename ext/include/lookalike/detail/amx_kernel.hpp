@@ -1,13 +1,12 @@
-// bf16 and int8 rows scored with AMX tiles (Intel Sapphire Rapids and later), used at the avx512
+// bf16 and int8 rows screened with AMX tiles (Intel Sapphire Rapids and later), used at the avx512
 // level when the CPU has AMX-TILE + AMX-BF16 / AMX-INT8 and the OS grants the tile state
 // (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once per process).
 //
 // A tile multiply C[16 x 16] += A[16 x K] * B[K x 16] does 16 x 16 x 32 bf16 (or x 64 int8)
 // multiply-adds in one instruction. A is 16 database rows read in place (row stride = the row's
 // bytes; no repacking); B is 16 queries, packed once per call in the pair (bf16) / quad (int8)
-// interleaved layout the instruction reads; C is [row][query]: bf16 compares it with the
-// queries' thresholds in place (screen_bf16), int8 transposes it into the driver's [query][row]
-// score buffer (score).
+// interleaved layout the instruction reads; C is [row][query], compared in place with the
+// queries' thresholds (screen): no transpose, no score buffer.
 //
 // Queries are float32 but the tiles take bf16 / int8:
 //   bf16: the tiles *screen*. They score every (query, row) with the query rounded to bf16
@@ -23,10 +22,13 @@
 //         pairs per query and block reach the vector kernel. An earlier version split q = hi + lo
 //         and ran both halves through the tiles: twice the tile work, and bits that depended on
 //         the batch size.
-//   int8: the int16 query of int8_kernel.hpp, q16 = 256 * hi + lo with hi, lo in [-128, 127]
-//         (|q16| <= 32639 there), two int32 tile sums combined as 256 * hi + lo in wrapping
-//         int32 arithmetic: the exact integer of the vector kernels, so scores are bit-identical
-//         to avx2_i8 / avx512_i8.
+//   int8: the tiles screen the same way. The int16 query of int8_kernel.hpp is q16 = 256 hi + lo
+//         with hi, lo in [-128, 127] (|q16| <= 32639 there); the tiles give H = sum row hi
+//         exactly, so the vector kernels' integer is 256 H + sum row lo <= U = 256 H +
+//         ||row|| ||lo|| + 1, and a pair is dropped only when float(U) * qscale * scale, the
+//         vector kernel's own operations on the larger integer, is below the threshold (rounding
+//         is monotone). The pairs kept are scored by avx512_i8 / avx2_i8: bit-identical results.
+//         An earlier version ran both halves through the tiles (the exact integer, twice the work).
 // Queries with a non-finite value keep the vector kernels (the driver checks).
 #pragma once
 
@@ -69,34 +71,34 @@ inline constexpr std::size_t kQueryTile = 64;
 /// tiles, 12.5 through the widening kernel; int8 8 vs 13).
 inline constexpr std::size_t kMinQueries = 17;
 
-/// Elements of one tile row (64 bytes) and how many consecutive k share a B tile row.
+/// Elements of one tile row (64 bytes).
 template <class T>
 struct Traits;
 template <>
 struct Traits<bf16> {
   static constexpr std::size_t kK = 32;
-  static constexpr std::size_t kPack = 2;
 };
 template <>
 struct Traits<std::int8_t> {
   static constexpr std::size_t kK = 64;
-  static constexpr std::size_t kPack = 4;
 };
 
 template <class T>
 inline constexpr bool kHasAmxKernel = std::is_same_v<T, bf16> || std::is_same_v<T, std::int8_t>;
 
-/// Queries packed for the tiles: group g (queries 16g .. 16g + 15), k-step s, `step_bytes` each:
-/// bf16 one tile (hi), int8 two (hi then lo), 16 rows x 64 bytes a tile. int8 keeps one float
-/// scale per query; bf16 the two terms of each query's screening bound (see the top).
+/// Bytes of one tile (16 rows x 64 bytes).
+inline constexpr std::size_t kTileBytes = 1024;
+
+/// Queries packed for the tiles: group g (queries 16g .. 16g + 15), k-step s: one B tile of the
+/// queries' hi halves. bf16 keeps the two terms of each query's screening bound (see the top);
+/// int8 its scale and ||lo||.
 struct Prepared {
   std::vector<std::uint8_t> pack;
   std::vector<float> qscale;     // int8
-  std::vector<float> bound;      // bf16: per unit of row norm
+  std::vector<float> bound;      // bf16: per unit of row norm; int8: ||lo||
   std::vector<float> abs_bound;  // bf16: absolute
   std::size_t ksteps = 0;
-  std::size_t step_bytes = 2048;
-  std::size_t bytes_per_group() const noexcept { return ksteps * step_bytes; }
+  std::size_t bytes_per_group() const noexcept { return ksteps * kTileBytes; }
 };
 
 #if LOOKALIKE_AMX
@@ -161,7 +163,6 @@ inline float round_up(double x) noexcept {
 inline bool prepare_bf16(const float* q, std::size_t m, std::size_t d, Prepared& p) {
   constexpr std::size_t K = Traits<bf16>::kK;
   p.ksteps = (d + K - 1) / K;
-  p.step_bytes = 1024;
   const std::size_t groups = (m + kTileQueries - 1) / kTileQueries;
   p.pack.assign(groups * p.bytes_per_group(), 0);
   p.bound.assign(groups * kTileQueries, 0.0f);
@@ -183,7 +184,7 @@ inline bool prepare_bf16(const float* q, std::size_t m, std::size_t d, Prepared&
       lo2 += lo * lo;
       q2 += static_cast<double>(x) * static_cast<double>(x);
       const std::size_t kk = k % K;
-      std::memcpy(group + (k / K) * 1024 + (kk / 2) * 64 + j * 4 + (kk % 2) * 2, &hi.bits, 2);
+      std::memcpy(group + (k / K) * kTileBytes + (kk / 2) * 64 + j * 4 + (kk % 2) * 2, &hi.bits, 2);
     }
     const double qnorm = std::sqrt(q2);
     const double slack = 1.0 + std::ldexp(1.0, -10);  // the float rounding of the bound's own arithmetic
@@ -193,29 +194,30 @@ inline bool prepare_bf16(const float* q, std::size_t m, std::size_t d, Prepared&
   return true;
 }
 
-/// int8: packs the int16 queries of int8_kernel.hpp (q16: m x dpad) as hi / lo int8 halves.
+/// int8: packs the hi halves of the int16 queries of int8_kernel.hpp (q16: m x dpad), with
+/// q16 = 256 hi + lo, lo in [-128, 127], and an upper bound of ||lo|| per query (`bound`).
 inline void prepare_int8(const std::int16_t* q16, std::size_t dpad, const float* qscale, std::size_t m,
                          std::size_t d, Prepared& p) {
   constexpr std::size_t K = Traits<std::int8_t>::kK;
   p.ksteps = (d + K - 1) / K;
-  p.step_bytes = 2048;
   const std::size_t groups = (m + kTileQueries - 1) / kTileQueries;
   p.pack.assign(groups * p.bytes_per_group(), 0);
   p.qscale.assign(groups * kTileQueries, 0.0f);
+  p.bound.assign(groups * kTileQueries, 0.0f);
   for (std::size_t i = 0; i < m; ++i) {
     std::uint8_t* group = p.pack.data() + (i / kTileQueries) * p.bytes_per_group();
     const std::size_t j = i % kTileQueries;
     p.qscale[i] = qscale[i];
+    std::int64_t lo2 = 0;
     for (std::size_t k = 0; k < d; ++k) {
       const int v = q16[i * dpad + k];
       const int hi = (v + 128) >> 8;  // floor: v = 256 * hi + lo, lo in [-128, 127]
       const int lo = v - 256 * hi;
-      const std::size_t s = k / K;
+      lo2 += static_cast<std::int64_t>(lo) * lo;
       const std::size_t kk = k % K;
-      const std::size_t at = (kk / 4) * 64 + j * 4 + (kk % 4);
-      group[s * 2048 + at] = static_cast<std::uint8_t>(static_cast<std::int8_t>(hi));
-      group[s * 2048 + 1024 + at] = static_cast<std::uint8_t>(static_cast<std::int8_t>(lo));
+      group[(k / K) * kTileBytes + (kk / 4) * 64 + j * 4 + (kk % 4)] = static_cast<std::uint8_t>(static_cast<std::int8_t>(hi));
     }
+    p.bound[i] = round_up(std::sqrt(static_cast<double>(lo2)) * (1.0 + std::ldexp(1.0, -40)));
   }
 }
 
@@ -268,29 +270,21 @@ LOOKALIKE_AMX_TARGET LOOKALIKE_FORCE_INLINE void transpose16(__m512 t[16]) noexc
   }
 }
 
-// c: 16 rows (database rows) x 16 floats (queries). Writes out[j * ld + i] = c[i][j] for
-// i < nrows, j < nq.
-LOOKALIKE_AMX_TARGET inline void store_transposed(const float* c, std::size_t nrows, std::size_t nq, float* out,
-                                                  std::size_t ld) noexcept {
-  __m512 t[16];
-  for (int i = 0; i < 16; ++i) t[i] = _mm512_loadu_ps(c + 16 * i);
-  transpose16(t);
-  const __mmask16 mask = static_cast<__mmask16>((1u << nrows) - 1u);
-  for (std::size_t j = 0; j < nq; ++j) _mm512_mask_storeu_ps(out + j * ld, mask, t[j]);
-}
-
 /// Test hook: the transpose alone.
 LOOKALIKE_AMX_TARGET inline void transpose_for_test(const float* in, float* out) noexcept {
-  store_transposed(in, 16, 16, out, 16);
+  __m512 t[16];
+  for (int i = 0; i < 16; ++i) t[i] = _mm512_loadu_ps(in + 16 * i);
+  transpose16(t);
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + 16 * i, t[i]);
 }
 
 // One pass of NR row groups (16 rows each, A tiles read at `a[rg]` with byte stride `astride`;
 // the last k-step, when d is not a multiple of K, from `atail[rg]`, stride 64) against NQ query
-// groups (bf16, C[rg * 2 + qg]) or one (int8: hi and lo in C[rg * 2] and C[rg * 2 + 1]).
+// groups (B tiles `group_bytes` apart): C[rg * 2 + qg] += A[rg] x B[qg], float (bf16) or int32 (int8).
 template <class T, int NR, int NQ>
 LOOKALIKE_AMX_TARGET void pass(const std::uint8_t* const* a, std::size_t astride, const std::uint8_t* const* atail,
                                std::size_t full_steps, std::size_t ksteps, const std::uint8_t* bgroup,
-                               std::size_t group_bytes, std::size_t step_bytes, float (*c)[256], const char* pf,
+                               std::size_t group_bytes, float (*c)[256], const char* pf,
                                std::size_t pf_lines) noexcept {
   _tile_zero(0);
   _tile_zero(1);
@@ -302,7 +296,7 @@ LOOKALIKE_AMX_TARGET void pass(const std::uint8_t* const* a, std::size_t astride
     const std::size_t pf_until = pf_lines * (s + 1) / ksteps;
     for (; pf_done < pf_until; ++pf_done) LOOKALIKE_PREFETCH_L2(pf + pf_done * 64);
     const bool tail = s >= full_steps;
-    const std::uint8_t* b = bgroup + s * step_bytes;
+    const std::uint8_t* b = bgroup + s * kTileBytes;
     // Tile loads wait for all 16 of their lines and hold up the tile instructions behind them:
     // bring the A rows' next k-step into L1 one step ahead (B, the packed queries, stay in L2
     // and are read as whole contiguous tiles, which the hardware prefetchers follow).
@@ -319,39 +313,24 @@ LOOKALIKE_AMX_TARGET void pass(const std::uint8_t* const* a, std::size_t astride
       _tile_loadd(4, a[0] + s * 64, astride);
       if constexpr (NR == 2) _tile_loadd(5, a[1] + s * 64, astride);
     }
+    _tile_loadd(6, b, 64);
+    if constexpr (NQ == 2) _tile_loadd(7, b + group_bytes, 64);
     if constexpr (std::is_same_v<T, bf16>) {
-      // C[rg * 2 + qg] += A[rg] x hi[qg].
-      _tile_loadd(6, b, 64);
-      if constexpr (NQ == 2) _tile_loadd(7, b + group_bytes, 64);
       _tile_dpbf16ps(0, 4, 6);
       if constexpr (NQ == 2) _tile_dpbf16ps(1, 4, 7);
       if constexpr (NR == 2) _tile_dpbf16ps(2, 5, 6);
       if constexpr (NR == 2 && NQ == 2) _tile_dpbf16ps(3, 5, 7);
     } else {
-      // C[rg * 2] += A[rg] x hi, C[rg * 2 + 1] += A[rg] x lo (int32).
-      _tile_loadd(6, b, 64);
-      _tile_loadd(7, b + 1024, 64);
       _tile_dpbssd(0, 4, 6);
-      _tile_dpbssd(1, 4, 7);
+      if constexpr (NQ == 2) _tile_dpbssd(1, 4, 7);
       if constexpr (NR == 2) _tile_dpbssd(2, 5, 6);
-      if constexpr (NR == 2) _tile_dpbssd(3, 5, 7);
+      if constexpr (NR == 2 && NQ == 2) _tile_dpbssd(3, 5, 7);
     }
   }
   _tile_stored(0, c[0], 64);
-  if constexpr (!std::is_same_v<T, bf16> || NQ == 2) _tile_stored(1, c[1], 64);
+  if constexpr (NQ == 2) _tile_stored(1, c[1], 64);
   if constexpr (NR == 2) _tile_stored(2, c[2], 64);
-  if constexpr (NR == 2 && (!std::is_same_v<T, bf16> || NQ == 2)) _tile_stored(3, c[3], 64);
-}
-
-// int8: c_hi, c_lo int32 [16][16] -> float (256 * hi + lo, wrapping) * qscale[column], in place.
-LOOKALIKE_AMX_TARGET inline void combine_int8(float* hi, const float* lo, const float* qscale) noexcept {
-  const __m512 scale = _mm512_loadu_ps(qscale);
-  for (int i = 0; i < 16; ++i) {
-    const __m512i h = _mm512_loadu_si512(hi + 16 * i);
-    const __m512i l = _mm512_loadu_si512(lo + 16 * i);
-    const __m512i sum = _mm512_add_epi32(_mm512_maskz_slli_epi32(kAll, h, 8), l);
-    _mm512_storeu_ps(hi + 16 * i, _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(kAll, sum), scale));
-  }
+  if constexpr (NR == 2 && NQ == 2) _tile_stored(3, c[3], 64);
 }
 
 /// One step of the row loop: rows r0 .. r0 + 16 nr (the first group `valid` rows, < 16 only for
@@ -447,46 +426,6 @@ struct PrefetchShare {
   }
 };
 
-/// int8: out[j * ld + r] = score of query q0 + j against row r, for j < qn (<= kQueryTile),
-/// r < rows. q0 is a multiple of 16 (the driver's query tiles are). Also prefetches pf_lines
-/// cache lines from pf into L2 (the next block), spread over the row groups.
-LOOKALIKE_AMX_TARGET inline void score_int8(const Prepared& p, std::size_t q0, std::size_t qn, const std::int8_t* db,
-                                            std::size_t rows, std::size_t d, float* out, std::size_t ld,
-                                            const char* pf, std::size_t pf_lines) {
-  const std::size_t group_bytes = p.bytes_per_group();
-  const std::size_t groups = (qn + kTileQueries - 1) / kTileQueries;
-  const std::uint8_t* bbase = p.pack.data() + (q0 / kTileQueries) * group_bytes;
-  alignas(64) float c[4][256];
-  PrefetchShare share{pf, pf_lines, rows};
-  configure();
-  RowGroupWalker<std::int8_t> walk(db, rows, d, p.ksteps);
-  for (RowGroups rg; walk.next(rg);) {
-    share.start_group(std::min(rows, rg.r0 + static_cast<std::size_t>(rg.nr) * kTileRows), groups);
-    for (std::size_t g = 0; g < groups; ++g) {
-      const std::uint8_t* b = bbase + g * group_bytes;
-      std::size_t pf_count = 0;
-      const char* pf_at = share.slice(pf_count);
-      if (rg.nr == 2) {
-        pass<std::int8_t, 2, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c,
-                                pf_at, pf_count);
-      } else {
-        pass<std::int8_t, 1, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c,
-                                pf_at, pf_count);
-      }
-      const float* qscale = p.qscale.data() + q0 + g * kTileQueries;
-      const std::size_t j0 = g * kTileQueries;
-      const std::size_t nq = qn - j0 < kTileQueries ? qn - j0 : kTileQueries;
-      for (int r = 0; r < rg.nr; ++r) {
-        const std::size_t nrows = r == 0 ? rg.valid : kTileRows;
-        combine_int8(c[r * 2], c[r * 2 + 1], qscale);
-        store_transposed(c[r * 2], nrows, nq, out + j0 * ld + rg.r0 + static_cast<std::size_t>(r) * kTileRows, ld);
-      }
-    }
-  }
-  share.finish();
-  _tile_release();
-}
-
 /// Upper bounds of the norms of `nrows` bf16 rows: sums of squares by AVX-512 BF16's
 /// vdpbf16ps (32 products an instruction, float sums: relative rounding <= d 2^-24, under the
 /// 2^-10 slack; denormal inputs and results are flushed: at most sqrt(d) 2^-63 of norm, under
@@ -523,16 +462,56 @@ LOOKALIKE_AMX_TARGET inline void row_norm_bounds(const bf16* rows, std::size_t n
   }
 }
 
-/// bf16: screens `rows` rows of `db` against queries q0 .. q0 + qn of `p` (q0 a multiple of 16,
+/// Upper bounds of the norms of `nrows` int8 rows: the exact integer sum of squares (vpmaddwd
+/// on the rows widened to int16), 16 rows at a time, its square root inflated by 2^-20.
+LOOKALIKE_AMX_TARGET inline void row_norm_bounds(const std::int8_t* rows, std::size_t nrows, std::size_t d,
+                                                 float* out) noexcept {
+  const __m512 slack = _mm512_set1_ps(1.0f + std::ldexp(1.0f, -20));
+  const __mmask32 tail = static_cast<__mmask32>((1ull << (d % 32)) - 1u);
+  for (std::size_t r0 = 0; r0 < nrows; r0 += kTileRows) {
+    const std::size_t n = nrows - r0 < kTileRows ? nrows - r0 : kTileRows;
+    __m512i acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_si512();
+    const std::int8_t* x = rows + r0 * d;
+    std::size_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+      for (std::size_t i = 0; i < n; ++i) {
+        const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i * d + c)));
+        acc[i] = _mm512_add_epi32(acc[i], _mm512_madd_epi16(v, v));
+      }
+    }
+    if (c < d) {
+      for (std::size_t i = 0; i < n; ++i) {
+        const __m512i v = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(tail, x + i * d + c));
+        acc[i] = _mm512_add_epi32(acc[i], _mm512_madd_epi16(v, v));
+      }
+    }
+    __m512 t[16];  // the transpose only moves bits: integer lanes pass through it unchanged
+    for (int i = 0; i < 16; ++i) t[i] = _mm512_castsi512_ps(acc[i]);
+    transpose16(t);
+    __m512i sum = _mm512_castps_si512(t[0]);
+    for (int j = 1; j < 16; ++j) sum = _mm512_add_epi32(sum, _mm512_castps_si512(t[j]));
+    const __m512 norm = _mm512_mul_ps(_mm512_maskz_sqrt_ps(kAll, _mm512_maskz_cvtepi32_ps(kAll, sum)), slack);
+    _mm512_mask_storeu_ps(out + r0, static_cast<__mmask16>((1u << n) - 1u), norm);
+  }
+}
+
+/// Screens `rows` rows of `db` against queries q0 .. q0 + qn of `p` (q0 a multiple of 16,
 /// qn <= kQueryTile) with the hi tiles. For each 16 x 16 tile with a candidate it calls
 /// on_tile(row0, nrows, j0, nq, cand): bit j of cand[i] is set when row row0 + i may reach
 /// thr[j0 + j], query q0 + j0 + j's current threshold (-inf before its heap is full; NaN keeps
 /// every pair). thr is read once per tile, after the previous tile's on_tile (which may raise
-/// it); it holds a multiple of 16 entries. Prefetches like score_int8.
-template <class OnTile>
-LOOKALIKE_AMX_TARGET void screen_bf16(const Prepared& p, std::size_t q0, std::size_t qn, const bf16* db,
-                                      std::size_t rows, std::size_t d, const float* thr, OnTile&& on_tile,
-                                      const char* pf, std::size_t pf_lines) {
+/// it); it holds a multiple of 16 entries. `scales`: int8 rows' scales (null: 1). Also prefetches
+/// pf_lines cache lines from pf into L2 (the next block), spread over the passes.
+///   bf16: a pair is kept when tile + ||row|| bound + abs_bound >= thr (see the top).
+///   int8: the exact integer is 256 H + L, H the tile's, |L| <= ||row|| ||lo||, so
+///         U = 256 H + ||row|| ||lo|| + 1 >= it (in double); a pair is kept when
+///         float(U) * qscale * scale >= thr, the vector kernel's own operations on a larger
+///         integer (rounding is monotone, scales >= 0; a negative or NaN scale keeps the row).
+template <class T, class OnTile>
+LOOKALIKE_AMX_TARGET void screen(const Prepared& p, std::size_t q0, std::size_t qn, const T* db, const float* scales,
+                                 std::size_t rows, std::size_t d, const float* thr, OnTile&& on_tile, const char* pf,
+                                 std::size_t pf_lines) {
   const std::size_t group_bytes = p.bytes_per_group();
   const std::size_t groups = (qn + kTileQueries - 1) / kTileQueries;
   const std::uint8_t* bbase = p.pack.data() + (q0 / kTileQueries) * group_bytes;
@@ -541,7 +520,7 @@ LOOKALIKE_AMX_TARGET void screen_bf16(const Prepared& p, std::size_t q0, std::si
   PrefetchShare share{pf, pf_lines, rows};
   const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   configure();
-  RowGroupWalker<bf16> walk(db, rows, d, p.ksteps);
+  RowGroupWalker<T> walk(db, rows, d, p.ksteps);
   for (RowGroups rg; walk.next(rg);) {
     share.start_group(std::min(rows, rg.r0 + static_cast<std::size_t>(rg.nr) * kTileRows), (groups + 1) / 2);
     row_norm_bounds(db + rg.r0 * d, rg.nr == 2 ? 2 * kTileRows : rg.valid, d, norms);
@@ -551,35 +530,56 @@ LOOKALIKE_AMX_TARGET void screen_bf16(const Prepared& p, std::size_t q0, std::si
       std::size_t pf_count = 0;
       const char* pf_at = share.slice(pf_count);
       if (rg.nr == 2 && two) {
-        pass<bf16, 2, 2>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+        pass<T, 2, 2>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, c, pf_at, pf_count);
       } else if (rg.nr == 2) {
-        pass<bf16, 2, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+        pass<T, 2, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, c, pf_at, pf_count);
       } else if (two) {
-        pass<bf16, 1, 2>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+        pass<T, 1, 2>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, c, pf_at, pf_count);
       } else {
-        pass<bf16, 1, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, p.step_bytes, c, pf_at, pf_count);
+        pass<T, 1, 1>(rg.a, rg.astride, rg.atail, rg.full_steps, p.ksteps, b, group_bytes, c, pf_at, pf_count);
       }
       for (std::size_t qg = 0; qg < (two ? 2u : 1u); ++qg) {
         const std::size_t j0 = (g + qg) * kTileQueries;
         const std::size_t nq = qn - j0 < kTileQueries ? qn - j0 : kTileQueries;
         const __mmask16 qmask = static_cast<__mmask16>((1u << nq) - 1u);
         const __m512 bound = _mm512_loadu_ps(p.bound.data() + q0 + j0);
-        const __m512 abs_bound = _mm512_loadu_ps(p.abs_bound.data() + q0 + j0);
         for (int r = 0; r < rg.nr; ++r) {
+          const std::size_t row0 = rg.r0 + static_cast<std::size_t>(r) * kTileRows;
           const std::size_t nrows = r == 0 ? rg.valid : kTileRows;
           const float* tile = c[r * 2 + qg];
           const __m512 t = _mm512_loadu_ps(thr + j0);
           std::uint16_t cand[kTileRows];
           unsigned any = 0;
           for (std::size_t i = 0; i < nrows; ++i) {
-            const __m512 v = _mm512_loadu_ps(tile + 16 * i);
-            const __m512 reach = _mm512_add_ps(v, _mm512_fmadd_ps(_mm512_set1_ps(norms[r * kTileRows + i]), bound, abs_bound));
-            const __mmask16 m = static_cast<__mmask16>(
-                (_mm512_cmp_ps_mask(reach, t, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(v, minus_inf, _CMP_EQ_OQ)) & qmask);
+            const float norm = norms[r * kTileRows + i];
+            __mmask16 m = 0;
+            if constexpr (std::is_same_v<T, bf16>) {
+              const __m512 abs_bound = _mm512_loadu_ps(p.abs_bound.data() + q0 + j0);
+              const __m512 v = _mm512_loadu_ps(tile + 16 * i);
+              const __m512 reach = _mm512_add_ps(v, _mm512_fmadd_ps(_mm512_set1_ps(norm), bound, abs_bound));
+              m = static_cast<__mmask16>(_mm512_cmp_ps_mask(reach, t, _CMP_NLT_UQ) |
+                                         _mm512_cmp_ps_mask(v, minus_inf, _CMP_EQ_OQ));
+            } else {
+              const float scale = scales != nullptr ? scales[row0 + i] : 1.0f;
+              const __m512i h = _mm512_loadu_si512(tile + 16 * i);
+              const __m512d n = _mm512_set1_pd(static_cast<double>(norm));
+              const __m512d k256 = _mm512_set1_pd(256.0), one = _mm512_set1_pd(1.0);
+              const __m512d lo_b = _mm512_maskz_cvtps_pd(0xFF, _mm512_maskz_extractf32x8_ps(0xFF, bound, 0));
+              const __m512d hi_b = _mm512_maskz_cvtps_pd(0xFF, _mm512_maskz_extractf32x8_ps(0xFF, bound, 1));
+              const __m512d lo_h = _mm512_maskz_cvtepi32_pd(0xFF, _mm512_maskz_extracti32x8_epi32(0xFF, h, 0));
+              const __m512d hi_h = _mm512_maskz_cvtepi32_pd(0xFF, _mm512_maskz_extracti32x8_epi32(0xFF, h, 1));
+              const __m256 lo_u = _mm512_maskz_cvtpd_ps(0xFF, _mm512_fmadd_pd(n, lo_b, _mm512_fmadd_pd(lo_h, k256, one)));
+              const __m256 hi_u = _mm512_maskz_cvtpd_ps(0xFF, _mm512_fmadd_pd(n, hi_b, _mm512_fmadd_pd(hi_h, k256, one)));
+              const __m512 u = _mm512_insertf32x8(_mm512_castps256_ps512(lo_u), hi_u, 1);
+              const __m512 qs = _mm512_loadu_ps(p.qscale.data() + q0 + j0);
+              const __m512 reach = _mm512_mul_ps(_mm512_mul_ps(u, qs), _mm512_set1_ps(scale));
+              m = scale >= 0.0f ? _mm512_cmp_ps_mask(reach, t, _CMP_NLT_UQ) : kAll;
+            }
+            m = static_cast<__mmask16>(m & qmask);
             cand[i] = m;
             any |= m;
           }
-          if (any != 0) on_tile(rg.r0 + static_cast<std::size_t>(r) * kTileRows, nrows, j0, nq, cand);
+          if (any != 0) on_tile(row0, nrows, j0, nq, cand);
         }
       }
     }
@@ -598,11 +598,9 @@ inline bool available() noexcept {
 }
 inline bool prepare_bf16(const float*, std::size_t, std::size_t, Prepared&) { return false; }
 inline void prepare_int8(const std::int16_t*, std::size_t, const float*, std::size_t, std::size_t, Prepared&) {}
-inline void score_int8(const Prepared&, std::size_t, std::size_t, const std::int8_t*, std::size_t, std::size_t, float*,
-                       std::size_t, const char*, std::size_t) {}
-template <class OnTile>
-void screen_bf16(const Prepared&, std::size_t, std::size_t, const bf16*, std::size_t, std::size_t, const float*, OnTile&&,
-                 const char*, std::size_t) {}
+template <class T, class OnTile>
+void screen(const Prepared&, std::size_t, std::size_t, const T*, const float*, std::size_t, std::size_t, const float*,
+            OnTile&&, const char*, std::size_t) {}
 
 #endif  // LOOKALIKE_AMX
 
