@@ -249,30 +249,40 @@ TEST(AmxBf16, ExtremeMagnitudesDenormalsAndNonFiniteRows) {
   }
 }
 
-// Deleted rows and one-per-group search go through the same screen.
-TEST(AmxBf16, LiveMaskAndOnePerGroupBitIdentical) {
-  SKIP_WITHOUT_AMX(bf16);
-  const std::size_t n = 1500, d = 96, m = 50, k = 15;
-  const std::vector<float> x = normals(n * d, 51);
-  const std::vector<float> q = normals(m * d, 52, 0.2f);
-  const Db<bf16> db = make_db<bf16>(x, n, d, false);
+// Deleted rows and one-per-group search (int64 and int32 group ids) go through the same screen:
+// the same answer as the vector kernels, and no deleted row returned.
+template <class T>
+void expect_identical_with_masks_and_groups(const Db<T>& db, std::size_t n, std::size_t d, const std::vector<float>& q,
+                                            std::size_t m, std::size_t k) {
   std::vector<std::uint8_t> live(n, 1);
   std::vector<std::int64_t> groups(n);
+  std::vector<std::int32_t> groups32(n);
   for (std::size_t r = 0; r < n; ++r) {
     live[r] = r % 7 != 3;
     groups[r] = static_cast<std::int64_t>((r * 37) % 200);
+    groups32[r] = static_cast<std::int32_t>(groups[r]);
   }
-  for (bool grouped : {false, true}) {
-    TopKOptions on = options(true), off = options(false);
-    for (TopKOptions* o : {&on, &off}) {
-      o->live = live.data();
-      o->one_per_group = grouped;
-      o->groups = grouped ? groups.data() : nullptr;
+  for (int width : {0, 64, 32}) {
+    for (bool masked : {false, true}) {
+      TopKOptions on = options(true), off = options(false);
+      for (TopKOptions* o : {&on, &off}) {
+        o->live = masked ? live.data() : nullptr;
+        o->one_per_group = width != 0;
+        o->groups = width == 64 ? groups.data() : nullptr;
+        o->groups32 = width == 32 ? groups32.data() : nullptr;
+      }
+      const TopKResult got = search(db, n, d, q, m, k, on);
+      expect_identical(got, search(db, n, d, q, m, k, off));
+      for (std::int64_t id : got.ids) EXPECT_TRUE(!masked || id < 0 || live[static_cast<std::size_t>(id)] != 0);
     }
-    const TopKResult got = search(db, n, d, q, m, k, on);
-    expect_identical(got, search(db, n, d, q, m, k, off));
-    for (std::int64_t id : got.ids) EXPECT_TRUE(id < 0 || live[static_cast<std::size_t>(id)] != 0);
   }
+}
+
+TEST(AmxBf16, LiveMaskAndOnePerGroupBitIdentical) {
+  SKIP_WITHOUT_AMX(bf16);
+  const std::size_t n = 1500, d = 96, m = 50, k = 15;
+  const Db<bf16> db = make_db<bf16>(normals(n * d, 51), n, d, false);
+  expect_identical_with_masks_and_groups(db, n, d, normals(m * d, 52, 0.2f), m, k);
 }
 
 template <class T>
@@ -395,24 +405,7 @@ TEST(AmxInt8, OddScalesLiveMaskAndOnePerGroup) {
   db.scales[5] = std::numeric_limits<float>::quiet_NaN();
   db.scales[6] = std::numeric_limits<float>::infinity();
   db.scales[700] = -1e30f;
-  const std::vector<float> q = normals(m * d, 72, 2.0f);
-  std::vector<std::uint8_t> live(n, 1);
-  std::vector<std::int32_t> groups(n);
-  for (std::size_t r = 0; r < n; ++r) {
-    live[r] = r % 5 != 2;
-    groups[r] = static_cast<std::int32_t>((r * 13) % 120);
-  }
-  for (bool grouped : {false, true}) {
-    for (bool masked : {false, true}) {
-      TopKOptions on = options(true), off = options(false);
-      for (TopKOptions* o : {&on, &off}) {
-        o->live = masked ? live.data() : nullptr;
-        o->one_per_group = grouped;
-        o->groups32 = grouped ? groups.data() : nullptr;
-      }
-      expect_identical(search(db, n, d, q, m, k, on), search(db, n, d, q, m, k, off));
-    }
-  }
+  expect_identical_with_masks_and_groups(db, n, d, normals(m * d, 72, 2.0f), m, k);
 }
 
 TEST(AmxBf16, NonFiniteQueryFallsBackToTheVectorKernel) {
