@@ -63,7 +63,7 @@ namespace lookalike::detail::amx {
 /// Queries per B tile (C's columns) and database rows per A tile (C's rows).
 inline constexpr std::size_t kTileQueries = 16;
 inline constexpr std::size_t kTileRows = 16;
-/// Queries the driver hands to one score() call (several B tiles).
+/// Queries the driver hands to one screen() call (several B tiles).
 inline constexpr std::size_t kQueryTile = 64;
 /// Calls with fewer queries keep the vector kernels: with one B tile or less, a scan is bound by
 /// memory, and the vector kernels (one row stream each) keep closer to it than tile loads of 16
