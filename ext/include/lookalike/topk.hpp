@@ -600,6 +600,7 @@ void run_job_amx(const Problem<DbT>& p, const Job& job, Heap* heaps) {
   // A tile with many candidates (heaps still filling, large k) is scored whole by the block kernel.
   constexpr unsigned kWholeTile = 24;
   float scored[amx::kTileQueries * amx::kTileRows];
+  std::vector<float> norms(block);  // the block's row norms, summed in its first query tile's screen
   for_each_block(p, job, block, [&](const Chunk<DbT>& chunk, std::size_t local, std::size_t rb, std::size_t rows,
                                     const std::uint8_t* live, std::size_t ahead) {
     const DbT* base = chunk.data + local * p.d;
@@ -637,7 +638,7 @@ void run_job_amx(const Problem<DbT>& p, const Job& job, Heap* heaps) {
           }
         }
       };
-      amx::screen<DbT>(prepared, q0, qn, base, scales, rows, p.d, thr.data() + q0, on_tile,
+      amx::screen<DbT>(prepared, q0, qn, base, scales, rows, p.d, norms.data(), t == 0, thr.data() + q0, on_tile,
                        pf != nullptr ? pf + pf_a * 64 : nullptr, pf_b - pf_a);
     }
   });

@@ -501,8 +501,10 @@ LOOKALIKE_AMX_TARGET inline void row_norm_bounds(const std::int8_t* rows, std::s
 /// on_tile(row0, nrows, j0, nq, cand): bit j of cand[i] is set when row row0 + i may reach
 /// thr[j0 + j], query q0 + j0 + j's current threshold (-inf before its heap is full; NaN keeps
 /// every pair). thr is read once per tile, after the previous tile's on_tile (which may raise
-/// it); it holds a multiple of 16 entries. `scales`: int8 rows' scales (null: 1). Also prefetches
-/// pf_lines cache lines from pf into L2 (the next block), spread over the passes.
+/// it); it holds a multiple of 16 entries. `scales`: int8 rows' scales (null: 1). `norms`: one
+/// float per row, filled here when `fill_norms` (the block's first query tile: each row pair's
+/// just before its passes, which also brings the rows into L1), read as they are otherwise.
+/// Also prefetches pf_lines cache lines from pf into L2 (the next block), spread over the passes.
 ///   bf16: a pair is kept when tile + ||row|| bound + abs_bound >= thr (see the top).
 ///   int8: the exact integer is 256 H + L, H the tile's, |L| <= ||row|| ||lo||, so
 ///         U = 256 H + ||row|| ||lo|| + 1 >= it (in double); a pair is kept when
@@ -510,20 +512,19 @@ LOOKALIKE_AMX_TARGET inline void row_norm_bounds(const std::int8_t* rows, std::s
 ///         integer (rounding is monotone, scales >= 0; a negative or NaN scale keeps the row).
 template <class T, class OnTile>
 LOOKALIKE_AMX_TARGET void screen(const Prepared& p, std::size_t q0, std::size_t qn, const T* db, const float* scales,
-                                 std::size_t rows, std::size_t d, const float* thr, OnTile&& on_tile, const char* pf,
-                                 std::size_t pf_lines) {
+                                 std::size_t rows, std::size_t d, float* norms, bool fill_norms, const float* thr,
+                                 OnTile&& on_tile, const char* pf, std::size_t pf_lines) {
   const std::size_t group_bytes = p.bytes_per_group();
   const std::size_t groups = (qn + kTileQueries - 1) / kTileQueries;
   const std::uint8_t* bbase = p.pack.data() + (q0 / kTileQueries) * group_bytes;
   alignas(64) float c[4][256];
-  float norms[2 * kTileRows];
   PrefetchShare share{pf, pf_lines, rows};
   const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   configure();
   RowGroupWalker<T> walk(db, rows, d, p.ksteps);
   for (RowGroups rg; walk.next(rg);) {
     share.start_group(std::min(rows, rg.r0 + static_cast<std::size_t>(rg.nr) * kTileRows), (groups + 1) / 2);
-    row_norm_bounds(db + rg.r0 * d, rg.nr == 2 ? 2 * kTileRows : rg.valid, d, norms);
+    if (fill_norms) row_norm_bounds(db + rg.r0 * d, rg.nr == 2 ? 2 * kTileRows : rg.valid, d, norms + rg.r0);
     for (std::size_t g = 0; g < groups; g += 2) {
       const std::uint8_t* b = bbase + g * group_bytes;
       const bool two = g + 1 < groups;
@@ -543,6 +544,11 @@ LOOKALIKE_AMX_TARGET void screen(const Prepared& p, std::size_t q0, std::size_t 
         const std::size_t nq = qn - j0 < kTileQueries ? qn - j0 : kTileQueries;
         const __mmask16 qmask = static_cast<__mmask16>((1u << nq) - 1u);
         const __m512 bound = _mm512_loadu_ps(p.bound.data() + q0 + j0);
+        // Per tile: bf16's absolute bound, int8's query scales and ||lo|| widened to double.
+        const __m512 abs_bound_or_qs =
+            _mm512_loadu_ps((std::is_same_v<T, bf16> ? p.abs_bound.data() : p.qscale.data()) + q0 + j0);
+        const __m512d lo_b = _mm512_maskz_cvtps_pd(0xFF, _mm512_maskz_extractf32x8_ps(0xFF, bound, 0));
+        const __m512d hi_b = _mm512_maskz_cvtps_pd(0xFF, _mm512_maskz_extractf32x8_ps(0xFF, bound, 1));
         for (int r = 0; r < rg.nr; ++r) {
           const std::size_t row0 = rg.r0 + static_cast<std::size_t>(r) * kTileRows;
           const std::size_t nrows = r == 0 ? rg.valid : kTileRows;
@@ -551,12 +557,11 @@ LOOKALIKE_AMX_TARGET void screen(const Prepared& p, std::size_t q0, std::size_t 
           std::uint16_t cand[kTileRows];
           unsigned any = 0;
           for (std::size_t i = 0; i < nrows; ++i) {
-            const float norm = norms[r * kTileRows + i];
+            const float norm = norms[row0 + i];
             __mmask16 m = 0;
             if constexpr (std::is_same_v<T, bf16>) {
-              const __m512 abs_bound = _mm512_loadu_ps(p.abs_bound.data() + q0 + j0);
               const __m512 v = _mm512_loadu_ps(tile + 16 * i);
-              const __m512 reach = _mm512_add_ps(v, _mm512_fmadd_ps(_mm512_set1_ps(norm), bound, abs_bound));
+              const __m512 reach = _mm512_add_ps(v, _mm512_fmadd_ps(_mm512_set1_ps(norm), bound, abs_bound_or_qs));
               m = static_cast<__mmask16>(_mm512_cmp_ps_mask(reach, t, _CMP_NLT_UQ) |
                                          _mm512_cmp_ps_mask(v, minus_inf, _CMP_EQ_OQ));
             } else {
@@ -564,15 +569,12 @@ LOOKALIKE_AMX_TARGET void screen(const Prepared& p, std::size_t q0, std::size_t 
               const __m512i h = _mm512_loadu_si512(tile + 16 * i);
               const __m512d n = _mm512_set1_pd(static_cast<double>(norm));
               const __m512d k256 = _mm512_set1_pd(256.0), one = _mm512_set1_pd(1.0);
-              const __m512d lo_b = _mm512_maskz_cvtps_pd(0xFF, _mm512_maskz_extractf32x8_ps(0xFF, bound, 0));
-              const __m512d hi_b = _mm512_maskz_cvtps_pd(0xFF, _mm512_maskz_extractf32x8_ps(0xFF, bound, 1));
               const __m512d lo_h = _mm512_maskz_cvtepi32_pd(0xFF, _mm512_maskz_extracti32x8_epi32(0xFF, h, 0));
               const __m512d hi_h = _mm512_maskz_cvtepi32_pd(0xFF, _mm512_maskz_extracti32x8_epi32(0xFF, h, 1));
               const __m256 lo_u = _mm512_maskz_cvtpd_ps(0xFF, _mm512_fmadd_pd(n, lo_b, _mm512_fmadd_pd(lo_h, k256, one)));
               const __m256 hi_u = _mm512_maskz_cvtpd_ps(0xFF, _mm512_fmadd_pd(n, hi_b, _mm512_fmadd_pd(hi_h, k256, one)));
               const __m512 u = _mm512_insertf32x8(_mm512_castps256_ps512(lo_u), hi_u, 1);
-              const __m512 qs = _mm512_loadu_ps(p.qscale.data() + q0 + j0);
-              const __m512 reach = _mm512_mul_ps(_mm512_mul_ps(u, qs), _mm512_set1_ps(scale));
+              const __m512 reach = _mm512_mul_ps(_mm512_mul_ps(u, abs_bound_or_qs), _mm512_set1_ps(scale));
               m = scale >= 0.0f ? _mm512_cmp_ps_mask(reach, t, _CMP_NLT_UQ) : kAll;
             }
             m = static_cast<__mmask16>(m & qmask);
@@ -599,8 +601,8 @@ inline bool available() noexcept {
 inline bool prepare_bf16(const float*, std::size_t, std::size_t, Prepared&) { return false; }
 inline void prepare_int8(const std::int16_t*, std::size_t, const float*, std::size_t, std::size_t, Prepared&) {}
 template <class T, class OnTile>
-void screen(const Prepared&, std::size_t, std::size_t, const T*, const float*, std::size_t, std::size_t, const float*,
-            OnTile&&, const char*, std::size_t) {}
+void screen(const Prepared&, std::size_t, std::size_t, const T*, const float*, std::size_t, std::size_t, float*, bool,
+            const float*, OnTile&&, const char*, std::size_t) {}
 
 #endif  // LOOKALIKE_AMX
 
