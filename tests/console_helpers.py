@@ -57,3 +57,12 @@ def text_of(html: str) -> str:
     """The page's text as a reader sees it: tags gone, spaces collapsed, entities decoded."""
     text = unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)))
     return re.sub(r" ([:?.,)])", r"\1", text)
+
+
+def wait(driver: Any, condition: Any, timeout: float = 60) -> Any:
+    """Poll ``condition`` until it is truthy. An element the page re-rendered between finding it and reading it
+    (StaleElementReferenceException) counts as "not yet", as WebDriverWait's own NoSuchElement does."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)

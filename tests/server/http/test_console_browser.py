@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from console_helpers import wait
 from lookalike.server.core.errors import LookalikeError
 from photos import crop, encode, photo, resize
 from PIL import Image
@@ -85,12 +86,6 @@ def browser(server):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def wait(driver, condition, timeout: float = 60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(condition)
-
-
 def css(driver, selector: str):
     from selenium.webdriver.common.by import By
 

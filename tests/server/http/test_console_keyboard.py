@@ -20,7 +20,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import requests
-from console_helpers import fresh, jpeg, signed_in, start_console
+from console_helpers import fresh, jpeg, signed_in, start_console, wait
 from photos import photo
 from PIL import Image
 
@@ -181,12 +181,6 @@ def press(driver, *keys: str) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
     ActionChains(driver).send_keys(*keys).perform()
-
-
-def wait(driver, condition, timeout: float = 60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(condition)
 
 
 @in_chromium
