@@ -7,8 +7,12 @@ same run: the p50 of a filter on ``color``, on the digest (one row), on both key
 Python scan under the database lock (``scan``, re-enacted here) at a few queries; the first
 filter's one-off column build per key (time and resident memory); then a writer's SetImages
 p50 alone, beside ``--searchers`` unfiltered searchers, beside as many filtered ones (the index),
-and beside as many old-style scans (``--scan-writer``). ``--hnsw N`` gives the database an HNSW
-graph from N images (waited for) so the graph tier answers instead of the exact scan.
+and beside as many old-style scans (``--scan-writer``). Each writer row also gives the writer
+thread's CPU time per write (p50): equal to the wall time, the writer did not wait (for the GIL or
+a lock) but ran slower. The last row is the machine's own floor for that: no other thread, each
+write right after a search in the same thread, so it starts with the caches the scan left.
+``--hnsw N`` gives the database an HNSW graph from N images (waited for) so the graph tier answers
+instead of the exact scan.
 
     .venv/bin/python bench/filtered.py --n 1000000 --d 384 [--values 10] [--seconds 10] [--json]
 """
@@ -62,8 +66,9 @@ def p50_ms(fn: Callable[[np.ndarray], object], queries: np.ndarray) -> float:
 
 
 def writer_p50(catalog: Any, d: int, seconds: float, searchers: int, search: Callable[[np.ndarray], object] | None,
-               queries: np.ndarray) -> tuple[float, int]:  # fmt: skip
-    """p50 ms of one-image SetImages calls for ``seconds`` while ``searchers`` threads loop ``search``."""
+               queries: np.ndarray, inline: bool = False) -> tuple[float, float, int]:  # fmt: skip
+    """p50 ms (wall, thread CPU) of one-image SetImages calls for ``seconds`` while ``searchers`` threads
+    loop ``search``; ``inline``: no threads, one ``search`` in the writer's thread before each write."""
     stop = threading.Event()
     done = [0]
 
@@ -78,19 +83,23 @@ def writer_p50(catalog: Any, d: int, seconds: float, searchers: int, search: Cal
     for t in threads:
         t.start()
     rng = np.random.default_rng(5)
-    lat = []
+    lat, cpu = [], []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         v = rng.standard_normal((1, d), dtype=np.float32)
         v /= np.linalg.norm(v)
-        t0 = time.perf_counter()
+        if inline:
+            search(queries[len(lat) % len(queries)])  # type: ignore[misc]
+        else:
+            time.sleep(0.002)  # a steady writer, not a flood
+        c0, t0 = time.thread_time(), time.perf_counter()
         catalog.set_images("f", [("writer", None, "", {"color": "c1"})], v)
         lat.append(time.perf_counter() - t0)
-        time.sleep(0.002)  # a steady writer, not a flood
+        cpu.append(time.thread_time() - c0)
     stop.set()
     for t in threads:
         t.join()
-    return 1e3 * statistics.median(lat), done[0]
+    return 1e3 * statistics.median(lat), 1e3 * statistics.median(cpu), done[0]
 
 
 def main() -> None:
@@ -169,8 +178,8 @@ def main() -> None:
     scan = p50_ms(lambda q: scan_search(db, q, k, {"color": "c3"}), queries[:3])
     res.add(what="search", mode="color, old scan under the lock", p50_ms=round(scan, 2), ratio=round(scan / base, 2))
 
-    alone, _ = writer_p50(catalog, args.d, args.seconds, 0, None, queries)
-    res.add(what="writer", beside="nothing", p50_ms=round(alone, 3), ratio=1.0)
+    alone, alone_cpu, _ = writer_p50(catalog, args.d, args.seconds, 0, None, queries)
+    res.add(what="writer", beside="nothing", p50_ms=round(alone, 3), ratio=1.0, cpu_p50_ms=round(alone_cpu, 3))
     phases: list[tuple[str, Callable[[np.ndarray], object]]] = [
         ("unfiltered searchers", modes["unfiltered"]),
         ("filtered searchers (index)", modes[f"color (1/{args.values})"]),
@@ -178,9 +187,12 @@ def main() -> None:
     if args.scan_writer:
         phases.append(("filtered searchers (old scan)", lambda q: scan_search(db, q, k, {"color": "c3"})))
     for name, fn in phases:
-        p50, searches = writer_p50(catalog, args.d, args.seconds, args.searchers, fn, queries)
+        p50, cpu, searches = writer_p50(catalog, args.d, args.seconds, args.searchers, fn, queries)
         res.add(what="writer", beside=f"{args.searchers} {name}", p50_ms=round(p50, 3), ratio=round(p50 / alone, 2),
-                searches=searches)  # fmt: skip
+                cpu_p50_ms=round(cpu, 3), searches=searches)  # fmt: skip
+    p50, cpu, _ = writer_p50(catalog, args.d, args.seconds, 0, modes[f"color (1/{args.values})"], queries, inline=True)
+    res.add(what="writer", beside="no thread; a filtered search before each write, same thread", p50_ms=round(p50, 3),
+            ratio=round(p50 / alone, 2), cpu_p50_ms=round(cpu, 3))  # fmt: skip
 
 
 if __name__ == "__main__":
