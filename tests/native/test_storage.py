@@ -280,7 +280,7 @@ def test_int8_kernels_agree_bit_for_bit_across_levels(shape: tuple[int, int, int
 
 @pytest.mark.skipif("avx512" not in LEVELS, reason="needs the avx512 level (the AMX kernels run there)")
 def test_bf16_avx512_level_close_to_float64_and_batch_independent() -> None:
-    """bf16 rows at the avx512 level (AMX tiles where the CPU has them and a call has >= 17
+    """bf16 rows at the avx512 level (AMX tiles where the CPU has them and a call has >= 7
     queries: the tiles only screen, the vector kernel scores what may enter) score within float
     rounding of float64, and a query's answer is the same bits in any batch and alone (the
     vector kernel alone); clustered data puts many rows near each query's k-th score."""

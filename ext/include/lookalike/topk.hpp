@@ -68,8 +68,8 @@ struct TopKOptions {
   /// SIMD level; nullopt = default_simd_level(). Must be supported by this CPU.
   std::optional<SimdLevel> simd;
   /// At the avx512 level, score bf16 and int8 rows with AMX tiles when the CPU has them, the OS
-  /// grants them and the call has at least 17 queries (below that the scan is bound by memory,
-  /// where the vector kernels are faster; detail/amx_kernel.hpp). LOOKALIKE_AMX=0 in the
+  /// grants them and the call has at least amx::kMinQueries (7) queries (below that the vector
+  /// kernels are faster; detail/amx_kernel.hpp). LOOKALIKE_AMX=0 in the
   /// environment turns it off for the process. Results are bit-identical either way: the tiles
   /// only screen out rows that cannot enter (a bound on their error), and the vector kernel
   /// scores the rest.

@@ -65,11 +65,14 @@ inline constexpr std::size_t kTileQueries = 16;
 inline constexpr std::size_t kTileRows = 16;
 /// Queries the driver hands to one screen() call (several B tiles).
 inline constexpr std::size_t kQueryTile = 64;
-/// Calls with fewer queries keep the vector kernels: with one B tile or less, a scan is bound by
-/// memory, and the vector kernels (one row stream each) keep closer to it than tile loads of 16
-/// rows (measured on a 2-vCPU Sapphire Rapids VM: bf16 at m = 1 read 8.5-9 GB/s per core through
-/// tiles, 12.5 through the widening kernel; int8 8 vs 13).
-inline constexpr std::size_t kMinQueries = 17;
+/// Calls with fewer queries keep the vector kernels. The screen costs about the same from 2 to 16
+/// queries (one B tile; 1M x 384 on 2 threads: bf16 ~40 ms, int8 ~22.5 ms), the vector kernels
+/// grow with m and cross it between 6 and 7 queries (m = 6: bf16 37.6-39.8 ms vector vs 39.2-42.0
+/// screen, int8 20.1-21.2 vs 22.6-23.7; m = 7: bf16 42.9-47.2 vs 39.1-41.0, int8 24.6-25.9 vs
+/// 22.5-23.0; ties at 7-8 at d = 1280, the screen ahead at 7 at 50k rows). At m = 1 the scan is
+/// bound by memory and the vector kernels read it faster (bf16 8.5-9 GB/s per core through tiles,
+/// 12.5 through the widening kernel).
+inline constexpr std::size_t kMinQueries = 7;
 
 /// Elements of one tile row (64 bytes).
 template <class T>
