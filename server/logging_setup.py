@@ -63,6 +63,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=True, default=str)
 
 
+def active_settings() -> tuple[str, str]:
+    """(level, format) of this process's logging as ``configure_logging`` set it, so that a child process
+    (the background embedder) writes its lines alike; ("warning", "text") when it was never called."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if getattr(handler, "_lookalike", False):
+            fmt = "json" if isinstance(handler.formatter, JsonFormatter) else "text"
+            return logging.getLevelName(root.getEffectiveLevel()).lower(), fmt
+    return "warning", "text"
+
+
 def configure_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None = None) -> logging.Handler:
     """Route the root logger to ``stream`` (stderr) in ``fmt``; replaces handlers set by an earlier call."""
     if fmt not in LOG_FORMATS:

@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from lookalike.server.core.errors import ErrorKind, LookalikeError
+from lookalike.server.logging_setup import active_settings, configure_logging
 
 if TYPE_CHECKING:
     from lookalike.server.core.embedding.embedder import Embedder
 
 log = logging.getLogger(__name__)
+child_log = logging.getLogger("lookalike.background_embedder")  # the child's lines (its __name__ is "__main__")
 
 BACKGROUND_MODES = ("process", "inline")
 START_TIMEOUT_S = 300.0  # importing torch and loading a model on a busy machine
@@ -169,7 +171,8 @@ class ChildEmbedder:
         self._child = None
         ours, theirs = Pipe(duplex=True)
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | CHILD_MALLOC
-        cmd = [sys.executable, "-m", __name__, str(theirs.fileno())]
+        level, fmt = active_settings()  # its lines as the server's: --log-format json stays one object a line
+        cmd = [sys.executable, "-m", __name__, str(theirs.fileno()), level, fmt]
         proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         child = _Child(proc, ours)
@@ -277,7 +280,9 @@ def child(fd: int) -> int:
 
         embedder = Embedder(**spec)
     except Exception as exc:  # told to the server, which fails the operation with it
-        conn.send(("failed", f"could not load the model: {type(exc).__name__}: {exc}"[:2000]))
+        why = f"could not load the model: {type(exc).__name__}: {exc}"[:2000]
+        child_log.error("%s", why)
+        conn.send(("failed", why))
         return 1
     conn.send(("ready",))
     send_lock = threading.Lock()
@@ -314,5 +319,5 @@ def child(fd: int) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="lookalike background embedder: %(levelname)s %(message)s")
+    configure_logging(*(sys.argv[2:4] if len(sys.argv) >= 4 else ("warning", "text")))
     sys.exit(child(int(sys.argv[1])))

@@ -4,6 +4,8 @@ and carries no secrets."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import time
@@ -15,6 +17,7 @@ from lookalike.server.core.embedding.background import ChildEmbedder, InlineEmbe
 from lookalike.server.core.embedding.default_model import default_model_path
 from lookalike.server.core.embedding.embedder import Embedder
 from lookalike.server.core.errors import LookalikeError
+from lookalike.server.logging_setup import configure_logging
 from photos import PHOTO_NAMES, encode, photo
 
 SCHED_IDLE = 5  # os.SCHED_IDLE on Linux
@@ -105,7 +108,14 @@ def test_an_idle_child_stops_and_carries_no_secrets(embedder: Embedder, monkeypa
         worker.close()
 
 
-def test_a_model_the_child_cannot_load_fails_with_why(embedder: Embedder, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_model_the_child_cannot_load_fails_with_why_logged_as_the_server_logs(
+    embedder: Embedder, tmp_path: Path, fmt: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The failure reaches the operation, and the child's own log line is in the server's ``--log-format``
+    (it inherits stderr: a plain-text line in a JSON log breaks the operator's pipeline)."""
+    root_level = logging.getLogger().level
+    handler = configure_logging("info", fmt)
     worker = ChildEmbedder({**embedder.spec, "model_path": str(tmp_path / "gone.pt")}, idle_s=60)
     try:
         with pytest.raises(LookalikeError) as err:
@@ -114,6 +124,16 @@ def test_a_model_the_child_cannot_load_fails_with_why(embedder: Embedder, tmp_pa
         assert worker.pid is None
     finally:
         worker.close()
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(root_level)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "gone.pt" in line]
+    assert len(lines) == 1, lines  # the child's line (the server's error is raised, not logged here)
+    if fmt == "json":
+        line = json.loads(lines[0])
+        assert line["level"] == "error" and line["logger"] == "lookalike.background_embedder", line
+        assert "could not load the model" in line["message"]
+    else:
+        assert " ERROR lookalike.background_embedder: could not load the model" in lines[0], lines[0]
 
 
 def test_inline_and_gpu_servers_embed_on_their_own_workers() -> None:
