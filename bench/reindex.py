@@ -11,7 +11,9 @@ as a catalogue is usually registered (leave it out with ``--no-single``). Each r
    ``BulkItem`` s as ``lookalike add`` sends them (2 streams of 64): on the one-model server, then on the
    two-model server under model ``a`` (images/s from the client);
 2. idle searches: a searcher thread sends Search (by vector, or ``--query image``: by a JPEG) at
-   ``--rate`` per second for ``--idle-seconds`` on the idle two-model server;
+   ``--rate`` per second for ``--idle-seconds`` on the idle two-model server, before the reindex and again
+   after it (the idle p99 is over both windows: one window's p99 moved by half between minutes; each
+   window's own p99 is printed too);
 3. reindex: ``client.reindex_database(db, "b")`` while the same searcher runs (model b's background embedding
    process, ``--reindex-worker process``, was started by a first reindex of the warm-up database: its start,
    a few seconds, is printed apart), timed to ``wait_done``
@@ -187,13 +189,19 @@ def main() -> int:
                     row["add_per_s"] = round(args.images / register(two.address, db, sets[r]), 2)
                     with Searcher(two.address, db, rate, args.query, queries, query_image) as idle:
                         time.sleep(args.idle_seconds)
-                    row.update(idle.summary("idle"))
                     with Searcher(two.address, db, rate, args.query, queries, query_image) as busy:
                         began = time.perf_counter()
                         op = c.reindex_database(db, "b")
                         final = c.wait_done(op.name)
                         seconds = time.perf_counter() - began
                     row.update(busy.summary("reindex"))
+                    with Searcher(two.address, db, rate, args.query, queries, query_image) as after:
+                        time.sleep(args.idle_seconds)  # the same database name, now the reindexed one
+                    row.update(idle_before_p99_ms=idle.summary("x")["x_p99_ms"],
+                               idle_after_p99_ms=after.summary("x")["x_p99_ms"])  # fmt: skip
+                    idle.latencies += after.latencies  # idle: both windows, before and after the reindex
+                    idle.errors += after.errors
+                    row.update(idle.summary("idle"))
                     if final.state != 2 or not final.HasField("reindex"):  # OPERATION_STATE_SUCCEEDED
                         raise RuntimeError(f"reindex {op.name} ended {final.state}: {final.error}")
                     res = final.reindex
@@ -211,7 +219,9 @@ def main() -> int:
                     row = out.add(row)
                     out.say(f"run {r}: add {row['add_per_s']}/s (one model {row.get('add_one_model_per_s', '-')}/s), "
                             f"reindex {row['reindex_per_s']}/s (x{row['reindex_vs_add']}); search p99 idle "
-                            f"{row['idle_p99_ms']} ms, reindexing {row['reindex_p99_ms']} ms, "
+                            f"{row['idle_p99_ms']} ms (before {row['idle_before_p99_ms']}, "
+                            f"after {row['idle_after_p99_ms']}), "
+                            f"reindexing {row['reindex_p99_ms']} ms, "
                             f"failed {row['reindex_failed']}; load {row['load']}")  # fmt: skip
         finally:
             two.stop()
