@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.transport.call_slots import CallSlots
+from lookalike.server.transport.console.rates import RequestRates
 from lookalike.server.transport.console.session import PATH, Session
 from lookalike.server.transport.http_gateway import HTTP_STATUS
 
@@ -56,6 +57,7 @@ class Console:
         self.gateway = gateway  # read when a page is asked for (an app is built before its gateway is set up)
         self.session = Session(gateway)
         self.slots = slots
+        self.rates = RequestRates()  # the status page's, with the last view's counters
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["q"] = lambda value: quote(str(value), safe="")
         self.static = {p.name: (p.read_bytes(), STATIC_TYPES[p.suffix]) for p in sorted((HERE / "static").iterdir())

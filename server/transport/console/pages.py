@@ -120,31 +120,6 @@ def human_bytes(size: int | None) -> str:
     return f"{size:.1f} TB"
 
 
-def request_rates(metrics: Any) -> tuple[list[dict[str, Any]], float]:
-    """Calls, failures, mean latency and rate per method, from the server's own Prometheus registry."""
-    if metrics is None:
-        return [], 0.0
-    rows: dict[str, dict[str, Any]] = {}
-    started = 0.0
-    for family in metrics.registry.collect():
-        for s in family.samples:
-            method = s.labels.get("method", "")
-            if s.name == "process_start_time_seconds":
-                started = s.value
-            elif s.name == "lookalike_requests_total":
-                row = rows.setdefault(method, {"method": method, "calls": 0, "failed": 0, "seconds": 0.0})
-                row["calls"] += s.value
-                row["failed"] += 0 if s.labels.get("code") == "OK" else s.value
-            elif s.name == "lookalike_request_seconds_sum":
-                rows.setdefault(method, {"method": method, "calls": 0, "failed": 0, "seconds": 0.0})
-                rows[method]["seconds"] += s.value
-    uptime = max(time.time() - started, 1e-9) if started else 0.0
-    for row in rows.values():
-        row["mean_ms"] = 1000 * row["seconds"] / row["calls"] if row["calls"] else 0.0
-        row["per_s"] = row["calls"] / uptime if uptime else 0.0
-    return sorted(rows.values(), key=lambda r: -r["calls"]), uptime
-
-
 def add_routes(router: APIRouter, console: Console) -> None:
     console.templates.env.globals["thumbnail_url"] = thumbnail_url
 
@@ -236,11 +211,11 @@ def add_routes(router: APIRouter, console: Console) -> None:
     async def status(request: Request) -> Response:
         models = await console.call(console.service.list_models)
         dbs = await console.call(console.service.all_databases)
-        rates, uptime = request_rates(console.metrics)
+        rates, uptime, recent_s = console.rates.rows(console.metrics)
         return console.page(request, "status.html", title="Status", section="status", models=models,
                             counts={"databases": len(dbs), "images": sum(d.size for d in dbs),
                                     "groups": sum(d.group_count for d in dbs)},
-                            rates=rates, uptime=uptime, ready=console.service.ready)  # fmt: skip
+                            rates=rates, uptime=uptime, recent_s=recent_s, ready=console.service.ready)  # fmt: skip
 
     add = router.add_api_route
     add("", console.route(index), methods=["GET"])

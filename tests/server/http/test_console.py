@@ -380,11 +380,17 @@ def test_delete_an_image_and_a_group_after_confirming(server, browser):
 
 
 def request_table(page: str) -> tuple[dict[str, list[float]], float]:
-    """The status page's request table, {method: [calls, failed, per second, mean ms]}, and its uptime (s)."""
+    """The status page's request table, {method: [calls, failed, per second, mean ms, per second recently (or
+    None)]}, and its uptime (s)."""
     table = page.split("<caption>Requests since start")[1].split("</table>")[0]
     rows = re.findall(r'<tr><th scope="row">([^<]+)</th>(.*?)</tr>', table, re.S)
     up = float(re.search(r"<dt>Up</dt><dd>(\d+) s</dd>", page).group(1))
-    return {m: [float(c) for c in re.findall(r"<td>([0-9.]+)</td>", cells)] for m, cells in rows}, up
+    out = {}
+    for method, cells in rows:
+        calls, failed, per_s, recent, mean_ms = re.findall(r"<td>([^<]*)</td>", cells)
+        now = None if recent == "–" else float(recent)
+        out[method] = [float(calls), float(failed), float(per_s), float(mean_ms), now]
+    return out, up
 
 
 def test_status(server, browser):
@@ -406,7 +412,8 @@ def test_status(server, browser):
         requests.post(server.base + "/", json=body, headers={"Authorization": TOKEN}, timeout=30)
     with LookalikeClient(server.address, token=TOKEN, timeout=30) as c:
         c.list_databases()
-    after, up = request_table(s.get(server.base + "/ui/status", timeout=30).text)
+    after_page = s.get(server.base + "/ui/status", timeout=30).text
+    after, up = request_table(after_page)
     assert after["pai/get"][0] == before.get("pai/get", [0])[0] + 3
     assert sum(r[1] for r in after.values()) == sum(r[1] for r in before.values()) + 1
     assert any(m.endswith("ListDatabases") for m in after), after  # gRPC
@@ -420,12 +427,16 @@ def test_status(server, browser):
             elif x.name == "lookalike_request_seconds_sum":
                 row[2] += x.value
     assert set(after) == {m for m, r in counted.items() if r[0]}
-    for method, (calls, failed, per_s, mean_ms) in after.items():
+    window = float(re.search(r"Per second, last (\d+) s", after_page).group(1))
+    for method, (calls, failed, per_s, mean_ms, recent) in after.items():
         assert [calls, failed] == counted[method][:2], method
         assert mean_ms == round(1000 * counted[method][2] / calls, 1), method
         # calls over the server's uptime: the page shows the uptime rounded to the second (a relative error of up to
         # 0.5 / up) and the rate to 3 decimals (5e-4); the two add up (pytest.approx takes the larger of rel and abs)
         assert abs(per_s - calls / up) <= (calls / up) * 0.6 / up + 6e-4, method
+        # since an earlier view (this test's first, or one before it): a rate, not the uptime's average
+        assert recent is not None and recent * (window + 1) >= calls - before.get(method, [0])[0] - 1e-6, method
+    assert after["pai/get"][4] * (window + 1) >= 3
 
 
 # -- the open console ------------------------------------------------------------------------------
