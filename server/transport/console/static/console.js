@@ -63,9 +63,6 @@
         entries.reduce(function (chain, en) { return chain.then(function () { return walk(en, "", found); }); },
           Promise.resolve()).then(function () { setFiles(input, imageFiles(found)); });
       });
-      zone.addEventListener("keydown", function (e) {  // Enter or Space on the zone opens the file picker
-        if (e.target === zone && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); input.click(); }
-      });
     });
     document.addEventListener("paste", function (e) {
       var files = imageFiles(e.clipboardData && e.clipboardData.items);
