@@ -7,6 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
+# Seven distinct photos: scikit-image's ``cat`` is ``chelsea``, pixel for pixel (tests that share a kept blob
+# between two images rely on it; a test that needs distinct photos takes PHOTO_NAMES[:5]).
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "camera", "cat", "hubble_deep_field", "immunohistochemistry")
 
 
