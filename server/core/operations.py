@@ -264,25 +264,33 @@ class Operations:
 
     def _run(self, ctx: Context) -> None:
         op = ctx.op
+        result, error = None, None
         try:
             result = self.runners[op.kind](ctx)
-            op.result, op.state = result, SUCCEEDED
-            if op.progress:  # the last report may stop short (a reindex's comparing stage at 0.99): done is all
-                op.progress = {**op.progress, "completed": op.progress.get("total", 0), "fraction": 1.0,
-                               "eta_seconds": 0.0}  # fmt: skip
+            state = SUCCEEDED
         except Stopping:
             log.info("%s paused at shutdown; it resumes at the next start", op.name)
             self._running.pop(op.id, None)
             return
         except Cancelled:
-            op.state = CANCELLED
+            state = CANCELLED
         except LookalikeError as err:
-            op.state, op.error = FAILED, {"kind": err.kind.name, "reason": err.reason, "message": err.message}
+            state, error = FAILED, {"kind": err.kind.name, "reason": err.reason, "message": err.message}
         except Exception as exc:  # the operation records why it failed; the server goes on
             log.exception("%s failed", op.name)
-            op.state = FAILED
-            op.error = {"kind": "INTERNAL", "reason": "OPERATION_FAILED", "message": f"{type(exc).__name__}: {exc}"}
+            state = FAILED
+            error = {"kind": "INTERNAL", "reason": "OPERATION_FAILED", "message": f"{type(exc).__name__}: {exc}"}
+        # Done and saved in one step under the lock: a waiter, an expiry or a delete that sees it done never
+        # sees it before its last save (a delete followed by that save would bring the folder back).
         with self._changed:
+            if state == SUCCEEDED:
+                op.result = result
+                if op.progress:  # the last report may stop short (a reindex's comparing stage at 0.99): done is all
+                    op.progress = {**op.progress, "completed": op.progress.get("total", 0), "fraction": 1.0,
+                                   "eta_seconds": 0.0}  # fmt: skip
+            elif error is not None:
+                op.error = error
+            op.state = state  # last: a reader without the lock sees the result before it sees done
             self._running.pop(op.id, None)
             self.save(op, locked=True)
             self._changed.notify_all()

@@ -92,3 +92,27 @@ def test_a_succeeded_operation_reads_100_percent_whatever_its_last_report_said(t
     saved = json.loads((tmp_path / done.id / "operation.json").read_text())
     assert saved["progress"]["fraction"] == 1.0
     ops.close()
+
+
+def test_a_delete_as_soon_as_an_operation_is_done_leaves_no_folder(tmp_path: Path) -> None:
+    """The final state is set and saved under one lock: a delete (or expiry) that sees the operation done
+    comes after its last save, which would otherwise bring the deleted folder back (CI caught the expiry)."""
+    import sys
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race window is a few bytecodes
+    ops = Operations(tmp_path, {"count": lambda ctx: {"n": 1}}, retention_s=60.0)
+    try:
+        for _ in range(300):
+            op = ops.start("count", "db", {})
+            while not op.done:  # no lock: as a caller polling GetOperation
+                pass
+            ops.delete(op.name)
+            for _ in range(100):  # the runner thread ends right after its save
+                if op.id not in ops._running:
+                    break
+                time.sleep(0.001)
+            assert not (tmp_path / op.id).exists(), op.id
+    finally:
+        sys.setswitchinterval(before)
+        ops.close()
