@@ -154,14 +154,21 @@ def main() -> None:
             "disk_bytes": round(row["disk_bytes"] / done, 1),
         }
         out.add(row)
-        # Restart: the snapshot (rows + graph) is loaded; the graph must answer without a rebuild.
+        # Restart: the snapshot's rows are loaded, then the graph (in the background); it must not be rebuilt.
         server.stop(timeout=600)
         t2 = time.perf_counter()
         server = ServeProcess(*flags, log=work / "server-restart.log", timeout=1800)
         with LookalikeClient(server.address) as c:
             r = c.search("scale", vector=queries[0].tolist(), top_k=k)
-        rebuilt = [line for line in server.log_lines() if "HNSW graph of" in line]
-        restart = {"serving_s": round(time.perf_counter() - t2, 1), "first_search_index": r.index,
+            serving = time.perf_counter() - t2
+            first = r.index  # the graph loads in the background: until it is in, the exact tier answers
+            while r.index != "hnsw" and time.perf_counter() - t2 < 1800:
+                time.sleep(0.05)
+                r = c.search("scale", vector=queries[0].tolist(), top_k=k)
+        log_lines = server.log_lines()
+        rebuilt = [line for line in log_lines if "HNSW graph of" in line and ("ready" in line or "rebuil" in line)]
+        restart = {"serving_s": round(serving, 1), "first_search_index": first,
+                   "graph_in_s": round(time.perf_counter() - t2, 1),
                    "graph_rebuilt": bool(rebuilt), "rss": proc_status(server.pid)}  # fmt: skip
         # Steady state after the restart: the same searches (cold pages first, then warm), then memory.
         for name in ("search_cold", "search_warm"):

@@ -7,13 +7,16 @@ then SERVING. Shutdown: stop taking calls, drain, take a final snapshot, close t
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lookalike.server.config import ServerConfig
+from lookalike.server.core.backends.api import snapshot_damaged
 from lookalike.server.core.backends.builtin.catalog import Catalog
 from lookalike.server.core.backends.builtin.hnsw import HnswSettings
 from lookalike.server.core.backends.builtin.persistence import Persistence
@@ -200,6 +203,14 @@ def image_store(config: ServerConfig, persistence: Persistence | None) -> ImageS
     return ImageStore(None)
 
 
+def stop_on_damage(name: str, why: str) -> None:
+    """A snapshot file found damaged after start-up (``--snapshot-check background``): stop as start-up would
+    have, at once and before any snapshot could give the damaged rows new checksums; the log keeps every
+    acknowledged write (as after a kill -9)."""
+    print(f"lookalike serve: {snapshot_damaged(name, why).message}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
 def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
     tokens = TokenSet(config.token, config.token_file)  # a bad token file stops start-up here
     device = config.device or ("cuda" if _cuda_available() else "cpu")
@@ -216,6 +227,8 @@ def _start(config: ServerConfig, *, wait: bool) -> RunningServer:
             fsync_interval_s=config.fsync_interval_s,
             ship_interval_s=config.ship_interval_s,
             repair=config.repair,
+            check_in_background=config.snapshot_check == "background",
+            on_damage=stop_on_damage,
         )
     hnsw = HnswSettings(
         threshold=config.hnsw_threshold,

@@ -176,6 +176,10 @@ class ServerConfig:
     ship_interval_s: float = opt(d.SHIP_INTERVAL_S, "seconds between log uploads to the OSS root", min=0.01,
                                  flag="--ship-interval")  # fmt: skip
     repair: bool = opt(False, "start despite a damaged log or snapshot: drop the damage and log what went")
+    snapshot_check: str = opt("background", "when start-up checks the float32 re-rank copies of i8 databases (most "
+                              "of a snapshot's bytes) against their checksums: background = while serving, and "
+                              "damage found stops the server as it would stop start-up; start = before serving "
+                              "(always so with --repair)", choices=("background", "start"))  # fmt: skip
     # Throughput: micro-batching and one thread budget (README: "Serving performance").
     batch_wait_ms: float = opt(d.BATCH_WAIT_MS, "once a batch has a request, wait at most this long for more",
                                min=0.0, max=1000.0)  # fmt: skip

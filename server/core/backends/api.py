@@ -200,6 +200,14 @@ def model_mismatch(reason: str) -> LookalikeError:
     return LookalikeError(ErrorKind.FAILED_PRECONDITION, "MODEL_MISMATCH", reason)
 
 
+def snapshot_damaged(name: str, why: str) -> LookalikeError:
+    return LookalikeError(
+        ErrorKind.INTERNAL, "SNAPSHOT_DAMAGED",
+        f"database {name!r} is not served: {why}; restart the server with --repair to drop it (its images are "
+        "lost) or restore its data directory",
+    )  # fmt: skip
+
+
 def not_ready(reason: str, message: str) -> LookalikeError:
     return LookalikeError(ErrorKind.UNAVAILABLE, reason, message)
 

@@ -1,15 +1,19 @@
 """The HNSW graph is saved with the snapshots and loaded at start-up instead of being rebuilt.
 
-After a restart the graph read from the snapshot is the one that answers, at once (no graph is
-built), with the deletes and upserts logged after the snapshot replayed into it, and the results
-equal those before the restart. A graph that does not match (ahead of the surviving log, or
-damaged) is rebuilt instead.
+After a restart the graph read from the snapshot is the one that answers (no graph is built),
+with the deletes and upserts logged after the snapshot replayed into it, and the results equal
+those before the restart. It loads on a thread: start-up does not wait for it, the exact tier
+answers meanwhile, writes made meanwhile reach it, and a snapshot taken meanwhile waits for it
+and saves it. A graph that does not match (ahead of the surviving log, or damaged) is rebuilt.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +44,38 @@ def wait_ready(db, timeout: float = 120.0) -> None:
     raise AssertionError("the HNSW graph was not built in time")
 
 
-@pytest.fixture
-def graphs_read(monkeypatch: pytest.MonkeyPatch) -> list[HnswIndex]:
-    """Every graph start-up reads from a snapshot file, in order."""
-    read: list[HnswIndex] = []
-    load = HnswIndex.load
+@dataclass
+class Reads:
+    """Every graph start-up loads from a snapshot file, in order; ``gate`` holds their file reads while clear."""
 
-    def spy(cls: type[HnswIndex], *args: object, **kwargs: object) -> HnswIndex:
-        graph = load(*args, **kwargs)
-        read.append(graph)
+    graphs: Reads = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, i: int) -> HnswIndex:
+        return self.graphs[i]
+
+
+@pytest.fixture
+def graphs_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[Reads]:
+    reads = Reads()
+    reads.gate.set()
+    loading = HnswIndex.loading
+
+    def spy(cls: type[HnswIndex], dimension, settings, seq, read, name) -> HnswIndex:
+        def held():
+            assert reads.gate.wait(60)
+            return read()
+
+        graph = loading(dimension, settings, seq, held, name)
+        reads.graphs.append(graph)
         return graph
 
-    monkeypatch.setattr(HnswIndex, "load", classmethod(spy))
-    return read
+    monkeypatch.setattr(HnswIndex, "loading", classmethod(spy))
+    yield reads
+    reads.gate.set()  # a test that failed with the gate shut leaves no thread waiting
 
 
 def open_catalog(path: Path) -> Catalog:
@@ -83,7 +106,7 @@ def build_and_snapshot(path: Path) -> tuple[Catalog, np.ndarray]:
     return catalog, vecs
 
 
-def test_graph_loaded_at_start_up_with_later_writes_replayed(tmp_path: Path, graphs_read: list[HnswIndex]):
+def test_graph_loaded_at_start_up_with_later_writes_replayed(tmp_path: Path, graphs_read: Reads):
     catalog, vecs = build_and_snapshot(tmp_path)
     queries = clustered(30, 2)
     q = queries[0]
@@ -99,7 +122,8 @@ def test_graph_loaded_at_start_up_with_later_writes_replayed(tmp_path: Path, gra
     catalog = open_catalog(tmp_path)
     db = catalog.get("d")
     assert len(graphs_read) == 1
-    assert db.hnsw is graphs_read[0] and db.hnsw.ready  # the saved graph answers at once, nothing was built
+    assert graphs_read[0].wait_settled(60)
+    assert db.hnsw is graphs_read[0] and db.hnsw.ready  # the saved graph answers, nothing was built
     assert results(db, queries) == before
     assert db.hnsw is graphs_read[0]
     assert len(db.hnsw) == db.size  # replayed into the graph: deleted key gone, new keys in
@@ -107,7 +131,7 @@ def test_graph_loaded_at_start_up_with_later_writes_replayed(tmp_path: Path, gra
 
 
 def test_a_graph_ahead_of_the_log_or_damaged_is_rebuilt(
-    tmp_path: Path, graphs_read: list[HnswIndex], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, graphs_read: Reads, caplog: pytest.LogCaptureFixture
 ):
     catalog, _ = build_and_snapshot(tmp_path)
     queries = clustered(20, 3)
@@ -135,12 +159,75 @@ def test_a_graph_ahead_of_the_log_or_damaged_is_rebuilt(
     data = bytearray(graph_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     graph_file.write_bytes(bytes(data))
-    graphs_read.clear()
+    graphs_read.graphs.clear()
     caplog.clear()
     catalog = open_catalog(tmp_path)  # the damage is reported, the graph rebuilt, the database served
     db = catalog.get("d")
-    assert graphs_read == []  # the damaged file gave no graph
+    assert len(graphs_read) == 1 and not graphs_read[0].wait_settled(60)  # the damaged file gave no graph
     assert any("HNSW graph of 'd' is unreadable" in r.getMessage() for r in caplog.records)
-    assert db.hnsw is not None  # a new one is being built
+    assert db.hnsw is not None and db.hnsw is not graphs_read[0]  # a new one is being built
     wait_ready(db)
+    catalog.close(snapshot=False)
+
+
+def test_start_up_does_not_wait_for_the_graph_and_what_is_written_meanwhile_reaches_it(
+    tmp_path: Path, graphs_read: Reads
+):
+    catalog, vecs = build_and_snapshot(tmp_path)
+    catalog.close(snapshot=False)
+    queries = clustered(30, 4)
+
+    graphs_read.gate.clear()  # the graph file cannot be read until the gate opens
+    catalog = open_catalog(tmp_path)  # returns: start-up does not wait for the graph
+    db = catalog.get("d")
+    assert len(graphs_read) == 1 and db.hnsw is graphs_read[0] and not db.hnsw.ready
+    hits, _, tier = db.search_tier(queries[0], 10)
+    assert tier == "exact" and len(hits) == 10  # the exact tier answers meanwhile
+    top = hits[0]
+    catalog.delete_image("d", top.group_id, top.intra_id)
+    catalog.set_images("d", [("new", i, "", None) for i in range(3)], queries[1:4])
+    catalog.set_images("d", [("g7", 7, "", None)], queries[4][None])  # an upsert of a row the file holds
+    exact = [[(h.group_id, h.intra_id) for h in db.search_tier(q, 10)[0]] for q in queries]
+    checkpoint = threading.Thread(target=catalog.checkpoint)
+    checkpoint.start()
+    checkpoint.join(0.5)
+    assert checkpoint.is_alive()  # a snapshot waits for the graph: one without it would mean a rebuild next time
+    assert get_manifest(catalog.persistence.local, MANIFEST)["databases"]["d"]["meta"]["applied_seq"] < db.applied_seq
+
+    graphs_read.gate.set()
+    assert db.hnsw.wait_settled(60)
+    checkpoint.join(60)
+    assert not checkpoint.is_alive()
+    assert db.hnsw is graphs_read[0] and len(db.hnsw) == db.size  # deleted key out, new keys in, nothing built
+    got = results(db, queries)
+    assert got[0][0][:2] != (top.group_id, top.intra_id) and (top.group_id, top.intra_id) not in {h[:2] for h in got[0]}
+    assert [g[0][:2] for g in got[1:5]] == [("new", 0), ("new", 1), ("new", 2), ("g7", 7)]
+    recall = np.mean([len({h[:2] for h in a} & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
+    assert recall >= 0.95
+    entry = get_manifest(catalog.persistence.local, MANIFEST)["databases"]["d"]
+    assert entry["hnsw"]["seq"] == db.applied_seq  # the checkpoint saved the graph with the writes made meanwhile
+    catalog.close(snapshot=False)
+
+    catalog = open_catalog(tmp_path)  # and the next start loads that graph: no rebuild, the same answers
+    db = catalog.get("d")
+    assert len(graphs_read) == 2 and graphs_read[1].wait_settled(60) and db.hnsw is graphs_read[1]
+    assert results(db, queries) == got
+    catalog.close(snapshot=False)
+
+
+def test_a_graph_of_another_storage_is_checked_once_loaded_and_rebuilt(
+    tmp_path: Path, graphs_read: Reads, caplog: pytest.LogCaptureFixture
+):
+    catalog, _ = build_and_snapshot(tmp_path)
+    catalog.close(snapshot=False)
+    other = "bf16" if SETTINGS.dtype != "bf16" else "f16"
+    caplog.set_level(logging.WARNING)
+    catalog = Catalog(DIM, MODEL, Persistence(tmp_path), hnsw=HnswSettings(threshold=5000, dtype=other))
+    catalog.recover()
+    db = catalog.get("d")
+    assert graphs_read[0].wait_settled(60)  # it loaded; only its file says what it stores
+    assert db.hnsw is not graphs_read[0]
+    assert any(f"the settings say {other}" in r.getMessage() for r in caplog.records)
+    wait_ready(db)
+    assert db.hnsw.dtype == other
     catalog.close(snapshot=False)

@@ -32,6 +32,8 @@ class Checkpoints:
             raise LookalikeError(
                 ErrorKind.FAILED_PRECONDITION, "PERSISTENCE_DISABLED", "this server keeps databases in memory only"
             )
+        for db in list(self._dbs.values()):  # start-up's deferred file checks, before any lock writes need
+            db.checked.wait()
         with self._checkpoint_lock:
             with self._write_lock:
                 for db in self._dbs.values():  # reclaim retired rows before they are written again

@@ -20,6 +20,7 @@ from lookalike.server.core.backends.api import (
     group_not_found,
     image_not_found,
     intra_ids_exhausted,
+    snapshot_damaged,
 )
 from lookalike.server.core.backends.builtin.chunks import CHUNK_ROWS, ChunkedRows
 from lookalike.server.core.backends.builtin.commands import SetImages, SetItem
@@ -56,6 +57,12 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         self.model = model or {}
         self.create_time = create_time
         self.foreign: str | None = None  # why this server must not serve it (another model), else None
+        # Snapshot files start-up mapped unverified (``snapshot_files.check_deferred``): (ref, array, path);
+        # ``checked`` is set once they are verified, ``damaged`` says why they failed
+        self.unchecked: list[tuple[Any, np.ndarray, str]] = []
+        self.checked = threading.Event()
+        self.checked.set()
+        self.damaged: str | None = None
         self.lock = threading.Lock()
         self.index = ExactIndex(dimension, chunk_rows=chunk_rows, storage=storage)
         self._intra = ChunkedRows(np.int64, None, chunk_rows)
@@ -104,6 +111,8 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
 
     def check_usable(self) -> None:
         check_usable(self.foreign)
+        if self.damaged is not None:
+            raise snapshot_damaged(self.name, self.damaged)
 
     def _row(self, group_id: str, intra_id: int) -> int:
         g = self._groups.number.get(group_id)
@@ -287,6 +296,9 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         Searches already running keep the old chunks and mask, so they finish on a consistent
         picture; nothing outside this class holds a row number. Returns the rows reclaimed.
         """
+        self.checked.wait()  # rows copied from an unverified file would get new checksums and hide its damage
+        if self.damaged is not None:
+            raise snapshot_damaged(self.name, self.damaged)
         with self.lock:
             n = self._intra.n
             rows = np.flatnonzero(self._live[:n])

@@ -15,6 +15,7 @@ root, ``storage/shipping.py`` mirrors the files and ships the log.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,13 @@ import numpy as np
 from lookalike.server import defaults
 from lookalike.server.core.backends.builtin.commands import Command, decode, encode
 from lookalike.server.core.backends.builtin.database import Database, SnapshotView
-from lookalike.server.core.backends.builtin.snapshot_files import FORMAT, read_entry, write_export, write_view
+from lookalike.server.core.backends.builtin.snapshot_files import (
+    FORMAT,
+    check_deferred,
+    read_entry,
+    write_export,
+    write_view,
+)
 from lookalike.server.core.errors import ErrorKind, LookalikeError
 from lookalike.server.storage.blobs import BlobStore, LocalBlobStore, open_store
 from lookalike.server.storage.segments import CorruptionError, get_manifest, put_manifest
@@ -62,7 +69,13 @@ class Persistence:
         ship_interval_s: float = defaults.SHIP_INTERVAL_S,
         repair: bool = False,
         segment_bytes: int = 64 << 20,
+        check_in_background: bool = False,
+        on_damage: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``check_in_background``: start-up maps i8 databases' float32 copies unverified and checks them on a
+        thread while the server answers (not with ``repair``, which must see damage before serving); damage
+        found there marks the database damaged (it refuses calls and snapshots) and calls ``on_damage(name,
+        why)``."""
         self.data_dir = Path(data_dir)
         self.local = LocalBlobStore(self.data_dir / "snapshots")
         self.remote: BlobStore | None = open_store(root, oss) if root else None
@@ -70,6 +83,8 @@ class Persistence:
             self.data_dir / "wal", fsync=fsync, fsync_interval_s=fsync_interval_s, segment_bytes=segment_bytes
         )
         self.repair = repair
+        self.check_in_background = check_in_background and not repair
+        self.on_damage = on_damage
         self.manifest: dict[str, Any] | None = None
         self.loaded_manifest: dict[str, Any] | None = None  # the checkpoint start-up read
         self.mirror = SnapshotMirror(self.local, self.remote, self.wal, ship_interval_s) if self.remote else None
@@ -107,14 +122,35 @@ class Persistence:
         dbs = []
         for name, entry in list(manifest["databases"].items()):
             try:
-                dbs.append(read_entry(self.local, entry))
+                dbs.append(read_entry(self.local, entry, defer_full=self.check_in_background))
             except (CorruptionError, OSError) as exc:
                 if not self.repair:
                     raise
                 log.error("repair: dropped database %r: its snapshot is damaged (%s)", name, exc)
                 del manifest["databases"][name]
         self.loaded_manifest = manifest
+        if any(db.unchecked for db in dbs):
+            threading.Thread(target=self._check, args=(dbs,), name="snapshot-check", daemon=True).start()
         return Loaded(int(manifest["checkpoint_seq"]), dbs, manifest.get("dedupe", []))
+
+    def _check(self, dbs: list[Database]) -> None:
+        """The files start-up left unverified, one database at a time (reading them is the cost, not the CRC)."""
+        for db in dbs:
+            if not db.unchecked:
+                continue
+            started = time.monotonic()
+            try:
+                check_deferred(db)
+            except (CorruptionError, OSError) as exc:
+                db.damaged = str(exc)
+                log.critical("the snapshot of database %r is damaged (%s)", db.name, exc)
+            else:
+                log.info("snapshot of %r verified in %.1fs (its float32 copy, after start-up)", db.name,
+                         time.monotonic() - started)  # fmt: skip
+            finally:
+                db.checked.set()
+            if db.damaged is not None and self.on_damage is not None:
+                self.on_damage(db.name, db.damaged)
 
     def records(self, after_seq: int) -> Iterator[tuple[int, Command]]:
         for seq, payload in self.wal.scan(repair=self.repair):

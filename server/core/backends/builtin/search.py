@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -152,12 +153,16 @@ class DatabaseSearch:
                 why = "the HNSW tier is off"
             elif loaded.seq > self.applied_seq:
                 why = f"it saw log record {loaded.seq}, the log ends at {self.applied_seq}"
+            elif loaded.when_settled(partial(self._graph_settled, loaded)):
+                return  # still loading: checked again once it is in (its file gives the dtype)
+            elif loaded.failed:
+                self.hnsw = loaded = None  # its load said why
             elif loaded.dtype != s.dtype:
                 why = f"it stores {loaded.dtype}, the settings say {s.dtype}"
             if why:
                 logging.getLogger(__name__).warning("HNSW graph of %r dropped (%s); rebuilding", self.name, why)
                 self.hnsw = None
-            else:
+            elif loaded is not None:
                 loaded.loaded = False  # checked once, at start-up
         if s is None or s.threshold <= 0 or self.hnsw is not None or self._size < s.threshold:
             return
@@ -190,6 +195,12 @@ class DatabaseSearch:
                                              time.monotonic() - started)  # fmt: skip
 
         threading.Thread(target=build, name=f"hnsw-{self.name}", daemon=True).start()
+
+    def _graph_settled(self, graph: HnswIndex) -> None:
+        """A graph loading at start-up is in (or failed): check it as start-up would have."""
+        with self.lock:
+            if self.hnsw is graph:
+                self._maybe_build_graph()
 
 
 def graph_rows(pinned: Pinned) -> list[np.ndarray]:

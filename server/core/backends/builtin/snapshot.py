@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from lookalike.server.core.backends.api import snapshot_damaged
 from lookalike.server.core.backends.builtin.chunks import ChunkedRows
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex
 from lookalike.server.core.backends.builtin.index import Pinned
@@ -29,7 +30,7 @@ class SnapshotView:
     meta: dict[str, Any]
     attributes: dict[str, dict[str, str]] = field(default_factory=dict)
     full: list[np.ndarray] | None = None  # i8: the float32 copy's chunks
-    graph: HnswIndex | None = None  # a ready HNSW graph, saved beside the rows
+    graph: HnswIndex | None = None  # a ready HNSW graph (or one loading: saved once in), beside the rows
     on_saved: Any = None  # called with the float32 copy's saved chunks (memory maps) to drop in-memory ones
 
 
@@ -37,6 +38,10 @@ class DatabaseSnapshots:
     """``snapshot_view`` (what a checkpoint writes) and ``from_snapshot`` (what start-up reads)."""
 
     def snapshot_view(self) -> SnapshotView:
+        """Waits for start-up's deferred checks first: a snapshot would give an unverified file new checksums."""
+        self.checked.wait()
+        if self.damaged is not None:
+            raise snapshot_damaged(self.name, self.damaged)
         with self.lock:
             n = self._intra.n
             chunk_rows = self._intra.chunk_rows
@@ -61,7 +66,7 @@ class DatabaseSnapshots:
                         if i < len(p.full.chunks) and len(mapped) == p.full.chunk_rows:
                             p.full.chunks[i] = mapped
 
-            graph = self.hnsw if self.hnsw is not None and self.hnsw.ready else None
+            graph = self.hnsw if self.hnsw is not None and (self.hnsw.ready or self.hnsw.settling) else None
             return SnapshotView(
                 n=n,
                 live=self._live[:n].copy(),

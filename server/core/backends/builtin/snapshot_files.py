@@ -21,7 +21,6 @@ from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.backends.builtin.index import STORAGE_DTYPES
 from lookalike.server.storage.blobs import BlobStore, LocalBlobStore, fsync_dir, open_store
 from lookalike.server.storage.segments import (
-    CorruptionError,
     FileRef,
     as_bytes,
     block_crcs,
@@ -31,6 +30,7 @@ from lookalike.server.storage.segments import (
     put_file,
     put_json,
     put_manifest,
+    verify,
 )
 from lookalike.server.storage.shipping import entry_bytes
 
@@ -102,14 +102,18 @@ def write_view(
     }
     if view.full is not None:
         entry["full"] = put_chunks("f32", view.full)
-    if graph and view.graph is not None:
+    if graph and view.graph is not None and view.graph.wait_settled():  # a graph loading at start-up: once in
         ref, seq = put_graph(store, f"{prefix}/hnsw-{tag}", view.graph)
         entry["hnsw"] = {"file": ref.to_json(), "seq": seq}
     return entry
 
 
-def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
-    """A database from its manifest entry; every file is verified against its checksums."""
+def read_entry(store: BlobStore, entry: dict[str, Any], *, defer_full: bool = False) -> Database:
+    """A database from its manifest entry; every file is verified against its checksums.
+
+    ``defer_full`` (a local store): the float32 re-rank copy of an i8 database (four fifths of its bytes) is
+    mapped unverified and left in ``db.unchecked`` for ``check_deferred``; the graph always loads on a thread.
+    """
     meta, n = entry["meta"], int(entry["n"])
     chunk_rows, dim = int(meta["chunk_rows"]), int(meta["dimension"])
 
@@ -127,20 +131,41 @@ def read_entry(store: BlobStore, entry: dict[str, Any]) -> Database:
     }
     dtype = STORAGE_DTYPES[meta.get("storage", "f32")]
     vectors = [load(r, dtype, (rows_in(i), dim)) for i, r in enumerate(entry["vectors"])]
-    full = [load(r, np.float32, (rows_in(i), dim)) for i, r in enumerate(entry["full"])] if "full" in entry else None
-    for arr in full or []:  # verified; re-ranking reads a few rows per search, so let the pages go
-        _drop_pages(arr)
+    defer = defer_full and isinstance(store, LocalBlobStore)
+    full, unchecked = None, []
+    if "full" in entry:
+        full = []
+        for i, r in enumerate(entry["full"]):
+            ref = FileRef.from_json(r)
+            full.append(load_array(store, ref, np.float32, (rows_in(i), dim), check=not defer))
+            unchecked.append((ref, full[-1]))
+    if not defer:
+        unchecked = []
+        for arr in full or []:  # verified; re-ranking reads a few rows per search, so let the pages go
+            _drop_pages(arr)
     attrs = get_json(store, FileRef.from_json(entry["attributes"])) if entry.get("attributes") else {}
     graph = None
-    if entry.get("hnsw"):
+    if entry.get("hnsw"):  # verified and loaded on a thread while start-up goes on (``HnswIndex.loading``)
         try:
             ref = FileRef.from_json(entry["hnsw"]["file"])
-            graph = HnswIndex.load(load_array(store, ref, np.uint8, (ref.size,)), HnswSettings(),
-                                   int(entry["hnsw"]["seq"]))  # fmt: skip
-        except (CorruptionError, OSError, ValueError, RuntimeError) as exc:
+            graph = HnswIndex.loading(dim, HnswSettings(), int(entry["hnsw"]["seq"]),
+                                      lambda: load_array(store, ref, np.uint8, (ref.size,)), meta["name"])  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
             log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", meta["name"], exc)
     check_keys(per_row, len(meta["group_names"]), np.asarray(live))
-    return Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs, full, graph)
+    db = Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs, full, graph)
+    if unchecked:
+        db.unchecked = [(ref, arr, str(store.path(ref.name))) for ref, arr in unchecked]
+        db.checked.clear()
+    return db
+
+
+def check_deferred(db: Database) -> None:
+    """Verify the files ``read_entry`` left unchecked (raises CorruptionError), letting each one's pages go."""
+    for ref, arr, where in db.unchecked:
+        verify(ref, memoryview(arr).cast("B"), where)
+        _drop_pages(arr)
+    db.unchecked = []
 
 
 class RecordInvalid(ValueError):
