@@ -147,11 +147,12 @@ def read_entry(store: BlobStore, entry: dict[str, Any], *, defer_full: bool = Fa
     graph = None
     if entry.get("hnsw"):  # verified and loaded on a thread while start-up goes on (``HnswIndex.loading``)
         try:
-            ref = FileRef.from_json(entry["hnsw"]["file"])
-            graph = HnswIndex.loading(dim, HnswSettings(), int(entry["hnsw"]["seq"]),
-                                      lambda: load_array(store, ref, np.uint8, (ref.size,)), meta["name"])  # fmt: skip
-        except (KeyError, TypeError, ValueError) as exc:
+            ref, seq = FileRef.from_json(entry["hnsw"]["file"]), int(entry["hnsw"]["seq"])
+        except (KeyError, TypeError, ValueError) as exc:  # the entry itself; the file's own damage shows in the load
             log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", meta["name"], exc)
+        else:
+            graph = HnswIndex.loading(dim, HnswSettings(), seq, lambda: load_array(store, ref, np.uint8, (ref.size,)),
+                                      meta["name"])  # fmt: skip
     check_keys(per_row, len(meta["group_names"]), np.asarray(live))
     db = Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs, full, graph)
     if unchecked:
