@@ -3,7 +3,8 @@
 Restarts ``lookalike serve`` on the data directory that ``bench/scale.py`` left (rows and graph
 loaded from the snapshot, nothing rebuilt) once per ``--ef``, and measures the same queries as
 that run (same seed) against the exact float32 top-10 (computed once, slice by slice): p50/p99
-over gRPC, cold (first pass) and warm (second pass), recall@10, resident memory, start-up time.
+over gRPC, cold (first pass) and warm (second pass), recall@10, resident memory, start-up time (to the
+first answer, and to the first answer by the graph, which loads in the background).
 
     .venv/bin/python bench/scale_ef.py --n 10000000 --work runs/scale10m --ef 400 800 1600 --json
 """
@@ -54,7 +55,12 @@ def main() -> None:
         try:
             with LookalikeClient(server.address, timeout=600) as c:
                 r = c.search("scale", vector=queries[0].tolist(), top_k=10)
-            row["serving_s"] = round(time.perf_counter() - t0, 1)
+                row["serving_s"] = round(time.perf_counter() - t0, 1)
+                row["first_index"] = r.index  # the graph loads in the background; the exact tier answers until then
+                while r.index != "hnsw" and time.perf_counter() - t0 < 1800:
+                    time.sleep(0.05)
+                    r = c.search("scale", vector=queries[0].tolist(), top_k=10)
+            row["graph_in_s"] = round(time.perf_counter() - t0, 1)
             row["index"] = r.index
             for name in ("cold", "warm"):
                 row[name] = harness.grpc_searches(server.address, "scale", queries, truth, args.per_group)
