@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lookalike.server.core.backends.builtin import hnsw
 from lookalike.server.core.backends.builtin.catalog import Catalog
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.backends.builtin.persistence import MANIFEST, Persistence
@@ -170,9 +171,11 @@ def test_a_graph_ahead_of_the_log_or_damaged_is_rebuilt(
     catalog.close(snapshot=False)
 
 
+@pytest.mark.parametrize("under_lock", [4096, 0])  # 0: every kept write goes in before the lock is taken
 def test_start_up_does_not_wait_for_the_graph_and_what_is_written_meanwhile_reaches_it(
-    tmp_path: Path, graphs_read: Reads
+    tmp_path: Path, graphs_read: Reads, under_lock: int, monkeypatch: pytest.MonkeyPatch
 ):
+    monkeypatch.setattr(hnsw, "PENDING_UNDER_LOCK", under_lock)
     catalog, vecs = build_and_snapshot(tmp_path)
     catalog.close(snapshot=False)
     queries = clustered(30, 4)
@@ -194,6 +197,14 @@ def test_start_up_does_not_wait_for_the_graph_and_what_is_written_meanwhile_reac
     assert checkpoint.is_alive()  # a snapshot waits for the graph: one without it would mean a rebuild next time
     assert get_manifest(catalog.persistence.local, MANIFEST)["databases"]["d"]["meta"]["applied_seq"] < db.applied_seq
 
+    applied, wrote = hnsw._apply, []
+
+    def apply_then_write(index, batch):
+        applied(index, batch)
+        if under_lock == 0 and batch and not wrote:  # one write while the kept ones go in unlocked
+            wrote.append(catalog.set_images("d", [("late", 0, "", None)], queries[5][None]))
+
+    monkeypatch.setattr(hnsw, "_apply", apply_then_write)
     graphs_read.gate.set()
     assert db.hnsw.wait_settled(60)
     checkpoint.join(60)
@@ -202,6 +213,7 @@ def test_start_up_does_not_wait_for_the_graph_and_what_is_written_meanwhile_reac
     got = results(db, queries)
     assert got[0][0][:2] != (top.group_id, top.intra_id) and (top.group_id, top.intra_id) not in {h[:2] for h in got[0]}
     assert [g[0][:2] for g in got[1:5]] == [("new", 0), ("new", 1), ("new", 2), ("g7", 7)]
+    assert (got[5][0][:2] == ("late", 0)) == (under_lock == 0)  # the write made during the unlocked part is in
     recall = np.mean([len({h[:2] for h in a} & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
     assert recall >= 0.95
     entry = get_manifest(catalog.persistence.local, MANIFEST)["databases"]["d"]

@@ -39,6 +39,18 @@ from lookalike import native
 log = logging.getLogger(__name__)
 
 
+PENDING_UNDER_LOCK = 4096  # writes kept during a load applied with writers waiting; more go in before, unlocked
+
+
+def _apply(index: Any, batch: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+    """Kept writes, in order: (ids, None) removes, (ids, vectors) adds (adds of keys it holds are no-ops)."""
+    for ids, vectors in batch:
+        if vectors is None:
+            index.remove(ids)
+        elif len(ids):
+            index.add(ids, vectors, threads=max(1, native.get_threads()))
+
+
 @dataclass(frozen=True)
 class HnswSettings:
     threshold: int = defaults.HNSW_THRESHOLD  # live images from which a database gets a graph; 0 = never
@@ -94,17 +106,18 @@ class HnswIndex:
                 self._pending = None
             log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", name, self.failed)
         else:
-            images = len(index)
-            with self._lock:  # writes wait here while the ones kept meanwhile are applied
-                for ids, vectors in self._pending or []:
-                    if vectors is None:
-                        index.remove(ids)
-                    elif len(ids):
-                        index.add(ids, vectors, threads=max(1, native.get_threads()))
-                kept = len(self._pending or [])
-                self._pending = None
-                index.set_expansion(add=self.settings.expansion_add, search=self.settings.expansion_search)
-                self.graph, self.ready = index, True
+            images, kept = len(index), 0
+            while True:  # the writes kept meanwhile, oldest first; the last few under the lock, so none is missed
+                with self._lock:
+                    batch, self._pending = self._pending or [], []
+                    kept += len(batch)
+                    if sum(len(ids) for ids, _ in batch) <= PENDING_UNDER_LOCK:
+                        _apply(index, batch)
+                        self._pending = None
+                        index.set_expansion(add=self.settings.expansion_add, search=self.settings.expansion_search)
+                        self.graph, self.ready = index, True
+                        break
+                _apply(index, batch)  # many (a bulk load during a long load): writes and searches go on meanwhile
             log.info("HNSW graph of %r loaded: %d images in %.1fs, then %d writes made meanwhile", name, images,
                      time.monotonic() - started, kept)  # fmt: skip
         with self._lock:
