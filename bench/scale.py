@@ -159,16 +159,11 @@ def main() -> None:
         t2 = time.perf_counter()
         server = ServeProcess(*flags, log=work / "server-restart.log", timeout=1800)
         with LookalikeClient(server.address) as c:
-            r = c.search("scale", vector=queries[0].tolist(), top_k=k)
-            serving = time.perf_counter() - t2
-            first = r.index  # the graph loads in the background: until it is in, the exact tier answers
-            while r.index != "hnsw" and time.perf_counter() - t2 < 1800:
-                time.sleep(0.05)
-                r = c.search("scale", vector=queries[0].tolist(), top_k=k)
+            waited = harness.until_graph(c, "scale", queries[0], t2)
         log_lines = server.log_lines()
         rebuilt = [line for line in log_lines if "HNSW graph of" in line and ("ready" in line or "rebuil" in line)]
-        restart = {"serving_s": round(serving, 1), "first_search_index": first,
-                   "graph_in_s": round(time.perf_counter() - t2, 1),
+        restart = {"serving_s": round(waited["first_search_s"], 1), "first_search_index": waited["first_index"],
+                   "graph_in_s": round(waited["graph_s"], 1),
                    "graph_rebuilt": bool(rebuilt), "rss": proc_status(server.pid)}  # fmt: skip
         # Steady state after the restart: the same searches (cold pages first, then warm), then memory.
         for name in ("search_cold", "search_warm"):

@@ -54,14 +54,10 @@ def main() -> None:
         row: dict[str, object] = {"n": args.n, "ef": ef, "rerank": rerank}
         try:
             with LookalikeClient(server.address, timeout=600) as c:
-                r = c.search("scale", vector=queries[0].tolist(), top_k=10)
-                row["serving_s"] = round(time.perf_counter() - t0, 1)
-                row["first_index"] = r.index  # the graph loads in the background; the exact tier answers until then
-                while r.index != "hnsw" and time.perf_counter() - t0 < 1800:
-                    time.sleep(0.05)
-                    r = c.search("scale", vector=queries[0].tolist(), top_k=10)
-            row["graph_in_s"] = round(time.perf_counter() - t0, 1)
-            row["index"] = r.index
+                waited = harness.until_graph(c, "scale", queries[0], t0)
+            row["serving_s"], row["first_index"] = round(waited["first_search_s"], 1), waited["first_index"]
+            row["graph_in_s"] = round(waited["graph_s"], 1)
+            row["index"] = waited["index"]
             for name in ("cold", "warm"):
                 row[name] = harness.grpc_searches(server.address, "scale", queries, truth, args.per_group)
             row["rss"] = harness.proc_status(server.pid)

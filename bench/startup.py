@@ -83,12 +83,8 @@ def served(work: Path, query: np.ndarray, d: int) -> dict[str, Any]:
     row: dict[str, Any] = {"ready_s": server.ready_s}
     try:
         with LookalikeClient(server.address, timeout=600) as c:
-            r = c.search("scale", vector=query.tolist(), top_k=10)
-            row["first_search_s"], row["first_tier"] = time.perf_counter() - t0, r.index
-            while r.index != "hnsw":
-                time.sleep(0.02)
-                r = c.search("scale", vector=query.tolist(), top_k=10)
-            row["graph_s"] = time.perf_counter() - t0
+            waited = harness.until_graph(c, "scale", query, t0)
+        row.update(first_search_s=waited["first_search_s"], first_tier=waited["first_index"], graph_s=waited["graph_s"])
     finally:
         server.stop(timeout=600)
     return row

@@ -114,6 +114,13 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         if self.damaged is not None:
             raise snapshot_damaged(self.name, self.damaged)
 
+    def require_checked(self) -> None:
+        """Wait for start-up's deferred file checks, refusing a damaged database: what copies its rows into new
+        files (a snapshot, a compaction) would give an unverified file's rows new checksums and hide damage."""
+        self.checked.wait()
+        if self.damaged is not None:
+            raise snapshot_damaged(self.name, self.damaged)
+
     def _row(self, group_id: str, intra_id: int) -> int:
         g = self._groups.number.get(group_id)
         row = self._groups.members.get(g, intra_id) if g is not None else None
@@ -296,9 +303,7 @@ class Database(DatabaseSearch, DatabaseSnapshots, DatabaseJoin):
         Searches already running keep the old chunks and mask, so they finish on a consistent
         picture; nothing outside this class holds a row number. Returns the rows reclaimed.
         """
-        self.checked.wait()  # rows copied from an unverified file would get new checksums and hide its damage
-        if self.damaged is not None:
-            raise snapshot_damaged(self.name, self.damaged)
+        self.require_checked()
         with self.lock:
             n = self._intra.n
             rows = np.flatnonzero(self._live[:n])

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from lookalike.server.core.backends.api import snapshot_damaged
 from lookalike.server.core.backends.builtin.chunks import ChunkedRows
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex
 from lookalike.server.core.backends.builtin.index import Pinned
@@ -38,10 +37,8 @@ class DatabaseSnapshots:
     """``snapshot_view`` (what a checkpoint writes) and ``from_snapshot`` (what start-up reads)."""
 
     def snapshot_view(self) -> SnapshotView:
-        """Waits for start-up's deferred checks first: a snapshot would give an unverified file new checksums."""
-        self.checked.wait()
-        if self.damaged is not None:
-            raise snapshot_damaged(self.name, self.damaged)
+        """Waits for start-up's deferred checks first (``require_checked``)."""
+        self.require_checked()
         with self.lock:
             n = self._intra.n
             chunk_rows = self._intra.chunk_rows

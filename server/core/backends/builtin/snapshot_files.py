@@ -132,16 +132,10 @@ def read_entry(store: BlobStore, entry: dict[str, Any], *, defer_full: bool = Fa
     dtype = STORAGE_DTYPES[meta.get("storage", "f32")]
     vectors = [load(r, dtype, (rows_in(i), dim)) for i, r in enumerate(entry["vectors"])]
     defer = defer_full and isinstance(store, LocalBlobStore)
-    full, unchecked = None, []
-    if "full" in entry:
-        full = []
-        for i, r in enumerate(entry["full"]):
-            ref = FileRef.from_json(r)
-            full.append(load_array(store, ref, np.float32, (rows_in(i), dim), check=not defer))
-            unchecked.append((ref, full[-1]))
+    full_refs = [FileRef.from_json(r) for r in entry.get("full", [])]
+    full = [load_array(store, ref, np.float32, (rows_in(i), dim), check=not defer) for i, ref in enumerate(full_refs)]
     if not defer:
-        unchecked = []
-        for arr in full or []:  # verified; re-ranking reads a few rows per search, so let the pages go
+        for arr in full:  # verified; re-ranking reads a few rows per search, so let the pages go
             _drop_pages(arr)
     attrs = get_json(store, FileRef.from_json(entry["attributes"])) if entry.get("attributes") else {}
     graph = None
@@ -155,8 +149,8 @@ def read_entry(store: BlobStore, entry: dict[str, Any], *, defer_full: bool = Fa
                                       meta["name"])  # fmt: skip
     check_keys(per_row, len(meta["group_names"]), np.asarray(live))
     db = Database.from_snapshot(meta, np.asarray(live), per_row, vectors, attrs, full, graph)
-    if unchecked:
-        db.unchecked = [(ref, arr, str(store.path(ref.name))) for ref, arr in unchecked]
+    if defer and full:
+        db.unchecked = [(ref, arr, str(store.path(ref.name))) for ref, arr in zip(full_refs, full, strict=True)]
         db.checked.clear()
     return db
 
