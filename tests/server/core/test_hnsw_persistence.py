@@ -243,3 +243,18 @@ def test_a_graph_of_another_storage_is_checked_once_loaded_and_rebuilt(
     wait_ready(db)
     assert db.hnsw.dtype == other
     catalog.close(snapshot=False)
+
+
+def test_close_waits_for_a_graph_still_loading(tmp_path: Path, graphs_read: Reads):
+    """Ctrl-C right after a start: exiting while the native load runs aborted the process (std::terminate)."""
+    catalog, _ = build_and_snapshot(tmp_path)
+    catalog.close(snapshot=False)
+    graphs_read.gate.clear()
+    catalog = open_catalog(tmp_path)
+    closing = threading.Thread(target=catalog.close, kwargs={"snapshot": True})
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive()  # a clean database writes no graph, yet close still waits for the load
+    graphs_read.gate.set()
+    closing.join(60)
+    assert not closing.is_alive() and graphs_read[0].ready
