@@ -131,6 +131,7 @@ def build_models(config: ServerConfig, device: str, budget: dict[str, int]) -> M
             model_threads=budget["torch"],
             background=config.reindex_worker,
             background_idle_s=config.reindex_worker_idle_s,
+            background_workers=(budget["model_workers"], config.model_batch("cpu", budget["model_workers"])),
         )
 
     registry = ModelRegistry.load(sources, make, default=config.default_model or "")

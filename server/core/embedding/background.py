@@ -8,8 +8,12 @@ about 2x idle either way (7.8 ms against 7.4 ms; rounds spread 1.4-2.6x), which 
 on that machine (SCHED_IDLE spinners alone: 1.3-2.2x).
 
 The child loads the same model file with the same settings as the server's embedder (``Embedder.spec``) on the
-CPU, so its vectors are the server's: the same code in the same execution mode. It decodes one page while the
-model runs the one before, as the server's decode pool and model workers do. It starts on first use (torch and
+CPU, so its vectors are the server's: the same code in the same execution mode. It has the server's whole
+budget of single-threaded model workers (``lookalike serve`` gives them; a server of two models gives each only
+half), which share each page: at idle priority it only takes what the server's calls leave. With one worker
+a reindex ran at 0.68-0.97x the add rate beside searches, with two at 0.96-1.33x, the search p99 about 1 ms
+higher (``bench/reindex.py``, 2026-12-08). It decodes one page while the model runs the one before, as the
+server's decode pool and model workers do. It starts on first use (torch and
 the model: a few seconds), is kept for ``idle_s`` after its last page, and stops with the server; its
 environment carries no secrets, and it exits when the server's end of the pipe closes.
 """
@@ -101,6 +105,7 @@ class _Child:
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         self.proc, self.conn = proc, conn
         self.ready = threading.Event()
+        self.model_workers = 0  # as the child reports them when its model answers
         self.failure = ""
         self.send_lock = threading.Lock()  # a page is sent whole; never under ChildEmbedder's lock (see submit)
 
@@ -139,6 +144,12 @@ class ChildEmbedder:
     def pid(self) -> int | None:
         child = self._child
         return child.proc.pid if child is not None and child.alive() else None
+
+    @property
+    def model_workers(self) -> int:
+        """The running child's model workers (0 when none runs)."""
+        child = self._child
+        return child.model_workers if child is not None and child.alive() else 0
 
     def submit(self, images: Sequence[bytes | None]) -> Future[Embedded]:
         """Queue one page; its future holds the vectors, or fails with BACKGROUND_EMBEDDER_FAILED if the child
@@ -184,7 +195,8 @@ class ChildEmbedder:
             child.stop()
             raise _exited(why)
         self._child = child
-        log.info("background embedder for %s started (pid %d)", self.spec.get("model_path"), proc.pid)
+        log.info("background embedder for %s started (pid %d, %d model workers)", self.spec.get("model_path"),
+                 proc.pid, child.model_workers)  # fmt: skip
         return child
 
     def _receive(self, child: _Child) -> None:
@@ -195,6 +207,7 @@ class ChildEmbedder:
                 message = child.conn.recv()
                 kind = message[0]
                 if kind == "ready":
+                    child.model_workers = int(message[1])
                     child.ready.set()
                     continue
                 if kind == "failed":
@@ -284,7 +297,7 @@ def child(fd: int) -> int:
         child_log.error("%s", why)
         conn.send(("failed", why))
         return 1
-    conn.send(("ready",))
+    conn.send(("ready", embedder.batcher.workers))
     send_lock = threading.Lock()
     pages: queue.Queue[tuple[int, list[int], list[Any]] | None] = queue.Queue(maxsize=1)
 

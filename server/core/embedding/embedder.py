@@ -63,16 +63,20 @@ class Embedder:
         model_threads: int | None = None,
         background: str = REINDEX_WORKER,
         background_idle_s: float = BACKGROUND_IDLE_S,
+        background_workers: tuple[int, int] = (1, 0),
     ) -> None:
         """``background``: where work nobody waits on (a reindex) is embedded on a CPU: ``process`` (a child
-        process at idle priority, ``background.py``, kept ``background_idle_s`` after use) or ``inline``."""
+        process at idle priority, ``background.py``, kept ``background_idle_s`` after use) or ``inline``.
+        ``background_workers``: that child's model workers and their batch (0: ``max_batch``); it may have the
+        whole server's, since at idle priority it only runs on what the server's own work leaves."""
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # What a child process needs to load this model exactly so (background.py): the CPU, one model worker.
+        # What a child process needs to load this model exactly so (background.py): the CPU, its own workers.
+        child_workers, child_batch = background_workers
         self.spec: dict[str, Any] = dict(
-            model_path=str(model_path), device="cpu", max_batch=max_batch, max_wait_s=max_wait_s,
+            model_path=str(model_path), device="cpu", max_batch=child_batch or max_batch, max_wait_s=max_wait_s,
             max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels, preprocess_threads=preprocess_threads,
             max_aspect_ratio=max_aspect_ratio, decode_budget_pixels=decode_budget_pixels, cpu_exec=cpu_exec,
-            model_workers=1, model_threads=model_threads,
+            model_workers=max(1, child_workers), model_threads=model_threads,
         )  # fmt: skip
         if background not in BACKGROUND_MODES:
             raise ValueError(f"background must be one of {', '.join(BACKGROUND_MODES)}, not {background!r}")

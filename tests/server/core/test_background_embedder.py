@@ -57,6 +57,7 @@ def test_the_child_embeds_as_the_server_does_at_idle_priority(embedder: Embedder
     # The same model file, settings and execution mode: the vectors a fresh registration would store.
     np.testing.assert_allclose(there.vectors, here.vectors, atol=1e-5)
     assert not np.allclose(there.vectors[0], there.vectors[1])  # different photos, different vectors
+    assert worker.model_workers == 1  # Embedder's default: one (lookalike serve gives it every model worker)
     pid = worker.pid
     assert pid is not None and pid != os.getpid()
     assert os.sched_getscheduler(pid) == SCHED_IDLE
@@ -71,6 +72,28 @@ def test_pages_come_back_in_order_while_several_are_in_flight(embedder: Embedder
     want = embed_page(embedder, photos + [photos[0]])
     for k, out in enumerate(got):
         np.testing.assert_allclose(out.vectors, want.vectors[[k % 4, (k + 1) % 4]], atol=1e-5)
+
+
+def test_a_child_with_the_servers_model_workers_shares_a_page_between_them_in_order() -> None:
+    """``lookalike serve`` gives the child every model worker (``background_workers``): it runs only on idle CPU,
+    and one single-threaded model call per core is the fast way on a CPU. The page is cut into slices the workers
+    share; the vectors come back in the page's order, equal to this process's."""
+    e = Embedder(default_model_path(), device="cpu", max_wait_s=0.0, background="process", background_idle_s=60,
+                 background_workers=(2, 1))  # fmt: skip
+    try:
+        worker = e.background()
+        assert isinstance(worker, ChildEmbedder) and worker.spec["model_workers"] == 2
+        photos = [encode(photo(n), "jpeg") for n in PHOTO_NAMES[:5]]
+        images: list[bytes | None] = photos + photos[::-1]
+        there = worker.submit(images).result(timeout=300)
+        assert worker.model_workers == 2  # as the child's own embedder reports them
+        here = embed_page(e, images)
+        assert there.rows == here.rows == list(range(10))
+        np.testing.assert_allclose(there.vectors, here.vectors, atol=1e-5)
+        np.testing.assert_allclose(there.vectors[:5], there.vectors[:4:-1], atol=1e-5)  # order kept across slices
+        assert not np.allclose(there.vectors[0], there.vectors[1])
+    finally:
+        e.close()
 
 
 def test_a_child_that_dies_fails_its_pages_and_the_next_page_starts_another(embedder: Embedder) -> None:

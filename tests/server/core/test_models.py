@@ -192,6 +192,9 @@ def test_several_models_share_the_model_workers(files: dict[str, Path], caplog: 
     models = build(load(["--model", f"a={files['alpha']}", "--model", f"b={files['beta']}"]), workers=5)
     try:
         assert (models.get("a").batcher.workers, models.get("b").batcher.workers) == (3, 2)
+        # A reindex's child process (idle priority) gets all five, one image a call as the workers take it.
+        children = [(m.spec["model_workers"], m.spec["max_batch"]) for m in (models.get("a"), models.get("b"))]
+        assert children == [(5, 1), (5, 1)]
         said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("models: ")]
         assert said == ["models: a (dim 32, 3 model workers), b (dim 16, 2 model workers); default a"]
     finally:
