@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lookalike.server.core.backends.builtin import hnsw
+from lookalike.server.core.backends.builtin import hnsw, search
 from lookalike.server.core.backends.builtin.catalog import Catalog
 from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.backends.builtin.persistence import MANIFEST, Persistence
@@ -258,3 +258,40 @@ def test_close_waits_for_a_graph_still_loading(tmp_path: Path, graphs_read: Read
     graphs_read.gate.set()
     closing.join(60)
     assert not closing.is_alive() and graphs_read[0].ready
+
+
+def test_close_stops_a_graph_being_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C while a graph is built: close stops the build at its next step and waits for the step in native
+    code (exiting under it aborted the process); the half-built graph is not saved, and the next start builds."""
+    monkeypatch.setattr(search, "BUILD_STEP", 2000)
+    steps, held, entered = [], threading.Event(), threading.Event()
+    add = HnswIndex.add
+
+    def spy(self, ids, vectors, seq=None, threads=1):
+        if threading.current_thread().name.startswith("hnsw-"):  # the build's own thread
+            steps.append(len(ids))
+            if len(steps) == 2:
+                entered.set()
+                assert held.wait(60)
+        return add(self, ids, vectors, seq, threads)
+
+    monkeypatch.setattr(HnswIndex, "add", spy)
+    catalog = open_catalog(tmp_path)
+    catalog.create("d", storage="f16")
+    catalog.set_images("d", [(f"g{i % 97}", i, "", None) for i in range(12_000)], clustered(12_000, 1))
+    graph = catalog.get("d").hnsw
+    assert entered.wait(60)
+    closing = threading.Thread(target=catalog.close, kwargs={"snapshot": True})
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive()  # the step in native code is waited for
+    held.set()
+    closing.join(60)
+    assert not closing.is_alive()
+    assert steps == [2000, 2000] and not graph.ready  # stopped after the step it was in: 4 of 6 steps left
+    assert not get_manifest(catalog.persistence.local, MANIFEST)["databases"]["d"].get("hnsw")
+    monkeypatch.setattr(HnswIndex, "add", add)
+    catalog = open_catalog(tmp_path)
+    wait_ready(catalog.get("d"))  # built again at start-up
+    assert len(catalog.get("d").hnsw) == 12_000
+    catalog.close(snapshot=False)

@@ -435,9 +435,10 @@ class Catalog(Checkpoints):
         return db
 
     def close(self, *, snapshot: bool = True) -> None:
-        for db in list(self._dbs.values()):  # a graph still loading is in native code: exiting under it aborts
+        for db in list(self._dbs.values()):  # a graph loading or building is in native code: exiting under it aborts
             if db.hnsw is not None:
                 db.hnsw.wait_settled()
+                db.hnsw.stop_building()
         if self.persistence is None:
             return
         if snapshot and self.ready.is_set():

@@ -86,6 +86,8 @@ class HnswIndex:
         self._on_settled: list[Callable[[], None]] | None = [] if loading else None  # None: settled
         if not loading:
             self._settled.set()
+        self.stopping = threading.Event()  # a build in the background stops at its next step
+        self._builder: threading.Thread | None = None
 
     @classmethod
     def loading(cls, dimension: int, settings: HnswSettings, seq: int, read: Callable[[], Any], name: str) -> HnswIndex:
@@ -143,6 +145,27 @@ class HnswIndex:
         """Wait for a load to end; True if the graph is ready (loaded or built), False if it failed or is not."""
         self._settled.wait(timeout)
         return self.ready
+
+    def build_in_background(self, step: Callable[[], bool], finish: Callable[[], None], name: str) -> None:
+        """Build on a thread: ``step`` adds the next rows (False when it has none left), then ``finish``; stopped
+        between steps by ``stop_building``."""
+
+        def run() -> None:
+            while not self.stopping.is_set():
+                if not step():
+                    finish()
+                    return
+
+        self._builder = threading.Thread(target=run, name=f"hnsw-{name}", daemon=True)
+        self._builder.start()
+
+    def stop_building(self) -> None:
+        """Stop a build at its next step and wait until it has left the native code: a process that exits under
+        it aborts (std::terminate). The graph stays not ready: no snapshot saves it, the next start builds it."""
+        self.stopping.set()
+        builder = self._builder
+        if builder is not None and builder is not threading.current_thread():
+            builder.join()
 
     def __len__(self) -> int:
         return len(self.graph) if self.graph is not None else 0

@@ -7,7 +7,7 @@ outside it on a pinned, immutable picture of the rows (chunks below ``n`` never 
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from functools import partial
 from typing import Any
 
@@ -19,6 +19,8 @@ from lookalike.server.core.backends.builtin.index import Pinned
 from lookalike.server.core.backends.builtin.memory import release_free_memory
 
 from lookalike import native
+
+BUILD_STEP = 8192  # rows a background graph build adds between checks for a clear or a close
 
 SUBSET_ROWS = 65536  # a filter keeping at most this many rows (and at most 1/SUBSET_SHARE of all)...
 SUBSET_SHARE = 16  # ...is answered by scoring those rows alone, not by a scan of every row
@@ -176,17 +178,21 @@ class DatabaseSearch:
         index = self.index
 
         threads = max(1, native.get_threads())
+        started, done = time.monotonic(), [0]
 
-        def build() -> None:
-            import time
+        def step() -> bool:
+            start = done[0]
+            if start >= len(rows) or self.hnsw is not graph:  # all in, or cleared meanwhile
+                return False
+            # the build shares the kernel's thread budget (the server's --threads setting)
+            part = rows[start : start + BUILD_STEP]
+            graph.add(ids[start : start + BUILD_STEP], index.take_stored(part, index_rows), threads=threads)
+            done[0] = start + BUILD_STEP
+            return True
 
-            started = time.monotonic()
-            for start in range(0, len(rows), 8192):
-                if self.hnsw is not graph:
-                    return  # cleared meanwhile
-                # the build shares the kernel's thread budget (the server's --threads setting)
-                part = rows[start : start + 8192]
-                graph.add(ids[start : start + 8192], index.take_stored(part, index_rows), threads=threads)
+        def finish() -> None:
+            if self.hnsw is not graph:
+                return
             with self.lock:
                 graph.ready = True
                 self.snapshot_seq = -1  # the next snapshot saves the graph with the rows
@@ -194,7 +200,7 @@ class DatabaseSearch:
             logging.getLogger(__name__).info("HNSW graph of %r ready: %d images in %.1fs", self.name, len(rows),
                                              time.monotonic() - started)  # fmt: skip
 
-        threading.Thread(target=build, name=f"hnsw-{self.name}", daemon=True).start()
+        graph.build_in_background(step, finish, self.name)
 
     def _graph_settled(self, graph: HnswIndex) -> None:
         """A graph loading at start-up is in (or failed): check it as start-up would have."""
