@@ -260,22 +260,53 @@ def test_close_waits_for_a_graph_still_loading(tmp_path: Path, graphs_read: Read
     assert not closing.is_alive() and graphs_read[0].ready
 
 
-def test_close_stops_a_graph_being_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Ctrl-C while a graph is built: close stops the build at its next step and waits for the step in native
-    code (exiting under it aborted the process); the half-built graph is not saved, and the next start builds."""
+@dataclass
+class BuildSteps:
+    """The rows each step of a background graph build added; the second step is held in the graph until
+    ``held`` is set (``entered`` says it is there)."""
+
+    steps: list[int] = field(default_factory=list)
+    held: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture
+def build_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[BuildSteps]:
     monkeypatch.setattr(search, "BUILD_STEP", 2000)
-    steps, held, entered = [], threading.Event(), threading.Event()
+    seen = BuildSteps()
     add = HnswIndex.add
 
     def spy(self, ids, vectors, seq=None, threads=1):
         if threading.current_thread().name.startswith("hnsw-"):  # the build's own thread
-            steps.append(len(ids))
-            if len(steps) == 2:
-                entered.set()
-                assert held.wait(60)
+            seen.steps.append(len(ids))
+            if len(seen.steps) == 2:
+                seen.entered.set()
+                assert seen.held.wait(60)
         return add(self, ids, vectors, seq, threads)
 
     monkeypatch.setattr(HnswIndex, "add", spy)
+    yield seen
+    seen.held.set()
+
+
+def test_dropping_a_database_stops_its_graph_build(tmp_path: Path, build_steps: BuildSteps):
+    """A graph still being built for a dropped database held its rows and the kernel's threads until the end."""
+    catalog = open_catalog(tmp_path)
+    catalog.create("d", storage="f16")
+    catalog.set_images("d", [(f"g{i % 97}", i, "", None) for i in range(12_000)], clustered(12_000, 1))
+    graph = catalog.get("d").hnsw
+    assert build_steps.entered.wait(60)
+    catalog.delete("d")
+    build_steps.held.set()
+    graph._builder.join(60)
+    assert build_steps.steps == [2000, 2000] and not graph.ready  # 4 of its 6 steps never ran
+    catalog.close(snapshot=False)
+
+
+def test_close_stops_a_graph_being_built(tmp_path: Path, build_steps: BuildSteps, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C while a graph is built: close stops the build at its next step and waits for the step in native
+    code (exiting under it aborted the process); the half-built graph is not saved, and the next start builds."""
+    steps, held, entered = build_steps.steps, build_steps.held, build_steps.entered
     catalog = open_catalog(tmp_path)
     catalog.create("d", storage="f16")
     catalog.set_images("d", [(f"g{i % 97}", i, "", None) for i in range(12_000)], clustered(12_000, 1))
@@ -290,8 +321,27 @@ def test_close_stops_a_graph_being_built(tmp_path: Path, monkeypatch: pytest.Mon
     assert not closing.is_alive()
     assert steps == [2000, 2000] and not graph.ready  # stopped after the step it was in: 4 of 6 steps left
     assert not get_manifest(catalog.persistence.local, MANIFEST)["databases"]["d"].get("hnsw")
-    monkeypatch.setattr(HnswIndex, "add", add)
+    monkeypatch.undo()  # the build of the next start runs unheld
     catalog = open_catalog(tmp_path)
     wait_ready(catalog.get("d"))  # built again at start-up
     assert len(catalog.get("d").hnsw) == 12_000
+    catalog.close(snapshot=False)
+
+
+def test_a_graph_loading_for_a_dropped_database_ends_without_a_warning(
+    tmp_path: Path, graphs_read: Reads, caplog: pytest.LogCaptureFixture
+):
+    """Dropped while its graph loads, and its files deleted by the next checkpoint: the load then fails, which
+    is no damage to report (it said "unreadable ... rebuilt", of a database that no longer exists)."""
+    catalog, _ = build_and_snapshot(tmp_path)
+    catalog.close(snapshot=False)
+    graphs_read.gate.clear()
+    catalog = open_catalog(tmp_path)
+    caplog.set_level(logging.INFO)
+    catalog.delete("d")
+    catalog.checkpoint()  # the dropped database's files go
+    graphs_read.gate.set()
+    assert not graphs_read[0].wait_settled(60)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "HNSW graph of 'd'" in r.getMessage()]
+    assert said == [(logging.INFO, "the HNSW graph of 'd' stopped loading: the database was dropped")], said
     catalog.close(snapshot=False)

@@ -158,6 +158,9 @@ class Catalog(Checkpoints):
             gone = [one] if one is not None else []
         released = [d for db in gone for d in db.kept_digests()]
         result = self._apply_command(cmd, seq)
+        for db in gone:  # a graph still built for a dropped database would hold its rows and two cores for nothing
+            if db.hnsw is not None and self._dbs.get(db.name) is not db:
+                db.hnsw.stop_building(wait=False)
         if isinstance(cmd, SetImages):
             self.kept.add(d for item in cmd.items for d in kept_digests(item.attributes))
         db = self._dbs.get(cmd.db)

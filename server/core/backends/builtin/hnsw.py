@@ -106,7 +106,11 @@ class HnswIndex:
             with self._lock:
                 self.failed = str(exc) or type(exc).__name__
                 self._pending = None
-            log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", name, self.failed)
+            if self.stopping.is_set():  # its database was dropped meanwhile (and its files with it)
+                log.info("the HNSW graph of %r stopped loading: the database was dropped", name)
+            else:
+                log.warning("the HNSW graph of %r is unreadable (%s); it is rebuilt in the background", name,
+                            self.failed)  # fmt: skip
         else:
             images, kept = len(index), 0
             while True:  # the writes kept meanwhile, oldest first; the last few under the lock, so none is missed
@@ -159,12 +163,13 @@ class HnswIndex:
         self._builder = threading.Thread(target=run, name=f"hnsw-{name}", daemon=True)
         self._builder.start()
 
-    def stop_building(self) -> None:
-        """Stop a build at its next step and wait until it has left the native code: a process that exits under
-        it aborts (std::terminate). The graph stays not ready: no snapshot saves it, the next start builds it."""
+    def stop_building(self, wait: bool = True) -> None:
+        """Stop a build at its next step and (``wait``) until it has left the native code: a process that exits
+        under it aborts (std::terminate). The graph stays not ready: no snapshot saves it, the next start builds it.
+        Without ``wait``: its database was dropped (a load still running then ends quietly)."""
         self.stopping.set()
         builder = self._builder
-        if builder is not None and builder is not threading.current_thread():
+        if wait and builder is not None and builder is not threading.current_thread():
             builder.join()
 
     def __len__(self) -> int:
