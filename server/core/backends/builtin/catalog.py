@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,7 @@ from lookalike.server.core.backends.builtin.commands import (
     SetItem,
 )
 from lookalike.server.core.backends.builtin.database import Database
-from lookalike.server.core.backends.builtin.hnsw import HnswSettings
+from lookalike.server.core.backends.builtin.hnsw import HnswIndex, HnswSettings
 from lookalike.server.core.backends.builtin.index import STORAGE_DTYPES
 from lookalike.server.core.backends.builtin.kept_refs import KeptRefs
 from lookalike.server.core.backends.builtin.persistence import Persistence
@@ -80,6 +81,7 @@ class Catalog(Checkpoints):
         self.ready = threading.Event()
         self._write_lock = threading.Lock()
         self.kept = KeptRefs(images, self._write_lock)  # who references each kept image
+        self._dropped_graphs: weakref.WeakSet[HnswIndex] = weakref.WeakSet()  # stopping: close waits for them
         self._checkpoint_lock = threading.Lock()
         self._dbs: dict[str, Database] = {}
         self._requests: dict[str, RequestWindow] = {}  # database -> its retry window
@@ -161,6 +163,7 @@ class Catalog(Checkpoints):
         for db in gone:  # a graph still built for a dropped database would hold its rows and two cores for nothing
             if db.hnsw is not None and self._dbs.get(db.name) is not db:
                 db.hnsw.stop_building(wait=False)
+                self._dropped_graphs.add(db.hnsw)
         if isinstance(cmd, SetImages):
             self.kept.add(d for item in cmd.items for d in kept_digests(item.attributes))
         db = self._dbs.get(cmd.db)
@@ -438,10 +441,10 @@ class Catalog(Checkpoints):
         return db
 
     def close(self, *, snapshot: bool = True) -> None:
-        for db in list(self._dbs.values()):  # a graph loading or building is in native code: exiting under it aborts
-            if db.hnsw is not None:
-                db.hnsw.wait_settled()
-                db.hnsw.stop_building()
+        graphs = [db.hnsw for db in list(self._dbs.values()) if db.hnsw is not None] + list(self._dropped_graphs)
+        for graph in graphs:  # a graph loading or building is in native code: exiting under it aborts
+            graph.wait_settled()
+            graph.stop_building()
         if self.persistence is None:
             return
         if snapshot and self.ready.is_set():
