@@ -480,6 +480,19 @@ def scripts() -> list[tuple[str, str, str]]:
     return out
 
 
+def until_graph(client: Any, database: str, query: Any, started: float, timeout: float = 1800.0) -> dict[str, Any]:
+    """Search until the HNSW graph answers (it loads in the background after a restart; the exact tier answers
+    until then): seconds from ``started`` to the first answer and to the graph's; the first and the last index."""
+    vector = list(map(float, query))
+    r = client.search(database, vector=vector, top_k=10)
+    row = {"first_search_s": time.perf_counter() - started, "first_index": r.index}
+    while r.index != "hnsw" and time.perf_counter() - started < timeout:
+        time.sleep(0.02)
+        r = client.search(database, vector=vector, top_k=10)
+    row["graph_s"], row["index"] = time.perf_counter() - started, r.index
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="List the bench scripts: what each measures, an example command.")
     ap.add_argument("--list", action="store_true", help="the default")
@@ -502,15 +515,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def until_graph(client: Any, database: str, query: Any, started: float, timeout: float = 1800.0) -> dict[str, Any]:
-    """Search until the HNSW graph answers (it loads in the background after a restart; the exact tier answers
-    until then): seconds from ``started`` to the first answer and to the graph's; the first and the last index."""
-    r = client.search(database, vector=list(map(float, query)), top_k=10)
-    row = {"first_search_s": time.perf_counter() - started, "first_index": r.index}
-    while r.index != "hnsw" and time.perf_counter() - started < timeout:
-        time.sleep(0.02)
-        r = client.search(database, vector=list(map(float, query)), top_k=10)
-    row["graph_s"], row["index"] = time.perf_counter() - started, r.index
-    return row

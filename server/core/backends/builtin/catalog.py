@@ -161,7 +161,7 @@ class Catalog(Checkpoints):
         released = [d for db in gone for d in db.kept_digests()]
         result = self._apply_command(cmd, seq)
         for db in gone:  # a graph still built for a dropped database would hold its rows and two cores for nothing
-            if db.hnsw is not None and self._dbs.get(db.name) is not db:
+            if db.hnsw is not None:
                 db.hnsw.stop_building(wait=False)
                 self._dropped_graphs.add(db.hnsw)
         if isinstance(cmd, SetImages):

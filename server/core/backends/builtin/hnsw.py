@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,15 +150,19 @@ class HnswIndex:
         self._settled.wait(timeout)
         return self.ready
 
-    def build_in_background(self, step: Callable[[], bool], finish: Callable[[], None], name: str) -> None:
-        """Build on a thread: ``step`` adds the next rows (False when it has none left), then ``finish``; stopped
-        between steps by ``stop_building``."""
+    def build_in_background(
+        self, batches: Iterator[tuple[np.ndarray, np.ndarray]], threads: int, finish: Callable[[], None], name: str
+    ) -> None:
+        """Add ``batches`` (ids, vectors) on a thread, then call ``finish``; ``stop_building`` stops it between
+        batches (``batches`` itself ends early when its database no longer wants the graph)."""
 
         def run() -> None:
-            while not self.stopping.is_set():
-                if not step():
+            while not self.stopping.is_set():  # checked before the next batch's rows are copied
+                batch = next(batches, None)
+                if batch is None:
                     finish()
                     return
+                self.add(*batch, threads=threads)
 
         self._builder = threading.Thread(target=run, name=f"hnsw-{name}", daemon=True)
         self._builder.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -178,17 +179,14 @@ class DatabaseSearch:
         index = self.index
 
         threads = max(1, native.get_threads())
-        started, done = time.monotonic(), [0]
+        started = time.monotonic()
 
-        def step() -> bool:
-            start = done[0]
-            if start >= len(rows) or self.hnsw is not graph:  # all in, or cleared meanwhile
-                return False
-            # the build shares the kernel's thread budget (the server's --threads setting)
-            part = rows[start : start + BUILD_STEP]
-            graph.add(ids[start : start + BUILD_STEP], index.take_stored(part, index_rows), threads=threads)
-            done[0] = start + BUILD_STEP
-            return True
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for start in range(0, len(rows), BUILD_STEP):
+                if self.hnsw is not graph:
+                    return  # cleared meanwhile
+                part = rows[start : start + BUILD_STEP]
+                yield ids[start : start + BUILD_STEP], index.take_stored(part, index_rows)
 
         def finish() -> None:
             if self.hnsw is not graph:
@@ -200,7 +198,8 @@ class DatabaseSearch:
             logging.getLogger(__name__).info("HNSW graph of %r ready: %d images in %.1fs", self.name, len(rows),
                                              time.monotonic() - started)  # fmt: skip
 
-        graph.build_in_background(step, finish, self.name)
+        # the build shares the kernel's thread budget (the server's --threads setting)
+        graph.build_in_background(batches(), threads, finish, self.name)
 
     def _graph_settled(self, graph: HnswIndex) -> None:
         """A graph loading at start-up is in (or failed): check it as start-up would have."""
